@@ -1,0 +1,351 @@
+//! Encoders: zero or more [`Transform`]s (f32 -> f32) followed by one [`Quantizer`]
+//! (f32 -> fixed-size code).
+//!
+//! Runtime choice goes through the closed enums [`AnyTransform`] and [`AnyQuantizer`]: callers
+//! match once, outside any loop, then run a loop compiled for the concrete type.
+//!
+//! An encoder is named by an [`EncoderSpec`] whose text form joins tokens with `+`:
+//! `hadamard256+sign`, `pca64+int8`, `flat`. Transforms come first; the quantizer, if any, last.
+//! Without a quantizer the code is the transformed vector as little-endian f32 (`flat`).
+
+mod flat;
+mod hadamard;
+mod int8;
+mod pca;
+mod sign;
+mod spec;
+
+pub use flat::{FlatConfig, FlatQuantizer};
+pub use hadamard::{fwht, fwht_reference, HadamardConfig, HadamardTransform};
+pub use int8::{Int8Config, Int8Quantizer, Int8Query};
+pub use pca::{PcaConfig, PcaTransform};
+pub use sign::{SignConfig, SignQuantizer};
+pub use spec::{EncoderSpec, QuantizerSpec, TransformSpec};
+
+use crate::distance::Metric;
+use crate::error::{Error, Result};
+use crate::vectors::{Vectors, VectorsRef};
+use rayon::prelude::*;
+
+/// A fitted map from `dim_in` floats to `dim_out` floats (Hadamard, PCA, a learned MLP).
+pub trait Transform: Send + Sync {
+    /// What the user asks for.
+    type Config;
+    /// Learns the transform from `train`. Never pass evaluation queries here.
+    fn fit(cfg: &Self::Config, train: VectorsRef<'_>, seed: u64) -> Result<Self>
+    where
+        Self: Sized;
+    /// Input dimension.
+    fn dim_in(&self) -> usize;
+    /// Output dimension.
+    fn dim_out(&self) -> usize;
+    /// Transforms one vector. `x.len() == dim_in()`, `out.len() == dim_out()`.
+    fn apply(&self, x: &[f32], out: &mut [f32]);
+
+    /// Transforms many vectors, in parallel.
+    fn apply_batch(&self, x: VectorsRef<'_>) -> Vectors {
+        let (di, d) = (self.dim_in(), self.dim_out());
+        let mut out = vec![0f32; x.len() * d];
+        out.par_chunks_mut(d * 256)
+            .zip(x.as_slice().par_chunks(di * 256))
+            .for_each(|(o, xs)| {
+                for (o, x) in o.chunks_exact_mut(d).zip(xs.chunks_exact(di)) {
+                    self.apply(x, o);
+                }
+            });
+        Vectors::new(d, out).expect("invariant: d >= 1 divides the buffer")
+    }
+}
+
+/// A fitted map from floats to fixed-size codes, and the distance from a prepared query to a
+/// code (lower is closer).
+pub trait Quantizer: Send + Sync {
+    /// What the user asks for.
+    type Config;
+    /// A query made ready for fast distance evaluation (packed bits, scaled weights, ...).
+    type Query: Send + Sync;
+    /// Learns the quantizer from `train`.
+    fn fit(cfg: &Self::Config, train: VectorsRef<'_>, seed: u64) -> Result<Self>
+    where
+        Self: Sized;
+    /// Bytes per code.
+    fn code_len(&self) -> usize;
+    /// Encodes one vector into `out` (`out.len() == code_len()`).
+    fn encode(&self, x: &[f32], out: &mut [u8]);
+    /// Prepares a (transformed) query.
+    fn prepare(&self, query: &[f32]) -> Self::Query;
+    /// Distance from a prepared query to one code.
+    fn distance(&self, q: &Self::Query, code: &[u8]) -> f32;
+}
+
+/// Any transform, chosen at run time.
+#[derive(Clone, Debug)]
+pub enum AnyTransform {
+    /// Subsampled randomized Hadamard transform.
+    Hadamard(HadamardTransform),
+    /// Principal component projection.
+    Pca(PcaTransform),
+}
+
+impl AnyTransform {
+    fn as_dyn(&self) -> &dyn DynTransform {
+        match self {
+            AnyTransform::Hadamard(t) => t,
+            AnyTransform::Pca(t) => t,
+        }
+    }
+    /// Input dimension.
+    pub fn dim_in(&self) -> usize {
+        self.as_dyn().dim_in_()
+    }
+    /// Output dimension.
+    pub fn dim_out(&self) -> usize {
+        self.as_dyn().dim_out_()
+    }
+    /// Transforms one vector.
+    pub fn apply(&self, x: &[f32], out: &mut [f32]) {
+        self.as_dyn().apply_(x, out)
+    }
+    /// Transforms many vectors.
+    pub fn apply_batch(&self, x: VectorsRef<'_>) -> Vectors {
+        self.as_dyn().apply_batch_(x)
+    }
+}
+
+/// Object-safe view of `Transform` used only inside `AnyTransform`.
+trait DynTransform {
+    fn dim_in_(&self) -> usize;
+    fn dim_out_(&self) -> usize;
+    fn apply_(&self, x: &[f32], out: &mut [f32]);
+    fn apply_batch_(&self, x: VectorsRef<'_>) -> Vectors;
+}
+
+impl<T: Transform> DynTransform for T {
+    fn dim_in_(&self) -> usize {
+        self.dim_in()
+    }
+    fn dim_out_(&self) -> usize {
+        self.dim_out()
+    }
+    fn apply_(&self, x: &[f32], out: &mut [f32]) {
+        self.apply(x, out)
+    }
+    fn apply_batch_(&self, x: VectorsRef<'_>) -> Vectors {
+        self.apply_batch(x)
+    }
+}
+
+impl From<HadamardTransform> for AnyTransform {
+    fn from(t: HadamardTransform) -> Self {
+        AnyTransform::Hadamard(t)
+    }
+}
+impl From<PcaTransform> for AnyTransform {
+    fn from(t: PcaTransform) -> Self {
+        AnyTransform::Pca(t)
+    }
+}
+
+/// Any quantizer, chosen at run time.
+#[derive(Clone, Debug)]
+pub enum AnyQuantizer {
+    /// Uncompressed f32.
+    Flat(FlatQuantizer),
+    /// One bit per dimension, Hamming distance.
+    Sign(SignQuantizer),
+    /// One byte per dimension, asymmetric distance.
+    Int8(Int8Quantizer),
+}
+
+impl From<FlatQuantizer> for AnyQuantizer {
+    fn from(q: FlatQuantizer) -> Self {
+        AnyQuantizer::Flat(q)
+    }
+}
+impl From<SignQuantizer> for AnyQuantizer {
+    fn from(q: SignQuantizer) -> Self {
+        AnyQuantizer::Sign(q)
+    }
+}
+impl From<Int8Quantizer> for AnyQuantizer {
+    fn from(q: Int8Quantizer) -> Self {
+        AnyQuantizer::Int8(q)
+    }
+}
+
+impl AnyQuantizer {
+    /// Bytes per code.
+    pub fn code_len(&self) -> usize {
+        match self {
+            AnyQuantizer::Flat(q) => q.code_len(),
+            AnyQuantizer::Sign(q) => q.code_len(),
+            AnyQuantizer::Int8(q) => q.code_len(),
+        }
+    }
+    /// Encodes one vector.
+    pub fn encode(&self, x: &[f32], out: &mut [u8]) {
+        match self {
+            AnyQuantizer::Flat(q) => q.encode(x, out),
+            AnyQuantizer::Sign(q) => q.encode(x, out),
+            AnyQuantizer::Int8(q) => q.encode(x, out),
+        }
+    }
+}
+
+/// A fitted encoder: transforms, then a quantizer.
+#[derive(Clone, Debug)]
+pub struct Encoder {
+    spec: EncoderSpec,
+    dim: usize,
+    transforms: Vec<AnyTransform>,
+    quantizer: AnyQuantizer,
+}
+
+impl Encoder {
+    /// Fits every part of `spec` on `train`, in order: each transform on the output of the one
+    /// before, the quantizer on the output of the last. `metric` decides how continuous and
+    /// int8 codes are compared (inner product for cosine/ip, squared L2 for l2).
+    pub fn fit(
+        spec: &EncoderSpec,
+        train: VectorsRef<'_>,
+        metric: Metric,
+        seed: u64,
+    ) -> Result<Encoder> {
+        if train.is_empty() {
+            return Err(Error::InvalidInput(
+                "cannot fit an encoder on zero training vectors".into(),
+            ));
+        }
+        train.check_finite()?;
+        let mut transforms = Vec::new();
+        let mut cur: Option<Vectors> = None;
+        for (i, t) in spec.transforms.iter().enumerate() {
+            let input = cur.as_ref().map(|v| v.view()).unwrap_or(train);
+            let s = seed.wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(i as u64 + 1));
+            let fitted: AnyTransform = match t {
+                TransformSpec::Hadamard { m } => {
+                    HadamardTransform::fit(&HadamardConfig { m: *m }, input, s)?.into()
+                }
+                TransformSpec::Pca { m } => {
+                    PcaTransform::fit(&PcaConfig { m: *m }, input, s)?.into()
+                }
+            };
+            cur = Some(fitted.apply_batch(input));
+            transforms.push(fitted);
+        }
+        let input = cur.as_ref().map(|v| v.view()).unwrap_or(train);
+        let quantizer: AnyQuantizer = match spec.quantizer {
+            QuantizerSpec::Flat => FlatQuantizer::fit(&FlatConfig { metric }, input, seed)?.into(),
+            QuantizerSpec::Sign => SignQuantizer::fit(&SignConfig::default(), input, seed)?.into(),
+            QuantizerSpec::Int8 => Int8Quantizer::fit(
+                &Int8Config {
+                    metric,
+                    ..Default::default()
+                },
+                input,
+                seed,
+            )?
+            .into(),
+        };
+        Ok(Encoder {
+            spec: spec.clone(),
+            dim: train.dim(),
+            transforms,
+            quantizer,
+        })
+    }
+
+    /// Assembles an encoder from fitted parts (used when loading from disk).
+    pub fn from_parts(
+        spec: EncoderSpec,
+        dim: usize,
+        transforms: Vec<AnyTransform>,
+        quantizer: AnyQuantizer,
+    ) -> Result<Encoder> {
+        let mut d = dim;
+        for t in &transforms {
+            if t.dim_in() != d {
+                return Err(Error::DimMismatch {
+                    expected: d,
+                    got: t.dim_in(),
+                });
+            }
+            d = t.dim_out();
+        }
+        Ok(Encoder {
+            spec,
+            dim,
+            transforms,
+            quantizer,
+        })
+    }
+
+    /// The spec this encoder was fitted from.
+    pub fn spec(&self) -> &EncoderSpec {
+        &self.spec
+    }
+    /// Input dimension.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+    /// Dimension after all transforms (the quantizer's input).
+    pub fn dim_out(&self) -> usize {
+        self.transforms.last().map_or(self.dim, |t| t.dim_out())
+    }
+    /// Bytes per code.
+    pub fn code_len(&self) -> usize {
+        self.quantizer.code_len()
+    }
+    /// The fitted transforms.
+    pub fn transforms(&self) -> &[AnyTransform] {
+        &self.transforms
+    }
+    /// The fitted quantizer.
+    pub fn quantizer(&self) -> &AnyQuantizer {
+        &self.quantizer
+    }
+
+    /// Applies all transforms to one vector.
+    pub fn transform(&self, x: &[f32]) -> Vec<f32> {
+        let mut cur = x.to_vec();
+        for t in &self.transforms {
+            let mut out = vec![0f32; t.dim_out()];
+            t.apply(&cur, &mut out);
+            cur = out;
+        }
+        cur
+    }
+
+    /// Applies all transforms to many vectors.
+    pub fn transform_batch(&self, x: VectorsRef<'_>) -> Vectors {
+        let mut cur: Option<Vectors> = None;
+        for t in &self.transforms {
+            cur = Some(t.apply_batch(cur.as_ref().map(|v| v.view()).unwrap_or(x)));
+        }
+        cur.unwrap_or_else(|| x.to_owned())
+    }
+
+    /// Encodes many vectors into `len * code_len` bytes, in parallel.
+    pub fn encode_batch(&self, x: VectorsRef<'_>) -> Result<Vec<u8>> {
+        if x.dim() != self.dim {
+            return Err(Error::DimMismatch {
+                expected: self.dim,
+                got: x.dim(),
+            });
+        }
+        const CHUNK: usize = 4096;
+        let cl = self.code_len();
+        let mut out = vec![0u8; x.len() * cl];
+        out.par_chunks_mut(cl * CHUNK)
+            .enumerate()
+            .for_each(|(i, o)| {
+                let start = i * CHUNK;
+                let part = x.slice(start, start + o.len() / cl);
+                let t = self.transform_batch(part);
+                for (code, v) in o.chunks_exact_mut(cl).zip(t.view().rows()) {
+                    self.quantizer.encode(v, code);
+                }
+            });
+        Ok(out)
+    }
+}

@@ -1,0 +1,79 @@
+//! The one error type of the library.
+//!
+//! Variants say what the caller can do about the failure; file errors carry the path.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in `rewa`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Two things that must share a dimension do not.
+    #[error("dimension mismatch: expected {expected}, got {got}")]
+    DimMismatch {
+        /// The dimension that was required.
+        expected: usize,
+        /// The dimension that was given.
+        got: usize,
+    },
+    /// Bad input data or parameters: NaN, empty data, k = 0, a malformed spec.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// A file's bytes are not what its format says they must be.
+    #[error("{}: corrupt file: {reason}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong, in words.
+        reason: String,
+    },
+    /// A file written by a format version this build cannot read.
+    #[error("{}: format version {found} is not supported (this build reads {supported})", path.display())]
+    Incompatible {
+        /// The file.
+        path: PathBuf,
+        /// The version found in the file.
+        found: u32,
+        /// The versions this build reads, in words.
+        supported: String,
+    },
+    /// An operating-system error on a file.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Valid input this build cannot handle, e.g. a feature that is not compiled in.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+    pub(crate) fn corrupt(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Corrupt {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+    /// `true` for errors caused by the caller's input (as opposed to I/O or corrupt files).
+    pub fn is_input_error(&self) -> bool {
+        matches!(self, Error::DimMismatch { .. } | Error::InvalidInput(_))
+    }
+}
+
+/// Shorthand for `Err(Error::InvalidInput(format!(..)))`.
+macro_rules! invalid {
+    ($($arg:tt)*) => { Err($crate::Error::InvalidInput(format!($($arg)*))) };
+}
+pub(crate) use invalid;

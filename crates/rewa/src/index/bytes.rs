@@ -1,0 +1,74 @@
+//! Byte storage for codes and vectors: owned (8-byte aligned) or memory-mapped.
+
+use memmap2::Mmap;
+use std::sync::Arc;
+
+/// A byte buffer that is either owned or a range of a memory-mapped file.
+/// Both kinds start 8-byte aligned, so f32 and u64 views need no copy.
+#[derive(Clone, Debug)]
+pub(crate) enum Bytes {
+    Owned {
+        words: Vec<u64>,
+        len: usize,
+    },
+    Mapped {
+        map: Arc<Mmap>,
+        start: usize,
+        len: usize,
+    },
+}
+
+impl Default for Bytes {
+    fn default() -> Self {
+        Bytes::Owned {
+            words: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl Bytes {
+    pub(crate) fn mapped(map: Arc<Mmap>, start: usize, len: usize) -> Self {
+        debug_assert!(start % 8 == 0 && start + len <= map.len());
+        Bytes::Mapped { map, start, len }
+    }
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Owned { words, len } => &crate::io::as_bytes(words)[..*len],
+            Bytes::Mapped { map, start, len } => &map[*start..*start + *len],
+        }
+    }
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Bytes::Owned { len, .. } | Bytes::Mapped { len, .. } => *len,
+        }
+    }
+    /// Appends bytes; a mapped buffer is first copied into memory.
+    pub(crate) fn extend(&mut self, data: &[u8]) {
+        if let Bytes::Mapped { .. } = self {
+            let mut owned = Bytes::default();
+            owned.extend(self.as_slice());
+            *self = owned;
+        }
+        let Bytes::Owned { words, len } = self else {
+            unreachable!("invariant: converted above")
+        };
+        let new_len = *len + data.len();
+        words.resize(new_len.div_ceil(8), 0);
+        // SAFETY: `words` holds at least `new_len` bytes; u64 accepts any bit pattern.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 8)
+        };
+        bytes[*len..new_len].copy_from_slice(data);
+        *len = new_len;
+    }
+    /// The bytes as f32 (little-endian host; `len` is a multiple of 4).
+    pub(crate) fn as_f32(&self) -> &[f32] {
+        let b = self.as_slice();
+        // SAFETY: storage starts 8-byte aligned (owned: Vec<u64>; mapped: checked at open) and
+        // f32 accepts any bit pattern.
+        let (pre, mid, _) = unsafe { b.align_to::<f32>() };
+        assert!(pre.is_empty(), "invariant: byte storage is 8-byte aligned");
+        mid
+    }
+}

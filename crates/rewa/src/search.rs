@@ -1,0 +1,593 @@
+//! Top-k, exact search, code scans, and the staged pipeline described as data.
+//!
+//! A [`Pipeline`] is a list of stages `SPEC:keep` (text form `hadamard512+sign:1000,int8:100,exact:10`).
+//! The first stage scans every vector; each later stage rescores only the survivors of the
+//! one before, and `exact` rescores with the original float vectors. It is faiss's
+//! `IndexRefine` with a `k_factor`, written as a list.
+//!
+//! Scans are batched for throughput: the first stage walks the codes in blocks that stay in
+//! cache while a group of queries is scored against them (otherwise every query would stream
+//! the whole code array from memory), and `exact`/continuous first stages score blocks with a
+//! GEMM. Rayon splits the queries.
+
+use crate::distance::{hamming, Metric};
+use crate::encode::{EncoderSpec, Quantizer};
+use crate::error::{invalid, Error, Result};
+use crate::vectors::VectorsRef;
+use rayon::prelude::*;
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::fmt;
+use std::str::FromStr;
+
+/// One search result: an id (insertion position) and its distance (lower is closer).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Hit {
+    /// Position of the vector in insertion order.
+    pub id: u32,
+    /// Distance to the query in the space of the stage that produced it.
+    pub distance: f32,
+}
+
+impl Eq for Hit {}
+impl Ord for Hit {
+    /// By `(distance, id)`, so that ties always come out in the same order.
+    fn cmp(&self, o: &Self) -> Ordering {
+        self.distance
+            .total_cmp(&o.distance)
+            .then(self.id.cmp(&o.id))
+    }
+}
+impl PartialOrd for Hit {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+/// The `k` smallest hits seen so far.
+#[derive(Clone, Debug)]
+pub struct TopK {
+    k: usize,
+    heap: BinaryHeap<Hit>,
+    worst: f32,
+}
+
+impl TopK {
+    /// An empty top-k. `k` must be at least 1.
+    pub fn new(k: usize) -> Self {
+        debug_assert!(k >= 1);
+        TopK {
+            k,
+            heap: BinaryHeap::with_capacity(k + 1),
+            worst: f32::INFINITY,
+        }
+    }
+    /// Distances above this cannot enter (ties are decided by id inside [`TopK::push`]).
+    #[inline(always)]
+    pub fn threshold(&self) -> f32 {
+        self.worst
+    }
+    /// Offers a candidate.
+    #[inline]
+    pub fn push(&mut self, id: u32, distance: f32) {
+        let h = Hit { id, distance };
+        if self.heap.len() < self.k {
+            self.heap.push(h);
+            if self.heap.len() == self.k {
+                self.worst = self.heap.peek().map_or(f32::INFINITY, |w| w.distance);
+            }
+        } else {
+            let replaced = match self.heap.peek_mut() {
+                Some(mut top) if h < *top => {
+                    *top = h;
+                    true
+                }
+                _ => false,
+            };
+            if replaced {
+                self.worst = self.heap.peek().map_or(f32::INFINITY, |w| w.distance);
+            }
+        }
+    }
+    /// The hits, best first.
+    pub fn into_sorted(self) -> Vec<Hit> {
+        self.heap.into_sorted_vec()
+    }
+}
+
+/// Reference top-k: scores every pair with [`Metric::distance`] and sorts. O(n log n) per query;
+/// for tests and as the definition the fast paths must agree with.
+pub fn brute_force(
+    base: VectorsRef<'_>,
+    queries: VectorsRef<'_>,
+    metric: Metric,
+    k: usize,
+) -> Vec<Vec<Hit>> {
+    queries
+        .rows()
+        .map(|q| {
+            let mut all: Vec<Hit> = base
+                .rows()
+                .enumerate()
+                .map(|(i, b)| Hit {
+                    id: i as u32,
+                    distance: metric.distance(q, b),
+                })
+                .collect();
+            all.sort_unstable();
+            all.truncate(k);
+            all
+        })
+        .collect()
+}
+
+fn query_block(nq: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    nq.div_ceil(threads * 2).clamp(1, 128)
+}
+
+/// Exact top-`k` of every query over `base` (blocked GEMM, rayon over query blocks).
+/// For cosine, inputs must already be normalised.
+pub fn exact_search(
+    base: VectorsRef<'_>,
+    queries: VectorsRef<'_>,
+    metric: Metric,
+    k: usize,
+) -> Vec<Vec<Hit>> {
+    debug_assert_eq!(base.dim(), queries.dim());
+    let d = base.dim();
+    let n = base.len();
+    let k = k.min(n).max(1);
+    let l2 = !metric.is_similarity();
+    let bnorm: Vec<f32> = if l2 {
+        base.rows().map(|r| crate::distance::dot(r, r)).collect()
+    } else {
+        Vec::new()
+    };
+    const BB: usize = 1024;
+    let qb = query_block(queries.len());
+    queries
+        .as_slice()
+        .par_chunks(qb * d)
+        .flat_map_iter(|qs| {
+            let nq = qs.len() / d;
+            let qnorm: Vec<f32> = qs
+                .chunks_exact(d)
+                .map(|q| crate::distance::dot(q, q))
+                .collect();
+            let mut tops: Vec<TopK> = (0..nq).map(|_| TopK::new(k)).collect();
+            let mut scores = vec![0f32; nq * BB];
+            for (bi, bs) in base.as_slice().chunks(BB * d).enumerate() {
+                let nb = bs.len() / d;
+                // scores (nq x nb) = qs (nq x d) * bs^T (d x nb)
+                // SAFETY: pointers and strides describe the live buffers `qs`, `bs`, `scores`.
+                unsafe {
+                    matrixmultiply::sgemm(
+                        nq,
+                        d,
+                        nb,
+                        1.0,
+                        qs.as_ptr(),
+                        d as isize,
+                        1,
+                        bs.as_ptr(),
+                        1,
+                        d as isize,
+                        0.0,
+                        scores.as_mut_ptr(),
+                        nb as isize,
+                        1,
+                    );
+                }
+                let off = bi * BB;
+                for (qi, top) in tops.iter_mut().enumerate() {
+                    let row = &scores[qi * nb..(qi + 1) * nb];
+                    if l2 {
+                        let bn = &bnorm[off..off + nb];
+                        for (j, (&s, &b)) in row.iter().zip(bn).enumerate() {
+                            let dist = (qnorm[qi] + b - 2.0 * s).max(0.0);
+                            if dist <= top.threshold() {
+                                top.push((off + j) as u32, dist);
+                            }
+                        }
+                    } else {
+                        for (j, &s) in row.iter().enumerate() {
+                            if -s <= top.threshold() {
+                                top.push((off + j) as u32, -s);
+                            }
+                        }
+                    }
+                }
+            }
+            tops.into_iter().map(TopK::into_sorted)
+        })
+        .collect()
+}
+
+/// First-stage scan of `codes` (`code_len` bytes each) for many prepared queries.
+pub fn scan_codes<Q: Quantizer>(
+    quantizer: &Q,
+    queries: &[Q::Query],
+    codes: &[u8],
+    k: usize,
+) -> Vec<Vec<Hit>> {
+    let cl = quantizer.code_len();
+    let n = codes.len() / cl;
+    let k = k.min(n).max(1);
+    // About 128 KiB of codes per block: stays in L2 while a group of queries scans it.
+    let block = ((128 << 10) / cl).max(16);
+    let qb = query_block(queries.len());
+    queries
+        .par_chunks(qb)
+        .flat_map_iter(|qs| {
+            let mut tops: Vec<TopK> = qs.iter().map(|_| TopK::new(k)).collect();
+            for (bi, bc) in codes.chunks(block * cl).enumerate() {
+                let off = bi * block;
+                for (q, top) in qs.iter().zip(tops.iter_mut()) {
+                    for (j, c) in bc.chunks_exact(cl).enumerate() {
+                        let dist = quantizer.distance(q, c);
+                        if dist <= top.threshold() {
+                            top.push((off + j) as u32, dist);
+                        }
+                    }
+                }
+            }
+            tops.into_iter().map(TopK::into_sorted)
+        })
+        .collect()
+}
+
+/// Hamming first-stage scan with the code length known at compile time (`W` u64 words):
+/// the same result as [`scan_codes`] on a `SignQuantizer`, with the popcount loop unrolled.
+pub fn scan_hamming<const W: usize>(queries: &[Vec<u8>], codes: &[u8], k: usize) -> Vec<Vec<Hit>> {
+    let cl = W * 8;
+    let n = codes.len() / cl;
+    let k = k.min(n).max(1);
+    let words = |c: &[u8]| -> [u64; W] {
+        std::array::from_fn(|w| u64::from_le_bytes(c[w * 8..w * 8 + 8].try_into().unwrap()))
+    };
+    let block = ((128 << 10) / cl).max(16);
+    let qb = query_block(queries.len());
+    queries
+        .par_chunks(qb)
+        .flat_map_iter(|qs| {
+            let qw: Vec<[u64; W]> = qs.iter().map(|q| words(q)).collect();
+            let mut tops: Vec<TopK> = qs.iter().map(|_| TopK::new(k)).collect();
+            for (bi, bc) in codes.chunks(block * cl).enumerate() {
+                let off = bi * block;
+                for (q, top) in qw.iter().zip(tops.iter_mut()) {
+                    let mut thr = top.threshold();
+                    for (j, c) in bc.chunks_exact(cl).enumerate() {
+                        let c = words(c);
+                        let mut dist = 0u32;
+                        for w in 0..W {
+                            dist += (q[w] ^ c[w]).count_ones();
+                        }
+                        let dist = dist as f32;
+                        if dist <= thr {
+                            top.push((off + j) as u32, dist);
+                            thr = top.threshold();
+                        }
+                    }
+                }
+            }
+            tops.into_iter().map(TopK::into_sorted)
+        })
+        .collect()
+}
+
+/// Hamming scan for any code length, choosing an unrolled kernel where one exists.
+pub fn scan_sign(queries: &[Vec<u8>], codes: &[u8], code_len: usize, k: usize) -> Vec<Vec<Hit>> {
+    match code_len / 8 {
+        1 => scan_hamming::<1>(queries, codes, k),
+        2 => scan_hamming::<2>(queries, codes, k),
+        4 => scan_hamming::<4>(queries, codes, k),
+        8 => scan_hamming::<8>(queries, codes, k),
+        16 => scan_hamming::<16>(queries, codes, k),
+        32 => scan_hamming::<32>(queries, codes, k),
+        _ => {
+            struct H(usize);
+            impl Quantizer for H {
+                type Config = ();
+                type Query = Vec<u8>;
+                fn fit(_: &(), _: VectorsRef<'_>, _: u64) -> Result<Self> {
+                    unreachable!()
+                }
+                fn code_len(&self) -> usize {
+                    self.0
+                }
+                fn encode(&self, _: &[f32], _: &mut [u8]) {}
+                fn prepare(&self, _: &[f32]) -> Vec<u8> {
+                    unreachable!()
+                }
+                fn distance(&self, q: &Vec<u8>, c: &[u8]) -> f32 {
+                    hamming(q, c) as f32
+                }
+            }
+            scan_codes(&H(code_len), queries, codes, k)
+        }
+    }
+}
+
+/// Rescores candidates `ids` with `score` and keeps the best `keep`.
+pub fn rerank(
+    ids: impl Iterator<Item = u32>,
+    keep: usize,
+    mut score: impl FnMut(u32) -> f32,
+) -> Vec<Hit> {
+    let mut top = TopK::new(keep.max(1));
+    for id in ids {
+        let d = score(id);
+        if d <= top.threshold() {
+            top.push(id, d);
+        }
+    }
+    top.into_sorted()
+}
+
+/// What scores a stage.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Scorer {
+    /// The original float vectors.
+    Exact,
+    /// Codes of an encoder.
+    Codes(EncoderSpec),
+}
+
+/// One stage: a scorer and how many hits survive it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Stage {
+    /// What scores this stage.
+    pub scorer: Scorer,
+    /// How many hits it passes on.
+    pub keep: usize,
+}
+
+/// Stages run in order; text form `hadamard512+sign:1000,int8:100,exact:10`.
+///
+/// ```
+/// use rewa::Pipeline;
+/// let p: Pipeline = "hadamard256+sign:1000,exact:10".parse().unwrap();
+/// assert_eq!(p.stages.len(), 2);
+/// assert_eq!(p.to_string(), "hadamard256+sign:1000,exact:10");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Pipeline {
+    /// At least one stage; `keep` never grows.
+    pub stages: Vec<Stage>,
+}
+
+impl Pipeline {
+    /// A one-stage pipeline scanning `spec`'s codes.
+    pub fn single(spec: EncoderSpec, keep: usize) -> Self {
+        Pipeline {
+            stages: vec![Stage {
+                scorer: Scorer::Codes(spec),
+                keep,
+            }],
+        }
+    }
+    /// Checks the pipeline for a search returning `k` hits: last `keep >= k`.
+    pub fn check(&self, k: usize) -> Result<()> {
+        if k == 0 {
+            return invalid!("k must be at least 1");
+        }
+        let last = self.stages.last().map_or(0, |s| s.keep);
+        if last < k {
+            return invalid!("pipeline {self}: the last stage keeps {last}, fewer than k = {k}");
+        }
+        Ok(())
+    }
+    /// The number of hits the last stage returns.
+    pub fn final_keep(&self) -> usize {
+        self.stages.last().map_or(0, |s| s.keep)
+    }
+    /// The distinct encoder specs the pipeline scores with, in first-use order.
+    pub fn encoders(&self) -> Vec<&EncoderSpec> {
+        let mut out: Vec<&EncoderSpec> = Vec::new();
+        for s in &self.stages {
+            if let Scorer::Codes(spec) = &s.scorer {
+                if !out.contains(&spec) {
+                    out.push(spec);
+                }
+            }
+        }
+        out
+    }
+    /// `true` if some stage scores with the original vectors.
+    pub fn needs_vectors(&self) -> bool {
+        self.stages.iter().any(|s| s.scorer == Scorer::Exact)
+    }
+    /// The same stages with the `keep` of each replaced by `keeps` (for tuning).
+    pub fn with_keeps(&self, keeps: &[usize]) -> Result<Pipeline> {
+        let p = Pipeline {
+            stages: self
+                .stages
+                .iter()
+                .zip(keeps)
+                .map(|(s, &keep)| Stage {
+                    scorer: s.scorer.clone(),
+                    keep,
+                })
+                .collect(),
+        };
+        p.to_string().parse()
+    }
+}
+
+impl fmt::Display for Scorer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scorer::Exact => f.write_str("exact"),
+            Scorer::Codes(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+impl fmt::Display for Pipeline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .stages
+            .iter()
+            .map(|s| format!("{}:{}", s.scorer, s.keep))
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+impl FromStr for Pipeline {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim();
+        if s.is_empty() {
+            return invalid!("empty pipeline (try hadamard256+sign:1000,exact:10)");
+        }
+        let mut stages = Vec::new();
+        for part in s.split(',').map(str::trim) {
+            let Some((scorer, keep)) = part.rsplit_once(':') else {
+                return invalid!(
+                    "pipeline stage {part:?} has no ':keep' (e.g. hadamard256+sign:1000)"
+                );
+            };
+            let keep: usize = match keep.trim().parse() {
+                Ok(k) if k >= 1 => k,
+                _ => return invalid!("pipeline stage {part:?}: keep must be a whole number >= 1"),
+            };
+            let scorer = match scorer.trim() {
+                "exact" => Scorer::Exact,
+                other => Scorer::Codes(other.parse()?),
+            };
+            if let Some(prev) = stages.last().map(|p: &Stage| p.keep) {
+                if keep > prev {
+                    return invalid!("pipeline {s:?}: stage {part:?} keeps {keep}, more than the {prev} before it");
+                }
+            }
+            stages.push(Stage { scorer, keep });
+        }
+        Ok(Pipeline { stages })
+    }
+}
+
+impl serde::Serialize for Pipeline {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Pipeline {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Query-time settings.
+#[derive(Clone, Debug)]
+pub struct SearchParams {
+    /// Hits returned per query.
+    pub k: usize,
+    /// The stages to run; `None` uses the index's default pipeline.
+    pub pipeline: Option<Pipeline>,
+}
+
+impl Default for SearchParams {
+    fn default() -> Self {
+        SearchParams {
+            k: 10,
+            pipeline: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::gaussian;
+
+    #[test]
+    fn pipelines_round_trip_and_reject_bad_text() {
+        for s in [
+            "exact:10",
+            "hadamard512+sign:1000,int8:100,exact:10",
+            "pca64:50",
+        ] {
+            let p: Pipeline = s.parse().unwrap();
+            assert_eq!(p.to_string(), s);
+            assert_eq!(p.to_string().parse::<Pipeline>().unwrap(), p);
+        }
+        for s in [
+            "",
+            "sign",
+            "sign:0",
+            "sign:x",
+            "sign:10,exact:20",
+            "bogus:10",
+            "exact:10,,sign:5",
+        ] {
+            assert!(
+                matches!(s.parse::<Pipeline>(), Err(Error::InvalidInput(_))),
+                "{s:?} parsed"
+            );
+        }
+        let p: Pipeline = "sign:100,exact:5".parse().unwrap();
+        assert!(matches!(p.check(10), Err(Error::InvalidInput(_))));
+        assert!(matches!(p.check(0), Err(Error::InvalidInput(_))));
+        assert!(p.check(5).is_ok());
+    }
+
+    #[test]
+    fn topk_breaks_ties_by_id() {
+        let mut t = TopK::new(2);
+        for id in [5, 3, 9, 1] {
+            t.push(id, 1.0);
+        }
+        assert_eq!(
+            t.into_sorted().iter().map(|h| h.id).collect::<Vec<_>>(),
+            [1, 3]
+        );
+    }
+
+    #[test]
+    fn exact_search_matches_brute_force() {
+        for (d, metric) in [
+            (7, Metric::Ip),
+            (65, Metric::L2),
+            (128, Metric::Ip),
+            (33, Metric::L2),
+        ] {
+            let base = gaussian(3000, d, 1);
+            let qs = gaussian(37, d, 2);
+            let fast = exact_search(base.view(), qs.view(), metric, 10);
+            let slow = brute_force(base.view(), qs.view(), metric, 10);
+            for (f, s) in fast.iter().zip(&slow) {
+                let fi: Vec<u32> = f.iter().map(|h| h.id).collect();
+                let si: Vec<u32> = s.iter().map(|h| h.id).collect();
+                assert_eq!(fi, si, "d={d} {metric}");
+                for (a, b) in f.iter().zip(s) {
+                    assert!((a.distance - b.distance).abs() < 1e-3 * (1.0 + b.distance.abs()));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unrolled_hamming_matches_generic() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        for words in [1usize, 2, 3, 4, 5, 8, 16] {
+            let cl = words * 8;
+            let codes: Vec<u8> = (0..cl * 5000).map(|_| rng.random()).collect();
+            let qs: Vec<Vec<u8>> = (0..9)
+                .map(|_| (0..cl).map(|_| rng.random()).collect())
+                .collect();
+            let fast = scan_sign(&qs, &codes, cl, 20);
+            for (q, f) in qs.iter().zip(&fast) {
+                let want = rerank(0..5000u32, 20, |i| {
+                    hamming(q, &codes[i as usize * cl..(i as usize + 1) * cl]) as f32
+                });
+                assert_eq!(f, &want, "words={words}");
+            }
+        }
+    }
+}

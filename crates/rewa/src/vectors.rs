@@ -1,0 +1,192 @@
+//! Dense float vectors: one flat row-major buffer plus a dimension.
+
+use crate::error::{invalid, Error, Result};
+
+/// An owned set of `len()` vectors of `dim` floats each, row-major.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Vectors {
+    dim: usize,
+    data: Vec<f32>,
+}
+
+/// A borrowed view of [`Vectors`].
+#[derive(Clone, Copy, Debug)]
+pub struct VectorsRef<'a> {
+    dim: usize,
+    data: &'a [f32],
+}
+
+impl Vectors {
+    /// Wraps `data` as rows of `dim` floats. Fails if `dim` is 0 or does not divide the length.
+    pub fn new(dim: usize, data: Vec<f32>) -> Result<Self> {
+        check_shape(dim, data.len())?;
+        Ok(Vectors { dim, data })
+    }
+    /// An empty set of dimension `dim`.
+    pub fn empty(dim: usize) -> Self {
+        Vectors {
+            dim,
+            data: Vec::new(),
+        }
+    }
+    /// Borrows the whole set.
+    pub fn view(&self) -> VectorsRef<'_> {
+        VectorsRef {
+            dim: self.dim,
+            data: &self.data,
+        }
+    }
+    /// The dimension of each vector.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+    /// The number of vectors.
+    pub fn len(&self) -> usize {
+        if self.dim == 0 {
+            0
+        } else {
+            self.data.len() / self.dim
+        }
+    }
+    /// `true` if there are no vectors.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+    /// Row `i`. Panics if `i >= len()`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.dim..(i + 1) * self.dim]
+    }
+    /// The flat buffer.
+    pub fn as_slice(&self) -> &[f32] {
+        &self.data
+    }
+    /// The flat buffer, mutable.
+    pub fn as_mut_slice(&mut self) -> &mut [f32] {
+        &mut self.data
+    }
+    /// Gives up the flat buffer.
+    pub fn into_vec(self) -> Vec<f32> {
+        self.data
+    }
+    /// Appends one row. Fails on a dimension mismatch.
+    pub fn push(&mut self, row: &[f32]) -> Result<()> {
+        if row.len() != self.dim {
+            return Err(Error::DimMismatch {
+                expected: self.dim,
+                got: row.len(),
+            });
+        }
+        self.data.extend_from_slice(row);
+        Ok(())
+    }
+    /// Appends all rows of `other`. Fails on a dimension mismatch.
+    pub fn extend(&mut self, other: VectorsRef<'_>) -> Result<()> {
+        if other.dim != self.dim {
+            return Err(Error::DimMismatch {
+                expected: self.dim,
+                got: other.dim,
+            });
+        }
+        self.data.extend_from_slice(other.data);
+        Ok(())
+    }
+    /// Scales every row to unit L2 norm (rows of norm 0 are left as they are).
+    pub fn normalize(&mut self) {
+        for row in self.data.chunks_exact_mut(self.dim) {
+            normalize(row);
+        }
+    }
+    /// The rows at `ids`, in that order.
+    pub fn gather(&self, ids: &[u32]) -> Vectors {
+        self.view().gather(ids)
+    }
+}
+
+impl<'a> VectorsRef<'a> {
+    /// Views `data` as rows of `dim` floats. Fails if `dim` is 0 or does not divide the length.
+    pub fn new(dim: usize, data: &'a [f32]) -> Result<Self> {
+        check_shape(dim, data.len())?;
+        Ok(VectorsRef { dim, data })
+    }
+    /// The dimension of each vector.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+    /// The number of vectors.
+    pub fn len(&self) -> usize {
+        self.data.len() / self.dim
+    }
+    /// `true` if there are no vectors.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+    /// Row `i`. Panics if `i >= len()`.
+    pub fn row(&self, i: usize) -> &'a [f32] {
+        &self.data[i * self.dim..(i + 1) * self.dim]
+    }
+    /// Iterates over the rows.
+    pub fn rows(&self) -> std::slice::ChunksExact<'a, f32> {
+        self.data.chunks_exact(self.dim)
+    }
+    /// The flat buffer.
+    pub fn as_slice(&self) -> &'a [f32] {
+        self.data
+    }
+    /// Rows `start..end`.
+    pub fn slice(&self, start: usize, end: usize) -> VectorsRef<'a> {
+        VectorsRef {
+            dim: self.dim,
+            data: &self.data[start * self.dim..end * self.dim],
+        }
+    }
+    /// Copies the view into an owned set.
+    pub fn to_owned(&self) -> Vectors {
+        Vectors {
+            dim: self.dim,
+            data: self.data.to_vec(),
+        }
+    }
+    /// The rows at `ids`, in that order.
+    pub fn gather(&self, ids: &[u32]) -> Vectors {
+        let mut data = Vec::with_capacity(ids.len() * self.dim);
+        for &i in ids {
+            data.extend_from_slice(self.row(i as usize));
+        }
+        Vectors {
+            dim: self.dim,
+            data,
+        }
+    }
+    /// Fails with `InvalidInput` naming the first row holding NaN or infinity.
+    pub fn check_finite(&self) -> Result<()> {
+        if let Some(i) = self.rows().position(|r| r.iter().any(|v| !v.is_finite())) {
+            return invalid!("row {i} holds NaN or infinity");
+        }
+        Ok(())
+    }
+}
+
+impl<'a> From<&'a Vectors> for VectorsRef<'a> {
+    fn from(v: &'a Vectors) -> Self {
+        v.view()
+    }
+}
+
+fn check_shape(dim: usize, len: usize) -> Result<()> {
+    if dim == 0 {
+        return invalid!("vector dimension must be at least 1");
+    }
+    if len % dim != 0 {
+        return invalid!("buffer of {len} floats is not a whole number of rows of {dim}");
+    }
+    Ok(())
+}
+
+/// Scales `v` to unit L2 norm in place; a zero vector stays zero.
+pub fn normalize(v: &mut [f32]) {
+    let n = crate::distance::dot(v, v).sqrt();
+    if n > 0.0 {
+        let inv = 1.0 / n;
+        v.iter_mut().for_each(|x| *x *= inv);
+    }
+}
