@@ -1,0 +1,66 @@
+//! Loading inputs for commands: vectors with the metric's normalisation, and checks that name
+//! the file at fault.
+
+use anyhow::{bail, Context, Result};
+use rewa::{Metric, Vectors};
+use std::path::Path;
+use std::time::Instant;
+
+/// Reads vectors and, for cosine, normalises them once.
+pub fn load(path: &Path, metric: Metric) -> Result<Vectors> {
+    let t = Instant::now();
+    let mut v = rewa::io::read_vectors(path)
+        .with_context(|| format!("reading vectors from {}", path.display()))?;
+    if metric.normalizes() {
+        v.normalize();
+    }
+    log(&format!(
+        "read {} x {} from {} in {:.2}s",
+        v.len(),
+        v.dim(),
+        path.display(),
+        t.elapsed().as_secs_f64()
+    ));
+    Ok(v)
+}
+
+/// Fails unless `v` has dimension `dim`, naming both files.
+pub fn same_dim(v: &Vectors, path: &Path, dim: usize, base: &Path) -> Result<()> {
+    if v.dim() != dim {
+        return Err(anyhow::Error::new(rewa::Error::DimMismatch {
+            expected: dim,
+            got: v.dim(),
+        }))
+        .with_context(|| {
+            format!(
+                "{} has dimension {}, but {} has {}",
+                path.display(),
+                v.dim(),
+                base.display(),
+                dim
+            )
+        });
+    }
+    Ok(())
+}
+
+/// Reads labels and checks there is one per vector.
+pub fn labels(path: &Path, n: usize, what: &Path) -> Result<Vec<i64>> {
+    let l = rewa::io::read_labels(path)
+        .with_context(|| format!("reading labels from {}", path.display()))?;
+    if l.len() != n {
+        bail!(
+            "{} holds {} labels, but {} holds {} vectors",
+            path.display(),
+            l.len(),
+            what.display(),
+            n
+        );
+    }
+    Ok(l)
+}
+
+/// A progress line on stderr.
+pub fn log(msg: &str) {
+    eprintln!("[rewa] {msg}");
+}
