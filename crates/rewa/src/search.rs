@@ -122,8 +122,10 @@ pub fn brute_force(
 }
 
 fn query_block(nq: usize) -> usize {
+    // Few large blocks: a GEMM re-packs its base block once per query block, and a code scan
+    // streams each code block once per query block.
     let threads = rayon::current_num_threads().max(1);
-    nq.div_ceil(threads * 2).clamp(1, 128)
+    nq.div_ceil(threads).clamp(1, 512)
 }
 
 /// Exact top-`k` of every query over `base` (blocked GEMM, rayon over query blocks).
@@ -186,13 +188,13 @@ pub fn exact_search(
                         let bn = &bnorm[off..off + nb];
                         for (j, (&s, &b)) in row.iter().zip(bn).enumerate() {
                             let dist = (qnorm[qi] + b - 2.0 * s).max(0.0);
-                            if dist <= top.threshold() {
+                            if dist < top.threshold() {
                                 top.push((off + j) as u32, dist);
                             }
                         }
                     } else {
                         for (j, &s) in row.iter().enumerate() {
-                            if -s <= top.threshold() {
+                            if -s < top.threshold() {
                                 top.push((off + j) as u32, -s);
                             }
                         }
@@ -226,7 +228,7 @@ pub fn scan_codes<Q: Quantizer>(
                 for (q, top) in qs.iter().zip(tops.iter_mut()) {
                     for (j, c) in bc.chunks_exact(cl).enumerate() {
                         let dist = quantizer.distance(q, c);
-                        if dist <= top.threshold() {
+                        if dist < top.threshold() {
                             top.push((off + j) as u32, dist);
                         }
                     }
@@ -235,6 +237,30 @@ pub fn scan_codes<Q: Quantizer>(
             tops.into_iter().map(TopK::into_sorted)
         })
         .collect()
+}
+
+/// Population count of one word as a single scalar `POPCNT`.
+///
+/// With `count_ones`, LLVM's SLP vectorizer packs a code's words into one AVX2 register,
+/// counts bits with byte shuffles and then needs a horizontal sum per code, which measured
+/// slower than one scalar POPCNT per word (4 per cycle on current x86 cores). The asm keeps
+/// it scalar. [`crate::distance::hamming_reference`] is the reference it is tested against
+/// (through `scan_codes`).
+#[inline(always)]
+fn popcnt64(x: u64) -> u32 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "popcnt"))]
+    {
+        let r: u64;
+        // SAFETY: POPCNT is available (target feature checked at compile time); no memory access.
+        unsafe {
+            std::arch::asm!("popcnt {0}, {1}", out(reg) r, in(reg) x, options(pure, nomem, nostack))
+        };
+        r as u32
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "popcnt")))]
+    {
+        x.count_ones()
+    }
 }
 
 /// Hamming first-stage scan with the code length known at compile time (`W` u64 words):
@@ -256,17 +282,17 @@ pub fn scan_hamming<const W: usize>(queries: &[Vec<u8>], codes: &[u8], k: usize)
             for (bi, bc) in codes.chunks(block * cl).enumerate() {
                 let off = bi * block;
                 for (q, top) in qw.iter().zip(tops.iter_mut()) {
-                    let mut thr = top.threshold();
+                    // Integer threshold; ids ascend, so a tie can never enter: strict `<`.
+                    let mut thr = top.threshold().min(u32::MAX as f32) as u32;
                     for (j, c) in bc.chunks_exact(cl).enumerate() {
                         let c = words(c);
                         let mut dist = 0u32;
                         for w in 0..W {
-                            dist += (q[w] ^ c[w]).count_ones();
+                            dist += popcnt64(q[w] ^ c[w]);
                         }
-                        let dist = dist as f32;
-                        if dist <= thr {
-                            top.push((off + j) as u32, dist);
-                            thr = top.threshold();
+                        if dist < thr {
+                            top.push((off + j) as u32, dist as f32);
+                            thr = top.threshold().min(u32::MAX as f32) as u32;
                         }
                     }
                 }
