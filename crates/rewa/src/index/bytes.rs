@@ -38,11 +38,6 @@ impl Bytes {
             Bytes::Mapped { map, start, len } => &map[*start..*start + *len],
         }
     }
-    pub(crate) fn len(&self) -> usize {
-        match self {
-            Bytes::Owned { len, .. } | Bytes::Mapped { len, .. } => *len,
-        }
-    }
     /// Appends bytes; a mapped buffer is first copied into memory.
     pub(crate) fn extend(&mut self, data: &[u8]) {
         if let Bytes::Mapped { .. } = self {

@@ -4,6 +4,7 @@
 //! [`format`]; nothing else reads or writes index bytes.
 
 mod bytes;
+pub mod format;
 
 pub(crate) use bytes::Bytes;
 
@@ -13,7 +14,7 @@ use crate::error::{invalid, Error, Result};
 use crate::search::{
     exact_search, rerank, scan_codes, scan_sign, Hit, Pipeline, Scorer, SearchParams,
 };
-use crate::vectors::{Vectors, VectorsRef};
+use crate::vectors::VectorsRef;
 use rayon::prelude::*;
 use std::borrow::Cow;
 
@@ -220,6 +221,15 @@ impl Index {
         Ok(())
     }
 
+    /// Saves into `dir` crash-safely (see [`format`]).
+    pub fn save(&self, dir: &std::path::Path) -> Result<()> {
+        format::save(self, dir)
+    }
+    /// Opens an index saved by [`Index::save`], memory-mapping and checking every file.
+    pub fn open(dir: &std::path::Path) -> Result<Index> {
+        format::open(dir)
+    }
+
     /// Searches one query.
     pub fn search(&self, query: &[f32], params: &SearchParams) -> Result<Vec<Hit>> {
         let q = VectorsRef::new(query.len().max(1), query).map_err(|_| Error::DimMismatch {
@@ -351,10 +361,4 @@ fn rerank_codes(
         AnyQuantizer::Sign(s) => go(s, tq, codes, ids, keep),
         AnyQuantizer::Int8(i) => go(i, tq, codes, ids, keep),
     }
-}
-
-/// Builds the in-memory vectors for `Index::vectors` from raw parts (used by tests).
-#[doc(hidden)]
-pub fn vectors_from(v: &Vectors) -> Vec<u8> {
-    crate::io::as_bytes(v.as_slice()).to_vec()
 }
