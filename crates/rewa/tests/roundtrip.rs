@@ -6,7 +6,13 @@ use rewa::{Error, Index, IndexSpec, Metric, SearchParams, Vectors};
 use std::path::Path;
 
 fn spec(metric: Metric) -> IndexSpec {
-    IndexSpec { metric, pipeline: "pca32+hadamard128+sign:200,hadamard64+int8:50,exact:10".parse().unwrap(), seed: 5 }
+    IndexSpec {
+        metric,
+        pipeline: "pca32+hadamard128+sign:200,hadamard64+int8:50,exact:10"
+            .parse()
+            .unwrap(),
+        seed: 5,
+    }
 }
 
 fn data() -> (Vectors, Vectors) {
@@ -15,7 +21,14 @@ fn data() -> (Vectors, Vectors) {
 }
 
 fn search(i: &Index, q: &Vectors) -> Vec<Vec<rewa::Hit>> {
-    i.search_batch(q.view(), &SearchParams { k: 10, pipeline: None }).unwrap()
+    i.search_batch(
+        q.view(),
+        &SearchParams {
+            k: 10,
+            pipeline: None,
+        },
+    )
+    .unwrap()
 }
 
 #[test]
@@ -28,11 +41,18 @@ fn save_open_search_is_identical() {
         let opened = Index::open(t.path()).unwrap();
         assert_eq!(opened.len(), index.len());
         assert_eq!(opened.pipeline(), index.pipeline());
-        assert_eq!(search(&opened, &queries), search(&index, &queries), "{metric}");
+        assert_eq!(
+            search(&opened, &queries),
+            search(&index, &queries),
+            "{metric}"
+        );
         // A reloaded encoder gives identical codes.
         for (a, b) in index.code_sets().iter().zip(opened.code_sets()) {
             assert_eq!(a.codes(), b.codes());
-            assert_eq!(a.encoder().encode_batch(queries.view()).unwrap(), b.encoder().encode_batch(queries.view()).unwrap());
+            assert_eq!(
+                a.encoder().encode_batch(queries.view()).unwrap(),
+                b.encoder().encode_batch(queries.view()).unwrap()
+            );
         }
     }
 }
@@ -40,7 +60,10 @@ fn save_open_search_is_identical() {
 #[test]
 fn add_equals_build_on_concatenation() {
     let (base, queries) = data();
-    let (first, second) = (base.view().slice(0, 500), base.view().slice(500, base.len()));
+    let (first, second) = (
+        base.view().slice(0, 500),
+        base.view().slice(500, base.len()),
+    );
     let t = tempfile::tempdir().unwrap();
     let mut index = Index::fit(&spec(Metric::Cosine), base.view()).unwrap();
     index.add(first).unwrap();
@@ -53,16 +76,21 @@ fn add_equals_build_on_concatenation() {
     whole.add(base.view()).unwrap();
     assert_eq!(after.len(), base.len());
     assert_eq!(search(&after, &queries), search(&whole, &queries));
-X
+    // Old generations are gone: the manifest, two code sets, vectors, params.
     assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1 + 2 + 1 + 1);
 }
 
 fn saved() -> (tempfile::TempDir, Vec<String>) {
     let (base, _) = data();
     let t = tempfile::tempdir().unwrap();
-    Index::build(&spec(Metric::Cosine), base.view()).unwrap().save(t.path()).unwrap();
-    let mut files: Vec<String> =
-        std::fs::read_dir(t.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+    Index::build(&spec(Metric::Cosine), base.view())
+        .unwrap()
+        .save(t.path())
+        .unwrap();
+    let mut files: Vec<String> = std::fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
     files.sort();
     (t, files)
 }
@@ -86,7 +114,10 @@ fn damaged_files_get_their_errors() {
         let p = t.path().join(f);
         let b = std::fs::read(&p).unwrap();
         std::fs::write(&p, &b[..b.len() - 1]).unwrap();
-        assert!(matches!(Index::open(t.path()), Err(Error::Corrupt { path, .. }) if path == p), "truncated {f}");
+        assert!(
+            matches!(Index::open(t.path()), Err(Error::Corrupt { path, .. }) if path == p),
+            "truncated {f}"
+        );
         // One flipped byte in the payload.
         let t = copy(good.path());
         let p = t.path().join(f);
@@ -94,27 +125,45 @@ fn damaged_files_get_their_errors() {
         let at = b.len() - 3;
         b[at] ^= 0x10;
         std::fs::write(&p, &b).unwrap();
-        assert!(matches!(Index::open(t.path()), Err(Error::Corrupt { path, reason }) if path == p && reason.contains("checksum")), "flipped {f}");
+        assert!(
+            matches!(Index::open(t.path()), Err(Error::Corrupt { path, reason }) if path == p && reason.contains("checksum")),
+            "flipped {f}"
+        );
         // Missing.
         let t = copy(good.path());
         std::fs::remove_file(t.path().join(f)).unwrap();
-        assert!(matches!(Index::open(t.path()), Err(Error::Io { .. })), "missing {f}");
+        assert!(
+            matches!(Index::open(t.path()), Err(Error::Io { .. })),
+            "missing {f}"
+        );
     }
-    for f in files.iter().filter(|f| f.ends_with(".bin") || f.ends_with(".f32")) {
+    for f in files
+        .iter()
+        .filter(|f| f.ends_with(".bin") || f.ends_with(".f32"))
+    {
         // Wrong magic.
         let t = copy(good.path());
         let p = t.path().join(f);
         let mut b = std::fs::read(&p).unwrap();
         b[0] = b'X';
         std::fs::write(&p, &b).unwrap();
-        assert!(matches!(Index::open(t.path()), Err(Error::Corrupt { reason, .. }) if reason.contains("magic")), "magic {f}");
+        assert!(
+            matches!(Index::open(t.path()), Err(Error::Corrupt { reason, .. }) if reason.contains("magic")),
+            "magic {f}"
+        );
         // A future version in the header.
         let t = copy(good.path());
         let p = t.path().join(f);
         let mut b = std::fs::read(&p).unwrap();
         b[8..12].copy_from_slice(&99u32.to_le_bytes());
         std::fs::write(&p, &b).unwrap();
-        assert!(matches!(Index::open(t.path()), Err(Error::Incompatible { found: 99, .. })), "version {f}");
+        assert!(
+            matches!(
+                Index::open(t.path()),
+                Err(Error::Incompatible { found: 99, .. })
+            ),
+            "version {f}"
+        );
     }
     // A manifest from the future, one that is not JSON, and one that disagrees with the data.
     let edit = |f: &dyn Fn(String) -> String| {
@@ -124,13 +173,22 @@ fn damaged_files_get_their_errors() {
         t
     };
     let t = edit(&|s| s.replace("\"format_version\": 1", "\"format_version\": 7"));
-    assert!(matches!(Index::open(t.path()), Err(Error::Incompatible { found: 7, .. })));
+    assert!(matches!(
+        Index::open(t.path()),
+        Err(Error::Incompatible { found: 7, .. })
+    ));
     let t = edit(&|s| s[..s.len() / 2].to_string());
     assert!(matches!(Index::open(t.path()), Err(Error::Corrupt { .. })));
     let t = edit(&|s| s.replace("\"count\": 800", "\"count\": 799"));
-    assert!(matches!(Index::open(t.path()), Err(Error::Corrupt { .. })), "count disagrees");
+    assert!(
+        matches!(Index::open(t.path()), Err(Error::Corrupt { .. })),
+        "count disagrees"
+    );
     let t = edit(&|s| s.replace("\"dim\": 48", "\"dim\": 47"));
-    assert!(matches!(Index::open(t.path()), Err(Error::Corrupt { .. })), "dim disagrees");
+    assert!(
+        matches!(Index::open(t.path()), Err(Error::Corrupt { .. })),
+        "dim disagrees"
+    );
     // Not an index at all.
     let empty = tempfile::tempdir().unwrap();
     assert!(matches!(Index::open(empty.path()), Err(Error::Io { .. })));
@@ -140,5 +198,11 @@ fn damaged_files_get_their_errors() {
 fn queries_of_wrong_dimension() {
     let (good, _) = saved();
     let index = Index::open(good.path()).unwrap();
-    assert!(matches!(index.search(&[0.5; 47], &SearchParams::default()), Err(Error::DimMismatch { expected: 48, got: 47 })));
+    assert!(matches!(
+        index.search(&[0.5; 47], &SearchParams::default()),
+        Err(Error::DimMismatch {
+            expected: 48,
+            got: 47
+        })
+    ));
 }
