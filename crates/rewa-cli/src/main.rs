@@ -28,6 +28,16 @@ enum Command {
     Encode(cmd::encode::Args),
     /// Print and save the comparison table on synthetic data, SciFact and SIFT-small.
     Bench(cmd::bench::Args),
+    /// Build a persistent index from a vector file.
+    Build(cmd::index::BuildArgs),
+    /// Append vectors to an index.
+    Add(cmd::index::AddArgs),
+    /// Search an index.
+    Search(cmd::index::SearchArgs),
+    /// Find the keeps that reach a target recall at the highest QPS; store them as the default.
+    Tune(cmd::index::TuneArgs),
+    /// Show an index's facts.
+    Info(cmd::index::InfoArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +47,11 @@ fn main() -> ExitCode {
         Command::Eval(a) => cmd::eval::run(a),
         Command::Encode(a) => cmd::encode::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Build(a) => cmd::index::build(a),
+        Command::Add(a) => cmd::index::add(a),
+        Command::Search(a) => cmd::index::search(a),
+        Command::Tune(a) => cmd::index::tune(a),
+        Command::Info(a) => cmd::index::info(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

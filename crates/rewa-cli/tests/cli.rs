@@ -194,3 +194,144 @@ fn bad_inputs_fail_with_messages() {
     );
     assert!(!ok && err.contains("fewer than k"), "{err}");
 }
+
+#[test]
+fn build_search_info_tune() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    assert!(
+        rewa(
+            &[
+                "synth",
+                "--classes",
+                "20",
+                "--per-class",
+                "50",
+                "--dim",
+                "32",
+                "--new-classes",
+                "0",
+                "--out",
+                "s"
+            ],
+            d
+        )
+        .0
+    );
+    let (ok, out, err) = rewa(
+        &[
+            "build",
+            "--base",
+            "s/base.npy",
+            "--pipeline",
+            "hadamard64+sign:500,exact:10",
+            "--out",
+            "idx",
+            "--json",
+        ],
+        d,
+    );
+    assert!(ok, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["count"], 1000);
+    let (ok, out, err) = rewa(&["info", "--index", "idx", "--json"], d);
+    assert!(ok, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            j["count"].as_u64(),
+            j["dim"].as_u64(),
+            j["format_version"].as_u64()
+        ),
+        (Some(1000), Some(32), Some(1))
+    );
+    assert_eq!(j["metric"], "cosine");
+    assert_eq!(j["bytes_per_vector"], 8 + 128);
+    let (ok, out, err) = rewa(
+        &[
+            "search",
+            "--index",
+            "idx",
+            "--queries",
+            "s/queries_same.npy",
+            "--out",
+            "hits.tsv",
+            "--json",
+        ],
+        d,
+    );
+    assert!(ok, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["n_queries"], 200);
+    let tsv = std::fs::read_to_string(d.join("hits.tsv")).unwrap();
+    assert_eq!(tsv.lines().count(), 1 + 200 * 10);
+    // Tune on validation queries: the stored default must measure at least the target.
+    let (ok, out, err) = rewa(
+        &[
+            "tune",
+            "--index",
+            "idx",
+            "--queries",
+            "s/queries_same.npy",
+            "--target-recall",
+            "0.9",
+            "--json",
+        ],
+        d,
+    );
+    assert!(ok, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(j["recall_at_k"].as_f64().unwrap() >= 0.9, "{j}");
+    let chosen = j["pipeline"].as_str().unwrap().to_string();
+    let (_, out, _) = rewa(&["info", "--index", "idx", "--json"], d);
+    let info: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(info["pipeline"], chosen.as_str());
+    // Re-measure the chosen pipeline independently with eval against exact search.
+    let (ok, out, err) = rewa(
+        &[
+            "eval",
+            "--base",
+            "s/base.npy",
+            "--queries",
+            "s/queries_same.npy",
+            "--pipeline",
+            &chosen,
+            "--seed",
+            "42",
+            "--json",
+        ],
+        d,
+    );
+    assert!(ok, "{err}");
+    let e: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(e["recall_at_k"].as_f64().unwrap() >= 0.9, "{e}");
+    // Wrong query dimension is refused with a message.
+    assert!(
+        rewa(
+            &[
+                "synth",
+                "--classes",
+                "2",
+                "--per-class",
+                "5",
+                "--dim",
+                "31",
+                "--out",
+                "w"
+            ],
+            d
+        )
+        .0
+    );
+    let (ok, _, err) = rewa(
+        &[
+            "search",
+            "--index",
+            "idx",
+            "--queries",
+            "w/queries_same.npy",
+        ],
+        d,
+    );
+    assert!(!ok && err.contains("dimension"), "{err}");
+}

@@ -64,7 +64,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let wl = |name: &str, l: &[i64]| -> Result<()> {
         if !l.is_empty() {
-            rewa::io::write_npy_i64(&a.out.join(name), l)?;
+            rewa::io::write_npy_i64(&a.out.join(name), &[l.len()], l)?;
         }
         Ok(())
     };

@@ -304,7 +304,12 @@ pub fn write_npy_u8(path: &Path, rows: usize, cols: usize, data: &[u8]) -> Resul
     write_atomic(path, &[&header("|u1", &[rows, cols]), data])
 }
 
-/// Writes a 1-D `<i8` array, atomically.
-pub fn write_npy_i64(path: &Path, data: &[i64]) -> Result<()> {
-    write_atomic(path, &[&header("<i8", &[data.len()]), as_bytes(data)])
+/// Writes an `<i8` array of `shape` (1-D when `shape` is `[data.len()]`), atomically.
+pub fn write_npy_i64(path: &Path, shape: &[usize], data: &[i64]) -> Result<()> {
+    assert_eq!(
+        shape.iter().product::<usize>(),
+        data.len(),
+        "write_npy_i64: shape does not match data"
+    );
+    write_atomic(path, &[&header("<i8", shape), as_bytes(data)])
 }
