@@ -44,6 +44,19 @@ pub fn same_dim(v: &Vectors, path: &Path, dim: usize, base: &Path) -> Result<()>
     Ok(())
 }
 
+/// Reads the optional training file with the base's metric and checks its dimension.
+pub fn load_train(
+    train: Option<&Path>,
+    metric: Metric,
+    base: &Vectors,
+    base_path: &Path,
+) -> Result<Option<Vectors>> {
+    let Some(p) = train else { return Ok(None) };
+    let t = load(p, metric)?;
+    same_dim(&t, p, base.dim(), base_path)?;
+    Ok(Some(t))
+}
+
 /// Reads labels and checks there is one per vector.
 pub fn labels(path: &Path, n: usize, what: &Path) -> Result<Vec<i64>> {
     let l = rewa::io::read_labels(path)

@@ -1,4 +1,4 @@
-use crate::data::{load, log, same_dim};
+use crate::data::{load, load_train, log, same_dim};
 use anyhow::{Context, Result};
 use rewa::encode::QuantizerSpec;
 use rewa::{Encoder, EncoderSpec, Metric};
@@ -55,14 +55,7 @@ fn write(enc: &Encoder, v: &rewa::Vectors, out: &std::path::Path) -> Result<()> 
 pub fn run(a: Args) -> Result<()> {
     let base = load(&a.base, a.metric)?;
     a.encoder.check(base.dim())?;
-    let train = match &a.train {
-        Some(p) => {
-            let t = load(p, a.metric)?;
-            same_dim(&t, p, base.dim(), &a.base)?;
-            Some(t)
-        }
-        None => None,
-    };
+    let train = load_train(a.train.as_deref(), a.metric, &base, &a.base)?;
     let enc = Encoder::fit(
         &a.encoder,
         train.as_ref().unwrap_or(&base).view(),

@@ -1,4 +1,4 @@
-use crate::data::{labels, load, log, same_dim};
+use crate::data::{labels, load, load_train, log, same_dim};
 use anyhow::{bail, Context, Result};
 use rewa::eval::{label_precision_at_k, recall_at_k, Qrels};
 use rewa::search::{exact_search, Scorer};
@@ -209,14 +209,7 @@ pub fn run(a: Args) -> Result<()> {
     let base = load(&a.base, a.metric)?;
     let queries = load(&a.queries, a.metric)?;
     same_dim(&queries, &a.queries, base.dim(), &a.base)?;
-    let train = match &a.train {
-        Some(p) => {
-            let t = load(p, a.metric)?;
-            same_dim(&t, p, base.dim(), &a.base)?;
-            Some(t)
-        }
-        None => None,
-    };
+    let train = load_train(a.train.as_deref(), a.metric, &base, &a.base)?;
     let (pipeline, label) = match (&a.encoder, &a.pipeline) {
         (Some(e), _) => {
             e.check(base.dim())?;

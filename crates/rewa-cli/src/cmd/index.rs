@@ -1,6 +1,6 @@
 //! Commands over a persistent index: build, add, search, info, tune.
 
-use crate::data::{load, log, same_dim};
+use crate::data::{load, load_train, log};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rewa::eval::recall_at_k;
@@ -141,14 +141,7 @@ fn open(dir: &Path) -> Result<Index> {
 pub fn build(a: BuildArgs) -> Result<()> {
     let t0 = Instant::now();
     let base = load(&a.base, a.metric)?;
-    let train = match &a.train {
-        Some(p) => {
-            let t = load(p, a.metric)?;
-            same_dim(&t, p, base.dim(), &a.base)?;
-            Some(t)
-        }
-        None => None,
-    };
+    let train = load_train(a.train.as_deref(), a.metric, &base, &a.base)?;
     let spec = IndexSpec {
         metric: a.metric,
         pipeline: a.pipeline.clone(),
