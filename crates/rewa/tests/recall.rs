@@ -6,6 +6,16 @@ use rewa::search::{brute_force, exact_search};
 use rewa::testutil::clusters;
 use rewa::{Index, IndexSpec, Metric, SearchParams, Vectors};
 
+/// Copies of base and queries as the index sees them (normalised for cosine).
+fn prepared(d: &Data, metric: Metric) -> (Vectors, Vectors) {
+    let (mut b, mut q) = (d.base.clone(), d.queries.clone());
+    if metric.normalizes() {
+        b.normalize();
+        q.normalize();
+    }
+    (b, q)
+}
+
 struct Data {
     base: Vectors,
     queries: Vectors,
@@ -27,12 +37,7 @@ fn recall(d: &Data, metric: Metric, pipeline: &str, k: usize) -> f64 {
     let got = index
         .search_batch(d.queries.view(), &SearchParams { k, pipeline: None })
         .unwrap();
-    let mut b = d.base.clone();
-    let mut q = d.queries.clone();
-    if metric.normalizes() {
-        b.normalize();
-        q.normalize();
-    }
+    let (b, q) = prepared(d, metric);
     let truth = exact_search(b.view(), q.view(), metric, k);
     let r = recall_at_k(&got, &truth, k);
     eprintln!("{pipeline} {metric}: recall@{k} = {r:.3}");
@@ -107,11 +112,7 @@ fn exact_last_stage_with_keep_n_equals_brute_force() {
                 },
             )
             .unwrap();
-        let (mut b, mut q) = (d.base.clone(), d.queries.clone());
-        if metric.normalizes() {
-            b.normalize();
-            q.normalize();
-        }
+        let (b, q) = prepared(&d, metric);
         let want = brute_force(b.view(), q.view(), metric, 10);
         assert_eq!(got, want, "{metric}: ids and distances must be identical");
     }

@@ -138,6 +138,27 @@ fn open(dir: &Path) -> Result<Index> {
     Ok(index)
 }
 
+/// Opens an index and reads a vector file with its metric, checking the dimension.
+fn open_with(dir: &Path, file: &Path) -> Result<(Index, Vectors)> {
+    let index = open(dir)?;
+    let v = load(file, index.metric())?;
+    if v.dim() != index.dim() {
+        return Err(anyhow::Error::new(rewa::Error::DimMismatch {
+            expected: index.dim(),
+            got: v.dim(),
+        }))
+        .with_context(|| {
+            format!(
+                "{} has dimension {}, the index {}",
+                file.display(),
+                v.dim(),
+                index.dim()
+            )
+        });
+    }
+    Ok((index, v))
+}
+
 pub fn build(a: BuildArgs) -> Result<()> {
     let t0 = Instant::now();
     let base = load(&a.base, a.metric)?;
@@ -175,14 +196,7 @@ pub fn build(a: BuildArgs) -> Result<()> {
 
 pub fn add(a: AddArgs) -> Result<()> {
     let t0 = Instant::now();
-    let mut index = open(&a.index)?;
-    let data = load(&a.base, index.metric())?;
-    if data.dim() != index.dim() {
-        bail!(rewa::Error::DimMismatch {
-            expected: index.dim(),
-            got: data.dim()
-        });
-    }
+    let (mut index, data) = open_with(&a.index, &a.base)?;
     add_with_progress(&mut index, &data)?;
     index.save(&a.index)?;
     let secs = t0.elapsed().as_secs_f64();
@@ -201,14 +215,7 @@ pub fn add(a: AddArgs) -> Result<()> {
 }
 
 pub fn search(a: SearchArgs) -> Result<()> {
-    let index = open(&a.index)?;
-    let queries = load(&a.queries, index.metric())?;
-    if queries.dim() != index.dim() {
-        bail!(rewa::Error::DimMismatch {
-            expected: index.dim(),
-            got: queries.dim()
-        })
-    }
+    let (index, queries) = open_with(&a.index, &a.queries)?;
     let pipeline = a
         .pipeline
         .clone()
@@ -300,14 +307,7 @@ pub fn info(a: InfoArgs) -> Result<()> {
 }
 
 pub fn tune(a: TuneArgs) -> Result<()> {
-    let mut index = open(&a.index)?;
-    let queries = load(&a.queries, index.metric())?;
-    if queries.dim() != index.dim() {
-        bail!(rewa::Error::DimMismatch {
-            expected: index.dim(),
-            got: queries.dim()
-        })
-    }
+    let (mut index, queries) = open_with(&a.index, &a.queries)?;
     let Some(vectors) = index.vectors() else {
         bail!("tune needs the index's float vectors for ground truth; build with a pipeline that has an exact stage")
     };
