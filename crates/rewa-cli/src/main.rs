@@ -9,7 +9,8 @@ use std::process::ExitCode;
 /// Compress dense embeddings into small codes and search them in stages.
 ///
 /// Encoders are named by spec strings: transforms then at most one quantizer, joined by '+':
-/// flat | hadamard<m> | pca<m> , then sign | int8 (e.g. hadamard256+sign, pca64+int8).
+/// flat | hadamard<m> | pca<m> | learned=DIR , then sign | int8 (e.g. hadamard256+sign,
+/// pca64+int8, learned=models/x+sign).
 /// Pipelines are comma-separated stages SPEC:keep, e.g. hadamard512+sign:1000,int8:100,exact:10.
 #[derive(Parser)]
 #[command(name = "rewa", version, about, long_about = None, propagate_version = true)]
@@ -38,6 +39,8 @@ enum Command {
     Tune(cmd::index::TuneArgs),
     /// Show an index's facts.
     Info(cmd::index::InfoArgs),
+    /// Train the learned encoder (MLP, contrastive) for `learned=DIR` specs.
+    Train(cmd::train::Args),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Command::Search(a) => cmd::index::search(a),
         Command::Tune(a) => cmd::index::tune(a),
         Command::Info(a) => cmd::index::info(a),
+        Command::Train(a) => cmd::train::run(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -106,6 +106,21 @@ impl Qrels {
         Ok(Qrels { per_query })
     }
 
+    /// Every judged `(query row, base row)` pair with a positive grade, sorted.
+    pub fn positive_pairs(&self) -> Vec<(u32, u32)> {
+        let mut v: Vec<(u32, u32)> = self
+            .per_query
+            .iter()
+            .flat_map(|(&q, ds)| {
+                ds.iter()
+                    .filter(|d| d.1 > 0.0)
+                    .map(move |&(d, _)| (q as u32, d))
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
     /// Number of judged queries.
     pub fn len(&self) -> usize {
         self.per_query.len()

@@ -32,6 +32,7 @@ mod error;
 pub mod eval;
 pub mod index;
 pub mod io;
+pub mod linalg;
 pub mod search;
 pub mod synth;
 pub mod testutil;

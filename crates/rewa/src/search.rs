@@ -11,7 +11,7 @@
 //! GEMM. Rayon splits the queries.
 
 use crate::distance::{hamming, Metric};
-use crate::encode::{EncoderSpec, Quantizer};
+use crate::encode::{AnyQuantizer, Encoder, EncoderSpec, Quantizer};
 use crate::error::{invalid, Error, Result};
 use crate::vectors::VectorsRef;
 use rayon::prelude::*;
@@ -162,25 +162,7 @@ pub fn exact_search(
             for (bi, bs) in base.as_slice().chunks(BB * d).enumerate() {
                 let nb = bs.len() / d;
                 // scores (nq x nb) = qs (nq x d) * bs^T (d x nb)
-                // SAFETY: pointers and strides describe the live buffers `qs`, `bs`, `scores`.
-                unsafe {
-                    matrixmultiply::sgemm(
-                        nq,
-                        d,
-                        nb,
-                        1.0,
-                        qs.as_ptr(),
-                        d as isize,
-                        1,
-                        bs.as_ptr(),
-                        1,
-                        d as isize,
-                        0.0,
-                        scores.as_mut_ptr(),
-                        nb as isize,
-                        1,
-                    );
-                }
+                crate::linalg::gemm_abt(qs, bs, nq, d, nb, &mut scores);
                 let off = bi * BB;
                 for (qi, top) in tops.iter_mut().enumerate() {
                     let row = &scores[qi * nb..(qi + 1) * nb];
@@ -204,6 +186,33 @@ pub fn exact_search(
             tops.into_iter().map(TopK::into_sorted)
         })
         .collect()
+}
+
+/// Top-`k` of every query over `codes` written by `enc` (`enc.code_len()` bytes each): the
+/// queries are transformed, prepared for the quantizer, and scanned with its kernel.
+pub fn scan_encoded(
+    enc: &Encoder,
+    codes: &[u8],
+    queries: VectorsRef<'_>,
+    k: usize,
+) -> Vec<Vec<Hit>> {
+    let tq = enc.transform_batch(queries);
+    match enc.quantizer() {
+        AnyQuantizer::Flat(f) => {
+            let floats = crate::io::f32_cow(codes);
+            let base = VectorsRef::new(enc.dim_out(), &floats)
+                .expect("invariant: flat codes hold dim_out floats each");
+            exact_search(base, tq.view(), f.metric(), k)
+        }
+        AnyQuantizer::Sign(s) => {
+            let qs: Vec<Vec<u8>> = tq.view().rows().map(|r| s.prepare(r)).collect();
+            scan_sign(&qs, codes, s.code_len(), k)
+        }
+        AnyQuantizer::Int8(q) => {
+            let qs: Vec<_> = tq.view().rows().map(|r| q.prepare(r)).collect();
+            scan_codes(q, &qs, codes, k)
+        }
+    }
 }
 
 /// First-stage scan of `codes` (`code_len` bytes each) for many prepared queries.

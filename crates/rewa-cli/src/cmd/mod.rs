@@ -3,3 +3,4 @@ pub mod encode;
 pub mod eval;
 pub mod index;
 pub mod synth;
+pub mod train;

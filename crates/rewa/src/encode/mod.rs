@@ -11,6 +11,7 @@
 mod flat;
 mod hadamard;
 mod int8;
+mod learned;
 mod pca;
 mod sign;
 mod spec;
@@ -18,6 +19,10 @@ mod spec;
 pub use flat::{FlatConfig, FlatQuantizer};
 pub use hadamard::{fwht, fwht_reference, HadamardConfig, HadamardTransform};
 pub use int8::{Int8Config, Int8Quantizer, Int8Query};
+pub use learned::{
+    gelu, layer_norm, LearnedConfig, LearnedTransform, ModelConfig, CONFIG_FILE, MODEL_FORMAT,
+    MODEL_VERSION, TENSOR_NAMES, WEIGHTS_FILE,
+};
 pub use pca::{PcaConfig, PcaTransform};
 pub use sign::{SignConfig, SignQuantizer};
 pub use spec::{EncoderSpec, QuantizerSpec, TransformSpec};
@@ -85,6 +90,8 @@ pub enum AnyTransform {
     Hadamard(HadamardTransform),
     /// Principal component projection.
     Pca(PcaTransform),
+    /// A trained MLP.
+    Learned(LearnedTransform),
 }
 
 impl AnyTransform {
@@ -92,6 +99,7 @@ impl AnyTransform {
         match self {
             AnyTransform::Hadamard(t) => t,
             AnyTransform::Pca(t) => t,
+            AnyTransform::Learned(t) => t,
         }
     }
     /// Input dimension.
@@ -143,6 +151,11 @@ impl From<HadamardTransform> for AnyTransform {
 impl From<PcaTransform> for AnyTransform {
     fn from(t: PcaTransform) -> Self {
         AnyTransform::Pca(t)
+    }
+}
+impl From<LearnedTransform> for AnyTransform {
+    fn from(t: LearnedTransform) -> Self {
+        AnyTransform::Learned(t)
     }
 }
 
@@ -228,6 +241,9 @@ impl Encoder {
                 }
                 TransformSpec::Pca { m } => {
                     PcaTransform::fit(&PcaConfig { m: *m }, input, s)?.into()
+                }
+                TransformSpec::Learned { path } => {
+                    LearnedTransform::fit(&LearnedConfig { path: path.into() }, input, s)?.into()
                 }
             };
             cur = Some(fitted.apply_batch(input));

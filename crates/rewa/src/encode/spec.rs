@@ -17,6 +17,12 @@ pub enum TransformSpec {
         /// Output dimension.
         m: usize,
     },
+    /// `learned=DIR`: a model trained by `rewa train`; its output dimension is known once the
+    /// model is loaded.
+    Learned {
+        /// The model directory, as written in the spec.
+        path: String,
+    },
 }
 
 /// The quantizer of an encoder spec.
@@ -37,7 +43,7 @@ pub enum QuantizerSpec {
 /// use rewa::EncoderSpec;
 /// let s: EncoderSpec = "hadamard256+sign".parse().unwrap();
 /// assert_eq!(s.to_string(), "hadamard256+sign");
-/// assert_eq!(s.code_len(768), 32);
+/// assert_eq!(s.code_len(768), Some(32));
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
 pub struct EncoderSpec {
@@ -48,20 +54,23 @@ pub struct EncoderSpec {
 }
 
 impl EncoderSpec {
-    /// Dimension after the transforms, for input dimension `dim`.
-    pub fn dim_out(&self, dim: usize) -> usize {
-        self.transforms.last().map_or(dim, |t| match t {
-            TransformSpec::Hadamard { m } | TransformSpec::Pca { m } => *m,
-        })
+    /// Dimension after the transforms, for input dimension `dim`; `None` when the last
+    /// transform is a learned model (its dimension lives in the model).
+    pub fn dim_out(&self, dim: usize) -> Option<usize> {
+        match self.transforms.last() {
+            None => Some(dim),
+            Some(TransformSpec::Hadamard { m } | TransformSpec::Pca { m }) => Some(*m),
+            Some(TransformSpec::Learned { .. }) => None,
+        }
     }
-    /// Bytes per code for input dimension `dim`.
-    pub fn code_len(&self, dim: usize) -> usize {
-        let d = self.dim_out(dim);
-        match self.quantizer {
+    /// Bytes per code for input dimension `dim`; `None` as for [`EncoderSpec::dim_out`].
+    pub fn code_len(&self, dim: usize) -> Option<usize> {
+        let d = self.dim_out(dim)?;
+        Some(match self.quantizer {
             QuantizerSpec::Flat => 4 * d,
             QuantizerSpec::Sign => d.div_ceil(64) * 8,
             QuantizerSpec::Int8 => d,
-        }
+        })
     }
     /// Checks the spec against input dimension `dim` (e.g. PCA cannot add dimensions).
     pub fn check(&self, dim: usize) -> Result<()> {
@@ -72,6 +81,8 @@ impl EncoderSpec {
                     return invalid!("pca{m} needs input dimension >= {m}, got {d}");
                 }
                 TransformSpec::Hadamard { m } | TransformSpec::Pca { m } => d = m,
+                // The model's dimensions are checked when it is loaded.
+                TransformSpec::Learned { .. } => return Ok(()),
             }
         }
         Ok(())
@@ -83,6 +94,7 @@ impl fmt::Display for TransformSpec {
         match self {
             TransformSpec::Hadamard { m } => write!(f, "hadamard{m}"),
             TransformSpec::Pca { m } => write!(f, "pca{m}"),
+            TransformSpec::Learned { path } => write!(f, "learned={path}"),
         }
     }
 }
@@ -146,13 +158,20 @@ impl FromStr for EncoderSpec {
                     continue;
                 }
                 _ => {
-                    if let Some(m) = dim_token(tok, "hadamard")? {
+                    if let Some(path) = tok.strip_prefix("learned=") {
+                        if path.is_empty() || path.contains(',') {
+                            return invalid!("encoder spec {s:?}: learned= needs a model directory, e.g. learned=models/scifact64");
+                        }
+                        TransformSpec::Learned {
+                            path: path.to_string(),
+                        }
+                    } else if let Some(m) = dim_token(tok, "hadamard")? {
                         TransformSpec::Hadamard { m }
                     } else if let Some(m) = dim_token(tok, "pca")? {
                         TransformSpec::Pca { m }
                     } else {
                         return invalid!(
-                            "encoder spec {s:?}: unknown token {tok:?} (known: hadamard<m>, pca<m>, flat, sign, int8)"
+                            "encoder spec {s:?}: unknown token {tok:?} (known: hadamard<m>, pca<m>, learned=DIR, flat, sign, int8)"
                         );
                     }
                 }
@@ -191,6 +210,8 @@ mod tests {
             "hadamard16+sign",
             "pca64+int8",
             "pca128+hadamard64+sign",
+            "learned=models/x+int8",
+            "learned=../m/scifact64+sign",
         ] {
             let spec: EncoderSpec = s.parse().unwrap();
             assert_eq!(spec.to_string(), s);
@@ -217,6 +238,8 @@ mod tests {
             "foo",
             "sign+int8",
             "hadamard64++sign",
+            "learned=",
+            "learned=m,x",
         ] {
             assert!(
                 matches!(s.parse::<EncoderSpec>(), Err(Error::InvalidInput(_))),
@@ -227,11 +250,13 @@ mod tests {
 
     #[test]
     fn code_lengths() {
-        let cl = |s: &str, d| s.parse::<EncoderSpec>().unwrap().code_len(d);
+        let cl = |s: &str, d| s.parse::<EncoderSpec>().unwrap().code_len(d).unwrap();
         assert_eq!(cl("hadamard256+sign", 768), 32);
         assert_eq!(cl("hadamard16+sign", 768), 8); // 16 bits, padded to one u64 word
         assert_eq!(cl("hadamard256+int8", 768), 256);
         assert_eq!(cl("flat", 768), 3072);
         assert_eq!(cl("pca64", 768), 256);
+        let l: EncoderSpec = "learned=m+sign".parse().unwrap();
+        assert_eq!(l.code_len(768), None);
     }
 }

@@ -20,8 +20,10 @@
 //! | 24 | 40 | zero |
 //!
 //! Safetensors names: `cs<i>.t<j>.signs` (f32), `cs<i>.t<j>.keep` (u32) for Hadamard;
-//! `cs<i>.t<j>.mean`, `.components` (m x d), `.variances` for PCA; `cs<i>.q.thresholds` for sign;
-//! `cs<i>.q.lo`, `cs<i>.q.scale` for int8.
+//! `cs<i>.t<j>.mean`, `.components` (m x d), `.variances` for PCA; `cs<i>.t<j>.l1.weight` ...
+//! `.ln2.bias` (the model's eight tensors) and `.ln_eps` for a learned model, so an index never
+//! needs its model directory again; `cs<i>.q.thresholds` for sign; `cs<i>.q.lo`, `cs<i>.q.scale`
+//! for int8.
 //!
 //! **Crash safety.** `save` writes every data file under a new generation number, fsyncs them,
 //! then replaces `manifest.json` by an atomic rename, fsyncs the directory, and only then deletes
@@ -36,7 +38,8 @@ use super::{Bytes, CodeSet, Index};
 use crate::distance::Metric;
 use crate::encode::{
     AnyQuantizer, AnyTransform, Encoder, EncoderSpec, FlatQuantizer, HadamardTransform,
-    Int8Quantizer, PcaTransform, QuantizerSpec, SignQuantizer, TransformSpec,
+    Int8Quantizer, LearnedTransform, PcaTransform, QuantizerSpec, SignQuantizer, TransformSpec,
+    TENSOR_NAMES,
 };
 use crate::error::{Error, Result};
 use crate::search::Pipeline;
@@ -153,6 +156,12 @@ fn params_tensors(index: &Index) -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {
                 AnyTransform::Hadamard(h) => {
                     f(format!("{p}.signs"), vec![h.signs().len()], h.signs());
                     keeps.push((format!("{p}.keep"), h.keep().to_vec()));
+                }
+                AnyTransform::Learned(l) => {
+                    for (name, shape, v) in l.tensors() {
+                        f(format!("{p}.{name}"), shape, v);
+                    }
+                    f(format!("{p}.ln_eps"), vec![1], &[l.eps()]);
                 }
                 AnyTransform::Pca(pc) => {
                     f(format!("{p}.mean"), vec![pc.mean().len()], pc.mean());
@@ -418,6 +427,33 @@ impl Params<'_> {
     }
 }
 
+/// A learned transform's dims come from its tensors' shapes: `l1.weight` is `h x d`,
+/// `l2.weight` is `m x h`.
+fn load_learned(p: &Params, pre: &str, d: usize) -> Result<LearnedTransform> {
+    let shape = |name: &str| -> Result<Vec<usize>> {
+        let full = format!("{pre}.{name}");
+        p.st.tensor(&full)
+            .map(|t| t.shape().to_vec())
+            .map_err(|_| Error::corrupt(&p.path, format!("missing tensor {full}")))
+    };
+    let (s1, s2) = (shape("l1.weight")?, shape("l2.weight")?);
+    if s1.len() != 2 || s2.len() != 2 || s1[1] != d || s2[1] != s1[0] {
+        return Err(Error::corrupt(
+            &p.path,
+            format!("{pre}: weight shapes {s1:?} and {s2:?} do not chain from dimension {d}"),
+        ));
+    }
+    let (h, m) = (s1[0], s2[0]);
+    let lens = [h * d, h, h, h, m * h, m, m, m];
+    let mut t: [Vec<f32>; 8] = Default::default();
+    for (i, name) in TENSOR_NAMES.iter().enumerate() {
+        t[i] = p.get::<f32>(&format!("{pre}.{name}"), Dtype::F32, lens[i])?;
+    }
+    let eps = p.get::<f32>(&format!("{pre}.ln_eps"), Dtype::F32, 1)?[0];
+    LearnedTransform::from_tensors(d, h, m, eps, t)
+        .map_err(|e| Error::corrupt(&p.path, format!("{pre}: {e}")))
+}
+
 fn load_encoder(
     p: &Params,
     i: usize,
@@ -448,6 +484,7 @@ fn load_encoder(
                 let var = p.get::<f32>(&format!("{pre}.variances"), Dtype::F32, m)?;
                 PcaTransform::from_parts(d, mean, comp, var)?.into()
             }
+            TransformSpec::Learned { .. } => load_learned(p, &pre, d)?.into(),
         };
         d = tr.dim_out();
         transforms.push(tr);
@@ -482,7 +519,11 @@ pub fn open(dir: &Path) -> Result<Index> {
     let params = Params { st, path: ppath };
     let mut code_sets = Vec::new();
     for (i, c) in m.code_sets.iter().enumerate() {
-        let want = c.spec.code_len(m.dim);
+        c.spec
+            .check(m.dim)
+            .map_err(|e| Error::corrupt(&mpath, e.to_string()))?;
+        let encoder = load_encoder(&params, i, &c.spec, m.dim, m.metric)?;
+        let want = encoder.code_len();
         if c.code_len != want {
             return Err(Error::corrupt(
                 &mpath,
@@ -492,10 +533,6 @@ pub fn open(dir: &Path) -> Result<Index> {
                 ),
             ));
         }
-        c.spec
-            .check(m.dim)
-            .map_err(|e| Error::corrupt(&mpath, e.to_string()))?;
-        let encoder = load_encoder(&params, i, &c.spec, m.dim, m.metric)?;
         let map = open_checked(dir, &c.data, Some((MAGIC_CODES, c.code_len, m.count)))?;
         let len = map.len() - HEADER;
         code_sets.push(CodeSet {

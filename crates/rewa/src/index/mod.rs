@@ -11,9 +11,7 @@ pub(crate) use bytes::Bytes;
 use crate::distance::Metric;
 use crate::encode::{AnyQuantizer, Encoder, EncoderSpec, Quantizer};
 use crate::error::{invalid, Error, Result};
-use crate::search::{
-    exact_search, rerank, scan_codes, scan_sign, Hit, Pipeline, Scorer, SearchParams,
-};
+use crate::search::{exact_search, rerank, scan_encoded, Hit, Pipeline, Scorer, SearchParams};
 use crate::vectors::VectorsRef;
 use rayon::prelude::*;
 use std::borrow::Cow;
@@ -292,22 +290,7 @@ impl Index {
             Scorer::Codes(spec) => spec,
         };
         let cs = self.code_set(spec)?;
-        let enc = &cs.encoder;
-        let tq = enc.transform_batch(queries);
-        Ok(match enc.quantizer() {
-            AnyQuantizer::Flat(f) => {
-                let base = VectorsRef::new(enc.dim_out(), cs.codes.as_f32())?;
-                exact_search(base, tq.view(), f.metric(), keep)
-            }
-            AnyQuantizer::Sign(s) => {
-                let qs: Vec<Vec<u8>> = tq.view().rows().map(|r| s.prepare(r)).collect();
-                scan_sign(&qs, cs.codes(), s.code_len(), keep)
-            }
-            AnyQuantizer::Int8(q) => {
-                let qs: Vec<_> = tq.view().rows().map(|r| q.prepare(r)).collect();
-                scan_codes(q, &qs, cs.codes(), keep)
-            }
-        })
+        Ok(scan_encoded(&cs.encoder, cs.codes(), queries, keep))
     }
 
     fn rerank_stage(

@@ -130,3 +130,16 @@ pub(crate) mod bytes {
     unsafe impl Pod for u64 {}
     unsafe impl Pod for half::f16 {}
 }
+
+/// Little-endian f32 bytes as floats: borrowed when aligned, copied otherwise.
+pub(crate) fn f32_cow(bytes: &[u8]) -> std::borrow::Cow<'_, [f32]> {
+    // SAFETY: f32 accepts any bit pattern; `align_to` only yields whole, aligned elements.
+    let (pre, mid, post) = unsafe { bytes.align_to::<f32>() };
+    if pre.is_empty() && post.is_empty() {
+        std::borrow::Cow::Borrowed(mid)
+    } else {
+        let mut v = vec![0f32; bytes.len() / 4];
+        fill_from_bytes(&mut v, bytes);
+        std::borrow::Cow::Owned(v)
+    }
+}

@@ -1,0 +1,918 @@
+//! The training loop: batches of anchors and positives, one soft cross-entropy over the
+//! batch's similarity matrix, AdamW with cosine annealing and gradient clipping, a held-out
+//! validation split measured every epoch, early stopping on it, best weights kept.
+//!
+//! **The loss.** A batch holds `2b` inputs: `b` anchors and one positive for each. The
+//! student logits are `s * Z Zᵀ` (`Z` the unit-norm outputs, `s = 1/temperature`, learnable
+//! by default), the diagonal masked. Each row `i` gets a target distribution `T_i` and the
+//! loss is `-Σ_j T_ij log softmax(logits_i)_j`, averaged over rows:
+//!
+//! * labels: `T_i` uniform over the other inputs of `i`'s class (supervised contrastive; a
+//!   plain InfoNCE would push same-class inputs of the batch apart);
+//! * pairs: a query's row is uniform over its relevant documents in the batch, and a
+//!   document's row over the queries it is relevant to;
+//! * neighbours (self-supervised): `T_i` is one-hot on `i`'s partner, drawn from its exact
+//!   `k` nearest neighbours (InfoNCE);
+//!
+//! plus, with weight `distill`, the teacher distribution `softmax(S_full / teacher_temp)` of
+//! the same batch in the full space (ranking distillation). Both terms are cross-entropies
+//! against fixed targets, so they add into one target matrix. With `qat` the loss is also
+//! taken on the fake-quantized outputs and the two are summed.
+
+use crate::model::{fake_quantize, grad_norm, tensor, Mlp, Qat};
+use crate::{Error, Result};
+use candle_core::{Device, Tensor, Var, D};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rewa::encode::{LearnedTransform, Transform};
+use rewa::search::{exact_search, scan_encoded, Hit};
+use rewa::{Encoder, Metric, Vectors, VectorsRef};
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+/// What makes two inputs similar.
+#[derive(Clone, Debug)]
+pub enum Supervision {
+    /// Each training vector's exact nearest neighbours in the full space.
+    Neighbours,
+    /// One label per base row; same label = positive.
+    Labels(Vec<i64>),
+    /// Query vectors and `(query row, base row)` relevance pairs.
+    Pairs {
+        /// Query vectors (same dimension as the base).
+        queries: Vectors,
+        /// `(query row, base row)`.
+        pairs: Vec<(u32, u32)>,
+    },
+}
+
+impl Supervision {
+    /// `neighbours`, `labels` or `pairs`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Supervision::Neighbours => "neighbours",
+            Supervision::Labels(_) => "labels",
+            Supervision::Pairs { .. } => "pairs",
+        }
+    }
+}
+
+/// Hyper-parameters; every field has a default (see `Default`).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Output dimension `m`.
+    pub dim: usize,
+    /// Hidden width; `None` = `2 * dim`.
+    pub hidden: Option<usize>,
+    /// Maximum epochs (one epoch = as many inputs as there are training vectors).
+    pub epochs: usize,
+    /// Inputs per batch (anchors plus positives).
+    pub batch: usize,
+    /// Peak learning rate (AdamW), annealed by a cosine to 1% of it over `epochs`.
+    pub lr: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Initial student temperature.
+    pub temperature: f64,
+    /// Learn the temperature (as a log-scale parameter) instead of fixing it.
+    pub learn_temperature: bool,
+    /// Weight of the ranking-distillation term (teacher = the full space).
+    pub distill: f64,
+    /// Teacher temperature of the distillation term.
+    pub teacher_temperature: f64,
+    /// Positives per vector in the neighbours setting are drawn from its `neighbours` nearest.
+    pub neighbours: usize,
+    /// Positives drawn per anchor (a batch is `batch / (1 + group)` anchors and their
+    /// positives), so the batch holds whole neighbourhoods whose order the distillation term
+    /// must keep.
+    pub group: usize,
+    /// Dropout after the GELU.
+    pub dropout: f32,
+    /// Standard deviation of Gaussian noise added to inputs (inputs of unit norm have
+    /// per-coordinate scale about `1/sqrt(d)`).
+    pub input_noise: f32,
+    /// Share of the training vectors (of the queries, for pairs) held out for validation.
+    pub val_fraction: f64,
+    /// Stop after this many epochs without a better validation score.
+    pub patience: usize,
+    /// Global gradient-norm clip.
+    pub clip: f64,
+    /// Quantization-aware training.
+    pub qat: Option<Qat>,
+    /// Layer-norm epsilon.
+    pub ln_eps: f64,
+    /// Queries sampled per part for the per-epoch recall.
+    pub eval_queries: usize,
+    /// Largest base the per-epoch recall searches.
+    pub eval_base: usize,
+    /// Seed of initialisation, split, shuffling, dropout and noise.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            dim: 256,
+            hidden: None,
+            epochs: 60,
+            batch: 512,
+            lr: 3e-3,
+            weight_decay: 0.01,
+            temperature: 0.05,
+            learn_temperature: true,
+            distill: 1.0,
+            teacher_temperature: 0.05,
+            neighbours: 10,
+            group: 1,
+            dropout: 0.0,
+            input_noise: 0.0,
+            val_fraction: 0.1,
+            patience: 8,
+            clip: 1.0,
+            qat: None,
+            ln_eps: 1e-5,
+            eval_queries: 1000,
+            eval_base: 20_000,
+            seed: 42,
+        }
+    }
+}
+
+/// One line of the training log.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct EpochLog {
+    /// 1-based.
+    pub epoch: usize,
+    /// Learning rate at the epoch's last step.
+    pub lr: f64,
+    /// Student temperature at the end of the epoch.
+    pub temperature: f64,
+    /// Mean training loss over the epoch's steps.
+    pub train_loss: f64,
+    /// Loss on validation batches (no dropout or noise).
+    pub val_loss: f64,
+    /// recall@10 vs exact search in the full space, queries and base from the training part.
+    pub train_recall: f64,
+    /// The same on the validation part (never trained on).
+    pub val_recall: f64,
+    /// Label precision@10 on the validation part (labels only).
+    pub val_label_precision: Option<f64>,
+    /// recall@10 of relevant documents for validation queries (pairs only).
+    pub val_qrels_recall: Option<f64>,
+    /// `val_recall` measured on the quantized codes (with `qat`).
+    pub val_recall_quantized: Option<f64>,
+    /// The score early stopping watches.
+    pub score: f64,
+    /// Seconds spent training this epoch (without evaluation).
+    pub train_seconds: f64,
+    /// Seconds spent evaluating this epoch.
+    pub eval_seconds: f64,
+}
+
+/// What [`train`] returns.
+pub struct TrainOutcome {
+    /// The best epoch's weights.
+    pub model: LearnedTransform,
+    /// Every epoch.
+    pub log: Vec<EpochLog>,
+    /// 1-based epoch of `model`.
+    pub best_epoch: usize,
+    /// Stopped before `epochs` because validation stopped improving.
+    pub stopped_early: bool,
+    /// Wall time of the whole run.
+    pub seconds: f64,
+    /// Training rows and validation rows (queries, for pairs).
+    pub n_train: usize,
+    /// See `n_train`.
+    pub n_val: usize,
+    /// Name of the score early stopping watched.
+    pub score_name: &'static str,
+}
+
+/// Receives progress; the CLI draws a bar and writes artifacts as epochs end.
+pub trait Observer {
+    /// After every optimiser step.
+    fn step(&mut self, _epoch: usize, _step: usize, _steps: usize, _loss: f64) {}
+    /// After every epoch, with the epoch's weights and whether they are the best so far.
+    fn epoch(&mut self, _log: &EpochLog, _model: &LearnedTransform, _best: bool) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// An observer that does nothing.
+pub struct Quiet;
+impl Observer for Quiet {}
+
+/// Rows of one part (train or validation) and what supervises them.
+struct Part {
+    rows: Vec<u32>,
+    /// Neighbours: partners of each row (positions into `rows`' base ids); labels: unused.
+    partners: Vec<Vec<u32>>,
+}
+
+/// Fixed evaluation set of a part: base ids, query positions into them, exact truth.
+struct EvalSet {
+    base: Vec<u32>,
+    queries: Vec<usize>,
+    truth: Vec<Vec<Hit>>,
+}
+
+fn check_config(cfg: &TrainConfig, d: usize) -> Result<()> {
+    let bad = |m: String| Err(Error::Rewa(rewa::Error::InvalidInput(m)));
+    if cfg.dim == 0 || cfg.dim > d {
+        return bad(format!(
+            "--dim {} must be between 1 and the input dimension {d}",
+            cfg.dim
+        ));
+    }
+    if cfg.group == 0 || cfg.batch < 2 * (1 + cfg.group) {
+        return bad(format!(
+            "batch {} must hold at least two anchors of group {} (>= {})",
+            cfg.batch,
+            cfg.group,
+            2 * (1 + cfg.group.max(1))
+        ));
+    }
+    if cfg.batch < 4 {
+        return bad(format!("batch {} is too small (>= 4)", cfg.batch));
+    }
+    if cfg.epochs == 0 {
+        return bad("epochs must be >= 1".into());
+    }
+    if !(0.0..0.9).contains(&cfg.val_fraction) {
+        return bad(format!(
+            "val fraction {} must be in [0, 0.9)",
+            cfg.val_fraction
+        ));
+    }
+    if !(0.0..1.0).contains(&cfg.dropout) || cfg.input_noise < 0.0 {
+        return bad("dropout must be in [0, 1) and input noise >= 0".into());
+    }
+    if !(cfg.temperature > 0.0 && cfg.teacher_temperature > 0.0 && cfg.lr > 0.0) {
+        return bad("temperatures and learning rate must be positive".into());
+    }
+    Ok(())
+}
+
+/// Trains an encoder on `base` (already normalised when the metric is cosine).
+pub fn train(
+    base: VectorsRef<'_>,
+    sup: &Supervision,
+    cfg: &TrainConfig,
+    metric: Metric,
+    obs: &mut dyn Observer,
+) -> Result<TrainOutcome> {
+    let t0 = Instant::now();
+    let (n, d) = (base.len(), base.dim());
+    check_config(cfg, d)?;
+    base.check_finite()?;
+    let bad = |m: String| Err(Error::Rewa(rewa::Error::InvalidInput(m)));
+    match sup {
+        Supervision::Labels(l) if l.len() != n => {
+            return bad(format!("{} labels for {n} base vectors", l.len()));
+        }
+        Supervision::Pairs { queries, pairs } => {
+            if queries.dim() != d {
+                return Err(rewa::Error::DimMismatch {
+                    expected: d,
+                    got: queries.dim(),
+                }
+                .into());
+            }
+            queries.view().check_finite()?;
+            if let Some(&(q, b)) = pairs
+                .iter()
+                .find(|&&(q, b)| q as usize >= queries.len() || b as usize >= n)
+            {
+                return bad(format!(
+                    "pair (query {q}, base {b}) is out of range ({} queries, {n} base rows)",
+                    queries.len()
+                ));
+            }
+            if pairs.is_empty() {
+                return bad("no (query, document) pairs to train on".into());
+            }
+        }
+        _ => {}
+    }
+    if n < 20 {
+        return bad(format!("{n} training vectors are too few (>= 20)"));
+    }
+    let dev = Device::Cpu;
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let hidden = cfg.hidden.unwrap_or(2 * cfg.dim);
+    let mlp = Mlp::new(d, hidden, cfg.dim, cfg.ln_eps, &mut rng, &dev)?;
+    let log_scale = Var::from_tensor(&Tensor::new(&[(1.0 / cfg.temperature).ln() as f32], &dev)?)?;
+    let mut vars = mlp.vars.clone();
+    if cfg.learn_temperature {
+        vars.push(log_scale.clone());
+    }
+    let mut opt = AdamW::new(
+        vars.clone(),
+        ParamsAdamW {
+            lr: cfg.lr,
+            weight_decay: cfg.weight_decay,
+            ..Default::default()
+        },
+    )?;
+
+    // Split. Pairs hold out queries; the others hold out base vectors.
+    let mut perm: Vec<u32> = (0..n as u32).collect();
+    perm.shuffle(&mut rng);
+    let l2_scale = if metric == Metric::L2 {
+        // twice the mean squared norm: distances of typical pairs land near cosine's scale
+        let s: f64 = base
+            .rows()
+            .take(2000)
+            .map(|r| rewa::distance::dot(r, r) as f64)
+            .sum();
+        (2.0 * s / base.len().min(2000) as f64).max(1e-12) as f32
+    } else {
+        1.0
+    };
+    let (train_part, val_part, pair_split) = match sup {
+        Supervision::Pairs { queries, pairs } => {
+            let mut qs: Vec<u32> = pairs
+                .iter()
+                .map(|p| p.0)
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
+            qs.sort_unstable();
+            qs.shuffle(&mut rng);
+            let n_val = ((qs.len() as f64 * cfg.val_fraction).round() as usize).min(qs.len() - 1);
+            let val_q: HashSet<u32> = qs[..n_val].iter().copied().collect();
+            let (vp, tp): (Vec<_>, Vec<_>) = pairs.iter().partition(|p| val_q.contains(&p.0));
+            let all = Part {
+                rows: perm.clone(),
+                partners: vec![],
+            };
+            let _ = queries;
+            (
+                all,
+                Part {
+                    rows: vec![],
+                    partners: vec![],
+                },
+                Some((tp, vp)),
+            )
+        }
+        _ => {
+            let n_val = (n as f64 * cfg.val_fraction).round() as usize;
+            let (v, t) = perm.split_at(n_val);
+            (
+                Part {
+                    rows: t.to_vec(),
+                    partners: vec![],
+                },
+                Part {
+                    rows: v.to_vec(),
+                    partners: vec![],
+                },
+                None,
+            )
+        }
+    };
+    let mut train_part = train_part;
+    let mut val_part = val_part;
+    // Positives.
+    let labels = match sup {
+        Supervision::Labels(l) => Some(l.as_slice()),
+        _ => None,
+    };
+    for part in [&mut train_part, &mut val_part] {
+        if part.rows.is_empty() {
+            continue;
+        }
+        match sup {
+            Supervision::Neighbours => {
+                let x = base.gather(&part.rows);
+                let k = cfg.neighbours.min(part.rows.len() - 1).max(1);
+                let hits = exact_search(x.view(), x.view(), metric, k + 1);
+                part.partners = hits
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, h)| {
+                        h.into_iter()
+                            .filter(|h| h.id as usize != i)
+                            .take(k)
+                            .map(|h| h.id)
+                            .collect()
+                    })
+                    .collect();
+            }
+            Supervision::Labels(l) => {
+                let mut by: HashMap<i64, Vec<u32>> = HashMap::new();
+                for (i, &r) in part.rows.iter().enumerate() {
+                    by.entry(l[r as usize]).or_default().push(i as u32);
+                }
+                part.partners = part
+                    .rows
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &r)| {
+                        by[&l[r as usize]]
+                            .iter()
+                            .copied()
+                            .filter(|&j| j as usize != i)
+                            .collect()
+                    })
+                    .collect();
+            }
+            Supervision::Pairs { .. } => {}
+        }
+    }
+
+    // Evaluation sets, fixed for the run.
+    let mut erng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xE7A1);
+    let make_eval = |rows: &[u32], erng: &mut ChaCha8Rng| -> Option<EvalSet> {
+        if rows.len() < 12 {
+            return None;
+        }
+        let mut b = rows.to_vec();
+        b.shuffle(erng);
+        b.truncate(cfg.eval_base);
+        let nq = cfg.eval_queries.min(b.len());
+        let queries: Vec<usize> = (0..nq).collect();
+        let x = base.gather(&b);
+        let qx = x.view().slice(0, nq).to_owned();
+        let truth = drop_self(exact_search(x.view(), qx.view(), metric, 11), 10);
+        Some(EvalSet {
+            base: b,
+            queries,
+            truth,
+        })
+    };
+    let (train_eval, val_eval) = match (&pair_split, sup) {
+        (Some(_), _) => (make_eval(&train_part.rows, &mut erng), None),
+        _ => (
+            make_eval(&train_part.rows, &mut erng),
+            make_eval(&val_part.rows, &mut erng),
+        ),
+    };
+    // Pairs: validation queries against the whole base.
+    let pair_eval = match (&pair_split, sup) {
+        (Some((_, vp)), Supervision::Pairs { queries, .. }) => {
+            let mut rel: HashMap<u32, Vec<u32>> = HashMap::new();
+            for &(q, b) in vp {
+                rel.entry(q).or_default().push(b);
+            }
+            let mut qids: Vec<u32> = rel.keys().copied().collect();
+            qids.sort_unstable();
+            let qx = queries.gather(&qids);
+            let truth = exact_search(base, qx.view(), metric, 10);
+            let rels: Vec<Vec<u32>> = qids.iter().map(|q| rel[q].clone()).collect();
+            Some((qx, truth, rels))
+        }
+        _ => None,
+    };
+    let n_val = match &pair_eval {
+        Some((qx, _, _)) => qx.len(),
+        None => val_part.rows.len(),
+    };
+
+    let steps_per_epoch = match &pair_split {
+        Some((tp, _)) => tp.len().div_ceil(cfg.batch / 2),
+        None => train_part.rows.len().div_ceil(cfg.batch),
+    }
+    .max(1);
+    let per_step = match &pair_split {
+        Some(_) => cfg.batch / 2,
+        None => cfg.batch / (1 + cfg.group),
+    };
+    let total_steps = steps_per_epoch * cfg.epochs;
+    let mut cursor = 0usize;
+    let mut anchors: Vec<usize> = (0..match &pair_split {
+        Some((tp, _)) => tp.len(),
+        None => train_part.rows.len(),
+    })
+        .collect();
+    anchors.shuffle(&mut rng);
+
+    let mut log = Vec::new();
+    let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
+    let mut stale = 0;
+    let mut stopped_early = false;
+    let mut step_global = 0usize;
+    let score_name = match (sup, cfg.qat) {
+        (Supervision::Pairs { .. }, _) => "val_qrels_recall",
+        (Supervision::Labels(_), _) => "val_label_precision",
+        (_, Some(_)) => "val_recall_quantized",
+        _ => "val_recall",
+    };
+    for epoch in 1..=cfg.epochs {
+        let te = Instant::now();
+        let mut loss_sum = 0.0;
+        for step in 0..steps_per_epoch {
+            let mut idx = Vec::with_capacity(per_step);
+            for _ in 0..per_step {
+                if cursor == anchors.len() {
+                    anchors.shuffle(&mut rng);
+                    cursor = 0;
+                }
+                idx.push(anchors[cursor]);
+                cursor += 1;
+            }
+            let batch = match (&pair_split, sup) {
+                (Some((tp, _)), Supervision::Pairs { queries, .. }) => {
+                    let ps: Vec<(u32, u32)> = idx.iter().map(|&i| tp[i]).collect();
+                    pair_batch(base, queries.view(), &ps)
+                }
+                _ => anchor_batch(base, &train_part, &idx, cfg.group, labels, &mut rng),
+            };
+            let Some(batch) = batch else { continue };
+            let progress = step_global as f64 / total_steps.max(1) as f64;
+            let lr = cfg.lr * (0.01 + 0.99 * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()));
+            opt.set_learning_rate(lr);
+            let loss = batch_loss(
+                &mlp,
+                &log_scale,
+                &batch,
+                cfg,
+                metric,
+                l2_scale,
+                Some(&mut rng),
+                &dev,
+            )?;
+            let mut grads = loss.backward()?;
+            let norm = grad_norm(&grads, &vars)?;
+            if norm > cfg.clip {
+                let s = cfg.clip / (norm + 1e-6);
+                for v in &vars {
+                    if let Some(g) = grads.remove(v.as_tensor()) {
+                        grads.insert(v.as_tensor(), (g * s)?);
+                    }
+                }
+            }
+            opt.step(&grads)?;
+            if cfg.learn_temperature {
+                // keep 1/temperature in [1, 100]
+                let c = log_scale.as_tensor().clamp(0f32, 100f32.ln())?;
+                log_scale.set(&c)?;
+            }
+            let l = loss.to_scalar::<f32>()? as f64;
+            if !l.is_finite() {
+                return Err(Error::Diverged { epoch, step });
+            }
+            loss_sum += l;
+            step_global += 1;
+            obs.step(epoch, step + 1, steps_per_epoch, l);
+        }
+        let train_seconds = te.elapsed().as_secs_f64();
+        let ev = Instant::now();
+        let model = mlp.export()?;
+        let train_loss = loss_sum / steps_per_epoch as f64;
+        // Validation loss on fixed batches, no dropout or noise.
+        let mut vrng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x7A11);
+        let mut vl = (0.0, 0usize);
+        match (&pair_split, sup) {
+            (Some((_, vp)), Supervision::Pairs { queries, .. }) => {
+                for chunk in vp.chunks(cfg.batch / 2).take(20) {
+                    if let Some(b) = pair_batch(base, queries.view(), chunk) {
+                        let l =
+                            batch_loss(&mlp, &log_scale, &b, cfg, metric, l2_scale, None, &dev)?;
+                        vl = (vl.0 + l.to_scalar::<f32>()? as f64, vl.1 + 1);
+                    }
+                }
+            }
+            _ => {
+                let all: Vec<usize> = (0..val_part.rows.len()).collect();
+                for chunk in all.chunks(per_step).take(20) {
+                    if let Some(b) =
+                        anchor_batch(base, &val_part, chunk, cfg.group, labels, &mut vrng)
+                    {
+                        let l =
+                            batch_loss(&mlp, &log_scale, &b, cfg, metric, l2_scale, None, &dev)?;
+                        vl = (vl.0 + l.to_scalar::<f32>()? as f64, vl.1 + 1);
+                    }
+                }
+            }
+        }
+        let val_loss = if vl.1 > 0 {
+            vl.0 / vl.1 as f64
+        } else {
+            f64::NAN
+        };
+        let (train_recall, _, _) = match &train_eval {
+            Some(e) => eval_set(&model, base, e, labels, None, cfg.seed)?,
+            None => (f64::NAN, None, None),
+        };
+        let (val_recall, val_label_precision, val_recall_quantized) = match &val_eval {
+            Some(e) => eval_set(&model, base, e, labels, cfg.qat, cfg.seed)?,
+            None => (f64::NAN, None, None),
+        };
+        let (val_recall, val_qrels_recall) = match &pair_eval {
+            Some((qx, truth, rels)) => {
+                let out = model.apply_batch(base);
+                let qo = model.apply_batch(qx.view());
+                let res = exact_search(out.view(), qo.view(), Metric::Ip, 10);
+                let r = rewa::eval::recall_at_k(&res, truth, 10);
+                let qr = rels
+                    .iter()
+                    .zip(&res)
+                    .map(|(rel, hits)| {
+                        hits.iter().filter(|h| rel.contains(&h.id)).count() as f64
+                            / rel.len().min(10) as f64
+                    })
+                    .sum::<f64>()
+                    / rels.len().max(1) as f64;
+                (r, Some(qr))
+            }
+            None => (val_recall, None),
+        };
+        let score = match score_name {
+            "val_qrels_recall" => val_qrels_recall.unwrap_or(f64::NAN),
+            "val_label_precision" => val_label_precision.unwrap_or(f64::NAN),
+            "val_recall_quantized" => val_recall_quantized.unwrap_or(f64::NAN),
+            _ => val_recall,
+        };
+        let entry = EpochLog {
+            epoch,
+            lr: opt.learning_rate(),
+            temperature: 1.0 / (log_scale.as_tensor().to_vec1::<f32>()?[0] as f64).exp(),
+            train_loss,
+            val_loss,
+            train_recall,
+            val_recall,
+            val_label_precision,
+            val_qrels_recall,
+            val_recall_quantized,
+            score,
+            train_seconds,
+            eval_seconds: ev.elapsed().as_secs_f64(),
+        };
+        // Without a validation part every epoch counts as the best.
+        let improved = match &best {
+            None => true,
+            Some((b, _, _)) => score.is_nan() || score > b + 1e-4,
+        };
+        if improved {
+            best = Some((
+                if score.is_nan() { f64::MIN } else { score },
+                epoch,
+                mlp.snapshot()?,
+            ));
+            stale = 0;
+        } else {
+            stale += 1;
+        }
+        obs.epoch(&entry, &model, improved)?;
+        log.push(entry);
+        if stale >= cfg.patience && epoch < cfg.epochs {
+            stopped_early = true;
+            break;
+        }
+    }
+    let (_, best_epoch, snap) = best.expect("invariant: at least one epoch ran");
+    mlp.restore(&snap)?;
+    Ok(TrainOutcome {
+        model: mlp.export()?,
+        log,
+        best_epoch,
+        stopped_early,
+        seconds: t0.elapsed().as_secs_f64(),
+        n_train: match &pair_split {
+            Some((tp, _)) => tp.len(),
+            None => train_part.rows.len(),
+        },
+        n_val,
+        score_name,
+    })
+}
+
+/// Drops each query's own id (query `i` is base row `i`) and keeps `k`.
+fn drop_self(hits: Vec<Vec<Hit>>, k: usize) -> Vec<Vec<Hit>> {
+    hits.into_iter()
+        .enumerate()
+        .map(|(i, h)| {
+            h.into_iter()
+                .filter(|h| h.id as usize != i)
+                .take(k)
+                .collect()
+        })
+        .collect()
+}
+
+/// recall@10 (and label precision, quantized recall) of the model on a fixed set.
+fn eval_set(
+    model: &LearnedTransform,
+    base: VectorsRef<'_>,
+    e: &EvalSet,
+    labels: Option<&[i64]>,
+    qat: Option<Qat>,
+    seed: u64,
+) -> Result<(f64, Option<f64>, Option<f64>)> {
+    let x = base.gather(&e.base);
+    let out = model.apply_batch(x.view());
+    let nq = e.queries.len();
+    let qo = out.view().slice(0, nq).to_owned();
+    let res = drop_self(exact_search(out.view(), qo.view(), Metric::Ip, 11), 10);
+    let recall = rewa::eval::recall_at_k(&res, &e.truth, 10);
+    let lp = labels.map(|l| {
+        let bl: Vec<i64> = e.base.iter().map(|&r| l[r as usize]).collect();
+        rewa::eval::label_precision_at_k(&res, &bl[..nq], &bl, 10, None)
+    });
+    let rq = match qat {
+        None => None,
+        Some(q) => {
+            let spec: rewa::EncoderSpec = match q {
+                Qat::Sign => "sign",
+                Qat::Int8 => "int8",
+            }
+            .parse()?;
+            let enc = Encoder::fit(&spec, out.view(), Metric::Ip, seed)?;
+            let codes = enc.encode_batch(out.view())?;
+            let r = drop_self(scan_encoded(&enc, &codes, qo.view(), 11), 10);
+            Some(rewa::eval::recall_at_k(&r, &e.truth, 10))
+        }
+    };
+    Ok((recall, lp, rq))
+}
+
+/// A batch: inputs (rows x d), the supervised target rows (rows x rows, row-normalised).
+struct Batch {
+    x: Vec<f32>,
+    rows: usize,
+    dim: usize,
+    targets: Vec<f32>,
+}
+
+/// Anchors `idx` (positions in `part.rows`), then `group` distinct random partners of each.
+fn anchor_batch(
+    base: VectorsRef<'_>,
+    part: &Part,
+    idx: &[usize],
+    group: usize,
+    labels: Option<&[i64]>,
+    rng: &mut ChaCha8Rng,
+) -> Option<Batch> {
+    let mut rows: Vec<u32> = Vec::with_capacity((1 + group) * idx.len());
+    let mut groups: Vec<Vec<u32>> = Vec::with_capacity(idx.len());
+    for &i in idx {
+        let p = &part.partners[i];
+        if p.is_empty() {
+            continue;
+        }
+        rows.push(part.rows[i]);
+        let g: Vec<u32> = rand::seq::index::sample(rng, p.len(), group.min(p.len()))
+            .into_iter()
+            .map(|j| part.rows[p[j] as usize])
+            .collect();
+        groups.push(g);
+    }
+    let b = rows.len();
+    if b < 2 {
+        return None;
+    }
+    // (anchor position, partner position) pairs
+    let mut links = Vec::new();
+    for (a, g) in groups.iter().enumerate() {
+        for &r in g {
+            links.push((a, rows.len()));
+            rows.push(r);
+        }
+    }
+    let n = rows.len();
+    let mut t = vec![0f32; n * n];
+    match labels {
+        Some(l) => {
+            for i in 0..n {
+                let li = l[rows[i] as usize];
+                let same: Vec<usize> = (0..n)
+                    .filter(|&j| j != i && l[rows[j] as usize] == li)
+                    .collect();
+                for &j in &same {
+                    t[i * n + j] = 1.0 / same.len() as f32;
+                }
+            }
+        }
+        None => {
+            for &(a, p) in &links {
+                t[a * n + p] = 1.0;
+                t[p * n + a] = 1.0;
+            }
+            for row in t.chunks_exact_mut(n) {
+                let s: f32 = row.iter().sum();
+                if s > 0.0 {
+                    row.iter_mut().for_each(|v| *v /= s);
+                }
+            }
+        }
+    }
+    let x = base.gather(&rows).into_vec();
+    Some(Batch {
+        x,
+        rows: n,
+        dim: base.dim(),
+        targets: t,
+    })
+}
+
+/// Queries then documents of `pairs`; each query's targets are its relevant documents in the
+/// batch and each document's the queries it is relevant to.
+fn pair_batch(
+    base: VectorsRef<'_>,
+    queries: VectorsRef<'_>,
+    pairs: &[(u32, u32)],
+) -> Option<Batch> {
+    let b = pairs.len();
+    if b < 2 {
+        return None;
+    }
+    let n = 2 * b;
+    let d = base.dim();
+    let mut x = Vec::with_capacity(n * d);
+    for &(q, _) in pairs {
+        x.extend_from_slice(queries.row(q as usize));
+    }
+    for &(_, doc) in pairs {
+        x.extend_from_slice(base.row(doc as usize));
+    }
+    let mut t = vec![0f32; n * n];
+    for (i, &(qi, _)) in pairs.iter().enumerate() {
+        for (j, &(qj, dj)) in pairs.iter().enumerate() {
+            // doc j is relevant to query i when some pair in the batch says so
+            let rel = qi == qj || pairs.iter().any(|&(q, dd)| q == qi && dd == dj);
+            if rel {
+                t[i * n + b + j] = 1.0;
+                t[(b + j) * n + i] = 1.0;
+            }
+        }
+    }
+    for row in t.chunks_exact_mut(n) {
+        let s: f32 = row.iter().sum();
+        if s > 0.0 {
+            row.iter_mut().for_each(|v| *v /= s);
+        }
+    }
+    Some(Batch {
+        x,
+        rows: n,
+        dim: d,
+        targets: t,
+    })
+}
+
+/// The soft cross-entropy of one batch (see the module docs). `rng` set = training mode.
+#[allow(clippy::too_many_arguments)]
+fn batch_loss(
+    mlp: &Mlp,
+    log_scale: &Var,
+    b: &Batch,
+    cfg: &TrainConfig,
+    metric: Metric,
+    l2_scale: f32,
+    rng: Option<&mut ChaCha8Rng>,
+    dev: &Device,
+) -> Result<Tensor> {
+    let n = b.rows;
+    let mut targets = b.targets.clone();
+    if cfg.distill > 0.0 {
+        // teacher logits from the full-space Gram matrix
+        let mut g = vec![0f32; n * n];
+        rewa::linalg::gemm_abt(&b.x, &b.x, n, b.dim, n, &mut g);
+        let inv_t = 1.0 / cfg.teacher_temperature as f32;
+        for i in 0..n {
+            let row: Vec<f32> = (0..n)
+                .map(|j| {
+                    if i == j {
+                        f32::NEG_INFINITY
+                    } else if metric == Metric::L2 {
+                        -(g[i * n + i] + g[j * n + j] - 2.0 * g[i * n + j]) / l2_scale * inv_t
+                    } else {
+                        g[i * n + j] * inv_t
+                    }
+                })
+                .collect();
+            let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f32> = row.iter().map(|v| (v - mx).exp()).collect();
+            let s: f32 = e.iter().sum();
+            for j in 0..n {
+                targets[i * n + j] += cfg.distill as f32 * e[j] / s;
+            }
+        }
+    }
+    let t = tensor(&targets, n, n, dev)?;
+    let mut mask = vec![0f32; n * n];
+    for i in 0..n {
+        mask[i * n + i] = -1e4;
+    }
+    let mask = tensor(&mask, n, n, dev)?;
+    let x = tensor(&b.x, n, b.dim, dev)?;
+    let train = rng.map(|r| (r, cfg.input_noise, cfg.dropout));
+    let z = mlp.forward(&x, train)?;
+    let scale = log_scale.as_tensor().exp()?;
+    let one = |z: &Tensor| -> Result<Tensor> {
+        let logits = z.matmul(&z.t()?)?.broadcast_mul(&scale)?.add(&mask)?;
+        let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        Ok((lp.mul(&t)?.sum_all()?.neg()? / n as f64)?)
+    };
+    let loss = one(&z)?;
+    match cfg.qat {
+        None => Ok(loss),
+        Some(q) => Ok((loss + one(&fake_quantize(&z, q)?)?)?),
+    }
+}
