@@ -335,3 +335,170 @@ fn build_search_info_tune() {
     );
     assert!(!ok && err.contains("dimension"), "{err}");
 }
+
+#[test]
+fn train_writes_artifacts_that_eval_and_build_use() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let (ok, _, err) = rewa(
+        &[
+            "synth",
+            "--classes",
+            "20",
+            "--per-class",
+            "40",
+            "--dim",
+            "64",
+            "--new-classes",
+            "0",
+            "--out",
+            "s",
+        ],
+        d,
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = rewa(
+        &[
+            "train",
+            "--base",
+            "s/base.npy",
+            "--dim",
+            "16",
+            "--out",
+            "m",
+            "--epochs",
+            "3",
+            "--batch",
+            "128",
+            "--json",
+        ],
+        d,
+    );
+    assert!(ok, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["epochs_run"], 3);
+    assert_eq!(j["n_train"], 720);
+    assert_eq!(j["n_val"], 80);
+    assert!(j["best"]["val_recall"].as_f64().unwrap() > 0.0);
+    for f in [
+        "model.safetensors",
+        "config.json",
+        "log.jsonl",
+        "training.png",
+    ] {
+        assert!(d.join("m").join(f).exists(), "{f} missing");
+    }
+    let log = std::fs::read_to_string(d.join("m/log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 3);
+    for l in log.lines() {
+        let e: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert!(e["train_loss"].as_f64().unwrap().is_finite());
+    }
+    let png = std::fs::read(d.join("m/training.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("m/config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["dim_in"], 64);
+    assert_eq!(cfg["dim_out"], 16);
+    assert!(cfg["training"]["data_fingerprint"]
+        .as_str()
+        .unwrap()
+        .starts_with("800x64 crc32 "));
+
+    let (ok, out, err) = rewa(
+        &[
+            "eval",
+            "--base",
+            "s/base.npy",
+            "--queries",
+            "s/queries_same.npy",
+            "--encoder",
+            "learned=m+sign",
+            "--json",
+        ],
+        d,
+    );
+    assert!(ok, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["bytes_per_vector"], 8);
+
+    // a model for another dimension, and a missing one, fail with the reason
+    let (ok, _, err) = rewa(
+        &[
+            "synth",
+            "--classes",
+            "5",
+            "--per-class",
+            "10",
+            "--dim",
+            "32",
+            "--new-classes",
+            "0",
+            "--out",
+            "s32",
+        ],
+        d,
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = rewa(
+        &[
+            "eval",
+            "--base",
+            "s32/base.npy",
+            "--queries",
+            "s32/queries_same.npy",
+            "--encoder",
+            "learned=m",
+        ],
+        d,
+    );
+    assert!(!ok);
+    assert!(err.contains("trained for dimension 64"), "{err}");
+    let (ok, _, err) = rewa(
+        &[
+            "eval",
+            "--base",
+            "s/base.npy",
+            "--queries",
+            "s/queries_same.npy",
+            "--encoder",
+            "learned=nowhere+sign",
+        ],
+        d,
+    );
+    assert!(!ok);
+    assert!(err.contains("no such model directory"), "{err}");
+    let (ok, _, err) = rewa(
+        &[
+            "train",
+            "--base",
+            "s/base.npy",
+            "--dim",
+            "65",
+            "--out",
+            "m2",
+        ],
+        d,
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("--dim 65 must be between 1 and the input dimension 64"),
+        "{err}"
+    );
+    let (ok, _, err) = rewa(
+        &[
+            "train",
+            "--base",
+            "s/base.npy",
+            "--dim",
+            "8",
+            "--out",
+            "m3",
+            "--labels",
+            "s32/labels.npy",
+        ],
+        d,
+    );
+    assert!(!ok);
+    assert!(err.contains("holds 50 labels"), "{err}");
+}
