@@ -283,8 +283,10 @@ pub fn save(index: &Index, dir: &Path) -> Result<()> {
     let json = serde_json::to_vec_pretty(&manifest).expect("invariant: manifest serializes");
     let tmp = dir.join(format!("{MANIFEST}.tmp"));
     write_file(&tmp, &[&json])?;
+    crash_test_pause("data");
     std::fs::rename(&tmp, dir.join(MANIFEST)).map_err(io_err(dir))?;
     sync_dir(dir)?;
+    crash_test_pause("manifest");
     // The new manifest is durable: files of other generations are garbage now.
     let keep: Vec<String> = files_of(&manifest);
     if let Ok(rd) = std::fs::read_dir(dir) {
@@ -298,6 +300,22 @@ pub fn save(index: &Index, dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// For crash tests: with `REWA_SAVE_PAUSE=<point>:<ms>` set, `save` announces `paused:<point>`
+/// on stderr and sleeps at that point, so a test can SIGKILL the process there. Points:
+/// `data` (new data files and manifest.json.tmp written, the manifest not yet replaced) and
+/// `manifest` (new manifest in place, the old generation's files not yet deleted).
+fn crash_test_pause(point: &str) {
+    let Ok(v) = std::env::var("REWA_SAVE_PAUSE") else {
+        return;
+    };
+    if let Some((p, ms)) = v.split_once(':') {
+        if p == point {
+            eprintln!("paused:{point}");
+            std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(0)));
+        }
+    }
 }
 
 fn files_of(m: &Manifest) -> Vec<String> {

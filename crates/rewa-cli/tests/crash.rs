@@ -1,0 +1,157 @@
+//! A `rewa add` killed with SIGKILL at any moment leaves an index that opens and holds exactly
+//! the old or the new data.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn rewa(args: &[&str], dir: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_rewa"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What the index in `dir` holds: its count, and the ids it returns for a few queries.
+fn state(dir: &Path) -> (usize, Vec<Vec<rewa::Hit>>) {
+    let index = rewa::Index::open(dir).expect("the index must open after a kill");
+    let qs = rewa::io::read_vectors(&dir.join("../q.npy")).unwrap();
+    let p = rewa::SearchParams::default();
+    let hits = (0..qs.len())
+        .map(|i| index.search(qs.row(i), &p).unwrap())
+        .collect();
+    (index.len(), hits)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn sigkill_during_add_leaves_old_or_new_index() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    // base 4000 and addition 40000 vectors, 64-dim; queries are the synth's held-out ones
+    rewa(
+        &[
+            "synth",
+            "--classes",
+            "40",
+            "--per-class",
+            "100",
+            "--dim",
+            "64",
+            "--new-classes",
+            "0",
+            "--seed",
+            "1",
+            "--out",
+            "a",
+        ],
+        d,
+    );
+    rewa(
+        &[
+            "synth",
+            "--classes",
+            "400",
+            "--per-class",
+            "100",
+            "--dim",
+            "64",
+            "--new-classes",
+            "0",
+            "--seed",
+            "2",
+            "--out",
+            "b",
+        ],
+        d,
+    );
+    std::fs::copy(d.join("a/queries_same.npy"), d.join("q.npy")).unwrap();
+    rewa(
+        &[
+            "build",
+            "--base",
+            "a/base.npy",
+            "--pipeline",
+            "hadamard128+sign:200,exact:10",
+            "--out",
+            "old",
+        ],
+        d,
+    );
+    copy_dir(&d.join("old"), &d.join("new"));
+    rewa(&["add", "--index", "new", "--base", "b/base.npy"], d);
+    let old = state(&d.join("old"));
+    let new = state(&d.join("new"));
+    assert_eq!((old.0, new.0), (4000, 44000));
+    assert_ne!(old.1, new.1, "the addition must change some results");
+
+    let run = |pause: Option<&str>, kill_after: Option<Duration>| -> (usize, Vec<Vec<rewa::Hit>>) {
+        let work = d.join("work");
+        copy_dir(&d.join("old"), &work);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rewa"));
+        cmd.args(["add", "--index", "work", "--base", "b/base.npy"])
+            .current_dir(d)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(p) = pause {
+            cmd.env("REWA_SAVE_PAUSE", format!("{p}:60000"));
+        }
+        let mut child = cmd.spawn().unwrap();
+        match (pause, kill_after) {
+            (Some(p), _) => {
+                // wait until save announces the pause, then kill it there
+                let want = format!("paused:{p}");
+                let err = BufReader::new(child.stderr.take().unwrap());
+                let mut seen = false;
+                for line in err.lines() {
+                    if line.unwrap().contains(&want) {
+                        seen = true;
+                        break;
+                    }
+                }
+                assert!(seen, "the child never reached {want}");
+            }
+            (None, Some(after)) => {
+                let t0 = Instant::now();
+                while t0.elapsed() < after {
+                    if child.try_wait().unwrap().is_some() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            (None, None) => {}
+        }
+        child.kill().unwrap(); // SIGKILL on Unix
+        child.wait().unwrap();
+        state(&work)
+    };
+    // killed with new data files written but the manifest not replaced: the old index
+    assert_eq!(run(Some("data"), None), old);
+    // killed after the manifest rename, before old files are deleted: the new index
+    assert_eq!(run(Some("manifest"), None), new);
+    // killed at spread-out moments of the whole command: always exactly one of the two
+    for ms in [0u64, 5, 20, 50, 100, 200, 400] {
+        let s = run(None, Some(Duration::from_millis(ms)));
+        assert!(
+            s == old || s == new,
+            "killed after {ms} ms: {} vectors, neither old nor new",
+            s.0
+        );
+    }
+}
