@@ -128,9 +128,24 @@ fn query_block(nq: usize) -> usize {
     nq.div_ceil(threads).clamp(1, 512)
 }
 
-/// Exact top-`k` of every query over `base` (blocked GEMM, rayon over query blocks).
+/// Exact top-`k` of every query over `base` (blocked GEMM, rayon over query blocks; a few
+/// queries over a large base split the base between threads instead).
 /// For cosine, inputs must already be normalised.
 pub fn exact_search(
+    base: VectorsRef<'_>,
+    queries: VectorsRef<'_>,
+    metric: Metric,
+    k: usize,
+) -> Vec<Vec<Hit>> {
+    sharded(
+        base.len(),
+        queries.len(),
+        k.min(base.len()).max(1),
+        |a, b| exact_search_serial(base.slice(a, b), queries, metric, k),
+    )
+}
+
+fn exact_search_serial(
     base: VectorsRef<'_>,
     queries: VectorsRef<'_>,
     metric: Metric,
@@ -311,8 +326,53 @@ pub fn scan_hamming<const W: usize>(queries: &[Vec<u8>], codes: &[u8], k: usize)
         .collect()
 }
 
-/// Hamming scan for any code length, choosing an unrolled kernel where one exists.
+/// Below this many rows a scan never splits the base between threads.
+const SHARD_MIN_ROWS: usize = 1 << 16;
+
+/// Runs `scan(start, end)` over contiguous shards of `n` rows in parallel when there are fewer
+/// queries than threads (a single query would otherwise use one core), shifts each shard's
+/// ids by its start and merges per query. Ties break by id as in one serial scan, so the
+/// result is identical.
+fn sharded<F>(n: usize, nq: usize, k: usize, scan: F) -> Vec<Vec<Hit>>
+where
+    F: Fn(usize, usize) -> Vec<Vec<Hit>> + Sync,
+{
+    let threads = rayon::current_num_threads();
+    if threads < 2 || nq >= threads || n < SHARD_MIN_ROWS {
+        return scan(0, n);
+    }
+    let per = n.div_ceil(threads);
+    let parts: Vec<Vec<Vec<Hit>>> = (0..threads)
+        .into_par_iter()
+        .map(|s| {
+            let (a, b) = (s * per, ((s + 1) * per).min(n));
+            let mut r = scan(a, b);
+            for h in r.iter_mut().flatten() {
+                h.id += a as u32;
+            }
+            r
+        })
+        .collect();
+    (0..nq)
+        .map(|q| {
+            let mut all: Vec<Hit> = parts.iter().flat_map(|p| p[q].iter().copied()).collect();
+            all.sort_unstable();
+            all.truncate(k);
+            all
+        })
+        .collect()
+}
+
+/// Hamming scan for any code length, choosing an unrolled kernel where one exists; a few
+/// queries over a large base split the base between threads.
 pub fn scan_sign(queries: &[Vec<u8>], codes: &[u8], code_len: usize, k: usize) -> Vec<Vec<Hit>> {
+    let n = codes.len() / code_len.max(1);
+    sharded(n, queries.len(), k, |a, b| {
+        scan_sign_serial(queries, &codes[a * code_len..b * code_len], code_len, k)
+    })
+}
+
+fn scan_sign_serial(queries: &[Vec<u8>], codes: &[u8], code_len: usize, k: usize) -> Vec<Vec<Hit>> {
     match code_len / 8 {
         1 => scan_hamming::<1>(queries, codes, k),
         2 => scan_hamming::<2>(queries, codes, k),

@@ -188,3 +188,42 @@ fn encoders_over_odd_dims() {
         assert_eq!(hits[0].id, 3, "dim {dim}: a base vector finds itself first");
     }
 }
+
+/// One query over a large base splits the base between threads; the result must equal the
+/// serial scan's (ids and distances), which a batch of many queries still uses.
+#[test]
+fn single_query_sharded_scans_equal_batch_scans() {
+    use rewa::search::{exact_search, scan_sign};
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(4)
+        .build()
+        .unwrap();
+    let base = rewa::testutil::gaussian(70_000, 16, 3);
+    let queries = rewa::testutil::gaussian(8, 16, 4);
+    // sign codes: 8 bytes of pseudo-random bits per row, with many equal distances (ties)
+    let codes: Vec<u8> = base
+        .as_slice()
+        .chunks_exact(16)
+        .flat_map(|r| {
+            let bits: u64 = r
+                .iter()
+                .enumerate()
+                .fold(0, |acc, (i, v)| acc | (((*v > 0.0) as u64) << (i * 4)));
+            bits.to_le_bytes()
+        })
+        .collect();
+    let qcodes: Vec<Vec<u8>> = (0..8).map(|i| codes[i * 8..i * 8 + 8].to_vec()).collect();
+    pool.install(|| {
+        let batch = scan_sign(&qcodes, &codes, 8, 50);
+        let batch_exact = exact_search(base.view(), queries.view(), Metric::L2, 20);
+        for i in 0..8 {
+            assert_eq!(
+                scan_sign(&qcodes[i..i + 1], &codes, 8, 50)[0],
+                batch[i],
+                "sign query {i}"
+            );
+            let one = exact_search(base.view(), queries.view().slice(i, i + 1), Metric::L2, 20);
+            assert_eq!(one[0], batch_exact[i], "exact query {i}");
+        }
+    });
+}
