@@ -1,11 +1,14 @@
 //! Runs the `rewa` binary in a temporary directory and checks stdout and exit codes.
 
+use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 
-fn rewa(args: &[&str], dir: &Path) -> (bool, String, String) {
+/// Runs `rewa` with the whitespace-separated arguments of `cmd` in `dir`:
+/// (success, stdout, stderr).
+fn rewa(cmd: &str, dir: &Path) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_rewa"))
-        .args(args)
+        .args(cmd.split_whitespace())
         .current_dir(dir)
         .output()
         .unwrap();
@@ -16,27 +19,39 @@ fn rewa(args: &[&str], dir: &Path) -> (bool, String, String) {
     )
 }
 
+/// Runs `cmd`, which must succeed.
+fn ok(cmd: &str, dir: &Path) -> String {
+    let (ok, out, err) = rewa(cmd, dir);
+    assert!(ok, "{cmd}: {err}");
+    out
+}
+
+/// Runs `cmd --json`, which must succeed and print exactly one JSON object.
+fn json(cmd: &str, dir: &Path) -> Value {
+    let out = ok(&format!("{cmd} --json"), dir);
+    assert_eq!(
+        out.lines().count(),
+        1,
+        "stdout must hold exactly one JSON object: {out}"
+    );
+    serde_json::from_str(&out).unwrap()
+}
+
+/// Runs `cmd`, which must fail with `needle` in its message.
+fn fails(cmd: &str, dir: &Path, needle: &str) {
+    let (ok, _, err) = rewa(cmd, dir);
+    assert!(!ok, "{cmd} succeeded");
+    assert!(err.contains(needle), "{cmd}: {err}");
+}
+
 #[test]
 fn synth_then_eval_json() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    let (ok, _, err) = rewa(
-        &[
-            "synth",
-            "--classes",
-            "10",
-            "--per-class",
-            "30",
-            "--dim",
-            "64",
-            "--new-classes",
-            "2",
-            "--out",
-            "s",
-        ],
+    ok(
+        "synth --classes 10 --per-class 30 --dim 64 --new-classes 2 --out s",
         d,
     );
-    assert!(ok, "{err}");
     for f in [
         "base.npy",
         "labels.npy",
@@ -47,30 +62,11 @@ fn synth_then_eval_json() {
     ] {
         assert!(d.join("s").join(f).exists(), "{f} missing");
     }
-    let (ok, out, err) = rewa(
-        &[
-            "eval",
-            "--base",
-            "s/base.npy",
-            "--queries",
-            "s/queries_same.npy",
-            "--encoder",
-            "hadamard128+sign",
-            "--labels",
-            "s/labels.npy",
-            "--query-labels",
-            "s/queries_same_labels.npy",
-            "--json",
-        ],
+    let j = json(
+        "eval --base s/base.npy --queries s/queries_same.npy --encoder hadamard128+sign \
+         --labels s/labels.npy --query-labels s/queries_same_labels.npy",
         d,
     );
-    assert!(ok, "{err}");
-    assert_eq!(
-        out.lines().count(),
-        1,
-        "stdout must hold exactly one JSON object: {out}"
-    );
-    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["spec"], "hadamard128+sign");
     assert_eq!(j["dim"], 64);
     assert_eq!(j["n_base"], 300);
@@ -85,21 +81,10 @@ fn synth_then_eval_json() {
     assert!(j["fit_seconds"].as_f64().unwrap() >= 0.0);
 
     // A pipeline ending in exact:10 over a first stage that keeps everything is exact.
-    let (ok, out, err) = rewa(
-        &[
-            "eval",
-            "--base",
-            "s/base.npy",
-            "--queries",
-            "s/queries_same.npy",
-            "--pipeline",
-            "hadamard64+sign:300,exact:10",
-            "--json",
-        ],
+    let j = json(
+        "eval --base s/base.npy --queries s/queries_same.npy --pipeline hadamard64+sign:300,exact:10",
         d,
     );
-    assert!(ok, "{err}");
-    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["recall_at_k"], 1.0);
 }
 
@@ -107,136 +92,44 @@ fn synth_then_eval_json() {
 fn bad_inputs_fail_with_messages() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    assert!(
-        rewa(
-            &[
-                "synth",
-                "--classes",
-                "3",
-                "--per-class",
-                "5",
-                "--dim",
-                "8",
-                "--out",
-                "a"
-            ],
-            d
-        )
-        .0
-    );
-    assert!(
-        rewa(
-            &[
-                "synth",
-                "--classes",
-                "3",
-                "--per-class",
-                "5",
-                "--dim",
-                "9",
-                "--out",
-                "b"
-            ],
-            d
-        )
-        .0
-    );
-    let (ok, _, err) = rewa(
-        &[
-            "eval",
-            "--base",
-            "a/base.npy",
-            "--queries",
-            "b/queries_same.npy",
-            "--encoder",
-            "flat",
-        ],
+    ok("synth --classes 3 --per-class 5 --dim 8 --out a", d);
+    ok("synth --classes 3 --per-class 5 --dim 9 --out b", d);
+    fails(
+        "eval --base a/base.npy --queries b/queries_same.npy --encoder flat",
         d,
+        "dimension",
     );
-    assert!(!ok && err.contains("dimension"), "{err}");
-    let (ok, _, err) = rewa(
-        &[
-            "eval",
-            "--base",
-            "a/base.npy",
-            "--queries",
-            "a/queries_same.npy",
-            "--encoder",
-            "bogus",
-        ],
+    fails(
+        "eval --base a/base.npy --queries a/queries_same.npy --encoder bogus",
         d,
+        "unknown token",
     );
-    assert!(!ok && err.contains("unknown token"), "{err}");
-    let (ok, _, err) = rewa(
-        &[
-            "eval",
-            "--base",
-            "a/nope.npy",
-            "--queries",
-            "a/queries_same.npy",
-            "--encoder",
-            "flat",
-        ],
+    fails(
+        "eval --base a/nope.npy --queries a/queries_same.npy --encoder flat",
         d,
+        "nope.npy",
     );
-    assert!(!ok && err.contains("nope.npy"), "{err}");
-    let (ok, _, err) = rewa(
-        &[
-            "eval",
-            "--base",
-            "a/base.npy",
-            "--queries",
-            "a/queries_same.npy",
-            "--pipeline",
-            "sign:5,exact:3",
-        ],
+    fails(
+        "eval --base a/base.npy --queries a/queries_same.npy --pipeline sign:5,exact:3",
         d,
+        "fewer than k",
     );
-    assert!(!ok && err.contains("fewer than k"), "{err}");
 }
 
 #[test]
 fn build_search_info_tune() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    assert!(
-        rewa(
-            &[
-                "synth",
-                "--classes",
-                "20",
-                "--per-class",
-                "50",
-                "--dim",
-                "32",
-                "--new-classes",
-                "0",
-                "--out",
-                "s"
-            ],
-            d
-        )
-        .0
-    );
-    let (ok, out, err) = rewa(
-        &[
-            "build",
-            "--base",
-            "s/base.npy",
-            "--pipeline",
-            "hadamard64+sign:500,exact:10",
-            "--out",
-            "idx",
-            "--json",
-        ],
+    ok(
+        "synth --classes 20 --per-class 50 --dim 32 --new-classes 0 --out s",
         d,
     );
-    assert!(ok, "{err}");
-    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let j = json(
+        "build --base s/base.npy --pipeline hadamard64+sign:500,exact:10 --out idx",
+        d,
+    );
     assert_eq!(j["count"], 1000);
-    let (ok, out, err) = rewa(&["info", "--index", "idx", "--json"], d);
-    assert!(ok, "{err}");
-    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let j = json("info --index idx", d);
     assert_eq!(
         (
             j["count"].as_u64(),
@@ -247,135 +140,51 @@ fn build_search_info_tune() {
     );
     assert_eq!(j["metric"], "cosine");
     assert_eq!(j["bytes_per_vector"], 8 + 128);
-    let (ok, out, err) = rewa(
-        &[
-            "search",
-            "--index",
-            "idx",
-            "--queries",
-            "s/queries_same.npy",
-            "--out",
-            "hits.tsv",
-            "--json",
-        ],
+    let j = json(
+        "search --index idx --queries s/queries_same.npy --out hits.tsv",
         d,
     );
-    assert!(ok, "{err}");
-    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["n_queries"], 200);
     let tsv = std::fs::read_to_string(d.join("hits.tsv")).unwrap();
     assert_eq!(tsv.lines().count(), 1 + 200 * 10);
     // Tune on validation queries: the stored default must measure at least the target.
-    let (ok, out, err) = rewa(
-        &[
-            "tune",
-            "--index",
-            "idx",
-            "--queries",
-            "s/queries_same.npy",
-            "--target-recall",
-            "0.9",
-            "--json",
-        ],
+    let j = json(
+        "tune --index idx --queries s/queries_same.npy --target-recall 0.9",
         d,
     );
-    assert!(ok, "{err}");
-    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(j["recall_at_k"].as_f64().unwrap() >= 0.9, "{j}");
     let chosen = j["pipeline"].as_str().unwrap().to_string();
-    let (_, out, _) = rewa(&["info", "--index", "idx", "--json"], d);
-    let info: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let info = json("info --index idx", d);
     assert_eq!(info["pipeline"], chosen.as_str());
     // Re-measure the chosen pipeline independently with eval against exact search.
-    let (ok, out, err) = rewa(
-        &[
-            "eval",
-            "--base",
-            "s/base.npy",
-            "--queries",
-            "s/queries_same.npy",
-            "--pipeline",
-            &chosen,
-            "--seed",
-            "42",
-            "--json",
-        ],
+    let e = json(
+        &format!(
+            "eval --base s/base.npy --queries s/queries_same.npy --pipeline {chosen} --seed 42"
+        ),
         d,
     );
-    assert!(ok, "{err}");
-    let e: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(e["recall_at_k"].as_f64().unwrap() >= 0.9, "{e}");
     // Wrong query dimension is refused with a message.
-    assert!(
-        rewa(
-            &[
-                "synth",
-                "--classes",
-                "2",
-                "--per-class",
-                "5",
-                "--dim",
-                "31",
-                "--out",
-                "w"
-            ],
-            d
-        )
-        .0
-    );
-    let (ok, _, err) = rewa(
-        &[
-            "search",
-            "--index",
-            "idx",
-            "--queries",
-            "w/queries_same.npy",
-        ],
+    ok("synth --classes 2 --per-class 5 --dim 31 --out w", d);
+    fails(
+        "search --index idx --queries w/queries_same.npy",
         d,
+        "dimension",
     );
-    assert!(!ok && err.contains("dimension"), "{err}");
 }
 
 #[test]
 fn train_writes_artifacts_that_eval_and_build_use() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    let (ok, _, err) = rewa(
-        &[
-            "synth",
-            "--classes",
-            "20",
-            "--per-class",
-            "40",
-            "--dim",
-            "64",
-            "--new-classes",
-            "0",
-            "--out",
-            "s",
-        ],
+    ok(
+        "synth --classes 20 --per-class 40 --dim 64 --new-classes 0 --out s",
         d,
     );
-    assert!(ok, "{err}");
-    let (ok, out, err) = rewa(
-        &[
-            "train",
-            "--base",
-            "s/base.npy",
-            "--dim",
-            "16",
-            "--out",
-            "m",
-            "--epochs",
-            "3",
-            "--batch",
-            "128",
-            "--json",
-        ],
+    let j = json(
+        "train --base s/base.npy --dim 16 --out m --epochs 3 --batch 128",
         d,
     );
-    assert!(ok, "{err}");
-    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["epochs_run"], 3);
     assert_eq!(j["n_train"], 720);
     assert_eq!(j["n_val"], 80);
@@ -391,12 +200,12 @@ fn train_writes_artifacts_that_eval_and_build_use() {
     let log = std::fs::read_to_string(d.join("m/log.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 3);
     for l in log.lines() {
-        let e: serde_json::Value = serde_json::from_str(l).unwrap();
+        let e: Value = serde_json::from_str(l).unwrap();
         assert!(e["train_loss"].as_f64().unwrap().is_finite());
     }
     let png = std::fs::read(d.join("m/training.png")).unwrap();
     assert_eq!(&png[1..4], b"PNG");
-    let cfg: serde_json::Value =
+    let cfg: Value =
         serde_json::from_slice(&std::fs::read(d.join("m/config.json")).unwrap()).unwrap();
     assert_eq!(cfg["dim_in"], 64);
     assert_eq!(cfg["dim_out"], 16);
@@ -405,100 +214,35 @@ fn train_writes_artifacts_that_eval_and_build_use() {
         .unwrap()
         .starts_with("800x64 crc32 "));
 
-    let (ok, out, err) = rewa(
-        &[
-            "eval",
-            "--base",
-            "s/base.npy",
-            "--queries",
-            "s/queries_same.npy",
-            "--encoder",
-            "learned=m+sign",
-            "--json",
-        ],
+    let j = json(
+        "eval --base s/base.npy --queries s/queries_same.npy --encoder learned=m+sign",
         d,
     );
-    assert!(ok, "{err}");
-    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["bytes_per_vector"], 8);
 
     // a model for another dimension, and a missing one, fail with the reason
-    let (ok, _, err) = rewa(
-        &[
-            "synth",
-            "--classes",
-            "5",
-            "--per-class",
-            "10",
-            "--dim",
-            "32",
-            "--new-classes",
-            "0",
-            "--out",
-            "s32",
-        ],
+    ok(
+        "synth --classes 5 --per-class 10 --dim 32 --new-classes 0 --out s32",
         d,
     );
-    assert!(ok, "{err}");
-    let (ok, _, err) = rewa(
-        &[
-            "eval",
-            "--base",
-            "s32/base.npy",
-            "--queries",
-            "s32/queries_same.npy",
-            "--encoder",
-            "learned=m",
-        ],
+    fails(
+        "eval --base s32/base.npy --queries s32/queries_same.npy --encoder learned=m",
         d,
+        "trained for dimension 64",
     );
-    assert!(!ok);
-    assert!(err.contains("trained for dimension 64"), "{err}");
-    let (ok, _, err) = rewa(
-        &[
-            "eval",
-            "--base",
-            "s/base.npy",
-            "--queries",
-            "s/queries_same.npy",
-            "--encoder",
-            "learned=nowhere+sign",
-        ],
+    fails(
+        "eval --base s/base.npy --queries s/queries_same.npy --encoder learned=nowhere+sign",
         d,
+        "no such model directory",
     );
-    assert!(!ok);
-    assert!(err.contains("no such model directory"), "{err}");
-    let (ok, _, err) = rewa(
-        &[
-            "train",
-            "--base",
-            "s/base.npy",
-            "--dim",
-            "65",
-            "--out",
-            "m2",
-        ],
+    fails(
+        "train --base s/base.npy --dim 65 --out m2",
         d,
+        "--dim 65 must be between 1 and the input dimension 64",
     );
-    assert!(!ok);
-    assert!(
-        err.contains("--dim 65 must be between 1 and the input dimension 64"),
-        "{err}"
-    );
-    let (ok, _, err) = rewa(
-        &[
-            "train",
-            "--base",
-            "s/base.npy",
-            "--dim",
-            "8",
-            "--out",
-            "m3",
-            "--labels",
-            "s32/labels.npy",
-        ],
+    fails(
+        "train --base s/base.npy --dim 8 --out m3 --labels s32/labels.npy",
         d,
+        "holds 50 labels",
     );
-    assert!(!ok);
-    assert!(err.contains("holds 50 labels"), "{err}");
 }

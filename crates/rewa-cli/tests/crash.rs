@@ -6,9 +6,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn rewa(args: &[&str], dir: &Path) {
+/// Runs `rewa` with the whitespace-separated arguments of `cmd`; it must succeed.
+fn rewa(cmd: &str, dir: &Path) {
     let out = Command::new(env!("CARGO_BIN_EXE_rewa"))
-        .args(args)
+        .args(cmd.split_whitespace())
         .current_dir(dir)
         .output()
         .unwrap();
@@ -45,56 +46,20 @@ fn sigkill_during_add_leaves_old_or_new_index() {
     let d = t.path();
     // base 4000 and addition 40000 vectors, 64-dim; queries are the synth's held-out ones
     rewa(
-        &[
-            "synth",
-            "--classes",
-            "40",
-            "--per-class",
-            "100",
-            "--dim",
-            "64",
-            "--new-classes",
-            "0",
-            "--seed",
-            "1",
-            "--out",
-            "a",
-        ],
+        "synth --classes 40 --per-class 100 --dim 64 --new-classes 0 --seed 1 --out a",
         d,
     );
     rewa(
-        &[
-            "synth",
-            "--classes",
-            "400",
-            "--per-class",
-            "100",
-            "--dim",
-            "64",
-            "--new-classes",
-            "0",
-            "--seed",
-            "2",
-            "--out",
-            "b",
-        ],
+        "synth --classes 400 --per-class 100 --dim 64 --new-classes 0 --seed 2 --out b",
         d,
     );
     std::fs::copy(d.join("a/queries_same.npy"), d.join("q.npy")).unwrap();
     rewa(
-        &[
-            "build",
-            "--base",
-            "a/base.npy",
-            "--pipeline",
-            "hadamard128+sign:200,exact:10",
-            "--out",
-            "old",
-        ],
+        "build --base a/base.npy --pipeline hadamard128+sign:200,exact:10 --out old",
         d,
     );
     copy_dir(&d.join("old"), &d.join("new"));
-    rewa(&["add", "--index", "new", "--base", "b/base.npy"], d);
+    rewa("add --index new --base b/base.npy", d);
     let old = state(&d.join("old"));
     let new = state(&d.join("new"));
     assert_eq!((old.0, new.0), (4000, 44000));

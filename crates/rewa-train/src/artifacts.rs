@@ -113,10 +113,11 @@ pub fn record(
 /// `n x d` and a CRC-32 of the vectors' bytes (and of the labels / pairs, when given).
 pub fn fingerprint(x: rewa::VectorsRef<'_>, extra: &[u8]) -> String {
     let mut h = crc32fast::Hasher::new();
+    let mut bytes = Vec::with_capacity(4 * x.dim());
     for r in x.rows() {
-        for v in r {
-            h.update(&v.to_le_bytes());
-        }
+        bytes.clear();
+        bytes.extend(r.iter().flat_map(|v| v.to_le_bytes()));
+        h.update(&bytes);
     }
     h.update(extra);
     format!("{}x{} crc32 {:08x}", x.len(), x.dim(), h.finalize())

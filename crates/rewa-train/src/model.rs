@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Result, Tensor, Var, D};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
-use rewa::encode::{LearnedTransform, TENSOR_NAMES};
+use rewa::encode::{LearnedTransform, Transform};
 
 /// Which quantizer the outputs are trained to survive (straight-through estimator).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -32,7 +32,7 @@ impl std::str::FromStr for Qat {
 
 /// Linear(d, h) -> LayerNorm -> GELU -> Dropout -> Linear(h, m) -> LayerNorm -> L2 norm.
 pub struct Mlp {
-    /// In [`TENSOR_NAMES`] order.
+    /// In [`rewa::encode::TENSOR_NAMES`] order.
     pub vars: Vec<Var>,
     pub dim_in: usize,
     pub hidden: usize,
@@ -87,14 +87,13 @@ impl Mlp {
         let vars = t
             .tensors()
             .into_iter()
-            .map(|(_, s, v)| Var::from_tensor(&Tensor::from_vec(v.to_vec(), s, dev)?))
+            .map(|(_, s, v)| Var::from_tensor(&Tensor::from_slice(v, s, dev)?))
             .collect::<Result<Vec<_>>>()?;
-        let (d, m) = (t.tensors()[0].1[1], t.tensors()[4].1[0]);
         Ok(Mlp {
             vars,
-            dim_in: d,
+            dim_in: t.dim_in(),
             hidden: t.hidden(),
-            dim_out: m,
+            dim_out: t.dim_out(),
             eps: t.eps() as f64,
         })
     }
@@ -178,11 +177,6 @@ impl Mlp {
         }
         Ok(())
     }
-
-    /// Names of the variables, in order.
-    pub fn names() -> [&'static str; 8] {
-        TENSOR_NAMES
-    }
 }
 
 /// Layer normalisation over the last dimension, written with differentiable ops (candle's
@@ -215,11 +209,6 @@ pub fn fake_quantize(z: &Tensor, q: Qat) -> Result<Tensor> {
         }
     };
     z + (hard - z)?.detach()
-}
-
-/// `x` as a tensor.
-pub fn tensor(x: &[f32], rows: usize, cols: usize, dev: &Device) -> Result<Tensor> {
-    Tensor::from_slice(x, (rows, cols), dev)
 }
 
 /// Sum of squares of every gradient, for clipping.

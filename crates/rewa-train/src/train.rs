@@ -19,14 +19,15 @@
 //! against fixed targets, so they add into one target matrix. With `qat` the loss is also
 //! taken on the fake-quantized outputs and the two are summed.
 
-use crate::model::{fake_quantize, grad_norm, tensor, Mlp, Qat};
+use crate::model::{fake_quantize, grad_norm, Mlp, Qat};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor, Var, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rewa::encode::{LearnedTransform, Transform};
+use rewa::encode::{LearnedTransform, QuantizerSpec, Transform};
+use rewa::eval::Qrels;
 use rewa::search::{exact_search, scan_encoded, Hit};
 use rewa::{Encoder, Metric, Vectors, VectorsRef};
 use std::collections::{HashMap, HashSet};
@@ -206,18 +207,64 @@ pub trait Observer {
 pub struct Quiet;
 impl Observer for Quiet {}
 
-/// Rows of one part (train or validation) and what supervises them.
+/// Rows of one part (train or validation) and their positives.
 struct Part {
     rows: Vec<u32>,
-    /// Neighbours: partners of each row (positions into `rows`' base ids); labels: unused.
+    /// Positives of each row, as positions into `rows`.
     partners: Vec<Vec<u32>>,
 }
 
-/// Fixed evaluation set of a part: base ids, query positions into them, exact truth.
+impl Part {
+    fn new(rows: Vec<u32>) -> Part {
+        Part {
+            rows,
+            partners: vec![],
+        }
+    }
+}
+
+/// Query/document pairs split by query.
+struct PairSplit<'a> {
+    queries: VectorsRef<'a>,
+    train: Vec<(u32, u32)>,
+    val: Vec<(u32, u32)>,
+}
+
+/// Fixed evaluation set of a part: base ids (the first `nq` are also the queries) and the
+/// exact truth.
 struct EvalSet {
     base: Vec<u32>,
-    queries: Vec<usize>,
+    nq: usize,
     truth: Vec<Vec<Hit>>,
+}
+
+/// The validation score early stopping watches.
+#[derive(Clone, Copy)]
+enum Score {
+    QrelsRecall,
+    LabelPrecision,
+    QuantizedRecall,
+    Recall,
+}
+
+impl Score {
+    fn name(self) -> &'static str {
+        match self {
+            Score::QrelsRecall => "val_qrels_recall",
+            Score::LabelPrecision => "val_label_precision",
+            Score::QuantizedRecall => "val_recall_quantized",
+            Score::Recall => "val_recall",
+        }
+    }
+    fn of(self, e: &EpochLog) -> f64 {
+        match self {
+            Score::QrelsRecall => e.val_qrels_recall,
+            Score::LabelPrecision => e.val_label_precision,
+            Score::QuantizedRecall => e.val_recall_quantized,
+            Score::Recall => Some(e.val_recall),
+        }
+        .unwrap_or(f64::NAN)
+    }
 }
 
 fn check_config(cfg: &TrainConfig, d: usize) -> Result<()> {
@@ -235,9 +282,6 @@ fn check_config(cfg: &TrainConfig, d: usize) -> Result<()> {
             cfg.group,
             2 * (1 + cfg.group.max(1))
         ));
-    }
-    if cfg.batch < 4 {
-        return bad(format!("batch {} is too small (>= 4)", cfg.batch));
     }
     if cfg.epochs == 0 {
         return bad("epochs must be >= 1".into());
@@ -333,7 +377,7 @@ pub fn train(
     } else {
         1.0
     };
-    let (train_part, val_part, pair_split) = match sup {
+    let (mut train_part, mut val_part, pair_split) = match sup {
         Supervision::Pairs { queries, pairs } => {
             let mut qs: Vec<u32> = pairs
                 .iter()
@@ -345,39 +389,21 @@ pub fn train(
             qs.shuffle(&mut rng);
             let n_val = ((qs.len() as f64 * cfg.val_fraction).round() as usize).min(qs.len() - 1);
             let val_q: HashSet<u32> = qs[..n_val].iter().copied().collect();
-            let (vp, tp): (Vec<_>, Vec<_>) = pairs.iter().partition(|p| val_q.contains(&p.0));
-            let all = Part {
-                rows: perm.clone(),
-                partners: vec![],
+            let (val, train): (Vec<_>, Vec<_>) = pairs.iter().partition(|p| val_q.contains(&p.0));
+            let split = PairSplit {
+                queries: queries.view(),
+                train,
+                val,
             };
-            let _ = queries;
-            (
-                all,
-                Part {
-                    rows: vec![],
-                    partners: vec![],
-                },
-                Some((tp, vp)),
-            )
+            // documents are not held out: the whole base is the training part
+            (Part::new(perm), Part::new(vec![]), Some(split))
         }
         _ => {
             let n_val = (n as f64 * cfg.val_fraction).round() as usize;
             let (v, t) = perm.split_at(n_val);
-            (
-                Part {
-                    rows: t.to_vec(),
-                    partners: vec![],
-                },
-                Part {
-                    rows: v.to_vec(),
-                    partners: vec![],
-                },
-                None,
-            )
+            (Part::new(t.to_vec()), Part::new(v.to_vec()), None)
         }
     };
-    let mut train_part = train_part;
-    let mut val_part = val_part;
     // Positives.
     let labels = match sup {
         Supervision::Labels(l) => Some(l.as_slice()),
@@ -391,17 +417,10 @@ pub fn train(
             Supervision::Neighbours => {
                 let x = base.gather(&part.rows);
                 let k = cfg.neighbours.min(part.rows.len() - 1).max(1);
-                let hits = exact_search(x.view(), x.view(), metric, k + 1);
+                let hits = drop_self(exact_search(x.view(), x.view(), metric, k + 1), k);
                 part.partners = hits
                     .into_iter()
-                    .enumerate()
-                    .map(|(i, h)| {
-                        h.into_iter()
-                            .filter(|h| h.id as usize != i)
-                            .take(k)
-                            .map(|h| h.id)
-                            .collect()
-                    })
+                    .map(|h| h.into_iter().map(|h| h.id).collect())
                     .collect();
             }
             Supervision::Labels(l) => {
@@ -428,68 +447,52 @@ pub fn train(
 
     // Evaluation sets, fixed for the run.
     let mut erng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xE7A1);
-    let make_eval = |rows: &[u32], erng: &mut ChaCha8Rng| -> Option<EvalSet> {
+    let mut make_eval = |rows: &[u32]| -> Option<EvalSet> {
         if rows.len() < 12 {
             return None;
         }
         let mut b = rows.to_vec();
-        b.shuffle(erng);
+        b.shuffle(&mut erng);
         b.truncate(cfg.eval_base);
         let nq = cfg.eval_queries.min(b.len());
-        let queries: Vec<usize> = (0..nq).collect();
         let x = base.gather(&b);
         let qx = x.view().slice(0, nq).to_owned();
         let truth = drop_self(exact_search(x.view(), qx.view(), metric, 11), 10);
-        Some(EvalSet {
-            base: b,
-            queries,
-            truth,
-        })
+        Some(EvalSet { base: b, nq, truth })
     };
-    let (train_eval, val_eval) = match (&pair_split, sup) {
-        (Some(_), _) => (make_eval(&train_part.rows, &mut erng), None),
-        _ => (
-            make_eval(&train_part.rows, &mut erng),
-            make_eval(&val_part.rows, &mut erng),
-        ),
-    };
+    let train_eval = make_eval(&train_part.rows);
+    let val_eval = make_eval(&val_part.rows);
     // Pairs: validation queries against the whole base.
-    let pair_eval = match (&pair_split, sup) {
-        (Some((_, vp)), Supervision::Pairs { queries, .. }) => {
-            let mut rel: HashMap<u32, Vec<u32>> = HashMap::new();
-            for &(q, b) in vp {
-                rel.entry(q).or_default().push(b);
-            }
-            let mut qids: Vec<u32> = rel.keys().copied().collect();
-            qids.sort_unstable();
-            let qx = queries.gather(&qids);
-            let truth = exact_search(base, qx.view(), metric, 10);
-            let rels: Vec<Vec<u32>> = qids.iter().map(|q| rel[q].clone()).collect();
-            Some((qx, truth, rels))
-        }
-        _ => None,
-    };
+    let pair_eval = pair_split.as_ref().map(|ps| {
+        let mut qids: Vec<u32> = ps.val.iter().map(|p| p.0).collect();
+        qids.sort_unstable();
+        qids.dedup();
+        let pos: HashMap<u32, usize> = qids.iter().enumerate().map(|(i, &q)| (q, i)).collect();
+        let qrels = Qrels::from_pairs(ps.val.iter().map(|&(q, b)| (pos[&q], b)));
+        let qx = ps.queries.gather(&qids);
+        let truth = exact_search(base, qx.view(), metric, 10);
+        (qx, truth, qrels)
+    });
     let n_val = match &pair_eval {
         Some((qx, _, _)) => qx.len(),
         None => val_part.rows.len(),
     };
 
-    let steps_per_epoch = match &pair_split {
-        Some((tp, _)) => tp.len().div_ceil(cfg.batch / 2),
-        None => train_part.rows.len().div_ceil(cfg.batch),
-    }
-    .max(1);
-    let per_step = match &pair_split {
-        Some(_) => cfg.batch / 2,
-        None => cfg.batch / (1 + cfg.group),
+    // One epoch draws every unit once: a training pair, or a training row as an anchor.
+    let (n_units, per_step, steps_per_epoch) = match &pair_split {
+        Some(ps) => {
+            let per = cfg.batch / 2;
+            (ps.train.len(), per, ps.train.len().div_ceil(per))
+        }
+        None => {
+            let n = train_part.rows.len();
+            (n, cfg.batch / (1 + cfg.group), n.div_ceil(cfg.batch))
+        }
     };
+    let steps_per_epoch = steps_per_epoch.max(1);
     let total_steps = steps_per_epoch * cfg.epochs;
     let mut cursor = 0usize;
-    let mut anchors: Vec<usize> = (0..match &pair_split {
-        Some((tp, _)) => tp.len(),
-        None => train_part.rows.len(),
-    })
-        .collect();
+    let mut anchors: Vec<usize> = (0..n_units).collect();
     anchors.shuffle(&mut rng);
 
     let mut log = Vec::new();
@@ -497,11 +500,11 @@ pub fn train(
     let mut stale = 0;
     let mut stopped_early = false;
     let mut step_global = 0usize;
-    let score_name = match (sup, cfg.qat) {
-        (Supervision::Pairs { .. }, _) => "val_qrels_recall",
-        (Supervision::Labels(_), _) => "val_label_precision",
-        (_, Some(_)) => "val_recall_quantized",
-        _ => "val_recall",
+    let score = match (sup, cfg.qat) {
+        (Supervision::Pairs { .. }, _) => Score::QrelsRecall,
+        (Supervision::Labels(_), _) => Score::LabelPrecision,
+        (_, Some(_)) => Score::QuantizedRecall,
+        _ => Score::Recall,
     };
     for epoch in 1..=cfg.epochs {
         let te = Instant::now();
@@ -516,12 +519,12 @@ pub fn train(
                 idx.push(anchors[cursor]);
                 cursor += 1;
             }
-            let batch = match (&pair_split, sup) {
-                (Some((tp, _)), Supervision::Pairs { queries, .. }) => {
-                    let ps: Vec<(u32, u32)> = idx.iter().map(|&i| tp[i]).collect();
-                    pair_batch(base, queries.view(), &ps)
+            let batch = match &pair_split {
+                Some(ps) => {
+                    let pairs: Vec<(u32, u32)> = idx.iter().map(|&i| ps.train[i]).collect();
+                    pair_batch(base, ps.queries, &pairs)
                 }
-                _ => anchor_batch(base, &train_part, &idx, cfg.group, labels, &mut rng),
+                None => anchor_batch(base, &train_part, &idx, cfg.group, labels, &mut rng),
             };
             let Some(batch) = batch else { continue };
             let progress = step_global as f64 / total_steps.max(1) as f64;
@@ -555,7 +558,10 @@ pub fn train(
             }
             let l = loss.to_scalar::<f32>()? as f64;
             if !l.is_finite() {
-                return Err(Error::Diverged { epoch, step });
+                return Err(Error::Diverged {
+                    epoch,
+                    step: step + 1,
+                });
             }
             loss_sum += l;
             step_global += 1;
@@ -568,28 +574,24 @@ pub fn train(
         // Validation loss on fixed batches, no dropout or noise.
         let mut vrng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x7A11);
         let mut vl = (0.0, 0usize);
-        match (&pair_split, sup) {
-            (Some((_, vp)), Supervision::Pairs { queries, .. }) => {
-                for chunk in vp.chunks(cfg.batch / 2).take(20) {
-                    if let Some(b) = pair_batch(base, queries.view(), chunk) {
-                        let l =
-                            batch_loss(&mlp, &log_scale, &b, cfg, metric, l2_scale, None, &dev)?;
-                        vl = (vl.0 + l.to_scalar::<f32>()? as f64, vl.1 + 1);
-                    }
-                }
-            }
-            _ => {
+        let val_batches: Vec<Batch> = match &pair_split {
+            Some(ps) => ps
+                .val
+                .chunks(per_step)
+                .take(20)
+                .filter_map(|c| pair_batch(base, ps.queries, c))
+                .collect(),
+            None => {
                 let all: Vec<usize> = (0..val_part.rows.len()).collect();
-                for chunk in all.chunks(per_step).take(20) {
-                    if let Some(b) =
-                        anchor_batch(base, &val_part, chunk, cfg.group, labels, &mut vrng)
-                    {
-                        let l =
-                            batch_loss(&mlp, &log_scale, &b, cfg, metric, l2_scale, None, &dev)?;
-                        vl = (vl.0 + l.to_scalar::<f32>()? as f64, vl.1 + 1);
-                    }
-                }
+                all.chunks(per_step)
+                    .take(20)
+                    .filter_map(|c| anchor_batch(base, &val_part, c, cfg.group, labels, &mut vrng))
+                    .collect()
             }
+        };
+        for b in &val_batches {
+            let l = batch_loss(&mlp, &log_scale, b, cfg, metric, l2_scale, None, &dev)?;
+            vl = (vl.0 + l.to_scalar::<f32>()? as f64, vl.1 + 1);
         }
         let val_loss = if vl.1 > 0 {
             vl.0 / vl.1 as f64
@@ -605,31 +607,16 @@ pub fn train(
             None => (f64::NAN, None, None),
         };
         let (val_recall, val_qrels_recall) = match &pair_eval {
-            Some((qx, truth, rels)) => {
+            Some((qx, truth, qrels)) => {
                 let out = model.apply_batch(base);
                 let qo = model.apply_batch(qx.view());
                 let res = exact_search(out.view(), qo.view(), Metric::Ip, 10);
                 let r = rewa::eval::recall_at_k(&res, truth, 10);
-                let qr = rels
-                    .iter()
-                    .zip(&res)
-                    .map(|(rel, hits)| {
-                        hits.iter().filter(|h| rel.contains(&h.id)).count() as f64
-                            / rel.len().min(10) as f64
-                    })
-                    .sum::<f64>()
-                    / rels.len().max(1) as f64;
-                (r, Some(qr))
+                (r, Some(qrels.recall_at(&res, 10)))
             }
             None => (val_recall, None),
         };
-        let score = match score_name {
-            "val_qrels_recall" => val_qrels_recall.unwrap_or(f64::NAN),
-            "val_label_precision" => val_label_precision.unwrap_or(f64::NAN),
-            "val_recall_quantized" => val_recall_quantized.unwrap_or(f64::NAN),
-            _ => val_recall,
-        };
-        let entry = EpochLog {
+        let mut entry = EpochLog {
             epoch,
             lr: opt.learning_rate(),
             temperature: 1.0 / (log_scale.as_tensor().to_vec1::<f32>()?[0] as f64).exp(),
@@ -640,18 +627,20 @@ pub fn train(
             val_label_precision,
             val_qrels_recall,
             val_recall_quantized,
-            score,
+            score: f64::NAN,
             train_seconds,
             eval_seconds: ev.elapsed().as_secs_f64(),
         };
+        entry.score = score.of(&entry);
+        let s = entry.score;
         // Without a validation part every epoch counts as the best.
         let improved = match &best {
             None => true,
-            Some((b, _, _)) => score.is_nan() || score > b + 1e-4,
+            Some((b, _, _)) => s.is_nan() || s > b + 1e-4,
         };
         if improved {
             best = Some((
-                if score.is_nan() { f64::MIN } else { score },
+                if s.is_nan() { f64::MIN } else { s },
                 epoch,
                 mlp.snapshot()?,
             ));
@@ -674,12 +663,9 @@ pub fn train(
         best_epoch,
         stopped_early,
         seconds: t0.elapsed().as_secs_f64(),
-        n_train: match &pair_split {
-            Some((tp, _)) => tp.len(),
-            None => train_part.rows.len(),
-        },
+        n_train: n_units,
         n_val,
-        score_name,
+        score_name: score.name(),
     })
 }
 
@@ -707,7 +693,7 @@ fn eval_set(
 ) -> Result<(f64, Option<f64>, Option<f64>)> {
     let x = base.gather(&e.base);
     let out = model.apply_batch(x.view());
-    let nq = e.queries.len();
+    let nq = e.nq;
     let qo = out.view().slice(0, nq).to_owned();
     let res = drop_self(exact_search(out.view(), qo.view(), Metric::Ip, 11), 10);
     let recall = rewa::eval::recall_at_k(&res, &e.truth, 10);
@@ -718,11 +704,13 @@ fn eval_set(
     let rq = match qat {
         None => None,
         Some(q) => {
-            let spec: rewa::EncoderSpec = match q {
-                Qat::Sign => "sign",
-                Qat::Int8 => "int8",
-            }
-            .parse()?;
+            let spec = rewa::EncoderSpec {
+                transforms: vec![],
+                quantizer: match q {
+                    Qat::Sign => QuantizerSpec::Sign,
+                    Qat::Int8 => QuantizerSpec::Int8,
+                },
+            };
             let enc = Encoder::fit(&spec, out.view(), Metric::Ip, seed)?;
             let codes = enc.encode_batch(out.view())?;
             let r = drop_self(scan_encoded(&enc, &codes, qo.view(), 11), 10);
@@ -780,12 +768,10 @@ fn anchor_batch(
     match labels {
         Some(l) => {
             for i in 0..n {
-                let li = l[rows[i] as usize];
-                let same: Vec<usize> = (0..n)
-                    .filter(|&j| j != i && l[rows[j] as usize] == li)
-                    .collect();
-                for &j in &same {
-                    t[i * n + j] = 1.0 / same.len() as f32;
+                for j in 0..n {
+                    if j != i && l[rows[j] as usize] == l[rows[i] as usize] {
+                        t[i * n + j] = 1.0;
+                    }
                 }
             }
         }
@@ -794,14 +780,9 @@ fn anchor_batch(
                 t[a * n + p] = 1.0;
                 t[p * n + a] = 1.0;
             }
-            for row in t.chunks_exact_mut(n) {
-                let s: f32 = row.iter().sum();
-                if s > 0.0 {
-                    row.iter_mut().for_each(|v| *v /= s);
-                }
-            }
         }
     }
+    normalize_rows(&mut t, n);
     let x = base.gather(&rows).into_vec();
     Some(Batch {
         x,
@@ -831,29 +812,34 @@ fn pair_batch(
     for &(_, doc) in pairs {
         x.extend_from_slice(base.row(doc as usize));
     }
+    // doc j is relevant to query i when some pair of the batch says so
+    let judged: HashSet<(u32, u32)> = pairs.iter().copied().collect();
     let mut t = vec![0f32; n * n];
     for (i, &(qi, _)) in pairs.iter().enumerate() {
-        for (j, &(qj, dj)) in pairs.iter().enumerate() {
-            // doc j is relevant to query i when some pair in the batch says so
-            let rel = qi == qj || pairs.iter().any(|&(q, dd)| q == qi && dd == dj);
-            if rel {
+        for (j, &(_, dj)) in pairs.iter().enumerate() {
+            if judged.contains(&(qi, dj)) {
                 t[i * n + b + j] = 1.0;
                 t[(b + j) * n + i] = 1.0;
             }
         }
     }
-    for row in t.chunks_exact_mut(n) {
-        let s: f32 = row.iter().sum();
-        if s > 0.0 {
-            row.iter_mut().for_each(|v| *v /= s);
-        }
-    }
+    normalize_rows(&mut t, n);
     Some(Batch {
         x,
         rows: n,
         dim: d,
         targets: t,
     })
+}
+
+/// Scales each non-zero row of the `n`-wide matrix `t` to sum 1.
+fn normalize_rows(t: &mut [f32], n: usize) {
+    for row in t.chunks_exact_mut(n) {
+        let s: f32 = row.iter().sum();
+        if s > 0.0 {
+            row.iter_mut().for_each(|v| *v /= s);
+        }
+    }
 }
 
 /// The soft cross-entropy of one batch (see the module docs). `rng` set = training mode.
@@ -895,13 +881,13 @@ fn batch_loss(
             }
         }
     }
-    let t = tensor(&targets, n, n, dev)?;
+    let t = Tensor::from_slice(&targets, (n, n), dev)?;
     let mut mask = vec![0f32; n * n];
     for i in 0..n {
         mask[i * n + i] = -1e4;
     }
-    let mask = tensor(&mask, n, n, dev)?;
-    let x = tensor(&b.x, n, b.dim, dev)?;
+    let mask = Tensor::from_slice(&mask, (n, n), dev)?;
+    let x = Tensor::from_slice(&b.x, (n, b.dim), dev)?;
     let train = rng.map(|r| (r, cfg.input_noise, cfg.dropout));
     let z = mlp.forward(&x, train)?;
     let scale = log_scale.as_tensor().exp()?;

@@ -8,7 +8,7 @@ use rewa::encode::{LearnedTransform, Transform};
 use rewa::eval::recall_at_k;
 use rewa::search::{exact_search, scan_encoded};
 use rewa::{Encoder, EncoderSpec, Error, Metric, Vectors};
-use rewa_train::{train, Mlp, Quiet, Supervision, TrainConfig};
+use rewa_train::{train, Mlp, Quiet, Supervision, TrainConfig, TrainOutcome};
 
 /// 40 clusters in 64 dims whose members vary along 6 cluster-specific directions plus a
 /// little isotropic noise: the neighbours of a vector are decided by a few directions per
@@ -43,6 +43,26 @@ fn data(seed: u64) -> (Vectors, Vectors) {
     b.normalize();
     q.normalize();
     (b, q)
+}
+
+/// Trains on `base` (cosine) without progress output.
+fn run(base: &Vectors, sup: &Supervision, cfg: &TrainConfig) -> rewa_train::Result<TrainOutcome> {
+    train(base.view(), sup, cfg, Metric::Cosine, &mut Quiet)
+}
+
+/// Largest difference between the candle forward pass of `mlp` and `model.apply_batch` on `x`.
+fn candle_vs_core(mlp: &Mlp, model: &LearnedTransform, x: &Vectors) -> f32 {
+    let dev = Device::Cpu;
+    let xt = candle_core::Tensor::from_slice(x.as_slice(), (x.len(), x.dim()), &dev).unwrap();
+    let a: Vec<Vec<f32>> = mlp.forward(&xt, None).unwrap().to_vec2().unwrap();
+    let core = model.apply_batch(x.view());
+    let mut worst = 0f32;
+    for (i, row) in a.iter().enumerate() {
+        for (u, v) in row.iter().zip(core.row(i)) {
+            worst = worst.max((u - v).abs());
+        }
+    }
+    worst
 }
 
 fn small_config() -> TrainConfig {
@@ -82,14 +102,7 @@ fn learned_encoder(t: LearnedTransform, spec: &str, base: &Vectors) -> Encoder {
 fn loss_falls_and_held_out_recall_beats_hadamard() {
     let (base, queries) = data(1);
     let cfg = small_config();
-    let out = train(
-        base.view(),
-        &Supervision::Neighbours,
-        &cfg,
-        Metric::Cosine,
-        &mut Quiet,
-    )
-    .unwrap();
+    let out = run(&base, &Supervision::Neighbours, &cfg).unwrap();
     let first = out.log.first().unwrap().train_loss;
     let last = out.log.last().unwrap().train_loss;
     let learned = recall_of(&learned_encoder(out.model, "flat", &base), &base, &queries);
@@ -122,15 +135,7 @@ fn candle_and_core_forward_passes_agree() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     let mlp = Mlp::new(48, 40, 12, 1e-5, &mut rng, &dev).unwrap();
     let x = rewa::testutil::gaussian(300, 48, 9);
-    let xt = candle_core::Tensor::from_slice(x.as_slice(), (300, 48), &dev).unwrap();
-    let a: Vec<Vec<f32>> = mlp.forward(&xt, None).unwrap().to_vec2().unwrap();
-    let core = mlp.export().unwrap().apply_batch(x.view());
-    let mut worst = 0f32;
-    for (i, row) in a.iter().enumerate() {
-        for (u, v) in row.iter().zip(core.row(i)) {
-            worst = worst.max((u - v).abs());
-        }
-    }
+    let worst = candle_vs_core(&mlp, &mlp.export().unwrap(), &x);
     assert!(worst < 1e-5, "max difference {worst}");
     // and the same after training moved the weights away from their initial values
     let (base, _) = data(2);
@@ -138,23 +143,10 @@ fn candle_and_core_forward_passes_agree() {
         epochs: 2,
         ..small_config()
     };
-    let out = train(
-        base.view(),
-        &Supervision::Neighbours,
-        &cfg,
-        Metric::Cosine,
-        &mut Quiet,
-    )
-    .unwrap();
+    let out = run(&base, &Supervision::Neighbours, &cfg).unwrap();
     let mlp = Mlp::from_transform(&out.model, &dev).unwrap();
-    let xt = candle_core::Tensor::from_slice(base.as_slice(), (base.len(), 64), &dev).unwrap();
-    let a: Vec<Vec<f32>> = mlp.forward(&xt, None).unwrap().to_vec2().unwrap();
-    let core = out.model.apply_batch(base.view());
-    for (i, row) in a.iter().enumerate() {
-        for (u, v) in row.iter().zip(core.row(i)) {
-            assert!((u - v).abs() < 1e-5, "row {i}: {u} vs {v}");
-        }
-    }
+    let worst = candle_vs_core(&mlp, &out.model, &base);
+    assert!(worst < 1e-5, "after training: max difference {worst}");
 }
 
 #[test]
@@ -164,22 +156,8 @@ fn seeded_runs_repeat_and_saved_models_give_identical_codes() {
         epochs: 3,
         ..small_config()
     };
-    let a = train(
-        base.view(),
-        &Supervision::Neighbours,
-        &cfg,
-        Metric::Cosine,
-        &mut Quiet,
-    )
-    .unwrap();
-    let b = train(
-        base.view(),
-        &Supervision::Neighbours,
-        &cfg,
-        Metric::Cosine,
-        &mut Quiet,
-    )
-    .unwrap();
+    let a = run(&base, &Supervision::Neighbours, &cfg).unwrap();
+    let b = run(&base, &Supervision::Neighbours, &cfg).unwrap();
     for (x, y) in a.model.tensors().iter().zip(b.model.tensors()) {
         assert_eq!(x.2, y.2, "{} differs between two runs with one seed", x.0);
     }
@@ -228,14 +206,7 @@ fn labels_and_pairs_train_and_quantization_aware_training_runs() {
         val_fraction: 0.5,
         ..small_config()
     };
-    let out = train(
-        base.view(),
-        &Supervision::Labels(labels),
-        &cfg,
-        Metric::Cosine,
-        &mut Quiet,
-    )
-    .unwrap();
+    let out = run(&base, &Supervision::Labels(labels), &cfg).unwrap();
     let lps: Vec<f64> = out
         .log
         .iter()
@@ -251,15 +222,13 @@ fn labels_and_pairs_train_and_quantization_aware_training_runs() {
         .enumerate()
         .map(|(q, h)| (q as u32, h[0].id))
         .collect();
-    let out = train(
-        base.view(),
+    let out = run(
+        &base,
         &Supervision::Pairs {
             queries: queries.clone(),
             pairs,
         },
         &cfg,
-        Metric::Cosine,
-        &mut Quiet,
     )
     .unwrap();
     let qr: Vec<f64> = out
@@ -269,34 +238,31 @@ fn labels_and_pairs_train_and_quantization_aware_training_runs() {
         .collect();
     eprintln!("val qrels recall@10 by epoch {qr:?}");
     assert!(*qr.last().unwrap() > 0.5, "{qr:?}");
+}
+
+#[test]
+fn quantization_aware_training_keeps_more_recall_in_sign_codes() {
+    let (base, queries) = data(1);
+    let plain = run(&base, &Supervision::Neighbours, &small_config()).unwrap();
     let cfg = TrainConfig {
         qat: Some(rewa_train::Qat::Sign),
-        ..cfg
+        ..small_config()
     };
-    let out = train(
-        base.view(),
-        &Supervision::Neighbours,
-        &cfg,
-        Metric::Cosine,
-        &mut Quiet,
-    )
-    .unwrap();
-    assert!(out.log.iter().all(|e| e.val_recall_quantized.is_some()));
+    let qat = run(&base, &Supervision::Neighbours, &cfg).unwrap();
+    assert!(qat.log.iter().all(|e| e.val_recall_quantized.is_some()));
+    let sign = |m: LearnedTransform| recall_of(&learned_encoder(m, "sign", &base), &base, &queries);
+    let (p, q) = (sign(plain.model), sign(qat.model));
+    eprintln!("held-out recall@10 of sign codes: plain {p:.3}, qat {q:.3}");
+    assert!(q > p + 0.02, "plain {p} vs qat {q}");
 }
 
 #[test]
 fn bad_input_gets_clear_errors() {
     let (base, _) = data(6);
     let cfg = small_config();
-    let e = train(
-        base.view(),
-        &Supervision::Labels(vec![0; 5]),
-        &cfg,
-        Metric::Cosine,
-        &mut Quiet,
-    )
-    .err()
-    .unwrap();
+    let e = run(&base, &Supervision::Labels(vec![0; 5]), &cfg)
+        .err()
+        .unwrap();
     assert!(
         e.to_string().contains("5 labels for 2400 base vectors"),
         "{e}"
@@ -305,27 +271,11 @@ fn bad_input_gets_clear_errors() {
         dim: 65,
         ..cfg.clone()
     };
-    let e = train(
-        base.view(),
-        &Supervision::Neighbours,
-        &big,
-        Metric::Cosine,
-        &mut Quiet,
-    )
-    .err()
-    .unwrap();
+    let e = run(&base, &Supervision::Neighbours, &big).err().unwrap();
     assert!(e.to_string().contains("input dimension 64"), "{e}");
     let mut nan = base.clone();
     nan.as_mut_slice()[70] = f32::NAN;
-    let e = train(
-        nan.view(),
-        &Supervision::Neighbours,
-        &cfg,
-        Metric::Cosine,
-        &mut Quiet,
-    )
-    .err()
-    .unwrap();
+    let e = run(&nan, &Supervision::Neighbours, &cfg).err().unwrap();
     assert!(
         matches!(e, rewa_train::Error::Rewa(Error::InvalidInput(_))),
         "{e}"
@@ -341,12 +291,10 @@ fn bad_input_gets_clear_errors() {
         "{e}"
     );
 
-    let model = train(
-        base.view(),
+    let model = run(
+        &base,
         &Supervision::Neighbours,
         &TrainConfig { epochs: 1, ..cfg },
-        Metric::Cosine,
-        &mut Quiet,
     )
     .unwrap()
     .model;

@@ -106,6 +106,15 @@ impl Qrels {
         Ok(Qrels { per_query })
     }
 
+    /// Judgements given directly as `(query row, base row)` pairs, each of grade 1.
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (usize, u32)>) -> Qrels {
+        let mut per_query: HashMap<usize, Vec<(u32, f32)>> = HashMap::new();
+        for (q, d) in pairs {
+            per_query.entry(q).or_default().push((d, 1.0));
+        }
+        Qrels { per_query }
+    }
+
     /// Every judged `(query row, base row)` pair with a positive grade, sorted.
     pub fn positive_pairs(&self) -> Vec<(u32, u32)> {
         let mut v: Vec<(u32, u32)> = self

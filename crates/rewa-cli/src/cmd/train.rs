@@ -111,7 +111,6 @@ pub struct Args {
 
 struct Bar {
     pb: ProgressBar,
-    quiet: bool,
 }
 
 impl Observer for Bar {
@@ -150,9 +149,7 @@ impl Observer for Bar {
             e.eval_seconds,
             if best { "  *best" } else { "" }
         );
-        if !self.quiet {
-            self.pb.suspend(|| eprintln!("[rewa] {line}"));
-        }
+        self.pb.suspend(|| eprintln!("[rewa] {line}"));
         self.pb.set_position(0);
         Ok(())
     }
@@ -252,7 +249,7 @@ pub fn run(a: Args) -> Result<()> {
         ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} steps ({per_sec}, eta {eta})")
             .expect("valid template"),
     );
-    let mut bar = Bar { pb, quiet: false };
+    let mut bar = Bar { pb };
     let rec = record(&cfg, sup.name(), a.metric, &fp);
     let mut run = RunDir::create(&a.out, rec, &mut bar)?;
     let out = rewa_train::train(data.view(), &sup, &cfg, a.metric, &mut run)?;

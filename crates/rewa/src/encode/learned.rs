@@ -117,7 +117,8 @@ impl LearnedTransform {
         })
     }
 
-    fn shapes(d: usize, h: usize, m: usize) -> [Vec<usize>; 8] {
+    /// Shapes of the eight tensors for dims `d -> h -> m`, in [`TENSOR_NAMES`] order.
+    pub(crate) fn shapes(d: usize, h: usize, m: usize) -> [Vec<usize>; 8] {
         [
             vec![h, d],
             vec![h],

@@ -462,10 +462,10 @@ fn load_learned(p: &Params, pre: &str, d: usize) -> Result<LearnedTransform> {
         ));
     }
     let (h, m) = (s1[0], s2[0]);
-    let lens = [h * d, h, h, h, m * h, m, m, m];
+    let shapes = LearnedTransform::shapes(d, h, m);
     let mut t: [Vec<f32>; 8] = Default::default();
-    for (i, name) in TENSOR_NAMES.iter().enumerate() {
-        t[i] = p.get::<f32>(&format!("{pre}.{name}"), Dtype::F32, lens[i])?;
+    for (i, (name, shape)) in TENSOR_NAMES.iter().zip(&shapes).enumerate() {
+        t[i] = p.get::<f32>(&format!("{pre}.{name}"), Dtype::F32, shape.iter().product())?;
     }
     let eps = p.get::<f32>(&format!("{pre}.ln_eps"), Dtype::F32, 1)?[0];
     LearnedTransform::from_tensors(d, h, m, eps, t)
