@@ -8,6 +8,8 @@
 pub mod artifacts;
 mod font;
 pub mod model;
+pub mod ops;
+pub mod optim;
 pub mod plot;
 pub mod train;
 

@@ -2,7 +2,8 @@
 //! input noise, quantization-aware outputs), and export to the core crate's
 //! [`LearnedTransform`], which runs the same arithmetic without candle.
 
-use candle_core::{DType, Device, Result, Tensor, Var, D};
+use crate::ops;
+use candle_core::{Device, Result, Tensor, Var, D};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
@@ -144,15 +145,16 @@ impl Mlp {
             }
             None => (x.clone(), None),
         };
-        let h = x.matmul(&self.v(0).t()?)?.broadcast_add(self.v(1))?;
-        let h = layer_norm(&h, self.v(2), self.v(3), self.eps)?.gelu()?;
+        // the input is data: no gradient for it
+        let h = ops::linear(&x, self.v(0), self.v(1), false)?;
+        let h = ops::gelu(&ops::layer_norm(&h, self.v(2), self.v(3), self.eps)?)?;
         let h = match drop {
             Some(m) => (h * m)?,
             None => h,
         };
-        let z = h.matmul(&self.v(4).t()?)?.broadcast_add(self.v(5))?;
-        let z = layer_norm(&z, self.v(6), self.v(7), self.eps)?;
-        l2_normalize(&z)
+        let z = ops::linear(&h, self.v(4), self.v(5), true)?;
+        let z = ops::layer_norm(&z, self.v(6), self.v(7), self.eps)?;
+        ops::l2_normalize(&z)
     }
 
     /// The current weights as the core crate's inference transform.
@@ -179,21 +181,6 @@ impl Mlp {
     }
 }
 
-/// Layer normalisation over the last dimension, written with differentiable ops (candle's
-/// fused kernel has no backward pass).
-pub fn layer_norm(x: &Tensor, g: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let xc = x.broadcast_sub(&mean)?;
-    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-    let xn = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
-    xn.broadcast_mul(g)?.broadcast_add(b)
-}
-
-/// Rows scaled to unit L2 norm.
-pub fn l2_normalize(z: &Tensor) -> Result<Tensor> {
-    z.broadcast_div(&z.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)
-}
-
 /// The quantized view of unit-norm outputs `z` used in training: forward is the quantized
 /// value, backward the identity (straight-through estimator).
 pub fn fake_quantize(z: &Tensor, q: Qat) -> Result<Tensor> {
@@ -205,23 +192,8 @@ pub fn fake_quantize(z: &Tensor, q: Qat) -> Result<Tensor> {
             let a = (a + 1e-12)?;
             let scaled = z.broadcast_div(&a)?.affine(127.0, 0.0)?.round()?;
             let back = scaled.affine(1.0 / 127.0, 0.0)?.broadcast_mul(&a)?;
-            l2_normalize(&back)?
+            ops::l2_normalize(&back)?
         }
     };
     z + (hard - z)?.detach()
-}
-
-/// Sum of squares of every gradient, for clipping.
-pub fn grad_norm(grads: &candle_core::backprop::GradStore, vars: &[Var]) -> Result<f64> {
-    let mut total = 0f64;
-    for v in vars {
-        if let Some(g) = grads.get(v.as_tensor()) {
-            total += g
-                .sqr()?
-                .sum_all()?
-                .to_dtype(DType::F64)?
-                .to_scalar::<f64>()?;
-        }
-    }
-    Ok(total.sqrt())
 }

@@ -19,13 +19,14 @@
 //! against fixed targets, so they add into one target matrix. With `qat` the loss is also
 //! taken on the fake-quantized outputs and the two are summed.
 
-use crate::model::{fake_quantize, grad_norm, Mlp, Qat};
+use crate::model::{fake_quantize, Mlp, Qat};
+use crate::optim::AdamW;
 use crate::{Error, Result};
-use candle_core::{Device, Tensor, Var, D};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use candle_core::{Device, Tensor, Var};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use rewa::encode::{LearnedTransform, QuantizerSpec, Transform};
 use rewa::eval::Qrels;
 use rewa::search::{exact_search, scan_encoded, Hit};
@@ -136,7 +137,7 @@ impl Default for TrainConfig {
             qat: None,
             ln_eps: 1e-5,
             eval_queries: 1000,
-            eval_base: 20_000,
+            eval_base: 10_000,
             seed: 42,
         }
     }
@@ -354,14 +355,7 @@ pub fn train(
     if cfg.learn_temperature {
         vars.push(log_scale.clone());
     }
-    let mut opt = AdamW::new(
-        vars.clone(),
-        ParamsAdamW {
-            lr: cfg.lr,
-            weight_decay: cfg.weight_decay,
-            ..Default::default()
-        },
-    )?;
+    let mut opt = AdamW::new(&vars, cfg.lr, cfg.weight_decay);
 
     // Split. Pairs hold out queries; the others hold out base vectors.
     let mut perm: Vec<u32> = (0..n as u32).collect();
@@ -529,7 +523,7 @@ pub fn train(
             let Some(batch) = batch else { continue };
             let progress = step_global as f64 / total_steps.max(1) as f64;
             let lr = cfg.lr * (0.01 + 0.99 * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()));
-            opt.set_learning_rate(lr);
+            opt.lr = lr;
             let loss = batch_loss(
                 &mlp,
                 &log_scale,
@@ -540,17 +534,7 @@ pub fn train(
                 Some(&mut rng),
                 &dev,
             )?;
-            let mut grads = loss.backward()?;
-            let norm = grad_norm(&grads, &vars)?;
-            if norm > cfg.clip {
-                let s = cfg.clip / (norm + 1e-6);
-                for v in &vars {
-                    if let Some(g) = grads.remove(v.as_tensor()) {
-                        grads.insert(v.as_tensor(), (g * s)?);
-                    }
-                }
-            }
-            opt.step(&grads)?;
+            opt.step(&vars, &loss.backward()?, cfg.clip)?;
             if cfg.learn_temperature {
                 // keep 1/temperature in [1, 100]
                 let c = log_scale.as_tensor().clamp(0f32, 100f32.ln())?;
@@ -618,7 +602,7 @@ pub fn train(
         };
         let mut entry = EpochLog {
             epoch,
-            lr: opt.learning_rate(),
+            lr: opt.lr,
             temperature: 1.0 / (log_scale.as_tensor().to_vec1::<f32>()?[0] as f64).exp(),
             train_loss,
             val_loss,
@@ -857,44 +841,46 @@ fn batch_loss(
     let n = b.rows;
     let mut targets = b.targets.clone();
     if cfg.distill > 0.0 {
-        // teacher logits from the full-space Gram matrix
+        // teacher: the softmax of the full-space similarities, diagonal left out
         let mut g = vec![0f32; n * n];
-        rewa::linalg::gemm_abt(&b.x, &b.x, n, b.dim, n, &mut g);
+        crate::ops::par_gemm(n, b.dim, n, &b.x, (b.dim, 1), &b.x, (1, b.dim), &mut g);
+        let diag: Vec<f32> = (0..n).map(|i| g[i * n + i]).collect();
         let inv_t = 1.0 / cfg.teacher_temperature as f32;
-        for i in 0..n {
-            let row: Vec<f32> = (0..n)
-                .map(|j| {
-                    if i == j {
+        let w = cfg.distill as f32;
+        targets
+            .par_chunks_mut(n)
+            .zip(g.par_chunks_mut(n))
+            .enumerate()
+            .for_each(|(i, (t, row))| {
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v = if i == j {
                         f32::NEG_INFINITY
                     } else if metric == Metric::L2 {
-                        -(g[i * n + i] + g[j * n + j] - 2.0 * g[i * n + j]) / l2_scale * inv_t
+                        -(diag[i] + diag[j] - 2.0 * *v) / l2_scale * inv_t
                     } else {
-                        g[i * n + j] * inv_t
-                    }
-                })
-                .collect();
-            let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let e: Vec<f32> = row.iter().map(|v| (v - mx).exp()).collect();
-            let s: f32 = e.iter().sum();
-            for j in 0..n {
-                targets[i * n + j] += cfg.distill as f32 * e[j] / s;
-            }
-        }
+                        *v * inv_t
+                    };
+                }
+                let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut s = 0f32;
+                for v in row.iter_mut() {
+                    *v = (*v - mx).exp();
+                    s += *v;
+                }
+                for (t, e) in t.iter_mut().zip(row.iter()) {
+                    *t += w * e / s;
+                }
+            });
     }
-    let t = Tensor::from_slice(&targets, (n, n), dev)?;
-    let mut mask = vec![0f32; n * n];
-    for i in 0..n {
-        mask[i * n + i] = -1e4;
-    }
-    let mask = Tensor::from_slice(&mask, (n, n), dev)?;
     let x = Tensor::from_slice(&b.x, (n, b.dim), dev)?;
     let train = rng.map(|r| (r, cfg.input_noise, cfg.dropout));
     let z = mlp.forward(&x, train)?;
-    let scale = log_scale.as_tensor().exp()?;
     let one = |z: &Tensor| -> Result<Tensor> {
-        let logits = z.matmul(&z.t()?)?.broadcast_mul(&scale)?.add(&mask)?;
-        let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        Ok((lp.mul(&t)?.sum_all()?.neg()? / n as f64)?)
+        Ok(crate::ops::similarity_cross_entropy(
+            z,
+            log_scale.as_tensor(),
+            targets.clone(),
+        )?)
     };
     let loss = one(&z)?;
     match cfg.qat {

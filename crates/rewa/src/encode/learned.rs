@@ -277,11 +277,19 @@ pub fn layer_norm(row: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
     }
 }
 
-/// GELU, tanh approximation (as `candle`'s `Tensor::gelu`).
+/// GELU, tanh approximation (as `candle`'s `Tensor::gelu`):
+/// `0.5 v (1 + tanh(u)) = v * sigmoid(2u)` with `u = sqrt(2/pi) (v + 0.044715 v^3)`; the
+/// sigmoid form needs one `exp` instead of `tanh`, which is several times slower.
 #[inline]
 pub fn gelu(v: f32) -> f32 {
+    v / (1.0 + (-2.0 * gelu_u(v)).exp())
+}
+
+/// The argument of GELU's tanh.
+#[inline]
+pub fn gelu_u(v: f32) -> f32 {
     const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
-    0.5 * v * (1.0 + (SQRT_TWO_OVER_PI * v * (1.0 + 0.044715 * v * v)).tanh())
+    SQRT_TWO_OVER_PI * v * (1.0 + 0.044715 * v * v)
 }
 
 impl Transform for LearnedTransform {

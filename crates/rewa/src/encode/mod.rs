@@ -20,8 +20,8 @@ pub use flat::{FlatConfig, FlatQuantizer};
 pub use hadamard::{fwht, fwht_reference, HadamardConfig, HadamardTransform};
 pub use int8::{Int8Config, Int8Quantizer, Int8Query};
 pub use learned::{
-    gelu, layer_norm, LearnedConfig, LearnedTransform, ModelConfig, CONFIG_FILE, MODEL_FORMAT,
-    MODEL_VERSION, TENSOR_NAMES, WEIGHTS_FILE,
+    gelu, gelu_u, layer_norm, LearnedConfig, LearnedTransform, ModelConfig, CONFIG_FILE,
+    MODEL_FORMAT, MODEL_VERSION, TENSOR_NAMES, WEIGHTS_FILE,
 };
 pub use pca::{PcaConfig, PcaTransform};
 pub use sign::{SignConfig, SignQuantizer};
