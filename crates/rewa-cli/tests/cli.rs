@@ -164,6 +164,35 @@ fn build_search_info_tune() {
         d,
     );
     assert!(e["recall_at_k"].as_f64().unwrap() >= 0.9, "{e}");
+    // Settings that keep at least as much as one that met the target are not measured, and
+    // --max-keep caps the keeps tried.
+    let keeps = |j: &serde_json::Value| -> Vec<usize> {
+        j["curve"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let p = c["pipeline"].as_str().unwrap();
+                p.split(',').next().unwrap().rsplit(':').next().unwrap().parse().unwrap()
+            })
+            .collect()
+    };
+    let met: Vec<usize> = j["curve"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(keeps(&j))
+        .filter(|(c, _)| c["recall_at_k"].as_f64().unwrap() >= 0.9)
+        .map(|(_, k)| k)
+        .collect();
+    assert_eq!(met.len(), 1, "{j}");
+    assert_eq!(*keeps(&j).last().unwrap(), met[0], "{j}");
+    let j = json(
+        "tune --index idx --queries s/queries_same.npy --target-recall 1.01 --max-keep 100",
+        d,
+    );
+    assert_eq!(j["target_met"], false);
+    assert_eq!(keeps(&j), vec![20, 40, 80, 100], "{j}");
     // Wrong query dimension is refused with a message.
     ok("synth --classes 2 --per-class 5 --dim 31 --out w", d);
     fails(

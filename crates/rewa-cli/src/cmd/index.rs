@@ -103,6 +103,10 @@ pub struct TuneArgs {
     /// Neighbours per query.
     #[arg(long, default_value_t = 10)]
     k: usize,
+    /// Largest keep tried for any stage (default: the index size). At a million vectors the
+    /// settings with huge keeps are slow to measure and slower than exact search anyway.
+    #[arg(long)]
+    max_keep: Option<usize>,
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -317,10 +321,11 @@ pub fn tune(a: TuneArgs) -> Result<()> {
     let n = index.len();
     let free = base.stages.len() - 1;
     // Candidate keeps for every stage but the last (which keeps k): k * 2^i up to n.
+    let top = a.max_keep.unwrap_or(n).clamp(k, n);
     let mut cands: Vec<usize> = std::iter::successors(Some(k * 2), |c| Some(c * 2))
-        .take_while(|&c| c < n)
+        .take_while(|&c| c < top)
         .collect();
-    cands.push(n);
+    cands.push(top);
     let mut grid: Vec<Vec<usize>> = vec![vec![]];
     for _ in 0..free {
         grid = grid
@@ -336,7 +341,17 @@ pub fn tune(a: TuneArgs) -> Result<()> {
             .collect();
     }
     let mut curve = Vec::new();
+    // Keeps that reached the target. A setting whose every keep is at least those of one of
+    // them does more work for no better recall than needed, so it is not measured; the grid
+    // is in ascending order, so those come after.
+    let mut met_keeps: Vec<Vec<usize>> = Vec::new();
     for mut keeps in grid {
+        if met_keeps
+            .iter()
+            .any(|m| m.iter().zip(&keeps).all(|(m, c)| c >= m))
+        {
+            continue;
+        }
         keeps.push(k);
         let p = base.with_keeps(&keeps)?;
         let t = Instant::now();
@@ -350,6 +365,9 @@ pub fn tune(a: TuneArgs) -> Result<()> {
         let qps = queries.len() as f64 / t.elapsed().as_secs_f64().max(1e-9);
         let r = recall_at_k(&hits, &gt, k);
         eprintln!("  {p:<60} recall@{k} {r:.4}  {qps:>9.0} QPS");
+        if r >= a.target_recall {
+            met_keeps.push(keeps[..free].to_vec());
+        }
         curve.push((p, r, qps));
     }
     let ok = curve
