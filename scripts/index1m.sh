@@ -31,6 +31,6 @@ python3 -c "
 import numpy as np
 e=np.load('$W/exact.npy'); c=np.load('$W/casc.npy')
 print('cascade recall@10 vs exact:', np.mean([len(set(a)&set(b))/10 for a,b in zip(e,c)]))"
-echo "== single-query latency (one query at a time, 200 queries)"
+echo "== single-query latency (one query)"
 python3 -c "import numpy as np; q=np.load('$W/eval.npy'); np.save('$W/one.npy', q[:1])"
 $R search --index "$W/idx" --queries "$W/one.npy" --json

@@ -6,10 +6,13 @@
 #     queries (recall@10 vs exact, nDCG@10 with qrels/test.tsv) against pca and hadamard at
 #     m = 32, 64, 128 floats and at 32 bytes (+sign on 256 dims, +int8 on 32 dims);
 #  3. training speed, 100k x 768 (rewa synth --classes 1000), 10 epochs, labels.
-# usage: scripts/learned.sh [WORKDIR]      needs: numpy (to split SciFact's queries)
+# "train recall@10" uses the first 1000 training vectors as queries with their own row left
+# out of both rankings (a query that is a base row finds itself in any code: a free hit).
+# usage: scripts/learned.sh [WORKDIR] [SECTIONS]    needs: numpy     (SECTIONS e.g. 13; all: 123)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-/tmp/rewa-learned}
+SECTIONS=${2:-123}
 cargo build --release -q
 R=$PWD/target/release/rewa
 S=$PWD/../shared/data/scifact
@@ -19,6 +22,21 @@ row() { # name json
   python3 -c "import json,sys; d=json.loads(sys.argv[2]); print(f\"| {sys.argv[1]} | {d['bytes_per_vector']} | {d['recall_at_k']:.3f} | {d.get('ndcg_at_10') if d.get('ndcg_at_10') is None else round(d['ndcg_at_10'],3)} |\")" "$1" "$2"
 }
 
+self_recall() { # base codes.npy -> recall@10 of base rows as queries, own row excluded
+  python3 - "$1" "$2" <<'PY'
+import numpy as np, sys
+x = np.load(sys.argv[1]).astype('float32'); z = np.load(sys.argv[2]).astype('float32')
+x /= np.linalg.norm(x, axis=1, keepdims=True)
+def top(a, q):
+    s = q @ a.T
+    s[np.arange(len(q)), np.arange(len(q))] = -np.inf
+    return np.argsort(-s, axis=1)[:, :10]
+t, r = top(x, x[:1000]), top(z, z[:1000])
+print(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(t, r)]))
+PY
+}
+
+if [[ $SECTIONS == *1* ]]; then
 echo "## 1. seed reproduction (rewa synth defaults, m = 256)"
 [ -f "$W/synth/base.npy" ] || $R synth --out "$W/synth"
 $R train --base "$W/synth/base.npy" --dim 256 --out "$W/synth-learned256" 2>&1 | grep -E "best epoch"
@@ -26,12 +44,15 @@ $R train --base "$W/synth/base.npy" --dim 256 --labels "$W/synth/labels.npy" --o
 echo "| encoder | bytes | train recall@10 | held-out same-class | held-out new classes | gap |"
 echo "|---|---:|---:|---:|---:|---:|"
 for enc in "learned=$W/synth-learned256" "learned=$W/synth-labels256" hadamard256 pca256 flat; do
-  a=$($R eval --base "$W/synth/base.npy" --queries "$W/synth/base.npy" --encoder "$enc" --json 2>/dev/null)
+  $R encode --base "$W/synth/base.npy" --encoder "$enc" --out "$W/z.npy" 2>/dev/null
+  a=$(self_recall "$W/synth/base.npy" "$W/z.npy")
   b=$($R eval --base "$W/synth/base.npy" --queries "$W/synth/queries_same.npy" --encoder "$enc" --json 2>/dev/null)
   c=$($R eval --base "$W/synth/base_new.npy" --train "$W/synth/base.npy" --queries "$W/synth/queries_new.npy" --encoder "$enc" --json 2>/dev/null)
-  python3 -c "import json,sys; a,b,c=[json.loads(x) for x in sys.argv[2:5]]; r=lambda d: d['recall_at_k']; print(f\"| {sys.argv[1]} | {a['bytes_per_vector']} | {r(a):.3f} | {r(b):.3f} | {r(c):.3f} | {r(a)-r(b):+.3f} |\")" "${enc/$W\//}" "$a" "$b" "$c"
+  python3 -c "import json,sys; a=float(sys.argv[2]); b,c=[json.loads(x) for x in sys.argv[3:5]]; r=lambda d: d['recall_at_k']; print(f\"| {sys.argv[1]} | {b['bytes_per_vector']} | {a:.3f} | {r(b):.3f} | {r(c):.3f} | {a-r(b):+.3f} |\")" "${enc/$W\//}" "$a" "$b" "$c"
 done
+fi
 
+if [[ $SECTIONS == *2* ]]; then
 echo "## 2. SciFact MiniLM, 300 test queries"
 python3 - "$E" "$S" "$W" <<'PY'
 import numpy as np, sys
@@ -56,7 +77,10 @@ done
 $R train --base "$W/docs_trainq.npy" --dim 256 --hidden 512 --qat sign --out "$W/sf256sign" 2>&1 | grep -E "best epoch" >&2
 for enc in "learned=$W/sf256sign+sign" pca256+sign hadamard256+sign "learned=$W/sf32+int8" pca32+int8 hadamard32+int8; do row "${enc/$W\//}" "$(ev "$enc")"; done
 row flat "$(ev flat)"
+fi
 
+if [[ $SECTIONS == *3* ]]; then
 echo "## 3. training speed, 100k x 768, 10 epochs, labels, m 256"
 [ -f "$W/s100k/base.npy" ] || $R synth --classes 1000 --per-class 100 --queries-per-class 1 --new-classes 0 --out "$W/s100k"
 /usr/bin/time -f "%e s wall, %M KB max RSS" $R train --base "$W/s100k/base.npy" --labels "$W/s100k/labels.npy" --dim 256 --epochs 10 --patience 10 --out "$W/s100k-learned" --json 2>&1 | grep -E "best epoch|wall|seconds_per_epoch" | sed 's/^{.*"seconds_per_epoch":\([0-9.]*\).*/seconds per epoch (training only): \1/'
+fi

@@ -173,7 +173,14 @@ fn build_search_info_tune() {
             .iter()
             .map(|c| {
                 let p = c["pipeline"].as_str().unwrap();
-                p.split(',').next().unwrap().rsplit(':').next().unwrap().parse().unwrap()
+                p.split(',')
+                    .next()
+                    .unwrap()
+                    .rsplit(':')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
             })
             .collect()
     };

@@ -231,10 +231,11 @@ struct PairSplit<'a> {
     val: Vec<(u32, u32)>,
 }
 
-/// Fixed evaluation set of a part: base ids (the first `nq` are also the queries) and the
-/// exact truth.
+/// Fixed evaluation set of a part: base ids (the first `nq` are also the queries), their
+/// vectors (gathered once, not every epoch) and the exact truth.
 struct EvalSet {
     base: Vec<u32>,
+    x: Vectors,
     nq: usize,
     truth: Vec<Vec<Hit>>,
 }
@@ -301,6 +302,10 @@ fn check_config(cfg: &TrainConfig, d: usize) -> Result<()> {
     }
     Ok(())
 }
+
+/// Batches of the per-epoch validation loss (a monitor; the validation recall, which decides
+/// early stopping, uses the whole validation part up to `eval_base`).
+const VAL_BATCHES: usize = 10;
 
 /// Trains an encoder on `base` (already normalised when the metric is cosine).
 pub fn train(
@@ -452,7 +457,12 @@ pub fn train(
         let x = base.gather(&b);
         let qx = x.view().slice(0, nq).to_owned();
         let truth = drop_self(exact_search(x.view(), qx.view(), metric, 11), 10);
-        Some(EvalSet { base: b, nq, truth })
+        Some(EvalSet {
+            base: b,
+            x,
+            nq,
+            truth,
+        })
     };
     let train_eval = make_eval(&train_part.rows);
     let val_eval = make_eval(&val_part.rows);
@@ -555,20 +565,20 @@ pub fn train(
         let ev = Instant::now();
         let model = mlp.export()?;
         let train_loss = loss_sum / steps_per_epoch as f64;
-        // Validation loss on fixed batches, no dropout or noise.
+        // Validation loss on fixed batches (at most VAL_BATCHES), no dropout or noise.
         let mut vrng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x7A11);
         let mut vl = (0.0, 0usize);
         let val_batches: Vec<Batch> = match &pair_split {
             Some(ps) => ps
                 .val
                 .chunks(per_step)
-                .take(20)
+                .take(VAL_BATCHES)
                 .filter_map(|c| pair_batch(base, ps.queries, c))
                 .collect(),
             None => {
                 let all: Vec<usize> = (0..val_part.rows.len()).collect();
                 all.chunks(per_step)
-                    .take(20)
+                    .take(VAL_BATCHES)
                     .filter_map(|c| anchor_batch(base, &val_part, c, cfg.group, labels, &mut vrng))
                     .collect()
             }
@@ -583,11 +593,11 @@ pub fn train(
             f64::NAN
         };
         let (train_recall, _, _) = match &train_eval {
-            Some(e) => eval_set(&model, base, e, labels, None, cfg.seed)?,
+            Some(e) => eval_set(&model, e, labels, None, cfg.seed)?,
             None => (f64::NAN, None, None),
         };
         let (val_recall, val_label_precision, val_recall_quantized) = match &val_eval {
-            Some(e) => eval_set(&model, base, e, labels, cfg.qat, cfg.seed)?,
+            Some(e) => eval_set(&model, e, labels, cfg.qat, cfg.seed)?,
             None => (f64::NAN, None, None),
         };
         let (val_recall, val_qrels_recall) = match &pair_eval {
@@ -669,14 +679,12 @@ fn drop_self(hits: Vec<Vec<Hit>>, k: usize) -> Vec<Vec<Hit>> {
 /// recall@10 (and label precision, quantized recall) of the model on a fixed set.
 fn eval_set(
     model: &LearnedTransform,
-    base: VectorsRef<'_>,
     e: &EvalSet,
     labels: Option<&[i64]>,
     qat: Option<Qat>,
     seed: u64,
 ) -> Result<(f64, Option<f64>, Option<f64>)> {
-    let x = base.gather(&e.base);
-    let out = model.apply_batch(x.view());
+    let out = model.apply_batch(e.x.view());
     let nq = e.nq;
     let qo = out.view().slice(0, nq).to_owned();
     let res = drop_self(exact_search(out.view(), qo.view(), Metric::Ip, 11), 10);
