@@ -14,7 +14,7 @@ pub mod plot;
 pub mod train;
 
 pub use model::{Mlp, Qat};
-pub use train::{train, EpochLog, Observer, Quiet, Supervision, TrainConfig, TrainOutcome};
+pub use train::{train, EpochLog, Init, Observer, Quiet, Supervision, TrainConfig, TrainOutcome};
 
 /// Everything that can go wrong while training.
 #[derive(Debug, thiserror::Error)]

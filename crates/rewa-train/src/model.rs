@@ -83,6 +83,44 @@ impl Mlp {
         })
     }
 
+    /// Makes the network start as the projection `p` (`dim_out x dim_in`, row-major; PCA's
+    /// components): hidden units `0..m` see `p x`, units `m..2m` see `-p x`, and the second
+    /// layer outputs their difference. `gelu(u) - gelu(-u) = u` exactly (GELU's tanh is odd)
+    /// and the first layer norm only rescales the row (the `2m` inputs sum to zero), so the
+    /// output is `LN(p x)` then L2-normalised: the projection up to the removal of its
+    /// mean coordinate. Other hidden units keep their random weights scaled by 1e-3.
+    /// Needs `hidden >= 2 * dim_out`.
+    pub fn init_from_projection(&self, p: &[f32]) -> Result<()> {
+        let (d, h, m) = (self.dim_in, self.hidden, self.dim_out);
+        if h < 2 * m || p.len() != m * d {
+            candle_core::bail!(
+                "projection init needs hidden >= 2 * dim ({h} < {}) and a {m} x {d} projection",
+                2 * m
+            );
+        }
+        let dev = self.v(0).device().clone();
+        let mut w1 = self.v(0).flatten_all()?.to_vec1::<f32>()?;
+        w1[..m * d].copy_from_slice(p);
+        for (dst, src) in w1[m * d..2 * m * d].iter_mut().zip(p) {
+            *dst = -src;
+        }
+        // the other hidden units start nearly silent (they would shift the layer norm's
+        // mean), but not all equal, so training can still tell them apart
+        w1[2 * m * d..].iter_mut().for_each(|w| *w *= 1e-3);
+        let mut b1 = self.v(1).to_vec1::<f32>()?;
+        b1.fill(0.0);
+        let mut w2 = vec![0f32; m * h];
+        for i in 0..m {
+            w2[i * h + i] = 1.0;
+            w2[i * h + m + i] = -1.0;
+        }
+        self.vars[0].set(&Tensor::from_vec(w1, (h, d), &dev)?)?;
+        self.vars[1].set(&Tensor::from_vec(b1, h, &dev)?)?;
+        self.vars[4].set(&Tensor::from_vec(w2, (m, h), &dev)?)?;
+        self.vars[5].set(&Tensor::zeros(m, candle_core::DType::F32, &dev)?)?;
+        Ok(())
+    }
+
     /// Loads the variables from a trained transform (to continue from it, or to compare).
     pub fn from_transform(t: &LearnedTransform, dev: &Device) -> Result<Mlp> {
         let vars = t

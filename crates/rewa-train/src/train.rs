@@ -61,6 +61,28 @@ impl Supervision {
     }
 }
 
+/// How the network's weights start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Init {
+    /// PyTorch's `Linear` default (uniform in `+-1/sqrt(fan_in)`), seeded.
+    Random,
+    /// The PCA projection of the training part ([`Mlp::init_from_projection`]): training
+    /// starts from the baseline it has to beat. Needs `hidden >= 2 * dim`.
+    Pca,
+}
+
+impl std::str::FromStr for Init {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "random" => Ok(Init::Random),
+            "pca" => Ok(Init::Pca),
+            _ => Err(format!("unknown init {s:?} (random or pca)")),
+        }
+    }
+}
+
 /// Hyper-parameters; every field has a default (see `Default`).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -104,6 +126,8 @@ pub struct TrainConfig {
     pub clip: f64,
     /// Quantization-aware training.
     pub qat: Option<Qat>,
+    /// Starting weights.
+    pub init: Init,
     /// Layer-norm epsilon.
     pub ln_eps: f64,
     /// Queries sampled per part for the per-epoch recall.
@@ -135,6 +159,7 @@ impl Default for TrainConfig {
             patience: 8,
             clip: 1.0,
             qat: None,
+            init: Init::Random,
             ln_eps: 1e-5,
             eval_queries: 1000,
             eval_base: 10_000,
@@ -146,7 +171,7 @@ impl Default for TrainConfig {
 /// One line of the training log.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct EpochLog {
-    /// 1-based.
+    /// 1-based; 0 is the untrained start, logged only for `Init::Pca`.
     pub epoch: usize,
     /// Learning rate at the epoch's last step.
     pub lr: f64,
@@ -277,6 +302,13 @@ fn check_config(cfg: &TrainConfig, d: usize) -> Result<()> {
             cfg.dim
         ));
     }
+    let hidden = cfg.hidden.unwrap_or(2 * cfg.dim);
+    if cfg.init == Init::Pca && hidden < 2 * cfg.dim {
+        return bad(format!(
+            "--init pca needs --hidden >= 2 * --dim ({hidden} < {})",
+            2 * cfg.dim
+        ));
+    }
     if cfg.group == 0 || cfg.batch < 2 * (1 + cfg.group) {
         return bad(format!(
             "batch {} must hold at least two anchors of group {} (>= {})",
@@ -403,6 +435,16 @@ pub fn train(
             (Part::new(t.to_vec()), Part::new(v.to_vec()), None)
         }
     };
+    if cfg.init == Init::Pca {
+        // fitted on the training part only: validation vectors stay unseen
+        let x = base.gather(&train_part.rows);
+        let pca = rewa::encode::PcaTransform::fit(
+            &rewa::encode::PcaConfig { m: cfg.dim },
+            x.view(),
+            cfg.seed,
+        )?;
+        mlp.init_from_projection(pca.components())?;
+    }
     // Positives.
     let labels = match sup {
         Supervision::Labels(l) => Some(l.as_slice()),
@@ -510,10 +552,14 @@ pub fn train(
         (_, Some(_)) => Score::QuantizedRecall,
         _ => Score::Recall,
     };
-    for epoch in 1..=cfg.epochs {
+    // A PCA start is evaluated as epoch 0 (no training) and competes for the best epoch, so
+    // training never ends below the baseline it started from on validation.
+    let first = if cfg.init == Init::Pca { 0 } else { 1 };
+    for epoch in first..=cfg.epochs {
         let te = Instant::now();
         let mut loss_sum = 0.0;
-        for step in 0..steps_per_epoch {
+        let steps = if epoch == 0 { 0 } else { steps_per_epoch };
+        for step in 0..steps {
             let mut idx = Vec::with_capacity(per_step);
             for _ in 0..per_step {
                 if cursor == anchors.len() {
@@ -564,7 +610,11 @@ pub fn train(
         let train_seconds = te.elapsed().as_secs_f64();
         let ev = Instant::now();
         let model = mlp.export()?;
-        let train_loss = loss_sum / steps_per_epoch as f64;
+        let train_loss = if epoch == 0 {
+            f64::NAN
+        } else {
+            loss_sum / steps_per_epoch as f64
+        };
         // Validation loss on fixed batches (at most VAL_BATCHES), no dropout or noise.
         let mut vrng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x7A11);
         let mut vl = (0.0, 0usize);

@@ -315,3 +315,60 @@ fn bad_input_gets_clear_errors() {
     let e = Encoder::fit(&spec, base.view(), Metric::Cosine, 0).unwrap_err();
     assert!(matches!(e, Error::Corrupt { .. }), "{e}");
 }
+
+#[test]
+fn pca_init_starts_as_pca_and_never_ends_below_its_start() {
+    let (base, queries) = data(4);
+    // the network at its PCA start: L2-normalised, mean-removed PCA projection
+    let pca = rewa::encode::PcaTransform::fit(&rewa::encode::PcaConfig { m: 16 }, base.view(), 0)
+        .unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let mlp = Mlp::new(64, 40, 16, 1e-5, &mut rng, &Device::Cpu).unwrap();
+    mlp.init_from_projection(pca.components()).unwrap();
+    let out = mlp.export().unwrap().apply_batch(queries.view());
+    let mut worst = 0f32;
+    for (i, q) in queries.view().rows().enumerate() {
+        let mut p: Vec<f32> = pca
+            .components()
+            .chunks_exact(64)
+            .map(|c| c.iter().zip(q).map(|(a, b)| a * b).sum())
+            .collect();
+        let mean = p.iter().sum::<f32>() / 16.0;
+        p.iter_mut().for_each(|v| *v -= mean);
+        rewa::normalize(&mut p);
+        for (a, b) in p.iter().zip(out.row(i)) {
+            worst = worst.max((a - b).abs());
+        }
+    }
+    assert!(
+        worst < 1e-3,
+        "start differs from the PCA projection by {worst}"
+    );
+    // hidden < 2 * dim cannot hold the projection
+    let small = Mlp::new(64, 20, 16, 1e-5, &mut rng, &Device::Cpu).unwrap();
+    assert!(small.init_from_projection(pca.components()).is_err());
+    // training logs the start as epoch 0 and keeps the best epoch, the start included
+    let cfg = TrainConfig {
+        init: rewa_train::Init::Pca,
+        epochs: 5,
+        ..small_config()
+    };
+    let out = run(&base, &Supervision::Neighbours, &cfg).unwrap();
+    assert_eq!(out.log[0].epoch, 0);
+    assert!(out.log[0].train_loss.is_nan());
+    let best = out.log.iter().find(|e| e.epoch == out.best_epoch).unwrap();
+    assert!(out.log.iter().all(|e| e.score <= best.score + 1e-4));
+    assert!(best.score >= out.log[0].score);
+    let err = run(
+        &base,
+        &Supervision::Neighbours,
+        &TrainConfig {
+            hidden: Some(20),
+            ..cfg
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("--init pca needs --hidden"), "{err}");
+}

@@ -4,7 +4,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rewa::eval::Qrels;
 use rewa::Metric;
 use rewa_train::artifacts::{fingerprint, record, RunDir};
-use rewa_train::{EpochLog, Observer, Qat, Supervision, TrainConfig};
+use rewa_train::{EpochLog, Init, Observer, Qat, Supervision, TrainConfig};
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -101,6 +101,10 @@ pub struct Args {
     /// Quantization-aware training for the codes the output will be stored as: sign | int8.
     #[arg(long)]
     qat: Option<Qat>,
+    /// Starting weights: random, or pca (the network starts as the PCA projection of the
+    /// training part, the baseline it must beat; needs --hidden >= 2 * --dim).
+    #[arg(long, default_value = "random")]
+    init: Init,
     /// Seed (initialisation, split, batches, dropout, noise).
     #[arg(long, default_value_t = TrainConfig::default().seed)]
     seed: u64,
@@ -233,6 +237,7 @@ pub fn run(a: Args) -> Result<()> {
         val_fraction: a.val_fraction,
         patience: a.patience,
         qat: a.qat,
+        init: a.init,
         seed: a.seed,
         ..d
     };
@@ -253,9 +258,10 @@ pub fn run(a: Args) -> Result<()> {
     let rec = record(&cfg, sup.name(), a.metric, &fp);
     let mut run = RunDir::create(&a.out, rec, &mut bar)?;
     let out = rewa_train::train(data.view(), &sup, &cfg, a.metric, &mut run)?;
+    let trained = out.log.iter().filter(|e| e.epoch > 0).count();
     let summary = json!({
         "best_epoch": out.best_epoch,
-        "epochs_run": out.log.len(),
+        "epochs_run": trained,
         "stopped_early": out.stopped_early,
         "seconds": out.seconds,
         "n_train": out.n_train,
@@ -263,19 +269,23 @@ pub fn run(a: Args) -> Result<()> {
     });
     run.finish(&out.model, summary.clone())?;
     bar.pb.finish_and_clear();
-    let best = &out.log[out.best_epoch - 1];
+    let best = out
+        .log
+        .iter()
+        .find(|e| e.epoch == out.best_epoch)
+        .expect("invariant: the best epoch is in the log");
     let train_secs: f64 = out.log.iter().map(|e| e.train_seconds).sum();
     log(&format!(
         "best epoch {} of {} ({}): {} {:.4}; val recall@10 {:.3}, train recall@10 {:.3}; {:.1}s ({:.1}s/epoch training); model in {}",
         out.best_epoch,
-        out.log.len(),
+        trained,
         if out.stopped_early { "stopped early" } else { "ran all epochs" },
         out.score_name,
         best.score,
         best.val_recall,
         best.train_recall,
         out.seconds,
-        train_secs / out.log.len() as f64,
+        train_secs / trained.max(1) as f64,
         a.out.display()
     ));
     if a.json {
