@@ -223,6 +223,17 @@ pub fn scan_encoded(
             let qs: Vec<Vec<u8>> = tq.view().rows().map(|r| s.prepare(r)).collect();
             scan_sign(&qs, codes, s.code_len(), k)
         }
+        AnyQuantizer::SignAsym(q) => {
+            // a prepared query is code_len tables of 256 floats (32 KiB for 256 bits):
+            // prepared a slice of queries at a time, so they stay in cache and memory
+            let rows: Vec<&[f32]> = tq.view().rows().collect();
+            rows.chunks(64)
+                .flat_map(|c| {
+                    let qs: Vec<_> = c.iter().map(|r| q.prepare(r)).collect();
+                    scan_codes(q, &qs, codes, k)
+                })
+                .collect()
+        }
         AnyQuantizer::Int8(q) => {
             let qs: Vec<_> = tq.view().rows().map(|r| q.prepare(r)).collect();
             scan_codes(q, &qs, codes, k)

@@ -24,7 +24,9 @@ pub use learned::{
     MODEL_FORMAT, MODEL_VERSION, TENSOR_NAMES, WEIGHTS_FILE,
 };
 pub use pca::{PcaConfig, PcaTransform};
-pub use sign::{SignConfig, SignQuantizer};
+pub use sign::{
+    asym_distance_reference, SignAsymConfig, SignAsymQuantizer, SignConfig, SignQuantizer,
+};
 pub use spec::{EncoderSpec, QuantizerSpec, TransformSpec};
 
 use crate::distance::Metric;
@@ -166,6 +168,8 @@ pub enum AnyQuantizer {
     Flat(FlatQuantizer),
     /// One bit per dimension, Hamming distance.
     Sign(SignQuantizer),
+    /// The same bits, scored against the float query.
+    SignAsym(SignAsymQuantizer),
     /// One byte per dimension, asymmetric distance.
     Int8(Int8Quantizer),
 }
@@ -180,6 +184,11 @@ impl From<SignQuantizer> for AnyQuantizer {
         AnyQuantizer::Sign(q)
     }
 }
+impl From<SignAsymQuantizer> for AnyQuantizer {
+    fn from(q: SignAsymQuantizer) -> Self {
+        AnyQuantizer::SignAsym(q)
+    }
+}
 impl From<Int8Quantizer> for AnyQuantizer {
     fn from(q: Int8Quantizer) -> Self {
         AnyQuantizer::Int8(q)
@@ -192,6 +201,7 @@ impl AnyQuantizer {
         match self {
             AnyQuantizer::Flat(q) => q.code_len(),
             AnyQuantizer::Sign(q) => q.code_len(),
+            AnyQuantizer::SignAsym(q) => q.code_len(),
             AnyQuantizer::Int8(q) => q.code_len(),
         }
     }
@@ -200,6 +210,7 @@ impl AnyQuantizer {
         match self {
             AnyQuantizer::Flat(q) => q.encode(x, out),
             AnyQuantizer::Sign(q) => q.encode(x, out),
+            AnyQuantizer::SignAsym(q) => q.encode(x, out),
             AnyQuantizer::Int8(q) => q.encode(x, out),
         }
     }
@@ -253,6 +264,9 @@ impl Encoder {
         let quantizer: AnyQuantizer = match spec.quantizer {
             QuantizerSpec::Flat => FlatQuantizer::fit(&FlatConfig { metric }, input, seed)?.into(),
             QuantizerSpec::Sign => SignQuantizer::fit(&SignConfig::default(), input, seed)?.into(),
+            QuantizerSpec::SignAsym => {
+                SignAsymQuantizer::fit(&SignAsymConfig { metric }, input, seed)?.into()
+            }
             QuantizerSpec::Int8 => Int8Quantizer::fit(
                 &Int8Config {
                     metric,

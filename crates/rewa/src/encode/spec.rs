@@ -31,8 +31,11 @@ pub enum QuantizerSpec {
     /// `flat`: float32, no compression.
     #[default]
     Flat,
-    /// `sign`: one bit per dimension.
+    /// `sign`: one bit per dimension, Hamming distance.
     Sign,
+    /// `asign`: the same bits as `sign`, scored asymmetrically: the float query against the
+    /// bits (binary rescoring).
+    SignAsym,
     /// `int8`: one byte per dimension.
     Int8,
 }
@@ -68,7 +71,7 @@ impl EncoderSpec {
         let d = self.dim_out(dim)?;
         Some(match self.quantizer {
             QuantizerSpec::Flat => 4 * d,
-            QuantizerSpec::Sign => d.div_ceil(64) * 8,
+            QuantizerSpec::Sign | QuantizerSpec::SignAsym => d.div_ceil(64) * 8,
             QuantizerSpec::Int8 => d,
         })
     }
@@ -104,6 +107,7 @@ impl fmt::Display for QuantizerSpec {
         f.write_str(match self {
             QuantizerSpec::Flat => "flat",
             QuantizerSpec::Sign => "sign",
+            QuantizerSpec::SignAsym => "asign",
             QuantizerSpec::Int8 => "int8",
         })
     }
@@ -153,6 +157,10 @@ impl FromStr for EncoderSpec {
                     quantizer = Some(QuantizerSpec::Sign);
                     continue;
                 }
+                "asign" => {
+                    quantizer = Some(QuantizerSpec::SignAsym);
+                    continue;
+                }
                 "int8" => {
                     quantizer = Some(QuantizerSpec::Int8);
                     continue;
@@ -171,7 +179,7 @@ impl FromStr for EncoderSpec {
                         TransformSpec::Pca { m }
                     } else {
                         return invalid!(
-                            "encoder spec {s:?}: unknown token {tok:?} (known: hadamard<m>, pca<m>, learned=DIR, flat, sign, int8)"
+                            "encoder spec {s:?}: unknown token {tok:?} (known: hadamard<m>, pca<m>, learned=DIR, flat, sign, asign, int8)"
                         );
                     }
                 }
@@ -208,6 +216,7 @@ mod tests {
             "int8",
             "hadamard256",
             "hadamard16+sign",
+            "hadamard256+asign",
             "pca64+int8",
             "pca128+hadamard64+sign",
             "learned=models/x+int8",
@@ -252,6 +261,7 @@ mod tests {
     fn code_lengths() {
         let cl = |s: &str, d| s.parse::<EncoderSpec>().unwrap().code_len(d).unwrap();
         assert_eq!(cl("hadamard256+sign", 768), 32);
+        assert_eq!(cl("hadamard256+asign", 768), 32);
         assert_eq!(cl("hadamard16+sign", 768), 8); // 16 bits, padded to one u64 word
         assert_eq!(cl("hadamard256+int8", 768), 256);
         assert_eq!(cl("flat", 768), 3072);

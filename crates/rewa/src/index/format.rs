@@ -38,8 +38,8 @@ use super::{Bytes, CodeSet, Index};
 use crate::distance::Metric;
 use crate::encode::{
     AnyQuantizer, AnyTransform, Encoder, EncoderSpec, FlatQuantizer, HadamardTransform,
-    Int8Quantizer, LearnedTransform, PcaTransform, QuantizerSpec, SignQuantizer, TransformSpec,
-    TENSOR_NAMES,
+    Int8Quantizer, LearnedTransform, PcaTransform, QuantizerSpec, SignAsymQuantizer, SignQuantizer,
+    TransformSpec, TENSOR_NAMES,
 };
 use crate::error::{Error, Result};
 use crate::search::Pipeline;
@@ -181,6 +181,11 @@ fn params_tensors(index: &Index) -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {
         match cs.encoder.quantizer() {
             AnyQuantizer::Flat(_) => {}
             AnyQuantizer::Sign(s) => f(
+                format!("cs{i}.q.thresholds"),
+                vec![s.thresholds().len()],
+                s.thresholds(),
+            ),
+            AnyQuantizer::SignAsym(s) => f(
                 format!("cs{i}.q.thresholds"),
                 vec![s.thresholds().len()],
                 s.thresholds(),
@@ -513,6 +518,11 @@ fn load_encoder(
             SignQuantizer::from_thresholds(p.get(&format!("cs{i}.q.thresholds"), Dtype::F32, d)?)
                 .into()
         }
+        QuantizerSpec::SignAsym => SignAsymQuantizer::new(
+            SignQuantizer::from_thresholds(p.get(&format!("cs{i}.q.thresholds"), Dtype::F32, d)?),
+            metric,
+        )
+        .into(),
         QuantizerSpec::Int8 => Int8Quantizer::from_parts(
             p.get(&format!("cs{i}.q.lo"), Dtype::F32, d)?,
             p.get(&format!("cs{i}.q.scale"), Dtype::F32, d)?,

@@ -342,6 +342,7 @@ fn rerank_codes(
     match q {
         AnyQuantizer::Flat(f) => go(f, tq, codes, ids, keep),
         AnyQuantizer::Sign(s) => go(s, tq, codes, ids, keep),
+        AnyQuantizer::SignAsym(s) => go(s, tq, codes, ids, keep),
         AnyQuantizer::Int8(i) => go(i, tq, codes, ids, keep),
     }
 }
