@@ -36,11 +36,13 @@ fn rows(dim: usize) -> Vec<String> {
     vec![
         "hadamard16+sign:K".into(),
         "hadamard256+sign:K".into(),
+        "hadamard256+asign:K".into(),
         "hadamard256+int8:K".into(),
         "hadamard256:K".into(),
         format!("pca{p}:K"),
         "flat:K".into(),
         "hadamard512+sign:200,exact:K".into(),
+        "hadamard256+asign:200,exact:K".into(),
         "hadamard512+sign:500,hadamard256+int8:50,exact:K".into(),
     ]
 }
