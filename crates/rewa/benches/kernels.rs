@@ -4,6 +4,7 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use rand::{Rng, SeedableRng};
 use rewa::distance::*;
+use rewa::encode::Quantizer;
 
 fn kernels(c: &mut Criterion) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
@@ -41,6 +42,30 @@ fn kernels(c: &mut Criterion) {
     g.sample_size(10);
     g.bench_function("blocked", |x| {
         x.iter(|| rewa::search::scan_sign(black_box(&queries), black_box(&codes), 32, 10))
+    });
+    g.finish();
+    // The same codes scored against float queries (asign: one table lookup per byte), beside
+    // the reference that walks the bits.
+    let q = rewa::encode::SignAsymQuantizer::new(
+        rewa::encode::SignQuantizer::from_thresholds(vec![0.0; 256]),
+        Metric::Ip,
+    );
+    let fq: Vec<Vec<f32>> = (0..64)
+        .map(|_| (0..256).map(|_| rng.random::<f32>() - 0.5).collect())
+        .collect();
+    let prepared: Vec<_> = fq.iter().map(|v| q.prepare(v)).collect();
+    let mut g = c.benchmark_group("asign_256bit");
+    g.bench_function("distance", |x| {
+        x.iter(|| q.distance(black_box(&prepared[0]), black_box(&codes[..32])))
+    });
+    g.bench_function("distance_reference", |x| {
+        x.iter(|| rewa::encode::asym_distance_reference(black_box(&fq[0]), black_box(&codes[..32])))
+    });
+    g.bench_function("prepare", |x| x.iter(|| q.prepare(black_box(&fq[0]))));
+    g.throughput(Throughput::Elements((n * prepared.len()) as u64));
+    g.sample_size(10);
+    g.bench_function("scan_100k", |x| {
+        x.iter(|| rewa::search::scan_codes(&q, black_box(&prepared), black_box(&codes), 10))
     });
     g.finish();
 }
