@@ -14,7 +14,9 @@ pub mod plot;
 pub mod train;
 
 pub use model::{Mlp, Qat};
-pub use train::{train, EpochLog, Init, Observer, Quiet, Supervision, TrainConfig, TrainOutcome};
+pub use train::{
+    default_distill, train, EpochLog, Init, Observer, Quiet, Supervision, TrainConfig, TrainOutcome,
+};
 
 /// Everything that can go wrong while training.
 #[derive(Debug, thiserror::Error)]

@@ -103,8 +103,9 @@ pub struct TrainConfig {
     pub temperature: f64,
     /// Learn the temperature (as a log-scale parameter) instead of fixing it.
     pub learn_temperature: bool,
-    /// Weight of the ranking-distillation term (teacher = the full space).
-    pub distill: f64,
+    /// Weight of the ranking-distillation term (teacher = the full space); `None` =
+    /// [`default_distill`] of the supervision.
+    pub distill: Option<f64>,
     /// Teacher temperature of the distillation term.
     pub teacher_temperature: f64,
     /// Positives per vector in the neighbours setting are drawn from its `neighbours` nearest.
@@ -149,7 +150,7 @@ impl Default for TrainConfig {
             weight_decay: 0.01,
             temperature: 0.05,
             learn_temperature: true,
-            distill: 1.0,
+            distill: None,
             teacher_temperature: 0.05,
             neighbours: 10,
             group: 1,
@@ -329,10 +330,25 @@ fn check_config(cfg: &TrainConfig, d: usize) -> Result<()> {
     if !(0.0..1.0).contains(&cfg.dropout) || cfg.input_noise < 0.0 {
         return bad("dropout must be in [0, 1) and input noise >= 0".into());
     }
+    if let Some(w) = cfg.distill.filter(|w| !(w.is_finite() && *w >= 0.0)) {
+        return bad(format!("--distill {w} must be a finite weight >= 0"));
+    }
     if !(cfg.temperature > 0.0 && cfg.teacher_temperature > 0.0 && cfg.lr > 0.0) {
         return bad("temperatures and learning rate must be positive".into());
     }
     Ok(())
+}
+
+/// The distillation weight when none is given. Self-supervised: 50, because the full space's
+/// ranking is the target (on SciFact, validation recall@10 at m 128 went 0.703 at weight 1 ->
+/// 0.835 at 20 -> 0.838 at 50 and 100; test recall 0.678 -> 0.813). With labels or pairs: 1,
+/// so the supervision is not drowned (at 50, label precision on the test data fell from
+/// above 0.85 to 0.82).
+pub fn default_distill(sup: &Supervision) -> f64 {
+    match sup {
+        Supervision::Neighbours => 50.0,
+        Supervision::Labels(_) | Supervision::Pairs { .. } => 1.0,
+    }
 }
 
 /// Batches of the per-epoch validation loss (a monitor; the validation recall, which decides
@@ -349,6 +365,10 @@ pub fn train(
 ) -> Result<TrainOutcome> {
     let t0 = Instant::now();
     let (n, d) = (base.len(), base.dim());
+    let cfg = &TrainConfig {
+        distill: Some(cfg.distill.unwrap_or_else(|| default_distill(sup))),
+        ..cfg.clone()
+    };
     check_config(cfg, d)?;
     base.check_finite()?;
     let bad = |m: String| Err(Error::Rewa(rewa::Error::InvalidInput(m)));
@@ -898,13 +918,14 @@ fn batch_loss(
 ) -> Result<Tensor> {
     let n = b.rows;
     let mut targets = b.targets.clone();
-    if cfg.distill > 0.0 {
+    let distill = cfg.distill.unwrap_or(0.0);
+    if distill > 0.0 {
         // teacher: the softmax of the full-space similarities, diagonal left out
         let mut g = vec![0f32; n * n];
         crate::ops::par_gemm(n, b.dim, n, &b.x, (b.dim, 1), &b.x, (1, b.dim), &mut g);
         let diag: Vec<f32> = (0..n).map(|i| g[i * n + i]).collect();
         let inv_t = 1.0 / cfg.teacher_temperature as f32;
-        let w = cfg.distill as f32;
+        let w = distill as f32;
         targets
             .par_chunks_mut(n)
             .zip(g.par_chunks_mut(n))

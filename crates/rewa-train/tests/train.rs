@@ -273,6 +273,14 @@ fn bad_input_gets_clear_errors() {
     };
     let e = run(&base, &Supervision::Neighbours, &big).err().unwrap();
     assert!(e.to_string().contains("input dimension 64"), "{e}");
+    let negative = TrainConfig {
+        distill: Some(-1.0),
+        ..cfg.clone()
+    };
+    let e = run(&base, &Supervision::Neighbours, &negative)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("--distill"), "{e}");
     let mut nan = base.clone();
     nan.as_mut_slice()[70] = f32::NAN;
     let e = run(&nan, &Supervision::Neighbours, &cfg).err().unwrap();

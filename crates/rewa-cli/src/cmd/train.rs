@@ -74,9 +74,10 @@ pub struct Args {
     /// Keep the temperature fixed (default: learned).
     #[arg(long)]
     fixed_temperature: bool,
-    /// Weight of the ranking-distillation term (0 = off).
-    #[arg(long, default_value_t = TrainConfig::default().distill)]
-    distill: f64,
+    /// Weight of the ranking-distillation term (0 = off). Default: 50 self-supervised (the
+    /// full space's ranking is the target), 1 with --labels or --pairs.
+    #[arg(long)]
+    distill: Option<f64>,
     /// Temperature of the full-space teacher distribution.
     #[arg(long, default_value_t = TrainConfig::default().teacher_temperature)]
     teacher_temperature: f64,
@@ -228,7 +229,10 @@ pub fn run(a: Args) -> Result<()> {
         weight_decay: a.weight_decay,
         temperature: a.temperature,
         learn_temperature: !a.fixed_temperature,
-        distill: a.distill,
+        distill: Some(
+            a.distill
+                .unwrap_or_else(|| rewa_train::default_distill(&sup)),
+        ),
         teacher_temperature: a.teacher_temperature,
         neighbours: a.neighbours,
         group: a.group,
