@@ -169,6 +169,13 @@ impl Default for TrainConfig {
     }
 }
 
+impl TrainConfig {
+    /// The hidden width: `hidden`, or `2 * dim` when unset.
+    pub fn hidden_width(&self) -> usize {
+        self.hidden.unwrap_or(2 * self.dim)
+    }
+}
+
 /// One line of the training log.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct EpochLog {
@@ -303,7 +310,7 @@ fn check_config(cfg: &TrainConfig, d: usize) -> Result<()> {
             cfg.dim
         ));
     }
-    let hidden = cfg.hidden.unwrap_or(2 * cfg.dim);
+    let hidden = cfg.hidden_width();
     if cfg.init == Init::Pca && hidden < 2 * cfg.dim {
         return bad(format!(
             "--init pca needs --hidden >= 2 * --dim ({hidden} < {})",
@@ -405,8 +412,7 @@ pub fn train(
     }
     let dev = Device::Cpu;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let hidden = cfg.hidden.unwrap_or(2 * cfg.dim);
-    let mlp = Mlp::new(d, hidden, cfg.dim, cfg.ln_eps, &mut rng, &dev)?;
+    let mlp = Mlp::new(d, cfg.hidden_width(), cfg.dim, cfg.ln_eps, &mut rng, &dev)?;
     let log_scale = Var::from_tensor(&Tensor::new(&[(1.0 / cfg.temperature).ln() as f32], &dev)?)?;
     let mut vars = mlp.vars.clone();
     if cfg.learn_temperature {
