@@ -223,22 +223,31 @@ pub fn scan_encoded(
             let qs: Vec<Vec<u8>> = tq.view().rows().map(|r| s.prepare(r)).collect();
             scan_sign(&qs, codes, s.code_len(), k)
         }
-        AnyQuantizer::SignAsym(q) => {
-            // a prepared query is code_len tables of 256 floats (32 KiB for 256 bits):
-            // prepared a slice of queries at a time, so they stay in cache and memory
-            let rows: Vec<&[f32]> = tq.view().rows().collect();
-            rows.chunks(64)
-                .flat_map(|c| {
-                    let qs: Vec<_> = c.iter().map(|r| q.prepare(r)).collect();
-                    scan_codes(q, &qs, codes, k)
-                })
-                .collect()
-        }
+        AnyQuantizer::SignAsym(q) => scan_tables(q, tq.view(), codes, k),
+        AnyQuantizer::Pq(q) => scan_tables(q, tq.view(), codes, k),
         AnyQuantizer::Int8(q) => {
             let qs: Vec<_> = tq.view().rows().map(|r| q.prepare(r)).collect();
             scan_codes(q, &qs, codes, k)
         }
     }
+}
+
+/// A scan with table queries (`asign`, `pq`): a prepared query is `code_len` tables of 256
+/// floats (32 KiB for 32-byte codes), so queries are prepared a slice at a time and stay in
+/// cache and memory.
+fn scan_tables<Q: Quantizer<Query = Vec<[f32; 256]>>>(
+    q: &Q,
+    tq: VectorsRef<'_>,
+    codes: &[u8],
+    k: usize,
+) -> Vec<Vec<Hit>> {
+    let rows: Vec<&[f32]> = tq.rows().collect();
+    rows.chunks(64)
+        .flat_map(|c| {
+            let qs: Vec<_> = c.par_iter().map(|r| q.prepare(r)).collect();
+            scan_codes(q, &qs, codes, k)
+        })
+        .collect()
 }
 
 /// First-stage scan of `codes` (`code_len` bytes each) for many prepared queries.

@@ -8,7 +8,7 @@ use std::path::Path;
 fn spec(metric: Metric) -> IndexSpec {
     IndexSpec {
         metric,
-        pipeline: "pca32+hadamard128+sign:200,hadamard128+asign:100,hadamard64+int8:50,exact:10"
+        pipeline: "pca32+hadamard128+sign:200,hadamard128+asign:100,pq16:70,hadamard64+int8:50,exact:10"
             .parse()
             .unwrap(),
         seed: 5,
@@ -76,8 +76,8 @@ fn add_equals_build_on_concatenation() {
     whole.add(base.view()).unwrap();
     assert_eq!(after.len(), base.len());
     assert_eq!(search(&after, &queries), search(&whole, &queries));
-    // Old generations are gone: the manifest, three code sets, vectors, params.
-    assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1 + 3 + 1 + 1);
+    // Old generations are gone: the manifest, four code sets, vectors, params.
+    assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1 + 4 + 1 + 1);
 }
 
 fn saved() -> (tempfile::TempDir, Vec<String>) {

@@ -13,6 +13,7 @@ mod hadamard;
 mod int8;
 mod learned;
 mod pca;
+mod pq;
 mod sign;
 mod spec;
 
@@ -24,6 +25,7 @@ pub use learned::{
     MODEL_FORMAT, MODEL_VERSION, TENSOR_NAMES, WEIGHTS_FILE,
 };
 pub use pca::{PcaConfig, PcaTransform};
+pub use pq::{PqConfig, PqQuantizer, PQ_CENTROIDS};
 pub use sign::{
     asym_distance_reference, SignAsymConfig, SignAsymQuantizer, SignConfig, SignQuantizer,
 };
@@ -79,6 +81,13 @@ pub trait Quantizer: Send + Sync {
     fn code_len(&self) -> usize;
     /// Encodes one vector into `out` (`out.len() == code_len()`).
     fn encode(&self, x: &[f32], out: &mut [u8]);
+    /// Encodes every row of `x` into `out` (`x.len() * code_len()` bytes); quantizers with a
+    /// faster batched path (a matrix product) override it.
+    fn encode_batch(&self, x: VectorsRef<'_>, out: &mut [u8]) {
+        for (code, v) in out.chunks_exact_mut(self.code_len()).zip(x.rows()) {
+            self.encode(v, code);
+        }
+    }
     /// Prepares a (transformed) query.
     fn prepare(&self, query: &[f32]) -> Self::Query;
     /// Distance from a prepared query to one code.
@@ -172,6 +181,8 @@ pub enum AnyQuantizer {
     SignAsym(SignAsymQuantizer),
     /// One byte per dimension, asymmetric distance.
     Int8(Int8Quantizer),
+    /// One byte per sub-space (product quantization), asymmetric distance.
+    Pq(PqQuantizer),
 }
 
 impl From<FlatQuantizer> for AnyQuantizer {
@@ -194,6 +205,11 @@ impl From<Int8Quantizer> for AnyQuantizer {
         AnyQuantizer::Int8(q)
     }
 }
+impl From<PqQuantizer> for AnyQuantizer {
+    fn from(q: PqQuantizer) -> Self {
+        AnyQuantizer::Pq(q)
+    }
+}
 
 impl AnyQuantizer {
     /// Bytes per code.
@@ -203,6 +219,7 @@ impl AnyQuantizer {
             AnyQuantizer::Sign(q) => q.code_len(),
             AnyQuantizer::SignAsym(q) => q.code_len(),
             AnyQuantizer::Int8(q) => q.code_len(),
+            AnyQuantizer::Pq(q) => q.code_len(),
         }
     }
     /// Encodes one vector.
@@ -212,6 +229,17 @@ impl AnyQuantizer {
             AnyQuantizer::Sign(q) => q.encode(x, out),
             AnyQuantizer::SignAsym(q) => q.encode(x, out),
             AnyQuantizer::Int8(q) => q.encode(x, out),
+            AnyQuantizer::Pq(q) => q.encode(x, out),
+        }
+    }
+    /// Encodes every row of `x`.
+    pub fn encode_batch(&self, x: VectorsRef<'_>, out: &mut [u8]) {
+        match self {
+            AnyQuantizer::Flat(q) => q.encode_batch(x, out),
+            AnyQuantizer::Sign(q) => q.encode_batch(x, out),
+            AnyQuantizer::SignAsym(q) => q.encode_batch(x, out),
+            AnyQuantizer::Int8(q) => q.encode_batch(x, out),
+            AnyQuantizer::Pq(q) => q.encode_batch(x, out),
         }
     }
 }
@@ -276,6 +304,9 @@ impl Encoder {
                 seed,
             )?
             .into(),
+            QuantizerSpec::Pq { m } => {
+                PqQuantizer::fit(&PqConfig::new(m, metric), input, seed)?.into()
+            }
         };
         Ok(Encoder {
             spec: spec.clone(),
@@ -372,9 +403,7 @@ impl Encoder {
                 let start = i * CHUNK;
                 let part = x.slice(start, start + o.len() / cl);
                 let t = self.transform_batch(part);
-                for (code, v) in o.chunks_exact_mut(cl).zip(t.view().rows()) {
-                    self.quantizer.encode(v, code);
-                }
+                self.quantizer.encode_batch(t.view(), o);
             });
         Ok(out)
     }

@@ -28,6 +28,11 @@ pub enum TransformSpec {
 /// The quantizer of an encoder spec.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum QuantizerSpec {
+    /// `pq<m>`: product quantization, `m` sub-spaces of 256 centroids, one byte each.
+    Pq {
+        /// Sub-spaces (bytes per code).
+        m: usize,
+    },
     /// `flat`: float32, no compression.
     #[default]
     Flat,
@@ -73,6 +78,7 @@ impl EncoderSpec {
             QuantizerSpec::Flat => 4 * d,
             QuantizerSpec::Sign | QuantizerSpec::SignAsym => d.div_ceil(64) * 8,
             QuantizerSpec::Int8 => d,
+            QuantizerSpec::Pq { m } => m,
         })
     }
     /// Checks the spec against input dimension `dim` (e.g. PCA cannot add dimensions).
@@ -86,6 +92,13 @@ impl EncoderSpec {
                 TransformSpec::Hadamard { m } | TransformSpec::Pca { m } => d = m,
                 // The model's dimensions are checked when it is loaded.
                 TransformSpec::Learned { .. } => return Ok(()),
+            }
+        }
+        if let QuantizerSpec::Pq { m } = self.quantizer {
+            if m > d {
+                return invalid!(
+                    "pq{m} needs input dimension >= {m} (one sub-space per byte), got {d}"
+                );
             }
         }
         Ok(())
@@ -105,6 +118,7 @@ impl fmt::Display for TransformSpec {
 impl fmt::Display for QuantizerSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            QuantizerSpec::Pq { m } => return write!(f, "pq{m}"),
             QuantizerSpec::Flat => "flat",
             QuantizerSpec::Sign => "sign",
             QuantizerSpec::SignAsym => "asign",
@@ -177,9 +191,12 @@ impl FromStr for EncoderSpec {
                         TransformSpec::Hadamard { m }
                     } else if let Some(m) = dim_token(tok, "pca")? {
                         TransformSpec::Pca { m }
+                    } else if let Some(m) = dim_token(tok, "pq")? {
+                        quantizer = Some(QuantizerSpec::Pq { m });
+                        continue;
                     } else {
                         return invalid!(
-                            "encoder spec {s:?}: unknown token {tok:?} (known: hadamard<m>, pca<m>, learned=DIR, flat, sign, asign, int8)"
+                            "encoder spec {s:?}: unknown token {tok:?} (known: hadamard<m>, pca<m>, learned=DIR, flat, sign, asign, int8, pq<m>)"
                         );
                     }
                 }
@@ -218,6 +235,8 @@ mod tests {
             "hadamard16+sign",
             "hadamard256+asign",
             "pca64+int8",
+            "hadamard384+pq32",
+            "pq8",
             "pca128+hadamard64+sign",
             "learned=models/x+int8",
             "learned=../m/scifact64+sign",
@@ -249,6 +268,9 @@ mod tests {
             "hadamard64++sign",
             "learned=",
             "learned=m,x",
+            "pq0",
+            "pq16+sign",
+            "hadamard64+pq16+hadamard32",
         ] {
             assert!(
                 matches!(s.parse::<EncoderSpec>(), Err(Error::InvalidInput(_))),
@@ -266,6 +288,12 @@ mod tests {
         assert_eq!(cl("hadamard256+int8", 768), 256);
         assert_eq!(cl("flat", 768), 3072);
         assert_eq!(cl("pca64", 768), 256);
+        assert_eq!(cl("hadamard384+pq32", 768), 32);
+        assert!("hadamard16+pq32"
+            .parse::<EncoderSpec>()
+            .unwrap()
+            .check(768)
+            .is_err());
         let l: EncoderSpec = "learned=m+sign".parse().unwrap();
         assert_eq!(l.code_len(768), None);
     }

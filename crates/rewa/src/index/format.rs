@@ -38,8 +38,8 @@ use super::{Bytes, CodeSet, Index};
 use crate::distance::Metric;
 use crate::encode::{
     AnyQuantizer, AnyTransform, Encoder, EncoderSpec, FlatQuantizer, HadamardTransform,
-    Int8Quantizer, LearnedTransform, PcaTransform, QuantizerSpec, SignAsymQuantizer, SignQuantizer,
-    TransformSpec, TENSOR_NAMES,
+    Int8Quantizer, LearnedTransform, PcaTransform, PqQuantizer, QuantizerSpec, SignAsymQuantizer,
+    SignQuantizer, TransformSpec, PQ_CENTROIDS, TENSOR_NAMES,
 };
 use crate::error::{Error, Result};
 use crate::search::Pipeline;
@@ -189,6 +189,11 @@ fn params_tensors(index: &Index) -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {
                 format!("cs{i}.q.thresholds"),
                 vec![s.thresholds().len()],
                 s.thresholds(),
+            ),
+            AnyQuantizer::Pq(q) => f(
+                format!("cs{i}.q.centroids"),
+                vec![PQ_CENTROIDS, q.dim()],
+                q.centroids(),
             ),
             AnyQuantizer::Int8(q) => {
                 f(format!("cs{i}.q.lo"), vec![q.lo().len()], q.lo());
@@ -522,6 +527,14 @@ fn load_encoder(
             SignQuantizer::from_thresholds(p.get(&format!("cs{i}.q.thresholds"), Dtype::F32, d)?),
             metric,
         )
+        .into(),
+        QuantizerSpec::Pq { m } => PqQuantizer::from_parts(
+            d,
+            m,
+            p.get(&format!("cs{i}.q.centroids"), Dtype::F32, PQ_CENTROIDS * d)?,
+            metric,
+        )
+        .map_err(|e| Error::corrupt(&p.path, format!("cs{i}.q: {e}")))?
         .into(),
         QuantizerSpec::Int8 => Int8Quantizer::from_parts(
             p.get(&format!("cs{i}.q.lo"), Dtype::F32, d)?,

@@ -344,5 +344,6 @@ fn rerank_codes(
         AnyQuantizer::Sign(s) => go(s, tq, codes, ids, keep),
         AnyQuantizer::SignAsym(s) => go(s, tq, codes, ids, keep),
         AnyQuantizer::Int8(i) => go(i, tq, codes, ids, keep),
+        AnyQuantizer::Pq(q) => go(q, tq, codes, ids, keep),
     }
 }

@@ -1,0 +1,420 @@
+//! `pq<M>`: product quantization, one byte per sub-space (FAISS's `PQ<M>x8`).
+//!
+//! The input's `d` coordinates are cut into `M` contiguous sub-spaces (sizes differ by at most
+//! one when `M` does not divide `d`); each gets 256 centroids by k-means on the training
+//! vectors, and a vector is stored as the index of the nearest centroid in each sub-space.
+//! A float query is scored against the codes asymmetrically (ADC): `prepare` computes, per
+//! sub-space, the 256 partial distances from the query to the centroids, and a distance is one
+//! table lookup per code byte, the kernel `asign` uses ([`super::sign`]).
+//!
+//! Sub-spaces should carry similar variance: put a rotation in front (`hadamard384+pq32`),
+//! which plays the part of FAISS's OPQ rotation without training it. After `pca<m>` the first
+//! sub-spaces would hold most of the variance.
+
+use super::sign::table_distance;
+use super::Quantizer;
+use crate::distance::{dot, Metric};
+use crate::error::{invalid, Error, Result};
+use crate::vectors::VectorsRef;
+use rand::seq::index::sample;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+/// Centroids per sub-space: codes are one byte.
+pub const PQ_CENTROIDS: usize = 256;
+
+/// Settings for [`PqQuantizer`].
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PqConfig {
+    /// Sub-spaces = bytes per code.
+    pub m: usize,
+    /// How the float query is compared with the decoded codes.
+    pub metric: Metric,
+    /// k-means iterations per sub-space.
+    pub iters: usize,
+    /// At most this many training vectors are used (a seeded sample), as FAISS's 256 per
+    /// centroid.
+    pub max_train: usize,
+}
+
+impl PqConfig {
+    /// `m` sub-spaces with the defaults (25 iterations, 65,536 training vectors at most).
+    pub fn new(m: usize, metric: Metric) -> Self {
+        PqConfig {
+            m,
+            metric,
+            iters: 25,
+            max_train: 256 * PQ_CENTROIDS,
+        }
+    }
+}
+
+/// Fitted product quantizer.
+#[derive(Clone, Debug)]
+pub struct PqQuantizer {
+    dim: usize,
+    m: usize,
+    /// Sub-space `j` (coordinates `s..e`) owns `centroids[256 * s..256 * e]`: 256 rows of
+    /// `e - s` floats.
+    centroids: Vec<f32>,
+    /// Squared norm of every centroid, sub-space after sub-space (`256 * m`).
+    norms: Vec<f32>,
+    metric: Metric,
+}
+
+/// Coordinates `s..e` of sub-space `j` of `m` over `d` dims.
+#[inline]
+fn bounds(d: usize, m: usize, j: usize) -> (usize, usize) {
+    (j * d / m, (j + 1) * d / m)
+}
+
+impl PqQuantizer {
+    /// From stored centroids (`256 * dim` floats, laid out as [`PqQuantizer::centroids`]).
+    pub fn from_parts(dim: usize, m: usize, centroids: Vec<f32>, metric: Metric) -> Result<Self> {
+        if m == 0 || m > dim {
+            return invalid!("pq{m} needs 1 to {dim} sub-spaces for dimension {dim}");
+        }
+        if centroids.len() != PQ_CENTROIDS * dim {
+            return invalid!(
+                "pq{m}: {} centroid floats, dimension {dim} needs {}",
+                centroids.len(),
+                PQ_CENTROIDS * dim
+            );
+        }
+        let mut norms = Vec::with_capacity(PQ_CENTROIDS * m);
+        for j in 0..m {
+            let (s, e) = bounds(dim, m, j);
+            norms.extend(
+                centroids[PQ_CENTROIDS * s..PQ_CENTROIDS * e]
+                    .chunks_exact(e - s)
+                    .map(|c| dot(c, c)),
+            );
+        }
+        Ok(PqQuantizer {
+            dim,
+            m,
+            centroids,
+            norms,
+            metric,
+        })
+    }
+    /// All centroids: sub-space `j` over coordinates `s..e` holds 256 rows of `e - s` floats
+    /// at `256 * s`.
+    pub fn centroids(&self) -> &[f32] {
+        &self.centroids
+    }
+    /// Input dimension.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+    /// The vector a code stands for.
+    pub fn decode(&self, code: &[u8], out: &mut [f32]) {
+        for j in 0..self.m {
+            let (s, e) = bounds(self.dim, self.m, j);
+            let c = code[j] as usize;
+            let cent = &self.centroids[PQ_CENTROIDS * s + c * (e - s)..][..e - s];
+            out[s..e].copy_from_slice(cent);
+        }
+    }
+    fn sub_centroids(&self, j: usize) -> (&[f32], &[f32], usize) {
+        let (s, e) = bounds(self.dim, self.m, j);
+        (
+            &self.centroids[PQ_CENTROIDS * s..PQ_CENTROIDS * e],
+            &self.norms[PQ_CENTROIDS * j..PQ_CENTROIDS * (j + 1)],
+            e - s,
+        )
+    }
+}
+
+/// Index of the nearest centroid (squared L2) for every row of `x` (`n x ds`), by one matrix
+/// product per block: `|x - c|^2 = |x|^2 - 2 x.c + |c|^2`, and `|x|^2` does not change the
+/// winner.
+fn nearest(x: &[f32], ds: usize, cents: &[f32], norms: &[f32], out: &mut [u8]) {
+    let k = norms.len();
+    const B: usize = 512;
+    let mut scores = vec![0f32; B * k];
+    for (xs, o) in x.chunks(B * ds).zip(out.chunks_mut(B)) {
+        let nb = xs.len() / ds;
+        crate::linalg::gemm_abt(xs, cents, nb, ds, k, &mut scores);
+        for (row, o) in scores[..nb * k].chunks_exact(k).zip(o.iter_mut()) {
+            let mut best = (f32::INFINITY, 0usize);
+            for (c, (&s, &nc)) in row.iter().zip(norms).enumerate() {
+                let d = nc - 2.0 * s;
+                if d < best.0 {
+                    best = (d, c);
+                }
+            }
+            *o = best.1 as u8;
+        }
+    }
+}
+
+/// k-means (Lloyd) of the rows of `x` (`n x ds`) into `k` centroids, from `k` distinct seeded
+/// rows (repeated when `n < k`). An emptied centroid takes half of the largest cluster: a copy
+/// of its centroid, both nudged apart (as FAISS does).
+pub(crate) fn kmeans(x: &[f32], ds: usize, k: usize, iters: usize, seed: u64) -> Vec<f32> {
+    let n = x.len() / ds;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut cents = vec![0f32; k * ds];
+    let first: Vec<usize> = if n >= k {
+        sample(&mut rng, n, k).into_vec()
+    } else {
+        (0..k).map(|i| i % n).collect()
+    };
+    for (c, &i) in cents.chunks_exact_mut(ds).zip(&first) {
+        c.copy_from_slice(&x[i * ds..(i + 1) * ds]);
+    }
+    let mut assign = vec![0u8; n];
+    let mut sums = vec![0f64; k * ds];
+    let mut counts = vec![0usize; k];
+    for _ in 0..iters {
+        let norms: Vec<f32> = cents.chunks_exact(ds).map(|c| dot(c, c)).collect();
+        nearest(x, ds, &cents, &norms, &mut assign);
+        sums.fill(0.0);
+        counts.fill(0);
+        for (r, &a) in x.chunks_exact(ds).zip(&assign) {
+            let a = a as usize;
+            counts[a] += 1;
+            for (s, &v) in sums[a * ds..(a + 1) * ds].iter_mut().zip(r) {
+                *s += v as f64;
+            }
+        }
+        for c in 0..k {
+            if counts[c] > 0 {
+                let inv = 1.0 / counts[c] as f64;
+                for (o, s) in cents[c * ds..(c + 1) * ds]
+                    .iter_mut()
+                    .zip(&sums[c * ds..(c + 1) * ds])
+                {
+                    *o = (s * inv) as f32;
+                }
+            }
+        }
+        for c in 0..k {
+            if counts[c] > 0 || n < k {
+                continue;
+            }
+            let big = (0..k).max_by_key(|&i| counts[i]).expect("k >= 1");
+            const EPS: f32 = 1.0 / 1024.0;
+            for t in 0..ds {
+                let v = cents[big * ds + t];
+                let sign = if rng.random::<bool>() { 1.0 } else { -1.0 };
+                cents[c * ds + t] = v * (1.0 + sign * EPS);
+                cents[big * ds + t] = v * (1.0 - sign * EPS);
+            }
+            counts[c] = counts[big] / 2;
+            counts[big] -= counts[c];
+        }
+    }
+    cents
+}
+
+impl Quantizer for PqQuantizer {
+    type Config = PqConfig;
+    type Query = Vec<[f32; 256]>;
+
+    fn fit(cfg: &PqConfig, train: VectorsRef<'_>, seed: u64) -> Result<Self> {
+        let d = train.dim();
+        if cfg.m == 0 || cfg.m > d {
+            return Err(Error::InvalidInput(format!(
+                "pq{} needs 1 to {d} sub-spaces for input dimension {d}",
+                cfg.m
+            )));
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let rows: Vec<usize> = if train.len() > cfg.max_train {
+            let mut r = sample(&mut rng, train.len(), cfg.max_train).into_vec();
+            r.sort_unstable();
+            r
+        } else {
+            (0..train.len()).collect()
+        };
+        let parts: Vec<Vec<f32>> = (0..cfg.m)
+            .into_par_iter()
+            .map(|j| {
+                let (s, e) = bounds(d, cfg.m, j);
+                let sub: Vec<f32> = rows
+                    .iter()
+                    .flat_map(|&i| &train.row(i)[s..e])
+                    .copied()
+                    .collect();
+                let sj = seed ^ (j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                kmeans(&sub, e - s, PQ_CENTROIDS, cfg.iters, sj)
+            })
+            .collect();
+        PqQuantizer::from_parts(d, cfg.m, parts.concat(), cfg.metric)
+    }
+    fn code_len(&self) -> usize {
+        self.m
+    }
+    fn encode(&self, x: &[f32], out: &mut [u8]) {
+        for (j, o) in out.iter_mut().enumerate().take(self.m) {
+            let (s, e) = bounds(self.dim, self.m, j);
+            let (cents, norms, ds) = self.sub_centroids(j);
+            let mut best = (f32::INFINITY, 0usize);
+            for (c, (cent, &nc)) in cents.chunks_exact(ds).zip(norms).enumerate() {
+                let d = nc - 2.0 * dot(&x[s..e], cent);
+                if d < best.0 {
+                    best = (d, c);
+                }
+            }
+            *o = best.1 as u8;
+        }
+    }
+    fn encode_batch(&self, x: VectorsRef<'_>, out: &mut [u8]) {
+        let n = x.len();
+        let mut sub = Vec::new();
+        let mut idx = vec![0u8; n];
+        for j in 0..self.m {
+            let (s, e) = bounds(self.dim, self.m, j);
+            sub.clear();
+            sub.extend(x.rows().flat_map(|r| &r[s..e]));
+            let (cents, norms, ds) = self.sub_centroids(j);
+            nearest(&sub, ds, cents, norms, &mut idx);
+            for (o, &c) in out.chunks_exact_mut(self.m).zip(&idx) {
+                o[j] = c;
+            }
+        }
+    }
+    fn prepare(&self, query: &[f32]) -> Vec<[f32; 256]> {
+        (0..self.m)
+            .map(|j| {
+                let (s, e) = bounds(self.dim, self.m, j);
+                let (cents, norms, ds) = self.sub_centroids(j);
+                let q = &query[s..e];
+                let mut t = [0f32; 256];
+                match self.metric {
+                    Metric::Cosine | Metric::Ip => {
+                        for (t, c) in t.iter_mut().zip(cents.chunks_exact(ds)) {
+                            *t = -dot(q, c);
+                        }
+                    }
+                    Metric::L2 => {
+                        // |q - c|^2 = |q|^2 - 2 q.c + |c|^2
+                        let qq = dot(q, q);
+                        for ((t, c), &nc) in t.iter_mut().zip(cents.chunks_exact(ds)).zip(norms) {
+                            *t = qq - 2.0 * dot(q, c) + nc;
+                        }
+                    }
+                }
+                t
+            })
+            .collect()
+    }
+    #[inline]
+    fn distance(&self, q: &Vec<[f32; 256]>, code: &[u8]) -> f32 {
+        table_distance(q, code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Encoder, Vectors};
+
+    #[test]
+    fn table_distance_is_the_metric_to_the_decoded_vector() {
+        // 50 dims into 7 uneven sub-spaces (7 or 8 coordinates)
+        let base = crate::testutil::gaussian(600, 50, 1);
+        let queries = crate::testutil::gaussian(20, 50, 2);
+        for metric in [Metric::Ip, Metric::L2] {
+            let mut cfg = PqConfig::new(7, metric);
+            cfg.iters = 5;
+            let q = PqQuantizer::fit(&cfg, base.view(), 3).unwrap();
+            assert_eq!(q.code_len(), 7);
+            let mut code = vec![0u8; 7];
+            let mut dec = vec![0f32; 50];
+            for (x, y) in base.view().rows().zip(queries.view().rows()) {
+                q.encode(x, &mut code);
+                q.decode(&code, &mut dec);
+                let want = metric.distance(y, &dec);
+                let got = q.distance(&q.prepare(y), &code);
+                assert!(
+                    (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                    "{metric}: {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn batch_encoding_equals_one_at_a_time_and_codes_are_nearest_centroids() {
+        let base = crate::testutil::gaussian(700, 24, 5);
+        let mut cfg = PqConfig::new(4, Metric::L2);
+        cfg.iters = 3;
+        let q = PqQuantizer::fit(&cfg, base.view(), 0).unwrap();
+        let mut batch = vec![0u8; 700 * 4];
+        q.encode_batch(base.view(), &mut batch);
+        let mut one = vec![0u8; 4];
+        for (x, b) in base.view().rows().zip(batch.chunks_exact(4)) {
+            q.encode(x, &mut one);
+            assert_eq!(one, b);
+            // brute force over the 256 centroids of each sub-space
+            for (j, &c) in b.iter().enumerate() {
+                let (cents, _, ds) = q.sub_centroids(j);
+                let sub = &x[6 * j..6 * j + 6];
+                let best = (0..256)
+                    .min_by(|&a, &b| {
+                        crate::distance::l2sq(sub, &cents[a * ds..(a + 1) * ds])
+                            .total_cmp(&crate::distance::l2sq(sub, &cents[b * ds..(b + 1) * ds]))
+                    })
+                    .unwrap();
+                let dist = |i: usize| crate::distance::l2sq(sub, &cents[i * ds..(i + 1) * ds]);
+                assert!(dist(c as usize) <= dist(best) * (1.0 + 1e-5) + 1e-6);
+            }
+        }
+    }
+
+    #[test]
+    fn kmeans_finds_separated_clusters_and_refills_empty_ones() {
+        // 4 tight clusters far apart, 4 centroids: each centroid lands on one cluster mean
+        let mut x = Vec::new();
+        let centres = [[0.0f32, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]];
+        for i in 0..400 {
+            let c = centres[i % 4];
+            x.extend([
+                c[0] + (i as f32 * 0.37).sin() * 0.1,
+                c[1] + (i as f32 * 0.11).cos() * 0.1,
+            ]);
+        }
+        let cents = kmeans(&x, 2, 4, 20, 7);
+        for c in centres {
+            let hit = cents
+                .chunks_exact(2)
+                .any(|k| (k[0] - c[0]).abs() < 0.2 && (k[1] - c[1]).abs() < 0.2);
+            assert!(hit, "no centroid near {c:?}: {cents:?}");
+        }
+        // more centroids than distinct points: still finite, no panic
+        let few = kmeans(&x[..6], 2, 8, 5, 1);
+        assert!(few.iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn rotated_pq_beats_sign_codes_of_the_same_bytes() {
+        // 16 bytes each: 128 sign bits vs 16 PQ sub-spaces, recall@10 against exact
+        let (base, _, queries, _) = crate::testutil::clusters(20, 100, 64, 0.5, 9);
+        let recall = |spec: &str| {
+            let enc = Encoder::fit(&spec.parse().unwrap(), base.view(), Metric::Ip, 1).unwrap();
+            assert_eq!(enc.code_len(), 16);
+            let codes = enc.encode_batch(base.view()).unwrap();
+            let hits = crate::search::scan_encoded(&enc, &codes, queries.view(), 10);
+            let truth = crate::search::exact_search(base.view(), queries.view(), Metric::Ip, 10);
+            crate::eval::recall_at_k(&hits, &truth, 10)
+        };
+        let sign = recall("hadamard128+asign");
+        let pq = recall("hadamard64+pq16");
+        assert!(pq > sign + 0.05, "pq16 {pq} vs asign {sign}");
+    }
+
+    #[test]
+    fn bad_shapes_are_refused() {
+        let base = Vectors::new(4, vec![0.5; 40]).unwrap();
+        assert!(matches!(
+            PqQuantizer::fit(&PqConfig::new(5, Metric::Ip), base.view(), 0),
+            Err(Error::InvalidInput(_))
+        ));
+        assert!(PqQuantizer::from_parts(4, 2, vec![0.0; 10], Metric::Ip).is_err());
+    }
+}
