@@ -31,6 +31,37 @@ pub fn gemm_abt(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, out: &mut [f
     }
 }
 
+/// `out (p x q) = a^T * b` where `a` is `n x p` and `b` is `n x q`; all row-major.
+pub fn gemm_atb(a: &[f32], b: &[f32], n: usize, p: usize, q: usize, out: &mut [f32]) {
+    assert!(a.len() >= n * p && b.len() >= n * q && out.len() >= p * q);
+    if p == 0 || q == 0 {
+        return;
+    }
+    if n == 0 {
+        out[..p * q].fill(0.0);
+        return;
+    }
+    // SAFETY: the assert above keeps every index the strides describe inside the buffers.
+    unsafe {
+        matrixmultiply::sgemm(
+            p,
+            n,
+            q,
+            1.0,
+            a.as_ptr(),
+            1,
+            p as isize,
+            b.as_ptr(),
+            q as isize,
+            1,
+            0.0,
+            out.as_mut_ptr(),
+            q as isize,
+            1,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -44,6 +75,16 @@ mod tests {
             for j in 0..n {
                 let want: f32 = (0..k).map(|t| a[i * k + t] * b[j * k + t]).sum();
                 assert!((out[i * n + j] - want).abs() < 1e-5);
+            }
+        }
+        // a^T b with a (m x k), b (m x n): k x n
+        let b2: Vec<f32> = (0..m * n).map(|i| (i as f32 * 0.23).cos()).collect();
+        let mut out2 = vec![0f32; k * n];
+        super::gemm_atb(&a, &b2, m, k, n, &mut out2);
+        for i in 0..k {
+            for j in 0..n {
+                let want: f32 = (0..m).map(|t| a[t * k + i] * b2[t * n + j]).sum();
+                assert!((out2[i * n + j] - want).abs() < 1e-5);
             }
         }
     }

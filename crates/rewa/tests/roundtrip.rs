@@ -8,9 +8,10 @@ use std::path::Path;
 fn spec(metric: Metric) -> IndexSpec {
     IndexSpec {
         metric,
-        pipeline: "pca32+hadamard128+sign:200,hadamard128+asign:100,pq16:70,hadamard64+int8:50,exact:10"
-            .parse()
-            .unwrap(),
+        pipeline:
+            "pca32+hadamard128+sign:200,hadamard128+asign:100,opq16+pq16:70,hadamard64+int8:50,exact:10"
+                .parse()
+                .unwrap(),
         seed: 5,
     }
 }

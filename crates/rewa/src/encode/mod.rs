@@ -12,6 +12,7 @@ mod flat;
 mod hadamard;
 mod int8;
 mod learned;
+mod opq;
 mod pca;
 mod pq;
 mod sign;
@@ -24,6 +25,7 @@ pub use learned::{
     gelu, gelu_u, layer_norm, LearnedConfig, LearnedTransform, ModelConfig, CONFIG_FILE,
     MODEL_FORMAT, MODEL_VERSION, TENSOR_NAMES, WEIGHTS_FILE,
 };
+pub use opq::{OpqConfig, OpqTransform};
 pub use pca::{PcaConfig, PcaTransform};
 pub use pq::{PqConfig, PqQuantizer, PQ_CENTROIDS};
 pub use sign::{
@@ -103,6 +105,8 @@ pub enum AnyTransform {
     Pca(PcaTransform),
     /// A trained MLP.
     Learned(LearnedTransform),
+    /// A rotation trained for product quantization.
+    Opq(OpqTransform),
 }
 
 impl AnyTransform {
@@ -111,6 +115,7 @@ impl AnyTransform {
             AnyTransform::Hadamard(t) => t,
             AnyTransform::Pca(t) => t,
             AnyTransform::Learned(t) => t,
+            AnyTransform::Opq(t) => t,
         }
     }
     /// Input dimension.
@@ -162,6 +167,11 @@ impl From<HadamardTransform> for AnyTransform {
 impl From<PcaTransform> for AnyTransform {
     fn from(t: PcaTransform) -> Self {
         AnyTransform::Pca(t)
+    }
+}
+impl From<OpqTransform> for AnyTransform {
+    fn from(t: OpqTransform) -> Self {
+        AnyTransform::Opq(t)
     }
 }
 impl From<LearnedTransform> for AnyTransform {
@@ -280,6 +290,9 @@ impl Encoder {
                 }
                 TransformSpec::Pca { m } => {
                     PcaTransform::fit(&PcaConfig { m: *m }, input, s)?.into()
+                }
+                TransformSpec::Opq { m } => {
+                    OpqTransform::fit(&OpqConfig::new(*m), input, s)?.into()
                 }
                 TransformSpec::Learned { path } => {
                     LearnedTransform::fit(&LearnedConfig { path: path.into() }, input, s)?.into()

@@ -15,7 +15,7 @@ use super::sign::table_distance;
 use super::Quantizer;
 use crate::distance::{dot, Metric};
 use crate::error::{invalid, Error, Result};
-use crate::vectors::VectorsRef;
+use crate::vectors::{Vectors, VectorsRef};
 use rand::seq::index::sample;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -151,20 +151,32 @@ fn nearest(x: &[f32], ds: usize, cents: &[f32], norms: &[f32], out: &mut [u8]) {
     }
 }
 
-/// k-means (Lloyd) of the rows of `x` (`n x ds`) into `k` centroids, from `k` distinct seeded
-/// rows (repeated when `n < k`). An emptied centroid takes half of the largest cluster: a copy
-/// of its centroid, both nudged apart (as FAISS does).
-pub(crate) fn kmeans(x: &[f32], ds: usize, k: usize, iters: usize, seed: u64) -> Vec<f32> {
+/// k-means (Lloyd) of the rows of `x` (`n x ds`) into `k` centroids, from `init` (`k x ds`)
+/// when given, else from `k` distinct seeded rows (repeated when `n < k`). An emptied centroid
+/// takes half of the largest cluster: a copy of its centroid, both nudged apart (as FAISS
+/// does).
+pub(crate) fn kmeans(
+    x: &[f32],
+    ds: usize,
+    k: usize,
+    iters: usize,
+    seed: u64,
+    init: Option<&[f32]>,
+) -> Vec<f32> {
     let n = x.len() / ds;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut cents = vec![0f32; k * ds];
-    let first: Vec<usize> = if n >= k {
-        sample(&mut rng, n, k).into_vec()
+    if let Some(init) = init {
+        cents.copy_from_slice(init);
     } else {
-        (0..k).map(|i| i % n).collect()
-    };
-    for (c, &i) in cents.chunks_exact_mut(ds).zip(&first) {
-        c.copy_from_slice(&x[i * ds..(i + 1) * ds]);
+        let first: Vec<usize> = if n >= k {
+            sample(&mut rng, n, k).into_vec()
+        } else {
+            (0..k).map(|i| i % n).collect()
+        };
+        for (c, &i) in cents.chunks_exact_mut(ds).zip(&first) {
+            c.copy_from_slice(&x[i * ds..(i + 1) * ds]);
+        }
     }
     let mut assign = vec![0u8; n];
     let mut sums = vec![0f64; k * ds];
@@ -211,6 +223,43 @@ pub(crate) fn kmeans(x: &[f32], ds: usize, k: usize, iters: usize, seed: u64) ->
     cents
 }
 
+/// At most `max` rows of `x`: a seeded sample in row order, or all of them.
+pub(crate) fn train_sample(x: VectorsRef<'_>, max: usize, seed: u64) -> Vectors {
+    if x.len() <= max {
+        return x.to_owned();
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut rows: Vec<u32> = sample(&mut rng, x.len(), max)
+        .into_iter()
+        .map(|i| i as u32)
+        .collect();
+    rows.sort_unstable();
+    x.gather(&rows)
+}
+
+/// The 256 centroids of each of the `m` sub-spaces of `x`, by k-means (warm-started from
+/// `init`, laid out as [`PqQuantizer::centroids`], when given), sub-spaces in parallel.
+pub(crate) fn codebooks(
+    x: VectorsRef<'_>,
+    m: usize,
+    iters: usize,
+    seed: u64,
+    init: Option<&[f32]>,
+) -> Vec<f32> {
+    let d = x.dim();
+    let parts: Vec<Vec<f32>> = (0..m)
+        .into_par_iter()
+        .map(|j| {
+            let (s, e) = bounds(d, m, j);
+            let sub: Vec<f32> = x.rows().flat_map(|r| &r[s..e]).copied().collect();
+            let sj = seed ^ (j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let init = init.map(|c| &c[PQ_CENTROIDS * s..PQ_CENTROIDS * e]);
+            kmeans(&sub, e - s, PQ_CENTROIDS, iters, sj, init)
+        })
+        .collect();
+    parts.concat()
+}
+
 impl Quantizer for PqQuantizer {
     type Config = PqConfig;
     type Query = Vec<[f32; 256]>;
@@ -223,28 +272,9 @@ impl Quantizer for PqQuantizer {
                 cfg.m
             )));
         }
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let rows: Vec<usize> = if train.len() > cfg.max_train {
-            let mut r = sample(&mut rng, train.len(), cfg.max_train).into_vec();
-            r.sort_unstable();
-            r
-        } else {
-            (0..train.len()).collect()
-        };
-        let parts: Vec<Vec<f32>> = (0..cfg.m)
-            .into_par_iter()
-            .map(|j| {
-                let (s, e) = bounds(d, cfg.m, j);
-                let sub: Vec<f32> = rows
-                    .iter()
-                    .flat_map(|&i| &train.row(i)[s..e])
-                    .copied()
-                    .collect();
-                let sj = seed ^ (j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                kmeans(&sub, e - s, PQ_CENTROIDS, cfg.iters, sj)
-            })
-            .collect();
-        PqQuantizer::from_parts(d, cfg.m, parts.concat(), cfg.metric)
+        let sample = train_sample(train, cfg.max_train, seed);
+        let cents = codebooks(sample.view(), cfg.m, cfg.iters, seed, None);
+        PqQuantizer::from_parts(d, cfg.m, cents, cfg.metric)
     }
     fn code_len(&self) -> usize {
         self.m
@@ -312,7 +342,7 @@ impl Quantizer for PqQuantizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Encoder, Vectors};
+    use crate::Encoder;
 
     #[test]
     fn table_distance_is_the_metric_to_the_decoded_vector() {
@@ -379,7 +409,7 @@ mod tests {
                 c[1] + (i as f32 * 0.11).cos() * 0.1,
             ]);
         }
-        let cents = kmeans(&x, 2, 4, 20, 7);
+        let cents = kmeans(&x, 2, 4, 20, 7, None);
         for c in centres {
             let hit = cents
                 .chunks_exact(2)
@@ -387,7 +417,7 @@ mod tests {
             assert!(hit, "no centroid near {c:?}: {cents:?}");
         }
         // more centroids than distinct points: still finite, no panic
-        let few = kmeans(&x[..6], 2, 8, 5, 1);
+        let few = kmeans(&x[..6], 2, 8, 5, 1, None);
         assert!(few.iter().all(|v| v.is_finite()));
     }
 

@@ -17,6 +17,11 @@ pub enum TransformSpec {
         /// Output dimension.
         m: usize,
     },
+    /// `opq<m>`: a rotation trained for `pq<m>` codes (output dimension = input dimension).
+    Opq {
+        /// Sub-spaces of the product quantizer it is trained for.
+        m: usize,
+    },
     /// `learned=DIR`: a model trained by `rewa train`; its output dimension is known once the
     /// model is loaded.
     Learned {
@@ -65,11 +70,15 @@ impl EncoderSpec {
     /// Dimension after the transforms, for input dimension `dim`; `None` when the last
     /// transform is a learned model (its dimension lives in the model).
     pub fn dim_out(&self, dim: usize) -> Option<usize> {
-        match self.transforms.last() {
-            None => Some(dim),
-            Some(TransformSpec::Hadamard { m } | TransformSpec::Pca { m }) => Some(*m),
-            Some(TransformSpec::Learned { .. }) => None,
+        let mut d = dim;
+        for t in &self.transforms {
+            d = match t {
+                TransformSpec::Hadamard { m } | TransformSpec::Pca { m } => *m,
+                TransformSpec::Opq { .. } => d,
+                TransformSpec::Learned { .. } => return None,
+            };
         }
+        Some(d)
     }
     /// Bytes per code for input dimension `dim`; `None` as for [`EncoderSpec::dim_out`].
     pub fn code_len(&self, dim: usize) -> Option<usize> {
@@ -89,6 +98,10 @@ impl EncoderSpec {
                 TransformSpec::Pca { m } if m > d => {
                     return invalid!("pca{m} needs input dimension >= {m}, got {d}");
                 }
+                TransformSpec::Opq { m } if m > d => {
+                    return invalid!("opq{m} needs input dimension >= {m}, got {d}");
+                }
+                TransformSpec::Opq { .. } => {}
                 TransformSpec::Hadamard { m } | TransformSpec::Pca { m } => d = m,
                 // The model's dimensions are checked when it is loaded.
                 TransformSpec::Learned { .. } => return Ok(()),
@@ -110,6 +123,7 @@ impl fmt::Display for TransformSpec {
         match self {
             TransformSpec::Hadamard { m } => write!(f, "hadamard{m}"),
             TransformSpec::Pca { m } => write!(f, "pca{m}"),
+            TransformSpec::Opq { m } => write!(f, "opq{m}"),
             TransformSpec::Learned { path } => write!(f, "learned={path}"),
         }
     }
@@ -191,12 +205,14 @@ impl FromStr for EncoderSpec {
                         TransformSpec::Hadamard { m }
                     } else if let Some(m) = dim_token(tok, "pca")? {
                         TransformSpec::Pca { m }
+                    } else if let Some(m) = dim_token(tok, "opq")? {
+                        TransformSpec::Opq { m }
                     } else if let Some(m) = dim_token(tok, "pq")? {
                         quantizer = Some(QuantizerSpec::Pq { m });
                         continue;
                     } else {
                         return invalid!(
-                            "encoder spec {s:?}: unknown token {tok:?} (known: hadamard<m>, pca<m>, learned=DIR, flat, sign, asign, int8, pq<m>)"
+                            "encoder spec {s:?}: unknown token {tok:?} (known: hadamard<m>, pca<m>, opq<m>, learned=DIR, flat, sign, asign, int8, pq<m>)"
                         );
                     }
                 }
@@ -236,6 +252,7 @@ mod tests {
             "hadamard256+asign",
             "pca64+int8",
             "hadamard384+pq32",
+            "opq32+pq32",
             "pq8",
             "pca128+hadamard64+sign",
             "learned=models/x+int8",
@@ -289,6 +306,12 @@ mod tests {
         assert_eq!(cl("flat", 768), 3072);
         assert_eq!(cl("pca64", 768), 256);
         assert_eq!(cl("hadamard384+pq32", 768), 32);
+        assert_eq!(cl("opq16+int8", 384), 384);
+        assert!("opq400+pq32"
+            .parse::<EncoderSpec>()
+            .unwrap()
+            .check(384)
+            .is_err());
         assert!("hadamard16+pq32"
             .parse::<EncoderSpec>()
             .unwrap()

@@ -38,8 +38,8 @@ use super::{Bytes, CodeSet, Index};
 use crate::distance::Metric;
 use crate::encode::{
     AnyQuantizer, AnyTransform, Encoder, EncoderSpec, FlatQuantizer, HadamardTransform,
-    Int8Quantizer, LearnedTransform, PcaTransform, PqQuantizer, QuantizerSpec, SignAsymQuantizer,
-    SignQuantizer, TransformSpec, PQ_CENTROIDS, TENSOR_NAMES,
+    Int8Quantizer, LearnedTransform, OpqTransform, PcaTransform, PqQuantizer, QuantizerSpec,
+    SignAsymQuantizer, SignQuantizer, TransformSpec, PQ_CENTROIDS, TENSOR_NAMES,
 };
 use crate::error::{Error, Result};
 use crate::search::Pipeline;
@@ -156,6 +156,13 @@ fn params_tensors(index: &Index) -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {
                 AnyTransform::Hadamard(h) => {
                     f(format!("{p}.signs"), vec![h.signs().len()], h.signs());
                     keeps.push((format!("{p}.keep"), h.keep().to_vec()));
+                }
+                AnyTransform::Opq(o) => {
+                    f(
+                        format!("{p}.rotation"),
+                        vec![tr.dim_in(), tr.dim_in()],
+                        o.rotation(),
+                    );
                 }
                 AnyTransform::Learned(l) => {
                     for (name, shape, v) in l.tensors() {
@@ -511,6 +518,12 @@ fn load_encoder(
                 let comp = p.get::<f32>(&format!("{pre}.components"), Dtype::F32, m * d)?;
                 let var = p.get::<f32>(&format!("{pre}.variances"), Dtype::F32, m)?;
                 PcaTransform::from_parts(d, mean, comp, var)?.into()
+            }
+            TransformSpec::Opq { m } => {
+                let rot = p.get::<f32>(&format!("{pre}.rotation"), Dtype::F32, d * d)?;
+                OpqTransform::from_parts(d, m, rot)
+                    .map_err(|e| Error::corrupt(&p.path, format!("{pre}: {e}")))?
+                    .into()
             }
             TransformSpec::Learned { .. } => load_learned(p, &pre, d)?.into(),
         };
