@@ -241,10 +241,16 @@ fn scan_tables<Q: Quantizer<Query = Vec<[f32; 256]>>>(
     codes: &[u8],
     k: usize,
 ) -> Vec<Vec<Hit>> {
-    let rows: Vec<&[f32]> = tq.rows().collect();
-    rows.chunks(64)
+    let d = tq.dim();
+    tq.as_slice()
+        .chunks(64 * d)
         .flat_map(|c| {
-            let qs: Vec<_> = c.par_iter().map(|r| q.prepare(r)).collect();
+            let qs: Vec<_> = c
+                .par_chunks(16 * d)
+                .flat_map_iter(|c| {
+                    q.prepare_batch(VectorsRef::new(d, c).expect("invariant: whole rows"))
+                })
+                .collect();
             scan_codes(q, &qs, codes, k)
         })
         .collect()

@@ -66,6 +66,10 @@ const CASES: &[(&str, Metric, usize, f64)] = &[
     ("hadamard256+sign:10", Metric::Cosine, 64, 0.42), // 0.452
     ("hadamard128+sign:10", Metric::L2, 128, 0.32),    // 0.357
     ("hadamard256+sign:200,exact:10", Metric::Cosine, 64, 0.97), // 1.000
+    ("pq16:10", Metric::Cosine, 64, 0.33),             // 0.362
+    ("pq16:10", Metric::L2, 128, 0.34),                // 0.375
+    ("opq16+pq16:10", Metric::L2, 128, 0.36),          // 0.389
+    ("pq16:50,exact:10", Metric::Ip, 128, 0.97),       // 1.000
     (
         "hadamard256+sign:500,int8:50,exact:10",
         Metric::L2,
@@ -166,8 +170,9 @@ fn encoders_over_odd_dims() {
     for dim in [1usize, 7, 8, 9, 63, 64, 65, 127, 768] {
         let base = rewa::testutil::gaussian(300, dim, dim as u64);
         let p = format!(
-            "hadamard{dim}+sign:100,hadamard{dim}+int8:50,pca{}:20,exact:5",
-            dim.min(8)
+            "hadamard{dim}+sign:100,pq{q}:70,hadamard{dim}+int8:50,pca{}:20,exact:5",
+            dim.min(8),
+            q = dim.min(4)
         );
         let spec = IndexSpec {
             metric: Metric::L2,

@@ -37,12 +37,15 @@ fn rows(dim: usize) -> Vec<String> {
         "hadamard16+sign:K".into(),
         "hadamard256+sign:K".into(),
         "hadamard256+asign:K".into(),
+        "pq32:K".into(),
+        "opq32+pq32:K".into(),
         "hadamard256+int8:K".into(),
         "hadamard256:K".into(),
         format!("pca{p}:K"),
         "flat:K".into(),
         "hadamard512+sign:200,exact:K".into(),
         "hadamard256+asign:200,exact:K".into(),
+        "opq32+pq32:100,exact:K".into(),
         "hadamard512+sign:500,hadamard256+int8:50,exact:K".into(),
     ]
 }

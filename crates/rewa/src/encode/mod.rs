@@ -92,6 +92,10 @@ pub trait Quantizer: Send + Sync {
     }
     /// Prepares a (transformed) query.
     fn prepare(&self, query: &[f32]) -> Self::Query;
+    /// Prepares many queries; quantizers with a batched path (a matrix product) override it.
+    fn prepare_batch(&self, queries: VectorsRef<'_>) -> Vec<Self::Query> {
+        queries.rows().map(|r| self.prepare(r)).collect()
+    }
     /// Distance from a prepared query to one code.
     fn distance(&self, q: &Self::Query, code: &[u8]) -> f32;
 }
