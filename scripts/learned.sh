@@ -4,7 +4,7 @@
 #     for the training vectors, held-out same-class queries, held-out new classes;
 #  2. SciFact MiniLM: trained on the corpus + the 809 train queries, measured on the 300 test
 #     queries (recall@10 vs exact, nDCG@10 with qrels/test.tsv) against pca and hadamard at
-#     m = 32, 64, 128 floats and at 32 bytes (+sign on 256 dims, +int8 on 32 dims); learned
+#     m = 32, 64, 128 floats and at 32 bytes (+sign on 256 dims, +int8 on 32 dims, +opq32+pq32); learned
 #     models start random (sf<m>) or from the PCA projection (sfpca<m>, --init pca);
 #  3. training speed, 100k x 768 (rewa synth --classes 1000), 10 epochs, labels.
 # "train recall@10" uses the first 1000 training vectors as queries with their own row left
@@ -78,6 +78,8 @@ for m in 32 64 128; do
 done
 $R train --base "$W/docs_trainq.npy" --dim 256 --hidden 512 --qat sign --out "$W/sf256sign" 2>&1 | grep -E "best epoch" >&2
 for enc in "learned=$W/sf256sign+sign" pca256+sign hadamard256+sign "learned=$W/sf32+int8" pca32+int8 hadamard32+int8; do row "${enc/$W\//}" "$(ev "$enc")"; done
+echo "32 bytes as product-quantization codes (opq32+pq32 after the learned or PCA projection, or on the raw 384 dims):"
+for enc in "learned=$W/sf128+opq32+pq32" "learned=$W/sfpca128+opq32+pq32" pca128+opq32+pq32 opq32+pq32 pq32; do row "${enc/$W\//}" "$(ev "$enc")"; done
 row flat "$(ev flat)"
 fi
 
