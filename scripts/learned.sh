@@ -42,9 +42,12 @@ echo "## 1. seed reproduction (rewa synth defaults, m = 256)"
 [ -f "$W/synth/base.npy" ] || $R synth --out "$W/synth"
 $R train --base "$W/synth/base.npy" --dim 256 --out "$W/synth-learned256" 2>&1 | grep -E "best epoch"
 $R train --base "$W/synth/base.npy" --dim 256 --labels "$W/synth/labels.npy" --out "$W/synth-labels256" 2>&1 | grep -E "best epoch"
+for a in 0.03 0.05; do
+  $R train --base "$W/synth/base.npy" --dim 256 --augment $a --out "$W/synth-aug$a" 2>&1 | grep -E "best epoch"
+done
 echo "| encoder | bytes | train recall@10 | held-out same-class | held-out new classes | gap |"
 echo "|---|---:|---:|---:|---:|---:|"
-for enc in "learned=$W/synth-learned256" "learned=$W/synth-labels256" hadamard256 pca256 flat; do
+for enc in "learned=$W/synth-learned256" "learned=$W/synth-aug0.03" "learned=$W/synth-aug0.05" "learned=$W/synth-labels256" hadamard256 pca256 flat; do
   $R encode --base "$W/synth/base.npy" --encoder "$enc" --out "$W/z.npy" 2>/dev/null
   a=$(self_recall "$W/synth/base.npy" "$W/z.npy")
   b=$($R eval --base "$W/synth/base.npy" --queries "$W/synth/queries_same.npy" --encoder "$enc" --json 2>/dev/null)

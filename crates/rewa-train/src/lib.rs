@@ -15,7 +15,8 @@ pub mod train;
 
 pub use model::{Mlp, Qat};
 pub use train::{
-    default_distill, train, EpochLog, Init, Observer, Quiet, Supervision, TrainConfig, TrainOutcome,
+    default_distill, default_lr, train, EpochLog, Init, Observer, Quiet, Supervision, TrainConfig,
+    TrainOutcome,
 };
 
 /// Everything that can go wrong while training.

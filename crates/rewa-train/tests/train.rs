@@ -161,6 +161,23 @@ fn seeded_runs_repeat_and_saved_models_give_identical_codes() {
     for (x, y) in a.model.tensors().iter().zip(b.model.tensors()) {
         assert_eq!(x.2, y.2, "{} differs between two runs with one seed", x.0);
     }
+    // augmentation draws from the same seeded stream: repeatable, and it changes the run
+    let aug = TrainConfig {
+        augment: 0.05,
+        ..cfg.clone()
+    };
+    let c = run(&base, &Supervision::Neighbours, &aug).unwrap();
+    let d = run(&base, &Supervision::Neighbours, &aug).unwrap();
+    for ((x, y), z) in c
+        .model
+        .tensors()
+        .iter()
+        .zip(d.model.tensors())
+        .zip(a.model.tensors())
+    {
+        assert_eq!(x.2, y.2, "{} differs between two augmented runs", x.0);
+        assert_ne!(x.2, z.2, "{}: augmentation changed nothing", x.0);
+    }
     let dir = tempfile::tempdir().unwrap();
     let mdir = dir.path().join("m");
     a.model.save(&mdir, serde_json::Value::Null).unwrap();
@@ -281,6 +298,16 @@ fn bad_input_gets_clear_errors() {
         .err()
         .unwrap();
     assert!(e.to_string().contains("--distill"), "{e}");
+    for a in [-0.1, f32::NAN] {
+        let bad_augment = TrainConfig {
+            augment: a,
+            ..cfg.clone()
+        };
+        let e = run(&base, &Supervision::Neighbours, &bad_augment)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("--augment"), "{e}");
+    }
     let mut nan = base.clone();
     nan.as_mut_slice()[70] = f32::NAN;
     let e = run(&nan, &Supervision::Neighbours, &cfg).err().unwrap();

@@ -62,9 +62,10 @@ pub struct Args {
     /// Inputs per batch (half anchors, half their positives).
     #[arg(long, default_value_t = TrainConfig::default().batch)]
     batch: usize,
-    /// Peak learning rate (AdamW; cosine-annealed to 1% of it).
-    #[arg(long, default_value_t = TrainConfig::default().lr)]
-    lr: f64,
+    /// Peak learning rate (AdamW; cosine-annealed to 1% of it). Default: 3e-3, or 3e-4 with
+    /// --init pca (a fine-tune of a good start).
+    #[arg(long)]
+    lr: Option<f64>,
     /// AdamW weight decay.
     #[arg(long, default_value_t = TrainConfig::default().weight_decay)]
     weight_decay: f64,
@@ -93,6 +94,10 @@ pub struct Args {
     /// Standard deviation of Gaussian noise added to training inputs.
     #[arg(long, default_value_t = TrainConfig::default().input_noise)]
     input_noise: f32,
+    /// Standard deviation of Gaussian noise added to each batch before both the full-space
+    /// teacher and the network see it: fresh points every epoch, against memorisation.
+    #[arg(long, default_value_t = TrainConfig::default().augment)]
+    augment: f32,
     /// Share held out for validation.
     #[arg(long, default_value_t = TrainConfig::default().val_fraction)]
     val_fraction: f64,
@@ -225,7 +230,7 @@ pub fn run(a: Args) -> Result<()> {
         hidden: a.hidden,
         epochs: a.epochs,
         batch: a.batch,
-        lr: a.lr,
+        lr: a.lr.unwrap_or_else(|| rewa_train::default_lr(a.init)),
         weight_decay: a.weight_decay,
         temperature: a.temperature,
         learn_temperature: !a.fixed_temperature,
@@ -238,6 +243,7 @@ pub fn run(a: Args) -> Result<()> {
         group: a.group,
         dropout: a.dropout,
         input_noise: a.input_noise,
+        augment: a.augment,
         val_fraction: a.val_fraction,
         patience: a.patience,
         qat: a.qat,
