@@ -94,6 +94,48 @@ pub fn par_gemm(
         });
 }
 
+/// `x x^T` (`n x n`, row-major) of a row-major `n x d` matrix, computing only the blocks on
+/// and above the diagonal of a 4 x 4 block grid (10 products of 16) and mirroring the rest.
+pub fn par_gram(x: &[f32], n: usize, d: usize) -> Vec<f32> {
+    const B: usize = 4;
+    let bs = n.div_ceil(B).max(1);
+    let span = |i: usize| (i * bs, ((i + 1) * bs).min(n));
+    let pairs: Vec<(usize, usize)> = (0..B)
+        .flat_map(|i| (i..B).map(move |j| (i, j)))
+        .filter(|&(i, j)| span(i).0 < n && span(j).0 < n)
+        .collect();
+    let blocks: Vec<((usize, usize), Vec<f32>)> = pairs
+        .into_par_iter()
+        .map(|(i, j)| {
+            let ((r0, r1), (c0, c1)) = (span(i), span(j));
+            let mut out = vec![0f32; (r1 - r0) * (c1 - c0)];
+            rewa::linalg::gemm_abt(
+                &x[r0 * d..r1 * d],
+                &x[c0 * d..c1 * d],
+                r1 - r0,
+                d,
+                c1 - c0,
+                &mut out,
+            );
+            ((i, j), out)
+        })
+        .collect();
+    let mut g = vec![0f32; n * n];
+    for ((i, j), out) in blocks {
+        let ((r0, r1), (c0, c1)) = (span(i), span(j));
+        let w = c1 - c0;
+        for (r, row) in (r0..r1).zip(out.chunks_exact(w)) {
+            g[r * n + c0..r * n + c1].copy_from_slice(row);
+            if i != j {
+                for (c, &v) in (c0..c1).zip(row) {
+                    g[c * n + r] = v;
+                }
+            }
+        }
+    }
+    g
+}
+
 /// Column sums of a row-major `n x c` matrix.
 fn column_sums(g: &[f32], c: usize) -> Vec<f32> {
     g.par_chunks(ROWS_PER_TASK * c)
@@ -378,6 +420,9 @@ pub fn l2_normalize(z: &Tensor) -> Result<Tensor> {
 /// `-(1/n) sum_i sum_{j != i} t_ij log softmax_{j != i}(logits_i)_j`.
 struct SimilarityCe {
     targets: Arc<Vec<f32>>,
+    /// The forward pass's logits and per-row log-sum-exps, which the backward pass of the
+    /// same op (same `z`) reuses instead of recomputing the Gram matrix.
+    cache: std::sync::Mutex<Option<(Vec<f32>, Vec<f32>)>>,
 }
 
 /// Per row: the log-sum-exp over the off-diagonal entries.
@@ -398,8 +443,7 @@ fn off_diagonal_lse(row: &[f32], i: usize) -> f32 {
 
 /// `exp(log_scale) * z z^T`, row-major `n x n`.
 fn scaled_gram(z: &[f32], n: usize, m: usize, log_scale: f32) -> Vec<f32> {
-    let mut g = vec![0f32; n * n];
-    par_gemm(n, m, n, z, (m, 1), z, (1, m), &mut g);
+    let mut g = par_gram(z, n, m);
     let s = log_scale.exp();
     g.par_chunks_mut(n)
         .for_each(|r| r.iter_mut().for_each(|v| *v *= s));
@@ -428,18 +472,24 @@ impl CustomOp2 for SimilarityCe {
             );
         }
         let logits = scaled_gram(contiguous(zs, zl)?, n, m, contiguous(ss, sl)?[0]);
+        let lses: Vec<f32> = logits
+            .par_chunks(n)
+            .enumerate()
+            .map(|(i, row)| off_diagonal_lse(row, i))
+            .collect();
         let total: f64 = logits
             .par_chunks(n)
             .zip(self.targets.par_chunks(n))
+            .zip(lses.par_iter())
             .enumerate()
-            .map(|(i, (row, t))| {
-                let lse = off_diagonal_lse(row, i);
+            .map(|(i, ((row, t), &lse))| {
                 (0..n)
                     .filter(|&j| j != i && t[j] != 0.0)
                     .map(|j| -(t[j] * (row[j] - lse)) as f64)
                     .sum::<f64>()
             })
             .sum();
+        *self.cache.lock().expect("cache lock") = Some((logits, lses));
         Ok((
             CpuStorage::F32(vec![(total / n as f64) as f32]),
             Shape::from(()),
@@ -457,14 +507,26 @@ impl CustomOp2 for SimilarityCe {
         let zv = host(z)?;
         let ls = host(log_scale)?[0];
         let scale = g.to_scalar::<f32>()? / n as f32;
-        let mut logits = scaled_gram(&zv, n, m, ls);
+        let cached = self.cache.lock().expect("cache lock").take();
+        let (mut logits, lses) = match cached {
+            Some((l, s)) if l.len() == n * n => (l, s),
+            _ => {
+                let l = scaled_gram(&zv, n, m, ls);
+                let s = l
+                    .par_chunks(n)
+                    .enumerate()
+                    .map(|(i, row)| off_diagonal_lse(row, i))
+                    .collect();
+                (l, s)
+            }
+        };
         // d loss / d logits, in place; and d loss / d log_scale = sum(dlogits * logits)
         let dls: f64 = logits
             .par_chunks_mut(n)
             .zip(self.targets.par_chunks(n))
+            .zip(lses.par_iter())
             .enumerate()
-            .map(|(i, (row, t))| {
-                let lse = off_diagonal_lse(row, i);
+            .map(|(i, ((row, t), &lse))| {
                 let tsum: f32 = (0..n).filter(|&j| j != i).map(|j| t[j]).sum();
                 let mut acc = 0f64;
                 for j in 0..n {
@@ -505,6 +567,7 @@ pub fn similarity_cross_entropy(
         log_scale,
         SimilarityCe {
             targets: Arc::new(targets),
+            cache: std::sync::Mutex::new(None),
         },
     )
 }
@@ -582,6 +645,20 @@ mod tests {
         let mut c2 = vec![0f32; m * n];
         par_gemm(m, k, n, &at, (1, m), &bt, (1, k), &mut c2);
         assert!(c2.iter().zip(&want).all(|(x, y)| (x - y).abs() < 1e-4));
+    }
+
+    #[test]
+    fn par_gram_agrees_with_loops() {
+        for (n, d) in [(1, 3), (5, 2), (37, 19), (64, 8)] {
+            let x = rand((n, d), n as u64);
+            let g = par_gram(&x, n, d);
+            for i in 0..n {
+                for j in 0..n {
+                    let want: f32 = (0..d).map(|t| x[i * d + t] * x[j * d + t]).sum();
+                    assert!((g[i * n + j] - want).abs() < 1e-4, "n {n} [{i},{j}]");
+                }
+            }
+        }
     }
 
     #[test]

@@ -340,7 +340,7 @@ fn check_config(cfg: &TrainConfig, d: usize) -> Result<()> {
             cfg.val_fraction
         ));
     }
-    if !(0.0..1.0).contains(&cfg.dropout) || !(cfg.input_noise >= 0.0) {
+    if !(0.0..1.0).contains(&cfg.dropout) || cfg.input_noise.is_nan() || cfg.input_noise < 0.0 {
         return bad("dropout must be in [0, 1) and input noise >= 0".into());
     }
     if !(cfg.augment >= 0.0 && cfg.augment.is_finite()) {
@@ -967,8 +967,7 @@ fn batch_loss(
     let distill = cfg.distill.unwrap_or(0.0);
     if distill > 0.0 {
         // teacher: the softmax of the full-space similarities, diagonal left out
-        let mut g = vec![0f32; n * n];
-        crate::ops::par_gemm(n, b.dim, n, xs, (b.dim, 1), xs, (1, b.dim), &mut g);
+        let mut g = crate::ops::par_gram(xs, n, b.dim);
         let diag: Vec<f32> = (0..n).map(|i| g[i * n + i]).collect();
         let inv_t = 1.0 / cfg.teacher_temperature as f32;
         let w = distill as f32;
