@@ -180,6 +180,23 @@ pub fn read_npy(path: &Path) -> Result<NpyArray> {
             if have < need { " (truncated)" } else { "" }
         )));
     }
+    if let Dtype::F32 = dtype {
+        // straight into the floats: one buffer of the file's size instead of two, and no copy
+        // (a 3 GB base spent as long faulting in and copying the second buffer as reading)
+        let mut v = vec![0f32; count];
+        // SAFETY: f32 accepts every bit pattern; the byte view covers exactly `v`'s memory.
+        let b = unsafe {
+            std::slice::from_raw_parts_mut(
+                v.as_mut_ptr().cast::<u8>(),
+                std::mem::size_of_val(&v[..]),
+            )
+        };
+        f.read_exact(b).map_err(|e| Error::io(path, e))?;
+        return Ok(NpyArray {
+            shape,
+            data: NpyData::Float(v),
+        });
+    }
     let mut bytes = vec![0u8; need as usize];
     f.read_exact(&mut bytes).map_err(|e| Error::io(path, e))?;
     let data = decode(dtype, &bytes, count);
