@@ -70,6 +70,7 @@ fn add_equals_build_on_concatenation() {
     index.add(first).unwrap();
     index.save(t.path()).unwrap();
     let mut reopened = Index::open(t.path()).unwrap();
+    reopened.reserve(second.len()); // a mapped index is copied into memory first
     reopened.add(second).unwrap();
     reopened.save(t.path()).unwrap();
     let after = Index::open(t.path()).unwrap();

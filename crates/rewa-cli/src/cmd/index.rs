@@ -120,6 +120,7 @@ fn add_with_progress(index: &mut Index, data: &Vectors) -> Result<()> {
         .expect("valid template"),
     );
     const CHUNK: usize = 65536;
+    index.reserve(data.len());
     let v = data.view();
     for start in (0..data.len()).step_by(CHUNK) {
         let end = (start + CHUNK).min(data.len());

@@ -57,6 +57,15 @@ impl Bytes {
         bytes[*len..new_len].copy_from_slice(data);
         *len = new_len;
     }
+    /// Makes room for `more` bytes beyond the current length (a mapped buffer is first copied
+    /// into memory), so that appends in chunks do not double the buffer as they go.
+    pub(crate) fn reserve(&mut self, more: usize) {
+        self.extend(&[]);
+        if let Bytes::Owned { words, len } = self {
+            let want = (*len + more).div_ceil(8);
+            words.reserve_exact(want.saturating_sub(words.len()));
+        }
+    }
     /// The bytes as f32 (little-endian host; `len` is a multiple of 4).
     pub(crate) fn as_f32(&self) -> &[f32] {
         let b = self.as_slice();

@@ -110,6 +110,18 @@ impl Index {
         Ok(index)
     }
 
+    /// Makes room for `more` vectors, so that adding them in chunks does not grow (and copy)
+    /// the buffers step by step.
+    pub fn reserve(&mut self, more: usize) {
+        for cs in &mut self.code_sets {
+            let cl = cs.encoder.code_len();
+            cs.codes.reserve(more * cl);
+        }
+        if let Some(v) = &mut self.vectors {
+            v.reserve(more * 4 * self.dim);
+        }
+    }
+
     /// Encodes and appends `data`; ids continue from the current count.
     pub fn add(&mut self, data: VectorsRef<'_>) -> Result<()> {
         if data.dim() != self.dim {
