@@ -184,16 +184,36 @@ fn build_search_info_tune() {
             })
             .collect()
     };
+    let all = keeps(&j);
     let met: Vec<usize> = j["curve"]
         .as_array()
         .unwrap()
         .iter()
-        .zip(keeps(&j))
+        .zip(&all)
         .filter(|(c, _)| c["recall_at_k"].as_f64().unwrap() >= 0.9)
-        .map(|(_, k)| k)
+        .map(|(_, &k)| k)
         .collect();
-    assert_eq!(met.len(), 1, "{j}");
-    assert_eq!(*keeps(&j).last().unwrap(), met[0], "{j}");
+    // the doubling grid (20, 40, 80, ...) stops at its first met setting ...
+    let on_grid = |k: usize| k % 20 == 0 && (k / 20).is_power_of_two();
+    let grid: Vec<usize> = all.iter().copied().take_while(|&k| on_grid(k)).collect();
+    let grid_met: Vec<usize> = met.iter().copied().filter(|&k| on_grid(k)).collect();
+    assert_eq!(grid_met.len(), 1, "{j}");
+    assert_eq!(*grid.last().unwrap(), grid_met[0], "{j}");
+    // ... then bisects between half of it and it, and keeps the smallest keep that met
+    let top = grid_met[0];
+    let refine = &all[grid.len()..];
+    assert!(!refine.is_empty(), "no refinement: {j}");
+    assert!(refine.iter().all(|&k| k > top / 2 && k < top), "{j}");
+    let chosen_keep: usize = chosen
+        .split(',')
+        .next()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(chosen_keep, *met.iter().min().unwrap(), "{j}");
     let j = json(
         "tune --index idx --queries s/queries_same.npy --target-recall 1.01 --max-keep 100",
         d,

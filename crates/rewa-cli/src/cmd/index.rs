@@ -341,18 +341,9 @@ pub fn tune(a: TuneArgs) -> Result<()> {
             })
             .collect();
     }
-    let mut curve = Vec::new();
-    // Keeps that reached the target. A setting whose every keep is at least those of one of
-    // them does more work for no better recall than needed, so it is not measured; the grid
-    // is in ascending order, so those come after.
-    let mut met_keeps: Vec<Vec<usize>> = Vec::new();
-    for mut keeps in grid {
-        if met_keeps
-            .iter()
-            .any(|m| m.iter().zip(&keeps).all(|(m, c)| c >= m))
-        {
-            continue;
-        }
+    let mut curve: Vec<(Pipeline, f64, f64, Vec<usize>)> = Vec::new();
+    let measure = |index: &Index, keeps: &[usize]| -> Result<(Pipeline, f64, f64)> {
+        let mut keeps = keeps.to_vec();
         keeps.push(k);
         let p = base.with_keeps(&keeps)?;
         let t = Instant::now();
@@ -366,17 +357,60 @@ pub fn tune(a: TuneArgs) -> Result<()> {
         let qps = queries.len() as f64 / t.elapsed().as_secs_f64().max(1e-9);
         let r = recall_at_k(&hits, &gt, k);
         eprintln!("  {p:<60} recall@{k} {r:.4}  {qps:>9.0} QPS");
-        if r >= a.target_recall {
-            met_keeps.push(keeps[..free].to_vec());
+        Ok((p, r, qps))
+    };
+    // Keeps that reached the target. A setting whose every keep is at least those of one of
+    // them does more work for no better recall than needed, so it is not measured; the grid
+    // is in ascending order, so those come after.
+    let mut met_keeps: Vec<Vec<usize>> = Vec::new();
+    for keeps in grid {
+        if met_keeps
+            .iter()
+            .any(|m| m.iter().zip(&keeps).all(|(m, c)| c >= m))
+        {
+            continue;
         }
-        curve.push((p, r, qps));
+        let (p, r, qps) = measure(&index, &keeps)?;
+        if r >= a.target_recall {
+            met_keeps.push(keeps.clone());
+        }
+        curve.push((p, r, qps, keeps));
     }
-    let ok = curve
+    // The doubling grid overshoots a stage's keep by up to 2x: bisect each stage of the
+    // fastest setting that met the target between half its keep and its keep (recall grows
+    // with keep), three steps each, taking any smaller keep that still meets the target.
+    let mut refined = curve
         .iter()
         .filter(|c| c.1 >= a.target_recall)
-        .max_by(|a, b| a.2.total_cmp(&b.2));
-    let (chosen, met) = match ok {
-        Some(c) => (c.clone(), true),
+        .max_by(|a, b| a.2.total_cmp(&b.2))
+        .cloned();
+    if let Some(start) = refined.clone() {
+        let mut keeps = start.3;
+        for s in 0..free {
+            let floor = keeps.get(s + 1).copied().unwrap_or(k);
+            let (mut lo, mut hi) = ((keeps[s] / 2).max(floor), keeps[s]);
+            for _ in 0..3 {
+                let mid = (lo + hi) / 2;
+                if mid <= lo || mid >= hi {
+                    break;
+                }
+                let mut trial = keeps.clone();
+                trial[s] = mid;
+                let (p, r, qps) = measure(&index, &trial)?;
+                let entry = (p, r, qps, trial.clone());
+                curve.push(entry.clone());
+                if r >= a.target_recall {
+                    hi = mid;
+                    keeps = trial;
+                    refined = Some(entry);
+                } else {
+                    lo = mid;
+                }
+            }
+        }
+    }
+    let (chosen, met) = match refined {
+        Some(c) => (c, true),
         None => (
             curve
                 .iter()
@@ -401,7 +435,7 @@ pub fn tune(a: TuneArgs) -> Result<()> {
     if a.json {
         let c: Vec<_> = curve
             .iter()
-            .map(|(p, r, q)| json!({"pipeline": p.to_string(), "recall_at_k": r, "qps": q}))
+            .map(|(p, r, q, _)| json!({"pipeline": p.to_string(), "recall_at_k": r, "qps": q}))
             .collect();
         println!(
             "{}",
