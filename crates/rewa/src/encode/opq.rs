@@ -18,6 +18,9 @@ use super::{Quantizer, Transform};
 use crate::distance::Metric;
 use crate::error::{invalid, Error, Result};
 use crate::vectors::{Vectors, VectorsRef};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
 
 /// Settings for [`OpqTransform`].
@@ -109,8 +112,11 @@ impl Transform for OpqTransform {
         let x = train_sample(train, cfg.max_train, seed);
         // a seeded random rotation to start from (as FAISS): from the identity, data whose
         // variance sits in a few sub-spaces is a fixed point of the alternation
-        let g = crate::testutil::gaussian(d, d, seed ^ 0x0F0F);
-        let gm = faer::Mat::<f64>::from_fn(d, d, |i, j| g.row(i)[j] as f64);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0F0F);
+        let g: Vec<f32> = (0..d * d)
+            .map(|_| StandardNormal.sample(&mut rng))
+            .collect();
+        let gm = faer::Mat::<f64>::from_fn(d, d, |i, j| g[i * d + j] as f64);
         let q = gm.qr().compute_Q();
         let mut t = OpqTransform {
             m: cfg.m,
