@@ -256,8 +256,22 @@ fn scan_tables<Q: Quantizer<Query = Vec<[f32; 256]>>>(
         .collect()
 }
 
-/// First-stage scan of `codes` (`code_len` bytes each) for many prepared queries.
+/// First-stage scan of `codes` (`code_len` bytes each) for many prepared queries; a few
+/// queries over a large base split the base between threads (see `sharded`).
 pub fn scan_codes<Q: Quantizer>(
+    quantizer: &Q,
+    queries: &[Q::Query],
+    codes: &[u8],
+    k: usize,
+) -> Vec<Vec<Hit>> {
+    let cl = quantizer.code_len();
+    let n = codes.len() / cl;
+    sharded(n, queries.len(), k.min(n).max(1), |a, b| {
+        scan_codes_serial(quantizer, queries, &codes[a * cl..b * cl], k)
+    })
+}
+
+fn scan_codes_serial<Q: Quantizer>(
     quantizer: &Q,
     queries: &[Q::Query],
     codes: &[u8],

@@ -231,4 +231,17 @@ fn single_query_sharded_scans_equal_batch_scans() {
             assert_eq!(one[0], batch_exact[i], "exact query {i}");
         }
     });
+    // the table and int8 scans shard the same way
+    for spec in ["int8", "pq4", "hadamard16+asign"] {
+        let enc = rewa::Encoder::fit(&spec.parse().unwrap(), base.view(), Metric::L2, 1).unwrap();
+        let codes = enc.encode_batch(base.view()).unwrap();
+        pool.install(|| {
+            let batch = rewa::search::scan_encoded(&enc, &codes, queries.view(), 30);
+            for i in 0..8 {
+                let one =
+                    rewa::search::scan_encoded(&enc, &codes, queries.view().slice(i, i + 1), 30);
+                assert_eq!(one[0], batch[i], "{spec} query {i}");
+            }
+        });
+    }
 }
