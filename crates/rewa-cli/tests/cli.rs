@@ -116,6 +116,12 @@ fn bad_inputs_fail_with_messages() {
     );
 }
 
+/// The keep of a pipeline's first stage: `hadamard64+sign:160,exact:10` -> 160.
+fn first_keep(pipeline: &str) -> usize {
+    let first = pipeline.split(',').next().unwrap();
+    first.rsplit(':').next().unwrap().parse().unwrap()
+}
+
 #[test]
 fn build_search_info_tune() {
     let t = tempfile::tempdir().unwrap();
@@ -171,17 +177,7 @@ fn build_search_info_tune() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|c| {
-                let p = c["pipeline"].as_str().unwrap();
-                p.split(',')
-                    .next()
-                    .unwrap()
-                    .rsplit(':')
-                    .next()
-                    .unwrap()
-                    .parse()
-                    .unwrap()
-            })
+            .map(|c| first_keep(c["pipeline"].as_str().unwrap()))
             .collect()
     };
     let all = keeps(&j);
@@ -194,7 +190,7 @@ fn build_search_info_tune() {
         .map(|(_, &k)| k)
         .collect();
     // the doubling grid (20, 40, 80, ...) stops at its first met setting ...
-    let on_grid = |k: usize| k % 20 == 0 && (k / 20).is_power_of_two();
+    let on_grid = |k: usize| k.is_multiple_of(20) && (k / 20).is_power_of_two();
     let grid: Vec<usize> = all.iter().copied().take_while(|&k| on_grid(k)).collect();
     let grid_met: Vec<usize> = met.iter().copied().filter(|&k| on_grid(k)).collect();
     assert_eq!(grid_met.len(), 1, "{j}");
@@ -204,15 +200,7 @@ fn build_search_info_tune() {
     let refine = &all[grid.len()..];
     assert!(!refine.is_empty(), "no refinement: {j}");
     assert!(refine.iter().all(|&k| k > top / 2 && k < top), "{j}");
-    let chosen_keep: usize = chosen
-        .split(',')
-        .next()
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let chosen_keep = first_keep(&chosen);
     assert_eq!(chosen_keep, *met.iter().min().unwrap(), "{j}");
     let j = json(
         "tune --index idx --queries s/queries_same.npy --target-recall 1.01 --max-keep 100",

@@ -450,6 +450,17 @@ fn scaled_gram(z: &[f32], n: usize, m: usize, log_scale: f32) -> Vec<f32> {
     g
 }
 
+/// The scaled Gram matrix and each row's off-diagonal log-sum-exp.
+fn logits_and_lses(z: &[f32], n: usize, m: usize, log_scale: f32) -> (Vec<f32>, Vec<f32>) {
+    let logits = scaled_gram(z, n, m, log_scale);
+    let lses = logits
+        .par_chunks(n)
+        .enumerate()
+        .map(|(i, row)| off_diagonal_lse(row, i))
+        .collect();
+    (logits, lses)
+}
+
 impl CustomOp2 for SimilarityCe {
     fn name(&self) -> &'static str {
         "rewa-similarity-cross-entropy"
@@ -471,12 +482,7 @@ impl CustomOp2 for SimilarityCe {
                 self.targets.len()
             );
         }
-        let logits = scaled_gram(contiguous(zs, zl)?, n, m, contiguous(ss, sl)?[0]);
-        let lses: Vec<f32> = logits
-            .par_chunks(n)
-            .enumerate()
-            .map(|(i, row)| off_diagonal_lse(row, i))
-            .collect();
+        let (logits, lses) = logits_and_lses(contiguous(zs, zl)?, n, m, contiguous(ss, sl)?[0]);
         let total: f64 = logits
             .par_chunks(n)
             .zip(self.targets.par_chunks(n))
@@ -510,15 +516,7 @@ impl CustomOp2 for SimilarityCe {
         let cached = self.cache.lock().expect("cache lock").take();
         let (mut logits, lses) = match cached {
             Some((l, s)) if l.len() == n * n => (l, s),
-            _ => {
-                let l = scaled_gram(&zv, n, m, ls);
-                let s = l
-                    .par_chunks(n)
-                    .enumerate()
-                    .map(|(i, row)| off_diagonal_lse(row, i))
-                    .collect();
-                (l, s)
-            }
+            _ => logits_and_lses(&zv, n, m, ls),
         };
         // d loss / d logits, in place; and d loss / d log_scale = sum(dlogits * logits)
         let dls: f64 = logits

@@ -942,11 +942,10 @@ fn batch_loss(
     cfg: &TrainConfig,
     metric: Metric,
     l2_scale: f32,
-    rng: Option<&mut ChaCha8Rng>,
+    mut rng: Option<&mut ChaCha8Rng>,
     dev: &Device,
 ) -> Result<Tensor> {
     let n = b.rows;
-    let mut rng = rng;
     let augmented: Option<Vec<f32>> = match rng.as_deref_mut() {
         Some(r) if cfg.augment > 0.0 => {
             use rand_distr::{Distribution, StandardNormal};

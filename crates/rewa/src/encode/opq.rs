@@ -13,7 +13,7 @@
 //! (`d x d`) and applies `y = W x`; the `pq<m>` after it is fitted on the rotated vectors as
 //! usual.
 
-use super::pq::{codebooks, train_sample, PqQuantizer};
+use super::pq::{check_subspaces, codebooks, train_sample, PqQuantizer};
 use super::{Quantizer, Transform};
 use crate::distance::Metric;
 use crate::error::{invalid, Error, Result};
@@ -61,9 +61,7 @@ pub struct OpqTransform {
 impl OpqTransform {
     /// From a stored rotation (`dim * dim` floats, orthogonal).
     pub fn from_parts(dim: usize, m: usize, rotation: Vec<f32>) -> Result<Self> {
-        if m == 0 || m > dim {
-            return invalid!("opq{m} needs 1 to {dim} sub-spaces for dimension {dim}");
-        }
+        check_subspaces("opq", m, dim)?;
         if rotation.len() != dim * dim {
             return invalid!(
                 "opq{m}: a rotation of {} floats, dimension {dim} needs {}",
@@ -103,12 +101,7 @@ impl Transform for OpqTransform {
 
     fn fit(cfg: &OpqConfig, train: VectorsRef<'_>, seed: u64) -> Result<Self> {
         let d = train.dim();
-        if cfg.m == 0 || cfg.m > d {
-            return invalid!(
-                "opq{} needs 1 to {d} sub-spaces for input dimension {d}",
-                cfg.m
-            );
-        }
+        check_subspaces("opq", cfg.m, d)?;
         let x = train_sample(train, cfg.max_train, seed);
         // a seeded random rotation to start from (as FAISS): from the identity, data whose
         // variance sits in a few sub-spaces is a fixed point of the alternation

@@ -14,7 +14,7 @@
 use super::sign::table_distance;
 use super::Quantizer;
 use crate::distance::{dot, Metric};
-use crate::error::{invalid, Error, Result};
+use crate::error::{invalid, Result};
 use crate::vectors::{Vectors, VectorsRef};
 use rand::seq::index::sample;
 use rand::{Rng, SeedableRng};
@@ -64,6 +64,14 @@ pub struct PqQuantizer {
     metric: Metric,
 }
 
+/// `name<m>` (pq or opq) needs 1 to `dim` sub-spaces.
+pub(crate) fn check_subspaces(name: &str, m: usize, dim: usize) -> Result<()> {
+    if m == 0 || m > dim {
+        return invalid!("{name}{m} needs 1 to {dim} sub-spaces for input dimension {dim}");
+    }
+    Ok(())
+}
+
 /// Coordinates `s..e` of sub-space `j` of `m` over `d` dims.
 #[inline]
 fn bounds(d: usize, m: usize, j: usize) -> (usize, usize) {
@@ -73,9 +81,7 @@ fn bounds(d: usize, m: usize, j: usize) -> (usize, usize) {
 impl PqQuantizer {
     /// From stored centroids (`256 * dim` floats, laid out as [`PqQuantizer::centroids`]).
     pub fn from_parts(dim: usize, m: usize, centroids: Vec<f32>, metric: Metric) -> Result<Self> {
-        if m == 0 || m > dim {
-            return invalid!("pq{m} needs 1 to {dim} sub-spaces for dimension {dim}");
-        }
+        check_subspaces("pq", m, dim)?;
         if centroids.len() != PQ_CENTROIDS * dim {
             return invalid!(
                 "pq{m}: {} centroid floats, dimension {dim} needs {}",
@@ -134,7 +140,7 @@ impl PqQuantizer {
 fn nearest(x: &[f32], ds: usize, cents: &[f32], norms: &[f32], out: &mut [u8]) {
     let k = norms.len();
     const B: usize = 512;
-    let mut scores = vec![0f32; B * k];
+    let mut scores = vec![0f32; B.min(x.len() / ds) * k];
     for (xs, o) in x.chunks(B * ds).zip(out.chunks_mut(B)) {
         let nb = xs.len() / ds;
         crate::linalg::gemm_abt(xs, cents, nb, ds, k, &mut scores);
@@ -267,12 +273,7 @@ impl Quantizer for PqQuantizer {
 
     fn fit(cfg: &PqConfig, train: VectorsRef<'_>, seed: u64) -> Result<Self> {
         let d = train.dim();
-        if cfg.m == 0 || cfg.m > d {
-            return Err(Error::InvalidInput(format!(
-                "pq{} needs 1 to {d} sub-spaces for input dimension {d}",
-                cfg.m
-            )));
-        }
+        check_subspaces("pq", cfg.m, d)?;
         let sample = train_sample(train, cfg.max_train, seed);
         let cents = codebooks(sample.view(), cfg.m, cfg.iters, seed, None);
         PqQuantizer::from_parts(d, cfg.m, cents, cfg.metric)
@@ -281,18 +282,8 @@ impl Quantizer for PqQuantizer {
         self.m
     }
     fn encode(&self, x: &[f32], out: &mut [u8]) {
-        for (j, o) in out.iter_mut().enumerate().take(self.m) {
-            let (s, e) = bounds(self.dim, self.m, j);
-            let (cents, norms, ds) = self.sub_centroids(j);
-            let mut best = (f32::INFINITY, 0usize);
-            for (c, (cent, &nc)) in cents.chunks_exact(ds).zip(norms).enumerate() {
-                let d = nc - 2.0 * dot(&x[s..e], cent);
-                if d < best.0 {
-                    best = (d, c);
-                }
-            }
-            *o = best.1 as u8;
-        }
+        let one = VectorsRef::new(self.dim, x).expect("invariant: a vector of dim floats");
+        self.encode_batch(one, out);
     }
     fn encode_batch(&self, x: VectorsRef<'_>, out: &mut [u8]) {
         let n = x.len();
@@ -310,29 +301,10 @@ impl Quantizer for PqQuantizer {
         }
     }
     fn prepare(&self, query: &[f32]) -> Vec<[f32; 256]> {
-        (0..self.m)
-            .map(|j| {
-                let (s, e) = bounds(self.dim, self.m, j);
-                let (cents, norms, ds) = self.sub_centroids(j);
-                let q = &query[s..e];
-                let mut t = [0f32; 256];
-                match self.metric {
-                    Metric::Cosine | Metric::Ip => {
-                        for (t, c) in t.iter_mut().zip(cents.chunks_exact(ds)) {
-                            *t = -dot(q, c);
-                        }
-                    }
-                    Metric::L2 => {
-                        // |q - c|^2 = |q|^2 - 2 q.c + |c|^2
-                        let qq = dot(q, q);
-                        for ((t, c), &nc) in t.iter_mut().zip(cents.chunks_exact(ds)).zip(norms) {
-                            *t = qq - 2.0 * dot(q, c) + nc;
-                        }
-                    }
-                }
-                t
-            })
-            .collect()
+        let one = VectorsRef::new(self.dim, query).expect("invariant: a query of dim floats");
+        self.prepare_batch(one)
+            .pop()
+            .expect("one query, one table set")
     }
     /// The tables of many queries by one matrix product per sub-space (one dot product of a
     /// dozen floats per table entry was most of a SciFact query's time).
@@ -379,7 +351,7 @@ impl Quantizer for PqQuantizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Encoder;
+    use crate::{Encoder, Error};
 
     #[test]
     fn table_distance_is_the_metric_to_the_decoded_vector() {
