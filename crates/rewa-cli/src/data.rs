@@ -2,7 +2,7 @@
 //! the file at fault.
 
 use anyhow::{bail, Context, Result};
-use rewa::{Metric, Vectors};
+use rewa::{Metric, Prepared, Vectors};
 use std::path::Path;
 use std::time::Instant;
 
@@ -22,6 +22,52 @@ pub fn load(path: &Path, metric: Metric) -> Result<Vectors> {
         t.elapsed().as_secs_f64()
     ));
     Ok(v)
+}
+
+/// Reads vectors and prepares them for `metric` (checked, normalised once, in place).
+pub fn load_prepared(path: &Path, metric: Metric) -> Result<Prepared<'static>> {
+    let t = Instant::now();
+    let v = rewa::io::read_vectors(path)
+        .with_context(|| format!("reading vectors from {}", path.display()))?;
+    let p = metric
+        .prepare_owned(v)
+        .with_context(|| format!("reading vectors from {}", path.display()))?;
+    log(&format!(
+        "read {} x {} from {} in {:.2}s",
+        p.len(),
+        p.dim(),
+        path.display(),
+        t.elapsed().as_secs_f64()
+    ));
+    Ok(p)
+}
+
+/// Fails unless `got` equals the dimension `want` of `base`, naming both files.
+pub fn check_dim(path: &Path, got: usize, base: &Path, want: usize) -> Result<()> {
+    if got != want {
+        return Err(anyhow::Error::new(rewa::Error::DimMismatch {
+            expected: want,
+            got,
+        }))
+        .with_context(|| {
+            format!(
+                "{} has dimension {got}, but {} has {want}",
+                path.display(),
+                base.display(),
+            )
+        });
+    }
+    Ok(())
+}
+
+/// A progress bar on stderr for `total` items.
+pub fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
+    indicatif::ProgressBar::new(total).with_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{what} {{bar:40}} {{pos}}/{{len}} ({{per_sec}}, eta {{eta}}) {{msg}}"
+        ))
+        .expect("invariant: valid template"),
+    )
 }
 
 /// Fails unless `v` has dimension `dim`, naming both files.

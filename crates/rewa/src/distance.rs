@@ -28,11 +28,19 @@ pub enum Metric {
 
 impl Metric {
     /// The distance between `a` and `b` (lower is closer).
-    #[inline]
+    #[inline(always)]
     pub fn distance(self, a: &[f32], b: &[f32]) -> f32 {
         match self {
             Metric::Cosine | Metric::Ip => -dot(a, b),
             Metric::L2 => l2sq(a, b),
+        }
+    }
+    /// The score users see for a distance: the similarity (larger is closer) for cosine and
+    /// ip, the squared distance (smaller is closer) for l2. Every front end prints this.
+    pub fn score(self, distance: f32) -> f32 {
+        match self {
+            Metric::Cosine | Metric::Ip => -distance,
+            Metric::L2 => distance,
         }
     }
     /// `true` if inputs must be L2-normalised at load (cosine).
@@ -70,7 +78,7 @@ impl FromStr for Metric {
 const LANES: usize = 8;
 
 /// Inner product.
-#[inline]
+#[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let mut acc = [0f32; LANES];
@@ -98,7 +106,7 @@ pub fn dot_reference(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Squared Euclidean distance.
-#[inline]
+#[inline(always)]
 pub fn l2sq(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let mut acc = [0f32; LANES];
@@ -127,7 +135,7 @@ pub fn l2sq_reference(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Hamming distance between two equal-length bit codes, 64 bits at a time.
-#[inline]
+#[inline(always)]
 pub fn hamming(a: &[u8], b: &[u8]) -> u32 {
     debug_assert_eq!(a.len(), b.len());
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -158,7 +166,7 @@ pub fn hamming_reference(a: &[u8], b: &[u8]) -> u32 {
 }
 
 /// `sum_i w[i] * code[i]`: the inner product of a float query with unsigned 8-bit codes.
-#[inline]
+#[inline(always)]
 pub fn dot_u8(w: &[f32], code: &[u8]) -> f32 {
     debug_assert_eq!(w.len(), code.len());
     let mut acc = [0f32; LANES];
@@ -186,7 +194,7 @@ pub fn dot_u8_reference(w: &[f32], code: &[u8]) -> f32 {
 }
 
 /// `sum_i (a[i] - s[i] * code[i])^2`: squared L2 from a float query to decoded 8-bit codes.
-#[inline]
+#[inline(always)]
 pub fn l2sq_u8(a: &[f32], s: &[f32], code: &[u8]) -> f32 {
     debug_assert!(a.len() == code.len() && s.len() == code.len());
     let mut acc = [0f32; LANES];

@@ -36,7 +36,9 @@ pub enum Error {
         /// The versions this build reads, in words.
         supported: String,
     },
-    /// An operating-system error on a file.
+    /// An operating-system error on a file. The message already holds the OS error's text,
+    /// which is also the `source`: printers of error chains should skip a cause whose text
+    /// the message before it already ends with (the CLI does).
     #[error("{}: {source}", path.display())]
     Io {
         /// The file.
@@ -44,6 +46,16 @@ pub enum Error {
         /// The underlying error.
         #[source]
         source: std::io::Error,
+    },
+    /// Another process holds an index directory's writer lock.
+    #[error("{}: the index is being written by process {pid} (waited {waited_secs} s; give --wait-lock SECONDS to wait longer)", path.display())]
+    Locked {
+        /// The index directory.
+        path: PathBuf,
+        /// The holder's process id as it recorded it (0 if unknown).
+        pid: u32,
+        /// How long this process waited.
+        waited_secs: u64,
     },
     /// Valid input this build cannot handle, e.g. a feature that is not compiled in.
     #[error("unsupported: {0}")]

@@ -1,10 +1,14 @@
 //! Quality measures: recall@k against exact search, label precision@k, and BEIR-style
-//! nDCG@10 / recall@100 from qrels. Used by tests, the CLI and benches alike.
+//! nDCG@10 / recall@100 from qrels; and [`evaluate`], the whole flow behind `rewa eval` and
+//! `rewa bench` (fit on train, encode the base, search held-out queries, score, time).
 
-use crate::error::{Error, Result};
-use crate::search::Hit;
+use crate::error::{invalid, Error, Result};
+use crate::search::{exact_search, Hit, Pipeline, Scorer};
+use crate::vectors::Prepared;
+use crate::{Index, IndexSpec};
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::Instant;
 
 /// Mean over queries of `|top-k of results ∩ top-k of truth| / k`.
 pub fn recall_at_k(results: &[Vec<Hit>], truth: &[Vec<Hit>], k: usize) -> f64 {
@@ -49,16 +53,33 @@ pub fn label_precision_at_k(
 #[derive(Clone, Debug, Default)]
 pub struct Qrels {
     per_query: HashMap<usize, Vec<(u32, f32)>>,
+    /// Lengths of the id lists (`None` for judgements given as row pairs).
+    id_rows: Option<(usize, usize)>,
 }
 
-fn read_ids(path: &Path) -> Result<HashMap<String, usize>> {
+/// One id per line, in row order; an empty line or a repeated id is an error (either would
+/// shift or merge rows and make nDCG silently wrong).
+fn read_ids(path: &Path) -> Result<(HashMap<String, usize>, usize)> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    Ok(text
-        .lines()
-        .map(str::trim)
-        .enumerate()
-        .map(|(i, s)| (s.to_string(), i))
-        .collect())
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    let mut map = HashMap::new();
+    let mut n = 0;
+    for (i, line) in text.split('\n').enumerate() {
+        let id = line.trim();
+        if id.is_empty() {
+            return invalid!("{}: line {} is empty (one id per row)", path.display(), i + 1);
+        }
+        if let Some(first) = map.insert(id.to_string(), i) {
+            return invalid!(
+                "{}: id {id:?} on line {} repeats line {} (ids must be unique)",
+                path.display(),
+                i + 1,
+                first + 1
+            );
+        }
+        n += 1;
+    }
+    Ok((map, n))
 }
 
 impl Qrels {
@@ -66,8 +87,8 @@ impl Qrels {
     /// to rows with the id lists (one id per line, row order). Pairs whose ids are not in the
     /// lists are skipped; a file with no usable pair is an error.
     pub fn load(tsv: &Path, doc_ids: &Path, query_ids: &Path) -> Result<Qrels> {
-        let docs = read_ids(doc_ids)?;
-        let queries = read_ids(query_ids)?;
+        let (docs, n_docs) = read_ids(doc_ids)?;
+        let (queries, n_queries) = read_ids(query_ids)?;
         let text = std::fs::read_to_string(tsv).map_err(|e| Error::io(tsv, e))?;
         let mut per_query: HashMap<usize, Vec<(u32, f32)>> = HashMap::new();
         for (ln, line) in text.lines().enumerate() {
@@ -103,7 +124,24 @@ impl Qrels {
                 tsv.display()
             )));
         }
-        Ok(Qrels { per_query })
+        Ok(Qrels {
+            per_query,
+            id_rows: Some((n_docs, n_queries)),
+        })
+    }
+
+    /// Fails unless the id lists this was loaded with have one id per base row and per query
+    /// row (otherwise every id would name the wrong row).
+    pub fn check_rows(&self, docs: usize, queries: usize) -> Result<()> {
+        if let Some((d, q)) = self.id_rows {
+            if d != docs {
+                return invalid!("the document id list holds {d} ids, but the base holds {docs} vectors");
+            }
+            if q != queries {
+                return invalid!("the query id list holds {q} ids, but there are {queries} query vectors");
+            }
+        }
+        Ok(())
     }
 
     /// Judgements given directly as `(query row, base row)` pairs, each of grade 1.
@@ -112,7 +150,10 @@ impl Qrels {
         for (q, d) in pairs {
             per_query.entry(q).or_default().push((d, 1.0));
         }
-        Qrels { per_query }
+        Qrels {
+            per_query,
+            id_rows: None,
+        }
     }
 
     /// Every judged `(query row, base row)` pair with a positive grade, sorted.
@@ -203,6 +244,219 @@ impl Qrels {
             sum / n as f64
         }
     }
+}
+
+/// Labels for label precision@k.
+#[derive(Clone, Copy, Debug)]
+pub struct Labels<'a> {
+    /// One per base vector.
+    pub base: &'a [i64],
+    /// One per query.
+    pub queries: &'a [i64],
+}
+
+/// One evaluation's inputs, prepared for one metric.
+#[derive(Clone, Copy)]
+pub struct EvalInput<'a> {
+    /// The vectors searched.
+    pub base: &'a Prepared<'a>,
+    /// Held-out queries.
+    pub queries: &'a Prepared<'a>,
+    /// What encoders are fitted on (default: the base). Never the queries.
+    pub train: Option<&'a Prepared<'a>>,
+    /// Neighbours per query.
+    pub k: usize,
+    /// Seed for fitting.
+    pub seed: u64,
+    /// Label precision@k, if given.
+    pub labels: Option<Labels<'a>>,
+    /// nDCG@10 and recall@100, if given.
+    pub qrels: Option<&'a Qrels>,
+    /// Query `i` is base row `i` (the same file): its own row is skipped in label precision.
+    pub queries_are_base: bool,
+    /// Exact ground truth (at least `k` per query), if already computed.
+    pub truth: Option<&'a [Vec<Hit>]>,
+}
+
+/// One evaluation's results: the JSON `rewa eval --json` prints.
+#[derive(serde::Serialize, Clone, Debug)]
+pub struct Report {
+    /// What was measured (the encoder spec or the pipeline).
+    pub spec: String,
+    /// The metric.
+    pub metric: String,
+    /// Input dimension.
+    pub dim: usize,
+    /// Base size.
+    pub n_base: usize,
+    /// Queries.
+    pub n_queries: usize,
+    /// Vectors the encoders were fitted on.
+    pub n_train: usize,
+    /// Neighbours per query.
+    pub k: usize,
+    /// Bytes per vector held in memory and scanned (code sets; float vectors only when the
+    /// first stage is exact).
+    pub bytes_per_vector: usize,
+    /// Bytes per vector stored in all, float vectors for an exact rerank included.
+    pub stored_bytes_per_vector: usize,
+    /// float32 bytes / bytes_per_vector.
+    pub compression: f64,
+    /// recall@k against exact search.
+    pub recall_at_k: f64,
+    /// Queries per second of the searched pipeline.
+    pub qps: f64,
+    /// Seconds to fit the encoders.
+    pub fit_seconds: f64,
+    /// Seconds to encode the base.
+    pub encode_seconds: f64,
+    /// Share of the top k with the query's label.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_precision_at_k: Option<f64>,
+    /// nDCG@10 from qrels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ndcg_at_10: Option<f64>,
+    /// Recall@100 of the relevant documents from qrels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recall_at_100: Option<f64>,
+    /// When the measures above need more hits than the pipeline's earlier stages keep: the
+    /// deepened pipeline (every keep raised to the depth) they were taken from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deep_pipeline: Option<String>,
+}
+
+/// Exact top-`k` of every query.
+pub fn ground_truth(base: &Prepared<'_>, queries: &Prepared<'_>, k: usize) -> Vec<Vec<Hit>> {
+    exact_search(base.view(), queries.view(), base.metric(), k)
+}
+
+/// Fits `pipeline`'s encoders on the training vectors, encodes the base, searches the queries
+/// and scores the hits. Search is as deep as the measures need: recall@k and QPS come from the
+/// pipeline as given (its last keep raised to at most the keep before it, which leaves its top
+/// k unchanged); label precision with the query's own row skipped needs k + 1 hits, nDCG@10
+/// ten and recall@100 a hundred, taken from a deepened pipeline when the given one cannot
+/// return that many.
+pub fn evaluate(pipeline: &Pipeline, label: &str, inp: &EvalInput<'_>) -> Result<Report> {
+    let k = inp.k;
+    pipeline.check(k)?;
+    let metric = inp.base.metric();
+    let (base, queries) = (inp.base, inp.queries);
+    if queries.dim() != base.dim() {
+        return Err(Error::DimMismatch {
+            expected: base.dim(),
+            got: queries.dim(),
+        });
+    }
+    let train = inp.train.unwrap_or(base);
+    if let Some(l) = inp.labels {
+        if l.base.len() != base.len() || l.queries.len() != queries.len() {
+            return invalid!(
+                "{} base labels for {} vectors and {} query labels for {} queries: one label per row",
+                l.base.len(),
+                base.len(),
+                l.queries.len(),
+                queries.len()
+            );
+        }
+    }
+    if let Some(q) = inp.qrels {
+        q.check_rows(base.len(), queries.len())?;
+    }
+    if inp.queries_are_base && queries.len() != base.len() {
+        return invalid!("queries_are_base needs as many queries as base rows");
+    }
+    let mut depth = k;
+    if inp.qrels.is_some() {
+        depth = depth.max(100);
+    }
+    if inp.labels.is_some() && inp.queries_are_base {
+        depth = depth.max(k + 1);
+    }
+    let depth = depth.min(base.len()).max(k);
+    let stages = pipeline.stages();
+    let prev = stages.len().checked_sub(2).map(|i| stages[i].keep);
+    let mut keeps: Vec<usize> = stages.iter().map(|s| s.keep).collect();
+    let last = keeps.len() - 1;
+    keeps[last] = keeps[last].max(depth.min(prev.unwrap_or(usize::MAX)));
+    let run = pipeline.with_keeps(&keeps)?;
+    let spec = IndexSpec {
+        metric,
+        pipeline: run.clone(),
+        seed: inp.seed,
+    };
+    let t = Instant::now();
+    let mut index = Index::fit_prepared(&spec, train)?;
+    let fit_seconds = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    index.add_prepared(base, &mut |_, _| {})?;
+    let encode_seconds = t.elapsed().as_secs_f64();
+    let owned_truth;
+    let gt = match inp.truth {
+        Some(g) if g.len() == queries.len() && g.iter().all(|t| t.len() >= k.min(base.len())) => g,
+        Some(_) => return invalid!("the given ground truth does not hold {k} hits per query"),
+        None => {
+            owned_truth = ground_truth(base, queries, k);
+            &owned_truth
+        }
+    };
+    let search = |p: &Pipeline| {
+        index.search_prepared(
+            queries,
+            &crate::SearchParams {
+                k: p.final_keep(),
+                pipeline: Some(p.clone()),
+            },
+        )
+    };
+    let t = Instant::now();
+    let results = search(&run)?;
+    let qps = queries.len() as f64 / t.elapsed().as_secs_f64().max(1e-9);
+    let (deep, deep_pipeline) = if run.final_keep() >= depth {
+        (None, None)
+    } else {
+        let dk: Vec<usize> = keeps.iter().map(|&x| x.max(depth)).collect();
+        let dp = pipeline.with_keeps(&dk)?;
+        (Some(search(&dp)?), Some(dp.to_string()))
+    };
+    let deep_hits = deep.as_ref().unwrap_or(&results);
+    let own: Vec<u32> = (0..queries.len() as u32).collect();
+    let lp = inp.labels.map(|l| {
+        label_precision_at_k(
+            deep_hits,
+            l.queries,
+            l.base,
+            k,
+            inp.queries_are_base.then_some(&own[..]),
+        )
+    });
+    let dim = base.dim();
+    let codes: usize = index
+        .code_sets()
+        .iter()
+        .map(|c| c.encoder().code_len())
+        .sum();
+    let first_exact = stages[0].scorer == Scorer::Exact;
+    let bytes = codes + if first_exact { 4 * dim } else { 0 };
+    Ok(Report {
+        spec: label.to_string(),
+        metric: metric.to_string(),
+        dim,
+        n_base: base.len(),
+        n_queries: queries.len(),
+        n_train: train.len(),
+        k,
+        bytes_per_vector: bytes,
+        stored_bytes_per_vector: index.bytes_per_vector(),
+        compression: (4 * dim) as f64 / bytes.max(1) as f64,
+        recall_at_k: recall_at_k(&results, gt, k),
+        qps,
+        fit_seconds,
+        encode_seconds,
+        label_precision_at_k: lp,
+        ndcg_at_10: inp.qrels.map(|q| q.ndcg_at(deep_hits, 10)),
+        recall_at_100: inp.qrels.map(|q| q.recall_at(deep_hits, 100)),
+        deep_pipeline,
+    })
 }
 
 #[cfg(test)]

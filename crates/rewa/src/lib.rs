@@ -34,8 +34,10 @@ pub mod index;
 pub mod io;
 pub mod linalg;
 pub mod search;
+pub mod simd;
 pub mod synth;
 pub mod testutil;
+pub mod tune;
 mod vectors;
 
 pub use distance::Metric;
@@ -43,4 +45,5 @@ pub use encode::{Encoder, EncoderSpec};
 pub use error::{Error, Result};
 pub use index::{Index, IndexSpec};
 pub use search::{Hit, Pipeline, SearchParams, Stage};
-pub use vectors::{normalize, Vectors, VectorsRef};
+pub use tune::{tune, TuneOptions, TuneReport};
+pub use vectors::{normalize, Prepared, Vectors, VectorsRef};

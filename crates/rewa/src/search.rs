@@ -11,7 +11,8 @@
 //! GEMM. Rayon splits the queries.
 
 use crate::distance::{hamming, Metric};
-use crate::encode::{AnyQuantizer, Encoder, EncoderSpec, Quantizer};
+use crate::encode::{with_quantizer, Encoder, EncoderSpec, Quantizer};
+use crate::simd::twin;
 use crate::error::{invalid, Error, Result};
 use crate::vectors::VectorsRef;
 use rayon::prelude::*;
@@ -58,7 +59,8 @@ impl TopK {
         debug_assert!(k >= 1);
         TopK {
             k,
-            heap: BinaryHeap::with_capacity(k + 1),
+            // A huge k must not allocate up front: the heap grows only as hits arrive.
+            heap: BinaryHeap::with_capacity(k.min(4096) + 1),
             worst: f32::INFINITY,
         }
     }
@@ -68,7 +70,7 @@ impl TopK {
         self.worst
     }
     /// Offers a candidate.
-    #[inline]
+    #[inline(always)]
     pub fn push(&mut self, id: u32, distance: f32) {
         let h = Hit { id, distance };
         if self.heap.len() < self.k {
@@ -156,11 +158,7 @@ fn exact_search_serial(
     let n = base.len();
     let k = k.min(n).max(1);
     let l2 = !metric.is_similarity();
-    let bnorm: Vec<f32> = if l2 {
-        base.rows().map(|r| crate::distance::dot(r, r)).collect()
-    } else {
-        Vec::new()
-    };
+    let bnorm: Vec<f32> = if l2 { row_norms(base) } else { Vec::new() };
     const BB: usize = 1024;
     let qb = query_block(queries.len());
     queries
@@ -203,6 +201,13 @@ fn exact_search_serial(
         .collect()
 }
 
+twin! { [row_norms_baseline, row_norms_avx2]
+/// Squared L2 norm of every row.
+fn row_norms(base: VectorsRef<'_>) -> Vec<f32> {
+    base.rows().map(|r| crate::distance::dot(r, r)).collect()
+}
+}
+
 /// Top-`k` of every query over `codes` written by `enc` (`enc.code_len()` bytes each): the
 /// queries are transformed, prepared for the quantizer, and scanned with its kernel.
 pub fn scan_encoded(
@@ -212,30 +217,13 @@ pub fn scan_encoded(
     k: usize,
 ) -> Vec<Vec<Hit>> {
     let tq = enc.transform_batch(queries);
-    match enc.quantizer() {
-        AnyQuantizer::Flat(f) => {
-            let floats = crate::io::f32_cow(codes);
-            let base = VectorsRef::new(enc.dim_out(), &floats)
-                .expect("invariant: flat codes hold dim_out floats each");
-            exact_search(base, tq.view(), f.metric(), k)
-        }
-        AnyQuantizer::Sign(s) => {
-            let qs: Vec<Vec<u8>> = tq.view().rows().map(|r| s.prepare(r)).collect();
-            scan_sign(&qs, codes, s.code_len(), k)
-        }
-        AnyQuantizer::SignAsym(q) => scan_tables(q, tq.view(), codes, k),
-        AnyQuantizer::Pq(q) => scan_tables(q, tq.view(), codes, k),
-        AnyQuantizer::Int8(q) => {
-            let qs: Vec<_> = tq.view().rows().map(|r| q.prepare(r)).collect();
-            scan_codes(q, &qs, codes, k)
-        }
-    }
+    enc.quantizer().scan(tq.view(), codes, k)
 }
 
 /// A scan with table queries (`asign`, `pq`): a prepared query is `code_len` tables of 256
 /// floats (32 KiB for 32-byte codes), so queries are prepared a slice at a time and stay in
 /// cache and memory.
-fn scan_tables<Q: Quantizer<Query = Vec<[f32; 256]>>>(
+pub(crate) fn scan_tables<Q: Quantizer<Query = Vec<[f32; 256]>>>(
     q: &Q,
     tq: VectorsRef<'_>,
     codes: &[u8],
@@ -280,27 +268,38 @@ fn scan_codes_serial<Q: Quantizer>(
     let cl = quantizer.code_len();
     let n = codes.len() / cl;
     let k = k.min(n).max(1);
-    // About 128 KiB of codes per block: stays in L2 while a group of queries scans it.
-    let block = ((128 << 10) / cl).max(16);
     let qb = query_block(queries.len());
     queries
         .par_chunks(qb)
-        .flat_map_iter(|qs| {
-            let mut tops: Vec<TopK> = qs.iter().map(|_| TopK::new(k)).collect();
-            for (bi, bc) in codes.chunks(block * cl).enumerate() {
-                let off = bi * block;
-                for (q, top) in qs.iter().zip(tops.iter_mut()) {
-                    for (j, c) in bc.chunks_exact(cl).enumerate() {
-                        let dist = quantizer.distance(q, c);
-                        if dist < top.threshold() {
-                            top.push((off + j) as u32, dist);
-                        }
-                    }
+        .flat_map_iter(|qs| scan_block(quantizer, qs, codes, k))
+        .collect()
+}
+
+twin! { [scan_block_baseline, scan_block_avx2]
+/// One group of queries over all `codes`, block by block: about 128 KiB of codes stays in L2
+/// while every query of the group scans it.
+pub(crate) fn scan_block<Q: Quantizer>(
+    quantizer: &Q,
+    qs: &[Q::Query],
+    codes: &[u8],
+    k: usize,
+) -> Vec<Vec<Hit>> {
+    let cl = quantizer.code_len();
+    let block = ((128 << 10) / cl).max(16);
+    let mut tops: Vec<TopK> = qs.iter().map(|_| TopK::new(k)).collect();
+    for (bi, bc) in codes.chunks(block * cl).enumerate() {
+        let off = bi * block;
+        for (q, top) in qs.iter().zip(tops.iter_mut()) {
+            for (j, c) in bc.chunks_exact(cl).enumerate() {
+                let dist = quantizer.distance(q, c);
+                if dist < top.threshold() {
+                    top.push((off + j) as u32, dist);
                 }
             }
-            tops.into_iter().map(TopK::into_sorted)
-        })
-        .collect()
+        }
+    }
+    tops.into_iter().map(TopK::into_sorted).collect()
+}
 }
 
 /// Population count of one word as a single scalar `POPCNT`.
@@ -445,6 +444,7 @@ fn scan_sign_serial(queries: &[Vec<u8>], codes: &[u8], code_len: usize, k: usize
 }
 
 /// Rescores candidates `ids` with `score` and keeps the best `keep`.
+#[inline(always)]
 pub fn rerank(
     ids: impl Iterator<Item = u32>,
     keep: usize,
@@ -458,6 +458,98 @@ pub fn rerank(
         }
     }
     top.into_sorted()
+}
+
+/// What one stage scores with: the stored float vectors or one encoder's codes. The stage
+/// runner sees both ways of scoring a code set side by side: [`Scored::scan`] for the first
+/// stage, [`Scored::rerank`] for the survivors of the stage before.
+#[derive(Clone, Copy, Debug)]
+pub enum Scored<'a> {
+    /// The float vectors (normalised for cosine), compared by `metric`.
+    Exact {
+        /// One row per id.
+        vectors: VectorsRef<'a>,
+        /// How they are compared.
+        metric: Metric,
+    },
+    /// Codes written by `encoder`, `encoder.code_len()` bytes per id.
+    Codes {
+        /// The fitted encoder.
+        encoder: &'a Encoder,
+        /// All codes, in id order.
+        codes: &'a [u8],
+    },
+}
+
+impl Scored<'_> {
+    /// Every row scored; the best `keep` per query.
+    pub fn scan(&self, queries: VectorsRef<'_>, keep: usize) -> Vec<Vec<Hit>> {
+        match *self {
+            Scored::Exact { vectors, metric } => exact_search(vectors, queries, metric, keep),
+            Scored::Codes { encoder, codes } => scan_encoded(encoder, codes, queries, keep),
+        }
+    }
+
+    /// The hits `prev` of one query rescored; the best `keep`.
+    pub fn rerank(&self, query: &[f32], prev: &[Hit], keep: usize) -> Vec<Hit> {
+        match *self {
+            Scored::Exact { vectors, metric } => rerank_exact(vectors, metric, query, prev, keep),
+            Scored::Codes { encoder, codes } => {
+                let tq = encoder.transform(query);
+                with_quantizer!(encoder.quantizer(), q => {
+                    rerank_codes(q, &q.prepare(&tq), codes, prev, keep)
+                })
+            }
+        }
+    }
+}
+
+twin! { [rerank_exact_baseline, rerank_exact_avx2]
+fn rerank_exact(
+    vectors: VectorsRef<'_>,
+    metric: Metric,
+    query: &[f32],
+    prev: &[Hit],
+    keep: usize,
+) -> Vec<Hit> {
+    rerank(prev.iter().map(|h| h.id), keep.min(prev.len()), |i| {
+        metric.distance(query, vectors.row(i as usize))
+    })
+}
+}
+
+twin! { [rerank_codes_baseline, rerank_codes_avx2]
+fn rerank_codes<Q: Quantizer>(q: &Q, p: &Q::Query, codes: &[u8], prev: &[Hit], keep: usize) -> Vec<Hit> {
+    let cl = q.code_len();
+    rerank(prev.iter().map(|h| h.id), keep.min(prev.len()), |i| {
+        q.distance(p, &codes[i as usize * cl..(i as usize + 1) * cl])
+    })
+}
+}
+
+/// Runs a pipeline: the first stage scans everything, each later stage rescores the
+/// survivors of the one before (queries in parallel on the current rayon pool); the last
+/// stage's hits are cut to `k`. `queries` must be prepared (normalised for cosine, checked).
+pub fn run_stages(
+    stages: &[(Scored<'_>, usize)],
+    queries: VectorsRef<'_>,
+    k: usize,
+) -> Vec<Vec<Hit>> {
+    let Some(((first, keep), rest)) = stages.split_first() else {
+        return vec![Vec::new(); queries.len()];
+    };
+    let mut hits = first.scan(queries, *keep);
+    for (scored, keep) in rest {
+        hits = hits
+            .into_par_iter()
+            .enumerate()
+            .map(|(qi, prev)| scored.rerank(queries.row(qi), &prev, *keep))
+            .collect();
+    }
+    for h in &mut hits {
+        h.truncate(k);
+    }
+    hits
 }
 
 /// What scores a stage.
@@ -483,24 +575,51 @@ pub struct Stage {
 /// ```
 /// use rewa::Pipeline;
 /// let p: Pipeline = "hadamard256+sign:1000,exact:10".parse().unwrap();
-/// assert_eq!(p.stages.len(), 2);
+/// assert_eq!(p.stages().len(), 2);
 /// assert_eq!(p.to_string(), "hadamard256+sign:1000,exact:10");
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Pipeline {
-    /// At least one stage; `keep` never grows.
-    pub stages: Vec<Stage>,
+    /// At least one stage; every `keep` at least 1 and none larger than the one before.
+    stages: Vec<Stage>,
 }
 
 impl Pipeline {
-    /// A one-stage pipeline scanning `spec`'s codes.
+    /// Checks and wraps `stages`: at least one, every `keep >= 1`, and no stage keeping more
+    /// than the stage before it.
+    pub fn new(stages: Vec<Stage>) -> Result<Pipeline> {
+        if stages.is_empty() {
+            return invalid!("empty pipeline (try hadamard256+sign:1000,exact:10)");
+        }
+        for (i, st) in stages.iter().enumerate() {
+            if st.keep == 0 {
+                return invalid!("pipeline stage {}:{}: keep must be >= 1", st.scorer, st.keep);
+            }
+            if let Some(prev) = i.checked_sub(1).map(|j| stages[j].keep) {
+                if st.keep > prev {
+                    return invalid!(
+                        "pipeline stage {}:{} keeps {}, more than the {prev} before it",
+                        st.scorer,
+                        st.keep,
+                        st.keep
+                    );
+                }
+            }
+        }
+        Ok(Pipeline { stages })
+    }
+    /// A one-stage pipeline scanning `spec`'s codes (`keep` is raised to 1 if 0).
     pub fn single(spec: EncoderSpec, keep: usize) -> Self {
         Pipeline {
             stages: vec![Stage {
                 scorer: Scorer::Codes(spec),
-                keep,
+                keep: keep.max(1),
             }],
         }
+    }
+    /// The stages, in order.
+    pub fn stages(&self) -> &[Stage] {
+        &self.stages
     }
     /// Checks the pipeline for a search returning `k` hits: last `keep >= k`.
     pub fn check(&self, k: usize) -> Result<()> {
@@ -535,9 +654,15 @@ impl Pipeline {
     }
     /// The same stages with the `keep` of each replaced by `keeps` (for tuning).
     pub fn with_keeps(&self, keeps: &[usize]) -> Result<Pipeline> {
-        let p = Pipeline {
-            stages: self
-                .stages
+        if keeps.len() != self.stages.len() {
+            return invalid!(
+                "pipeline {self} has {} stages, {} keeps given",
+                self.stages.len(),
+                keeps.len()
+            );
+        }
+        Pipeline::new(
+            self.stages
                 .iter()
                 .zip(keeps)
                 .map(|(s, &keep)| Stage {
@@ -545,8 +670,7 @@ impl Pipeline {
                     keep,
                 })
                 .collect(),
-        };
-        p.to_string().parse()
+        )
     }
 }
 
@@ -592,14 +716,12 @@ impl FromStr for Pipeline {
                 "exact" => Scorer::Exact,
                 other => Scorer::Codes(other.parse()?),
             };
-            if let Some(prev) = stages.last().map(|p: &Stage| p.keep) {
-                if keep > prev {
-                    return invalid!("pipeline {s:?}: stage {part:?} keeps {keep}, more than the {prev} before it");
-                }
-            }
             stages.push(Stage { scorer, keep });
         }
-        Ok(Pipeline { stages })
+        Pipeline::new(stages).map_err(|e| match e {
+            Error::InvalidInput(m) => Error::InvalidInput(format!("{m} (in {s:?})")),
+            other => other,
+        })
     }
 }
 

@@ -183,10 +183,99 @@ fn check_shape(dim: usize, len: usize) -> Result<()> {
 }
 
 /// Scales `v` to unit L2 norm in place; a zero vector stays zero.
+///
+/// The norm is taken in f32 when that is safe and in f64 when the squared norm would
+/// overflow (components around 1e20) or underflow (around 1e-20): in f32 every such vector
+/// would become zero or stay unscaled, and search would rank them all alike.
 pub fn normalize(v: &mut [f32]) {
-    let n = crate::distance::dot(v, v).sqrt();
-    if n > 0.0 {
-        let inv = 1.0 / n;
+    let sq = crate::distance::dot(v, v);
+    if sq.is_finite() && sq > 1e-30 {
+        let inv = 1.0 / sq.sqrt();
         v.iter_mut().for_each(|x| *x *= inv);
+        return;
+    }
+    let n = v
+        .iter()
+        .map(|&x| x as f64 * x as f64)
+        .sum::<f64>()
+        .sqrt();
+    if n > 0.0 && n.is_finite() {
+        v.iter_mut().for_each(|x| *x = (*x as f64 / n) as f32);
+    }
+}
+
+/// Vectors that crossed the one boundary where inputs are checked (finite) and prepared for a
+/// metric (L2-normalised for cosine). Index building, search, evaluation and tuning take
+/// these, so no input is checked or normalised twice.
+#[derive(Clone, Debug)]
+pub struct Prepared<'a> {
+    metric: crate::Metric,
+    dim: usize,
+    data: std::borrow::Cow<'a, [f32]>,
+}
+
+impl crate::Metric {
+    /// Checks `v` and prepares it for this metric (a normalised copy for cosine, a borrow
+    /// otherwise).
+    pub fn prepare<'a>(self, v: VectorsRef<'a>) -> Result<Prepared<'a>> {
+        v.check_finite()?;
+        let data = if self.normalizes() {
+            let mut o = v.to_owned();
+            o.normalize();
+            std::borrow::Cow::Owned(o.data)
+        } else {
+            std::borrow::Cow::Borrowed(v.as_slice())
+        };
+        Ok(Prepared {
+            metric: self,
+            dim: v.dim(),
+            data,
+        })
+    }
+    /// Checks `v` and prepares it for this metric in place (no copy).
+    pub fn prepare_owned(self, mut v: Vectors) -> Result<Prepared<'static>> {
+        v.view().check_finite()?;
+        if self.normalizes() {
+            v.normalize();
+        }
+        Ok(Prepared {
+            metric: self,
+            dim: v.dim,
+            data: std::borrow::Cow::Owned(v.data),
+        })
+    }
+}
+
+impl Prepared<'_> {
+    /// The metric these vectors were prepared for.
+    pub fn metric(&self) -> crate::Metric {
+        self.metric
+    }
+    /// The prepared rows.
+    pub fn view(&self) -> VectorsRef<'_> {
+        VectorsRef {
+            dim: self.dim,
+            data: &self.data,
+        }
+    }
+    /// The number of vectors.
+    pub fn len(&self) -> usize {
+        self.data.len() / self.dim
+    }
+    /// `true` if there are none.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+    /// The dimension.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+    /// Rows `start..end`, still prepared.
+    pub fn slice(&self, start: usize, end: usize) -> Prepared<'_> {
+        Prepared {
+            metric: self.metric,
+            dim: self.dim,
+            data: std::borrow::Cow::Borrowed(&self.data[start * self.dim..end * self.dim]),
+        }
     }
 }

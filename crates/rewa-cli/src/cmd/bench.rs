@@ -1,16 +1,16 @@
-use super::eval::{evaluate, truth, Input, Report};
-use crate::data::{load, log};
-use anyhow::{Context, Result};
-use rewa::eval::Qrels;
+use crate::data::log;
+use anyhow::{bail, Context, Result};
+use rewa::eval::{evaluate, ground_truth, EvalInput, Labels, Qrels, Report};
 use rewa::synth::{generate, SynthConfig};
-use rewa::{Metric, Pipeline, Vectors};
+use rewa::{Metric, Pipeline, Prepared, Vectors};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 /// Print (markdown) and save (JSON) the comparison table of every encoder row on
 /// (a) the seed's synthetic clusters with held-out queries (same classes, and new classes),
 /// (b) SciFact all-MiniLM-L6-v2 embeddings (nDCG@10 from the test qrels),
-/// (c) SIFT-small (L2). Missing data sets are skipped with a note.
+/// (c) SIFT-small (L2). A data set whose folder is absent is skipped (and listed as skipped
+/// in the JSON); a data set that is present but unreadable is an error.
 #[derive(clap::Args)]
 pub struct Args {
     /// Directory holding scifact/ and siftsmall/.
@@ -28,7 +28,13 @@ pub struct Args {
     /// Extra rows (encoder specs or pipelines), comma-separated stages joined by ';'.
     #[arg(long)]
     extra: Option<String>,
+    /// Small sizes for a smoke run in seconds: synthetic 1,000 x 128, SciFact's first 1,500
+    /// documents and 100 queries (no qrels), SIFT's first 2,000 vectors and 50 queries.
+    #[arg(long)]
+    quick: bool,
 }
+
+const SETS: [&str; 4] = ["synth", "synth-new", "scifact", "sift"];
 
 /// The table's rows for input dimension `dim`.
 fn rows(dim: usize) -> Vec<String> {
@@ -57,6 +63,21 @@ struct DataSet {
     rows: Vec<Report>,
 }
 
+#[derive(Serialize)]
+struct Skipped {
+    name: String,
+    reason: String,
+}
+
+#[derive(Serialize)]
+struct BenchJson {
+    /// The kernels that ran (`avx2` or `baseline`).
+    kernels: &'static str,
+    quick: bool,
+    sets: Vec<DataSet>,
+    skipped: Vec<Skipped>,
+}
+
 pub fn table(rows: &[Report]) -> String {
     let k = rows.first().map_or(10, |r| r.k);
     let mut s = format!(
@@ -82,22 +103,41 @@ pub fn table(rows: &[Report]) -> String {
 struct Set {
     name: &'static str,
     note: String,
-    base: Vectors,
-    queries: Vectors,
-    train: Option<Vectors>,
-    metric: Metric,
+    base: Prepared<'static>,
+    queries: Prepared<'static>,
+    train: Option<Prepared<'static>>,
     labels: Option<(Vec<i64>, Vec<i64>)>,
     qrels: Option<Qrels>,
 }
 
-fn synth_sets(want_same: bool, want_new: bool) -> Result<Vec<Set>> {
-    let cfg = SynthConfig::default();
+fn prepared(v: Vectors, metric: Metric) -> Result<Prepared<'static>> {
+    Ok(metric.prepare_owned(v)?)
+}
+
+fn first(v: Vectors, n: usize) -> Vectors {
+    v.view().slice(0, n.min(v.len())).to_owned()
+}
+
+fn synth_sets(want_same: bool, want_new: bool, quick: bool) -> Result<Vec<Set>> {
+    let cfg = if quick {
+        SynthConfig {
+            classes: 20,
+            per_class: 50,
+            dim: 128,
+            queries_per_class: 5,
+            new_classes: 4,
+            ..Default::default()
+        }
+    } else {
+        SynthConfig::default()
+    };
     let d = generate(&cfg)?;
     let mut out = Vec::new();
     let note = format!(
         "rewa synth seed {}: {} classes x {}, dim {}, noise {}",
         cfg.seed, cfg.classes, cfg.per_class, cfg.dim, cfg.noise
     );
+    let m = Metric::Cosine;
     if want_same {
         out.push(Set {
             name: "synth",
@@ -105,10 +145,9 @@ fn synth_sets(want_same: bool, want_new: bool) -> Result<Vec<Set>> {
                 "{note}; {} held-out queries from the same classes; fit on base",
                 d.queries_same.len()
             ),
-            base: d.base.clone(),
-            queries: d.queries_same.clone(),
+            base: prepared(d.base.clone(), m)?,
+            queries: prepared(d.queries_same.clone(), m)?,
             train: None,
-            metric: Metric::Cosine,
             labels: Some((d.labels.clone(), d.queries_same_labels.clone())),
             qrels: None,
         });
@@ -122,10 +161,9 @@ fn synth_sets(want_same: bool, want_new: bool) -> Result<Vec<Set>> {
                 d.base_new.len(),
                 d.queries_new.len()
             ),
-            base: d.base_new,
-            queries: d.queries_new,
-            train: Some(d.base),
-            metric: Metric::Cosine,
+            base: prepared(d.base_new, m)?,
+            queries: prepared(d.queries_new, m)?,
+            train: Some(prepared(d.base, m)?),
             labels: Some((d.base_new_labels, d.queries_new_labels)),
             qrels: None,
         });
@@ -133,35 +171,58 @@ fn synth_sets(want_same: bool, want_new: bool) -> Result<Vec<Set>> {
     Ok(out)
 }
 
-fn scifact(dir: &Path) -> Result<Set> {
+fn read(path: &Path) -> Result<Vectors> {
+    rewa::io::read_vectors(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn scifact(dir: &Path, quick: bool) -> Result<Set> {
     let e = dir.join("emb_all-MiniLM-L6-v2");
-    let base = load(&e.join("docs.npy"), Metric::Cosine)?;
-    let queries = load(&e.join("queries.npy"), Metric::Cosine)?;
+    let m = Metric::Cosine;
+    let (mut base, mut queries) = (read(&e.join("docs.npy"))?, read(&e.join("queries.npy"))?);
     let qrels = Qrels::load(
         &dir.join("qrels/test.tsv"),
         &e.join("doc_ids.txt"),
         &e.join("query_ids.txt"),
     )?;
-    Ok(Set {
-        name: "scifact",
-        note: format!(
+    qrels.check_rows(base.len(), queries.len())?;
+    if quick {
+        base = first(base, 1500);
+        queries = first(queries, 100);
+    }
+    let note = if quick {
+        format!(
+            "SciFact all-MiniLM-L6-v2, quick: the first {} docs and {} queries for recall (no qrels); fit on docs",
+            base.len(),
+            queries.len()
+        )
+    } else {
+        format!(
             "SciFact all-MiniLM-L6-v2: {} docs, all {} queries for recall, {} test queries for nDCG@10; fit on docs",
             base.len(),
             queries.len(),
             qrels.len()
-        ),
-        base,
-        queries,
+        )
+    };
+    Ok(Set {
+        name: "scifact",
+        note,
+        base: prepared(base, m)?,
+        queries: prepared(queries, m)?,
         train: None,
-        metric: Metric::Cosine,
         labels: None,
-        qrels: Some(qrels),
+        qrels: (!quick).then_some(qrels),
     })
 }
 
-fn sift(dir: &Path) -> Result<Set> {
-    let base = load(&dir.join("siftsmall_base.fvecs"), Metric::L2)?;
-    let queries = load(&dir.join("siftsmall_query.fvecs"), Metric::L2)?;
+fn sift(dir: &Path, quick: bool) -> Result<Set> {
+    let (mut base, mut queries) = (
+        read(&dir.join("siftsmall_base.fvecs"))?,
+        read(&dir.join("siftsmall_query.fvecs"))?,
+    );
+    if quick {
+        base = first(base, 2000);
+        queries = first(queries, 50);
+    }
     Ok(Set {
         name: "sift",
         note: format!(
@@ -169,66 +230,90 @@ fn sift(dir: &Path) -> Result<Set> {
             base.len(),
             queries.len()
         ),
-        base,
-        queries,
+        base: prepared(base, Metric::L2)?,
+        queries: prepared(queries, Metric::L2)?,
         train: None,
-        metric: Metric::L2,
         labels: None,
         qrels: None,
     })
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let only: Vec<&str> = a.only.split(',').map(str::trim).collect();
-    let mut sets = synth_sets(only.contains(&"synth"), only.contains(&"synth-new"))?;
-    if only.contains(&"scifact") {
-        match scifact(&a.data.join("scifact")) {
-            Ok(s) => sets.push(s),
-            Err(e) => log(&format!("skipping scifact: {e:#}")),
-        }
+    if a.k == 0 {
+        bail!(rewa::Error::InvalidInput("--k must be at least 1".into()));
     }
-    if only.contains(&"sift") {
-        match sift(&a.data.join("siftsmall")) {
-            Ok(s) => sets.push(s),
-            Err(e) => log(&format!("skipping sift: {e:#}")),
+    let only: Vec<&str> = a.only.split(',').map(str::trim).collect();
+    if let Some(bad) = only.iter().find(|s| !SETS.contains(s)) {
+        bail!(rewa::Error::InvalidInput(format!(
+            "--only: unknown data set {bad:?} (known: {})",
+            SETS.join(", ")
+        )));
+    }
+    let mut specs = rows(usize::MAX);
+    if let Some(x) = &a.extra {
+        specs.extend(x.split(';').map(|r| {
+            if r.contains(':') {
+                r.to_string()
+            } else {
+                format!("{r}:K")
+            }
+        }));
+    }
+    // Every row parses before any data is read.
+    for spec in &specs {
+        let text = spec.replace(":K", &format!(":{}", a.k));
+        text.parse::<Pipeline>()
+            .with_context(|| format!("bench row {text}"))?;
+    }
+    let mut sets = synth_sets(only.contains(&"synth"), only.contains(&"synth-new"), a.quick)?;
+    let mut skipped = Vec::new();
+    type Loader = fn(&Path, bool) -> Result<Set>;
+    let real: [(&str, &str, Loader); 2] = [("scifact", "scifact", scifact), ("sift", "siftsmall", sift)];
+    for (name, folder, load) in real {
+        if !only.contains(&name) {
+            continue;
         }
+        let dir = a.data.join(folder);
+        if !dir.is_dir() {
+            let reason = format!("{} is absent", dir.display());
+            log(&format!("skipping {name}: {reason}"));
+            skipped.push(Skipped {
+                name: name.into(),
+                reason,
+            });
+            continue;
+        }
+        sets.push(load(&dir, a.quick).with_context(|| format!("loading {name} from {}", dir.display()))?);
     }
     let mut out = Vec::new();
     let mut md = String::new();
     for s in &sets {
-        let gt = truth(&s.base, &s.queries, s.metric, 100.max(a.k + 1));
-        let inp = Input {
+        let gt = ground_truth(&s.base, &s.queries, a.k);
+        let inp = EvalInput {
             base: &s.base,
             queries: &s.queries,
             train: s.train.as_ref(),
-            metric: s.metric,
             k: a.k,
             seed: 42,
-            labels: s.labels.as_ref().map(|(b, q)| (&b[..], &q[..], false)),
+            labels: s.labels.as_ref().map(|(b, q)| Labels {
+                base: b,
+                queries: q,
+            }),
             qrels: s.qrels.as_ref(),
+            queries_are_base: false,
             truth: Some(&gt),
         };
-        let mut specs = rows(s.base.dim());
-        if let Some(x) = &a.extra {
-            specs.extend(x.split(';').map(|r| {
-                if r.contains(':') {
-                    r.to_string()
-                } else {
-                    format!("{r}:K")
-                }
-            }));
-        }
         let mut reports = Vec::new();
-        for spec in specs {
+        for spec in rows(s.base.dim()).into_iter().chain(specs[rows(usize::MAX).len()..].iter().cloned()) {
             let text = spec.replace(":K", &format!(":{}", a.k));
             let p: Pipeline = text.parse().with_context(|| format!("row {text}"))?;
-            let label = if p.stages.len() == 1 {
-                p.stages[0].scorer.to_string()
+            let label = if p.stages().len() == 1 {
+                p.stages()[0].scorer.to_string()
             } else {
                 text.clone()
             };
             log(&format!("{}: {label}", s.name));
-            reports.push(evaluate(&p, &label, &inp)?);
+            reports.push(evaluate(&p, &label, &inp).with_context(|| format!("{}: {label}", s.name))?);
         }
         md += &format!("### {}\n{}\n\n{}\n", s.name, s.note, table(&reports));
         out.push(DataSet {
@@ -238,7 +323,13 @@ pub fn run(a: Args) -> Result<()> {
         });
     }
     println!("{md}");
-    std::fs::write(&a.out, serde_json::to_string_pretty(&out)?)
+    let json = BenchJson {
+        kernels: rewa::simd::level(),
+        quick: a.quick,
+        sets: out,
+        skipped,
+    };
+    std::fs::write(&a.out, serde_json::to_string_pretty(&json)?)
         .with_context(|| format!("writing {}", a.out.display()))?;
     log(&format!("wrote {}", a.out.display()));
     Ok(())

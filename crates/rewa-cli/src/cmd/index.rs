@@ -1,14 +1,12 @@
 //! Commands over a persistent index: build, add, search, info, tune.
 
-use crate::data::{load, load_train, log};
-use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
-use rewa::eval::recall_at_k;
-use rewa::search::exact_search;
-use rewa::{Index, IndexSpec, Metric, Pipeline, SearchParams, Vectors};
+use crate::data::{check_dim, load_prepared, log, progress_bar};
+use anyhow::{Context, Result};
+use rewa::index::{check_build_target, WriteLock};
+use rewa::{Index, IndexSpec, Metric, Pipeline, Prepared, SearchParams, TuneOptions};
 use serde_json::json;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Fit every encoder the pipeline names, encode the base, and save an index directory.
 #[derive(clap::Args)]
@@ -34,9 +32,32 @@ pub struct BuildArgs {
     /// Seed for encoder fitting.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Build into --out even if it holds other files (an existing index there is replaced;
+    /// files the index did not write are never deleted).
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    lock: LockArgs,
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
+}
+
+/// How long to wait for another process writing the same index.
+#[derive(clap::Args)]
+pub struct LockArgs {
+    /// Seconds to wait for another writer of the index to finish (0: fail at once, naming it).
+    #[arg(long, default_value_t = 0.0, value_name = "SECONDS")]
+    wait_lock: f64,
+}
+
+impl LockArgs {
+    fn acquire(&self, dir: &Path) -> Result<WriteLock> {
+        if !(self.wait_lock.is_finite() && self.wait_lock >= 0.0) {
+            anyhow::bail!("--wait-lock must be a number of seconds >= 0, got {}", self.wait_lock);
+        }
+        Ok(WriteLock::acquire(dir, Duration::from_secs_f64(self.wait_lock.min(1e9)))?)
+    }
 }
 
 /// Append vectors to an index; ids continue from the current count.
@@ -48,6 +69,8 @@ pub struct AddArgs {
     /// Vectors to append.
     #[arg(long)]
     base: PathBuf,
+    #[command(flatten)]
+    lock: LockArgs,
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -68,7 +91,8 @@ pub struct SearchArgs {
     /// Override the index's default pipeline (same encoders, other keeps).
     #[arg(long)]
     pipeline: Option<Pipeline>,
-    /// Output file: .tsv (default on stdout without --json) or .npy (int64 ids, -1 padded).
+    /// Output file: .tsv (default on stdout without --json) or .npy (int64 ids, one row per
+    /// query of min(k, index size) columns, -1 where fewer hits were found).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Print one JSON summary object on stdout.
@@ -107,28 +131,15 @@ pub struct TuneArgs {
     /// settings with huge keeps are slow to measure and slower than exact search anyway.
     #[arg(long)]
     max_keep: Option<usize>,
+    /// Time budget: after this many seconds the best setting found so far is stored, and the
+    /// JSON says `"timed_out": true`.
+    #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
+    max_seconds: f64,
+    #[command(flatten)]
+    lock: LockArgs,
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
-}
-
-fn add_with_progress(index: &mut Index, data: &Vectors) -> Result<()> {
-    let pb = ProgressBar::new(data.len() as u64).with_style(
-        ProgressStyle::with_template(
-            "encoding {bar:40} {pos}/{len} vectors ({per_sec}, eta {eta})",
-        )
-        .expect("valid template"),
-    );
-    const CHUNK: usize = 65536;
-    index.reserve(data.len());
-    let v = data.view();
-    for start in (0..data.len()).step_by(CHUNK) {
-        let end = (start + CHUNK).min(data.len());
-        index.add(v.slice(start, end))?;
-        pb.set_position(end as u64);
-    }
-    pb.finish_and_clear();
-    Ok(())
 }
 
 fn open(dir: &Path) -> Result<Index> {
@@ -143,38 +154,42 @@ fn open(dir: &Path) -> Result<Index> {
     Ok(index)
 }
 
-/// Opens an index and reads a vector file with its metric, checking the dimension.
-fn open_with(dir: &Path, file: &Path) -> Result<(Index, Vectors)> {
+/// Opens an index and reads a vector file prepared for its metric, checking the dimension.
+fn open_with(dir: &Path, file: &Path) -> Result<(Index, Prepared<'static>)> {
     let index = open(dir)?;
-    let v = load(file, index.metric())?;
-    if v.dim() != index.dim() {
-        return Err(anyhow::Error::new(rewa::Error::DimMismatch {
-            expected: index.dim(),
-            got: v.dim(),
-        }))
-        .with_context(|| {
-            format!(
-                "{} has dimension {}, the index {}",
-                file.display(),
-                v.dim(),
-                index.dim()
-            )
-        });
-    }
+    let v = load_prepared(file, index.metric())?;
+    check_dim(file, v.dim(), dir, index.dim())?;
     Ok((index, v))
+}
+
+fn add_with_progress(index: &mut Index, data: &Prepared<'_>) -> Result<()> {
+    let pb = progress_bar(data.len() as u64, "encoding");
+    index.add_prepared(data, &mut |done, _| pb.set_position(done as u64))?;
+    pb.finish_and_clear();
+    Ok(())
 }
 
 pub fn build(a: BuildArgs) -> Result<()> {
     let t0 = Instant::now();
-    let base = load(&a.base, a.metric)?;
-    let train = load_train(a.train.as_deref(), a.metric, &base, &a.base)?;
+    // Refuse a folder of other files before any work, and hold the writer lock throughout.
+    check_build_target(&a.out, a.force)?;
+    let lock = a.lock.acquire(&a.out)?;
+    let base = load_prepared(&a.base, a.metric)?;
+    let train = match &a.train {
+        Some(p) => {
+            let t = load_prepared(p, a.metric)?;
+            check_dim(p, t.dim(), &a.base, base.dim())?;
+            Some(t)
+        }
+        None => None,
+    };
     let spec = IndexSpec {
         metric: a.metric,
         pipeline: a.pipeline.clone(),
         seed: a.seed,
     };
     let t = Instant::now();
-    let mut index = Index::fit(&spec, train.as_ref().unwrap_or(&base).view())?;
+    let mut index = Index::fit_prepared(&spec, train.as_ref().unwrap_or(&base))?;
     log(&format!(
         "fitted {} in {:.2}s",
         a.pipeline,
@@ -182,7 +197,7 @@ pub fn build(a: BuildArgs) -> Result<()> {
     ));
     add_with_progress(&mut index, &base)?;
     index
-        .save(&a.out)
+        .save_locked(&lock)
         .with_context(|| format!("saving {}", a.out.display()))?;
     let secs = t0.elapsed().as_secs_f64();
     log(&format!(
@@ -201,9 +216,12 @@ pub fn build(a: BuildArgs) -> Result<()> {
 
 pub fn add(a: AddArgs) -> Result<()> {
     let t0 = Instant::now();
+    // The lock is taken before the index is read: two writers cannot both start from the same
+    // generation and lose one update.
+    let lock = a.lock.acquire(&a.index)?;
     let (mut index, data) = open_with(&a.index, &a.base)?;
     add_with_progress(&mut index, &data)?;
-    index.save(&a.index)?;
+    index.save_locked(&lock)?;
     let secs = t0.elapsed().as_secs_f64();
     log(&format!(
         "added {} vectors; {} in all",
@@ -230,32 +248,30 @@ pub fn search(a: SearchArgs) -> Result<()> {
         pipeline: Some(pipeline.clone()),
     };
     let t = Instant::now();
-    let hits = index.search_batch(queries.view(), &params)?;
+    let hits = index.search_prepared(&queries, &params)?;
     let secs = t.elapsed().as_secs_f64();
     let qps = queries.len() as f64 / secs.max(1e-9);
-    let mut tsv = String::new();
-    for (qi, hs) in hits.iter().enumerate() {
-        for (rank, h) in hs.iter().enumerate() {
-            // Scores are similarities for cosine/ip, squared distances for l2.
-            let score = if index.metric() == Metric::L2 {
-                h.distance
-            } else {
-                -h.distance
-            };
-            tsv += &format!("{qi}\t{}\t{}\t{score}\n", rank + 1, h.id);
+    let metric = index.metric();
+    let tsv = || {
+        let mut tsv = String::from("query\trank\tid\tscore\n");
+        for (qi, hs) in hits.iter().enumerate() {
+            for (rank, h) in hs.iter().enumerate() {
+                tsv += &format!("{qi}\t{}\t{}\t{}\n", rank + 1, h.id, metric.score(h.distance));
+            }
         }
-    }
+        tsv
+    };
     match &a.out {
         Some(p) if p.extension().is_some_and(|e| e == "npy") => {
+            let width = a.k.min(index.len()).max(1);
             let ids: Vec<i64> = hits
                 .iter()
-                .flat_map(|hs| (0..a.k).map(move |r| hs.get(r).map_or(-1, |h| h.id as i64)))
+                .flat_map(|hs| (0..width).map(move |r| hs.get(r).map_or(-1, |h| h.id as i64)))
                 .collect();
-            rewa::io::write_npy_i64(p, &[queries.len(), a.k], &ids)?;
+            rewa::io::write_npy_i64(p, &[queries.len(), width], &ids)?;
         }
-        Some(p) => std::fs::write(p, "query\trank\tid\tscore\n".to_string() + &tsv)
-            .with_context(|| format!("writing {}", p.display()))?,
-        None if !a.json => print!("query\trank\tid\tscore\n{tsv}"),
+        Some(p) => std::fs::write(p, tsv()).with_context(|| format!("writing {}", p.display()))?, // TODO(merge): atomic writer
+        None if !a.json => print!("{}", tsv()),
         None => {}
     }
     log(&format!(
@@ -312,135 +328,46 @@ pub fn info(a: InfoArgs) -> Result<()> {
 }
 
 pub fn tune(a: TuneArgs) -> Result<()> {
+    let lock = a.lock.acquire(&a.index)?;
     let (mut index, queries) = open_with(&a.index, &a.queries)?;
-    let Some(vectors) = index.vectors() else {
-        bail!("tune needs the index's float vectors for ground truth; build with a pipeline that has an exact stage")
+    let opts = TuneOptions {
+        k: a.k,
+        target_recall: a.target_recall,
+        max_keep: a.max_keep,
+        max_seconds: a.max_seconds,
     };
-    let k = a.k;
-    let gt = exact_search(vectors, queries.view(), index.metric(), k);
-    let base = index.pipeline().clone();
-    let n = index.len();
-    let free = base.stages.len() - 1;
-    // Candidate keeps for every stage but the last (which keeps k): k * 2^i up to n.
-    let top = a.max_keep.unwrap_or(n).clamp(k, n);
-    let mut cands: Vec<usize> = std::iter::successors(Some(k * 2), |c| Some(c * 2))
-        .take_while(|&c| c < top)
-        .collect();
-    cands.push(top);
-    let mut grid: Vec<Vec<usize>> = vec![vec![]];
-    for _ in 0..free {
-        grid = grid
-            .into_iter()
-            .flat_map(|g| {
-                let cap = g.last().copied().unwrap_or(usize::MAX);
-                cands
-                    .iter()
-                    .filter(move |&&c| c <= cap)
-                    .map(move |&c| [g.clone(), vec![c]].concat())
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-    }
-    let mut curve: Vec<(Pipeline, f64, f64, Vec<usize>)> = Vec::new();
-    let measure = |index: &Index, keeps: &[usize]| -> Result<(Pipeline, f64, f64)> {
-        let mut keeps = keeps.to_vec();
-        keeps.push(k);
-        let p = base.with_keeps(&keeps)?;
-        let t = Instant::now();
-        let hits = index.search_batch(
-            queries.view(),
-            &SearchParams {
-                k,
-                pipeline: Some(p.clone()),
-            },
-        )?;
-        let qps = queries.len() as f64 / t.elapsed().as_secs_f64().max(1e-9);
-        let r = recall_at_k(&hits, &gt, k);
-        eprintln!("  {p:<60} recall@{k} {r:.4}  {qps:>9.0} QPS");
-        Ok((p, r, qps))
-    };
-    // Keeps that reached the target. A setting whose every keep is at least those of one of
-    // them does more work for no better recall than needed, so it is not measured; the grid
-    // is in ascending order, so those come after.
-    let mut met_keeps: Vec<Vec<usize>> = Vec::new();
-    for keeps in grid {
-        if met_keeps
-            .iter()
-            .any(|m| m.iter().zip(&keeps).all(|(m, c)| c >= m))
-        {
-            continue;
-        }
-        let (p, r, qps) = measure(&index, &keeps)?;
-        if r >= a.target_recall {
-            met_keeps.push(keeps.clone());
-        }
-        curve.push((p, r, qps, keeps));
-    }
-    // The doubling grid overshoots a stage's keep by up to 2x: bisect each stage of the
-    // fastest setting that met the target between half its keep and its keep (recall grows
-    // with keep), three steps each, taking any smaller keep that still meets the target.
-    let mut refined = curve
-        .iter()
-        .filter(|c| c.1 >= a.target_recall)
-        .max_by(|a, b| a.2.total_cmp(&b.2))
-        .cloned();
-    if let Some(start) = refined.clone() {
-        let mut keeps = start.3;
-        for s in 0..free {
-            let floor = keeps.get(s + 1).copied().unwrap_or(k);
-            let (mut lo, mut hi) = ((keeps[s] / 2).max(floor), keeps[s]);
-            for _ in 0..3 {
-                let mid = (lo + hi) / 2;
-                if mid <= lo || mid >= hi {
-                    break;
-                }
-                let mut trial = keeps.clone();
-                trial[s] = mid;
-                let (p, r, qps) = measure(&index, &trial)?;
-                let entry = (p, r, qps, trial.clone());
-                curve.push(entry.clone());
-                if r >= a.target_recall {
-                    hi = mid;
-                    keeps = trial;
-                    refined = Some(entry);
-                } else {
-                    lo = mid;
-                }
-            }
-        }
-    }
-    let (chosen, met) = match refined {
-        Some(c) => (c, true),
-        None => (
-            curve
-                .iter()
-                .max_by(|a, b| a.1.total_cmp(&b.1))
-                .cloned()
-                .expect("invariant: grid is non-empty"),
-            false,
-        ),
-    };
-    if !met {
+    let pb = progress_bar(0, "tuning");
+    let report = rewa::tune(&index, &queries, &opts, &mut |p| {
+        pb.set_length(p.total as u64);
+        pb.set_position(p.done as u64);
+        pb.suspend(|| {
+            eprintln!(
+                "  {:<60} recall@{} {:.4}  {:>9.0} QPS",
+                p.point.pipeline, a.k, p.point.recall_at_k, p.point.qps
+            )
+        });
+    })?;
+    pb.finish_and_clear();
+    if report.timed_out {
         log(&format!(
-            "no setting reaches recall {}; keeping the best recall found",
+            "time budget of {} s spent; keeping the best setting found so far",
+            a.max_seconds
+        ));
+    }
+    if !report.target_met {
+        log(&format!(
+            "no setting measured reaches recall {}; keeping the best recall found",
             a.target_recall
         ));
     }
-    index.set_pipeline(chosen.0.clone())?;
-    index.save(&a.index)?;
+    index.set_pipeline(report.chosen().clone())?;
+    index.save_locked(&lock)?;
     log(&format!(
-        "default pipeline now {} (recall@{k} {:.4}, {:.0} QPS)",
-        chosen.0, chosen.1, chosen.2
+        "default pipeline now {} (recall@{} {:.4}, {:.0} QPS)",
+        report.pipeline, a.k, report.recall_at_k, report.qps
     ));
     if a.json {
-        let c: Vec<_> = curve
-            .iter()
-            .map(|(p, r, q, _)| json!({"pipeline": p.to_string(), "recall_at_k": r, "qps": q}))
-            .collect();
-        println!(
-            "{}",
-            json!({"pipeline": chosen.0.to_string(), "recall_at_k": chosen.1, "qps": chosen.2, "target_met": met, "curve": c})
-        );
+        println!("{}", serde_json::to_string(&report)?);
     }
     Ok(())
 }

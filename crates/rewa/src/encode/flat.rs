@@ -3,6 +3,7 @@
 use super::Quantizer;
 use crate::distance::Metric;
 use crate::error::Result;
+use crate::search::Hit;
 use crate::vectors::VectorsRef;
 
 /// Settings for [`FlatQuantizer`].
@@ -32,7 +33,7 @@ impl FlatQuantizer {
 }
 
 /// Reads little-endian f32 values from `bytes` into `out`.
-#[inline]
+#[inline(always)]
 pub(crate) fn decode_f32(bytes: &[u8], out: &mut [f32]) {
     for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
         *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
@@ -40,7 +41,7 @@ pub(crate) fn decode_f32(bytes: &[u8], out: &mut [f32]) {
 }
 
 /// Views `bytes` as f32 when aligned, else copies into `buf`.
-#[inline]
+#[inline(always)]
 pub(crate) fn as_f32<'a>(bytes: &'a [u8], buf: &'a mut Vec<f32>) -> &'a [f32] {
     // SAFETY: f32 accepts every bit pattern; align_to only yields the aligned middle part and
     // we use it only when it covers all of `bytes` (hosts are little-endian, see lib.rs).
@@ -74,8 +75,16 @@ impl Quantizer for FlatQuantizer {
     fn prepare(&self, query: &[f32]) -> Vec<f32> {
         query.to_vec()
     }
+    #[inline(always)]
     fn distance(&self, q: &Vec<f32>, code: &[u8]) -> f32 {
         let mut buf = Vec::new();
         self.metric.distance(q, as_f32(code, &mut buf))
+    }
+    /// Float codes are scanned like exact search: blocked GEMM.
+    fn scan(&self, queries: VectorsRef<'_>, codes: &[u8], k: usize) -> Vec<Vec<Hit>> {
+        let floats = crate::io::f32_cow(codes);
+        let base = VectorsRef::new(self.dim, &floats)
+            .expect("invariant: flat codes hold dim floats each");
+        crate::search::exact_search(base, queries, self.metric, k)
     }
 }

@@ -10,7 +10,7 @@
 //! The realized signs and kept coordinates are stored (not re-derived from the seed), so a
 //! saved transform stays the same whatever happens to the random number generator.
 
-use super::Transform;
+use super::{Tensor, TensorSource, Transform};
 use crate::error::{invalid, Result};
 use crate::vectors::VectorsRef;
 use rand::seq::index::sample;
@@ -53,6 +53,20 @@ impl HadamardTransform {
             signs,
             keep,
         })
+    }
+    /// Its tensors: `signs` (f32, blocks x padded dimension) and `keep` (u32, m).
+    pub fn tensors(&self) -> Vec<Tensor<'_>> {
+        vec![
+            Tensor::f32("signs", vec![self.signs.len()], &self.signs),
+            Tensor::u32("keep", vec![self.keep.len()], &self.keep),
+        ]
+    }
+    /// From the tensors of [`HadamardTransform::tensors`], for `hadamard<m>` on `dim` inputs.
+    pub fn from_tensors(src: &TensorSource<'_>, dim: usize, m: usize) -> Result<Self> {
+        let n = dim.next_power_of_two();
+        let signs = src.f32("signs", m.div_ceil(n) * n)?;
+        let keep = src.u32("keep", m)?;
+        Self::from_parts(dim, signs, keep).map_err(|e| src.corrupt(e))
     }
     /// The realized signs.
     pub fn signs(&self) -> &[f32] {

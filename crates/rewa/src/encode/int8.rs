@@ -12,7 +12,7 @@
 //!
 //! The error per coordinate is at most `scale_i / 2` for values inside the fitted range.
 
-use super::Quantizer;
+use super::{Quantizer, Tensor, TensorSource};
 use crate::distance::{dot_u8, l2sq_u8, Metric};
 use crate::error::Result;
 use crate::vectors::VectorsRef;
@@ -65,6 +65,17 @@ impl Int8Quantizer {
     /// A quantizer from fitted ranges.
     pub fn from_parts(lo: Vec<f32>, scale: Vec<f32>, metric: Metric) -> Self {
         Int8Quantizer { lo, scale, metric }
+    }
+    /// Its tensors: `lo` and `scale` (d each).
+    pub fn tensors(&self) -> Vec<Tensor<'_>> {
+        vec![
+            Tensor::f32("lo", vec![self.lo.len()], &self.lo),
+            Tensor::f32("scale", vec![self.scale.len()], &self.scale),
+        ]
+    }
+    /// From the tensors of [`Int8Quantizer::tensors`], for `dim` inputs.
+    pub fn from_tensors(src: &TensorSource<'_>, dim: usize, metric: Metric) -> Result<Self> {
+        Ok(Self::from_parts(src.f32("lo", dim)?, src.f32("scale", dim)?, metric))
     }
     /// Per-dimension lower bounds.
     pub fn lo(&self) -> &[f32] {
@@ -145,7 +156,7 @@ impl Quantizer for Int8Quantizer {
             }
         }
     }
-    #[inline]
+    #[inline(always)]
     fn distance(&self, q: &Int8Query, code: &[u8]) -> f32 {
         match q {
             Int8Query::Ip { w, c } => -(c + dot_u8(w, code)),

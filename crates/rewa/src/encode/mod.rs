@@ -13,6 +13,7 @@ mod hadamard;
 mod int8;
 mod learned;
 mod opq;
+mod params;
 mod pca;
 mod pq;
 mod sign;
@@ -26,6 +27,7 @@ pub use learned::{
     MODEL_FORMAT, MODEL_VERSION, TENSOR_NAMES, WEIGHTS_FILE,
 };
 pub use opq::{OpqConfig, OpqTransform};
+pub use params::{Tensor, TensorData, TensorSource};
 pub use pca::{PcaConfig, PcaTransform};
 pub use pq::{PqConfig, PqQuantizer, PQ_CENTROIDS};
 pub use sign::{
@@ -35,6 +37,7 @@ pub use spec::{EncoderSpec, QuantizerSpec, TransformSpec};
 
 use crate::distance::Metric;
 use crate::error::{Error, Result};
+use crate::search::Hit;
 use crate::vectors::{Vectors, VectorsRef};
 use rayon::prelude::*;
 
@@ -98,6 +101,16 @@ pub trait Quantizer: Send + Sync {
     }
     /// Distance from a prepared query to one code.
     fn distance(&self, q: &Self::Query, code: &[u8]) -> f32;
+    /// First stage: the best `k` of all `codes` (`code_len()` bytes each) for every
+    /// transformed query. Quantizers with a faster kernel than one `distance` per code
+    /// override it.
+    fn scan(&self, queries: VectorsRef<'_>, codes: &[u8], k: usize) -> Vec<Vec<Hit>>
+    where
+        Self: Sized,
+    {
+        let qs = self.prepare_batch(queries);
+        crate::search::scan_codes(self, &qs, codes, k)
+    }
 }
 
 /// Any transform, chosen at run time.
@@ -138,6 +151,56 @@ impl AnyTransform {
     pub fn apply_batch(&self, x: VectorsRef<'_>) -> Vectors {
         self.as_dyn().apply_batch_(x)
     }
+    /// Its fitted parameters.
+    pub fn tensors(&self) -> Vec<Tensor<'_>> {
+        match self {
+            AnyTransform::Hadamard(t) => t.tensors(),
+            AnyTransform::Pca(t) => t.tensors(),
+            AnyTransform::Opq(t) => t.tensors(),
+            AnyTransform::Learned(t) => {
+                let mut v: Vec<Tensor<'_>> = t
+                    .tensors()
+                    .into_iter()
+                    .map(|(name, shape, data)| Tensor::f32(name, shape, data))
+                    .collect();
+                v.push(Tensor {
+                    name: "ln_eps".into(),
+                    shape: vec![1],
+                    data: TensorData::F32(vec![t.eps()].into()),
+                });
+                v
+            }
+        }
+    }
+    /// The transform `spec` names, on `dim` inputs, from the tensors [`AnyTransform::tensors`]
+    /// wrote.
+    pub fn from_tensors(spec: &TransformSpec, src: &TensorSource<'_>, dim: usize) -> Result<Self> {
+        Ok(match *spec {
+            TransformSpec::Hadamard { m } => HadamardTransform::from_tensors(src, dim, m)?.into(),
+            TransformSpec::Pca { m } => PcaTransform::from_tensors(src, dim, m)?.into(),
+            TransformSpec::Opq { m } => OpqTransform::from_tensors(src, dim, m)?.into(),
+            TransformSpec::Learned { .. } => learned_from_tensors(src, dim)?.into(),
+        })
+    }
+}
+
+/// A learned transform's dims come from its tensors' shapes: `l1.weight` is `h x d`,
+/// `l2.weight` is `m x h`.
+fn learned_from_tensors(src: &TensorSource<'_>, d: usize) -> Result<LearnedTransform> {
+    let (s1, s2) = (src.shape("l1.weight")?, src.shape("l2.weight")?);
+    if s1.len() != 2 || s2.len() != 2 || s1[1] != d || s2[1] != s1[0] {
+        return Err(src.corrupt(format!(
+            "weight shapes {s1:?} and {s2:?} do not chain from dimension {d}"
+        )));
+    }
+    let (h, m) = (s1[0], s2[0]);
+    let shapes = LearnedTransform::shapes(d, h, m);
+    let mut t: [Vec<f32>; 8] = Default::default();
+    for (i, (name, shape)) in TENSOR_NAMES.iter().zip(&shapes).enumerate() {
+        t[i] = src.f32(name, shape.iter().product())?;
+    }
+    let eps = src.f32("ln_eps", 1)?[0];
+    LearnedTransform::from_tensors(d, h, m, eps, t).map_err(|e| src.corrupt(e))
 }
 
 /// Object-safe view of `Transform` used only inside `AnyTransform`.
@@ -225,36 +288,83 @@ impl From<PqQuantizer> for AnyQuantizer {
     }
 }
 
+/// Runs `$body` with `$q` bound to the concrete quantizer inside an [`AnyQuantizer`]: the one
+/// place that lists the variants for dispatch, so each use compiles its own loop per type.
+macro_rules! with_quantizer {
+    ($any:expr, $q:ident => $body:expr) => {
+        match $any {
+            $crate::encode::AnyQuantizer::Flat($q) => $body,
+            $crate::encode::AnyQuantizer::Sign($q) => $body,
+            $crate::encode::AnyQuantizer::SignAsym($q) => $body,
+            $crate::encode::AnyQuantizer::Int8($q) => $body,
+            $crate::encode::AnyQuantizer::Pq($q) => $body,
+        }
+    };
+}
+pub(crate) use with_quantizer;
+
 impl AnyQuantizer {
+    /// Fits the quantizer `spec` names on (transformed) `train`.
+    pub fn fit(spec: QuantizerSpec, train: VectorsRef<'_>, metric: Metric, seed: u64) -> Result<Self> {
+        Ok(match spec {
+            QuantizerSpec::Flat => FlatQuantizer::fit(&FlatConfig { metric }, train, seed)?.into(),
+            QuantizerSpec::Sign => SignQuantizer::fit(&SignConfig::default(), train, seed)?.into(),
+            QuantizerSpec::SignAsym => {
+                SignAsymQuantizer::fit(&SignAsymConfig { metric }, train, seed)?.into()
+            }
+            QuantizerSpec::Int8 => Int8Quantizer::fit(
+                &Int8Config {
+                    metric,
+                    ..Default::default()
+                },
+                train,
+                seed,
+            )?
+            .into(),
+            QuantizerSpec::Pq { m } => PqQuantizer::fit(&PqConfig::new(m, metric), train, seed)?.into(),
+        })
+    }
+    /// The quantizer `spec` names, on `dim` inputs, from the tensors
+    /// [`AnyQuantizer::tensors`] wrote.
+    pub fn from_tensors(
+        spec: QuantizerSpec,
+        src: &TensorSource<'_>,
+        dim: usize,
+        metric: Metric,
+    ) -> Result<Self> {
+        Ok(match spec {
+            QuantizerSpec::Flat => FlatQuantizer::new(dim, metric).into(),
+            QuantizerSpec::Sign => SignQuantizer::from_tensors(src, dim)?.into(),
+            QuantizerSpec::SignAsym => SignAsymQuantizer::from_tensors(src, dim, metric)?.into(),
+            QuantizerSpec::Int8 => Int8Quantizer::from_tensors(src, dim, metric)?.into(),
+            QuantizerSpec::Pq { m } => PqQuantizer::from_tensors(src, dim, m, metric)?.into(),
+        })
+    }
+    /// Its fitted parameters.
+    pub fn tensors(&self) -> Vec<Tensor<'_>> {
+        match self {
+            AnyQuantizer::Flat(_) => Vec::new(),
+            AnyQuantizer::Sign(q) => q.tensors(),
+            AnyQuantizer::SignAsym(q) => q.tensors(),
+            AnyQuantizer::Int8(q) => q.tensors(),
+            AnyQuantizer::Pq(q) => q.tensors(),
+        }
+    }
     /// Bytes per code.
     pub fn code_len(&self) -> usize {
-        match self {
-            AnyQuantizer::Flat(q) => q.code_len(),
-            AnyQuantizer::Sign(q) => q.code_len(),
-            AnyQuantizer::SignAsym(q) => q.code_len(),
-            AnyQuantizer::Int8(q) => q.code_len(),
-            AnyQuantizer::Pq(q) => q.code_len(),
-        }
+        with_quantizer!(self, q => q.code_len())
     }
     /// Encodes one vector.
     pub fn encode(&self, x: &[f32], out: &mut [u8]) {
-        match self {
-            AnyQuantizer::Flat(q) => q.encode(x, out),
-            AnyQuantizer::Sign(q) => q.encode(x, out),
-            AnyQuantizer::SignAsym(q) => q.encode(x, out),
-            AnyQuantizer::Int8(q) => q.encode(x, out),
-            AnyQuantizer::Pq(q) => q.encode(x, out),
-        }
+        with_quantizer!(self, q => q.encode(x, out))
     }
     /// Encodes every row of `x`.
     pub fn encode_batch(&self, x: VectorsRef<'_>, out: &mut [u8]) {
-        match self {
-            AnyQuantizer::Flat(q) => q.encode_batch(x, out),
-            AnyQuantizer::Sign(q) => q.encode_batch(x, out),
-            AnyQuantizer::SignAsym(q) => q.encode_batch(x, out),
-            AnyQuantizer::Int8(q) => q.encode_batch(x, out),
-            AnyQuantizer::Pq(q) => q.encode_batch(x, out),
-        }
+        with_quantizer!(self, q => q.encode_batch(x, out))
+    }
+    /// First-stage scan of `codes` for transformed queries.
+    pub fn scan(&self, queries: VectorsRef<'_>, codes: &[u8], k: usize) -> Vec<Vec<Hit>> {
+        with_quantizer!(self, q => q.scan(queries, codes, k))
     }
 }
 
@@ -306,25 +416,7 @@ impl Encoder {
             transforms.push(fitted);
         }
         let input = cur.as_ref().map(|v| v.view()).unwrap_or(train);
-        let quantizer: AnyQuantizer = match spec.quantizer {
-            QuantizerSpec::Flat => FlatQuantizer::fit(&FlatConfig { metric }, input, seed)?.into(),
-            QuantizerSpec::Sign => SignQuantizer::fit(&SignConfig::default(), input, seed)?.into(),
-            QuantizerSpec::SignAsym => {
-                SignAsymQuantizer::fit(&SignAsymConfig { metric }, input, seed)?.into()
-            }
-            QuantizerSpec::Int8 => Int8Quantizer::fit(
-                &Int8Config {
-                    metric,
-                    ..Default::default()
-                },
-                input,
-                seed,
-            )?
-            .into(),
-            QuantizerSpec::Pq { m } => {
-                PqQuantizer::fit(&PqConfig::new(m, metric), input, seed)?.into()
-            }
-        };
+        let quantizer = AnyQuantizer::fit(spec.quantizer, input, metric, seed)?;
         Ok(Encoder {
             spec: spec.clone(),
             dim: train.dim(),
@@ -356,6 +448,40 @@ impl Encoder {
             transforms,
             quantizer,
         })
+    }
+
+    /// Its fitted parameters, named `t<j>.<name>` for transform `j` and `q.<name>` for the
+    /// quantizer.
+    pub fn tensors(&self) -> Vec<(String, Tensor<'_>)> {
+        let mut out = Vec::new();
+        for (j, t) in self.transforms.iter().enumerate() {
+            out.extend(t.tensors().into_iter().map(|x| (format!("t{j}.{}", x.name), x)));
+        }
+        out.extend(
+            self.quantizer
+                .tensors()
+                .into_iter()
+                .map(|x| (format!("q.{}", x.name), x)),
+        );
+        out
+    }
+
+    /// The encoder `spec` names, on `dim` inputs, from the tensors [`Encoder::tensors`] wrote.
+    pub fn from_tensors(
+        spec: &EncoderSpec,
+        src: &TensorSource<'_>,
+        dim: usize,
+        metric: Metric,
+    ) -> Result<Encoder> {
+        let mut transforms = Vec::new();
+        let mut d = dim;
+        for (j, t) in spec.transforms.iter().enumerate() {
+            let tr = AnyTransform::from_tensors(t, &src.part(&format!("t{j}")), d)?;
+            d = tr.dim_out();
+            transforms.push(tr);
+        }
+        let q = AnyQuantizer::from_tensors(spec.quantizer, &src.part("q"), d, metric)?;
+        Encoder::from_parts(spec.clone(), dim, transforms, q)
     }
 
     /// The spec this encoder was fitted from.

@@ -14,7 +14,7 @@
 //! usual.
 
 use super::pq::{check_subspaces, codebooks, train_sample, PqQuantizer};
-use super::{Quantizer, Transform};
+use super::{Quantizer, Tensor, TensorSource, Transform};
 use crate::distance::Metric;
 use crate::error::{invalid, Error, Result};
 use crate::vectors::{Vectors, VectorsRef};
@@ -70,6 +70,15 @@ impl OpqTransform {
             );
         }
         Ok(OpqTransform { m, dim, rotation })
+    }
+    /// Its tensor: `rotation` (d x d).
+    pub fn tensors(&self) -> Vec<Tensor<'_>> {
+        vec![Tensor::f32("rotation", vec![self.dim, self.dim], &self.rotation)]
+    }
+    /// From the tensor of [`OpqTransform::tensors`], for `opq<m>` on `dim` inputs.
+    pub fn from_tensors(src: &TensorSource<'_>, dim: usize, m: usize) -> Result<Self> {
+        let rot = src.f32("rotation", dim * dim)?;
+        Self::from_parts(dim, m, rot).map_err(|e| src.corrupt(e))
     }
     /// `W = R^T` (`dim x dim`, row-major).
     pub fn rotation(&self) -> &[f32] {

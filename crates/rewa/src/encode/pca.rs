@@ -13,7 +13,7 @@
 //! Quantizers after PCA centre or range-fit on their own (`sign` thresholds at the mean,
 //! `int8` fits per-dimension ranges), so nothing is lost by leaving the mean in.
 
-use super::Transform;
+use super::{Tensor, TensorSource, Transform};
 use crate::error::{invalid, Error, Result};
 use crate::vectors::{Vectors, VectorsRef};
 use rayon::prelude::*;
@@ -58,6 +58,22 @@ impl PcaTransform {
             components,
             variances,
         })
+    }
+    /// Its tensors: `mean` (d), `components` (m x d), `variances` (m).
+    pub fn tensors(&self) -> Vec<Tensor<'_>> {
+        let m = self.variances.len();
+        vec![
+            Tensor::f32("mean", vec![self.mean.len()], &self.mean),
+            Tensor::f32("components", vec![m, self.dim_in], &self.components),
+            Tensor::f32("variances", vec![m], &self.variances),
+        ]
+    }
+    /// From the tensors of [`PcaTransform::tensors`], for `pca<m>` on `dim` inputs.
+    pub fn from_tensors(src: &TensorSource<'_>, dim: usize, m: usize) -> Result<Self> {
+        let mean = src.f32("mean", dim)?;
+        let comp = src.f32("components", m * dim)?;
+        let var = src.f32("variances", m)?;
+        Self::from_parts(dim, mean, comp, var).map_err(|e| src.corrupt(e))
     }
     /// Training mean.
     pub fn mean(&self) -> &[f32] {
@@ -110,25 +126,7 @@ impl Transform for PcaTransform {
                 }
                 let mut out = vec![0f32; d * d];
                 // out (d x d) = c^T (d x rows) * c (rows x d)
-                // SAFETY: pointers and strides describe the live buffers `c` and `out`.
-                unsafe {
-                    matrixmultiply::sgemm(
-                        d,
-                        rows,
-                        d,
-                        1.0,
-                        c.as_ptr(),
-                        1,
-                        d as isize,
-                        c.as_ptr(),
-                        d as isize,
-                        1,
-                        0.0,
-                        out.as_mut_ptr(),
-                        d as isize,
-                        1,
-                    );
-                }
+                crate::linalg::gemm_atb(&c, &c, rows, d, d, &mut out);
                 out.into_iter().map(f64::from).collect::<Vec<f64>>()
             })
             .reduce(
@@ -188,25 +186,7 @@ impl Transform for PcaTransform {
             .for_each(|(o, xs)| {
                 let rows = xs.len() / d;
                 // o (rows x m) = xs (rows x d) * W^T (d x m)
-                // SAFETY: pointers and strides describe the live buffers `xs`, `components`, `o`.
-                unsafe {
-                    matrixmultiply::sgemm(
-                        rows,
-                        d,
-                        m,
-                        1.0,
-                        xs.as_ptr(),
-                        d as isize,
-                        1,
-                        self.components.as_ptr(),
-                        1,
-                        d as isize,
-                        0.0,
-                        o.as_mut_ptr(),
-                        m as isize,
-                        1,
-                    );
-                }
+                crate::linalg::gemm_abt(xs, &self.components, rows, d, m, o);
             });
         Vectors::new(m, out).expect("invariant: m >= 1 divides the buffer")
     }

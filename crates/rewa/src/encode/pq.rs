@@ -12,9 +12,10 @@
 //! sub-spaces would hold most of the variance.
 
 use super::sign::table_distance;
-use super::Quantizer;
+use super::{Quantizer, Tensor, TensorSource};
 use crate::distance::{dot, Metric};
 use crate::error::{invalid, Result};
+use crate::search::Hit;
 use crate::vectors::{Vectors, VectorsRef};
 use rand::seq::index::sample;
 use rand::{Rng, SeedableRng};
@@ -73,7 +74,7 @@ pub(crate) fn check_subspaces(name: &str, m: usize, dim: usize) -> Result<()> {
 }
 
 /// Coordinates `s..e` of sub-space `j` of `m` over `d` dims.
-#[inline]
+#[inline(always)]
 fn bounds(d: usize, m: usize, j: usize) -> (usize, usize) {
     (j * d / m, (j + 1) * d / m)
 }
@@ -105,6 +106,15 @@ impl PqQuantizer {
             norms,
             metric,
         })
+    }
+    /// Its tensor: `centroids` (256 x d, laid out as [`PqQuantizer::centroids`]).
+    pub fn tensors(&self) -> Vec<Tensor<'_>> {
+        vec![Tensor::f32("centroids", vec![PQ_CENTROIDS, self.dim], &self.centroids)]
+    }
+    /// From the tensor of [`PqQuantizer::tensors`], for `pq<m>` on `dim` inputs.
+    pub fn from_tensors(src: &TensorSource<'_>, dim: usize, m: usize, metric: Metric) -> Result<Self> {
+        let c = src.f32("centroids", PQ_CENTROIDS * dim)?;
+        Self::from_parts(dim, m, c, metric).map_err(|e| src.corrupt(e))
     }
     /// All centroids: sub-space `j` over coordinates `s..e` holds 256 rows of `e - s` floats
     /// at `256 * s`.
@@ -342,9 +352,12 @@ impl Quantizer for PqQuantizer {
         }
         out
     }
-    #[inline]
+    #[inline(always)]
     fn distance(&self, q: &Vec<[f32; 256]>, code: &[u8]) -> f32 {
         table_distance(q, code)
+    }
+    fn scan(&self, queries: VectorsRef<'_>, codes: &[u8], k: usize) -> Vec<Vec<Hit>> {
+        crate::search::scan_tables(self, queries, codes, k)
     }
 }
 

@@ -13,9 +13,10 @@
 //! term is the same for every code) and for L2 `w = q - t`. The query is turned into one
 //! table of 256 partial sums per code byte, so a distance is `code_len` table lookups.
 
-use super::Quantizer;
+use super::{Quantizer, Tensor, TensorSource};
 use crate::distance::Metric;
 use crate::error::Result;
+use crate::search::Hit;
 use crate::vectors::VectorsRef;
 
 /// Settings for [`SignQuantizer`].
@@ -46,6 +47,14 @@ impl SignQuantizer {
     /// The per-dimension thresholds.
     pub fn thresholds(&self) -> &[f32] {
         &self.thresholds
+    }
+    /// Its tensor: `thresholds` (d).
+    pub fn tensors(&self) -> Vec<Tensor<'_>> {
+        vec![Tensor::f32("thresholds", vec![self.thresholds.len()], &self.thresholds)]
+    }
+    /// From the tensor of [`SignQuantizer::tensors`], for `dim` inputs.
+    pub fn from_tensors(src: &TensorSource<'_>, dim: usize) -> Result<Self> {
+        Ok(Self::from_thresholds(src.f32("thresholds", dim)?))
     }
 }
 
@@ -91,9 +100,14 @@ impl Quantizer for SignQuantizer {
         self.encode(query, &mut q);
         q
     }
-    #[inline]
+    #[inline(always)]
     fn distance(&self, q: &Vec<u8>, code: &[u8]) -> f32 {
         crate::distance::hamming(q, code) as f32
+    }
+    /// Hamming scans with the popcount loop unrolled for the code length.
+    fn scan(&self, queries: VectorsRef<'_>, codes: &[u8], k: usize) -> Vec<Vec<Hit>> {
+        let qs: Vec<Vec<u8>> = queries.rows().map(|r| self.prepare(r)).collect();
+        crate::search::scan_sign(&qs, codes, self.code_len(), k)
     }
 }
 
@@ -120,6 +134,14 @@ impl SignAsymQuantizer {
     /// The per-dimension thresholds.
     pub fn thresholds(&self) -> &[f32] {
         self.bits.thresholds()
+    }
+    /// Its tensor: the `thresholds` of its bits (the same as `sign`'s).
+    pub fn tensors(&self) -> Vec<Tensor<'_>> {
+        self.bits.tensors()
+    }
+    /// From the tensor of [`SignAsymQuantizer::tensors`], for `dim` inputs.
+    pub fn from_tensors(src: &TensorSource<'_>, dim: usize, metric: Metric) -> Result<Self> {
+        Ok(Self::new(SignQuantizer::from_tensors(src, dim)?, metric))
     }
     /// The weights a query puts on the `+-1` of each bit (see the module docs).
     pub fn weights(&self, query: &[f32]) -> Vec<f32> {
@@ -153,7 +175,7 @@ pub(crate) fn byte_tables(w: &[f32], code_len: usize) -> Vec<[f32; 256]> {
 
 /// The table distance: one lookup per code byte, summed into four independent accumulators
 /// (one chain of dependent adds made the scan latency-bound: 4x slower).
-#[inline]
+#[inline(always)]
 pub(crate) fn table_distance(tables: &[[f32; 256]], code: &[u8]) -> f32 {
     let mut acc = [0f32; 4];
     let (tc, tr) = tables.split_at(tables.len() / 4 * 4);
@@ -201,9 +223,12 @@ impl Quantizer for SignAsymQuantizer {
     fn prepare(&self, query: &[f32]) -> Vec<[f32; 256]> {
         byte_tables(&self.weights(query), self.code_len())
     }
-    #[inline]
+    #[inline(always)]
     fn distance(&self, q: &Vec<[f32; 256]>, code: &[u8]) -> f32 {
         table_distance(q, code)
+    }
+    fn scan(&self, queries: VectorsRef<'_>, codes: &[u8], k: usize) -> Vec<Vec<Hit>> {
+        crate::search::scan_tables(self, queries, codes, k)
     }
 }
 

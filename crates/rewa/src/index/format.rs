@@ -27,8 +27,17 @@
 //!
 //! **Crash safety.** `save` writes every data file under a new generation number, fsyncs them,
 //! then replaces `manifest.json` by an atomic rename, fsyncs the directory, and only then deletes
-//! the previous generation's files. A process killed at any moment leaves either the old
-//! manifest (whose files are untouched) or the new one (whose files are complete).
+//! the files the previous manifest named (and no other file: a folder may hold the user's own
+//! files). A process killed at any moment leaves either the old manifest (whose files are
+//! untouched) or the new one (whose files are complete). A new generation's file names are
+//! chosen so that none exists yet: no file is ever truncated or rewritten in place, so a
+//! reader's mapping never changes under it.
+//!
+//! **One writer.** Every write holds an exclusive `flock` on `write.lock` in the directory
+//! ([`WriteLock`]), taken before the index is read for an update (`add`, `tune`) and held until
+//! its manifest is replaced; the holder's pid is written into the file so a second writer can
+//! name it. Readers take no lock: they see the manifest before or after a rename, never half a
+//! generation.
 //!
 //! **Checks at open.** Manifest parse and version range; for every file: length, magic,
 //! version, row size and count against the manifest, CRC-32 of the whole file; parameter
@@ -36,15 +45,11 @@
 
 use super::{Bytes, CodeSet, Index};
 use crate::distance::Metric;
-use crate::encode::{
-    AnyQuantizer, AnyTransform, Encoder, EncoderSpec, FlatQuantizer, HadamardTransform,
-    Int8Quantizer, LearnedTransform, OpqTransform, PcaTransform, PqQuantizer, QuantizerSpec,
-    SignAsymQuantizer, SignQuantizer, TransformSpec, PQ_CENTROIDS, TENSOR_NAMES,
-};
+use crate::encode::{Encoder, EncoderSpec, Tensor, TensorSource};
 use crate::error::{Error, Result};
 use crate::search::Pipeline;
 use memmap2::Mmap;
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::TensorView;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -58,6 +63,10 @@ const HEADER: usize = 64;
 const MAGIC_CODES: &[u8; 8] = b"REWACODE";
 const MAGIC_VECS: &[u8; 8] = b"REWAVECS";
 const MANIFEST: &str = "manifest.json";
+/// The writer lock's file name inside an index directory.
+pub const LOCK_FILE: &str = "write.lock";
+/// The largest `manifest.json` read (a real one is a few KiB).
+const MAX_MANIFEST_BYTES: u64 = 16 << 20;
 
 #[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields)]
@@ -133,103 +142,124 @@ fn write_file(path: &Path, parts: &[&[u8]]) -> Result<(u32, u64)> {
     Ok((crc.finalize(), n))
 }
 
+/// The exclusive writer lock of an index directory, released when dropped.
+#[derive(Debug)]
+pub struct WriteLock {
+    dir: PathBuf,
+    _file: File,
+}
+
+impl WriteLock {
+    /// Takes the writer lock of `dir` (created if missing), waiting up to `wait` for another
+    /// writer to finish; then [`Error::Locked`] names the holder's pid.
+    pub fn acquire(dir: &Path, wait: std::time::Duration) -> Result<WriteLock> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let path = dir.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let t = std::time::Instant::now();
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if t.elapsed() < wait => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    let pid = std::fs::read_to_string(&path)
+                        .ok()
+                        .and_then(|s| s.trim().parse().ok())
+                        .unwrap_or(0);
+                    return Err(Error::Locked {
+                        path: dir.to_path_buf(),
+                        pid,
+                        waited_secs: t.elapsed().as_secs(),
+                    });
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+            }
+        }
+        // Record the holder for the message another writer prints (the lock is the flock, not
+        // this text).
+        let _ = (&file).set_len(0);
+        let _ = (&file).write_all(std::process::id().to_string().as_bytes());
+        Ok(WriteLock {
+            dir: dir.to_path_buf(),
+            _file: file,
+        })
+    }
+    /// The locked directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Fails unless `dir` may receive a new index: missing, empty (but for the lock file), or
+/// already an index (which the new one replaces). A folder of other files is refused unless
+/// `force`; even then only files an index manifest named are ever deleted.
+pub fn check_build_target(dir: &Path, force: bool) -> Result<()> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let others: Vec<String> = rd
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != LOCK_FILE)
+        .collect();
+    if others.is_empty() || force || others.iter().any(|n| n == MANIFEST) {
+        return Ok(());
+    }
+    Err(Error::InvalidInput(format!(
+        "{} is not empty and holds no index ({} other files, e.g. {:?}); choose an empty or new folder, or pass --force (which never deletes files the index did not write)",
+        dir.display(),
+        others.len(),
+        others[0]
+    )))
+}
+
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))
 }
 
-fn f32_bytes(v: &[f32]) -> &[u8] {
-    crate::io::as_bytes(v)
+/// Every code set's encoder tensors, named `cs<i>.<part>.<name>`.
+fn params_tensors(index: &Index) -> Vec<(String, Tensor<'_>)> {
+    index
+        .code_sets
+        .iter()
+        .enumerate()
+        .flat_map(|(i, cs)| {
+            cs.encoder
+                .tensors()
+                .into_iter()
+                .map(move |(name, t)| (format!("cs{i}.{name}"), t))
+        })
+        .collect()
 }
 
-fn params_tensors(index: &Index) -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {
-    let mut t = Vec::new();
-    let mut f = |name: String, shape: Vec<usize>, v: &[f32]| {
-        t.push((name, Dtype::F32, shape, f32_bytes(v).to_vec()))
+/// Saves `index` into the directory `lock` holds, crash-safely.
+pub fn save(index: &Index, lock: &WriteLock) -> Result<()> {
+    let dir = lock.dir();
+    let old = match read_manifest(dir) {
+        Ok(m) => Some(m),
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
     };
-    let mut keeps = Vec::new();
-    for (i, cs) in index.code_sets.iter().enumerate() {
-        for (j, tr) in cs.encoder.transforms().iter().enumerate() {
-            let p = format!("cs{i}.t{j}");
-            match tr {
-                AnyTransform::Hadamard(h) => {
-                    f(format!("{p}.signs"), vec![h.signs().len()], h.signs());
-                    keeps.push((format!("{p}.keep"), h.keep().to_vec()));
-                }
-                AnyTransform::Opq(o) => {
-                    f(
-                        format!("{p}.rotation"),
-                        vec![tr.dim_in(), tr.dim_in()],
-                        o.rotation(),
-                    );
-                }
-                AnyTransform::Learned(l) => {
-                    for (name, shape, v) in l.tensors() {
-                        f(format!("{p}.{name}"), shape, v);
-                    }
-                    f(format!("{p}.ln_eps"), vec![1], &[l.eps()]);
-                }
-                AnyTransform::Pca(pc) => {
-                    f(format!("{p}.mean"), vec![pc.mean().len()], pc.mean());
-                    f(
-                        format!("{p}.components"),
-                        vec![pc.variances().len(), pc.dim_in_()],
-                        pc.components(),
-                    );
-                    f(
-                        format!("{p}.variances"),
-                        vec![pc.variances().len()],
-                        pc.variances(),
-                    );
-                }
-            }
-        }
-        match cs.encoder.quantizer() {
-            AnyQuantizer::Flat(_) => {}
-            AnyQuantizer::Sign(s) => f(
-                format!("cs{i}.q.thresholds"),
-                vec![s.thresholds().len()],
-                s.thresholds(),
-            ),
-            AnyQuantizer::SignAsym(s) => f(
-                format!("cs{i}.q.thresholds"),
-                vec![s.thresholds().len()],
-                s.thresholds(),
-            ),
-            AnyQuantizer::Pq(q) => f(
-                format!("cs{i}.q.centroids"),
-                vec![PQ_CENTROIDS, q.dim()],
-                q.centroids(),
-            ),
-            AnyQuantizer::Int8(q) => {
-                f(format!("cs{i}.q.lo"), vec![q.lo().len()], q.lo());
-                f(format!("cs{i}.q.scale"), vec![q.scale().len()], q.scale());
-            }
-        }
+    // The next generation whose file names are all free: no existing file is overwritten.
+    let mut generation = old.as_ref().map_or(0, |m| m.generation + 1);
+    while gen_files(index, generation)
+        .iter()
+        .any(|f| dir.join(f).symlink_metadata().is_ok())
+    {
+        generation += 1;
     }
-    for (name, k) in keeps {
-        t.push((
-            name,
-            Dtype::U32,
-            vec![k.len()],
-            crate::io::as_bytes(&k).to_vec(),
-        ));
-    }
-    t
-}
-
-impl PcaTransform {
-    fn dim_in_(&self) -> usize {
-        self.dim_in
-    }
-}
-
-/// Saves `index` into `dir` (created if missing), crash-safely.
-pub fn save(index: &Index, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let old = read_manifest(dir).ok();
-    let generation = old.as_ref().map_or(0, |m| m.generation + 1);
     let mut code_sets = Vec::new();
     for (i, cs) in index.code_sets.iter().enumerate() {
         let name = format!("codes-{generation}-{i}.bin");
@@ -269,10 +299,11 @@ pub fn save(index: &Index, dir: &Path) -> Result<()> {
     let tensors = params_tensors(index);
     let views: Vec<(String, TensorView)> = tensors
         .iter()
-        .map(|(n, dt, shape, data)| {
+        .map(|(n, t)| {
             (
                 n.clone(),
-                TensorView::new(*dt, shape.clone(), data).expect("invariant: shape matches data"),
+                TensorView::new(t.dtype(), t.shape.clone(), t.bytes())
+                    .expect("invariant: shape matches data"),
             )
         })
         .collect();
@@ -304,19 +335,34 @@ pub fn save(index: &Index, dir: &Path) -> Result<()> {
     std::fs::rename(&tmp, dir.join(MANIFEST)).map_err(io_err(dir))?;
     sync_dir(dir)?;
     crash_test_pause("manifest");
-    // The new manifest is durable: files of other generations are garbage now.
+    // The new manifest is durable: the files the old one named are garbage now. Only those
+    // are deleted; readers that mapped them keep their pages (unlink, not truncate).
     let keep: Vec<String> = files_of(&manifest);
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let n = e.file_name().to_string_lossy().to_string();
-            let ours =
-                n.starts_with("codes-") || n.starts_with("vectors-") || n.starts_with("params-");
-            if ours && !keep.contains(&n) {
-                let _ = std::fs::remove_file(e.path());
+    if let Some(old) = old {
+        for f in files_of(&old) {
+            if !keep.contains(&f) && is_own_name(&f) {
+                let _ = std::fs::remove_file(dir.join(f));
             }
         }
     }
     Ok(())
+}
+
+/// The data file names generation `g` of `index` writes.
+fn gen_files(index: &Index, g: u64) -> Vec<String> {
+    let mut v: Vec<String> = (0..index.code_sets.len())
+        .map(|i| format!("codes-{g}-{i}.bin"))
+        .collect();
+    v.push(format!("vectors-{g}.f32"));
+    v.push(format!("params-{g}.safetensors"));
+    v
+}
+
+/// A plain file name (no path) of the kinds an index writes.
+fn is_own_name(f: &str) -> bool {
+    !f.contains('/')
+        && !f.contains("..")
+        && (f.starts_with("codes-") || f.starts_with("vectors-") || f.starts_with("params-"))
 }
 
 /// For crash tests: with `REWA_SAVE_PAUSE=<point>:<ms>` set, `save` announces `paused:<point>`
@@ -342,8 +388,25 @@ fn files_of(m: &Manifest) -> Vec<String> {
     v
 }
 
+/// Fails unless `path` is a regular file (after symlinks) of at most `max` bytes; returns
+/// its length. A FIFO would block a read, a device or a huge sparse file would never end.
+fn check_regular(path: &Path, max: u64) -> Result<u64> {
+    let md = std::fs::metadata(path).map_err(io_err(path))?;
+    if !md.is_file() {
+        return Err(Error::corrupt(path, "not a regular file"));
+    }
+    if md.len() > max {
+        return Err(Error::corrupt(
+            path,
+            format!("{} bytes, more than the {max} such a file can hold", md.len()),
+        ));
+    }
+    Ok(md.len())
+}
+
 fn read_manifest(dir: &Path) -> Result<Manifest> {
     let path = dir.join(MANIFEST);
+    check_regular(&path, MAX_MANIFEST_BYTES)?;
     let text = std::fs::read(&path).map_err(io_err(&path))?;
     // Read the version first so that a future format gets `Incompatible`, not a parse error.
     let v: serde_json::Value = serde_json::from_slice(&text)
@@ -375,9 +438,13 @@ fn open_checked(
             format!("file name {:?} leaves the index directory", entry.file),
         ));
     }
+    check_regular(&path, entry.bytes)?;
     let f = File::open(&path).map_err(io_err(&path))?;
-    // SAFETY: the index's files are written once and never modified in place (saves write a
-    // new generation); the mapping is read-only.
+    // SAFETY: a mapped file that shrinks under its reader is SIGBUS, so nothing rewa does may
+    // shrink or rewrite one: saves write a new generation under file names that did not exist
+    // (`save` skips taken names), then rename the manifest, and only then unlink the old
+    // generation (unlinking keeps a reader's pages); one writer at a time (`WriteLock`). The
+    // mapping is read-only. Another program truncating the files is outside what we can guard.
     let map = unsafe { Mmap::map(&f) }.map_err(io_err(&path))?;
     let corrupt = |r: String| Error::corrupt(&path, r);
     if map.len() as u64 != entry.bytes {
@@ -429,136 +496,6 @@ fn open_checked(
     Ok(Arc::new(map))
 }
 
-struct Params<'a> {
-    st: safetensors::SafeTensors<'a>,
-    path: PathBuf,
-}
-
-impl Params<'_> {
-    fn get<T: crate::io::bytes::Pod + Default>(
-        &self,
-        name: &str,
-        dtype: Dtype,
-        len: usize,
-    ) -> Result<Vec<T>> {
-        let t = self
-            .st
-            .tensor(name)
-            .map_err(|_| Error::corrupt(&self.path, format!("missing tensor {name}")))?;
-        let n: usize = t.shape().iter().product();
-        if t.dtype() != dtype || n != len {
-            return Err(Error::corrupt(
-                &self.path,
-                format!(
-                    "tensor {name}: {:?} {:?}, expected {dtype:?} of {len}",
-                    t.dtype(),
-                    t.shape()
-                ),
-            ));
-        }
-        let mut v = vec![T::default(); n];
-        crate::io::fill_from_bytes(&mut v, t.data());
-        Ok(v)
-    }
-}
-
-/// A learned transform's dims come from its tensors' shapes: `l1.weight` is `h x d`,
-/// `l2.weight` is `m x h`.
-fn load_learned(p: &Params, pre: &str, d: usize) -> Result<LearnedTransform> {
-    let shape = |name: &str| -> Result<Vec<usize>> {
-        let full = format!("{pre}.{name}");
-        p.st.tensor(&full)
-            .map(|t| t.shape().to_vec())
-            .map_err(|_| Error::corrupt(&p.path, format!("missing tensor {full}")))
-    };
-    let (s1, s2) = (shape("l1.weight")?, shape("l2.weight")?);
-    if s1.len() != 2 || s2.len() != 2 || s1[1] != d || s2[1] != s1[0] {
-        return Err(Error::corrupt(
-            &p.path,
-            format!("{pre}: weight shapes {s1:?} and {s2:?} do not chain from dimension {d}"),
-        ));
-    }
-    let (h, m) = (s1[0], s2[0]);
-    let shapes = LearnedTransform::shapes(d, h, m);
-    let mut t: [Vec<f32>; 8] = Default::default();
-    for (i, (name, shape)) in TENSOR_NAMES.iter().zip(&shapes).enumerate() {
-        t[i] = p.get::<f32>(&format!("{pre}.{name}"), Dtype::F32, shape.iter().product())?;
-    }
-    let eps = p.get::<f32>(&format!("{pre}.ln_eps"), Dtype::F32, 1)?[0];
-    LearnedTransform::from_tensors(d, h, m, eps, t)
-        .map_err(|e| Error::corrupt(&p.path, format!("{pre}: {e}")))
-}
-
-fn load_encoder(
-    p: &Params,
-    i: usize,
-    spec: &EncoderSpec,
-    dim: usize,
-    metric: Metric,
-) -> Result<Encoder> {
-    let mut transforms = Vec::new();
-    let mut d = dim;
-    for (j, t) in spec.transforms.iter().enumerate() {
-        let pre = format!("cs{i}.t{j}");
-        let tr: AnyTransform = match *t {
-            TransformSpec::Hadamard { m } => {
-                let blocks = m.div_ceil(d.next_power_of_two());
-                let signs = p.get::<f32>(
-                    &format!("{pre}.signs"),
-                    Dtype::F32,
-                    blocks * d.next_power_of_two(),
-                )?;
-                let keep = p.get::<u32>(&format!("{pre}.keep"), Dtype::U32, m)?;
-                HadamardTransform::from_parts(d, signs, keep)
-                    .map_err(|e| Error::corrupt(&p.path, format!("{pre}: {e}")))?
-                    .into()
-            }
-            TransformSpec::Pca { m } => {
-                let mean = p.get::<f32>(&format!("{pre}.mean"), Dtype::F32, d)?;
-                let comp = p.get::<f32>(&format!("{pre}.components"), Dtype::F32, m * d)?;
-                let var = p.get::<f32>(&format!("{pre}.variances"), Dtype::F32, m)?;
-                PcaTransform::from_parts(d, mean, comp, var)?.into()
-            }
-            TransformSpec::Opq { m } => {
-                let rot = p.get::<f32>(&format!("{pre}.rotation"), Dtype::F32, d * d)?;
-                OpqTransform::from_parts(d, m, rot)
-                    .map_err(|e| Error::corrupt(&p.path, format!("{pre}: {e}")))?
-                    .into()
-            }
-            TransformSpec::Learned { .. } => load_learned(p, &pre, d)?.into(),
-        };
-        d = tr.dim_out();
-        transforms.push(tr);
-    }
-    let q: AnyQuantizer = match spec.quantizer {
-        QuantizerSpec::Flat => FlatQuantizer::new(d, metric).into(),
-        QuantizerSpec::Sign => {
-            SignQuantizer::from_thresholds(p.get(&format!("cs{i}.q.thresholds"), Dtype::F32, d)?)
-                .into()
-        }
-        QuantizerSpec::SignAsym => SignAsymQuantizer::new(
-            SignQuantizer::from_thresholds(p.get(&format!("cs{i}.q.thresholds"), Dtype::F32, d)?),
-            metric,
-        )
-        .into(),
-        QuantizerSpec::Pq { m } => PqQuantizer::from_parts(
-            d,
-            m,
-            p.get(&format!("cs{i}.q.centroids"), Dtype::F32, PQ_CENTROIDS * d)?,
-            metric,
-        )
-        .map_err(|e| Error::corrupt(&p.path, format!("cs{i}.q: {e}")))?
-        .into(),
-        QuantizerSpec::Int8 => Int8Quantizer::from_parts(
-            p.get(&format!("cs{i}.q.lo"), Dtype::F32, d)?,
-            p.get(&format!("cs{i}.q.scale"), Dtype::F32, d)?,
-            metric,
-        )
-        .into(),
-    };
-    Encoder::from_parts(spec.clone(), dim, transforms, q)
-}
-
 /// Opens the index in `dir`, checking every file once.
 pub fn open(dir: &Path) -> Result<Index> {
     let m = read_manifest(dir)?;
@@ -570,13 +507,14 @@ pub fn open(dir: &Path) -> Result<Index> {
     let ppath = dir.join(&m.params.file);
     let st = safetensors::SafeTensors::deserialize(&pmap)
         .map_err(|e| Error::corrupt(&ppath, format!("safetensors: {e}")))?;
-    let params = Params { st, path: ppath };
+    let params = TensorSource::new(&st, &ppath);
     let mut code_sets = Vec::new();
     for (i, c) in m.code_sets.iter().enumerate() {
         c.spec
             .check(m.dim)
             .map_err(|e| Error::corrupt(&mpath, e.to_string()))?;
-        let encoder = load_encoder(&params, i, &c.spec, m.dim, m.metric)?;
+        let encoder =
+            Encoder::from_tensors(&c.spec, &params.part(&format!("cs{i}")), m.dim, m.metric)?;
         let want = encoder.code_len();
         if c.code_len != want {
             return Err(Error::corrupt(

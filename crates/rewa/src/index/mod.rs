@@ -7,14 +7,13 @@ mod bytes;
 pub mod format;
 
 pub(crate) use bytes::Bytes;
+pub use format::{check_build_target, WriteLock};
 
 use crate::distance::Metric;
-use crate::encode::{AnyQuantizer, Encoder, EncoderSpec, Quantizer};
+use crate::encode::{Encoder, EncoderSpec};
 use crate::error::{invalid, Error, Result};
-use crate::search::{exact_search, rerank, scan_encoded, Hit, Pipeline, Scorer, SearchParams};
-use crate::vectors::VectorsRef;
-use rayon::prelude::*;
-use std::borrow::Cow;
+use crate::search::{run_stages, Hit, Pipeline, Scored, Scorer, SearchParams};
+use crate::vectors::{Prepared, VectorsRef};
 
 /// Build-time settings.
 #[derive(Clone, Debug)]
@@ -58,26 +57,20 @@ pub struct Index {
     pub(crate) vectors: Option<Bytes>,
 }
 
-fn prepared(v: VectorsRef<'_>, metric: Metric) -> Cow<'_, [f32]> {
-    if metric.normalizes() {
-        let mut o = v.to_owned();
-        o.normalize();
-        Cow::Owned(o.into_vec())
-    } else {
-        Cow::Borrowed(v.as_slice())
-    }
-}
-
 impl Index {
     /// Fits every encoder of `spec.pipeline` on `train` and returns an empty index.
     pub fn fit(spec: &IndexSpec, train: VectorsRef<'_>) -> Result<Index> {
+        Index::fit_prepared(spec, &spec.metric.prepare(train)?)
+    }
+
+    /// [`Index::fit`] on vectors already prepared for `spec.metric`.
+    pub fn fit_prepared(spec: &IndexSpec, train: &Prepared<'_>) -> Result<Index> {
         if train.is_empty() {
             return invalid!("cannot fit an index on zero training vectors");
         }
-        train.check_finite()?;
+        same_metric(spec.metric, train)?;
         spec.pipeline.check(1)?;
-        let data = prepared(train, spec.metric);
-        let train = VectorsRef::new(train.dim(), &data)?;
+        let train = train.view();
         let mut code_sets = Vec::new();
         for (i, es) in spec.pipeline.encoders().into_iter().enumerate() {
             es.check(train.dim())?;
@@ -103,47 +96,64 @@ impl Index {
         })
     }
 
-    /// Fits on `data`, then adds it.
+    /// Fits on `data`, then adds it (checked and normalised once).
     pub fn build(spec: &IndexSpec, data: VectorsRef<'_>) -> Result<Index> {
-        let mut index = Index::fit(spec, data)?;
-        index.add(data)?;
+        let data = spec.metric.prepare(data)?;
+        let mut index = Index::fit_prepared(spec, &data)?;
+        index.add_prepared(&data, &mut |_, _| {})?;
         Ok(index)
-    }
-
-    /// Makes room for `more` vectors, so that adding them in chunks does not grow (and copy)
-    /// the buffers step by step.
-    pub fn reserve(&mut self, more: usize) {
-        for cs in &mut self.code_sets {
-            let cl = cs.encoder.code_len();
-            cs.codes.reserve(more * cl);
-        }
-        if let Some(v) = &mut self.vectors {
-            v.reserve(more * 4 * self.dim);
-        }
     }
 
     /// Encodes and appends `data`; ids continue from the current count.
     pub fn add(&mut self, data: VectorsRef<'_>) -> Result<()> {
-        if data.dim() != self.dim {
-            return Err(Error::DimMismatch {
-                expected: self.dim,
-                got: data.dim(),
-            });
-        }
-        data.check_finite()?;
+        self.check_dim(data.dim())?;
+        self.add_prepared(&self.metric.prepare(data)?, &mut |_, _| {})
+    }
+
+    /// Appends vectors already prepared for the index's metric, in chunks, calling
+    /// `progress(done, total)` after each; buffers are reserved first, so they are not
+    /// copied as they grow.
+    pub fn add_prepared(
+        &mut self,
+        data: &Prepared<'_>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<()> {
+        self.check_dim(data.dim())?;
+        same_metric(self.metric, data)?;
         if self.count + data.len() > u32::MAX as usize {
             return invalid!("an index holds at most {} vectors", u32::MAX);
         }
-        let buf = prepared(data, self.metric);
-        let data = VectorsRef::new(self.dim, &buf)?;
         for cs in &mut self.code_sets {
-            let codes = cs.encoder.encode_batch(data)?;
-            cs.codes.extend(&codes);
+            cs.codes.reserve(data.len() * cs.encoder.code_len());
         }
         if let Some(v) = &mut self.vectors {
-            v.extend(crate::io::as_bytes(data.as_slice()));
+            v.reserve(data.len() * 4 * self.dim);
         }
-        self.count += data.len();
+        const CHUNK: usize = 65536;
+        let n = data.len();
+        for start in (0..n).step_by(CHUNK) {
+            let end = (start + CHUNK).min(n);
+            let part = data.view().slice(start, end);
+            for cs in &mut self.code_sets {
+                let codes = cs.encoder.encode_batch(part)?;
+                cs.codes.extend(&codes);
+            }
+            if let Some(v) = &mut self.vectors {
+                v.extend(bytemuck::cast_slice(part.as_slice()));
+            }
+            self.count += end - start;
+            progress(end, n);
+        }
+        Ok(())
+    }
+
+    fn check_dim(&self, got: usize) -> Result<()> {
+        if got != self.dim {
+            return Err(Error::DimMismatch {
+                expected: self.dim,
+                got,
+            });
+        }
         Ok(())
     }
 
@@ -215,7 +225,7 @@ impl Index {
 
     fn check_pipeline(&self, p: &Pipeline, k: usize) -> Result<()> {
         p.check(k)?;
-        for s in &p.stages {
+        for s in p.stages() {
             match &s.scorer {
                 Scorer::Exact if self.vectors.is_none() => {
                     return invalid!(
@@ -231,9 +241,16 @@ impl Index {
         Ok(())
     }
 
-    /// Saves into `dir` crash-safely (see [`format`]).
+    /// Saves into `dir` (created if missing) crash-safely, taking the directory's writer lock
+    /// for the write; fails at once with [`Error::Locked`] if another writer holds it. To
+    /// read, change and save an index without another writer in between, take the lock first
+    /// ([`WriteLock::acquire`]) and use [`Index::save_locked`].
     pub fn save(&self, dir: &std::path::Path) -> Result<()> {
-        format::save(self, dir)
+        self.save_locked(&WriteLock::acquire(dir, std::time::Duration::ZERO)?)
+    }
+    /// Saves into the directory `lock` holds (see [`format`]).
+    pub fn save_locked(&self, lock: &WriteLock) -> Result<()> {
+        format::save(self, lock)
     }
     /// Opens an index saved by [`Index::save`], memory-mapping and checking every file.
     pub fn open(dir: &std::path::Path) -> Result<Index> {
@@ -242,120 +259,84 @@ impl Index {
 
     /// Searches one query.
     pub fn search(&self, query: &[f32], params: &SearchParams) -> Result<Vec<Hit>> {
-        let q = VectorsRef::new(query.len().max(1), query).map_err(|_| Error::DimMismatch {
-            expected: self.dim,
-            got: 0,
-        })?;
+        self.check_dim(query.len())?;
+        let q = VectorsRef::new(self.dim, query)?;
         Ok(self.search_batch(q, params)?.pop().unwrap_or_default())
     }
 
-    /// Searches many queries, in parallel. Returns up to `k` hits per query, best first.
+    /// Searches many queries on the current rayon pool (the global one unless called inside
+    /// `ThreadPool::install`; see [`Index::search_batch_on`]). Returns up to `k` hits per
+    /// query, best first.
     pub fn search_batch(
         &self,
         queries: VectorsRef<'_>,
         params: &SearchParams,
     ) -> Result<Vec<Vec<Hit>>> {
+        self.check_dim(queries.dim())?;
+        self.search_prepared(&self.metric.prepare(queries)?, params)
+    }
+
+    /// [`Index::search_batch`] on a thread pool the caller chooses: a server answering
+    /// concurrent requests gives each a small pool (or one thread) instead of letting every
+    /// single query spread over all cores.
+    pub fn search_batch_on(
+        &self,
+        pool: &rayon::ThreadPool,
+        queries: VectorsRef<'_>,
+        params: &SearchParams,
+    ) -> Result<Vec<Vec<Hit>>> {
+        pool.install(|| self.search_batch(queries, params))
+    }
+
+    /// [`Index::search_batch`] for queries already prepared for the index's metric.
+    pub fn search_prepared(
+        &self,
+        queries: &Prepared<'_>,
+        params: &SearchParams,
+    ) -> Result<Vec<Vec<Hit>>> {
         let pipeline = params.pipeline.as_ref().unwrap_or(&self.pipeline);
         self.check_pipeline(pipeline, params.k)?;
-        if queries.dim() != self.dim {
-            return Err(Error::DimMismatch {
-                expected: self.dim,
-                got: queries.dim(),
-            });
-        }
-        queries.check_finite()?;
+        self.check_dim(queries.dim())?;
+        same_metric(self.metric, queries)?;
         if self.count == 0 {
             return Ok(vec![Vec::new(); queries.len()]);
         }
-        let buf = prepared(queries, self.metric);
-        let queries = VectorsRef::new(self.dim, &buf)?;
-        let mut hits =
-            self.first_stage(&pipeline.stages[0].scorer, pipeline.stages[0].keep, queries)?;
-        for stage in &pipeline.stages[1..] {
-            hits = hits
-                .into_par_iter()
-                .enumerate()
-                .map(|(qi, prev)| {
-                    self.rerank_stage(&stage.scorer, stage.keep, queries.row(qi), &prev)
-                })
-                .collect::<Result<_>>()?;
-        }
-        for h in &mut hits {
-            h.truncate(params.k);
-        }
-        Ok(hits)
+        let stages = pipeline
+            .stages()
+            .iter()
+            .map(|st| Ok((self.scored(&st.scorer)?, st.keep)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(run_stages(&stages, queries.view(), params.k))
     }
 
-    fn first_stage(
-        &self,
-        scorer: &Scorer,
-        keep: usize,
-        queries: VectorsRef<'_>,
-    ) -> Result<Vec<Vec<Hit>>> {
-        let spec = match scorer {
-            Scorer::Exact => {
-                let base = self
-                    .vectors()
-                    .expect("invariant: checked by check_pipeline");
-                return Ok(exact_search(base, queries, self.metric, keep));
+    /// What a stage of this index scores with.
+    fn scored(&self, scorer: &Scorer) -> Result<Scored<'_>> {
+        Ok(match scorer {
+            Scorer::Exact => Scored::Exact {
+                vectors: self.vectors().ok_or_else(|| {
+                    Error::InvalidInput(
+                        "an exact stage needs float vectors, and the index stores none".into(),
+                    )
+                })?,
+                metric: self.metric,
+            },
+            Scorer::Codes(spec) => {
+                let cs = self.code_set(spec)?;
+                Scored::Codes {
+                    encoder: &cs.encoder,
+                    codes: cs.codes(),
+                }
             }
-            Scorer::Codes(spec) => spec,
-        };
-        let cs = self.code_set(spec)?;
-        Ok(scan_encoded(&cs.encoder, cs.codes(), queries, keep))
-    }
-
-    fn rerank_stage(
-        &self,
-        scorer: &Scorer,
-        keep: usize,
-        query: &[f32],
-        prev: &[Hit],
-    ) -> Result<Vec<Hit>> {
-        let ids = prev.iter().map(|h| h.id);
-        let spec = match scorer {
-            Scorer::Exact => {
-                let base = self
-                    .vectors()
-                    .expect("invariant: checked by check_pipeline");
-                return Ok(rerank(ids, keep, |i| {
-                    self.metric.distance(query, base.row(i as usize))
-                }));
-            }
-            Scorer::Codes(spec) => spec,
-        };
-        let cs = self.code_set(spec)?;
-        let tq = cs.encoder.transform(query);
-        let codes = cs.codes();
-        Ok(rerank_codes(cs.encoder.quantizer(), &tq, codes, ids, keep))
+        })
     }
 }
 
-fn rerank_codes(
-    q: &AnyQuantizer,
-    tq: &[f32],
-    codes: &[u8],
-    ids: impl Iterator<Item = u32>,
-    keep: usize,
-) -> Vec<Hit> {
-    fn go<Q: Quantizer>(
-        q: &Q,
-        tq: &[f32],
-        codes: &[u8],
-        ids: impl Iterator<Item = u32>,
-        keep: usize,
-    ) -> Vec<Hit> {
-        let p = q.prepare(tq);
-        let cl = q.code_len();
-        rerank(ids, keep, |i| {
-            q.distance(&p, &codes[i as usize * cl..(i as usize + 1) * cl])
-        })
+fn same_metric(metric: Metric, v: &Prepared<'_>) -> Result<()> {
+    if v.metric() != metric {
+        return invalid!(
+            "vectors prepared for {} given to an index of metric {metric}",
+            v.metric()
+        );
     }
-    match q {
-        AnyQuantizer::Flat(f) => go(f, tq, codes, ids, keep),
-        AnyQuantizer::Sign(s) => go(s, tq, codes, ids, keep),
-        AnyQuantizer::SignAsym(s) => go(s, tq, codes, ids, keep),
-        AnyQuantizer::Int8(i) => go(i, tq, codes, ids, keep),
-        AnyQuantizer::Pq(q) => go(q, tq, codes, ids, keep),
-    }
+    Ok(())
 }

@@ -1,9 +1,9 @@
-//! The committed index in `tests/data/v1` was written by format version 1. Every later build
-//! must open it and return the results stored beside it; a format change that breaks this
-//! needs a new version number and a reader for the old one.
-//!
-//! Regenerate (only when deliberately replacing the fixture):
-//! `cargo test -p rewa --test golden -- --ignored regenerate`
+// The committed index in `tests/data/v1` was written by format version 1. Every later build
+// must open it and return the results stored beside it; a format change that breaks this
+// needs a new version number and a reader for the old one.
+//
+// Regenerate (only when deliberately replacing the fixture):
+// `cargo test -p rewa --test golden -- --ignored regenerate`
 
 use rewa::{Index, IndexSpec, Metric, SearchParams};
 use std::path::PathBuf;

@@ -1,5 +1,5 @@
-//! Recall floors on seeded clustered data (held-out queries, ground truth from exact search),
-//! and the exactness guarantees of staged search.
+// Recall floors on seeded clustered data (held-out queries, ground truth from exact search),
+// and the exactness guarantees of staged search.
 
 use rewa::eval::recall_at_k;
 use rewa::search::{brute_force, exact_search};

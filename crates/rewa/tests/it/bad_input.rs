@@ -1,4 +1,4 @@
-//! Every bad input gets its own error variant, never a panic.
+// Every bad input gets its own error variant, never a panic.
 
 use rewa::io::{read_fvecs, read_vectors, write_fvecs, write_npy_f32};
 use rewa::{EncoderSpec, Error, Index, IndexSpec, Metric, Pipeline, SearchParams, Vectors};

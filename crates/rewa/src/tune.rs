@@ -1,0 +1,270 @@
+//! [`tune`]: the keeps of an index's pipeline that reach a target recall at the highest QPS.
+//!
+//! Every combination of keeps (powers of two times k, up to `max_keep`) is measured in
+//! ascending order, skipping a setting whose every keep is at least that of one that already
+//! met the target (more work for recall that is not needed). The doubling grid overshoots by up
+//! to 2x, so the fastest setting that met the target is then refined stage by stage: three
+//! bisection steps between half its keep and its keep. Ground truth is exact search over the
+//! index's float vectors. A time budget bounds the whole run: when it is spent, the best
+//! setting found so far is returned and the report says so.
+
+use crate::error::{invalid, Error, Result};
+use crate::eval::recall_at_k;
+use crate::search::{exact_search, Pipeline, SearchParams};
+use crate::vectors::Prepared;
+use crate::Index;
+use std::time::Instant;
+
+/// What to tune for.
+#[derive(Clone, Debug)]
+pub struct TuneOptions {
+    /// Neighbours per query.
+    pub k: usize,
+    /// Target recall@k, in (0, 1].
+    pub target_recall: f64,
+    /// Largest keep tried for any stage (default: the index size).
+    pub max_keep: Option<usize>,
+    /// Time budget in seconds; when spent, the best setting so far is returned.
+    pub max_seconds: f64,
+}
+
+impl Default for TuneOptions {
+    fn default() -> Self {
+        TuneOptions {
+            k: 10,
+            target_recall: 0.95,
+            max_keep: None,
+            max_seconds: 300.0,
+        }
+    }
+}
+
+/// One measured setting.
+#[derive(serde::Serialize, Clone, Debug)]
+pub struct TunePoint {
+    /// The pipeline measured.
+    pub pipeline: String,
+    /// Its recall@k on the tuning queries.
+    pub recall_at_k: f64,
+    /// Its queries per second.
+    pub qps: f64,
+}
+
+/// What [`tune`] found: the JSON `rewa tune --json` prints.
+#[derive(serde::Serialize, Clone, Debug)]
+pub struct TuneReport {
+    /// The chosen pipeline: the fastest that met the target, else the one of best recall.
+    pub pipeline: String,
+    /// Its recall@k.
+    pub recall_at_k: f64,
+    /// Its QPS.
+    pub qps: f64,
+    /// Whether some setting reached the target.
+    pub target_met: bool,
+    /// Whether the time budget ran out before every setting was measured.
+    pub timed_out: bool,
+    /// Seconds spent.
+    pub seconds: f64,
+    /// Every setting measured, in order.
+    pub curve: Vec<TunePoint>,
+    #[serde(skip)]
+    chosen: Option<Pipeline>,
+}
+
+impl TuneReport {
+    /// The chosen pipeline, ready for [`Index::set_pipeline`].
+    pub fn chosen(&self) -> &Pipeline {
+        self.chosen.as_ref().expect("invariant: tune chose a pipeline")
+    }
+}
+
+/// Progress of a [`tune`] run, for a progress bar.
+#[derive(Clone, Debug)]
+pub struct TuneProgress<'a> {
+    /// Settings measured or skipped so far.
+    pub done: usize,
+    /// Settings planned (the grid plus the refinement steps at most).
+    pub total: usize,
+    /// The setting just measured.
+    pub point: &'a TunePoint,
+}
+
+/// Checks the options against an index of `n` vectors.
+fn check(opts: &TuneOptions, n: usize) -> Result<()> {
+    let k = opts.k;
+    if k == 0 {
+        return invalid!("k must be at least 1");
+    }
+    if k > n {
+        return invalid!("k = {k}, but the index holds only {n} vectors");
+    }
+    if !(opts.target_recall.is_finite() && opts.target_recall > 0.0 && opts.target_recall <= 1.0) {
+        return invalid!(
+            "the target recall must be in (0, 1], got {}",
+            opts.target_recall
+        );
+    }
+    if let Some(m) = opts.max_keep {
+        if m < k {
+            return invalid!("the largest keep ({m}) must be at least k = {k}");
+        }
+    }
+    if !(opts.max_seconds.is_finite() && opts.max_seconds > 0.0) {
+        return invalid!("the time budget must be a positive number of seconds, got {}", opts.max_seconds);
+    }
+    Ok(())
+}
+
+/// Measures keeps for `index`'s default pipeline on `queries` (validation queries, never the
+/// ones reported on) and returns the curve and the chosen setting; the caller stores it with
+/// [`Index::set_pipeline`].
+pub fn tune(
+    index: &Index,
+    queries: &Prepared<'_>,
+    opts: &TuneOptions,
+    progress: &mut dyn FnMut(&TuneProgress<'_>),
+) -> Result<TuneReport> {
+    let started = Instant::now();
+    let n = index.len();
+    check(opts, n)?;
+    if queries.dim() != index.dim() {
+        return Err(Error::DimMismatch {
+            expected: index.dim(),
+            got: queries.dim(),
+        });
+    }
+    let Some(vectors) = index.vectors() else {
+        return invalid!("tuning needs the index's float vectors for ground truth; build with a pipeline that has an exact stage");
+    };
+    let k = opts.k;
+    let gt = exact_search(vectors, queries.view(), index.metric(), k);
+    let base = index.pipeline().clone();
+    let free = base.stages().len() - 1;
+    // Candidate keeps for every stage but the last (which keeps k): k * 2^i up to the cap.
+    let top = opts.max_keep.unwrap_or(n).clamp(k, n);
+    let mut cands: Vec<usize> = std::iter::successors(Some(k.saturating_mul(2)), |c| {
+        c.checked_mul(2)
+    })
+    .take_while(|&c| c < top)
+    .collect();
+    cands.push(top);
+    let mut grid: Vec<Vec<usize>> = vec![vec![]];
+    for _ in 0..free {
+        grid = grid
+            .into_iter()
+            .flat_map(|g| {
+                let cap = g.last().copied().unwrap_or(usize::MAX);
+                cands
+                    .iter()
+                    .filter(move |&&c| c <= cap)
+                    .map(move |&c| [g.clone(), vec![c]].concat())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+    }
+    let total = grid.len() + 3 * free;
+    let mut done = 0;
+    let mut curve: Vec<(Pipeline, TunePoint, Vec<usize>)> = Vec::new();
+    let mut timed_out = false;
+    let mut measure = |keeps: &[usize], done: usize| -> Result<(Pipeline, TunePoint)> {
+        let mut all = keeps.to_vec();
+        all.push(k);
+        let p = base.with_keeps(&all)?;
+        let t = Instant::now();
+        let hits = index.search_prepared(
+            queries,
+            &SearchParams {
+                k,
+                pipeline: Some(p.clone()),
+            },
+        )?;
+        let qps = queries.len() as f64 / t.elapsed().as_secs_f64().max(1e-9);
+        let point = TunePoint {
+            pipeline: p.to_string(),
+            recall_at_k: recall_at_k(&hits, &gt, k),
+            qps,
+        };
+        progress(&TuneProgress {
+            done,
+            total,
+            point: &point,
+        });
+        Ok((p, point))
+    };
+    let out_of_time = |started: &Instant| started.elapsed().as_secs_f64() > opts.max_seconds;
+    let mut met_keeps: Vec<Vec<usize>> = Vec::new();
+    for keeps in grid {
+        done += 1;
+        if met_keeps
+            .iter()
+            .any(|m| m.iter().zip(&keeps).all(|(m, c)| c >= m))
+        {
+            continue;
+        }
+        if !curve.is_empty() && out_of_time(&started) {
+            timed_out = true;
+            break;
+        }
+        let (p, point) = measure(&keeps, done)?;
+        if point.recall_at_k >= opts.target_recall {
+            met_keeps.push(keeps.clone());
+        }
+        curve.push((p, point, keeps));
+    }
+    let best_met = |c: &[(Pipeline, TunePoint, Vec<usize>)]| {
+        c.iter()
+            .filter(|c| c.1.recall_at_k >= opts.target_recall)
+            .max_by(|a, b| a.1.qps.total_cmp(&b.1.qps))
+            .cloned()
+    };
+    let mut refined = best_met(&curve);
+    if let Some(start) = refined.clone() {
+        let mut keeps = start.2;
+        'stages: for s in 0..free {
+            let floor = keeps.get(s + 1).copied().unwrap_or(k);
+            let (mut lo, mut hi) = ((keeps[s] / 2).max(floor), keeps[s]);
+            for _ in 0..3 {
+                let mid = (lo + hi) / 2;
+                if mid <= lo || mid >= hi {
+                    break;
+                }
+                if out_of_time(&started) {
+                    timed_out = true;
+                    break 'stages;
+                }
+                let mut trial = keeps.clone();
+                trial[s] = mid;
+                done += 1;
+                let (p, point) = measure(&trial, done)?;
+                let entry = (p, point, trial.clone());
+                curve.push(entry.clone());
+                if entry.1.recall_at_k >= opts.target_recall {
+                    hi = mid;
+                    keeps = trial;
+                    refined = Some(entry);
+                } else {
+                    lo = mid;
+                }
+            }
+        }
+    }
+    let target_met = refined.is_some();
+    let chosen = match refined {
+        Some(c) => c,
+        None => curve
+            .iter()
+            .max_by(|a, b| a.1.recall_at_k.total_cmp(&b.1.recall_at_k))
+            .cloned()
+            .expect("invariant: the first setting is always measured"),
+    };
+    Ok(TuneReport {
+        pipeline: chosen.0.to_string(),
+        recall_at_k: chosen.1.recall_at_k,
+        qps: chosen.1.qps,
+        target_met,
+        timed_out,
+        seconds: started.elapsed().as_secs_f64(),
+        curve: curve.into_iter().map(|c| c.1).collect(),
+        chosen: Some(chosen.0),
+    })
+}
