@@ -828,6 +828,59 @@ mod tests {
         }
     }
 
+    /// Every twin gives the same result from both compilations (on a CPU without AVX2 only
+    /// the baseline runs; CI also runs the suite with `REWA_NO_AVX2=1`).
+    #[test]
+    fn avx2_twins_equal_baseline_for_every_quantizer() {
+        let base = crate::testutil::gaussian(3000, 77, 11);
+        let qs = crate::testutil::gaussian(9, 77, 12);
+        for metric in [Metric::Ip, Metric::L2] {
+            assert_eq!(row_norms_baseline(base.view()), row_norms(base.view()));
+            for spec in ["flat", "sign", "asign", "int8", "pq7", "hadamard64+int8"] {
+                let enc =
+                    Encoder::fit(&spec.parse().unwrap(), base.view(), metric, 3).unwrap();
+                let codes = enc.encode_batch(base.view()).unwrap();
+                let tq = enc.transform_batch(qs.view());
+                with_quantizer!(enc.quantizer(), q => {
+                    let prepared = q.prepare_batch(tq.view());
+                    let base_hits = scan_block_baseline(q, &prepared, &codes, 50);
+                    let prev: Vec<Hit> = base_hits[0].clone();
+                    let re = rerank_codes_baseline(q, &prepared[0], &codes, &prev, 10);
+                    let ex = rerank_exact_baseline(base.view(), metric, qs.row(0), &prev, 10);
+                    #[cfg(target_arch = "x86_64")]
+                    if crate::simd::avx2() {
+                        // SAFETY: checked just above.
+                        unsafe {
+                            assert_eq!(scan_block_avx2(q, &prepared, &codes, 50), base_hits, "{spec}");
+                            assert_eq!(rerank_codes_avx2(q, &prepared[0], &codes, &prev, 10), re);
+                            assert_eq!(rerank_exact_avx2(base.view(), metric, qs.row(0), &prev, 10), ex);
+                        }
+                    }
+                    // and the dispatching entry points agree with the baseline
+                    assert_eq!(scan_block(q, &prepared, &codes, 50), base_hits, "{spec}");
+                    assert_eq!(rerank_codes(q, &prepared[0], &codes, &prev, 10), re);
+                });
+            }
+        }
+    }
+
+    #[test]
+    fn pipelines_are_validated_in_one_constructor() {
+        let st = |keep| Stage {
+            scorer: Scorer::Exact,
+            keep,
+        };
+        assert!(Pipeline::new(vec![]).is_err());
+        assert!(Pipeline::new(vec![st(0)]).is_err());
+        assert!(Pipeline::new(vec![st(10), st(20)]).is_err());
+        let p = Pipeline::new(vec![st(20), st(10)]).unwrap();
+        assert_eq!(p.with_keeps(&[5, 10]).unwrap_err().to_string().contains("more than"), true);
+        assert!(p.with_keeps(&[5]).is_err());
+        assert_eq!(Metric::Ip.score(-0.5), 0.5);
+        assert_eq!(Metric::Cosine.score(-0.5), 0.5);
+        assert_eq!(Metric::L2.score(2.0), 2.0);
+    }
+
     #[test]
     fn unrolled_hamming_matches_generic() {
         use rand::{Rng, SeedableRng};

@@ -279,3 +279,53 @@ impl Prepared<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn huge_and_tiny_components_normalise_like_ordinary_ones() {
+        let v = crate::testutil::gaussian(50, 33, 5);
+        let mut want = v.clone();
+        want.normalize();
+        for scale in [1e20f32, 1e30, 1e-20, 1e-30] {
+            let mut s = v.clone();
+            s.as_mut_slice().iter_mut().for_each(|x| *x *= scale);
+            s.normalize();
+            for (a, b) in s.as_slice().iter().zip(want.as_slice()) {
+                assert!((a - b).abs() < 1e-5, "scale {scale}: {a} vs {b}");
+            }
+        }
+        // and search over such vectors ranks as over the ordinary ones
+        let index = |v: &Vectors| {
+            let spec = crate::IndexSpec {
+                metric: crate::Metric::Cosine,
+                pipeline: "exact:5".parse().unwrap(),
+                seed: 1,
+            };
+            crate::Index::build(&spec, v.view()).unwrap()
+        };
+        let mut big = v.clone();
+        big.as_mut_slice().iter_mut().for_each(|x| *x *= 1e20);
+        let p = crate::SearchParams { k: 5, pipeline: None };
+        let a = index(&big).search_batch(big.view(), &p).unwrap();
+        let b = index(&v).search_batch(v.view(), &p).unwrap();
+        let ids = |h: &Vec<Vec<crate::Hit>>| -> Vec<Vec<u32>> {
+            h.iter().map(|r| r.iter().map(|x| x.id).collect()).collect()
+        };
+        assert_eq!(ids(&a), ids(&b));
+        assert_ne!(ids(&a)[1][0], 0, "every query found row 0: the norms overflowed");
+    }
+
+    #[test]
+    fn prepare_checks_and_normalises_once() {
+        let v = Vectors::new(2, vec![3.0, 4.0, f32::NAN, 1.0]).unwrap();
+        assert!(crate::Metric::Cosine.prepare(v.view()).is_err());
+        let v = Vectors::new(2, vec![3.0, 4.0]).unwrap();
+        let p = crate::Metric::Cosine.prepare(v.view()).unwrap();
+        assert_eq!(p.view().as_slice(), &[0.6, 0.8]);
+        let p = crate::Metric::Ip.prepare(v.view()).unwrap();
+        assert_eq!(p.view().as_slice(), &[3.0, 4.0]);
+    }
+}

@@ -208,3 +208,23 @@ fn queries_of_wrong_dimension() {
         })
     ));
 }
+
+#[test]
+fn search_on_a_chosen_pool_returns_what_the_global_pool_does() {
+    let (base, queries) = data();
+    let index = Index::build(&spec(Metric::Cosine), base.view()).unwrap();
+    let p = SearchParams::default();
+    let want = index.search_batch(queries.view(), &p).unwrap();
+    for threads in [1, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        assert_eq!(index.search_batch_on(&pool, queries.view(), &p).unwrap(), want);
+        // one query at a time on one thread, as a server worker would
+        let one = index
+            .search_batch_on(&pool, queries.view().slice(3, 4), &p)
+            .unwrap();
+        assert_eq!(one[0], want[3]);
+    }
+}

@@ -1,48 +1,7 @@
-//! Runs the `rewa` binary in a temporary directory and checks stdout and exit codes.
+// Runs the `rewa` binary in a temporary directory and checks stdout and exit codes.
 
+use crate::common::{fails, json, ok};
 use serde_json::Value;
-use std::path::Path;
-use std::process::Command;
-
-/// Runs `rewa` with the whitespace-separated arguments of `cmd` in `dir`:
-/// (success, stdout, stderr).
-fn rewa(cmd: &str, dir: &Path) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_rewa"))
-        .args(cmd.split_whitespace())
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
-/// Runs `cmd`, which must succeed.
-fn ok(cmd: &str, dir: &Path) -> String {
-    let (ok, out, err) = rewa(cmd, dir);
-    assert!(ok, "{cmd}: {err}");
-    out
-}
-
-/// Runs `cmd --json`, which must succeed and print exactly one JSON object.
-fn json(cmd: &str, dir: &Path) -> Value {
-    let out = ok(&format!("{cmd} --json"), dir);
-    assert_eq!(
-        out.lines().count(),
-        1,
-        "stdout must hold exactly one JSON object: {out}"
-    );
-    serde_json::from_str(&out).unwrap()
-}
-
-/// Runs `cmd`, which must fail with `needle` in its message.
-fn fails(cmd: &str, dir: &Path, needle: &str) {
-    let (ok, _, err) = rewa(cmd, dir);
-    assert!(!ok, "{cmd} succeeded");
-    assert!(err.contains(needle), "{cmd}: {err}");
-}
 
 #[test]
 fn synth_then_eval_json() {
@@ -74,11 +33,11 @@ fn synth_then_eval_json() {
     assert_eq!(j["k"], 10);
     assert_eq!(j["bytes_per_vector"], 16);
     assert_eq!(j["compression"], 16.0);
+    assert_eq!(j["n_train"], 300);
+    // measured 0.592 (recall) and 0.999 (label precision) for this seed
     let r = j["recall_at_k"].as_f64().unwrap();
-    assert!((0.0..=1.0).contains(&r));
-    assert!(j["label_precision_at_k"].as_f64().unwrap() > 0.5, "{j}");
-    assert!(j["qps"].as_f64().unwrap() > 0.0);
-    assert!(j["fit_seconds"].as_f64().unwrap() >= 0.0);
+    assert!(r > 0.54, "{j}");
+    assert!(j["label_precision_at_k"].as_f64().unwrap() > 0.95, "{j}");
 
     // A pipeline ending in exact:10 over a first stage that keeps everything is exact.
     let j = json(
@@ -151,8 +110,31 @@ fn build_search_info_tune() {
         d,
     );
     assert_eq!(j["n_queries"], 200);
+    // The ids and scores are the library's for the same index and queries.
     let tsv = std::fs::read_to_string(d.join("hits.tsv")).unwrap();
-    assert_eq!(tsv.lines().count(), 1 + 200 * 10);
+    let got: Vec<(usize, u32, f32)> = tsv
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f[0].parse().unwrap(), f[2].parse().unwrap(), f[3].parse().unwrap())
+        })
+        .collect();
+    let index = rewa::Index::open(&d.join("idx")).unwrap();
+    let qs = rewa::io::read_vectors(&d.join("s/queries_same.npy")).unwrap();
+    let want = index
+        .search_batch(qs.view(), &rewa::SearchParams::default())
+        .unwrap();
+    let want: Vec<(usize, u32, f32)> = want
+        .iter()
+        .enumerate()
+        .flat_map(|(q, hs)| hs.iter().map(move |h| (q, h.id, -h.distance)))
+        .collect();
+    assert_eq!(got.len(), 200 * 10);
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!((g.0, g.1), (w.0, w.1));
+        assert!((g.2 - w.2).abs() < 1e-6, "{g:?} vs {w:?}");
+    }
     // Tune on validation queries: the stored default must measure at least the target.
     let j = json(
         "tune --index idx --queries s/queries_same.npy --target-recall 0.9",
@@ -203,11 +185,19 @@ fn build_search_info_tune() {
     let chosen_keep = first_keep(&chosen);
     assert_eq!(chosen_keep, *met.iter().min().unwrap(), "{j}");
     let j = json(
-        "tune --index idx --queries s/queries_same.npy --target-recall 1.01 --max-keep 100",
+        "tune --index idx --queries s/queries_same.npy --target-recall 1 --max-keep 100",
         d,
     );
-    assert_eq!(j["target_met"], false);
-    assert_eq!(keeps(&j), vec![20, 40, 80, 100], "{j}");
+    // the grid is 20, 40, 80, then the cap, up to the first setting that met the target;
+    // nothing beyond the cap is tried
+    let ks = keeps(&j);
+    let grid = [20, 40, 80, 100];
+    let n = ks.iter().take_while(|k| grid.contains(k)).count();
+    assert_eq!(ks[..n], grid[..n], "{j}");
+    assert!(ks.iter().all(|&k| k <= 100), "{j}");
+    if j["target_met"] == false {
+        assert_eq!(ks, grid, "{j}");
+    }
     // Wrong query dimension is refused with a message.
     ok("synth --classes 2 --per-class 5 --dim 31 --out w", d);
     fails(
@@ -232,7 +222,8 @@ fn train_writes_artifacts_that_eval_and_build_use() {
     assert_eq!(j["epochs_run"], 3);
     assert_eq!(j["n_train"], 720);
     assert_eq!(j["n_val"], 80);
-    assert!(j["best"]["val_recall"].as_f64().unwrap() > 0.0);
+    // measured 0.589 on this data
+    assert!(j["best"]["val_recall"].as_f64().unwrap() > 0.5, "{j}");
     for f in [
         "model.safetensors",
         "config.json",

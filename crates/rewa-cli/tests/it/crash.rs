@@ -1,23 +1,13 @@
-//! A `rewa add` killed with SIGKILL at any moment leaves an index that opens and holds exactly
-//! the old or the new data.
+// A `rewa add` killed with SIGKILL at any moment leaves an index that opens and holds exactly
+// the old or the new data; two writers at once never lose an update or break the index.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Runs `rewa` with the whitespace-separated arguments of `cmd`; it must succeed.
 fn rewa(cmd: &str, dir: &Path) {
-    let out = Command::new(env!("CARGO_BIN_EXE_rewa"))
-        .args(cmd.split_whitespace())
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::common::ok(cmd, dir);
 }
 
 /// What the index in `dir` holds: its count, and the ids it returns for a few queries.
@@ -44,13 +34,13 @@ fn copy_dir(from: &Path, to: &Path) {
 fn sigkill_during_add_leaves_old_or_new_index() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    // base 4000 and addition 40000 vectors, 64-dim; queries are the synth's held-out ones
+    // base 4000 and addition 10000 vectors, 64-dim; queries are the synth's held-out ones
     rewa(
         "synth --classes 40 --per-class 100 --dim 64 --new-classes 0 --seed 1 --out a",
         d,
     );
     rewa(
-        "synth --classes 400 --per-class 100 --dim 64 --new-classes 0 --seed 2 --out b",
+        "synth --classes 100 --per-class 100 --dim 64 --new-classes 0 --seed 2 --out b",
         d,
     );
     std::fs::copy(d.join("a/queries_same.npy"), d.join("q.npy")).unwrap();
@@ -62,11 +52,11 @@ fn sigkill_during_add_leaves_old_or_new_index() {
     rewa("add --index new --base b/base.npy", d);
     let old = state(&d.join("old"));
     let new = state(&d.join("new"));
-    assert_eq!((old.0, new.0), (4000, 44000));
+    assert_eq!((old.0, new.0), (4000, 14000));
     assert_ne!(old.1, new.1, "the addition must change some results");
 
+    let work = d.join("work");
     let run = |pause: Option<&str>, kill_after: Option<Duration>| -> (usize, Vec<Vec<rewa::Hit>>) {
-        let work = d.join("work");
         copy_dir(&d.join("old"), &work);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rewa"));
         cmd.args(["add", "--index", "work", "--base", "b/base.npy"])
@@ -108,10 +98,14 @@ fn sigkill_during_add_leaves_old_or_new_index() {
     };
     // killed with new data files written but the manifest not replaced: the old index
     assert_eq!(run(Some("data"), None), old);
+    // the next add leaves the dead writer's files alone (no file is rewritten in place) and
+    // gives the new index
+    rewa("add --index work --base b/base.npy", d);
+    assert_eq!(state(&work), new);
     // killed after the manifest rename, before old files are deleted: the new index
     assert_eq!(run(Some("manifest"), None), new);
     // killed at spread-out moments of the whole command: always exactly one of the two
-    for ms in [0u64, 5, 20, 50, 100, 200, 400] {
+    for ms in [10u64, 60, 150] {
         let s = run(None, Some(Duration::from_millis(ms)));
         assert!(
             s == old || s == new,
@@ -119,4 +113,50 @@ fn sigkill_during_add_leaves_old_or_new_index() {
             s.0
         );
     }
+}
+
+#[test]
+fn a_second_writer_waits_or_is_refused_naming_the_first() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    rewa(
+        "synth --classes 10 --per-class 50 --dim 32 --new-classes 0 --seed 1 --out a",
+        d,
+    );
+    std::fs::copy(d.join("a/queries_same.npy"), d.join("q.npy")).unwrap();
+    rewa(
+        "build --base a/base.npy --pipeline hadamard64+sign:100,exact:10 --out idx",
+        d,
+    );
+    // The first writer pauses inside its save, holding the lock.
+    let mut first = Command::new(env!("CARGO_BIN_EXE_rewa"))
+        .args(["add", "--index", "idx", "--base", "a/base.npy"])
+        .env("REWA_SAVE_PAUSE", "data:3000")
+        .current_dir(d)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(first.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("paused:data") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "the first writer never paused");
+    }
+    // A second writer without --wait-lock fails at once, naming the first one's pid.
+    crate::common::fails(
+        "add --index idx --base a/base.npy",
+        d,
+        &format!("being written by process {}", first.id()),
+    );
+    crate::common::fails(
+        "tune --index idx --queries q.npy",
+        d,
+        &format!("being written by process {}", first.id()),
+    );
+    // With --wait-lock it waits for the first and then adds on top of its result.
+    rewa("add --index idx --base a/base.npy --wait-lock 60", d);
+    assert!(first.wait().unwrap().success());
+    let (n, _) = state(&d.join("idx"));
+    assert_eq!(n, 500 * 3, "an update was lost");
 }

@@ -1,0 +1,228 @@
+// Regression tests for faults found when rewa was tried as a new and as a hostile user would.
+// Each failed before its fix.
+
+use crate::common::{fails, json, ok, rewa};
+use std::path::Path;
+
+/// A small index `idx` over `s/base.npy` (20 classes x 10, dim 16) in `d`.
+fn small_index(d: &Path) {
+    ok(
+        "synth --classes 20 --per-class 10 --dim 16 --new-classes 0 --out s",
+        d,
+    );
+    ok(
+        "build --base s/base.npy --pipeline hadamard32+sign:50,exact:10 --out idx",
+        d,
+    );
+}
+
+#[test]
+fn build_never_deletes_files_it_did_not_write() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    ok("synth --classes 5 --per-class 10 --dim 8 --new-classes 0 --out s", d);
+    std::fs::create_dir(d.join("notes")).unwrap();
+    for f in ["codes-notes.txt", "vectors-draft.md", "params-old.json"] {
+        std::fs::write(d.join("notes").join(f), "mine").unwrap();
+    }
+    // a folder of other files is refused, and left as it was
+    fails(
+        "build --base s/base.npy --pipeline hadamard16+sign:20,exact:10 --out notes",
+        d,
+        "is not empty and holds no index",
+    );
+    assert!(!d.join("notes/manifest.json").exists());
+    // --force builds there, and twice over, but the user's files stay
+    for _ in 0..2 {
+        ok(
+            "build --base s/base.npy --pipeline hadamard16+sign:20,exact:10 --out notes --force",
+            d,
+        );
+        for f in ["codes-notes.txt", "vectors-draft.md", "params-old.json"] {
+            assert_eq!(std::fs::read_to_string(d.join("notes").join(f)).unwrap(), "mine");
+        }
+    }
+    // rebuilding an index folder needs no --force, and keeps foreign files too
+    ok("build --base s/base.npy --pipeline exact:10 --out idx", d);
+    std::fs::write(d.join("idx/codes-mine.bin"), "mine").unwrap();
+    ok("build --base s/base.npy --pipeline hadamard16+sign:20,exact:10 --out idx", d);
+    ok("add --index idx --base s/base.npy", d);
+    assert_eq!(std::fs::read_to_string(d.join("idx/codes-mine.bin")).unwrap(), "mine");
+    assert_eq!(json("info --index idx", d)["count"], 100);
+}
+
+#[test]
+fn tune_refuses_bad_settings_and_keeps_to_its_time_budget() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    small_index(d);
+    let q = "tune --index idx --queries s/queries_same.npy";
+    fails(&format!("{q} --k 201"), d, "the index holds only 200 vectors");
+    fails(&format!("{q} --k 0"), d, "k must be at least 1");
+    for bad in ["1.5", "NaN", "inf", "0"] {
+        fails(&format!("{q} --target-recall {bad}"), d, "target recall must be in (0, 1]");
+    }
+    fails(&format!("{q} --max-keep 5"), d, "must be at least k = 10");
+    fails(&format!("{q} --max-seconds 0"), d, "positive number of seconds");
+    // k = n is allowed (was a panic in clamp for k > n)
+    let j = json(&format!("{q} --k 200 --target-recall 0.5"), d);
+    assert_eq!(j["target_met"], true, "{j}");
+    // A spent budget returns the best setting so far and says so.
+    let j = json(&format!("{q} --max-seconds 0.000001 --target-recall 1"), d);
+    assert_eq!(j["timed_out"], true, "{j}");
+    assert_eq!(j["curve"].as_array().unwrap().len(), 1, "{j}");
+    assert_eq!(json("info --index idx", d)["pipeline"], j["pipeline"]);
+    let j = json(&format!("{q} --target-recall 0.9"), d);
+    assert_eq!(j["timed_out"], false, "{j}");
+}
+
+/// Writes one id per line.
+fn ids(path: &Path, ids: impl Iterator<Item = String>) {
+    std::fs::write(path, ids.collect::<Vec<_>>().join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn eval_searches_as_deep_as_its_measures_need() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    ok(
+        "synth --classes 30 --per-class 11 --dim 32 --noise 0.05 --new-classes 0 --out s",
+        d,
+    );
+    let base = rewa::io::read_vectors(&d.join("s/base.npy")).unwrap();
+    let queries = rewa::io::read_vectors(&d.join("s/queries_same.npy")).unwrap();
+    // Qrels whose relevant documents are each query's exact neighbours at ranks 11..=20:
+    // recall@100 is 1 and nDCG@10 is 0 for exact search (it was 0 and 0 when the search
+    // stopped at 10 hits).
+    let m = rewa::Metric::Cosine;
+    let (bp, qp) = (m.prepare(base.view()).unwrap(), m.prepare(queries.view()).unwrap());
+    let truth = rewa::eval::ground_truth(&bp, &qp, 20);
+    ids(&d.join("docs.txt"), (0..base.len()).map(|i| format!("d{i}")));
+    ids(&d.join("queries.txt"), (0..queries.len()).map(|i| format!("q{i}")));
+    let mut qrels = String::from("query-id\tcorpus-id\tscore\n");
+    for (q, hits) in truth.iter().enumerate() {
+        for h in &hits[10..20] {
+            qrels += &format!("q{q}\td{}\t1\n", h.id);
+        }
+    }
+    std::fs::write(d.join("qrels.tsv"), qrels).unwrap();
+    let qr = "--qrels qrels.tsv --doc-ids docs.txt --query-ids queries.txt";
+    for what in ["--pipeline exact:10", "--encoder flat", "--pipeline hadamard64+sign:300,exact:10"] {
+        let j = json(
+            &format!("eval --base s/base.npy --queries s/queries_same.npy {what} {qr}"),
+            d,
+        );
+        assert_eq!(j["recall_at_100"], 1.0, "{what}: {j}");
+        assert_eq!(j["ndcg_at_10"], 0.0, "{what}: {j}");
+        assert_eq!(j["recall_at_k"], 1.0, "{what}: {j}");
+    }
+    // Queries that are the base: the query's own row is skipped, so label precision@10 looks
+    // at the 10 others of its class (11 per class, tight clusters): 1.0, not 0.9.
+    for what in ["--encoder flat", "--pipeline hadamard64+sign:300,exact:10"] {
+        let j = json(
+            &format!("eval --base s/base.npy --queries s/base.npy {what} --labels s/labels.npy --query-labels s/labels.npy"),
+            d,
+        );
+        assert_eq!(j["label_precision_at_k"], 1.0, "{what}: {j}");
+    }
+    // Id lists that do not match the rows, or repeat an id, are refused.
+    ids(&d.join("short.txt"), (0..base.len() - 1).map(|i| format!("d{i}")));
+    fails(
+        &format!("eval --base s/base.npy --queries s/queries_same.npy --encoder flat --qrels qrels.tsv --doc-ids short.txt --query-ids queries.txt"),
+        d,
+        &format!("holds {} ids, but the base holds {} vectors", base.len() - 1, base.len()),
+    );
+    ids(&d.join("dup.txt"), (0..base.len()).map(|i| format!("d{}", i.min(5))));
+    fails(
+        "eval --base s/base.npy --queries s/queries_same.npy --encoder flat --qrels qrels.tsv --doc-ids dup.txt --query-ids queries.txt",
+        d,
+        "id \"d5\" on line 7 repeats line 6",
+    );
+}
+
+#[test]
+fn hostile_index_files_and_sizes_get_errors_not_hangs() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    small_index(d);
+    let search = "search --index bad --queries s/queries_same.npy --json";
+    let fresh = || {
+        let _ = std::fs::remove_dir_all(d.join("bad"));
+        std::fs::create_dir(d.join("bad")).unwrap();
+        for e in std::fs::read_dir(d.join("idx")).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), d.join("bad").join(e.file_name())).unwrap();
+        }
+    };
+    let m = d.join("bad/manifest.json");
+    // a FIFO as the manifest: would block a read forever
+    fresh();
+    std::fs::remove_file(&m).unwrap();
+    assert!(std::process::Command::new("mkfifo").arg(&m).status().unwrap().success());
+    fails(search, d, "not a regular file");
+    // a link to /dev/zero: would read until memory runs out
+    fresh();
+    std::fs::remove_file(&m).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &m).unwrap();
+    fails(search, d, "not a regular file");
+    // a 100 GB sparse file
+    fresh();
+    std::fs::File::create(&m).unwrap().set_len(100 << 30).unwrap();
+    fails(search, d, "more than the");
+    // a huge k does not allocate for it: the .npy holds min(k, n) columns
+    let j = json(
+        "search --index idx --queries s/queries_same.npy --k 1000000000 --pipeline hadamard32+sign:1000000000,exact:1000000000 --out hits.npy",
+        d,
+    );
+    assert_eq!(j["k"], 1_000_000_000u64);
+    let a = rewa::io::read_npy(&d.join("hits.npy")).unwrap();
+    assert_eq!(a.shape, vec![200, 200]);
+}
+
+#[test]
+fn messages_name_the_problem_once() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    small_index(d);
+    let err = fails(
+        "search --index nowhere --queries s/queries_same.npy",
+        d,
+        "No such file or directory",
+    );
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    fails("bench --only bogus --quick", d, "unknown data set \"bogus\"");
+    fails("bench --only synth --extra nonsense:5", d, "unknown token");
+}
+
+#[test]
+fn bench_quick_runs_every_row_and_records_skipped_sets() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    // no data folder here: the real sets are skipped, and the JSON says so
+    let (ok_, out, err) = rewa("bench --quick --data nowhere --out b.json", d);
+    assert!(ok_, "{err}");
+    assert!(out.contains("### synth-new"), "{out}");
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("b.json")).unwrap()).unwrap();
+    let skipped: Vec<&str> = j["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(skipped, ["scifact", "sift"]);
+    let sets = j["sets"].as_array().unwrap();
+    assert_eq!(sets.len(), 2);
+    for s in sets {
+        let rows = s["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 13, "{s}");
+        let row = |spec: &str| rows.iter().find(|r| r["spec"] == spec).unwrap();
+        // exact rows are exact; the sign code at 2 bytes is far from it
+        assert_eq!(row("flat")["recall_at_k"], 1.0);
+        assert!(row("hadamard16+sign")["recall_at_k"].as_f64().unwrap() < 0.5);
+    }
+    // a data folder that is present but broken is an error, not a skip
+    std::fs::create_dir_all(d.join("data/siftsmall")).unwrap();
+    std::fs::write(d.join("data/siftsmall/siftsmall_base.fvecs"), b"junk").unwrap();
+    fails("bench --quick --only sift --data data", d, "siftsmall_base.fvecs");
+}

@@ -1,0 +1,6 @@
+//! The CLI's integration tests, one binary (one link, one process start).
+
+mod cli;
+mod common;
+mod crash;
+mod faults;
