@@ -226,8 +226,12 @@ fn encode_checks_every_input_before_writing_anything() {
             d,
         );
         assert!(!ok);
-        assert!(err.contains("q.npy"), "{err}");
+        assert!(
+            err.contains("q.npy") && err.contains("--queries-out"),
+            "{err}"
+        );
         assert!(is_fifo(&d.join("q.npy")));
+        assert_eq!(std::fs::read(d.join("out.npy")).unwrap(), b"keep me");
         std::fs::remove_file(d.join("q.npy")).unwrap();
     }
     // and with good inputs both are written

@@ -71,8 +71,12 @@ fn write(enc: &Encoder, codes: &Codes, out: &Path) -> Result<()> {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    // Every input is read and checked, and every code computed, before anything is written:
-    // a bad --queries must not leave --out replaced.
+    // Every input and output is checked, and every code computed, before anything is
+    // written: a bad --queries or --queries-out must not leave --out replaced.
+    rewa::io::check_writable(&a.out).context("--out")?;
+    if let Some(out) = &a.queries_out {
+        rewa::io::check_writable(out).context("--queries-out")?;
+    }
     let base = load(&a.base, a.metric)?;
     a.encoder
         .check(base.dim())

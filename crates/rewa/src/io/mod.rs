@@ -107,6 +107,13 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[&[u8]]) -> Result<()> {
     Ok(())
 }
 
+/// Checks, without writing, that the writers here could write `path`: it is missing, a
+/// regular file, or a symlink to one of those (a directory, device, FIFO or socket is
+/// refused). Lets a command refuse a bad output before it writes any other.
+pub fn check_writable(path: &Path) -> Result<()> {
+    write_target(path).map(|_| ())
+}
+
 /// The file `write_atomic` replaces for `path`: `path` itself, or the end of its chain of
 /// symlinks (which need not exist yet). Fails on anything but a regular file or nothing.
 fn write_target(path: &Path) -> Result<std::path::PathBuf> {
@@ -211,6 +218,9 @@ mod tests {
         std::os::unix::fs::symlink(d.join("data/real.bin"), d.join("link")).unwrap();
         std::os::unix::fs::symlink("new.bin", d.join("data/rel")).unwrap();
         std::os::unix::fs::symlink(d.join("link"), d.join("link2")).unwrap();
+        for p in ["link", "data/rel", "link2", "missing"] {
+            check_writable(&d.join(p)).unwrap();
+        }
         write_atomic(&d.join("link"), &[b"new", b"!"]).unwrap();
         write_atomic(&d.join("data/rel"), &[b"made"]).unwrap();
         write_atomic(&d.join("link2"), &[b"twice"]).unwrap();
@@ -240,6 +250,7 @@ mod tests {
         assert!(st.success());
         std::os::unix::fs::symlink(&fifo, d.join("to-fifo")).unwrap();
         for p in [fifo.clone(), d.join("to-fifo"), d.join("data")] {
+            assert!(matches!(check_writable(&p), Err(Error::InvalidInput(_))));
             let e = write_atomic(&p, &[b"x"]).unwrap_err();
             assert!(matches!(e, Error::InvalidInput(_)), "{e}");
             let msg = e.to_string();
