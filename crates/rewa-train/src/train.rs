@@ -89,11 +89,11 @@ impl std::str::FromStr for Init {
 pub struct TrainConfig {
     /// Output dimension `m`.
     pub dim: usize,
-    /// Hidden width; `None` = `2 * dim`.
+    /// Hidden width; `None` = `2 * dim`. At most [`MAX_HIDDEN`].
     pub hidden: Option<usize>,
     /// Maximum epochs (one epoch = as many inputs as there are training vectors).
     pub epochs: usize,
-    /// Inputs per batch (anchors plus positives).
+    /// Inputs per batch (anchors plus positives). At most [`MAX_BATCH`].
     pub batch: usize,
     /// Peak learning rate (AdamW), annealed by a cosine to 1% of it over `epochs`.
     pub lr: f64,
@@ -124,7 +124,9 @@ pub struct TrainConfig {
     /// fresh points, which the network cannot memorise. `input_noise`, by contrast, perturbs
     /// only the student's input.
     pub augment: f32,
-    /// Share of the training vectors (of the queries, for pairs) held out for validation.
+    /// Share of the training vectors (of the queries, for pairs) held out for validation. It
+    /// must hold at least [`MIN_PART_ROWS`] vectors (one query, for pairs): the validation
+    /// score chooses the best epoch and stops training.
     pub val_fraction: f64,
     /// Stop after this many epochs without a better validation score.
     pub patience: usize,
