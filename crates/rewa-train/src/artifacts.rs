@@ -262,3 +262,77 @@ pub fn fingerprint(x: rewa::VectorsRef<'_>, extra: &[u8]) -> String {
     h.update(extra);
     format!("{}x{} crc32 {:08x}", x.len(), x.dim(), h.finalize())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::Quiet;
+
+    fn model() -> LearnedTransform {
+        let t: [Vec<f32>; 8] = [
+            vec![0.5; 6 * 4],
+            vec![0.0; 6],
+            vec![1.0; 6],
+            vec![0.0; 6],
+            vec![0.25; 2 * 6],
+            vec![0.0; 2],
+            vec![1.0; 2],
+            vec![0.0; 2],
+        ];
+        LearnedTransform::from_tensors(4, 6, 2, 1e-5, t).unwrap()
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn runs_land_only_when_finished_and_replace_only_with_force() {
+        let t = tempfile::tempdir().unwrap();
+        let out = t.path().join("m");
+        let mut quiet = Quiet;
+        // a missing directory: the run appears only at finish
+        let mut run = RunDir::create(&out, false, serde_json::json!({}), &mut quiet).unwrap();
+        assert!(!out.exists());
+        run.finish(&model(), serde_json::json!({"best_epoch": 1}))
+            .unwrap();
+        drop(run);
+        let first = std::fs::read(out.join(rewa::encode::CONFIG_FILE)).unwrap();
+        assert_eq!(names(t.path()), ["m"]);
+        // an existing model is refused without force, and left alone
+        let e = check_out_dir(&out, false).unwrap_err();
+        assert!(e.to_string().contains("--force"), "{e}");
+        assert!(RunDir::create(&out, false, serde_json::json!({}), &mut quiet).is_err());
+        // a run that does not finish leaves the old model and no partial directory
+        let run = RunDir::create(&out, true, serde_json::json!({}), &mut quiet).unwrap();
+        assert_eq!(
+            names(t.path()).len(),
+            2,
+            "the run writes to a partial sibling"
+        );
+        drop(run);
+        assert_eq!(names(t.path()), ["m"]);
+        assert_eq!(
+            std::fs::read(out.join(rewa::encode::CONFIG_FILE)).unwrap(),
+            first
+        );
+        // with force, a finished run replaces it
+        let mut run = RunDir::create(&out, true, serde_json::json!({}), &mut quiet).unwrap();
+        run.finish(&model(), serde_json::json!({"best_epoch": 7}))
+            .unwrap();
+        drop(run);
+        assert_eq!(names(t.path()), ["m"]);
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join(rewa::encode::CONFIG_FILE)).unwrap())
+                .unwrap();
+        assert_eq!(cfg["training"]["best_epoch"], 7);
+        // a file is not a run directory
+        std::fs::write(t.path().join("f"), b"x").unwrap();
+        assert!(check_out_dir(&t.path().join("f"), true).is_err());
+    }
+}
