@@ -118,6 +118,7 @@ fn npy_bytes(path: &Path) -> (Vec<usize>, Vec<u8>) {
     (a.shape, bytes)
 }
 
+#[cfg(unix)]
 fn mkfifo(path: &Path) {
     let st = Command::new("mkfifo").arg(path).status().unwrap();
     assert!(st.success());
