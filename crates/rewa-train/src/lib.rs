@@ -15,8 +15,8 @@ pub mod train;
 
 pub use model::{Mlp, Qat};
 pub use train::{
-    default_distill, default_lr, train, EpochLog, Init, Observer, Quiet, Supervision, TrainConfig,
-    TrainOutcome,
+    default_distill, default_lr, train, validate, EpochLog, Init, Observer, Quiet, Supervision,
+    TrainConfig, TrainOutcome, MAX_BATCH, MAX_EPOCHS, MAX_HIDDEN, MIN_PART_ROWS,
 };
 
 /// Everything that can go wrong while training.

@@ -89,11 +89,11 @@ impl std::str::FromStr for Init {
 pub struct TrainConfig {
     /// Output dimension `m`.
     pub dim: usize,
-    /// Hidden width; `None` = `2 * dim`.
+    /// Hidden width; `None` = `2 * dim`. At most [`MAX_HIDDEN`].
     pub hidden: Option<usize>,
     /// Maximum epochs (one epoch = as many inputs as there are training vectors).
     pub epochs: usize,
-    /// Inputs per batch (anchors plus positives).
+    /// Inputs per batch (anchors plus positives). At most [`MAX_BATCH`].
     pub batch: usize,
     /// Peak learning rate (AdamW), annealed by a cosine to 1% of it over `epochs`.
     pub lr: f64,
@@ -124,7 +124,9 @@ pub struct TrainConfig {
     /// fresh points, which the network cannot memorise. `input_noise`, by contrast, perturbs
     /// only the student's input.
     pub augment: f32,
-    /// Share of the training vectors (of the queries, for pairs) held out for validation.
+    /// Share of the training vectors (of the queries, for pairs) held out for validation. It
+    /// must hold at least [`MIN_PART_ROWS`] vectors (one query, for pairs): the validation
+    /// score chooses the best epoch and stops training.
     pub val_fraction: f64,
     /// Stop after this many epochs without a better validation score.
     pub patience: usize,
@@ -178,7 +180,7 @@ impl Default for TrainConfig {
 impl TrainConfig {
     /// The hidden width: `hidden`, or `2 * dim` when unset.
     pub fn hidden_width(&self) -> usize {
-        self.hidden.unwrap_or(2 * self.dim)
+        self.hidden.unwrap_or(self.dim.saturating_mul(2))
     }
 }
 
@@ -308,54 +310,189 @@ impl Score {
     }
 }
 
-fn check_config(cfg: &TrainConfig, d: usize) -> Result<()> {
+/// The widest hidden layer `--hidden` may ask for.
+pub const MAX_HIDDEN: usize = 1 << 16;
+/// The largest `--batch`: the loss holds several `batch x batch` f32 matrices (targets,
+/// teacher, logits and their gradients), 1 GiB each at this size.
+pub const MAX_BATCH: usize = 1 << 14;
+/// The most `--epochs`.
+pub const MAX_EPOCHS: usize = 100_000;
+/// Fewest rows in each part (training and validation) of a run: recall@10 over a part needs
+/// a query and at least ten others, and early stopping needs the validation score.
+pub const MIN_PART_ROWS: usize = 12;
+
+impl TrainConfig {
+    /// Checks every hyper-parameter for input dimension `d`, before anything is allocated
+    /// or written: sizes against their caps ([`MAX_HIDDEN`], [`MAX_BATCH`], [`MAX_EPOCHS`]),
+    /// rates and temperatures finite and positive. Messages name the CLI flag.
+    pub fn check(&self, d: usize) -> Result<()> {
+        let bad = |m: String| Err(Error::Rewa(rewa::Error::InvalidInput(m)));
+        if self.dim == 0 || self.dim > d {
+            return bad(format!(
+                "--dim {} must be between 1 and the input dimension {d}",
+                self.dim
+            ));
+        }
+        let hidden = self.hidden_width();
+        if !(1..=MAX_HIDDEN).contains(&hidden) {
+            return bad(format!(
+                "--hidden {hidden} must be between 1 and {MAX_HIDDEN}"
+            ));
+        }
+        if self.init == Init::Pca && hidden < 2 * self.dim {
+            return bad(format!(
+                "--init pca needs --hidden >= 2 * --dim ({hidden} < {})",
+                2 * self.dim
+            ));
+        }
+        if self.batch > MAX_BATCH {
+            return bad(format!(
+                "--batch {} must be at most {MAX_BATCH} (the loss holds batch x batch matrices)",
+                self.batch
+            ));
+        }
+        let need = self.group.checked_add(1).and_then(|g| g.checked_mul(2));
+        if self.group == 0 || !matches!(need, Some(need) if self.batch >= need) {
+            return bad(format!(
+                "--batch {} must hold at least two anchors with --group {} positives each (--batch >= 2 * (1 + --group), and --group >= 1)",
+                self.batch, self.group
+            ));
+        }
+        if !(1..=MAX_EPOCHS).contains(&self.epochs) {
+            return bad(format!(
+                "--epochs {} must be between 1 and {MAX_EPOCHS}",
+                self.epochs
+            ));
+        }
+        if !(0.0..0.9).contains(&self.val_fraction) {
+            return bad(format!(
+                "--val-fraction {} must be in [0, 0.9)",
+                self.val_fraction
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("--dropout {} must be in [0, 1)", self.dropout));
+        }
+        if !(self.input_noise >= 0.0 && self.input_noise.is_finite()) {
+            return bad(format!(
+                "--input-noise {} must be a finite standard deviation >= 0",
+                self.input_noise
+            ));
+        }
+        if !(self.augment >= 0.0 && self.augment.is_finite()) {
+            return bad(format!(
+                "--augment {} must be a finite standard deviation >= 0",
+                self.augment
+            ));
+        }
+        if let Some(w) = self.distill.filter(|w| !(w.is_finite() && *w >= 0.0)) {
+            return bad(format!("--distill {w} must be a finite weight >= 0"));
+        }
+        let positive = [
+            ("--lr", self.lr),
+            ("--temperature", self.temperature),
+            ("--teacher-temperature", self.teacher_temperature),
+            ("clip", self.clip),
+            ("ln_eps", self.ln_eps),
+        ];
+        if let Some((name, v)) = positive.iter().find(|(_, v)| !(v.is_finite() && *v > 0.0)) {
+            return bad(format!("{name} {v} must be a finite number > 0"));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(format!(
+                "--weight-decay {} must be a finite number >= 0",
+                self.weight_decay
+            ));
+        }
+        if self.eval_queries == 0 || self.eval_base < MIN_PART_ROWS {
+            return bad(format!(
+                "eval_queries {} must be >= 1 and eval_base {} >= {MIN_PART_ROWS}",
+                self.eval_queries, self.eval_base
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a run before it starts (and before the caller writes anything): the
+/// hyper-parameters ([`TrainConfig::check`]), the data (finite, at least 20 vectors), the
+/// supervision (one label per vector, pairs in range), and that the split leaves both parts
+/// big enough to measure ([`MIN_PART_ROWS`] vectors each; with pairs, one validation query).
+/// [`train`] runs the same checks.
+pub fn validate(base: VectorsRef<'_>, sup: &Supervision, cfg: &TrainConfig) -> Result<()> {
+    let (n, d) = (base.len(), base.dim());
+    cfg.check(d)?;
+    base.check_finite()?;
     let bad = |m: String| Err(Error::Rewa(rewa::Error::InvalidInput(m)));
-    if cfg.dim == 0 || cfg.dim > d {
-        return bad(format!(
-            "--dim {} must be between 1 and the input dimension {d}",
-            cfg.dim
-        ));
+    match sup {
+        Supervision::Labels(l) if l.len() != n => {
+            return bad(format!("{} labels for {n} base vectors", l.len()));
+        }
+        Supervision::Pairs { queries, pairs } => {
+            if queries.dim() != d {
+                return Err(rewa::Error::DimMismatch {
+                    expected: d,
+                    got: queries.dim(),
+                }
+                .into());
+            }
+            queries.view().check_finite()?;
+            if let Some(&(q, b)) = pairs
+                .iter()
+                .find(|&&(q, b)| q as usize >= queries.len() || b as usize >= n)
+            {
+                return bad(format!(
+                    "pair (query {q}, base {b}) is out of range ({} queries, {n} base rows)",
+                    queries.len()
+                ));
+            }
+            if pairs.is_empty() {
+                return bad("no (query, document) pairs to train on".into());
+            }
+        }
+        _ => {}
     }
-    let hidden = cfg.hidden_width();
-    if cfg.init == Init::Pca && hidden < 2 * cfg.dim {
-        return bad(format!(
-            "--init pca needs --hidden >= 2 * --dim ({hidden} < {})",
-            2 * cfg.dim
-        ));
+    if n < 20 {
+        return bad(format!("{n} training vectors are too few (>= 20)"));
     }
-    if cfg.group == 0 || cfg.batch < 2 * (1 + cfg.group) {
-        return bad(format!(
-            "batch {} must hold at least two anchors of group {} (>= {})",
-            cfg.batch,
-            cfg.group,
-            2 * (1 + cfg.group.max(1))
-        ));
-    }
-    if cfg.epochs == 0 {
-        return bad("epochs must be >= 1".into());
-    }
-    if !(0.0..0.9).contains(&cfg.val_fraction) {
-        return bad(format!(
-            "val fraction {} must be in [0, 0.9)",
-            cfg.val_fraction
-        ));
-    }
-    if !(0.0..1.0).contains(&cfg.dropout) || cfg.input_noise.is_nan() || cfg.input_noise < 0.0 {
-        return bad("dropout must be in [0, 1) and input noise >= 0".into());
-    }
-    if !(cfg.augment >= 0.0 && cfg.augment.is_finite()) {
-        return bad(format!(
-            "--augment {} must be a finite standard deviation >= 0",
-            cfg.augment
-        ));
-    }
-    if let Some(w) = cfg.distill.filter(|w| !(w.is_finite() && *w >= 0.0)) {
-        return bad(format!("--distill {w} must be a finite weight >= 0"));
-    }
-    if !(cfg.temperature > 0.0 && cfg.teacher_temperature > 0.0 && cfg.lr > 0.0) {
-        return bad("temperatures and learning rate must be positive".into());
+    match sup {
+        Supervision::Pairs { pairs, .. } => {
+            let nq = pairs.iter().map(|p| p.0).collect::<HashSet<_>>().len();
+            let n_val = pair_val_queries(nq, cfg.val_fraction);
+            if n_val == 0 {
+                return bad(format!(
+                    "the validation split holds no query ({nq} judged queries x --val-fraction {}): give more training queries or a larger --val-fraction",
+                    cfg.val_fraction
+                ));
+            }
+        }
+        _ => {
+            let n_val = val_rows(n, cfg.val_fraction);
+            if n_val < MIN_PART_ROWS {
+                return bad(format!(
+                    "the validation split holds {n_val} vectors ({n} x --val-fraction {}), too few to measure recall@10 and choose the best epoch (>= {MIN_PART_ROWS}): give more training vectors or a larger --val-fraction",
+                    cfg.val_fraction
+                ));
+            }
+            if n - n_val < MIN_PART_ROWS {
+                return bad(format!(
+                    "the training split holds {} vectors ({n} minus {n_val} held out), fewer than {MIN_PART_ROWS}: give more training vectors or a smaller --val-fraction",
+                    n - n_val
+                ));
+            }
+        }
     }
     Ok(())
+}
+
+/// Validation rows of `n` at share `fraction`.
+fn val_rows(n: usize, fraction: f64) -> usize {
+    (n as f64 * fraction).round() as usize
+}
+
+/// Validation queries of `nq` judged queries at share `fraction` (at least one query trains).
+fn pair_val_queries(nq: usize, fraction: f64) -> usize {
+    ((nq as f64 * fraction).round() as usize).min(nq.saturating_sub(1))
 }
 
 /// The distillation weight when none is given. Self-supervised: 50, because the full space's
@@ -399,40 +536,7 @@ pub fn train(
         distill: Some(cfg.distill.unwrap_or_else(|| default_distill(sup))),
         ..cfg.clone()
     };
-    check_config(cfg, d)?;
-    base.check_finite()?;
-    let bad = |m: String| Err(Error::Rewa(rewa::Error::InvalidInput(m)));
-    match sup {
-        Supervision::Labels(l) if l.len() != n => {
-            return bad(format!("{} labels for {n} base vectors", l.len()));
-        }
-        Supervision::Pairs { queries, pairs } => {
-            if queries.dim() != d {
-                return Err(rewa::Error::DimMismatch {
-                    expected: d,
-                    got: queries.dim(),
-                }
-                .into());
-            }
-            queries.view().check_finite()?;
-            if let Some(&(q, b)) = pairs
-                .iter()
-                .find(|&&(q, b)| q as usize >= queries.len() || b as usize >= n)
-            {
-                return bad(format!(
-                    "pair (query {q}, base {b}) is out of range ({} queries, {n} base rows)",
-                    queries.len()
-                ));
-            }
-            if pairs.is_empty() {
-                return bad("no (query, document) pairs to train on".into());
-            }
-        }
-        _ => {}
-    }
-    if n < 20 {
-        return bad(format!("{n} training vectors are too few (>= 20)"));
-    }
+    validate(base, sup, cfg)?;
     let dev = Device::Cpu;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let mlp = Mlp::new(d, cfg.hidden_width(), cfg.dim, cfg.ln_eps, &mut rng, &dev)?;
@@ -467,7 +571,7 @@ pub fn train(
                 .collect();
             qs.sort_unstable();
             qs.shuffle(&mut rng);
-            let n_val = ((qs.len() as f64 * cfg.val_fraction).round() as usize).min(qs.len() - 1);
+            let n_val = pair_val_queries(qs.len(), cfg.val_fraction);
             let val_q: HashSet<u32> = qs[..n_val].iter().copied().collect();
             let (val, train): (Vec<_>, Vec<_>) = pairs.iter().partition(|p| val_q.contains(&p.0));
             let split = PairSplit {
@@ -479,8 +583,7 @@ pub fn train(
             (Part::new(perm), Part::new(vec![]), Some(split))
         }
         _ => {
-            let n_val = (n as f64 * cfg.val_fraction).round() as usize;
-            let (v, t) = perm.split_at(n_val);
+            let (v, t) = perm.split_at(val_rows(n, cfg.val_fraction));
             (Part::new(t.to_vec()), Part::new(v.to_vec()), None)
         }
     };
@@ -538,7 +641,7 @@ pub fn train(
     // Evaluation sets, fixed for the run.
     let mut erng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xE7A1);
     let mut make_eval = |rows: &[u32]| -> Option<EvalSet> {
-        if rows.len() < 12 {
+        if rows.len() < MIN_PART_ROWS {
             return None;
         }
         let mut b = rows.to_vec();

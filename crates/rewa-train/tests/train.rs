@@ -1,6 +1,8 @@
 //! Training behaviour on small seeded data: the loss falls, held-out recall beats a random
 //! Hadamard projection of the same size, candle and the core crate compute the same outputs,
 //! saved models give bit-identical codes, and bad input gets a clear error.
+//!
+//! Tests that need the same trained model share one run ([`neighbours_run`]), trained once.
 
 use candle_core::Device;
 use rand::SeedableRng;
@@ -9,6 +11,7 @@ use rewa::eval::recall_at_k;
 use rewa::search::{exact_search, scan_encoded};
 use rewa::{Encoder, EncoderSpec, Error, Metric, Vectors};
 use rewa_train::{train, Mlp, Quiet, Supervision, TrainConfig, TrainOutcome};
+use std::sync::OnceLock;
 
 /// 40 clusters in 64 dims whose members vary along 6 cluster-specific directions plus a
 /// little isotropic noise: the neighbours of a vector are decided by a few directions per
@@ -78,6 +81,17 @@ fn small_config() -> TrainConfig {
     }
 }
 
+/// The self-supervised run on `data(1)` with [`small_config`]: base, queries and outcome.
+/// Trained once and shared by the tests that need exactly this run.
+fn neighbours_run() -> &'static (Vectors, Vectors, TrainOutcome) {
+    static RUN: OnceLock<(Vectors, Vectors, TrainOutcome)> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let (base, queries) = data(1);
+        let out = run(&base, &Supervision::Neighbours, &small_config()).unwrap();
+        (base, queries, out)
+    })
+}
+
 fn recall_of(enc: &Encoder, base: &Vectors, queries: &Vectors) -> f64 {
     let truth = exact_search(base.view(), queries.view(), Metric::Cosine, 10);
     let codes = enc.encode_batch(base.view()).unwrap();
@@ -100,12 +114,14 @@ fn learned_encoder(t: LearnedTransform, spec: &str, base: &Vectors) -> Encoder {
 
 #[test]
 fn loss_falls_and_held_out_recall_beats_hadamard() {
-    let (base, queries) = data(1);
-    let cfg = small_config();
-    let out = run(&base, &Supervision::Neighbours, &cfg).unwrap();
+    let (base, queries, out) = neighbours_run();
     let first = out.log.first().unwrap().train_loss;
     let last = out.log.last().unwrap().train_loss;
-    let learned = recall_of(&learned_encoder(out.model, "flat", &base), &base, &queries);
+    let learned = recall_of(
+        &learned_encoder(out.model.clone(), "flat", base),
+        base,
+        queries,
+    );
     let had = Encoder::fit(
         &"hadamard16".parse().unwrap(),
         base.view(),
@@ -113,7 +129,7 @@ fn loss_falls_and_held_out_recall_beats_hadamard() {
         7,
     )
     .unwrap();
-    let hadamard = recall_of(&had, &base, &queries);
+    let hadamard = recall_of(&had, base, queries);
     eprintln!(
         "loss {first:.3} -> {last:.3}; held-out recall@10 learned {learned:.3}, hadamard16 {hadamard:.3}; {:.1}s",
         out.seconds
@@ -138,14 +154,9 @@ fn candle_and_core_forward_passes_agree() {
     let worst = candle_vs_core(&mlp, &mlp.export().unwrap(), &x);
     assert!(worst < 1e-5, "max difference {worst}");
     // and the same after training moved the weights away from their initial values
-    let (base, _) = data(2);
-    let cfg = TrainConfig {
-        epochs: 2,
-        ..small_config()
-    };
-    let out = run(&base, &Supervision::Neighbours, &cfg).unwrap();
+    let (base, _, out) = neighbours_run();
     let mlp = Mlp::from_transform(&out.model, &dev).unwrap();
-    let worst = candle_vs_core(&mlp, &out.model, &base);
+    let worst = candle_vs_core(&mlp, &out.model, base);
     assert!(worst < 1e-5, "after training: max difference {worst}");
 }
 
@@ -259,16 +270,15 @@ fn labels_and_pairs_train_and_quantization_aware_training_runs() {
 
 #[test]
 fn quantization_aware_training_keeps_more_recall_in_sign_codes() {
-    let (base, queries) = data(1);
-    let plain = run(&base, &Supervision::Neighbours, &small_config()).unwrap();
+    let (base, queries, plain) = neighbours_run();
     let cfg = TrainConfig {
         qat: Some(rewa_train::Qat::Sign),
         ..small_config()
     };
-    let qat = run(&base, &Supervision::Neighbours, &cfg).unwrap();
+    let qat = run(base, &Supervision::Neighbours, &cfg).unwrap();
     assert!(qat.log.iter().all(|e| e.val_recall_quantized.is_some()));
-    let sign = |m: LearnedTransform| recall_of(&learned_encoder(m, "sign", &base), &base, &queries);
-    let (p, q) = (sign(plain.model), sign(qat.model));
+    let sign = |m: LearnedTransform| recall_of(&learned_encoder(m, "sign", base), base, queries);
+    let (p, q) = (sign(plain.model.clone()), sign(qat.model));
     eprintln!("held-out recall@10 of sign codes: plain {p:.3}, qat {q:.3}");
     assert!(q > p + 0.02, "plain {p} vs qat {q}");
 }
@@ -326,13 +336,8 @@ fn bad_input_gets_clear_errors() {
         "{e}"
     );
 
-    let model = run(
-        &base,
-        &Supervision::Neighbours,
-        &TrainConfig { epochs: 1, ..cfg },
-    )
-    .unwrap()
-    .model;
+    // any model trained on 64-dim data
+    let model = &neighbours_run().2.model;
     model.save(dir.path(), serde_json::Value::Null).unwrap();
     let spec: EncoderSpec = format!("learned={}", dir.path().display()).parse().unwrap();
     let other = rewa::testutil::gaussian(10, 32, 1);
@@ -406,4 +411,122 @@ fn pca_init_starts_as_pca_and_never_ends_below_its_start() {
     .unwrap()
     .to_string();
     assert!(err.contains("--init pca needs --hidden"), "{err}");
+}
+
+#[test]
+fn every_setting_is_checked_before_training_and_names_its_flag() {
+    let (base, _) = data(6);
+    let cfg = small_config();
+    let cases: Vec<(TrainConfig, &str)> = vec![
+        (
+            TrainConfig {
+                hidden: Some(0),
+                ..cfg.clone()
+            },
+            "--hidden",
+        ),
+        (
+            TrainConfig {
+                hidden: Some(usize::MAX),
+                ..cfg.clone()
+            },
+            "--hidden",
+        ),
+        (
+            TrainConfig {
+                batch: usize::MAX,
+                ..cfg.clone()
+            },
+            "--batch",
+        ),
+        (
+            TrainConfig {
+                group: 1 << 63,
+                ..cfg.clone()
+            },
+            "--group",
+        ),
+        (
+            TrainConfig {
+                group: usize::MAX,
+                ..cfg.clone()
+            },
+            "--group",
+        ),
+        (
+            TrainConfig {
+                epochs: usize::MAX,
+                ..cfg.clone()
+            },
+            "--epochs",
+        ),
+        (
+            TrainConfig {
+                weight_decay: f64::NAN,
+                ..cfg.clone()
+            },
+            "--weight-decay",
+        ),
+        (
+            TrainConfig {
+                lr: f64::INFINITY,
+                ..cfg.clone()
+            },
+            "--lr",
+        ),
+        (
+            TrainConfig {
+                temperature: 0.0,
+                ..cfg.clone()
+            },
+            "--temperature",
+        ),
+        (
+            TrainConfig {
+                input_noise: f32::INFINITY,
+                ..cfg.clone()
+            },
+            "--input-noise",
+        ),
+        (
+            TrainConfig {
+                dropout: 1.0,
+                ..cfg.clone()
+            },
+            "--dropout",
+        ),
+        // 2400 x 0.001 = 2 validation vectors, too few to measure recall@10
+        (
+            TrainConfig {
+                val_fraction: 0.001,
+                ..cfg.clone()
+            },
+            "--val-fraction",
+        ),
+        (
+            TrainConfig {
+                val_fraction: 0.0,
+                ..cfg.clone()
+            },
+            "--val-fraction",
+        ),
+    ];
+    for (c, flag) in cases {
+        let e = rewa_train::validate(base.view(), &Supervision::Neighbours, &c).unwrap_err();
+        assert!(
+            matches!(&e, rewa_train::Error::Rewa(Error::InvalidInput(m)) if m.contains(flag)),
+            "{flag}: {e}"
+        );
+        // train runs the same checks
+        let e = run(&base, &Supervision::Neighbours, &c).err().unwrap();
+        assert!(e.to_string().contains(flag), "{flag}: {e}");
+    }
+    // pairs: a single judged query leaves no validation query
+    let one = Supervision::Pairs {
+        queries: base.clone(),
+        pairs: vec![(0, 1), (0, 2)],
+    };
+    let e = rewa_train::validate(base.view(), &one, &cfg).unwrap_err();
+    assert!(e.to_string().contains("--val-fraction"), "{e}");
+    assert!(rewa_train::validate(base.view(), &Supervision::Neighbours, &cfg).is_ok());
 }

@@ -702,8 +702,13 @@ impl FromStr for Pipeline {
             return invalid!("empty pipeline (try hadamard256+sign:1000,exact:10)");
         }
         let mut stages = Vec::new();
-        for part in s.split(',').map(str::trim) {
-            let Some((scorer, keep)) = part.rsplit_once(':') else {
+        for part in crate::encode::EncoderSpec::split_outside_quotes(s, ',')
+            .into_iter()
+            .map(str::trim)
+        {
+            let Some((scorer, keep)) =
+                crate::encode::EncoderSpec::rsplit_once_outside_quotes(part, ':')
+            else {
                 return invalid!(
                     "pipeline stage {part:?} has no ':keep' (e.g. hadamard256+sign:1000)"
                 );

@@ -119,10 +119,32 @@ fn gen_set(
     )
 }
 
-/// Generates the data set described by `cfg`.
+/// The most `generate` makes: 16 GiB of f32 values over the four sets, so that a mistyped
+/// count is refused instead of aborting the process on allocation.
+pub const MAX_SYNTH_BYTES: u64 = 16 << 30;
+
+/// Generates the data set described by `cfg`. Fails when a count is 0 or the data would take
+/// more than [`MAX_SYNTH_BYTES`].
 pub fn generate(cfg: &SynthConfig) -> Result<SynthData> {
     if cfg.classes == 0 || cfg.per_class == 0 || cfg.dim == 0 {
         return invalid!("synth: classes, per_class and dim must all be at least 1");
+    }
+    let bytes = (cfg.classes as u64)
+        .checked_add(cfg.new_classes as u64)
+        .zip((cfg.per_class as u64).checked_add(cfg.queries_per_class as u64))
+        .and_then(|(c, per)| c.checked_mul(per))
+        .and_then(|n| n.checked_mul(cfg.dim as u64))
+        .and_then(|v| v.checked_mul(4));
+    if !matches!(bytes, Some(b) if b <= MAX_SYNTH_BYTES) {
+        return invalid!(
+            "synth: (--classes {} + --new-classes {}) x (--per-class {} + --queries-per-class {}) x --dim {} floats of 4 bytes are more than the {} GiB limit",
+            cfg.classes,
+            cfg.new_classes,
+            cfg.per_class,
+            cfg.queries_per_class,
+            cfg.dim,
+            MAX_SYNTH_BYTES >> 30
+        );
     }
     if !(cfg.noise.is_finite() && cfg.noise >= 0.0) {
         return invalid!("synth: noise must be a finite number >= 0");
@@ -193,5 +215,57 @@ mod tests {
         assert!(a.base_new_labels.iter().all(|&l| l >= 5));
         let c = generate(&SynthConfig { seed: 1, ..cfg }).unwrap();
         assert_ne!(a.base, c.base);
+    }
+
+    #[test]
+    fn sizes_past_the_limit_are_refused_without_allocating() {
+        let ok = SynthConfig {
+            classes: 2,
+            per_class: 3,
+            dim: 4,
+            ..Default::default()
+        };
+        for bad in [
+            SynthConfig {
+                classes: usize::MAX,
+                ..ok.clone()
+            },
+            SynthConfig {
+                new_classes: usize::MAX,
+                ..ok.clone()
+            },
+            SynthConfig {
+                per_class: usize::MAX,
+                ..ok.clone()
+            },
+            SynthConfig {
+                per_class: 1 << 40,
+                ..ok.clone()
+            },
+            SynthConfig {
+                queries_per_class: usize::MAX,
+                ..ok.clone()
+            },
+            SynthConfig {
+                dim: usize::MAX / 2,
+                ..ok.clone()
+            },
+            // one float past the limit
+            SynthConfig {
+                classes: 1,
+                new_classes: 0,
+                per_class: 1,
+                queries_per_class: 0,
+                dim: (MAX_SYNTH_BYTES / 4 + 1) as usize,
+                ..ok.clone()
+            },
+        ] {
+            let e = generate(&bad).unwrap_err();
+            assert!(
+                matches!(&e, crate::Error::InvalidInput(m) if m.contains("GiB limit") && m.contains("--per-class")),
+                "{bad:?}: {e}"
+            );
+        }
+        assert!(generate(&ok).is_ok());
     }
 }

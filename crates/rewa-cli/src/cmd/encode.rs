@@ -1,8 +1,8 @@
 use crate::data::{load, load_train, log, same_dim};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use rewa::encode::QuantizerSpec;
 use rewa::{Encoder, EncoderSpec, Metric};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Fit an encoder (on --train, else on --base) and write codes as .npy: uint8 rows of
 /// code_len bytes for sign/int8 (sign bits packed little-endian into u64 words), float32 rows
@@ -12,7 +12,8 @@ pub struct Args {
     /// Vectors to encode (.npy, .fvecs, .bvecs).
     #[arg(long)]
     base: PathBuf,
-    /// Encoder spec, e.g. hadamard256+sign.
+    /// Encoder spec, e.g. hadamard256+sign (a learned= path holding + , or : in double
+    /// quotes: learned="models/a+b"+sign).
     #[arg(long)]
     encoder: EncoderSpec,
     /// Vectors to fit on (default: --base). Never the evaluation queries.
@@ -28,24 +29,41 @@ pub struct Args {
     #[arg(long, requires = "queries_out")]
     queries: Option<PathBuf>,
     /// Output .npy for the codes of --queries.
-    #[arg(long)]
+    #[arg(long, requires = "queries")]
     queries_out: Option<PathBuf>,
     /// Seed for the encoder's random choices.
     #[arg(long, default_value_t = 42)]
     seed: u64,
 }
 
-fn write(enc: &Encoder, v: &rewa::Vectors, out: &std::path::Path) -> Result<()> {
-    if enc.spec().quantizer == QuantizerSpec::Flat {
-        let t = enc.transform_batch(v.view());
-        rewa::io::write_npy_f32(out, &t)?;
+/// The codes of `v`, as the .npy they are written as.
+enum Codes {
+    Float(rewa::Vectors),
+    Bytes(Vec<u8>),
+}
+
+fn encode(enc: &Encoder, v: &rewa::Vectors) -> Result<Codes> {
+    Ok(if enc.spec().quantizer == QuantizerSpec::Flat {
+        Codes::Float(enc.transform_batch(v.view()))
     } else {
-        let codes = enc.encode_batch(v.view())?;
-        rewa::io::write_npy_u8(out, v.len(), enc.code_len(), &codes)?;
-    }
+        Codes::Bytes(enc.encode_batch(v.view())?)
+    })
+}
+
+fn write(enc: &Encoder, codes: &Codes, out: &Path) -> Result<()> {
+    let rows = match codes {
+        Codes::Float(t) => {
+            rewa::io::write_npy_f32(out, t)?;
+            t.len()
+        }
+        Codes::Bytes(b) => {
+            let rows = b.len() / enc.code_len();
+            rewa::io::write_npy_u8(out, rows, enc.code_len(), b)?;
+            rows
+        }
+    };
     log(&format!(
-        "wrote {} codes of {} bytes to {}",
-        v.len(),
+        "wrote {rows} codes of {} bytes to {}",
         enc.code_len(),
         out.display()
     ));
@@ -53,8 +71,30 @@ fn write(enc: &Encoder, v: &rewa::Vectors, out: &std::path::Path) -> Result<()> 
 }
 
 pub fn run(a: Args) -> Result<()> {
+    // Every input and output is checked, and every code computed, before anything is
+    // written: a bad --queries or --queries-out must not leave --out replaced.
+    rewa::io::check_writable(&a.out).context("--out")?;
+    if let Some(out) = &a.queries_out {
+        rewa::io::check_writable(out).context("--queries-out")?;
+    }
     let base = load(&a.base, a.metric)?;
-    a.encoder.check(base.dim())?;
+    a.encoder
+        .check(base.dim())
+        .with_context(|| format!("--encoder {}", a.encoder))?;
+    let queries = match (&a.queries, &a.queries_out) {
+        (Some(q), Some(out)) => {
+            if out == &a.out {
+                bail!(
+                    "--queries-out and --out are the same file {}",
+                    out.display()
+                );
+            }
+            let qv = load(q, a.metric)?;
+            same_dim(&qv, q, base.dim(), &a.base)?;
+            Some((qv, out))
+        }
+        _ => None,
+    };
     let train = load_train(a.train.as_deref(), a.metric, &base, &a.base)?;
     let enc = Encoder::fit(
         &a.encoder,
@@ -63,11 +103,14 @@ pub fn run(a: Args) -> Result<()> {
         a.seed,
     )
     .with_context(|| format!("fitting {}", a.encoder))?;
-    write(&enc, &base, &a.out)?;
-    if let (Some(q), Some(out)) = (&a.queries, &a.queries_out) {
-        let qv = load(q, a.metric)?;
-        same_dim(&qv, q, base.dim(), &a.base)?;
-        write(&enc, &qv, out)?;
+    let base_codes = encode(&enc, &base)?;
+    let query_codes = match &queries {
+        Some((qv, out)) => Some((encode(&enc, qv)?, *out)),
+        None => None,
+    };
+    write(&enc, &base_codes, &a.out)?;
+    if let Some((codes, out)) = &query_codes {
+        write(&enc, codes, out)?;
     }
     Ok(())
 }

@@ -3,7 +3,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rewa::eval::Qrels;
 use rewa::Metric;
-use rewa_train::artifacts::{fingerprint, record, RunDir};
+use rewa_train::artifacts::{check_out_dir, fingerprint, record, RunDir};
 use rewa_train::{EpochLog, Init, Observer, Qat, Supervision, TrainConfig};
 use serde_json::json;
 use std::path::PathBuf;
@@ -19,8 +19,10 @@ use std::path::PathBuf;
 /// training stops when validation stops improving, and the best epoch's weights are kept.
 ///
 /// --out gets model.safetensors + config.json (the model), log.jsonl (one JSON line per
-/// epoch) and training.png, all updated as epochs end. Evaluation queries must never be
-/// given here.
+/// epoch) and training.png. The run is written to a hidden sibling of --out, updated as
+/// epochs end, and renamed to --out when it finishes: a failed run changes nothing. Every
+/// setting is checked before anything is written. Evaluation queries must never be given
+/// here.
 #[derive(clap::Args)]
 pub struct Args {
     /// The vectors the encoder is for (.npy, .fvecs, .bvecs).
@@ -32,9 +34,12 @@ pub struct Args {
     /// Output dimension m.
     #[arg(long)]
     dim: usize,
-    /// Output directory (created; an existing model there is replaced).
+    /// Output directory (created; must be missing or empty unless --force).
     #[arg(long)]
     out: PathBuf,
+    /// Replace an existing, non-empty --out, once the new run has succeeded.
+    #[arg(long)]
+    force: bool,
     /// Labels of the training vectors: same label = positive.
     #[arg(long, conflicts_with = "pairs")]
     labels: Option<PathBuf>,
@@ -53,13 +58,13 @@ pub struct Args {
     /// cosine (normalises inputs), ip or l2: the full-space similarity the model learns.
     #[arg(long, default_value = "cosine")]
     metric: Metric,
-    /// Hidden width (default 2 x --dim).
+    /// Hidden width (default 2 x --dim; at most 65536).
     #[arg(long)]
     hidden: Option<usize>,
     /// Maximum epochs.
     #[arg(long, default_value_t = TrainConfig::default().epochs)]
     epochs: usize,
-    /// Inputs per batch (half anchors, half their positives).
+    /// Inputs per batch (half anchors, half their positives; at most 16384).
     #[arg(long, default_value_t = TrainConfig::default().batch)]
     batch: usize,
     /// Peak learning rate (AdamW; cosine-annealed to 1% of it). Default: 3e-3, or 3e-4 with
@@ -98,7 +103,8 @@ pub struct Args {
     /// teacher and the network see it: fresh points every epoch, against memorisation.
     #[arg(long, default_value_t = TrainConfig::default().augment)]
     augment: f32,
-    /// Share held out for validation.
+    /// Share held out for validation (it must hold at least 12 vectors, or one query with
+    /// --pairs).
     #[arg(long, default_value_t = TrainConfig::default().val_fraction)]
     val_fraction: f64,
     /// Epochs without validation improvement before stopping.
@@ -166,16 +172,11 @@ impl Observer for Bar {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    // fail before reading any data when --out cannot take the run
+    check_out_dir(&a.out, a.force)?;
     let base = load(&a.base, a.metric)?;
     let train_path = a.train.clone().unwrap_or_else(|| a.base.clone());
     let data = load_train(a.train.as_deref(), a.metric, &base, &a.base)?.unwrap_or(base);
-    if a.dim == 0 || a.dim > data.dim() {
-        bail!(
-            "--dim {} must be between 1 and the input dimension {}",
-            a.dim,
-            data.dim()
-        );
-    }
     let (sup, extra_fp) = match (&a.labels, &a.pairs) {
         (Some(l), _) => {
             let l = labels(l, data.len(), &train_path)?;
@@ -251,6 +252,7 @@ pub fn run(a: Args) -> Result<()> {
         seed: a.seed,
         ..d
     };
+    rewa_train::validate(data.view(), &sup, &cfg)?;
     let fp = fingerprint(data.view(), &extra_fp);
     log(&format!(
         "training {} -> {} ({}, {}) on {} vectors, {fp}",
@@ -266,7 +268,7 @@ pub fn run(a: Args) -> Result<()> {
     );
     let mut bar = Bar { pb };
     let rec = record(&cfg, sup.name(), a.metric, &fp);
-    let mut run = RunDir::create(&a.out, rec, &mut bar)?;
+    let mut run = RunDir::create(&a.out, a.force, rec, &mut bar)?;
     let out = rewa_train::train(data.view(), &sup, &cfg, a.metric, &mut run)?;
     let trained = out.log.iter().filter(|e| e.epoch > 0).count();
     let summary = json!({
@@ -278,6 +280,7 @@ pub fn run(a: Args) -> Result<()> {
         "n_val": out.n_val,
     });
     run.finish(&out.model, summary.clone())?;
+    drop(run);
     bar.pb.finish_and_clear();
     let best = out
         .log

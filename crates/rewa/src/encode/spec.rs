@@ -1,8 +1,64 @@
 //! The text form of encoders: `hadamard256+sign`, `pca64+int8`, `flat`.
+//!
+//! A `learned=` path holding `+`, `,` or `:` (which separate tokens, stages and keeps) is
+//! written in double quotes: `learned="models/a+b,c"+sign`. Both the token splitter here and
+//! the pipeline's stage splitter skip over quoted text (`EncoderSpec::split_outside_quotes`);
+//! a path cannot hold a double quote itself.
 
 use crate::error::{invalid, Error, Result};
 use std::fmt;
 use std::str::FromStr;
+
+/// The largest `m` a spec token may ask for (output dimension, or pq sub-spaces): the
+/// encoded data is `n * m` values, so a typo must not become a huge allocation.
+pub const MAX_SPEC_DIM: usize = 1 << 16;
+
+/// Whether a `learned=` path must be quoted to survive the token, stage and keep splitters
+/// (and the trimming of tokens).
+fn needs_quotes(path: &str) -> bool {
+    path.contains(['+', ',', ':']) || path.trim() != path
+}
+
+/// Checks a `learned=` path can be written in a spec.
+fn check_learned_path(path: &str) -> Result<()> {
+    if path.is_empty() {
+        return invalid!("learned= needs a model directory, e.g. learned=models/scifact64");
+    }
+    if path.contains('"') {
+        return invalid!("learned={path}: a model directory path cannot hold a double quote");
+    }
+    Ok(())
+}
+
+/// The model directory of a `learned=` token's value: bare, or in double quotes.
+fn parse_learned_path(spec: &str, raw: &str) -> Result<String> {
+    let path = match raw.strip_prefix('"') {
+        Some(rest) => match rest.strip_suffix('"') {
+            Some(inner) if !inner.contains('"') => inner,
+            _ => {
+                return invalid!(
+                    "encoder spec {spec:?}: learned={raw}: a quoted path must be one \"...\" with no quote inside"
+                )
+            }
+        },
+        None if raw.contains('"') => {
+            return invalid!(
+                "encoder spec {spec:?}: learned={raw}: quote the whole path, e.g. learned=\"models/a+b\""
+            )
+        }
+        None if raw.contains(',') => {
+            return invalid!(
+                "encoder spec {spec:?}: learned={raw}: a path with ',' must be quoted, e.g. learned=\"{raw}\""
+            )
+        }
+        None => raw,
+    };
+    check_learned_path(path).map_err(|e| match e {
+        Error::InvalidInput(m) => Error::InvalidInput(format!("encoder spec {spec:?}: {m}")),
+        other => other,
+    })?;
+    Ok(path.to_string())
+}
 
 /// One transform of an encoder spec.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -22,10 +78,10 @@ pub enum TransformSpec {
         /// Sub-spaces of the product quantizer it is trained for.
         m: usize,
     },
-    /// `learned=DIR`: a model trained by `rewa train`; its output dimension is known once the
-    /// model is loaded.
+    /// `learned=DIR` (or `learned="DIR"` when the path holds `+`, `,` or `:`): a model
+    /// trained by `rewa train`; its output dimension is known once the model is loaded.
     Learned {
-        /// The model directory, as written in the spec.
+        /// The model directory, without the quotes.
         path: String,
     },
 }
@@ -67,6 +123,36 @@ pub struct EncoderSpec {
 }
 
 impl EncoderSpec {
+    /// Splits `s` at every `sep` outside double quotes (quotes are kept in the pieces).
+    pub(crate) fn split_outside_quotes(s: &str, sep: char) -> Vec<&str> {
+        let mut parts = Vec::new();
+        let (mut start, mut quoted) = (0, false);
+        for (i, c) in s.char_indices() {
+            if c == '"' {
+                quoted = !quoted;
+            } else if c == sep && !quoted {
+                parts.push(&s[start..i]);
+                start = i + c.len_utf8();
+            }
+        }
+        parts.push(&s[start..]);
+        parts
+    }
+
+    /// Splits `s` at its last `sep` outside double quotes.
+    pub(crate) fn rsplit_once_outside_quotes(s: &str, sep: char) -> Option<(&str, &str)> {
+        let mut last = None;
+        let mut quoted = false;
+        for (i, c) in s.char_indices() {
+            if c == '"' {
+                quoted = !quoted;
+            } else if c == sep && !quoted {
+                last = Some(i);
+            }
+        }
+        last.map(|i| (&s[..i], &s[i + sep.len_utf8()..]))
+    }
+
     /// Dimension after the transforms, for input dimension `dim`; `None` when the last
     /// transform is a learned model (its dimension lives in the model).
     pub fn dim_out(&self, dim: usize) -> Option<usize> {
@@ -90,25 +176,46 @@ impl EncoderSpec {
             QuantizerSpec::Pq { m } => m,
         })
     }
-    /// Checks the spec against input dimension `dim` (e.g. PCA cannot add dimensions).
+    /// Checks the spec against input dimension `dim` (e.g. PCA cannot add dimensions), and
+    /// every `m` against [`MAX_SPEC_DIM`].
     pub fn check(&self, dim: usize) -> Result<()> {
-        let mut d = dim;
+        let size = |name: &str, m: usize| -> Result<()> {
+            if (1..=MAX_SPEC_DIM).contains(&m) {
+                Ok(())
+            } else {
+                invalid!("{name}{m}: m must be from 1 to {MAX_SPEC_DIM}")
+            }
+        };
+        // `None` after a learned model: its dimensions are checked when it is loaded.
+        let mut d = Some(dim);
         for t in &self.transforms {
-            match *t {
-                TransformSpec::Pca { m } if m > d => {
-                    return invalid!("pca{m} needs input dimension >= {m}, got {d}");
+            match t {
+                TransformSpec::Hadamard { m } => {
+                    size("hadamard", *m)?;
+                    d = Some(*m);
                 }
-                TransformSpec::Opq { m } if m > d => {
-                    return invalid!("opq{m} needs input dimension >= {m}, got {d}");
+                TransformSpec::Pca { m } => {
+                    size("pca", *m)?;
+                    if let Some(d) = d.filter(|d| m > d) {
+                        return invalid!("pca{m} needs input dimension >= {m}, got {d}");
+                    }
+                    d = Some(*m);
                 }
-                TransformSpec::Opq { .. } => {}
-                TransformSpec::Hadamard { m } | TransformSpec::Pca { m } => d = m,
-                // The model's dimensions are checked when it is loaded.
-                TransformSpec::Learned { .. } => return Ok(()),
+                TransformSpec::Opq { m } => {
+                    size("opq", *m)?;
+                    if let Some(d) = d.filter(|d| m > d) {
+                        return invalid!("opq{m} needs input dimension >= {m}, got {d}");
+                    }
+                }
+                TransformSpec::Learned { path } => {
+                    check_learned_path(path)?;
+                    d = None;
+                }
             }
         }
         if let QuantizerSpec::Pq { m } = self.quantizer {
-            if m > d {
+            size("pq", m)?;
+            if let Some(d) = d.filter(|&d| m > d) {
                 return invalid!(
                     "pq{m} needs input dimension >= {m} (one sub-space per byte), got {d}"
                 );
@@ -124,6 +231,9 @@ impl fmt::Display for TransformSpec {
             TransformSpec::Hadamard { m } => write!(f, "hadamard{m}"),
             TransformSpec::Pca { m } => write!(f, "pca{m}"),
             TransformSpec::Opq { m } => write!(f, "opq{m}"),
+            TransformSpec::Learned { path } if needs_quotes(path) => {
+                write!(f, "learned=\"{path}\"")
+            }
             TransformSpec::Learned { path } => write!(f, "learned={path}"),
         }
     }
@@ -156,10 +266,10 @@ fn dim_token(tok: &str, prefix: &str) -> Result<Option<usize>> {
         return Ok(None);
     };
     match num.parse::<usize>() {
-        Ok(m) if (1..=1 << 16).contains(&m) => Ok(Some(m)),
-        _ => invalid!(
-            "{tok:?}: {prefix} needs an output dimension from 1 to 65536, e.g. {prefix}256"
-        ),
+        Ok(m) if (1..=MAX_SPEC_DIM).contains(&m) => Ok(Some(m)),
+        _ => {
+            invalid!("{tok:?}: {prefix} needs a size m from 1 to {MAX_SPEC_DIM}, e.g. {prefix}256")
+        }
     }
 }
 
@@ -172,7 +282,10 @@ impl FromStr for EncoderSpec {
         }
         let mut spec = EncoderSpec::default();
         let mut quantizer: Option<QuantizerSpec> = None;
-        for tok in s.split('+').map(str::trim) {
+        for tok in EncoderSpec::split_outside_quotes(s, '+')
+            .into_iter()
+            .map(str::trim)
+        {
             if let Some(q) = quantizer {
                 return invalid!("encoder spec {s:?}: {tok:?} follows the quantizer {q}; the quantizer must come last");
             }
@@ -194,12 +307,9 @@ impl FromStr for EncoderSpec {
                     continue;
                 }
                 _ => {
-                    if let Some(path) = tok.strip_prefix("learned=") {
-                        if path.is_empty() || path.contains(',') {
-                            return invalid!("encoder spec {s:?}: learned= needs a model directory, e.g. learned=models/scifact64");
-                        }
+                    if let Some(raw) = tok.strip_prefix("learned=") {
                         TransformSpec::Learned {
-                            path: path.to_string(),
+                            path: parse_learned_path(s, raw)?,
                         }
                     } else if let Some(m) = dim_token(tok, "hadamard")? {
                         TransformSpec::Hadamard { m }
@@ -212,7 +322,7 @@ impl FromStr for EncoderSpec {
                         continue;
                     } else {
                         return invalid!(
-                            "encoder spec {s:?}: unknown token {tok:?} (known: hadamard<m>, pca<m>, opq<m>, learned=DIR, flat, sign, asign, int8, pq<m>)"
+                            "encoder spec {s:?}: unknown token {tok:?} (known: hadamard<m>, pca<m>, opq<m>, learned=DIR or learned=\"DIR\", flat, sign, asign, int8, pq<m>)"
                         );
                     }
                 }
@@ -285,6 +395,10 @@ mod tests {
             "hadamard64++sign",
             "learned=",
             "learned=m,x",
+            "learned=\"\"",
+            "learned=\"m+sign",
+            "learned=\"a\"b\"+sign",
+            "learned=a\"b+sign",
             "pq0",
             "pq16+sign",
             "hadamard64+pq16+hadamard32",
@@ -319,5 +433,148 @@ mod tests {
             .is_err());
         let l: EncoderSpec = "learned=m+sign".parse().unwrap();
         assert_eq!(l.code_len(768), None);
+    }
+
+    #[test]
+    fn quoted_learned_paths_round_trip_in_specs_and_pipelines() {
+        for (text, path) in [
+            ("learned=\"models/a+b,c\"+sign", "models/a+b,c"),
+            ("learned=\"m:1\"+hadamard64+int8", "m:1"),
+            ("learned=\" spaced dir \"", " spaced dir "),
+            ("learned=plain/dir with space+sign", "plain/dir with space"),
+        ] {
+            let spec: EncoderSpec = text.parse().unwrap();
+            assert_eq!(
+                spec.transforms[0],
+                TransformSpec::Learned { path: path.into() },
+                "{text}"
+            );
+            assert_eq!(spec.to_string(), text);
+            assert_eq!(spec.to_string().parse::<EncoderSpec>().unwrap(), spec);
+        }
+        // a path that needs quotes prints quoted, whichever way it was built
+        let spec = EncoderSpec {
+            transforms: vec![TransformSpec::Learned {
+                path: "x+y,z".into(),
+            }],
+            quantizer: QuantizerSpec::Sign,
+        };
+        assert_eq!(spec.to_string(), "learned=\"x+y,z\"+sign");
+        assert_eq!(spec.to_string().parse::<EncoderSpec>().unwrap(), spec);
+        // pipelines split stages and keeps outside the quotes
+        let text = "learned=\"m/a+b,c:d\"+sign:100,learned=\"m/a+b,c:d\"+int8:20,exact:10";
+        let p: crate::search::Pipeline = text.parse().unwrap();
+        assert_eq!(p.stages.len(), 3);
+        assert_eq!(p.stages[0].keep, 100);
+        match &p.stages[1].scorer {
+            crate::search::Scorer::Codes(s) => {
+                assert_eq!(
+                    s.transforms[0],
+                    TransformSpec::Learned {
+                        path: "m/a+b,c:d".into()
+                    }
+                );
+                assert_eq!(s.quantizer, QuantizerSpec::Int8);
+            }
+            other => panic!("stage 1 is {other:?}"),
+        }
+        assert_eq!(p.to_string(), text);
+        assert_eq!(p.to_string().parse::<crate::search::Pipeline>().unwrap(), p);
+        // a path with a quote cannot be printed, so `check` refuses it
+        let q = EncoderSpec {
+            transforms: vec![TransformSpec::Learned {
+                path: "a\"b".into(),
+            }],
+            quantizer: QuantizerSpec::Sign,
+        };
+        assert!(matches!(q.check(8), Err(Error::InvalidInput(_))));
+    }
+
+    #[test]
+    fn every_size_is_capped() {
+        let big = MAX_SPEC_DIM + 1;
+        for t in [
+            TransformSpec::Hadamard { m: big },
+            TransformSpec::Pca { m: usize::MAX },
+            TransformSpec::Opq { m: big },
+            TransformSpec::Hadamard { m: 0 },
+        ] {
+            let spec = EncoderSpec {
+                transforms: vec![t.clone()],
+                quantizer: QuantizerSpec::Sign,
+            };
+            // an input wide enough that only the cap can refuse it
+            let e = spec.check(usize::MAX).unwrap_err();
+            assert!(
+                matches!(&e, Error::InvalidInput(m) if m.contains("65536")),
+                "{t}: {e}"
+            );
+            assert!(matches!(
+                spec.to_string().parse::<EncoderSpec>(),
+                Err(Error::InvalidInput(_))
+            ));
+        }
+        for q in [usize::MAX, big, 0] {
+            let spec = EncoderSpec {
+                transforms: vec![],
+                quantizer: QuantizerSpec::Pq { m: q },
+            };
+            assert!(matches!(
+                spec.check(usize::MAX),
+                Err(Error::InvalidInput(_))
+            ));
+            // also after a learned model, whose dimension is not known here
+            let l = EncoderSpec {
+                transforms: vec![TransformSpec::Learned { path: "m".into() }],
+                quantizer: QuantizerSpec::Pq { m: q },
+            };
+            assert!(matches!(l.check(64), Err(Error::InvalidInput(_))));
+        }
+        assert!("hadamard99999999999999999999999+sign"
+            .parse::<EncoderSpec>()
+            .is_err());
+        // pq needs one dimension per sub-space; the largest sizes pass
+        assert!("pq64".parse::<EncoderSpec>().unwrap().check(32).is_err());
+        assert!("hadamard65536+pq65536"
+            .parse::<EncoderSpec>()
+            .unwrap()
+            .check(8)
+            .is_ok());
+    }
+
+    #[test]
+    fn an_index_built_with_a_quoted_learned_path_saves_opens_and_searches() {
+        use crate::encode::LearnedTransform;
+        use rand::{Rng, SeedableRng};
+        let (d, h, m) = (16, 24, 8);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let shapes = LearnedTransform::shapes(d, h, m);
+        let t: [Vec<f32>; 8] = std::array::from_fn(|i| {
+            let n: usize = shapes[i].iter().product();
+            (0..n).map(|_| rng.random_range(-0.5f32..0.5)).collect()
+        });
+        let model = LearnedTransform::from_tensors(d, h, m, 1e-5, t).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mdir = dir.path().join("models/a+b,c: d");
+        model.save(&mdir, serde_json::Value::Null).unwrap();
+        let text = format!("learned=\"{}\"+sign:40,exact:10", mdir.display());
+        let spec = crate::IndexSpec {
+            metric: crate::Metric::Cosine,
+            pipeline: text.parse().unwrap(),
+            seed: 1,
+        };
+        let mut base = crate::testutil::gaussian(200, d, 4);
+        base.normalize();
+        let index = crate::Index::build(&spec, base.view()).unwrap();
+        let idir = dir.path().join("index");
+        index.save(&idir).unwrap();
+        std::fs::remove_dir_all(&mdir).unwrap(); // the index carries the weights
+        let opened = crate::Index::open(&idir).unwrap();
+        let p = crate::SearchParams::default();
+        for i in [0, 7, 150] {
+            let hits = opened.search(base.row(i), &p).unwrap();
+            assert_eq!(hits, index.search(base.row(i), &p).unwrap());
+            assert_eq!(hits[0].id as usize, i, "row {i} is not its own nearest");
+        }
     }
 }

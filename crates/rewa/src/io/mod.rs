@@ -76,14 +76,21 @@ fn strip(e: &Error) -> String {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename.
+/// Writes `bytes` to `path` atomically: a temporary file beside the final target, fsync,
+/// rename.
+///
+/// A symlink is followed: the data goes to (and the rename lands on) the file it points to,
+/// so the link stays a link. An existing path that is not a regular file (a directory, a
+/// device such as `/dev/null`, a FIFO, a socket) is refused: renaming onto it would replace
+/// the node with a regular file.
 pub(crate) fn write_atomic(path: &Path, bytes: &[&[u8]]) -> Result<()> {
     use std::io::Write;
-    let tmp = path.with_extension(format!(
-        "{}.tmp{}",
-        path.extension().and_then(|e| e.to_str()).unwrap_or(""),
-        std::process::id()
-    ));
+    let target = write_target(path)?;
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = target.with_file_name(format!(".{name}.tmp{}", std::process::id()));
     let res = (|| -> std::io::Result<()> {
         let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
         for b in bytes {
@@ -91,13 +98,65 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[&[u8]]) -> Result<()> {
         }
         let f = f.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, &target)
     })();
     if let Err(e) = res {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io(path, e));
     }
     Ok(())
+}
+
+/// Checks, without writing, that the writers here could write `path`: it is missing, a
+/// regular file, or a symlink to one of those (a directory, device, FIFO or socket is
+/// refused). Lets a command refuse a bad output before it writes any other.
+pub fn check_writable(path: &Path) -> Result<()> {
+    write_target(path).map(|_| ())
+}
+
+/// The file `write_atomic` replaces for `path`: `path` itself, or the end of its chain of
+/// symlinks (which need not exist yet). Fails on anything but a regular file or nothing.
+fn write_target(path: &Path) -> Result<std::path::PathBuf> {
+    // Linux's own limit on links followed in one lookup.
+    const MAX_LINKS: usize = 40;
+    let mut p = path.to_path_buf();
+    for _ in 0..=MAX_LINKS {
+        let meta = match std::fs::symlink_metadata(&p) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(p),
+            Err(e) => return Err(Error::io(&p, e)),
+        };
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            let to = std::fs::read_link(&p).map_err(|e| Error::io(&p, e))?;
+            p = match p.parent() {
+                Some(dir) if to.is_relative() => dir.join(to),
+                _ => to,
+            };
+            continue;
+        }
+        if ft.is_file() {
+            return Ok(p);
+        }
+        let what = if ft.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file (a device, FIFO or socket)"
+        };
+        let via = if p == path {
+            String::new()
+        } else {
+            format!(" (the symlink points to {})", p.display())
+        };
+        return Err(Error::InvalidInput(format!(
+            "{}: is {what}{via}; refusing to replace it: give the path of a regular file",
+            path.display()
+        )));
+    }
+    Err(Error::InvalidInput(format!(
+        "{}: more than {MAX_LINKS} levels of symlinks",
+        path.display()
+    )))
 }
 
 /// Views a slice of plain numbers as bytes (little-endian hosts only; see `lib.rs`).
@@ -141,5 +200,81 @@ pub(crate) fn f32_cow(bytes: &[u8]) -> std::borrow::Cow<'_, [f32]> {
         let mut v = vec![0f32; bytes.len() / 4];
         fill_from_bytes(&mut v, bytes);
         std::borrow::Cow::Owned(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn atomic_writes_follow_symlinks_and_refuse_special_files() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        // a link to an existing file, a relative link to a missing one, a link to a link
+        std::fs::create_dir(d.join("data")).unwrap();
+        std::fs::write(d.join("data/real.bin"), b"old").unwrap();
+        std::os::unix::fs::symlink(d.join("data/real.bin"), d.join("link")).unwrap();
+        std::os::unix::fs::symlink("new.bin", d.join("data/rel")).unwrap();
+        std::os::unix::fs::symlink(d.join("link"), d.join("link2")).unwrap();
+        for p in ["link", "data/rel", "link2", "missing"] {
+            check_writable(&d.join(p)).unwrap();
+        }
+        write_atomic(&d.join("link"), &[b"new", b"!"]).unwrap();
+        write_atomic(&d.join("data/rel"), &[b"made"]).unwrap();
+        write_atomic(&d.join("link2"), &[b"twice"]).unwrap();
+        for l in ["link", "data/rel", "link2"] {
+            let m = std::fs::symlink_metadata(d.join(l)).unwrap();
+            assert!(m.file_type().is_symlink(), "{l} is no longer a symlink");
+        }
+        assert_eq!(std::fs::read(d.join("data/real.bin")).unwrap(), b"twice");
+        assert_eq!(std::fs::read(d.join("data/new.bin")).unwrap(), b"made");
+        // no temporary file is left beside the targets
+        let names = |p: &Path| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(p)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&d.join("data")), ["new.bin", "real.bin", "rel"]);
+
+        // a FIFO, a link to it, and a directory are refused and left as they were
+        let fifo = d.join("fifo");
+        let st = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        std::os::unix::fs::symlink(&fifo, d.join("to-fifo")).unwrap();
+        for p in [fifo.clone(), d.join("to-fifo"), d.join("data")] {
+            assert!(matches!(check_writable(&p), Err(Error::InvalidInput(_))));
+            let e = write_atomic(&p, &[b"x"]).unwrap_err();
+            assert!(matches!(e, Error::InvalidInput(_)), "{e}");
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&p.display().to_string()) && msg.contains("refusing"),
+                "{msg}"
+            );
+        }
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo());
+        assert!(std::fs::symlink_metadata(d.join("to-fifo"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(d.join("data").is_dir());
+        // a loop of links ends with an error, not a hang
+        std::os::unix::fs::symlink(d.join("b"), d.join("a")).unwrap();
+        std::os::unix::fs::symlink(d.join("a"), d.join("b")).unwrap();
+        assert!(matches!(
+            write_atomic(&d.join("a"), &[b"x"]),
+            Err(Error::InvalidInput(_))
+        ));
     }
 }

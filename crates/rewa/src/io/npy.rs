@@ -47,7 +47,7 @@ impl NpyArray {
         match self.data {
             NpyData::Float(v) => Vectors::new(dim, v),
             _ => Err(bad(
-                "expected a float array (float16, float32 or float64)".into()
+                "holds integers; vectors must be float16, float32 or float64 (e.g. numpy's astype('float32'))".into(),
             )),
         }
     }
@@ -164,7 +164,7 @@ pub fn read_npy(path: &Path) -> Result<NpyArray> {
     }
     let dtype = Dtype::parse(&descr).ok_or_else(|| {
         Error::InvalidInput(format!(
-            "{}: unsupported dtype {descr:?} (supported: little-endian float16/32/64 and integers)",
+            "{}: unsupported dtype {descr:?}: vectors must be little-endian float16, float32 or float64 ('<f2', '<f4', '<f8'); labels little-endian integers",
             path.display()
         ))
     })?;
@@ -329,4 +329,51 @@ pub fn write_npy_i64(path: &Path, shape: &[usize], data: &[i64]) -> Result<()> {
         "write_npy_i64: shape does not match data"
     );
     write_atomic(path, &[&header("<i8", shape), as_bytes(data)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    /// A `.npy` of `descr` and `shape` with `payload` as its bytes.
+    fn npy(dir: &Path, name: &str, descr: &str, shape: &[usize], payload: &[u8]) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, [header(descr, shape), payload.to_vec()].concat()).unwrap();
+        p
+    }
+
+    #[test]
+    fn vector_dtype_errors_say_exactly_which_dtypes_vectors_take() {
+        let t = tempfile::tempdir().unwrap();
+        // integers decode (they are labels' dtype) but are not vectors
+        let ints = npy(t.path(), "i.npy", "<i4", &[2, 2], &[0; 16]);
+        // big-endian floats and complex numbers are not read at all
+        let big = npy(t.path(), "b.npy", ">f4", &[2, 2], &[0; 16]);
+        let complex = npy(t.path(), "c.npy", "<c8", &[2, 1], &[0; 16]);
+        for p in [&ints, &big, &complex] {
+            let e = crate::io::read_vectors(p).unwrap_err();
+            let msg = e.to_string();
+            assert!(matches!(e, Error::InvalidInput(_)), "{msg}");
+            assert!(msg.contains(&p.display().to_string()), "{msg}");
+            assert!(
+                msg.contains("vectors must be float16, float32 or float64")
+                    || msg.contains("vectors must be little-endian float16, float32 or float64"),
+                "does not say what vectors take: {msg}"
+            );
+            assert!(!msg.contains("and integers"), "offers integers: {msg}");
+        }
+        // and the same integers are fine as labels
+        assert_eq!(
+            crate::io::read_labels(&npy(
+                t.path(),
+                "l.npy",
+                "<i4",
+                &[2],
+                &[1, 0, 0, 0, 2, 0, 0, 0]
+            ))
+            .unwrap(),
+            [1, 2]
+        );
+    }
 }
