@@ -40,10 +40,10 @@ PY
 if [[ $SECTIONS == *1* ]]; then
 echo "## 1. seed reproduction (rewa synth defaults, m = 256)"
 [ -f "$W/synth/base.npy" ] || $R synth --out "$W/synth"
-$R train --base "$W/synth/base.npy" --dim 256 --out "$W/synth-learned256" 2>&1 | grep -E "best epoch"
-$R train --base "$W/synth/base.npy" --dim 256 --labels "$W/synth/labels.npy" --out "$W/synth-labels256" 2>&1 | grep -E "best epoch"
+$R train --force --base "$W/synth/base.npy" --dim 256 --out "$W/synth-learned256" 2>&1 | grep -E "best epoch"
+$R train --force --base "$W/synth/base.npy" --dim 256 --labels "$W/synth/labels.npy" --out "$W/synth-labels256" 2>&1 | grep -E "best epoch"
 for a in 0.03 0.05; do
-  $R train --base "$W/synth/base.npy" --dim 256 --augment $a --out "$W/synth-aug$a" 2>&1 | grep -E "best epoch"
+  $R train --force --base "$W/synth/base.npy" --dim 256 --augment $a --out "$W/synth-aug$a" 2>&1 | grep -E "best epoch"
 done
 echo "| encoder | bytes | train recall@10 | held-out same-class | held-out new classes | gap |"
 echo "|---|---:|---:|---:|---:|---:|"
@@ -75,11 +75,11 @@ echo "| encoder | bytes | recall@10 | nDCG@10 |"
 echo "|---|---:|---:|---:|"
 for m in 32 64 128; do
   h=$(( 2 * m > 512 ? 2 * m : 512 ))
-  $R train --base "$W/docs_trainq.npy" --dim $m --hidden $h --out "$W/sf$m" 2>&1 | grep -E "best epoch" >&2
-  $R train --base "$W/docs_trainq.npy" --dim $m --hidden $h --init pca --out "$W/sfpca$m" 2>&1 | grep -E "best epoch" >&2
+  $R train --force --base "$W/docs_trainq.npy" --dim $m --hidden $h --out "$W/sf$m" 2>&1 | grep -E "best epoch" >&2
+  $R train --force --base "$W/docs_trainq.npy" --dim $m --hidden $h --init pca --out "$W/sfpca$m" 2>&1 | grep -E "best epoch" >&2
   for enc in "learned=$W/sf$m" "learned=$W/sfpca$m" pca$m hadamard$m; do row "${enc/$W\//}" "$(ev "$enc")"; done
 done
-$R train --base "$W/docs_trainq.npy" --dim 256 --hidden 512 --qat sign --out "$W/sf256sign" 2>&1 | grep -E "best epoch" >&2
+$R train --force --base "$W/docs_trainq.npy" --dim 256 --hidden 512 --qat sign --out "$W/sf256sign" 2>&1 | grep -E "best epoch" >&2
 for enc in "learned=$W/sf256sign+sign" pca256+sign hadamard256+sign "learned=$W/sf32+int8" pca32+int8 hadamard32+int8; do row "${enc/$W\//}" "$(ev "$enc")"; done
 echo "32 bytes as product-quantization codes (opq32+pq32 after the learned or PCA projection, or on the raw 384 dims):"
 for enc in "learned=$W/sf128+opq32+pq32" "learned=$W/sfpca128+opq32+pq32" pca128+opq32+pq32 opq32+pq32 pq32; do row "${enc/$W\//}" "$(ev "$enc")"; done
@@ -89,5 +89,5 @@ fi
 if [[ $SECTIONS == *3* ]]; then
 echo "## 3. training speed, 100k x 768, 10 epochs, labels, m 256"
 [ -f "$W/s100k/base.npy" ] || $R synth --classes 1000 --per-class 100 --queries-per-class 1 --new-classes 0 --out "$W/s100k"
-/usr/bin/time -f "%e s wall, %M KB max RSS" $R train --base "$W/s100k/base.npy" --labels "$W/s100k/labels.npy" --dim 256 --epochs 10 --patience 10 --out "$W/s100k-learned" --json 2>&1 | grep -E "best epoch|wall|seconds_per_epoch" | sed 's/^{.*"seconds_per_epoch":\([0-9.]*\).*/seconds per epoch (training only): \1/'
+/usr/bin/time -f "%e s wall, %M KB max RSS" $R train --force --base "$W/s100k/base.npy" --labels "$W/s100k/labels.npy" --dim 256 --epochs 10 --patience 10 --out "$W/s100k-learned" --json 2>&1 | grep -E "best epoch|wall|seconds_per_epoch" | sed 's/^{.*"seconds_per_epoch":\([0-9.]*\).*/seconds per epoch (training only): \1/'
 fi

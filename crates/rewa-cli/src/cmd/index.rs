@@ -270,7 +270,7 @@ pub fn search(a: SearchArgs) -> Result<()> {
                 .collect();
             rewa::io::write_npy_i64(p, &[queries.len(), width], &ids)?;
         }
-        Some(p) => std::fs::write(p, tsv()).with_context(|| format!("writing {}", p.display()))?, // TODO(merge): atomic writer
+        Some(p) => rewa::io::write_text(p, &tsv())?,
         None if !a.json => print!("{}", tsv()),
         None => {}
     }

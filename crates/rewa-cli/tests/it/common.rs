@@ -2,15 +2,47 @@
 
 use serde_json::Value;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 
-/// Runs `rewa` with `args` in `dir`: (success, stdout, stderr).
-pub fn rewa_args<S: AsRef<std::ffi::OsStr>>(args: &[S], dir: &Path) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_rewa"))
+/// Runs `rewa` with `args` in `dir`.
+pub fn run(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rewa"))
         .args(args)
         .current_dir(dir)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs `args` (for paths with spaces), which must succeed; stdout.
+pub fn ok_args(args: &[&str], dir: &Path) -> String {
+    let out = run(args, dir);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into()
+}
+
+/// Runs `cmd`, which must be refused as an error, not a panic or an abort: exit code 1, a
+/// message starting `error:` that holds `needle`.
+pub fn refused(cmd: &str, dir: &Path, needle: &str) {
+    let args: Vec<&str> = cmd.split_whitespace().collect();
+    let out = run(&args, dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{cmd}: {err}");
+    let msg = err
+        .lines()
+        .find(|l| !l.starts_with("[rewa]"))
+        .unwrap_or_default();
+    assert!(msg.starts_with("error:"), "{cmd}: {err}");
+    assert!(!err.contains("panicked"), "{cmd}: {err}");
+    assert!(err.contains(needle), "{cmd}: wanted {needle:?} in {err}");
+}
+
+/// Runs `rewa` with `args` in `dir`: (success, stdout, stderr).
+pub fn rewa_args(args: &[&str], dir: &Path) -> (bool, String, String) {
+    let out = run(args, dir);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into(),

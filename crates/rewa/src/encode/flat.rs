@@ -43,11 +43,8 @@ pub(crate) fn decode_f32(bytes: &[u8], out: &mut [f32]) {
 /// Views `bytes` as f32 when aligned, else copies into `buf`.
 #[inline(always)]
 pub(crate) fn as_f32<'a>(bytes: &'a [u8], buf: &'a mut Vec<f32>) -> &'a [f32] {
-    // SAFETY: f32 accepts every bit pattern; align_to only yields the aligned middle part and
-    // we use it only when it covers all of `bytes` (hosts are little-endian, see lib.rs).
-    let (pre, mid, post) = unsafe { bytes.align_to::<f32>() };
-    if pre.is_empty() && post.is_empty() {
-        return mid;
+    if let Ok(v) = bytemuck::try_cast_slice(bytes) {
+        return v;
     }
     buf.resize(bytes.len() / 4, 0.0);
     decode_f32(bytes, buf);

@@ -14,7 +14,7 @@
 //! | `config.json` | [`ModelConfig`]: format tag and version, dims, `ln_eps`, and the training record |
 //! | `model.safetensors` | f32 tensors `l1.weight` (h x d), `l1.bias`, `ln1.weight`, `ln1.bias` (h), `l2.weight` (m x h), `l2.bias`, `ln2.weight`, `ln2.bias` (m) |
 
-use super::Transform;
+use super::{TensorSource, Transform};
 use crate::error::{invalid, Error, Result};
 use crate::vectors::{Vectors, VectorsRef};
 use rayon::prelude::*;
@@ -117,6 +117,35 @@ impl LearnedTransform {
         })
     }
 
+    /// From the eight tensors of `src` for `d` inputs (dims from `l1.weight`, `h x d`, and
+    /// `l2.weight`, `m x h`); the layer-norm epsilon is `eps`, or else the tensor `ln_eps`
+    /// (as an index stores it).
+    pub fn from_source(src: &TensorSource<'_>, d: usize, eps: Option<f32>) -> Result<Self> {
+        let (s1, s2) = (src.shape("l1.weight")?, src.shape("l2.weight")?);
+        if s1.len() != 2 || s2.len() != 2 || s1[1] != d || s2[1] != s1[0] {
+            return Err(src.corrupt(format!(
+                "weight shapes {s1:?} and {s2:?} do not chain from dimension {d}"
+            )));
+        }
+        let (h, m) = (s1[0], s2[0]);
+        let shapes = Self::shapes(d, h, m);
+        let mut t: [Vec<f32>; 8] = Default::default();
+        for (i, (name, shape)) in TENSOR_NAMES.iter().zip(&shapes).enumerate() {
+            if src.shape(name)? != *shape {
+                return Err(src.corrupt(format!(
+                    "tensor {name} has shape {:?}, expected {shape:?}",
+                    src.shape(name)?
+                )));
+            }
+            t[i] = src.f32(name, shape.iter().product())?;
+        }
+        let eps = match eps {
+            Some(e) => e,
+            None => src.f32("ln_eps", 1)?[0],
+        };
+        Self::from_tensors(d, h, m, eps, t).map_err(|e| src.corrupt(e))
+    }
+
     /// Shapes of the eight tensors for dims `d -> h -> m`, in [`TENSOR_NAMES`] order.
     pub(crate) fn shapes(d: usize, h: usize, m: usize) -> [Vec<usize>; 8] {
         [
@@ -183,28 +212,17 @@ impl LearnedTransform {
         let bytes = std::fs::read(&wpath).map_err(|e| Error::io(&wpath, e))?;
         let st = safetensors::SafeTensors::deserialize(&bytes)
             .map_err(|e| Error::corrupt(&wpath, format!("safetensors: {e}")))?;
-        let shapes = Self::shapes(cfg.dim_in, cfg.hidden, cfg.dim_out);
-        let mut t: [Vec<f32>; 8] = Default::default();
-        for (i, (name, shape)) in TENSOR_NAMES.iter().zip(&shapes).enumerate() {
-            let view = st
-                .tensor(name)
-                .map_err(|_| Error::corrupt(&wpath, format!("missing tensor {name}")))?;
-            if view.dtype() != Dtype::F32 || view.shape() != shape.as_slice() {
-                return Err(Error::corrupt(
-                    &wpath,
-                    format!(
-                        "tensor {name} is {:?} {:?}, config.json needs F32 {shape:?}",
-                        view.dtype(),
-                        view.shape()
-                    ),
-                ));
-            }
-            let mut v = vec![0f32; shape.iter().product()];
-            crate::io::fill_from_bytes(&mut v, view.data());
-            t[i] = v;
+        // The same reader as an index's parameters: the eight tensors, shapes from the file.
+        let me = Self::from_source(&TensorSource::new(&st, &wpath), cfg.dim_in, Some(cfg.ln_eps))?;
+        if (me.hidden, me.dim_out) != (cfg.hidden, cfg.dim_out) {
+            return Err(Error::corrupt(
+                &wpath,
+                format!(
+                    "weights of {} -> {} -> {}, config.json says {} -> {} -> {}",
+                    me.dim_in, me.hidden, me.dim_out, cfg.dim_in, cfg.hidden, cfg.dim_out
+                ),
+            ));
         }
-        let me = Self::from_tensors(cfg.dim_in, cfg.hidden, cfg.dim_out, cfg.ln_eps, t)
-            .map_err(|e| Error::corrupt(&wpath, e.to_string()))?;
         Ok((me, cfg))
     }
 
@@ -408,7 +426,7 @@ mod tests {
         let text = std::fs::read_to_string(&c).unwrap();
         std::fs::write(&c, text.replace("\"hidden\": 8", "\"hidden\": 7")).unwrap();
         let e = LearnedTransform::load(dir.path()).unwrap_err();
-        assert!(e.to_string().contains("l1.weight"), "{e}");
+        assert!(e.to_string().contains("config.json says 9 -> 7 -> 4"), "{e}");
         // a future version
         std::fs::write(&c, text.replace("\"version\": 1", "\"version\": 99")).unwrap();
         assert!(matches!(

@@ -33,7 +33,7 @@ pub use pq::{PqConfig, PqQuantizer, PQ_CENTROIDS};
 pub use sign::{
     asym_distance_reference, SignAsymConfig, SignAsymQuantizer, SignConfig, SignQuantizer,
 };
-pub use spec::{EncoderSpec, QuantizerSpec, TransformSpec};
+pub use spec::{EncoderSpec, QuantizerSpec, TransformSpec, MAX_SPEC_DIM};
 
 use crate::distance::Metric;
 use crate::error::{Error, Result};
@@ -179,29 +179,11 @@ impl AnyTransform {
             TransformSpec::Hadamard { m } => HadamardTransform::from_tensors(src, dim, m)?.into(),
             TransformSpec::Pca { m } => PcaTransform::from_tensors(src, dim, m)?.into(),
             TransformSpec::Opq { m } => OpqTransform::from_tensors(src, dim, m)?.into(),
-            TransformSpec::Learned { .. } => learned_from_tensors(src, dim)?.into(),
+            TransformSpec::Learned { .. } => LearnedTransform::from_source(src, dim, None)?.into(),
         })
     }
 }
 
-/// A learned transform's dims come from its tensors' shapes: `l1.weight` is `h x d`,
-/// `l2.weight` is `m x h`.
-fn learned_from_tensors(src: &TensorSource<'_>, d: usize) -> Result<LearnedTransform> {
-    let (s1, s2) = (src.shape("l1.weight")?, src.shape("l2.weight")?);
-    if s1.len() != 2 || s2.len() != 2 || s1[1] != d || s2[1] != s1[0] {
-        return Err(src.corrupt(format!(
-            "weight shapes {s1:?} and {s2:?} do not chain from dimension {d}"
-        )));
-    }
-    let (h, m) = (s1[0], s2[0]);
-    let shapes = LearnedTransform::shapes(d, h, m);
-    let mut t: [Vec<f32>; 8] = Default::default();
-    for (i, (name, shape)) in TENSOR_NAMES.iter().zip(&shapes).enumerate() {
-        t[i] = src.f32(name, shape.iter().product())?;
-    }
-    let eps = src.f32("ln_eps", 1)?[0];
-    LearnedTransform::from_tensors(d, h, m, eps, t).map_err(|e| src.corrupt(e))
-}
 
 /// Object-safe view of `Transform` used only inside `AnyTransform`.
 trait DynTransform {
@@ -393,6 +375,7 @@ impl Encoder {
             ));
         }
         train.check_finite()?;
+        spec.check(train.dim())?;
         let mut transforms = Vec::new();
         let mut cur: Option<Vectors> = None;
         for (i, t) in spec.transforms.iter().enumerate() {

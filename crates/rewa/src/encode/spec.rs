@@ -464,9 +464,9 @@ mod tests {
         // pipelines split stages and keeps outside the quotes
         let text = "learned=\"m/a+b,c:d\"+sign:100,learned=\"m/a+b,c:d\"+int8:20,exact:10";
         let p: crate::search::Pipeline = text.parse().unwrap();
-        assert_eq!(p.stages.len(), 3);
-        assert_eq!(p.stages[0].keep, 100);
-        match &p.stages[1].scorer {
+        assert_eq!(p.stages().len(), 3);
+        assert_eq!(p.stages()[0].keep, 100);
+        match &p.stages()[1].scorer {
             crate::search::Scorer::Codes(s) => {
                 assert_eq!(
                     s.transforms[0],

@@ -50,10 +50,7 @@ impl Bytes {
         };
         let new_len = *len + data.len();
         words.resize(new_len.div_ceil(8), 0);
-        // SAFETY: `words` holds at least `new_len` bytes; u64 accepts any bit pattern.
-        let bytes = unsafe {
-            std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 8)
-        };
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(words);
         bytes[*len..new_len].copy_from_slice(data);
         *len = new_len;
     }
@@ -68,11 +65,8 @@ impl Bytes {
     }
     /// The bytes as f32 (little-endian host; `len` is a multiple of 4).
     pub(crate) fn as_f32(&self) -> &[f32] {
-        let b = self.as_slice();
-        // SAFETY: storage starts 8-byte aligned (owned: Vec<u64>; mapped: checked at open) and
-        // f32 accepts any bit pattern.
-        let (pre, mid, _) = unsafe { b.align_to::<f32>() };
-        assert!(pre.is_empty(), "invariant: byte storage is 8-byte aligned");
-        mid
+        // Storage starts 8-byte aligned (owned: Vec<u64>; mapped: the header is 64 bytes), so
+        // this cast cannot fail.
+        bytemuck::cast_slice(self.as_slice())
     }
 }

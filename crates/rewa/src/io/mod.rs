@@ -160,46 +160,26 @@ fn write_target(path: &Path) -> Result<std::path::PathBuf> {
 }
 
 /// Views a slice of plain numbers as bytes (little-endian hosts only; see `lib.rs`).
-pub(crate) fn as_bytes<T: bytes::Pod>(v: &[T]) -> &[u8] {
-    // SAFETY: `Pod` types have no padding and every bit pattern is valid.
-    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+pub(crate) fn as_bytes<T: bytemuck::Pod>(v: &[T]) -> &[u8] {
+    bytemuck::cast_slice(v)
 }
 
 /// Fills `out` from little-endian bytes; `bytes.len()` must equal `out`'s byte size.
-pub(crate) fn fill_from_bytes<T: bytes::Pod>(out: &mut [T], bytes: &[u8]) {
-    assert_eq!(bytes.len(), std::mem::size_of_val(out));
-    // SAFETY: `Pod` types accept any bit pattern; lengths are equal (asserted above).
-    unsafe {
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), out.as_mut_ptr().cast::<u8>(), bytes.len())
-    }
+pub(crate) fn fill_from_bytes<T: bytemuck::Pod>(out: &mut [T], bytes: &[u8]) {
+    bytemuck::cast_slice_mut::<T, u8>(out).copy_from_slice(bytes);
 }
 
-pub(crate) mod bytes {
-    /// Plain number types whose bytes may be viewed directly.
-    ///
-    /// # Safety
-    /// Implementors have no padding and accept every bit pattern.
-    pub unsafe trait Pod: Copy {}
-    unsafe impl Pod for f32 {}
-    unsafe impl Pod for f64 {}
-    unsafe impl Pod for u8 {}
-    unsafe impl Pod for i32 {}
-    unsafe impl Pod for i64 {}
-    unsafe impl Pod for u32 {}
-    unsafe impl Pod for u64 {}
-    unsafe impl Pod for half::f16 {}
+/// Writes `text` to `path` atomically (see `write_atomic`: symlinks followed, special files
+/// refused).
+pub fn write_text(path: &Path, text: &str) -> Result<()> {
+    write_atomic(path, &[text.as_bytes()])
 }
 
 /// Little-endian f32 bytes as floats: borrowed when aligned, copied otherwise.
 pub(crate) fn f32_cow(bytes: &[u8]) -> std::borrow::Cow<'_, [f32]> {
-    // SAFETY: f32 accepts any bit pattern; `align_to` only yields whole, aligned elements.
-    let (pre, mid, post) = unsafe { bytes.align_to::<f32>() };
-    if pre.is_empty() && post.is_empty() {
-        std::borrow::Cow::Borrowed(mid)
-    } else {
-        let mut v = vec![0f32; bytes.len() / 4];
-        fill_from_bytes(&mut v, bytes);
-        std::borrow::Cow::Owned(v)
+    match bytemuck::try_cast_slice(bytes) {
+        Ok(v) => std::borrow::Cow::Borrowed(v),
+        Err(_) => std::borrow::Cow::Owned(bytemuck::pod_collect_to_vec(bytes)),
     }
 }
 

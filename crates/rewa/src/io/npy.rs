@@ -184,14 +184,7 @@ pub fn read_npy(path: &Path) -> Result<NpyArray> {
         // straight into the floats: one buffer of the file's size instead of two, and no copy
         // (a 3 GB base spent as long faulting in and copying the second buffer as reading)
         let mut v = vec![0f32; count];
-        // SAFETY: f32 accepts every bit pattern; the byte view covers exactly `v`'s memory.
-        let b = unsafe {
-            std::slice::from_raw_parts_mut(
-                v.as_mut_ptr().cast::<u8>(),
-                std::mem::size_of_val(&v[..]),
-            )
-        };
-        f.read_exact(b).map_err(|e| Error::io(path, e))?;
+        f.read_exact(bytemuck::cast_slice_mut(&mut v)).map_err(|e| Error::io(path, e))?;
         return Ok(NpyArray {
             shape,
             data: NpyData::Float(v),
@@ -204,7 +197,7 @@ pub fn read_npy(path: &Path) -> Result<NpyArray> {
 }
 
 fn decode(dtype: Dtype, bytes: &[u8], count: usize) -> NpyData {
-    fn ints<T: super::bytes::Pod + Default + Into<i64>>(bytes: &[u8], n: usize) -> Vec<i64> {
+    fn ints<T: bytemuck::Pod + Default + Into<i64>>(bytes: &[u8], n: usize) -> Vec<i64> {
         let mut v = vec![T::default(); n];
         fill_from_bytes(&mut v, bytes);
         v.into_iter().map(Into::into).collect()

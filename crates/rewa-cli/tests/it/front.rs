@@ -1,75 +1,13 @@
-//! Regression tests for the front ends' handling of files, sizes and failures: outputs onto
-//! symlinks and special files, checks before writes, training runs that fail without harm,
-//! extreme sizes refused with an error instead of a panic, quoted model paths, and what
-//! `encode`, `.bvecs` input and `train --pairs` produce.
+// Regression tests for the front ends' handling of files, sizes and failures: outputs onto
+// symlinks and special files, checks before writes, training runs that fail without harm,
+// extreme sizes refused with an error instead of a panic, quoted model paths, and what
+// `encode`, `.bvecs` input and `train --pairs` produce.
 
 use rewa::{Encoder, EncoderSpec, Metric};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output};
-
-/// Runs `rewa` with `args` in `dir`.
-fn run(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rewa"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap()
-}
-
-/// Runs `rewa` with the whitespace-separated arguments of `cmd` in `dir`:
-/// (success, stdout, stderr).
-fn rewa(cmd: &str, dir: &Path) -> (bool, String, String) {
-    let args: Vec<&str> = cmd.split_whitespace().collect();
-    let out = run(&args, dir);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
-/// Runs `cmd`, which must succeed.
-fn ok(cmd: &str, dir: &Path) -> String {
-    let (ok, out, err) = rewa(cmd, dir);
-    assert!(ok, "{cmd}: {err}");
-    out
-}
-
-/// Runs `args` (for paths with spaces), which must succeed; stdout.
-fn ok_args(args: &[&str], dir: &Path) -> String {
-    let out = run(args, dir);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into()
-}
-
-/// Runs `cmd`, which must fail with `needle` in its message.
-fn fails(cmd: &str, dir: &Path, needle: &str) {
-    let (ok, _, err) = rewa(cmd, dir);
-    assert!(!ok, "{cmd} succeeded");
-    assert!(err.contains(needle), "{cmd}: {err}");
-}
-
-/// Runs `cmd`, which must be refused as an error, not a panic or an abort: exit code 1, a
-/// message starting `error:` that holds `needle`.
-fn refused(cmd: &str, dir: &Path, needle: &str) {
-    let args: Vec<&str> = cmd.split_whitespace().collect();
-    let out = run(&args, dir);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{cmd}: {err}");
-    let msg = err
-        .lines()
-        .find(|l| !l.starts_with("[rewa]"))
-        .unwrap_or_default();
-    assert!(msg.starts_with("error:"), "{cmd}: {err}");
-    assert!(!err.contains("panicked"), "{cmd}: {err}");
-    assert!(err.contains(needle), "{cmd}: wanted {needle:?} in {err}");
-}
+use crate::common::{fails, ok, ok_args, refused, rewa, run};
 
 /// Every file under `dir` with its bytes.
 fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
@@ -120,7 +58,7 @@ fn npy_bytes(path: &Path) -> (Vec<usize>, Vec<u8>) {
 
 #[cfg(unix)]
 fn mkfifo(path: &Path) {
-    let st = Command::new("mkfifo").arg(path).status().unwrap();
+    let st = std::process::Command::new("mkfifo").arg(path).status().unwrap();
     assert!(st.success());
 }
 
