@@ -16,7 +16,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 ///
 /// Encoders are named by spec strings: transforms then at most one quantizer, joined by '+':
 /// flat | hadamard<m> | pca<m> | learned=DIR , then sign | asign | int8 | pq<m> (e.g.
-/// hadamard256+sign, pca64+int8, hadamard384+pq32, learned=models/x+sign).
+/// hadamard256+sign, pca64+int8, hadamard384+pq32, learned=models/x+sign; quote a model path
+/// holding '+', ',' or ':' as learned="models/a+b"+sign).
 /// Pipelines are comma-separated stages SPEC:keep, e.g. hadamard512+sign:1000,int8:100,exact:10.
 #[derive(Parser)]
 #[command(name = "rewa", version, about, long_about = None, propagate_version = true)]
