@@ -42,6 +42,20 @@ pub fn load_prepared(path: &Path, metric: Metric) -> Result<Prepared<'static>> {
     Ok(p)
 }
 
+/// Reads the optional training file prepared for `metric` and checks its dimension against
+/// the base's.
+pub fn load_train_prepared(
+    train: Option<&Path>,
+    metric: Metric,
+    base: &Path,
+    dim: usize,
+) -> Result<Option<Prepared<'static>>> {
+    let Some(p) = train else { return Ok(None) };
+    let t = load_prepared(p, metric)?;
+    check_dim(p, t.dim(), base, dim)?;
+    Ok(Some(t))
+}
+
 /// Fails unless `got` equals the dimension `want` of `base`, naming both files.
 pub fn check_dim(path: &Path, got: usize, base: &Path, want: usize) -> Result<()> {
     if got != want {

@@ -1,4 +1,4 @@
-use crate::data::{check_dim, labels, load_prepared};
+use crate::data::{check_dim, labels, load_prepared, load_train_prepared};
 use anyhow::{bail, Context, Result};
 use rewa::eval::{evaluate, EvalInput, Labels, Qrels};
 use rewa::{EncoderSpec, Metric, Pipeline};
@@ -67,14 +67,7 @@ pub fn run(a: Args) -> Result<()> {
     let base = load_prepared(&a.base, a.metric)?;
     let queries = load_prepared(&a.queries, a.metric)?;
     check_dim(&a.queries, queries.dim(), &a.base, base.dim())?;
-    let train = match &a.train {
-        Some(p) => {
-            let t = load_prepared(p, a.metric)?;
-            check_dim(p, t.dim(), &a.base, base.dim())?;
-            Some(t)
-        }
-        None => None,
-    };
+    let train = load_train_prepared(a.train.as_deref(), a.metric, &a.base, base.dim())?;
     let (pipeline, label) = match (&a.encoder, &a.pipeline) {
         (Some(e), _) => {
             e.check(base.dim())?;

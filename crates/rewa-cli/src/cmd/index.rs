@@ -1,6 +1,6 @@
 //! Commands over a persistent index: build, add, search, info, tune.
 
-use crate::data::{check_dim, load_prepared, log, progress_bar};
+use crate::data::{check_dim, load_prepared, load_train_prepared, log, progress_bar};
 use anyhow::{Context, Result};
 use rewa::index::{check_build_target, WriteLock};
 use rewa::{Index, IndexSpec, Metric, Pipeline, Prepared, SearchParams, TuneOptions};
@@ -175,14 +175,7 @@ pub fn build(a: BuildArgs) -> Result<()> {
     check_build_target(&a.out, a.force)?;
     let lock = a.lock.acquire(&a.out)?;
     let base = load_prepared(&a.base, a.metric)?;
-    let train = match &a.train {
-        Some(p) => {
-            let t = load_prepared(p, a.metric)?;
-            check_dim(p, t.dim(), &a.base, base.dim())?;
-            Some(t)
-        }
-        None => None,
-    };
+    let train = load_train_prepared(a.train.as_deref(), a.metric, &a.base, base.dim())?;
     let spec = IndexSpec {
         metric: a.metric,
         pipeline: a.pipeline.clone(),
