@@ -135,6 +135,18 @@ fn build_search_info_tune() {
         assert_eq!((g.0, g.1), (w.0, w.1));
         assert!((g.2 - w.2).abs() < 1e-6, "{g:?} vs {w:?}");
     }
+    // The .npy output holds the same ids, one row per query.
+    ok(
+        "search --index idx --queries s/queries_same.npy --out hits.npy",
+        d,
+    );
+    let a = rewa::io::read_npy(&d.join("hits.npy")).unwrap();
+    assert_eq!(a.shape, vec![200, 10]);
+    let rewa::io::NpyData::Int(ids) = a.data else {
+        panic!("ids must be integers")
+    };
+    let want_ids: Vec<i64> = want.iter().map(|w| w.1 as i64).collect();
+    assert_eq!(ids, want_ids);
     // Tune on validation queries: the stored default must measure at least the target.
     let j = json(
         "tune --index idx --queries s/queries_same.npy --target-recall 0.9",
