@@ -1,10 +1,11 @@
 //! Kernel throughput: each fast kernel beside its scalar reference twin, and the blocked
 //! Hamming scan. Quality is not measured here (`rewa eval` / `rewa bench` do that).
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rand::{Rng, SeedableRng};
 use rewa::distance::*;
 use rewa::encode::Quantizer;
+use std::hint::black_box;
 
 fn kernels(c: &mut Criterion) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);

@@ -67,7 +67,11 @@ fn read_ids(path: &Path) -> Result<(HashMap<String, usize>, usize)> {
     for (i, line) in text.split('\n').enumerate() {
         let id = line.trim();
         if id.is_empty() {
-            return invalid!("{}: line {} is empty (one id per row)", path.display(), i + 1);
+            return invalid!(
+                "{}: line {} is empty (one id per row)",
+                path.display(),
+                i + 1
+            );
         }
         if let Some(first) = map.insert(id.to_string(), i) {
             return invalid!(
@@ -135,10 +139,14 @@ impl Qrels {
     pub fn check_rows(&self, docs: usize, queries: usize) -> Result<()> {
         if let Some((d, q)) = self.id_rows {
             if d != docs {
-                return invalid!("the document id list holds {d} ids, but the base holds {docs} vectors");
+                return invalid!(
+                    "the document id list holds {d} ids, but the base holds {docs} vectors"
+                );
             }
             if q != queries {
-                return invalid!("the query id list holds {q} ids, but there are {queries} query vectors");
+                return invalid!(
+                    "the query id list holds {q} ids, but there are {queries} query vectors"
+                );
             }
         }
         Ok(())

@@ -12,8 +12,8 @@
 
 use crate::distance::{hamming, Metric};
 use crate::encode::{with_quantizer, Encoder, EncoderSpec, Quantizer};
-use crate::simd::twin;
 use crate::error::{invalid, Error, Result};
+use crate::simd::twin;
 use crate::vectors::VectorsRef;
 use rayon::prelude::*;
 use std::cmp::Ordering;
@@ -593,7 +593,11 @@ impl Pipeline {
         }
         for (i, st) in stages.iter().enumerate() {
             if st.keep == 0 {
-                return invalid!("pipeline stage {}:{}: keep must be >= 1", st.scorer, st.keep);
+                return invalid!(
+                    "pipeline stage {}:{}: keep must be >= 1",
+                    st.scorer,
+                    st.keep
+                );
             }
             if let Some(prev) = i.checked_sub(1).map(|j| stages[j].keep) {
                 if st.keep > prev {
@@ -842,8 +846,7 @@ mod tests {
         for metric in [Metric::Ip, Metric::L2] {
             assert_eq!(row_norms_baseline(base.view()), row_norms(base.view()));
             for spec in ["flat", "sign", "asign", "int8", "pq7", "hadamard64+int8"] {
-                let enc =
-                    Encoder::fit(&spec.parse().unwrap(), base.view(), metric, 3).unwrap();
+                let enc = Encoder::fit(&spec.parse().unwrap(), base.view(), metric, 3).unwrap();
                 let codes = enc.encode_batch(base.view()).unwrap();
                 let tq = enc.transform_batch(qs.view());
                 with_quantizer!(enc.quantizer(), q => {
@@ -879,7 +882,11 @@ mod tests {
         assert!(Pipeline::new(vec![st(0)]).is_err());
         assert!(Pipeline::new(vec![st(10), st(20)]).is_err());
         let p = Pipeline::new(vec![st(20), st(10)]).unwrap();
-        assert_eq!(p.with_keeps(&[5, 10]).unwrap_err().to_string().contains("more than"), true);
+        assert!(p
+            .with_keeps(&[5, 10])
+            .unwrap_err()
+            .to_string()
+            .contains("more than"));
         assert!(p.with_keeps(&[5]).is_err());
         assert_eq!(Metric::Ip.score(-0.5), 0.5);
         assert_eq!(Metric::Cosine.score(-0.5), 0.5);

@@ -84,7 +84,10 @@ mod tests {
     fn level_names_the_path_in_use() {
         assert_eq!(super::level() == "avx2", super::avx2());
         if std::env::var_os("REWA_NO_AVX2").is_some_and(|v| v == "1") {
-            assert!(!super::avx2(), "REWA_NO_AVX2=1 must force the baseline kernels");
+            assert!(
+                !super::avx2(),
+                "REWA_NO_AVX2=1 must force the baseline kernels"
+            );
         }
     }
 }

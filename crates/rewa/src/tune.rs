@@ -74,7 +74,9 @@ pub struct TuneReport {
 impl TuneReport {
     /// The chosen pipeline, ready for [`Index::set_pipeline`].
     pub fn chosen(&self) -> &Pipeline {
-        self.chosen.as_ref().expect("invariant: tune chose a pipeline")
+        self.chosen
+            .as_ref()
+            .expect("invariant: tune chose a pipeline")
     }
 }
 
@@ -110,7 +112,10 @@ fn check(opts: &TuneOptions, n: usize) -> Result<()> {
         }
     }
     if !(opts.max_seconds.is_finite() && opts.max_seconds > 0.0) {
-        return invalid!("the time budget must be a positive number of seconds, got {}", opts.max_seconds);
+        return invalid!(
+            "the time budget must be a positive number of seconds, got {}",
+            opts.max_seconds
+        );
     }
     Ok(())
 }
@@ -142,11 +147,10 @@ pub fn tune(
     let free = base.stages().len() - 1;
     // Candidate keeps for every stage but the last (which keeps k): k * 2^i up to the cap.
     let top = opts.max_keep.unwrap_or(n).clamp(k, n);
-    let mut cands: Vec<usize> = std::iter::successors(Some(k.saturating_mul(2)), |c| {
-        c.checked_mul(2)
-    })
-    .take_while(|&c| c < top)
-    .collect();
+    let mut cands: Vec<usize> =
+        std::iter::successors(Some(k.saturating_mul(2)), |c| c.checked_mul(2))
+            .take_while(|&c| c < top)
+            .collect();
     cands.push(top);
     let mut grid: Vec<Vec<usize>> = vec![vec![]];
     for _ in 0..free {

@@ -42,11 +42,7 @@ impl Vectors {
     }
     /// The number of vectors.
     pub fn len(&self) -> usize {
-        if self.dim == 0 {
-            0
-        } else {
-            self.data.len() / self.dim
-        }
+        self.data.len().checked_div(self.dim).unwrap_or(0)
     }
     /// `true` if there are no vectors.
     pub fn is_empty(&self) -> bool {
@@ -176,7 +172,7 @@ fn check_shape(dim: usize, len: usize) -> Result<()> {
     if dim == 0 {
         return invalid!("vector dimension must be at least 1");
     }
-    if len % dim != 0 {
+    if !len.is_multiple_of(dim) {
         return invalid!("buffer of {len} floats is not a whole number of rows of {dim}");
     }
     Ok(())
@@ -194,11 +190,7 @@ pub fn normalize(v: &mut [f32]) {
         v.iter_mut().for_each(|x| *x *= inv);
         return;
     }
-    let n = v
-        .iter()
-        .map(|&x| x as f64 * x as f64)
-        .sum::<f64>()
-        .sqrt();
+    let n = v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
     if n > 0.0 && n.is_finite() {
         v.iter_mut().for_each(|x| *x = (*x as f64 / n) as f32);
     }
@@ -308,14 +300,21 @@ mod tests {
         };
         let mut big = v.clone();
         big.as_mut_slice().iter_mut().for_each(|x| *x *= 1e20);
-        let p = crate::SearchParams { k: 5, pipeline: None };
+        let p = crate::SearchParams {
+            k: 5,
+            pipeline: None,
+        };
         let a = index(&big).search_batch(big.view(), &p).unwrap();
         let b = index(&v).search_batch(v.view(), &p).unwrap();
         let ids = |h: &Vec<Vec<crate::Hit>>| -> Vec<Vec<u32>> {
             h.iter().map(|r| r.iter().map(|x| x.id).collect()).collect()
         };
         assert_eq!(ids(&a), ids(&b));
-        assert_ne!(ids(&a)[1][0], 0, "every query found row 0: the norms overflowed");
+        assert_ne!(
+            ids(&a)[1][0],
+            0,
+            "every query found row 0: the norms overflowed"
+        );
     }
 
     #[test]

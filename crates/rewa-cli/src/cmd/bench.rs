@@ -265,10 +265,15 @@ pub fn run(a: Args) -> Result<()> {
         text.parse::<Pipeline>()
             .with_context(|| format!("bench row {text}"))?;
     }
-    let mut sets = synth_sets(only.contains(&"synth"), only.contains(&"synth-new"), a.quick)?;
+    let mut sets = synth_sets(
+        only.contains(&"synth"),
+        only.contains(&"synth-new"),
+        a.quick,
+    )?;
     let mut skipped = Vec::new();
     type Loader = fn(&Path, bool) -> Result<Set>;
-    let real: [(&str, &str, Loader); 2] = [("scifact", "scifact", scifact), ("sift", "siftsmall", sift)];
+    let real: [(&str, &str, Loader); 2] =
+        [("scifact", "scifact", scifact), ("sift", "siftsmall", sift)];
     for (name, folder, load) in real {
         if !only.contains(&name) {
             continue;
@@ -283,7 +288,10 @@ pub fn run(a: Args) -> Result<()> {
             });
             continue;
         }
-        sets.push(load(&dir, a.quick).with_context(|| format!("loading {name} from {}", dir.display()))?);
+        sets.push(
+            load(&dir, a.quick)
+                .with_context(|| format!("loading {name} from {}", dir.display()))?,
+        );
     }
     let mut out = Vec::new();
     let mut md = String::new();
@@ -304,7 +312,10 @@ pub fn run(a: Args) -> Result<()> {
             truth: Some(&gt),
         };
         let mut reports = Vec::new();
-        for spec in rows(s.base.dim()).into_iter().chain(specs[rows(usize::MAX).len()..].iter().cloned()) {
+        for spec in rows(s.base.dim())
+            .into_iter()
+            .chain(specs[rows(usize::MAX).len()..].iter().cloned())
+        {
             let text = spec.replace(":K", &format!(":{}", a.k));
             let p: Pipeline = text.parse().with_context(|| format!("row {text}"))?;
             let label = if p.stages().len() == 1 {
@@ -313,7 +324,8 @@ pub fn run(a: Args) -> Result<()> {
                 text.clone()
             };
             log(&format!("{}: {label}", s.name));
-            reports.push(evaluate(&p, &label, &inp).with_context(|| format!("{}: {label}", s.name))?);
+            reports
+                .push(evaluate(&p, &label, &inp).with_context(|| format!("{}: {label}", s.name))?);
         }
         md += &format!("### {}\n{}\n\n{}\n", s.name, s.note, table(&reports));
         out.push(DataSet {

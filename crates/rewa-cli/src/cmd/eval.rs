@@ -86,9 +86,14 @@ pub fn run(a: Args) -> Result<()> {
     };
     let qrels = match (&a.qrels, &a.doc_ids, &a.query_ids) {
         (Some(q), Some(d), Some(qi)) => {
-            let qr = Qrels::load(q, d, qi).with_context(|| format!("reading qrels {}", q.display()))?;
+            let qr =
+                Qrels::load(q, d, qi).with_context(|| format!("reading qrels {}", q.display()))?;
             qr.check_rows(base.len(), queries.len()).with_context(|| {
-                format!("checking {} and {} against the vectors", d.display(), qi.display())
+                format!(
+                    "checking {} and {} against the vectors",
+                    d.display(),
+                    qi.display()
+                )
             })?;
             Some(qr)
         }

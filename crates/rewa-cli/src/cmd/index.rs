@@ -54,9 +54,15 @@ pub struct LockArgs {
 impl LockArgs {
     fn acquire(&self, dir: &Path) -> Result<WriteLock> {
         if !(self.wait_lock.is_finite() && self.wait_lock >= 0.0) {
-            anyhow::bail!("--wait-lock must be a number of seconds >= 0, got {}", self.wait_lock);
+            anyhow::bail!(
+                "--wait-lock must be a number of seconds >= 0, got {}",
+                self.wait_lock
+            );
         }
-        Ok(WriteLock::acquire(dir, Duration::from_secs_f64(self.wait_lock.min(1e9)))?)
+        Ok(WriteLock::acquire(
+            dir,
+            Duration::from_secs_f64(self.wait_lock.min(1e9)),
+        )?)
     }
 }
 
@@ -249,7 +255,12 @@ pub fn search(a: SearchArgs) -> Result<()> {
         let mut tsv = String::from("query\trank\tid\tscore\n");
         for (qi, hs) in hits.iter().enumerate() {
             for (rank, h) in hs.iter().enumerate() {
-                tsv += &format!("{qi}\t{}\t{}\t{}\n", rank + 1, h.id, metric.score(h.distance));
+                tsv += &format!(
+                    "{qi}\t{}\t{}\t{}\n",
+                    rank + 1,
+                    h.id,
+                    metric.score(h.distance)
+                );
             }
         }
         tsv

@@ -117,7 +117,11 @@ fn build_search_info_tune() {
         .skip(1)
         .map(|l| {
             let f: Vec<&str> = l.split('\t').collect();
-            (f[0].parse().unwrap(), f[2].parse().unwrap(), f[3].parse().unwrap())
+            (
+                f[0].parse().unwrap(),
+                f[2].parse().unwrap(),
+                f[3].parse().unwrap(),
+            )
         })
         .collect();
     let index = rewa::Index::open(&d.join("idx")).unwrap();

@@ -141,7 +141,10 @@ fn a_second_writer_waits_or_is_refused_naming_the_first() {
     let mut line = String::new();
     while !line.contains("paused:data") {
         line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "the first writer never paused");
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "the first writer never paused"
+        );
     }
     // A second writer without --wait-lock fails at once, naming the first one's pid.
     crate::common::fails(

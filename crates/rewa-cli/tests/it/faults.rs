@@ -20,7 +20,10 @@ fn small_index(d: &Path) {
 fn build_never_deletes_files_it_did_not_write() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    ok("synth --classes 5 --per-class 10 --dim 8 --new-classes 0 --out s", d);
+    ok(
+        "synth --classes 5 --per-class 10 --dim 8 --new-classes 0 --out s",
+        d,
+    );
     std::fs::create_dir(d.join("notes")).unwrap();
     for f in ["codes-notes.txt", "vectors-draft.md", "params-old.json"] {
         std::fs::write(d.join("notes").join(f), "mine").unwrap();
@@ -39,15 +42,24 @@ fn build_never_deletes_files_it_did_not_write() {
             d,
         );
         for f in ["codes-notes.txt", "vectors-draft.md", "params-old.json"] {
-            assert_eq!(std::fs::read_to_string(d.join("notes").join(f)).unwrap(), "mine");
+            assert_eq!(
+                std::fs::read_to_string(d.join("notes").join(f)).unwrap(),
+                "mine"
+            );
         }
     }
     // rebuilding an index folder needs no --force, and keeps foreign files too
     ok("build --base s/base.npy --pipeline exact:10 --out idx", d);
     std::fs::write(d.join("idx/codes-mine.bin"), "mine").unwrap();
-    ok("build --base s/base.npy --pipeline hadamard16+sign:20,exact:10 --out idx", d);
+    ok(
+        "build --base s/base.npy --pipeline hadamard16+sign:20,exact:10 --out idx",
+        d,
+    );
     ok("add --index idx --base s/base.npy", d);
-    assert_eq!(std::fs::read_to_string(d.join("idx/codes-mine.bin")).unwrap(), "mine");
+    assert_eq!(
+        std::fs::read_to_string(d.join("idx/codes-mine.bin")).unwrap(),
+        "mine"
+    );
     assert_eq!(json("info --index idx", d)["count"], 100);
 }
 
@@ -57,13 +69,25 @@ fn tune_refuses_bad_settings_and_keeps_to_its_time_budget() {
     let d = t.path();
     small_index(d);
     let q = "tune --index idx --queries s/queries_same.npy";
-    fails(&format!("{q} --k 201"), d, "the index holds only 200 vectors");
+    fails(
+        &format!("{q} --k 201"),
+        d,
+        "the index holds only 200 vectors",
+    );
     fails(&format!("{q} --k 0"), d, "k must be at least 1");
     for bad in ["1.5", "NaN", "inf", "0"] {
-        fails(&format!("{q} --target-recall {bad}"), d, "target recall must be in (0, 1]");
+        fails(
+            &format!("{q} --target-recall {bad}"),
+            d,
+            "target recall must be in (0, 1]",
+        );
     }
     fails(&format!("{q} --max-keep 5"), d, "must be at least k = 10");
-    fails(&format!("{q} --max-seconds 0"), d, "positive number of seconds");
+    fails(
+        &format!("{q} --max-seconds 0"),
+        d,
+        "positive number of seconds",
+    );
     // k = n is allowed (was a panic in clamp for k > n)
     let j = json(&format!("{q} --k 200 --target-recall 0.5"), d);
     assert_eq!(j["target_met"], true, "{j}");
@@ -95,10 +119,19 @@ fn eval_searches_as_deep_as_its_measures_need() {
     // recall@100 is 1 and nDCG@10 is 0 for exact search (it was 0 and 0 when the search
     // stopped at 10 hits).
     let m = rewa::Metric::Cosine;
-    let (bp, qp) = (m.prepare(base.view()).unwrap(), m.prepare(queries.view()).unwrap());
+    let (bp, qp) = (
+        m.prepare(base.view()).unwrap(),
+        m.prepare(queries.view()).unwrap(),
+    );
     let truth = rewa::eval::ground_truth(&bp, &qp, 20);
-    ids(&d.join("docs.txt"), (0..base.len()).map(|i| format!("d{i}")));
-    ids(&d.join("queries.txt"), (0..queries.len()).map(|i| format!("q{i}")));
+    ids(
+        &d.join("docs.txt"),
+        (0..base.len()).map(|i| format!("d{i}")),
+    );
+    ids(
+        &d.join("queries.txt"),
+        (0..queries.len()).map(|i| format!("q{i}")),
+    );
     let mut qrels = String::from("query-id\tcorpus-id\tscore\n");
     for (q, hits) in truth.iter().enumerate() {
         for h in &hits[10..20] {
@@ -107,7 +140,11 @@ fn eval_searches_as_deep_as_its_measures_need() {
     }
     std::fs::write(d.join("qrels.tsv"), qrels).unwrap();
     let qr = "--qrels qrels.tsv --doc-ids docs.txt --query-ids queries.txt";
-    for what in ["--pipeline exact:10", "--encoder flat", "--pipeline hadamard64+sign:300,exact:10"] {
+    for what in [
+        "--pipeline exact:10",
+        "--encoder flat",
+        "--pipeline hadamard64+sign:300,exact:10",
+    ] {
         let j = json(
             &format!("eval --base s/base.npy --queries s/queries_same.npy {what} {qr}"),
             d,
@@ -126,13 +163,19 @@ fn eval_searches_as_deep_as_its_measures_need() {
         assert_eq!(j["label_precision_at_k"], 1.0, "{what}: {j}");
     }
     // Id lists that do not match the rows, or repeat an id, are refused.
-    ids(&d.join("short.txt"), (0..base.len() - 1).map(|i| format!("d{i}")));
+    ids(
+        &d.join("short.txt"),
+        (0..base.len() - 1).map(|i| format!("d{i}")),
+    );
     fails(
-        &format!("eval --base s/base.npy --queries s/queries_same.npy --encoder flat --qrels qrels.tsv --doc-ids short.txt --query-ids queries.txt"),
+        "eval --base s/base.npy --queries s/queries_same.npy --encoder flat --qrels qrels.tsv --doc-ids short.txt --query-ids queries.txt",
         d,
         &format!("holds {} ids, but the base holds {} vectors", base.len() - 1, base.len()),
     );
-    ids(&d.join("dup.txt"), (0..base.len()).map(|i| format!("d{}", i.min(5))));
+    ids(
+        &d.join("dup.txt"),
+        (0..base.len()).map(|i| format!("d{}", i.min(5))),
+    );
     fails(
         "eval --base s/base.npy --queries s/queries_same.npy --encoder flat --qrels qrels.tsv --doc-ids dup.txt --query-ids queries.txt",
         d,
@@ -158,7 +201,11 @@ fn hostile_index_files_and_sizes_get_errors_not_hangs() {
     // a FIFO as the manifest: would block a read forever
     fresh();
     std::fs::remove_file(&m).unwrap();
-    assert!(std::process::Command::new("mkfifo").arg(&m).status().unwrap().success());
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&m)
+        .status()
+        .unwrap()
+        .success());
     fails(search, d, "not a regular file");
     // a link to /dev/zero: would read until memory runs out
     fresh();
@@ -167,7 +214,10 @@ fn hostile_index_files_and_sizes_get_errors_not_hangs() {
     fails(search, d, "not a regular file");
     // a 100 GB sparse file
     fresh();
-    std::fs::File::create(&m).unwrap().set_len(100 << 30).unwrap();
+    std::fs::File::create(&m)
+        .unwrap()
+        .set_len(100 << 30)
+        .unwrap();
     fails(search, d, "more than the");
     // a huge k does not allocate for it: the .npy holds min(k, n) columns
     let j = json(
@@ -190,7 +240,11 @@ fn messages_name_the_problem_once() {
         "No such file or directory",
     );
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
-    fails("bench --only bogus --quick", d, "unknown data set \"bogus\"");
+    fails(
+        "bench --only bogus --quick",
+        d,
+        "unknown data set \"bogus\"",
+    );
     fails("bench --only synth --extra nonsense:5", d, "unknown token");
 }
 
@@ -224,5 +278,9 @@ fn bench_quick_runs_every_row_and_records_skipped_sets() {
     // a data folder that is present but broken is an error, not a skip
     std::fs::create_dir_all(d.join("data/siftsmall")).unwrap();
     std::fs::write(d.join("data/siftsmall/siftsmall_base.fvecs"), b"junk").unwrap();
-    fails("bench --quick --only sift --data data", d, "siftsmall_base.fvecs");
+    fails(
+        "bench --quick --only sift --data data",
+        d,
+        "siftsmall_base.fvecs",
+    );
 }

@@ -3,11 +3,11 @@
 // extreme sizes refused with an error instead of a panic, quoted model paths, and what
 // `encode`, `.bvecs` input and `train --pairs` produce.
 
+use crate::common::{fails, ok, ok_args, refused, rewa, run};
 use rewa::{Encoder, EncoderSpec, Metric};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
-use crate::common::{fails, ok, ok_args, refused, rewa, run};
 
 /// Every file under `dir` with its bytes.
 fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
@@ -58,7 +58,10 @@ fn npy_bytes(path: &Path) -> (Vec<usize>, Vec<u8>) {
 
 #[cfg(unix)]
 fn mkfifo(path: &Path) {
-    let st = std::process::Command::new("mkfifo").arg(path).status().unwrap();
+    let st = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
     assert!(st.success());
 }
 

@@ -80,8 +80,8 @@ impl Quantizer for FlatQuantizer {
     /// Float codes are scanned like exact search: blocked GEMM.
     fn scan(&self, queries: VectorsRef<'_>, codes: &[u8], k: usize) -> Vec<Vec<Hit>> {
         let floats = crate::io::f32_cow(codes);
-        let base = VectorsRef::new(self.dim, &floats)
-            .expect("invariant: flat codes hold dim floats each");
+        let base =
+            VectorsRef::new(self.dim, &floats).expect("invariant: flat codes hold dim floats each");
         crate::search::exact_search(base, queries, self.metric, k)
     }
 }

@@ -39,7 +39,7 @@ impl HadamardTransform {
     /// A transform from realized signs and kept coordinates (as stored on disk).
     pub fn from_parts(dim_in: usize, signs: Vec<f32>, keep: Vec<u32>) -> Result<Self> {
         let n = dim_in.next_power_of_two();
-        if signs.is_empty() || signs.len() % n != 0 {
+        if signs.is_empty() || !signs.len().is_multiple_of(n) {
             return invalid!(
                 "hadamard: {} signs is not a whole number of blocks of {n}",
                 signs.len()

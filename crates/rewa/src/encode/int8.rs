@@ -75,7 +75,11 @@ impl Int8Quantizer {
     }
     /// From the tensors of [`Int8Quantizer::tensors`], for `dim` inputs.
     pub fn from_tensors(src: &TensorSource<'_>, dim: usize, metric: Metric) -> Result<Self> {
-        Ok(Self::from_parts(src.f32("lo", dim)?, src.f32("scale", dim)?, metric))
+        Ok(Self::from_parts(
+            src.f32("lo", dim)?,
+            src.f32("scale", dim)?,
+            metric,
+        ))
     }
     /// Per-dimension lower bounds.
     pub fn lo(&self) -> &[f32] {

@@ -213,7 +213,11 @@ impl LearnedTransform {
         let st = safetensors::SafeTensors::deserialize(&bytes)
             .map_err(|e| Error::corrupt(&wpath, format!("safetensors: {e}")))?;
         // The same reader as an index's parameters: the eight tensors, shapes from the file.
-        let me = Self::from_source(&TensorSource::new(&st, &wpath), cfg.dim_in, Some(cfg.ln_eps))?;
+        let me = Self::from_source(
+            &TensorSource::new(&st, &wpath),
+            cfg.dim_in,
+            Some(cfg.ln_eps),
+        )?;
         if (me.hidden, me.dim_out) != (cfg.hidden, cfg.dim_out) {
             return Err(Error::corrupt(
                 &wpath,
@@ -426,7 +430,10 @@ mod tests {
         let text = std::fs::read_to_string(&c).unwrap();
         std::fs::write(&c, text.replace("\"hidden\": 8", "\"hidden\": 7")).unwrap();
         let e = LearnedTransform::load(dir.path()).unwrap_err();
-        assert!(e.to_string().contains("config.json says 9 -> 7 -> 4"), "{e}");
+        assert!(
+            e.to_string().contains("config.json says 9 -> 7 -> 4"),
+            "{e}"
+        );
         // a future version
         std::fs::write(&c, text.replace("\"version\": 1", "\"version\": 99")).unwrap();
         assert!(matches!(

@@ -184,7 +184,6 @@ impl AnyTransform {
     }
 }
 
-
 /// Object-safe view of `Transform` used only inside `AnyTransform`.
 trait DynTransform {
     fn dim_in_(&self) -> usize;
@@ -287,7 +286,12 @@ pub(crate) use with_quantizer;
 
 impl AnyQuantizer {
     /// Fits the quantizer `spec` names on (transformed) `train`.
-    pub fn fit(spec: QuantizerSpec, train: VectorsRef<'_>, metric: Metric, seed: u64) -> Result<Self> {
+    pub fn fit(
+        spec: QuantizerSpec,
+        train: VectorsRef<'_>,
+        metric: Metric,
+        seed: u64,
+    ) -> Result<Self> {
         Ok(match spec {
             QuantizerSpec::Flat => FlatQuantizer::fit(&FlatConfig { metric }, train, seed)?.into(),
             QuantizerSpec::Sign => SignQuantizer::fit(&SignConfig::default(), train, seed)?.into(),
@@ -303,7 +307,9 @@ impl AnyQuantizer {
                 seed,
             )?
             .into(),
-            QuantizerSpec::Pq { m } => PqQuantizer::fit(&PqConfig::new(m, metric), train, seed)?.into(),
+            QuantizerSpec::Pq { m } => {
+                PqQuantizer::fit(&PqConfig::new(m, metric), train, seed)?.into()
+            }
         })
     }
     /// The quantizer `spec` names, on `dim` inputs, from the tensors
@@ -438,7 +444,11 @@ impl Encoder {
     pub fn tensors(&self) -> Vec<(String, Tensor<'_>)> {
         let mut out = Vec::new();
         for (j, t) in self.transforms.iter().enumerate() {
-            out.extend(t.tensors().into_iter().map(|x| (format!("t{j}.{}", x.name), x)));
+            out.extend(
+                t.tensors()
+                    .into_iter()
+                    .map(|x| (format!("t{j}.{}", x.name), x)),
+            );
         }
         out.extend(
             self.quantizer

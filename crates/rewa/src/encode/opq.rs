@@ -73,7 +73,11 @@ impl OpqTransform {
     }
     /// Its tensor: `rotation` (d x d).
     pub fn tensors(&self) -> Vec<Tensor<'_>> {
-        vec![Tensor::f32("rotation", vec![self.dim, self.dim], &self.rotation)]
+        vec![Tensor::f32(
+            "rotation",
+            vec![self.dim, self.dim],
+            &self.rotation,
+        )]
     }
     /// From the tensor of [`OpqTransform::tensors`], for `opq<m>` on `dim` inputs.
     pub fn from_tensors(src: &TensorSource<'_>, dim: usize, m: usize) -> Result<Self> {

@@ -46,7 +46,8 @@ impl PcaTransform {
         components: Vec<f32>,
         variances: Vec<f32>,
     ) -> Result<Self> {
-        if mean.len() != dim_in || components.is_empty() || components.len() % dim_in != 0 {
+        if mean.len() != dim_in || components.is_empty() || !components.len().is_multiple_of(dim_in)
+        {
             return Err(Error::DimMismatch {
                 expected: dim_in,
                 got: mean.len(),

@@ -109,10 +109,19 @@ impl PqQuantizer {
     }
     /// Its tensor: `centroids` (256 x d, laid out as [`PqQuantizer::centroids`]).
     pub fn tensors(&self) -> Vec<Tensor<'_>> {
-        vec![Tensor::f32("centroids", vec![PQ_CENTROIDS, self.dim], &self.centroids)]
+        vec![Tensor::f32(
+            "centroids",
+            vec![PQ_CENTROIDS, self.dim],
+            &self.centroids,
+        )]
     }
     /// From the tensor of [`PqQuantizer::tensors`], for `pq<m>` on `dim` inputs.
-    pub fn from_tensors(src: &TensorSource<'_>, dim: usize, m: usize, metric: Metric) -> Result<Self> {
+    pub fn from_tensors(
+        src: &TensorSource<'_>,
+        dim: usize,
+        m: usize,
+        metric: Metric,
+    ) -> Result<Self> {
         let c = src.f32("centroids", PQ_CENTROIDS * dim)?;
         Self::from_parts(dim, m, c, metric).map_err(|e| src.corrupt(e))
     }

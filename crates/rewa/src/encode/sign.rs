@@ -50,7 +50,11 @@ impl SignQuantizer {
     }
     /// Its tensor: `thresholds` (d).
     pub fn tensors(&self) -> Vec<Tensor<'_>> {
-        vec![Tensor::f32("thresholds", vec![self.thresholds.len()], &self.thresholds)]
+        vec![Tensor::f32(
+            "thresholds",
+            vec![self.thresholds.len()],
+            &self.thresholds,
+        )]
     }
     /// From the tensor of [`SignQuantizer::tensors`], for `dim` inputs.
     pub fn from_tensors(src: &TensorSource<'_>, dim: usize) -> Result<Self> {

@@ -29,7 +29,7 @@ impl Default for Bytes {
 
 impl Bytes {
     pub(crate) fn mapped(map: Arc<Mmap>, start: usize, len: usize) -> Self {
-        debug_assert!(start % 8 == 0 && start + len <= map.len());
+        debug_assert!(start.is_multiple_of(8) && start + len <= map.len());
         Bytes::Mapped { map, start, len }
     }
     pub(crate) fn as_slice(&self) -> &[u8] {

@@ -185,7 +185,7 @@ impl WriteLock {
         }
         // Record the holder for the message another writer prints (the lock is the flock, not
         // this text).
-        let _ = (&file).set_len(0);
+        let _ = file.set_len(0);
         let _ = (&file).write_all(std::process::id().to_string().as_bytes());
         Ok(WriteLock {
             dir: dir.to_path_buf(),
@@ -398,7 +398,10 @@ fn check_regular(path: &Path, max: u64) -> Result<u64> {
     if md.len() > max {
         return Err(Error::corrupt(
             path,
-            format!("{} bytes, more than the {max} such a file can hold", md.len()),
+            format!(
+                "{} bytes, more than the {max} such a file can hold",
+                md.len()
+            ),
         ));
     }
     Ok(md.len())

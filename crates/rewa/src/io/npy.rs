@@ -184,7 +184,8 @@ pub fn read_npy(path: &Path) -> Result<NpyArray> {
         // straight into the floats: one buffer of the file's size instead of two, and no copy
         // (a 3 GB base spent as long faulting in and copying the second buffer as reading)
         let mut v = vec![0f32; count];
-        f.read_exact(bytemuck::cast_slice_mut(&mut v)).map_err(|e| Error::io(path, e))?;
+        f.read_exact(bytemuck::cast_slice_mut(&mut v))
+            .map_err(|e| Error::io(path, e))?;
         return Ok(NpyArray {
             shape,
             data: NpyData::Float(v),

@@ -78,7 +78,10 @@ fn add_equals_build_on_concatenation() {
     assert_eq!(after.len(), base.len());
     assert_eq!(search(&after, &queries), search(&whole, &queries));
     // Old generations are gone: the lock file, the manifest, four code sets, vectors, params.
-    assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1 + 1 + 4 + 1 + 1);
+    assert_eq!(
+        std::fs::read_dir(t.path()).unwrap().count(),
+        1 + 1 + 4 + 1 + 1
+    );
 }
 
 fn saved() -> (tempfile::TempDir, Vec<String>) {
@@ -220,7 +223,10 @@ fn search_on_a_chosen_pool_returns_what_the_global_pool_does() {
             .num_threads(threads)
             .build()
             .unwrap();
-        assert_eq!(index.search_batch_on(&pool, queries.view(), &p).unwrap(), want);
+        assert_eq!(
+            index.search_batch_on(&pool, queries.view(), &p).unwrap(),
+            want
+        );
         // one query at a time on one thread, as a server worker would
         let one = index
             .search_batch_on(&pool, queries.view().slice(3, 4), &p)
