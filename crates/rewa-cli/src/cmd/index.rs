@@ -97,6 +97,9 @@ pub struct SearchArgs {
     /// Override the index's default pipeline (same encoders, other keeps).
     #[arg(long)]
     pipeline: Option<Pipeline>,
+    /// Threads to search on (default: every core; a single query is then split across them).
+    #[arg(long)]
+    threads: Option<usize>,
     /// Output file: .tsv (default on stdout without --json) or .npy (int64 ids, one row per
     /// query of min(k, index size) columns, -1 where fewer hits were found).
     #[arg(long)]
@@ -246,8 +249,16 @@ pub fn search(a: SearchArgs) -> Result<()> {
         k: a.k,
         pipeline: Some(pipeline.clone()),
     };
+    let pool = match a.threads {
+        Some(0) => anyhow::bail!("--threads must be at least 1"),
+        Some(n) => Some(rayon::ThreadPoolBuilder::new().num_threads(n).build()?),
+        None => None,
+    };
     let t = Instant::now();
-    let hits = index.search_prepared(&queries, &params)?;
+    let hits = match &pool {
+        Some(pool) => pool.install(|| index.search_prepared(&queries, &params))?,
+        None => index.search_prepared(&queries, &params)?,
+    };
     let secs = t.elapsed().as_secs_f64();
     let qps = queries.len() as f64 / secs.max(1e-9);
     let metric = index.metric();

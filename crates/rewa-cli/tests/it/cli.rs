@@ -139,6 +139,17 @@ fn build_search_info_tune() {
         assert_eq!((g.0, g.1), (w.0, w.1));
         assert!((g.2 - w.2).abs() < 1e-6, "{g:?} vs {w:?}");
     }
+    // One thread gives the same result as every core; zero threads is refused.
+    ok(
+        "search --index idx --queries s/queries_same.npy --threads 1 --out hits1.tsv",
+        d,
+    );
+    assert_eq!(std::fs::read_to_string(d.join("hits1.tsv")).unwrap(), tsv);
+    fails(
+        "search --index idx --queries s/queries_same.npy --threads 0",
+        d,
+        "--threads must be at least 1",
+    );
     // The .npy output holds the same ids, one row per query.
     ok(
         "search --index idx --queries s/queries_same.npy --out hits.npy",
