@@ -60,6 +60,7 @@ pub struct Qrels {
 /// One id per line, in row order; an empty line or a repeated id is an error (either would
 /// shift or merge rows and make nDCG silently wrong).
 fn read_ids(path: &Path) -> Result<(HashMap<String, usize>, usize)> {
+    crate::io::check_readable(path, crate::io::MAX_TEXT_BYTES)?;
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let text = text.strip_suffix('\n').unwrap_or(&text);
     let mut map = HashMap::new();
@@ -93,6 +94,7 @@ impl Qrels {
     pub fn load(tsv: &Path, doc_ids: &Path, query_ids: &Path) -> Result<Qrels> {
         let (docs, n_docs) = read_ids(doc_ids)?;
         let (queries, n_queries) = read_ids(query_ids)?;
+        crate::io::check_readable(tsv, crate::io::MAX_TEXT_BYTES)?;
         let text = std::fs::read_to_string(tsv).map_err(|e| Error::io(tsv, e))?;
         let mut per_query: HashMap<usize, Vec<(u32, f32)>> = HashMap::new();
         for (ln, line) in text.lines().enumerate() {
@@ -327,8 +329,8 @@ pub struct Report {
     /// Recall@100 of the relevant documents from qrels.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recall_at_100: Option<f64>,
-    /// When the measures above need more hits than the pipeline's earlier stages keep: the
-    /// deepened pipeline (every keep raised to the depth) they were taken from.
+    /// When a measure above needs more hits than the pipeline's earlier stages keep: the
+    /// deepened pipeline (every keep raised to the depth) it was taken from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deep_pipeline: Option<String>,
 }
@@ -339,11 +341,12 @@ pub fn ground_truth(base: &Prepared<'_>, queries: &Prepared<'_>, k: usize) -> Ve
 }
 
 /// Fits `pipeline`'s encoders on the training vectors, encodes the base, searches the queries
-/// and scores the hits. Search is as deep as the measures need: recall@k and QPS come from the
-/// pipeline as given (its last keep raised to at most the keep before it, which leaves its top
-/// k unchanged); label precision with the query's own row skipped needs k + 1 hits, nDCG@10
-/// ten and recall@100 a hundred, taken from a deepened pipeline when the given one cannot
-/// return that many.
+/// and scores the hits. recall@k and QPS come from the pipeline exactly as given. Other
+/// measures are searched as deep as they need (label precision with the query's own row
+/// skipped k + 1 hits, nDCG@10 ten, recall@100 a hundred): from the given pipeline if it
+/// returns that many, else with its last keep raised up to the keep before it (which leaves
+/// the top of its list unchanged), else from a pipeline with every keep raised, named in
+/// `deep_pipeline`.
 pub fn evaluate(pipeline: &Pipeline, label: &str, inp: &EvalInput<'_>) -> Result<Report> {
     let k = inp.k;
     pipeline.check(k)?;
@@ -382,14 +385,18 @@ pub fn evaluate(pipeline: &Pipeline, label: &str, inp: &EvalInput<'_>) -> Result
     }
     let depth = depth.min(base.len()).max(k);
     let stages = pipeline.stages();
-    let prev = stages.len().checked_sub(2).map(|i| stages[i].keep);
-    let mut keeps: Vec<usize> = stages.iter().map(|s| s.keep).collect();
+    let keeps: Vec<usize> = stages.iter().map(|s| s.keep).collect();
     let last = keeps.len() - 1;
-    keeps[last] = keeps[last].max(depth.min(prev.unwrap_or(usize::MAX)));
-    let run = pipeline.with_keeps(&keeps)?;
+    let prev = last.checked_sub(1).map(|i| keeps[i]);
+    // Raising the last keep up to the keep before it leaves the top of the list unchanged;
+    // past that, every keep is raised (another pipeline, reported as `deep_pipeline`).
+    let mut raised_keeps = keeps.clone();
+    raised_keeps[last] = keeps[last].max(depth.min(prev.unwrap_or(usize::MAX)));
+    let raised = pipeline.with_keeps(&raised_keeps)?;
+    let deep = pipeline.with_keeps(&keeps.iter().map(|&x| x.max(depth)).collect::<Vec<_>>())?;
     let spec = IndexSpec {
         metric,
-        pipeline: run.clone(),
+        pipeline: pipeline.clone(),
         seed: inp.seed,
     };
     let t = Instant::now();
@@ -416,21 +423,47 @@ pub fn evaluate(pipeline: &Pipeline, label: &str, inp: &EvalInput<'_>) -> Result
             },
         )
     };
+    // recall@k and QPS: the pipeline exactly as given.
     let t = Instant::now();
-    let results = search(&run)?;
+    let results = search(pipeline)?;
     let qps = queries.len() as f64 / t.elapsed().as_secs_f64().max(1e-9);
-    let (deep, deep_pipeline) = if run.final_keep() >= depth {
-        (None, None)
-    } else {
-        let dk: Vec<usize> = keeps.iter().map(|&x| x.max(depth)).collect();
-        let dp = pipeline.with_keeps(&dk)?;
-        (Some(search(&dp)?), Some(dp.to_string()))
+    // Every other measure from the first of given / raised / deep that returns enough hits.
+    let need = |n: usize| {
+        let n = n.min(base.len());
+        if pipeline.final_keep() >= n {
+            0
+        } else if raised.final_keep() >= n {
+            1
+        } else {
+            2
+        }
     };
-    let deep_hits = deep.as_ref().unwrap_or(&results);
+    let lp_need = inp
+        .labels
+        .map(|_| need(if inp.queries_are_base { k + 1 } else { k }));
+    let (ndcg_need, r100_need) = match inp.qrels {
+        Some(_) => (Some(need(10)), Some(need(100))),
+        None => (None, None),
+    };
+    let levels = [lp_need, ndcg_need, r100_need];
+    let raised_hits = match levels.contains(&Some(1)) {
+        true => Some(search(&raised)?),
+        false => None,
+    };
+    let deep_hits = match levels.contains(&Some(2)) {
+        true => Some(search(&deep)?),
+        false => None,
+    };
+    let deep_pipeline = deep_hits.as_ref().map(|_| deep.to_string());
+    let hits = |level: usize| match level {
+        0 => &results,
+        1 => raised_hits.as_ref().expect("invariant: searched above"),
+        _ => deep_hits.as_ref().expect("invariant: searched above"),
+    };
     let own: Vec<u32> = (0..queries.len() as u32).collect();
-    let lp = inp.labels.map(|l| {
+    let lp = inp.labels.zip(lp_need).map(|(l, level)| {
         label_precision_at_k(
-            deep_hits,
+            hits(level),
             l.queries,
             l.base,
             k,
@@ -461,8 +494,14 @@ pub fn evaluate(pipeline: &Pipeline, label: &str, inp: &EvalInput<'_>) -> Result
         fit_seconds,
         encode_seconds,
         label_precision_at_k: lp,
-        ndcg_at_10: inp.qrels.map(|q| q.ndcg_at(deep_hits, 10)),
-        recall_at_100: inp.qrels.map(|q| q.recall_at(deep_hits, 100)),
+        ndcg_at_10: inp
+            .qrels
+            .zip(ndcg_need)
+            .map(|(q, l)| q.ndcg_at(hits(l), 10)),
+        recall_at_100: inp
+            .qrels
+            .zip(r100_need)
+            .map(|(q, l)| q.recall_at(hits(l), 100)),
         deep_pipeline,
     })
 }

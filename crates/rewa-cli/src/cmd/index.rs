@@ -52,17 +52,23 @@ pub struct LockArgs {
 }
 
 impl LockArgs {
-    fn acquire(&self, dir: &Path) -> Result<WriteLock> {
+    fn wait(&self) -> Result<Duration> {
         if !(self.wait_lock.is_finite() && self.wait_lock >= 0.0) {
             anyhow::bail!(
                 "--wait-lock must be a number of seconds >= 0, got {}",
                 self.wait_lock
             );
         }
-        Ok(WriteLock::acquire(
-            dir,
-            Duration::from_secs_f64(self.wait_lock.min(1e9)),
-        )?)
+        Ok(Duration::from_secs_f64(self.wait_lock.min(1e9)))
+    }
+    /// The lock of a new index's folder (created if missing).
+    fn acquire(&self, dir: &Path) -> Result<WriteLock> {
+        Ok(WriteLock::acquire(dir, self.wait()?)?)
+    }
+    /// The lock of an existing index.
+    fn acquire_existing(&self, dir: &Path) -> Result<WriteLock> {
+        Ok(WriteLock::acquire_existing(dir, self.wait()?)
+            .with_context(|| format!("opening index {}", dir.display()))?)
     }
 }
 
@@ -220,7 +226,7 @@ pub fn add(a: AddArgs) -> Result<()> {
     let t0 = Instant::now();
     // The lock is taken before the index is read: two writers cannot both start from the same
     // generation and lose one update.
-    let lock = a.lock.acquire(&a.index)?;
+    let lock = a.lock.acquire_existing(&a.index)?;
     let (mut index, data) = open_with(&a.index, &a.base)?;
     add_with_progress(&mut index, &data)?;
     index.save_locked(&lock)?;
@@ -343,7 +349,7 @@ pub fn info(a: InfoArgs) -> Result<()> {
 }
 
 pub fn tune(a: TuneArgs) -> Result<()> {
-    let lock = a.lock.acquire(&a.index)?;
+    let lock = a.lock.acquire_existing(&a.index)?;
     let (mut index, queries) = open_with(&a.index, &a.queries)?;
     let opts = TuneOptions {
         k: a.k,

@@ -102,6 +102,13 @@ fn sigkill_during_add_leaves_old_or_new_index() {
     // gives the new index
     rewa("add --index work --base b/base.npy", d);
     assert_eq!(state(&work), new);
+    // ... and removes them: the lock, the manifest, one code set, vectors, params
+    let files = std::fs::read_dir(&work).unwrap().count();
+    assert_eq!(files, 5, "a dead writer's files were left behind");
+    // killed after the manifest rename: the next add removes the old generation it left
+    run(Some("manifest"), None);
+    rewa("add --index work --base a/base.npy", d);
+    assert_eq!(std::fs::read_dir(&work).unwrap().count(), 5);
     // killed after the manifest rename, before old files are deleted: the new index
     assert_eq!(run(Some("manifest"), None), new);
     // killed at spread-out moments of the whole command: always exactly one of the two

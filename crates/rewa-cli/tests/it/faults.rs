@@ -153,6 +153,19 @@ fn eval_searches_as_deep_as_its_measures_need() {
         assert_eq!(j["ndcg_at_10"], 0.0, "{what}: {j}");
         assert_eq!(j["recall_at_k"], 1.0, "{what}: {j}");
     }
+    // A first stage that keeps fewer than 100: recall@k and QPS are the pipeline's own, and
+    // recall@100 comes from a named deepened pipeline.
+    let plain = json(
+        "eval --base s/base.npy --queries s/queries_same.npy --pipeline hadamard64+sign:50,exact:10",
+        d,
+    );
+    let j = json(
+        &format!("eval --base s/base.npy --queries s/queries_same.npy --pipeline hadamard64+sign:50,exact:10 {qr}"),
+        d,
+    );
+    assert_eq!(j["deep_pipeline"], "hadamard64+sign:100,exact:100", "{j}");
+    assert_eq!(j["recall_at_k"], plain["recall_at_k"], "{j}");
+    assert!(plain.get("deep_pipeline").is_none(), "{plain}");
     // Queries that are the base: the query's own row is skipped, so label precision@10 looks
     // at the 10 others of its class (11 per class, tight clusters): 1.0, not 0.9.
     for what in ["--encoder flat", "--pipeline hadamard64+sign:300,exact:10"] {
@@ -219,6 +232,34 @@ fn hostile_index_files_and_sizes_get_errors_not_hangs() {
         .set_len(100 << 30)
         .unwrap();
     fails(search, d, "more than the");
+    // the same for vector files and a model's config: a FIFO, a link to /dev/zero
+    assert!(std::process::Command::new("mkfifo")
+        .arg(d.join("fifo.npy"))
+        .status()
+        .unwrap()
+        .success());
+    fails(
+        "eval --base fifo.npy --queries s/queries_same.npy --encoder flat",
+        d,
+        "not a regular file",
+    );
+    std::os::unix::fs::symlink("/dev/zero", d.join("zero.fvecs")).unwrap();
+    fails(
+        "eval --base zero.fvecs --queries s/queries_same.npy --encoder flat",
+        d,
+        "not a regular file",
+    );
+    std::fs::create_dir(d.join("model")).unwrap();
+    assert!(std::process::Command::new("mkfifo")
+        .arg(d.join("model/config.json"))
+        .status()
+        .unwrap()
+        .success());
+    fails(
+        "eval --base s/base.npy --queries s/queries_same.npy --encoder learned=model+sign",
+        d,
+        "not a regular file",
+    );
     // a huge k does not allocate for it: the .npy holds min(k, n) columns
     let j = json(
         "search --index idx --queries s/queries_same.npy --k 1000000000 --pipeline hadamard32+sign:1000000000,exact:1000000000 --out hits.npy",
@@ -245,6 +286,10 @@ fn messages_name_the_problem_once() {
         d,
         "unknown data set \"bogus\"",
     );
+    // a mistyped index path is an error, and no folder appears there
+    fails("add --index typo --base s/base.npy", d, "no index here");
+    fails("tune --index typo --queries s/base.npy", d, "no index here");
+    assert!(!d.join("typo").exists());
     fails("bench --only synth --extra nonsense:5", d, "unknown token");
 }
 

@@ -192,6 +192,7 @@ impl LearnedTransform {
             ));
         }
         let cpath = dir.join(CONFIG_FILE);
+        crate::io::check_readable(&cpath, crate::io::MAX_TEXT_BYTES)?;
         let text = std::fs::read_to_string(&cpath).map_err(|e| Error::io(&cpath, e))?;
         let cfg: ModelConfig = serde_json::from_str(&text)
             .map_err(|e| Error::corrupt(&cpath, format!("not a model config: {e}")))?;
@@ -209,6 +210,7 @@ impl LearnedTransform {
             });
         }
         let wpath = dir.join(WEIGHTS_FILE);
+        crate::io::check_readable(&wpath, u64::MAX)?;
         let bytes = std::fs::read(&wpath).map_err(|e| Error::io(&wpath, e))?;
         let st = safetensors::SafeTensors::deserialize(&bytes)
             .map_err(|e| Error::corrupt(&wpath, format!("safetensors: {e}")))?;

@@ -127,12 +127,59 @@ impl<'a> TensorSource<'a> {
         }
         Ok(bytemuck::pod_collect_to_vec(t.data()))
     }
-    /// Tensor `name` as `len` f32 values.
+    /// Tensor `name` as `len` f32 values, all finite (a NaN in fitted parameters would rank
+    /// silently wrong).
     pub fn f32(&self, name: &str, len: usize) -> Result<Vec<f32>> {
-        self.values(name, safetensors::Dtype::F32, len)
+        let v: Vec<f32> = self.values(name, safetensors::Dtype::F32, len)?;
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(Error::corrupt(
+                self.path,
+                format!("tensor {}{name}: value {i} is {}", self.prefix, v[i]),
+            ));
+        }
+        Ok(v)
     }
     /// Tensor `name` as `len` u32 values.
     pub fn u32(&self, name: &str, len: usize) -> Result<Vec<u32>> {
         self.values(name, safetensors::Dtype::U32, len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reader_checks_names_sizes_dtypes_and_finiteness() {
+        let good = [1.0f32, 2.0, 3.0];
+        let bad = [1.0f32, f32::NAN];
+        let keep = [7u32, 9];
+        let ts = [
+            Tensor::f32("p.good", vec![3], &good),
+            Tensor::f32("p.bad", vec![2], &bad),
+            Tensor::u32("p.keep", vec![2], &keep),
+        ];
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = ts
+            .iter()
+            .map(|t| {
+                let v = safetensors::tensor::TensorView::new(t.dtype(), t.shape.clone(), t.bytes())
+                    .unwrap();
+                (t.name.clone(), v)
+            })
+            .collect();
+        let bytes = safetensors::serialize(views, None).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let path = Path::new("params.safetensors");
+        let src = TensorSource::new(&st, path).part("p");
+        assert_eq!(src.f32("good", 3).unwrap(), good);
+        assert_eq!(src.u32("keep", 2).unwrap(), keep);
+        for (what, r) in [
+            ("nan", src.f32("bad", 2).map(|_| ())),
+            ("size", src.f32("good", 4).map(|_| ())),
+            ("dtype", src.f32("keep", 2).map(|_| ())),
+            ("missing", src.f32("nope", 1).map(|_| ())),
+        ] {
+            assert!(matches!(r, Err(Error::Corrupt { .. })), "{what}: {r:?}");
+        }
     }
 }

@@ -65,6 +65,8 @@ const MAGIC_VECS: &[u8; 8] = b"REWAVECS";
 const MANIFEST: &str = "manifest.json";
 /// The writer lock's file name inside an index directory.
 pub const LOCK_FILE: &str = "write.lock";
+/// The files a save is writing, removed when it completes (a leftover names a dead writer's).
+const PENDING: &str = "pending.txt";
 /// The largest `manifest.json` read (a real one is a few KiB).
 const MAX_MANIFEST_BYTES: u64 = 16 << 20;
 
@@ -170,6 +172,7 @@ impl WriteLock {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
                 Err(std::fs::TryLockError::WouldBlock) => {
+                    // 0 when the holder has not written its pid yet
                     let pid = std::fs::read_to_string(&path)
                         .ok()
                         .and_then(|s| s.trim().parse().ok())
@@ -192,6 +195,21 @@ impl WriteLock {
             _file: file,
         })
     }
+    /// [`WriteLock::acquire`] for an index that must already exist (`add`, `tune`): a
+    /// mistyped path is an error, not a new folder holding a lock file.
+    pub fn acquire_existing(dir: &Path, wait: std::time::Duration) -> Result<WriteLock> {
+        let m = dir.join(MANIFEST);
+        if !m.is_file() {
+            return Err(Error::io(
+                &m,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no index here (no manifest.json)",
+                ),
+            ));
+        }
+        WriteLock::acquire(dir, wait)
+    }
     /// The locked directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -199,7 +217,7 @@ impl WriteLock {
 }
 
 /// Fails unless `dir` may receive a new index: missing, empty (but for the lock file), or
-/// already an index (which the new one replaces). A folder of other files is refused unless
+/// already an index, or what a killed build left (which the new one replaces). A folder of other files is refused unless
 /// `force`; even then only files an index manifest named are ever deleted.
 pub fn check_build_target(dir: &Path, force: bool) -> Result<()> {
     let rd = match std::fs::read_dir(dir) {
@@ -212,7 +230,7 @@ pub fn check_build_target(dir: &Path, force: bool) -> Result<()> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n != LOCK_FILE)
         .collect();
-    if others.is_empty() || force || others.iter().any(|n| n == MANIFEST) {
+    if others.is_empty() || force || others.iter().any(|n| n == MANIFEST || n == PENDING) {
         return Ok(());
     }
     Err(Error::InvalidInput(format!(
@@ -252,6 +270,19 @@ pub fn save(index: &Index, lock: &WriteLock) -> Result<()> {
         Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e),
     };
+    // A writer killed mid-save left its `pending` record: the files it was writing and the
+    // ones it was to delete. Those the current manifest does not name are garbage (no reader
+    // maps them), and only those go.
+    let pending = dir.join(PENDING);
+    if let Ok(text) = std::fs::read_to_string(&pending) {
+        let live = old.as_ref().map(files_of).unwrap_or_default();
+        for f in text
+            .lines()
+            .filter(|f| is_own_name(f) && !live.iter().any(|l| l == f))
+        {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
+    }
     // The next generation whose file names are all free: no existing file is overwritten.
     let mut generation = old.as_ref().map_or(0, |m| m.generation + 1);
     while gen_files(index, generation)
@@ -260,6 +291,10 @@ pub fn save(index: &Index, lock: &WriteLock) -> Result<()> {
     {
         generation += 1;
     }
+    // Record what this save is about to write and then delete, before doing either.
+    let mut record = gen_files(index, generation);
+    record.extend(old.as_ref().map(files_of).unwrap_or_default());
+    write_file(&pending, &[record.join("\n").as_bytes()])?;
     let mut code_sets = Vec::new();
     for (i, cs) in index.code_sets.iter().enumerate() {
         let name = format!("codes-{generation}-{i}.bin");
@@ -345,6 +380,7 @@ pub fn save(index: &Index, lock: &WriteLock) -> Result<()> {
             }
         }
     }
+    let _ = std::fs::remove_file(&pending);
     Ok(())
 }
 
@@ -482,7 +518,8 @@ fn open_checked(
                 "header says {hcount} rows of {hrow} bytes, the manifest {count} rows of {row}"
             )));
         }
-        if map.len() != HEADER + row * count {
+        let want = row.checked_mul(count).and_then(|b| b.checked_add(HEADER));
+        if want != Some(map.len()) {
             return Err(corrupt(format!(
                 "length {} != {HEADER} + {count} x {row}",
                 map.len()
@@ -501,10 +538,42 @@ fn open_checked(
 
 /// Opens the index in `dir`, checking every file once.
 pub fn open(dir: &Path) -> Result<Index> {
-    let m = read_manifest(dir)?;
+    // A writer may replace the manifest and delete the files it named between our reading
+    // it and opening them: then the new manifest names other files, and we start again.
+    let mut tries = 0;
+    loop {
+        let m = read_manifest(dir)?;
+        match open_manifest(dir, &m) {
+            Err(Error::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound && tries < 5 =>
+            {
+                tries += 1;
+                let now = read_manifest(dir)?;
+                if now.generation == m.generation {
+                    return open_manifest(dir, &now);
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The largest dimension an index may declare, and the most vectors (ids are u32).
+const MAX_DIM: usize = 1 << 20;
+
+fn open_manifest(dir: &Path, m: &Manifest) -> Result<Index> {
     let mpath = dir.join(MANIFEST);
-    if m.dim == 0 {
-        return Err(Error::corrupt(&mpath, "dim is 0"));
+    if m.dim == 0 || m.dim > MAX_DIM {
+        return Err(Error::corrupt(
+            &mpath,
+            format!("dim {} is outside 1..={MAX_DIM}", m.dim),
+        ));
+    }
+    if m.count > u32::MAX as usize {
+        return Err(Error::corrupt(
+            &mpath,
+            format!("count {} is more than ids can name", m.count),
+        ));
     }
     let pmap = open_checked(dir, &m.params, None)?;
     let ppath = dir.join(&m.params.file);

@@ -7,6 +7,7 @@ use crate::vectors::Vectors;
 use std::path::Path;
 
 fn read_records(path: &Path, elem: usize) -> Result<(usize, usize, Vec<u8>)> {
+    super::check_readable(path, u64::MAX)?;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     if bytes.len() < 4 {
         return Err(Error::corrupt(path, "too short: no dimension field"));

@@ -13,6 +13,29 @@ use crate::error::{Error, Result};
 use crate::vectors::Vectors;
 use std::path::Path;
 
+/// The most bytes a text input (labels, ids, qrels, a model config) may hold.
+pub(crate) const MAX_TEXT_BYTES: u64 = 1 << 30;
+
+/// Fails unless `path` is a regular file (after symlinks) of at most `max` bytes: a FIFO
+/// would block a read, a device or a huge sparse file would never end.
+pub(crate) fn check_readable(path: &Path, max: u64) -> Result<()> {
+    let md = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !md.is_file() {
+        return Err(Error::InvalidInput(format!(
+            "{}: not a regular file",
+            path.display()
+        )));
+    }
+    if md.len() > max {
+        return Err(Error::InvalidInput(format!(
+            "{}: {} bytes, more than the {max} such a file may hold",
+            path.display(),
+            md.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Reads a set of float vectors from `.npy` (float16/32/64), `.fvecs` or `.bvecs`, chosen by
 /// the file's extension. Fails on NaN/inf (naming the row), on zero rows and on any format error.
 pub fn read_vectors(path: &Path) -> Result<Vectors> {
@@ -45,6 +68,7 @@ pub fn read_labels(path: &Path) -> Result<Vec<i64>> {
     if ext(path) == "npy" {
         return read_npy(path)?.into_labels(path);
     }
+    check_readable(path, MAX_TEXT_BYTES)?;
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     text.lines()
         .enumerate()

@@ -123,6 +123,7 @@ const MAGIC: &[u8] = b"\x93NUMPY";
 /// Reads a whole `.npy` file. Fails with `Corrupt` on a bad header or truncated payload and with
 /// `InvalidInput` on Fortran order or an unsupported dtype.
 pub fn read_npy(path: &Path) -> Result<NpyArray> {
+    super::check_readable(path, u64::MAX)?;
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
     let corrupt = |r: &str| Error::corrupt(path, r.to_string());
