@@ -512,7 +512,8 @@ fn train_with_pairs_writes_a_model_that_evaluates() {
     assert_eq!(j["n_val"], 20, "a tenth of the 200 queries: {j}");
     assert_eq!(j["n_train"], 180 * 3, "three pairs per training query: {j}");
     let qr = j["best"]["val_qrels_recall"].as_f64().unwrap();
-    assert!(qr > 0.0 && qr <= 1.0, "{j}");
+    // measured 0.50 for this seed
+    assert!(qr > 0.4, "{j}");
     let cfg: Value =
         serde_json::from_slice(&std::fs::read(d.join("m/config.json")).unwrap()).unwrap();
     assert_eq!(cfg["training"]["supervision"], "pairs");
@@ -526,7 +527,8 @@ fn train_with_pairs_writes_a_model_that_evaluates() {
     ))
     .unwrap();
     assert_eq!(e["bytes_per_vector"], 8);
-    assert!(e["recall_at_k"].as_f64().unwrap() > 0.0, "{e}");
+    // measured 0.406 for this seed
+    assert!(e["recall_at_k"].as_f64().unwrap() > 0.35, "{e}");
 }
 
 #[test]
