@@ -4,6 +4,8 @@
 //!
 //! | file | contents |
 //! |---|---|
+//! | `write.lock` | the writer lock (an `flock`), holding the holder's pid |
+//! | `pending.txt` | while a save runs: the files it writes and the files it will delete |
 //! | `manifest.json` | `format_version`, `rewa_version`, `dim`, `metric`, `count`, `seed`, default `pipeline`, `generation`, and per data file its name and CRC-32 |
 //! | `codes-<gen>-<i>.bin` | codes of the pipeline's i-th encoder: header, then `count * code_len` bytes |
 //! | `vectors-<gen>.f32` | optional float vectors (normalised for cosine) for `exact` stages: header, then `count * 4 * dim` bytes, little-endian f32 |
