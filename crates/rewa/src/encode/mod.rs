@@ -375,12 +375,22 @@ impl Encoder {
         metric: Metric,
         seed: u64,
     ) -> Result<Encoder> {
+        train.check_finite()?;
+        Encoder::fit_checked(spec, train, metric, seed)
+    }
+
+    /// [`Encoder::fit`] on vectors already checked finite (they crossed `Metric::prepare`).
+    pub(crate) fn fit_checked(
+        spec: &EncoderSpec,
+        train: VectorsRef<'_>,
+        metric: Metric,
+        seed: u64,
+    ) -> Result<Encoder> {
         if train.is_empty() {
             return Err(Error::InvalidInput(
                 "cannot fit an encoder on zero training vectors".into(),
             ));
         }
-        train.check_finite()?;
         spec.check(train.dim())?;
         let mut transforms = Vec::new();
         let mut cur: Option<Vectors> = None;

@@ -74,7 +74,7 @@ impl Index {
         let mut code_sets = Vec::new();
         for (i, es) in spec.pipeline.encoders().into_iter().enumerate() {
             es.check(train.dim())?;
-            let encoder = Encoder::fit(
+            let encoder = Encoder::fit_checked(
                 es,
                 train,
                 spec.metric,
