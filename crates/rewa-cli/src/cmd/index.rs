@@ -67,8 +67,8 @@ impl LockArgs {
     }
     /// The lock of an existing index.
     fn acquire_existing(&self, dir: &Path) -> Result<WriteLock> {
-        Ok(WriteLock::acquire_existing(dir, self.wait()?)
-            .with_context(|| format!("opening index {}", dir.display()))?)
+        WriteLock::acquire_existing(dir, self.wait()?)
+            .with_context(|| format!("opening index {}", dir.display()))
     }
 }
 
