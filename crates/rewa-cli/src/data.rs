@@ -86,22 +86,7 @@ pub fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
 
 /// Fails unless `v` has dimension `dim`, naming both files.
 pub fn same_dim(v: &Vectors, path: &Path, dim: usize, base: &Path) -> Result<()> {
-    if v.dim() != dim {
-        return Err(anyhow::Error::new(rewa::Error::DimMismatch {
-            expected: dim,
-            got: v.dim(),
-        }))
-        .with_context(|| {
-            format!(
-                "{} has dimension {}, but {} has {}",
-                path.display(),
-                v.dim(),
-                base.display(),
-                dim
-            )
-        });
-    }
-    Ok(())
+    check_dim(path, v.dim(), base, dim)
 }
 
 /// Reads the optional training file with the base's metric and checks its dimension.

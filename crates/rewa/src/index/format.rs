@@ -428,21 +428,11 @@ fn files_of(m: &Manifest) -> Vec<String> {
 
 /// Fails unless `path` is a regular file (after symlinks) of at most `max` bytes; returns
 /// its length. A FIFO would block a read, a device or a huge sparse file would never end.
-fn check_regular(path: &Path, max: u64) -> Result<u64> {
-    let md = std::fs::metadata(path).map_err(io_err(path))?;
-    if !md.is_file() {
-        return Err(Error::corrupt(path, "not a regular file"));
+fn check_regular(path: &Path, max: u64) -> Result<()> {
+    match crate::io::unreadable_because(path, max)? {
+        Some(reason) => Err(Error::corrupt(path, reason)),
+        None => Ok(()),
     }
-    if md.len() > max {
-        return Err(Error::corrupt(
-            path,
-            format!(
-                "{} bytes, more than the {max} such a file can hold",
-                md.len()
-            ),
-        ));
-    }
-    Ok(md.len())
 }
 
 fn read_manifest(dir: &Path) -> Result<Manifest> {
@@ -547,13 +537,11 @@ pub fn open(dir: &Path) -> Result<Index> {
         let m = read_manifest(dir)?;
         match open_manifest(dir, &m) {
             Err(Error::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound && tries < 5 =>
+                if source.kind() == std::io::ErrorKind::NotFound
+                    && tries < 5
+                    && read_manifest(dir).is_ok_and(|now| now.generation != m.generation) =>
             {
                 tries += 1;
-                let now = read_manifest(dir)?;
-                if now.generation == m.generation {
-                    return open_manifest(dir, &now);
-                }
             }
             other => return other,
         }

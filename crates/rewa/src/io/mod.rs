@@ -19,21 +19,26 @@ pub(crate) const MAX_TEXT_BYTES: u64 = 1 << 30;
 /// Fails unless `path` is a regular file (after symlinks) of at most `max` bytes: a FIFO
 /// would block a read, a device or a huge sparse file would never end.
 pub(crate) fn check_readable(path: &Path, max: u64) -> Result<()> {
+    match unreadable_because(path, max)? {
+        Some(reason) => Err(Error::InvalidInput(format!("{}: {reason}", path.display()))),
+        None => Ok(()),
+    }
+}
+
+/// Why `path` must not be read (not a regular file, or more than `max` bytes), if it must not;
+/// an error if it cannot be looked at. Inputs and index files word their errors differently.
+pub(crate) fn unreadable_because(path: &Path, max: u64) -> Result<Option<String>> {
     let md = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    if !md.is_file() {
-        return Err(Error::InvalidInput(format!(
-            "{}: not a regular file",
-            path.display()
-        )));
-    }
-    if md.len() > max {
-        return Err(Error::InvalidInput(format!(
-            "{}: {} bytes, more than the {max} such a file may hold",
-            path.display(),
+    Ok(if !md.is_file() {
+        Some("not a regular file".into())
+    } else if md.len() > max {
+        Some(format!(
+            "{} bytes, more than the {max} such a file may hold",
             md.len()
-        )));
-    }
-    Ok(())
+        ))
+    } else {
+        None
+    })
 }
 
 /// Reads a set of float vectors from `.npy` (float16/32/64), `.fvecs` or `.bvecs`, chosen by
