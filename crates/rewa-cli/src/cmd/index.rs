@@ -310,40 +310,25 @@ pub fn search(a: SearchArgs) -> Result<()> {
 
 pub fn info(a: InfoArgs) -> Result<()> {
     let index = open(&a.index)?;
-    let fi = rewa::index::format::info(&a.index)?;
-    let specs: Vec<String> = index
-        .code_sets()
-        .iter()
-        .map(|c| format!("{} ({} B)", c.encoder().spec(), c.encoder().code_len()))
-        .collect();
+    let s = index.summary(Some(&a.index))?;
     if a.json {
-        println!(
-            "{}",
-            json!({"count": index.len(), "dim": index.dim(), "metric": index.metric().to_string(),
-                   "pipeline": index.pipeline().to_string(), "bytes_per_vector": index.bytes_per_vector(),
-                   "format_version": fi.format_version, "code_sets": specs, "has_vectors": index.vectors().is_some(),
-                   "files": fi.files, "disk_bytes": fi.disk_bytes})
-        );
-    } else {
-        println!("count           {}", index.len());
-        println!("dim             {}", index.dim());
-        println!("metric          {}", index.metric());
-        println!("pipeline        {}", index.pipeline());
-        println!("code sets       {}", specs.join(", "));
-        println!(
-            "float vectors   {}",
-            if index.vectors().is_some() {
-                "stored"
-            } else {
-                "not stored"
-            }
-        );
-        println!("bytes/vector    {}", index.bytes_per_vector());
-        println!("format version  {}", fi.format_version);
-        for (f, n) in &fi.files {
+        println!("{}", serde_json::to_string(&s)?);
+        return Ok(());
+    }
+    println!("count           {}", s.count);
+    println!("dim             {}", s.dim);
+    println!("metric          {}", s.metric);
+    println!("pipeline        {}", s.pipeline);
+    println!("code sets       {}", s.code_sets.join(", "));
+    let stored = if s.has_vectors { "stored" } else { "not stored" };
+    println!("float vectors   {stored}");
+    println!("bytes/vector    {}", s.bytes_per_vector);
+    if let Some(d) = &s.disk {
+        println!("format version  {}", d.format_version);
+        for (f, n) in &d.files {
             println!("  {f:<28} {n:>14} bytes");
         }
-        println!("on disk         {} bytes", fi.disk_bytes);
+        println!("on disk         {} bytes", d.disk_bytes);
     }
     Ok(())
 }

@@ -27,6 +27,28 @@ pub struct IndexSpec {
     pub seed: u64,
 }
 
+/// An index's facts, as [`Index::summary`] gives them.
+#[derive(serde::Serialize, Clone, Debug)]
+pub struct Summary {
+    /// Vectors held.
+    pub count: usize,
+    /// Their dimension.
+    pub dim: usize,
+    /// The metric's name.
+    pub metric: String,
+    /// The default pipeline.
+    pub pipeline: String,
+    /// Bytes stored per vector (codes and float vectors).
+    pub bytes_per_vector: usize,
+    /// Each code set's spec and code length, as `spec (n B)`.
+    pub code_sets: Vec<String>,
+    /// Whether float vectors are stored (for `exact` stages).
+    pub has_vectors: bool,
+    /// Format version and files, for a saved index.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<format::IndexInfo>,
+}
+
 /// The codes of one fitted encoder.
 #[derive(Clone, Debug)]
 pub struct CodeSet {
@@ -192,6 +214,24 @@ impl Index {
         self.vectors
             .as_ref()
             .map(|b| VectorsRef::new(self.dim, b.as_f32()).expect("invariant: checked shape"))
+    }
+    /// The facts `rewa info --json` prints (and the server's `/info` and Python's `info()`
+    /// answer): counts, specs, bytes per vector; with `dir`, also the files on disk.
+    pub fn summary(&self, dir: Option<&std::path::Path>) -> Result<Summary> {
+        Ok(Summary {
+            count: self.count,
+            dim: self.dim,
+            metric: self.metric.to_string(),
+            pipeline: self.pipeline.to_string(),
+            bytes_per_vector: self.bytes_per_vector(),
+            code_sets: self
+                .code_sets
+                .iter()
+                .map(|c| format!("{} ({} B)", c.encoder.spec(), c.encoder.code_len()))
+                .collect(),
+            has_vectors: self.vectors.is_some(),
+            disk: dir.map(format::info).transpose()?,
+        })
     }
     /// Bytes stored per vector over all code sets and float vectors.
     pub fn bytes_per_vector(&self) -> usize {
