@@ -1,0 +1,574 @@
+//! `rewa` for Python: numpy arrays in, FAISS-shaped results out.
+//!
+//! This crate only converts: arrays to the library's vectors, errors to Python exceptions,
+//! reports to dicts. Every flow (fitting, search, tuning, evaluation, the on-disk format) is
+//! the `rewa` library's, so an index saved here is the same directory the CLI reads.
+//!
+//! Three rules hold for every function:
+//! - the GIL is released while the library works (`Python::detach`), so Python threads run
+//!   searches in parallel;
+//! - a Rust panic never reaches Python as `PanicException`: it is caught and raised as
+//!   `RuntimeError` naming it a bug;
+//! - bad input raises `ValueError` with the library's message (the CLI's words).
+
+use numpy::ndarray::Array2;
+use numpy::{IntoPyArray, PyArray2, PyReadonlyArray2, PyUntypedArrayMethods};
+use pyo3::exceptions::{
+    PyFileNotFoundError, PyNotImplementedError, PyOSError, PyRuntimeError, PyValueError,
+};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use rewa::eval::{evaluate as eval_pipeline, EvalInput, Labels};
+use rewa::{EncoderSpec, Metric, Pipeline, SearchParams, TuneOptions, VectorsRef};
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::RwLock;
+
+/// The library's error as the Python exception a caller would expect.
+fn to_py(e: rewa::Error) -> PyErr {
+    use rewa::Error as E;
+    let msg = e.to_string();
+    match &e {
+        E::DimMismatch { .. } | E::InvalidInput(_) | E::Corrupt { .. } | E::Incompatible { .. } => {
+            PyValueError::new_err(msg)
+        }
+        E::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            PyFileNotFoundError::new_err(msg)
+        }
+        E::Io { .. } | E::Locked { .. } => PyOSError::new_err(msg),
+        E::Unsupported(_) => PyNotImplementedError::new_err(msg),
+    }
+}
+
+/// Runs `f` with the GIL released, turning a library error into its exception and a panic
+/// into `RuntimeError` (never `PanicException`).
+fn detached<T: Send>(
+    py: Python<'_>,
+    f: impl FnOnce() -> rewa::Result<T> + Send,
+) -> PyResult<T> {
+    let r = py.detach(|| std::panic::catch_unwind(AssertUnwindSafe(f)));
+    match r {
+        Ok(r) => r.map_err(to_py),
+        Err(p) => {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(PyRuntimeError::new_err(format!(
+                "internal error in rewa (a bug; please report it): {what}"
+            )))
+        }
+    }
+}
+
+fn parse<T: std::str::FromStr<Err = rewa::Error>>(s: &str) -> PyResult<T> {
+    s.parse().map_err(to_py)
+}
+
+/// A float32 C-contiguous (n, d) view of `obj`: the array itself when it already is one (no
+/// copy), else numpy's conversion of it (float64, non-contiguous, lists).
+fn matrix<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<PyReadonlyArray2<'py, f32>> {
+    let py = obj.py();
+    let np = py.import("numpy")?;
+    let kwargs = PyDict::new(py);
+    kwargs.set_item("dtype", np.getattr("float32")?)?;
+    let arr = np
+        .call_method("ascontiguousarray", (obj,), Some(&kwargs))
+        .map_err(|e| {
+            PyValueError::new_err(format!(
+                "{what} must be a 2-D float array (n, dim): {}",
+                e.value(py)
+            ))
+        })?;
+    let ndim: usize = arr.getattr("ndim")?.extract()?;
+    let shape: Vec<usize> = arr.getattr("shape")?.extract()?;
+    if ndim != 2 {
+        return Err(PyValueError::new_err(format!(
+            "{what} must be a 2-D array (n, dim), got {ndim}-D with shape {shape:?}{}",
+            if ndim == 1 {
+                "; for one vector pass v.reshape(1, -1)"
+            } else {
+                ""
+            }
+        )));
+    }
+    if shape[0] == 0 || shape[1] == 0 {
+        return Err(PyValueError::new_err(format!(
+            "{what} is empty (shape {shape:?}): give at least one vector of at least one dimension"
+        )));
+    }
+    Ok(arr.extract()?)
+}
+
+/// The rows of a checked array as the library's borrowed vectors.
+fn rows<'a>(a: &'a PyReadonlyArray2<'_, f32>) -> PyResult<VectorsRef<'a>> {
+    let dim = a.shape()[1];
+    let data = a
+        .as_slice()
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    VectorsRef::new(dim, data).map_err(to_py)
+}
+
+fn labels_of(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i64>> {
+    let np = obj.py().import("numpy")?;
+    let arr = np.call_method1("asarray", (obj,))?;
+    let ndim: usize = arr.getattr("ndim")?.extract()?;
+    if ndim != 1 {
+        return Err(PyValueError::new_err(format!(
+            "{what} must be a 1-D array of integer labels, got {ndim}-D"
+        )));
+    }
+    let kind: String = arr.getattr("dtype")?.getattr("kind")?.extract()?;
+    if !matches!(kind.as_str(), "i" | "u" | "b") {
+        return Err(PyValueError::new_err(format!(
+            "{what} must hold integers, got dtype kind {kind:?}"
+        )));
+    }
+    arr.call_method1("astype", ("int64",))?
+        .call_method0("tolist")?
+        .extract()
+}
+
+/// A JSON-serialisable report as a Python dict (the same keys as the CLI's `--json`).
+fn to_dict<'py>(py: Python<'py>, v: &impl serde::Serialize) -> PyResult<Bound<'py, PyAny>> {
+    let text = serde_json::to_string(v).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    py.import("json")?.call_method1("loads", (text,))
+}
+
+/// Scores as FAISS gives them (similarity best first; squared L2 smallest first) and ids,
+/// `k` columns, padded with id -1 and score -inf (similarity) or +inf (L2).
+fn faiss_shape<'py>(
+    py: Python<'py>,
+    hits: Vec<Vec<rewa::Hit>>,
+    k: usize,
+    metric: Metric,
+) -> PyResult<(Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<i64>>)> {
+    let nq = hits.len();
+    let pad = if metric.is_similarity() {
+        f32::NEG_INFINITY
+    } else {
+        f32::INFINITY
+    };
+    let mut d = vec![pad; nq * k];
+    let mut ids = vec![-1i64; nq * k];
+    for (q, hs) in hits.iter().enumerate() {
+        for (r, h) in hs.iter().take(k).enumerate() {
+            d[q * k + r] = metric.score(h.distance);
+            ids[q * k + r] = h.id as i64;
+        }
+    }
+    let shape = |v| Array2::from_shape_vec((nq, k), v);
+    let d = shape(d).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    let i = Array2::from_shape_vec((nq, k), ids)
+        .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    Ok((d.into_pyarray(py), i.into_pyarray(py)))
+}
+
+/// A searchable set of vectors with a staged pipeline, saved as the directory the `rewa` CLI
+/// reads and writes.
+///
+/// Build one with `Index.build(x, pipeline)` or `Index.open(path)`. Searches may run from
+/// many Python threads at once (the GIL is released); `add` waits for running searches.
+#[pyclass(module = "rewa", name = "Index", frozen)]
+struct PyIndex {
+    inner: RwLock<rewa::Index>,
+}
+
+impl PyIndex {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, rewa::Index> {
+        // A panic while holding the lock is caught and reported; the index it guards is
+        // only replaced whole, so a poisoned lock still holds a consistent index.
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, rewa::Index> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[pymethods]
+impl PyIndex {
+    /// Index.build(x, pipeline="hadamard512+sign:2000,hadamard256+int8:200,exact:10",
+    ///             metric="cosine", train=None, seed=42) -> Index
+    ///
+    /// Fits every encoder the pipeline names on `train` (default: `x`), encodes `x` (float
+    /// array of shape (n, d)), and stores float vectors when the pipeline has an `exact`
+    /// stage. Ids are row numbers: 0 .. n-1. `metric` is "cosine" (inputs are normalised),
+    /// "ip" or "l2".
+    #[staticmethod]
+    #[pyo3(signature = (x, pipeline="hadamard512+sign:2000,hadamard256+int8:200,exact:10", metric="cosine", train=None, seed=42))]
+    fn build(
+        py: Python<'_>,
+        x: &Bound<'_, PyAny>,
+        pipeline: &str,
+        metric: &str,
+        train: Option<&Bound<'_, PyAny>>,
+        seed: u64,
+    ) -> PyResult<PyIndex> {
+        let spec = rewa::IndexSpec {
+            metric: parse(metric)?,
+            pipeline: parse(pipeline)?,
+            seed,
+        };
+        let x = matrix(x, "x")?;
+        let train = train.map(|t| matrix(t, "train")).transpose()?;
+        let (xv, tv) = (rows(&x)?, train.as_ref().map(rows).transpose()?);
+        let index = detached(py, || {
+            let data = spec.metric.prepare(xv)?;
+            let fitted = match tv {
+                Some(t) => {
+                    if t.dim() != xv.dim() {
+                        return Err(rewa::Error::InvalidInput(format!(
+                            "train has dimension {}, but x has {}",
+                            t.dim(),
+                            xv.dim()
+                        )));
+                    }
+                    rewa::Index::fit_prepared(&spec, &spec.metric.prepare(t)?)
+                }
+                None => rewa::Index::fit_prepared(&spec, &data),
+            };
+            let mut index = fitted?;
+            index.add_prepared(&data, &mut |_, _| {})?;
+            Ok(index)
+        })?;
+        Ok(PyIndex {
+            inner: RwLock::new(index),
+        })
+    }
+
+    /// Index.open(path) -> Index
+    ///
+    /// Opens an index directory saved by `Index.save` or the `rewa build` command,
+    /// memory-mapping its files and checking every checksum once.
+    #[staticmethod]
+    fn open(py: Python<'_>, path: PathBuf) -> PyResult<PyIndex> {
+        let index = detached(py, || rewa::Index::open(&path))?;
+        Ok(PyIndex {
+            inner: RwLock::new(index),
+        })
+    }
+
+    /// index.add(x) -> None
+    ///
+    /// Encodes and appends the rows of `x` (float array (n, dim)); their ids continue from
+    /// `len(index)`. In memory only until `save`.
+    fn add(&self, py: Python<'_>, x: &Bound<'_, PyAny>) -> PyResult<()> {
+        let x = matrix(x, "x")?;
+        let xv = rows(&x)?;
+        detached(py, || self.write().add(xv))
+    }
+
+    /// index.search(q, k=10, pipeline=None) -> (D, I)
+    ///
+    /// Searches each row of `q` (float array (nq, dim)) and returns two arrays of shape
+    /// (nq, k), best first, as FAISS does:
+    ///
+    /// - D (float32): the score: similarity (higher is better) for "cosine" and "ip",
+    ///   squared L2 distance (lower is better) for "l2";
+    /// - I (int64): the ids (row numbers in insertion order).
+    ///
+    /// Where fewer than k vectors are found (k > len(index)), I is -1 and D is -inf
+    /// (similarity) or +inf (l2). `pipeline` overrides the index's default pipeline for this
+    /// call (same encoders, other keeps, e.g. "hadamard512+sign:4000,exact:100" for k=100);
+    /// its last stage must keep at least k.
+    #[pyo3(signature = (q, k=10, pipeline=None))]
+    fn search<'py>(
+        &self,
+        py: Python<'py>,
+        q: &Bound<'py, PyAny>,
+        k: usize,
+        pipeline: Option<&str>,
+    ) -> PyResult<(Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<i64>>)> {
+        let params = SearchParams {
+            k,
+            pipeline: pipeline.map(parse).transpose()?,
+        };
+        let q = matrix(q, "q")?;
+        let qv = rows(&q)?;
+        let (hits, metric) = detached(py, || {
+            let index = self.read();
+            Ok((index.search_batch(qv, &params)?, index.metric()))
+        })?;
+        faiss_shape(py, hits, k, metric)
+    }
+
+    /// index.tune(queries, target_recall=0.95, k=10, max_keep=None, max_seconds=300.0) -> dict
+    ///
+    /// Measures the pipeline's keeps on `queries` (validation queries, not the ones you will
+    /// report on) against exact search, and makes the fastest setting that reaches
+    /// `target_recall` at k the default pipeline (in memory; `save` stores it). Returns the
+    /// report with the keys of `rewa tune --json`: pipeline, recall_at_k, qps, target_met,
+    /// timed_out, seconds, curve.
+    #[pyo3(signature = (queries, target_recall=0.95, k=10, max_keep=None, max_seconds=300.0))]
+    fn tune<'py>(
+        &self,
+        py: Python<'py>,
+        queries: &Bound<'py, PyAny>,
+        target_recall: f64,
+        k: usize,
+        max_keep: Option<usize>,
+        max_seconds: f64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let q = matrix(queries, "queries")?;
+        let qv = rows(&q)?;
+        let opts = TuneOptions {
+            k,
+            target_recall,
+            max_keep,
+            max_seconds,
+        };
+        let report = detached(py, || {
+            let report = {
+                let index = self.read();
+                let prepared = index.metric().prepare(qv)?;
+                rewa::tune(&index, &prepared, &opts, &mut |_| {})?
+            };
+            self.write().set_pipeline(report.chosen().clone())?;
+            Ok(report)
+        })?;
+        to_dict(py, &report)
+    }
+
+    /// index.save(path, force=False) -> None
+    ///
+    /// Saves into the directory `path` (created if missing) crash-safely, as `rewa build`
+    /// does: an index already there is replaced, a folder of other files is refused unless
+    /// `force` (files the index did not write are never deleted), and a second writer of
+    /// the same directory is refused.
+    #[pyo3(signature = (path, force=false))]
+    fn save(&self, py: Python<'_>, path: PathBuf, force: bool) -> PyResult<()> {
+        detached(py, || {
+            rewa::index::check_build_target(&path, force)?;
+            self.read().save(&path)
+        })
+    }
+
+    /// index.info() -> dict: the keys of `rewa info --json` (without the file list of a
+    /// saved index): count, dim, metric, pipeline, bytes_per_vector, code_sets, has_vectors.
+    fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let s = self.read().summary(None).map_err(to_py)?;
+        to_dict(py, &s)
+    }
+
+    fn __len__(&self) -> usize {
+        self.read().len()
+    }
+
+    /// The vector dimension.
+    #[getter]
+    fn dim(&self) -> usize {
+        self.read().dim()
+    }
+
+    /// "cosine", "ip" or "l2".
+    #[getter]
+    fn metric(&self) -> String {
+        self.read().metric().to_string()
+    }
+
+    /// The default search pipeline, as a string; assign a string to change it (it may only
+    /// use the encoders the index holds).
+    #[getter]
+    fn pipeline(&self) -> String {
+        self.read().pipeline().to_string()
+    }
+
+    #[setter(pipeline)]
+    fn set_pipeline(&self, p: &str) -> PyResult<()> {
+        let p: Pipeline = parse(p)?;
+        self.write().set_pipeline(p).map_err(to_py)
+    }
+
+    /// Bytes stored per vector (codes and float vectors).
+    #[getter]
+    fn bytes_per_vector(&self) -> usize {
+        self.read().bytes_per_vector()
+    }
+
+    fn __repr__(&self) -> String {
+        let i = self.read();
+        format!(
+            "rewa.Index(len={}, dim={}, metric='{}', pipeline='{}')",
+            i.len(),
+            i.dim(),
+            i.metric(),
+            i.pipeline()
+        )
+    }
+}
+
+/// A fitted encoder: vectors in, codes out.
+#[pyclass(module = "rewa", name = "Encoder", frozen)]
+struct PyEncoder {
+    inner: rewa::Encoder,
+    metric: Metric,
+}
+
+#[pymethods]
+impl PyEncoder {
+    /// Encoder.fit(spec, x, metric="cosine", seed=42) -> Encoder
+    ///
+    /// Fits the encoder `spec` (e.g. "hadamard256+sign", "opq32+pq32", "pca64+int8") on the
+    /// rows of `x` (float array (n, d); normalised first for "cosine").
+    #[staticmethod]
+    #[pyo3(signature = (spec, x, metric="cosine", seed=42))]
+    fn fit(
+        py: Python<'_>,
+        spec: &str,
+        x: &Bound<'_, PyAny>,
+        metric: &str,
+        seed: u64,
+    ) -> PyResult<PyEncoder> {
+        let spec: EncoderSpec = parse(spec)?;
+        let metric: Metric = parse(metric)?;
+        let x = matrix(x, "x")?;
+        let xv = rows(&x)?;
+        let inner = detached(py, || {
+            let p = metric.prepare(xv)?;
+            rewa::Encoder::fit(&spec, p.view(), metric, seed)
+        })?;
+        Ok(PyEncoder { inner, metric })
+    }
+
+    /// encoder.encode(x) -> uint8 array of shape (n, code_len)
+    fn encode<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArray2<u8>>> {
+        let x = matrix(x, "x")?;
+        let xv = rows(&x)?;
+        let n = xv.len();
+        let codes = detached(py, || {
+            let p = self.metric.prepare(xv)?;
+            self.inner.encode_batch(p.view())
+        })?;
+        let cl = self.inner.code_len();
+        let a = Array2::from_shape_vec((n, cl), codes)
+            .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+        Ok(a.into_pyarray(py))
+    }
+
+    /// Bytes per code.
+    #[getter]
+    fn code_len(&self) -> usize {
+        self.inner.code_len()
+    }
+
+    /// The input dimension.
+    #[getter]
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+
+    /// The spec string.
+    #[getter]
+    fn spec(&self) -> String {
+        self.inner.spec().to_string()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "rewa.Encoder('{}', dim={}, code_len={})",
+            self.inner.spec(),
+            self.inner.dim(),
+            self.inner.code_len()
+        )
+    }
+}
+
+/// evaluate(base, queries, spec, k=10, metric="cosine", train=None, seed=42,
+///          base_labels=None, query_labels=None) -> dict
+///
+/// Fits `spec` (one encoder, e.g. "hadamard256+sign", scanned over everything, or a
+/// pipeline, e.g. "hadamard512+sign:1000,exact:10") on `train` (default: `base`; never the
+/// queries), searches the held-out `queries` and measures recall@k against exact search, QPS
+/// and bytes per vector. Returns the keys of `rewa eval --json`.
+#[pyfunction]
+#[pyo3(signature = (base, queries, spec, k=10, metric="cosine", train=None, seed=42, base_labels=None, query_labels=None))]
+#[allow(clippy::too_many_arguments)]
+fn evaluate<'py>(
+    py: Python<'py>,
+    base: &Bound<'py, PyAny>,
+    queries: &Bound<'py, PyAny>,
+    spec: &str,
+    k: usize,
+    metric: &str,
+    train: Option<&Bound<'py, PyAny>>,
+    seed: u64,
+    base_labels: Option<&Bound<'py, PyAny>>,
+    query_labels: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let metric: Metric = parse(metric)?;
+    let pipeline = match spec.parse::<EncoderSpec>() {
+        Ok(e) => Pipeline::single(e, k),
+        Err(_) => parse::<Pipeline>(spec)?,
+    };
+    let labels = match (base_labels, query_labels) {
+        (Some(b), Some(q)) => Some((
+            labels_of(b, "base_labels")?,
+            labels_of(q, "query_labels")?,
+        )),
+        (None, None) => None,
+        _ => {
+            return Err(PyValueError::new_err(
+                "give both base_labels and query_labels, or neither",
+            ))
+        }
+    };
+    let (b, q) = (matrix(base, "base")?, matrix(queries, "queries")?);
+    let t = train.map(|t| matrix(t, "train")).transpose()?;
+    let (bv, qv, tv) = (rows(&b)?, rows(&q)?, t.as_ref().map(rows).transpose()?);
+    let report = detached(py, || {
+        for (what, v) in [("queries", Some(qv)), ("train", tv)] {
+            if let Some(v) = v {
+                if v.dim() != bv.dim() {
+                    return Err(rewa::Error::InvalidInput(format!(
+                        "{what} has dimension {}, but base has {}",
+                        v.dim(),
+                        bv.dim()
+                    )));
+                }
+            }
+        }
+        let base = metric.prepare(bv)?;
+        let queries = metric.prepare(qv)?;
+        let train = tv.map(|t| metric.prepare(t)).transpose()?;
+        let inp = EvalInput {
+            base: &base,
+            queries: &queries,
+            train: train.as_ref(),
+            k,
+            seed,
+            labels: labels.as_ref().map(|(b, q)| Labels {
+                base: b,
+                queries: q,
+            }),
+            qrels: None,
+            queries_are_base: false,
+            truth: None,
+        };
+        eval_pipeline(&pipeline, spec, &inp)
+    })?;
+    to_dict(py, &report)
+}
+
+/// Compress dense embeddings into small codes and search them in stages.
+///
+/// `Index.build(x, pipeline)` / `Index.open(path)`, then `index.search(q, k)` returns FAISS's
+/// (D, I); `evaluate(...)` measures an encoder or pipeline on held-out queries;
+/// `Encoder.fit(spec, x).encode(x)` gives the codes. Spec strings are the CLI's (see
+/// `rewa --help`).
+#[pymodule(name = "rewa")]
+fn rewa_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyIndex>()?;
+    m.add_class::<PyEncoder>()?;
+    m.add_function(wrap_pyfunction!(evaluate, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add(
+        "SIMD",
+        if rewa::simd::avx2() { "avx2" } else { "baseline" },
+    )?;
+    Ok(())
+}
