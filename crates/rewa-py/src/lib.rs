@@ -432,6 +432,9 @@ impl PyEncoder {
     }
 
     /// encoder.encode(x) -> uint8 array of shape (n, code_len)
+    ///
+    /// The codes as the index stores them (sign bits packed little-endian into u64 words;
+    /// for a `flat` quantizer, float32 bytes: `codes.view(numpy.float32)` reads them).
     fn encode<'py>(
         &self,
         py: Python<'py>,
@@ -554,6 +557,13 @@ fn evaluate<'py>(
     to_dict(py, &report)
 }
 
+/// Panics inside the library's guard: the test that a panic reaches Python as RuntimeError,
+/// never as pyo3's PanicException.
+#[pyfunction]
+fn _panic_for_test(py: Python<'_>) -> PyResult<()> {
+    detached(py, || -> rewa::Result<()> { panic!("deliberate test panic") })
+}
+
 /// Compress dense embeddings into small codes and search them in stages.
 ///
 /// `Index.build(x, pipeline)` / `Index.open(path)`, then `index.search(q, k)` returns FAISS's
@@ -565,6 +575,7 @@ fn rewa_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyIndex>()?;
     m.add_class::<PyEncoder>()?;
     m.add_function(wrap_pyfunction!(evaluate, m)?)?;
+    m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add(
         "SIMD",

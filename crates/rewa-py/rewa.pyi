@@ -1,0 +1,102 @@
+"""Compress dense embeddings into small codes and search them in stages.
+
+Arrays are numpy: inputs are float arrays of shape (n, dim) (float32 C-contiguous arrays are
+read without a copy; others are converted); searches return FAISS's (D, I).
+Bad input (wrong dimension, NaN/inf, 1-D or empty arrays, malformed specs) raises ValueError.
+"""
+
+import os
+from typing import Any, Optional, Tuple, Union
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+#: The kernels chosen at run time on this CPU: "avx2" or "baseline".
+SIMD: str
+
+_Array = npt.ArrayLike
+_Path = Union[str, "os.PathLike[str]"]
+
+class Index:
+    """A searchable set of vectors with a staged pipeline, saved as the directory the `rewa`
+    CLI reads and writes. Searches may run from many threads at once (the GIL is released)."""
+
+    @staticmethod
+    def build(
+        x: _Array,
+        pipeline: str = "hadamard512+sign:2000,hadamard256+int8:200,exact:10",
+        metric: str = "cosine",
+        train: Optional[_Array] = None,
+        seed: int = 42,
+    ) -> "Index":
+        """Fit every encoder the pipeline names on `train` (default `x`) and add `x`; ids are
+        row numbers. metric: "cosine" (normalises), "ip" or "l2"."""
+    @staticmethod
+    def open(path: _Path) -> "Index":
+        """Open an index directory saved by `save` or `rewa build`."""
+    def add(self, x: _Array) -> None:
+        """Append rows; their ids continue from len(index). In memory until `save`."""
+    def search(
+        self, q: _Array, k: int = 10, pipeline: Optional[str] = None
+    ) -> Tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """(D, I), each (nq, k), best first. D: similarity (cosine, ip; higher is better) or
+        squared L2 distance (l2; lower is better). Missing results: I = -1, D = -inf
+        (similarity) or +inf (l2). `pipeline` overrides the default for this call."""
+    def tune(
+        self,
+        queries: _Array,
+        target_recall: float = 0.95,
+        k: int = 10,
+        max_keep: Optional[int] = None,
+        max_seconds: float = 300.0,
+    ) -> dict[str, Any]:
+        """Choose the fastest keeps that reach target_recall@k on validation queries and make
+        them the default pipeline. Keys of `rewa tune --json`."""
+    def save(self, path: _Path, force: bool = False) -> None:
+        """Save crash-safely into a directory (an index there is replaced; a folder of other
+        files is refused unless force)."""
+    def info(self) -> dict[str, Any]:
+        """Keys of `rewa info --json`: count, dim, metric, pipeline, bytes_per_vector,
+        code_sets, has_vectors."""
+    def __len__(self) -> int: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def metric(self) -> str: ...
+    @property
+    def pipeline(self) -> str: ...
+    @pipeline.setter
+    def pipeline(self, value: str) -> None: ...
+    @property
+    def bytes_per_vector(self) -> int: ...
+
+class Encoder:
+    """A fitted encoder: vectors in, codes out."""
+
+    @staticmethod
+    def fit(spec: str, x: _Array, metric: str = "cosine", seed: int = 42) -> "Encoder":
+        """Fit e.g. "hadamard256+sign", "opq32+pq32" or "pca64+int8" on the rows of x."""
+    def encode(self, x: _Array) -> npt.NDArray[np.uint8]:
+        """Codes of shape (n, code_len)."""
+    @property
+    def code_len(self) -> int: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def spec(self) -> str: ...
+
+def evaluate(
+    base: _Array,
+    queries: _Array,
+    spec: str,
+    k: int = 10,
+    metric: str = "cosine",
+    train: Optional[_Array] = None,
+    seed: int = 42,
+    base_labels: Optional[_Array] = None,
+    query_labels: Optional[_Array] = None,
+) -> dict[str, Any]:
+    """Fit an encoder or pipeline on train (default base; never the queries), search the
+    held-out queries, and measure recall@k against exact search, QPS and bytes per vector.
+    Keys of `rewa eval --json`."""

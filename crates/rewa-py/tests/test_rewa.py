@@ -1,0 +1,277 @@
+"""The Python package's contract: FAISS's shapes, the CLI's directory format and words, every
+bad input, threads. The CLI round trips need the `rewa` binary: $REWA_BIN, else the
+workspace's target/release or target/debug build (the test fails if none is found)."""
+
+import json
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rewa
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def rewa_bin():
+    env = os.environ.get("REWA_BIN")
+    if env:
+        return env
+    for p in (ROOT / "target/release/rewa", ROOT / "target/debug/rewa"):
+        if p.exists():
+            return str(p)
+    pytest.fail("no rewa binary: build it (cargo build --release) or set REWA_BIN")
+
+
+def cli(*args, cwd):
+    r = subprocess.run([rewa_bin(), *map(str, args)], cwd=cwd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def clusters(n, nq, dim, seed):
+    """n base vectors and nq held-out queries drawn around 20 shared centres."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((20, dim)).astype(np.float32) * 3
+    def draw(m):
+        return (centres[rng.integers(0, 20, m)] + rng.standard_normal((m, dim))).astype(np.float32)
+    return draw(n), draw(nq)
+
+
+def unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return clusters(3000, 50, 64, seed=1)
+
+
+def test_exact_pipeline_equals_brute_force_in_faiss_shapes(data):
+    x, q = data
+    for metric in ("cosine", "ip", "l2"):
+        index = rewa.Index.build(x, "exact:10", metric=metric)
+        D, I = index.search(q, k=10)
+        assert D.dtype == np.float32 and I.dtype == np.int64
+        assert D.shape == I.shape == (len(q), 10)
+        if metric == "cosine":
+            s = unit(q) @ unit(x).T
+            truth = np.argsort(-s, axis=1, kind="stable")[:, :10]
+            want = np.take_along_axis(s, truth, 1)
+        elif metric == "ip":
+            s = q @ x.T
+            truth = np.argsort(-s, axis=1, kind="stable")[:, :10]
+            want = np.take_along_axis(s, truth, 1)
+        else:
+            s = ((q[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+            truth = np.argsort(s, axis=1, kind="stable")[:, :10]
+            want = np.take_along_axis(s, truth, 1)
+        assert (I == truth).mean() > 0.99, metric  # ties may order differently
+        np.testing.assert_allclose(D, want, rtol=1e-4, atol=1e-3)
+        # best first: similarity falls, L2 distance rises
+        if metric == "l2":
+            assert (np.diff(D, axis=1) >= 0).all()
+        else:
+            assert (np.diff(D, axis=1) <= 0).all()
+
+
+def test_fewer_than_k_results_pad_with_minus_one():
+    x, q = clusters(5, 3, 16, seed=2)
+    for metric, pad in (("cosine", -np.inf), ("l2", np.inf)):
+        index = rewa.Index.build(x, "exact:8", metric=metric)
+        D, I = index.search(q, k=8)
+        assert D.shape == (3, 8)
+        assert (I[:, 5:] == -1).all() and (D[:, 5:] == pad).all()
+        assert sorted(I[0, :5]) == [0, 1, 2, 3, 4]
+
+
+def test_staged_search_recall_and_metadata(data):
+    x, q = data
+    index = rewa.Index.build(x, "hadamard256+sign:300,exact:10")
+    assert (len(index), index.dim, index.metric) == (3000, 64, "cosine")
+    assert index.pipeline == "hadamard256+sign:300,exact:10"
+    assert index.bytes_per_vector == 32 + 4 * 64
+    _, I = index.search(q, k=10)
+    truth = np.argsort(-(unit(q) @ unit(x).T), axis=1)[:, :10]
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(I, truth)])
+    assert recall > 0.9, recall
+    info = index.info()
+    assert info["count"] == 3000 and info["code_sets"] == ["hadamard256+sign (32 B)"]
+
+
+def test_add_continues_ids_and_finds_the_new_vectors(data):
+    x, _ = data
+    index = rewa.Index.build(x[:1000], "hadamard128+sign:100,exact:5")
+    index.add(x[1000:1500])
+    assert len(index) == 1500
+    _, I = index.search(x[1200:1210], k=1)
+    assert I[:, 0].tolist() == list(range(1200, 1210))
+
+
+def test_float64_lists_and_non_contiguous_inputs_equal_float32(data):
+    x, q = data
+    index = rewa.Index.build(x, "hadamard256+sign:200,exact:10")
+    want = index.search(q, k=10)
+    wide = np.zeros((len(q), 128), dtype=np.float32)
+    wide[:, ::2] = q  # a strided view of the queries
+    for form in (q.astype(np.float64), q.tolist(), wide[:, ::2], np.asfortranarray(q)):
+        D, I = index.search(form, k=10)
+        np.testing.assert_array_equal(I, want[1])
+        np.testing.assert_allclose(D, want[0], rtol=1e-6)
+
+
+def test_bad_inputs_raise_value_error_with_the_library_words(data):
+    x, q = data
+    index = rewa.Index.build(x, "hadamard128+sign:100,exact:10")
+    cases = [
+        (q[0], "2-D"),
+        (np.zeros((0, 64), np.float32), "empty"),
+        (np.zeros((3, 32), np.float32), "dimension mismatch: expected 64, got 32"),
+        (np.full((2, 64), np.nan, np.float32), "NaN"),
+        (np.full((2, 64), np.inf, np.float32), "infinity"),
+        (np.zeros((2, 3, 64), np.float32), "2-D"),
+        ([["a"] * 64], "2-D float array"),
+    ]
+    for bad, words in cases:
+        with pytest.raises(ValueError, match=words):
+            index.search(bad)
+        with pytest.raises(ValueError, match=words):
+            index.add(bad)
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        index.search(q, k=0)
+    with pytest.raises(ValueError, match="fewer than k = 50"):
+        index.search(q, k=50)
+    with pytest.raises(ValueError, match="metric"):
+        rewa.Index.build(x, "exact:10", metric="hamming")
+    with pytest.raises(ValueError):
+        rewa.Index.build(x, "hadamard128+nonsense:10")
+    with pytest.raises(ValueError, match="2-D"):
+        rewa.Index.build(x[0], "exact:10")
+    with pytest.raises(ValueError, match="NaN"):
+        rewa.Index.build(np.full((10, 8), np.nan), "exact:10")
+    with pytest.raises(ValueError, match="train has dimension 32, but x has 64"):
+        rewa.Index.build(x, "hadamard128+sign:100,exact:10", train=x[:, :32])
+    with pytest.raises(ValueError, match="no codes for hadamard64"):
+        index.search(q, pipeline="hadamard64+sign:100,exact:10")
+    with pytest.raises(ValueError):
+        index.pipeline = "hadamard64+sign:100,exact:10"
+    assert index.pipeline == "hadamard128+sign:100,exact:10"
+    assert len(index) == 3000  # failed adds added nothing
+
+
+def test_files_errors(tmp_path, data):
+    x, _ = data
+    with pytest.raises(FileNotFoundError):
+        rewa.Index.open(tmp_path / "missing")
+    index = rewa.Index.build(x[:100], "hadamard64+sign:50,exact:10")
+    index.save(tmp_path / "idx")
+    manifest = tmp_path / "idx" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"dim": 64', '"dim": 65'))
+    with pytest.raises(ValueError):
+        rewa.Index.open(tmp_path / "idx")
+    # a folder of the user's files is refused, and nothing in it is touched
+    own = tmp_path / "mine"
+    own.mkdir()
+    (own / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not empty and holds no index"):
+        index.save(own)
+    index.save(own, force=True)
+    assert (own / "notes.txt").read_text() == "keep me"
+    assert len(rewa.Index.open(own)) == 100
+
+
+def test_a_panic_is_a_runtime_error_not_a_panic_exception():
+    with pytest.raises(RuntimeError, match="internal error in rewa") as e:
+        rewa._panic_for_test()
+    assert type(e.value) is RuntimeError
+
+
+def test_python_index_opens_in_the_cli_with_identical_ids(tmp_path, data):
+    x, q = data
+    index = rewa.Index.build(x, "hadamard256+sign:200,hadamard128+int8:50,exact:10")
+    index.add(q[:10] * 0.5)
+    index.save(tmp_path / "idx")
+    np.save(tmp_path / "q.npy", q)
+    cli("search", "--index", "idx", "--queries", "q.npy", "--k", "10", "--out", "ids.npy", cwd=tmp_path)
+    _, I = index.search(q, k=10)
+    np.testing.assert_array_equal(np.load(tmp_path / "ids.npy"), I)
+    info = json.loads(cli("info", "--index", "idx", "--json", cwd=tmp_path))
+    assert {k: info[k] for k in index.info()} == index.info()
+
+
+def test_cli_index_opens_in_python_with_identical_ids_and_scores(tmp_path, data):
+    x, q = data
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "q.npy", q)
+    cli("build", "--base", "x.npy", "--pipeline", "opq16+pq16:100,exact:10", "--metric", "ip",
+        "--out", "idx", cwd=tmp_path)
+    tsv = cli("search", "--index", "idx", "--queries", "q.npy", cwd=tmp_path)
+    rows = [line.split("\t") for line in tsv.strip().splitlines()[1:]]
+    index = rewa.Index.open(tmp_path / "idx")
+    assert index.metric == "ip" and len(index) == 3000
+    D, I = index.search(q, k=10)
+    cli_ids = np.array([int(r[2]) for r in rows]).reshape(len(q), 10)
+    cli_scores = np.array([float(r[3]) for r in rows]).reshape(len(q), 10)
+    np.testing.assert_array_equal(cli_ids, I)
+    np.testing.assert_allclose(cli_scores, D, rtol=1e-6)
+    # tune, save, and the CLI sees the tuned pipeline
+    report = index.tune(q[:25], target_recall=0.9)
+    assert set(report) == {"pipeline", "recall_at_k", "qps", "target_met", "timed_out", "seconds", "curve"}
+    assert index.pipeline == report["pipeline"]
+    index.save(tmp_path / "idx")
+    assert json.loads(cli("info", "--index", "idx", "--json", cwd=tmp_path))["pipeline"] == report["pipeline"]
+
+
+def test_evaluate_and_encode_match_the_cli(tmp_path, data):
+    x, q = data
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "q.npy", q)
+    mine = rewa.evaluate(x, q, "hadamard256+sign", k=10)
+    theirs = json.loads(cli("eval", "--base", "x.npy", "--queries", "q.npy",
+                            "--encoder", "hadamard256+sign", "--json", cwd=tmp_path))
+    assert set(mine) == set(theirs)
+    for key in ("spec", "recall_at_k", "bytes_per_vector", "n_base", "n_queries", "k"):
+        assert mine[key] == theirs[key], key
+    piped = rewa.evaluate(x, q, "hadamard256+sign:200,exact:10", k=10)
+    assert piped["recall_at_k"] > mine["recall_at_k"]
+    for spec in ("hadamard256+sign", "opq16+pq16", "pca32+int8"):
+        enc = rewa.Encoder.fit(spec, x)
+        codes = enc.encode(x)
+        assert codes.dtype == np.uint8 and codes.shape == (3000, enc.code_len)
+        cli("encode", "--base", "x.npy", "--encoder", spec, "--out", "c.npy", cwd=tmp_path)
+        np.testing.assert_array_equal(np.load(tmp_path / "c.npy"), codes)
+
+
+def test_threads_search_in_parallel_with_the_same_results(data):
+    x, q = data
+    index = rewa.Index.build(x, "hadamard256+sign:300,hadamard128+int8:50,exact:10")
+    want = index.search(q, k=10)
+    got = [None] * 8
+    errors = []
+
+    def run(i):
+        try:
+            for _ in range(5):
+                got[i] = index.search(q, k=10)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    # an add from another thread while the searches run: they see the index before or after
+    adder = threading.Thread(target=index.add, args=(q * 0.25,))
+    adder.start()
+    for t in threads + [adder]:
+        t.join()
+    assert not errors
+    assert len(index) == 3000 + len(q)
+    for D, I in got:
+        # queries scaled by 0.25 are the same direction under cosine: an added copy may now
+        # rank first, so compare only the hits that are base rows
+        for row_got, row_want in zip(I, want[1]):
+            base_hits = [i for i in row_got if i < 3000]
+            assert base_hits == list(row_want[: len(base_hits)])
