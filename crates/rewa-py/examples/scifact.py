@@ -1,11 +1,12 @@
-"""The README's Python example: SciFact MiniLM embeddings, a compressed index, FAISS shapes."""
-import sys
+"""The README's Python example (run from the repository root; writes scifact.idx/)."""
 import numpy as np, rewa
 
-d = sys.argv[1] if len(sys.argv) > 1 else "../shared/data/scifact/emb_all-MiniLM-L6-v2"
+d = "../shared/data/scifact/emb_all-MiniLM-L6-v2"
 docs, queries = np.load(f"{d}/docs.npy"), np.load(f"{d}/queries.npy")
 index = rewa.Index.build(docs, "opq32+pq32:100,exact:10", metric="cosine")
-D, I = index.search(queries, k=10)                     # D float32 (nq, 10), I int64 (nq, 10)
-print(index, "bytes/vector:", index.bytes_per_vector)
-print("query 0 ->", I[0, :3], D[0, :3])
-print(rewa.evaluate(docs, queries, "opq32+pq32", k=10)["recall_at_k"])  # held-out queries, no rerank
+D, I = index.search(queries, k=10)               # D float32 (nq, 10), I int64 (nq, 10)
+index.add(queries[:5])                           # ids continue from len(index)
+report = index.tune(queries[:300], target_recall=0.95)   # dict: the keys of `rewa tune --json`
+index.save("scifact.idx"); index = rewa.Index.open("scifact.idx")   # `rewa search` reads it
+print(rewa.evaluate(docs, queries, "opq32+pq32", k=10)["recall_at_k"])   # 0.729 (FAISS: 0.728)
+codes = rewa.Encoder.fit("opq32+pq32", docs).encode(docs)               # uint8 (5183, 32)

@@ -5,6 +5,7 @@ workspace's target/release or target/debug build (the test fails if none is foun
 import json
 import os
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -275,3 +276,16 @@ def test_threads_search_in_parallel_with_the_same_results(data):
         for row_got, row_want in zip(I, want[1]):
             base_hits = [i for i in row_got if i < 3000]
             assert base_hits == list(row_want[: len(base_hits)])
+
+
+def test_the_readme_example_runs(tmp_path):
+    data = ROOT / "../shared/data/scifact/emb_all-MiniLM-L6-v2"
+    if not data.exists():
+        pytest.skip("SciFact embeddings not beside the repository")
+    script = (ROOT / "crates/rewa-py/examples/scifact.py").read_text()
+    assert '"scifact.idx"' in script
+    script = script.replace('"scifact.idx"', repr(str(tmp_path / "scifact.idx")))
+    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    recall = float(r.stdout.strip().splitlines()[-1])
+    assert 0.70 < recall < 0.76, recall  # FAISS OPQ32,PQ32 on the same vectors: 0.728
