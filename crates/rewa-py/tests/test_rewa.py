@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -289,3 +290,29 @@ def test_the_readme_example_runs(tmp_path):
     assert r.returncode == 0, r.stderr
     recall = float(r.stdout.strip().splitlines()[-1])
     assert 0.70 < recall < 0.76, recall  # FAISS OPQ32,PQ32 on the same vectors: 0.728
+
+
+def test_the_gil_is_released_while_searching():
+    # While a long search runs in one thread, another Python thread keeps running: with the
+    # GIL held for the call, no timestamp could fall inside the search.
+    x, q = clusters(20000, 1000, 128, seed=3)
+    index = rewa.Index.build(x, "exact:10", metric="ip")
+    span = {}
+
+    def search():
+        span["start"] = time.perf_counter()
+        index.search(q, k=10)
+        span["end"] = time.perf_counter()
+
+    t = threading.Thread(target=search)
+    stamps = []
+    t.start()
+    while t.is_alive():
+        stamps.append(time.perf_counter())
+        time.sleep(0.001)
+    t.join()
+    start, end = span["start"], span["end"]
+    assert end - start > 0.02, "the search must be long enough to observe"
+    lo, hi = start + 0.25 * (end - start), start + 0.75 * (end - start)
+    inside = [s for s in stamps if lo < s < hi]
+    assert len(inside) >= 3, (end - start, len(stamps))
