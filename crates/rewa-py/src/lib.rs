@@ -14,7 +14,7 @@
 use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray2, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::{
-    PyFileNotFoundError, PyNotImplementedError, PyOSError, PyRuntimeError, PyValueError,
+    PyFileNotFoundError, PyMemoryError, PyNotImplementedError, PyOSError, PyRuntimeError, PyValueError,
 };
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -150,8 +150,22 @@ fn faiss_shape<'py>(
     } else {
         f32::INFINITY
     };
-    let mut d = vec![pad; nq * k];
-    let mut ids = vec![-1i64; nq * k];
+    // (nq, k) arrays even when k is far beyond the index size, as FAISS returns them: an
+    // absurd k must raise MemoryError, not abort the process.
+    let cells = nq.checked_mul(k).filter(|&c| c <= isize::MAX as usize / 8);
+    let alloc = |c: usize| {
+        let (mut d, mut i) = (Vec::new(), Vec::new());
+        d.try_reserve_exact(c).ok()?;
+        i.try_reserve_exact(c).ok()?;
+        d.resize(c, pad);
+        i.resize(c, -1i64);
+        Some((d, i))
+    };
+    let Some((mut d, mut ids)) = cells.and_then(alloc) else {
+        return Err(PyMemoryError::new_err(format!(
+            "{nq} queries x k = {k} results do not fit in memory; ask for fewer neighbours"
+        )));
+    };
     for (q, hs) in hits.iter().enumerate() {
         for (r, h) in hs.iter().take(k).enumerate() {
             d[q * k + r] = metric.score(h.distance);

@@ -316,3 +316,14 @@ def test_the_gil_is_released_while_searching():
     lo, hi = start + 0.25 * (end - start), start + 0.75 * (end - start)
     inside = [s for s in stamps if lo < s < hi]
     assert len(inside) >= 3, (end - start, len(stamps))
+
+
+def test_absurd_k_raises_instead_of_aborting():
+    x, q = clusters(100, 2, 8, seed=4)
+    index = rewa.Index.build(x, "exact:10")
+    with pytest.raises(MemoryError, match="do not fit in memory"):
+        index.search(q, k=10**12, pipeline="exact:1000000000000")
+    with pytest.raises(OverflowError):
+        index.search(q, k=-1)
+    D, I = index.search(q, k=1000, pipeline="exact:1000")
+    assert I.shape == (2, 1000) and (I[:, 100:] == -1).all()
