@@ -31,7 +31,11 @@ pub(crate) async fn guard(
     let t = Instant::now();
     let route = matched.as_ref().map_or("unmatched", |m| m.as_str());
     let response = if state.shutting_down() {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down").into_response()
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+        )
+        .into_response()
     } else if is_work(route) {
         match state.enter() {
             Some(_slot) => run(next, req).await,

@@ -71,8 +71,16 @@ impl AppState {
         let req: api::AddRequest = api::parse(body)?;
         let vectors = req.vectors.into_vectors()?;
         // Check and prepare before queueing for the lock: a bad request costs no writer time.
-        let metric = self.current().metric();
-        let data = metric.prepare_owned(vectors)?;
+        let current = self.current();
+        if vectors.dim() != current.dim() {
+            return Err(rewa::Error::DimMismatch {
+                expected: current.dim(),
+                got: vectors.dim(),
+            }
+            .into());
+        }
+        let data = current.metric().prepare_owned(vectors)?;
+        drop(current);
         let _queue = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let lock = WriteLock::acquire_existing(&self.dir, self.wait_lock)?;
         // Always from disk: another process (`rewa add`, `rewa tune`) may have written since.

@@ -36,7 +36,10 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--max-body-mb must be a number > 0, got {}", a.max_body_mb);
     }
     if !(a.wait_lock.is_finite() && a.wait_lock >= 0.0) {
-        bail!("--wait-lock must be a number of seconds >= 0, got {}", a.wait_lock);
+        bail!(
+            "--wait-lock must be a number of seconds >= 0, got {}",
+            a.wait_lock
+        );
     }
     let config = rewa_serve::Config {
         index: a.index,
