@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use std::fmt;
 
 /// An error answer: a status and the message sent as `{"error": message}`.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ApiError {
     /// The HTTP status.
     pub status: StatusCode,

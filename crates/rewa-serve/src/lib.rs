@@ -15,7 +15,9 @@
 //! **Adds and searches.** The served index is an `Arc<Index>` behind a lock held only to clone
 //! or replace the `Arc`. An add takes the directory's writer lock (so it also waits for another
 //! process's `rewa add`), reopens the index from disk (cheap: files are mapped), appends, saves
-//! crash-safely, and only then swaps in the new index and answers. Searches meanwhile run on
+//! crash-safely, and only then swaps in the new index and answers. Adds that arrive while a
+//! save runs are saved together by the next one (group commit), since each save rewrites the
+//! whole index. Searches meanwhile run on
 //! the index they started with, whose files stay mapped after the save unlinks them. An answer
 //! is sent only after the save returned, so an acknowledged add survives SIGKILL.
 //!

@@ -14,6 +14,7 @@ use rewa::{Index, SearchParams};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, TryRecvError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -23,8 +24,10 @@ pub(crate) struct AppState {
     /// The index searches start from; replaced whole after each saved add.
     index: RwLock<Arc<Index>>,
     pub pool: rayon::ThreadPool,
-    /// Adds of this process queue here instead of polling the directory's file lock.
+    /// Held by the add that is saving; the others queue here, not on the directory's file lock.
     writer: Mutex<()>,
+    /// Adds waiting for the next save.
+    queue: Mutex<Vec<Waiting>>,
     wait_lock: Duration,
     max_body_bytes: usize,
     pub max_inflight: usize,
@@ -40,6 +43,7 @@ impl AppState {
             index: RwLock::new(Arc::new(index)),
             pool,
             writer: Mutex::new(()),
+            queue: Mutex::new(Vec::new()),
             wait_lock: config.wait_lock,
             max_body_bytes: config.max_body_bytes,
             max_inflight: config.max_inflight,
@@ -67,31 +71,86 @@ impl AppState {
 
     /// Appends the body's vectors and saves; returns only once they are durable. Runs on a
     /// blocking thread.
+    ///
+    /// Group commit: a save rewrites the whole index (O(index size)), so the adds that queue
+    /// while one save runs are saved together by the next: the first of them to take the
+    /// writer mutex appends them all in arrival order, saves once, and answers each (ids in
+    /// arrival order). Every answer still waits for the save that holds its vectors.
     fn add(&self, body: &[u8]) -> Result<AddResponse, ApiError> {
         let req: api::AddRequest = api::parse(body)?;
         let vectors = req.vectors.into_vectors()?;
-        // Check and prepare before queueing for the lock: a bad request costs no writer time.
-        let current = self.current();
-        if vectors.dim() != current.dim() {
+        // The input check before queueing: a bad request costs no writer time and cannot fail
+        // the group it would have joined.
+        let dim = self.current().dim();
+        if vectors.dim() != dim {
             return Err(rewa::Error::DimMismatch {
-                expected: current.dim(),
+                expected: dim,
                 got: vectors.dim(),
             }
             .into());
         }
-        let data = current.metric().prepare_owned(vectors)?;
-        drop(current);
-        let _queue = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        vectors.view().check_finite()?;
+        let (answer, rx) = mpsc::channel();
+        lock(&self.queue).push(Waiting { vectors, answer });
+        let _writer = lock(&self.writer);
+        match rx.try_recv() {
+            Ok(done) => return done, // the save before held ours
+            Err(TryRecvError::Disconnected) => {
+                return Err(ApiError::internal("the save holding this add failed"))
+            }
+            Err(TryRecvError::Empty) => {}
+        }
+        let group = std::mem::take(&mut *lock(&self.queue));
+        match self.save_group(&group) {
+            Ok(answers) => {
+                for (w, a) in group.iter().zip(answers) {
+                    let _ = w.answer.send(Ok(a));
+                }
+            }
+            Err(e) => {
+                for w in &group {
+                    let _ = w.answer.send(Err(e.clone()));
+                }
+            }
+        }
+        // invariant: our own entry was in the group just answered
+        rx.recv()
+            .unwrap_or_else(|_| Err(ApiError::internal("this add was lost")))
+    }
+
+    /// Appends every waiting add in one save; the answers in the same order.
+    fn save_group(&self, group: &[Waiting]) -> Result<Vec<AddResponse>, ApiError> {
         let lock = WriteLock::acquire_existing(&self.dir, self.wait_lock)?;
         // Always from disk: another process (`rewa add`, `rewa tune`) may have written since.
         let mut index = Index::open(&self.dir)?;
-        let first_id = index.len();
+        let mut all = rewa::Vectors::empty(index.dim());
+        let mut first_ids = Vec::with_capacity(group.len());
+        for w in group {
+            first_ids.push(index.len() + all.len());
+            all.extend(w.vectors.view())?;
+        }
+        let data = index.metric().prepare_owned(all)?;
         index.add_prepared(&data, &mut |_, _| {})?;
         index.save_locked(&lock)?;
         let count = index.len();
         *self.index.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(index);
-        Ok(AddResponse { count, first_id })
+        Ok(first_ids
+            .into_iter()
+            .map(|first_id| AddResponse { count, first_id })
+            .collect())
     }
+}
+
+/// An add waiting for the save that will hold it.
+struct Waiting {
+    vectors: rewa::Vectors,
+    answer: mpsc::Sender<Result<AddResponse, ApiError>>,
+}
+
+/// A mutex's guard; a panic elsewhere while it was held leaves data that is still whole
+/// (a queue, or nothing), so poisoning is ignored.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The router: five routes, JSON 404 / 405 answers, and [`layer::guard`] around all of them.

@@ -381,6 +381,38 @@ fn serve_adds_while_searching_and_searches_see_the_new_ids() {
 }
 
 #[test]
+fn serve_concurrent_adds_get_distinct_ids_in_one_index() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    setup(d);
+    let s = Server::start(d, &[], &[]);
+    let q = queries(d, 40);
+    // eight clients add five vectors each at once (adds that queue are saved together)
+    let adders: Vec<_> = q
+        .chunks(5)
+        .map(|chunk| {
+            let (addr, body) = (s.addr.clone(), j!({ "vectors": chunk }).to_string());
+            std::thread::spawn(move || {
+                let (status, text) = http(&addr, "POST", "/add", &body);
+                assert_eq!(status, 200, "{text}");
+                let v: Value = serde_json::from_str(&text).unwrap();
+                v["first_id"].as_u64().unwrap()
+            })
+        })
+        .collect();
+    let firsts: Vec<u64> = adders.into_iter().map(|h| h.join().unwrap()).collect();
+    let mut sorted = firsts.clone();
+    sorted.sort();
+    assert_eq!(sorted, (0..8).map(|i| 500 + 5 * i).collect::<Vec<u64>>());
+    // each client's vectors sit at the ids it was given
+    let (_, v) = s.post("/search", &j!({"vectors": q, "k": 1}));
+    for (i, h) in hits(&v).iter().enumerate() {
+        assert_eq!(h[0].0, firsts[i / 5] + (i % 5) as u64, "vector {i}");
+    }
+    assert_eq!(json("info --index idx", d)["count"], 540);
+}
+
+#[test]
 fn serve_limits_requests_in_flight_and_finishes_them_on_sigterm() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
