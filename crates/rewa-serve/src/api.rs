@@ -113,6 +113,7 @@ pub(crate) struct HitOut {
 #[derive(Serialize)]
 pub(crate) struct SearchResponse {
     pub results: Vec<Vec<HitOut>>,
+    /// From the request's arrival to its answer being ready: reading, parsing, searching.
     pub took_ms: f64,
 }
 

@@ -194,11 +194,12 @@ async fn search(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<SearchResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let t = Instant::now();
     let body = read_body(&headers, body, s.max_body_bytes).await?;
     let index = s.current();
-    let results = on_pool(&s.pool, move || {
+    // Parsing, the search and the answer's JSON (large for big batches) all on the pool.
+    let json = on_pool(&s.pool, move || {
         let req: api::SearchRequest = api::parse(&body)?;
         let params = SearchParams {
             k: req.k,
@@ -207,7 +208,7 @@ async fn search(
         let queries = index.metric().prepare_owned(req.vectors.into_vectors()?)?;
         let hits = index.search_prepared(&queries, &params)?;
         let metric = index.metric();
-        Ok(hits
+        let results = hits
             .into_iter()
             .map(|hs| {
                 hs.into_iter()
@@ -217,13 +218,15 @@ async fn search(
                     })
                     .collect()
             })
-            .collect())
+            .collect();
+        let answer = SearchResponse {
+            results,
+            took_ms: t.elapsed().as_secs_f64() * 1e3,
+        };
+        serde_json::to_vec(&answer).map_err(|e| ApiError::internal(e.to_string()))
     })
     .await?;
-    Ok(Json(SearchResponse {
-        results,
-        took_ms: t.elapsed().as_secs_f64() * 1e3,
-    }))
+    Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
 }
 
 async fn add(
