@@ -133,7 +133,11 @@ impl AppState {
         index.add_prepared(&data, &mut |_, _| {})?;
         index.save_locked(&lock)?;
         let count = index.len();
-        *self.index.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(index);
+        let old = std::mem::replace(
+            &mut *self.index.write().unwrap_or_else(|e| e.into_inner()),
+            Arc::new(index),
+        );
+        drop(old); // freed (if no search holds it) after the lock is released
         Ok(first_ids
             .into_iter()
             .map(|first_id| AddResponse { count, first_id })

@@ -413,6 +413,41 @@ fn serve_concurrent_adds_get_distinct_ids_in_one_index() {
 }
 
 #[test]
+fn serve_add_waits_for_another_writer_or_answers_503_then_adds_on_top_of_it() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    setup(d);
+    let s = Server::start(d, &["--wait-lock", "0"], &[]);
+    // `rewa add` holds the index's writer lock, paused inside its save
+    let mut cli = Command::new(env!("CARGO_BIN_EXE_rewa"))
+        .args(["add", "--index", "idx", "--base", "a/base.npy"])
+        .env("REWA_SAVE_PAUSE", "data:1500")
+        .current_dir(d)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(cli.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("paused:data") {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "rewa add never paused"
+        );
+    }
+    let q = queries(d, 1);
+    let (status, v) = s.post("/add", &j!({ "vectors": q }));
+    assert_eq!(status, 503, "{v}");
+    let want = format!("being written by process {}", cli.id());
+    assert!(error_of(&v).contains(&want), "{v}");
+    assert!(cli.wait().unwrap().success());
+    // the next add starts from what the other writer saved
+    let (status, v) = s.post("/add", &j!({ "vectors": q }));
+    assert_eq!((status, v), (200, j!({"count": 1001, "first_id": 1000})));
+}
+
+#[test]
 fn serve_limits_requests_in_flight_and_finishes_them_on_sigterm() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
