@@ -59,12 +59,16 @@ impl Server {
     /// Waits (bounded) for a stderr line holding `needle`.
     fn wait_line(&mut self, needle: &str) -> String {
         let t = Instant::now();
+        let mut seen = Vec::new();
         loop {
             let left = TIMEOUT.saturating_sub(t.elapsed());
             match self.lines.recv_timeout(left) {
                 Ok(l) if l.contains(needle) => return l,
-                Ok(_) => {}
-                Err(e) => panic!("no stderr line with {needle:?}: {e}"),
+                Ok(l) => seen.push(l),
+                Err(e) => panic!(
+                    "no stderr line with {needle:?} ({e}); stderr:\n{}",
+                    seen.join("\n")
+                ),
             }
         }
     }
