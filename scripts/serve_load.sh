@@ -46,7 +46,7 @@ for RUN in 1 2; do
         --seconds "$SECS" --add-percent 0
     mem "after searches only, run $RUN"
 done
-curl -s "http://$ADDR/metrics" | grep -E '^rewa_(index_vectors|http_requests_total)' || true
+curl -s "http://$ADDR/metrics" | grep -E '^rewa_(index_vectors|index_saves_total|http_requests_total)' || true
 kill -TERM $PID
 RC=0; wait $PID || RC=$?
 echo "server exit: $RC"

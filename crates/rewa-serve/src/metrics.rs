@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -27,10 +28,11 @@ struct Inner {
     latency: BTreeMap<String, Histogram>,
 }
 
-/// Request counts by route and status, and latency histograms by route.
+/// Request counts by route and status, latency histograms by route, and index saves.
 #[derive(Default)]
 pub(crate) struct Metrics {
     inner: Mutex<Inner>,
+    saves: AtomicU64,
 }
 
 impl Metrics {
@@ -45,6 +47,11 @@ impl Metrics {
         }
         h.sum += secs;
         h.count += 1;
+    }
+
+    /// Counts one save of the index (which may hold several adds).
+    pub fn saved(&self) {
+        self.saves.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text: the counters, plus the gauges given.
@@ -93,7 +100,11 @@ impl Metrics {
              rewa_index_vectors {index_vectors}\n\
              # HELP rewa_inflight_requests Search and add requests being answered.\n\
              # TYPE rewa_inflight_requests gauge\n\
-             rewa_inflight_requests {inflight}"
+             rewa_inflight_requests {inflight}\n\
+             # HELP rewa_index_saves_total Saves of the index; adds that queue during one share the next.\n\
+             # TYPE rewa_index_saves_total counter\n\
+             rewa_index_saves_total {}",
+            self.saves.load(Ordering::Relaxed)
         );
         out
     }
@@ -109,6 +120,8 @@ mod tests {
         m.record("/search", 200, Duration::from_micros(300));
         m.record("/search", 200, Duration::from_millis(3));
         m.record("/search", 400, Duration::from_secs(60));
+        m.saved();
+        m.saved();
         let t = m.render(7, 1);
         for line in [
             "rewa_http_requests_total{route=\"/search\",status=\"200\"} 2",
@@ -120,6 +133,7 @@ mod tests {
             "rewa_http_request_duration_seconds_count{route=\"/search\"} 3",
             "rewa_index_vectors 7",
             "rewa_inflight_requests 1",
+            "rewa_index_saves_total 2",
         ] {
             assert!(t.lines().any(|l| l == line), "no {line:?} in\n{t}");
         }

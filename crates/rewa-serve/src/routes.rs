@@ -132,6 +132,7 @@ impl AppState {
         let data = index.metric().prepare_owned(all)?;
         index.add_prepared(&data, &mut |_, _| {})?;
         index.save_locked(&lock)?;
+        self.metrics.saved();
         let count = index.len();
         let old = std::mem::replace(
             &mut *self.index.write().unwrap_or_else(|e| e.into_inner()),

@@ -378,6 +378,7 @@ fn serve_adds_while_searching_and_searches_see_the_new_ids() {
         assert!((h[0].1 - 1.0).abs() < 1e-5, "query {i}: {h:?}");
     }
     assert_eq!(s.metric("rewa_index_vectors"), 530.0);
+    assert_eq!(s.metric("rewa_index_saves_total"), 3.0);
     let (_, info) = s.req("GET", "/info", "");
     assert_eq!(serde_json::from_str::<Value>(&info).unwrap()["count"], 530);
     // on disk too, for any other reader
@@ -413,6 +414,8 @@ fn serve_concurrent_adds_get_distinct_ids_in_one_index() {
     for (i, h) in hits(&v).iter().enumerate() {
         assert_eq!(h[0].0, firsts[i / 5] + (i % 5) as u64, "vector {i}");
     }
+    let saves = s.metric("rewa_index_saves_total");
+    assert!((1.0..=8.0).contains(&saves), "{saves} saves for 8 adds");
     assert_eq!(json("info --index idx", d)["count"], 540);
 }
 
