@@ -46,6 +46,8 @@ enum Command {
     Tune(cmd::index::TuneArgs),
     /// Show an index's facts.
     Info(cmd::index::InfoArgs),
+    /// Serve an index over HTTP (JSON): search, add, info, health, metrics.
+    Serve(cmd::serve::Args),
     /// Train the learned encoder (MLP, contrastive) for `learned=DIR` specs.
     Train(cmd::train::Args),
 }
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
         Command::Search(a) => cmd::index::search(a),
         Command::Tune(a) => cmd::index::tune(a),
         Command::Info(a) => cmd::index::info(a),
+        Command::Serve(a) => cmd::serve::run(a),
         Command::Train(a) => cmd::train::run(a),
     };
     match res {

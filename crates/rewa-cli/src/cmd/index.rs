@@ -320,7 +320,11 @@ pub fn info(a: InfoArgs) -> Result<()> {
     println!("metric          {}", s.metric);
     println!("pipeline        {}", s.pipeline);
     println!("code sets       {}", s.code_sets.join(", "));
-    let stored = if s.has_vectors { "stored" } else { "not stored" };
+    let stored = if s.has_vectors {
+        "stored"
+    } else {
+        "not stored"
+    };
     println!("float vectors   {stored}");
     println!("bytes/vector    {}", s.bytes_per_vector);
     if let Some(d) = &s.disk {

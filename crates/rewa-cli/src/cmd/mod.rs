@@ -2,5 +2,6 @@ pub mod bench;
 pub mod encode;
 pub mod eval;
 pub mod index;
+pub mod serve;
 pub mod synth;
 pub mod train;

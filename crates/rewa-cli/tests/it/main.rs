@@ -5,3 +5,4 @@ mod common;
 mod crash;
 mod faults;
 mod front;
+mod serve;

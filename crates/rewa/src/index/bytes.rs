@@ -57,7 +57,18 @@ impl Bytes {
     /// Makes room for `more` bytes beyond the current length (a mapped buffer is first copied
     /// into memory), so that appends in chunks do not double the buffer as they go.
     pub(crate) fn reserve(&mut self, more: usize) {
-        self.extend(&[]);
+        if let Bytes::Mapped { .. } = self {
+            // Copied straight into a buffer of the final size: copying first and growing
+            // after would hold two copies at once while the allocator moves the first.
+            let src = self.as_slice();
+            let len = src.len();
+            let mut words = Vec::with_capacity((len + more).div_ceil(8));
+            words.resize(len.div_ceil(8), 0u64);
+            let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+            bytes[..len].copy_from_slice(src);
+            *self = Bytes::Owned { words, len };
+            return;
+        }
         if let Bytes::Owned { words, len } = self {
             let want = (*len + more).div_ceil(8);
             words.reserve_exact(want.saturating_sub(words.len()));
@@ -68,5 +79,35 @@ impl Bytes {
         // Storage starts 8-byte aligned (owned: Vec<u64>; mapped: the header is 64 bytes), so
         // this cast cannot fail.
         bytemuck::cast_slice(self.as_slice())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserving_on_a_mapping_copies_once_into_a_buffer_of_the_final_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..77u8).collect();
+        std::fs::write(&path, [&[0u8; 8][..], &data].concat()).unwrap();
+        // SAFETY: a private temporary file nobody else writes.
+        let map = unsafe { Mmap::map(&std::fs::File::open(&path).unwrap()) }.unwrap();
+        let mut b = Bytes::mapped(Arc::new(map), 8, 77);
+        b.reserve(1000);
+        let Bytes::Owned { words, len } = &b else {
+            panic!("still mapped")
+        };
+        assert_eq!(*len, 77);
+        assert!(words.capacity() * 8 >= 1077);
+        let before = words.as_ptr();
+        b.extend(&[1; 1000]);
+        assert_eq!(&b.as_slice()[..77], &data[..]);
+        assert_eq!(b.as_slice().len(), 1077);
+        let Bytes::Owned { words, .. } = &b else {
+            unreachable!()
+        };
+        assert_eq!(words.as_ptr(), before, "the append moved the buffer");
     }
 }

@@ -1,0 +1,608 @@
+// `rewa serve` driven over real sockets: every route and error status, searches equal to
+// `rewa search`, adds while searching, SIGTERM with requests in flight, SIGKILL inside an add.
+
+use crate::common::{json, ok};
+use serde_json::{json as j, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running `rewa serve` and the lines of its stderr.
+struct Server {
+    child: Child,
+    addr: String,
+    lines: Receiver<String>,
+}
+
+impl Server {
+    /// Starts `rewa serve --index idx --addr 127.0.0.1:0 <args>` in `dir` and waits for the
+    /// address it prints.
+    fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rewa"));
+        cmd.args(["serve", "--index", "idx", "--addr", "127.0.0.1:0"])
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let err = child.stderr.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(|l| l.ok()) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut s = Server {
+            child,
+            addr: String::new(),
+            lines,
+        };
+        let line = s.wait_line("listening on http://");
+        s.addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap()
+            .to_string();
+        s
+    }
+    /// Waits (bounded) for a stderr line holding `needle`.
+    fn wait_line(&mut self, needle: &str) -> String {
+        let t = Instant::now();
+        let mut seen = Vec::new();
+        loop {
+            let left = TIMEOUT.saturating_sub(t.elapsed());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(l) => seen.push(l),
+                Err(e) => panic!(
+                    "no stderr line with {needle:?} ({e}); stderr:\n{}",
+                    seen.join("\n")
+                ),
+            }
+        }
+    }
+    fn req(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        http(&self.addr, method, path, body)
+    }
+    /// POSTs a JSON body; status and parsed answer.
+    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let (status, text) = self.req("POST", path, &body.to_string());
+        let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+        (status, v)
+    }
+    fn metric(&self, name: &str) -> f64 {
+        let (status, text) = self.req("GET", "/metrics", "");
+        assert_eq!(status, 200);
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    }
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+    /// Waits (bounded) for the process to exit; its exit code.
+    fn exit_code(&mut self) -> Option<i32> {
+        let t = Instant::now();
+        while t.elapsed() < TIMEOUT {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the server did not exit");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn connect(addr: &str) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s
+}
+
+/// One request on a fresh connection (`Connection: close`); status and body.
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = connect(addr);
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    response(s)
+}
+
+/// Reads a whole answer until the server closes the connection.
+fn response(mut s: TcpStream) -> (u16, String) {
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {raw:?}"));
+    (status, body.to_string())
+}
+
+/// 500 vectors of dim 32 in `idx` (sign then exact rerank), and queries `a/queries_same.npy`.
+fn setup(dir: &Path) {
+    ok(
+        "synth --classes 10 --per-class 50 --dim 32 --new-classes 0 --seed 1 --out a",
+        dir,
+    );
+    ok(
+        "build --base a/base.npy --pipeline hadamard64+sign:100,exact:10 --out idx",
+        dir,
+    );
+}
+
+fn queries(dir: &Path, n: usize) -> Vec<Vec<f32>> {
+    let q = rewa::io::read_vectors(&dir.join("a/queries_same.npy")).unwrap();
+    (0..n.min(q.len())).map(|i| q.row(i).to_vec()).collect()
+}
+
+/// (id, score) per hit per query of a `/search` answer.
+fn hits(v: &Value) -> Vec<Vec<(u64, f32)>> {
+    v["results"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no results in {v}"))
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|h| {
+                    (
+                        h["id"].as_u64().unwrap(),
+                        h["score"].as_f64().unwrap() as f32,
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// (id, score) per hit per query of `rewa search` TSV.
+fn cli_hits(tsv: &str, n: usize) -> Vec<Vec<(u64, f32)>> {
+    let mut out = vec![Vec::new(); n];
+    for l in tsv.lines().skip(1) {
+        let f: Vec<&str> = l.split('\t').collect();
+        let q: usize = f[0].parse().unwrap();
+        if q >= n {
+            continue;
+        }
+        out[q].push((f[2].parse().unwrap(), f[3].parse().unwrap()));
+    }
+    out
+}
+
+fn error_of(v: &Value) -> &str {
+    v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error in {v}"))
+}
+
+#[test]
+fn serve_routes_answer_as_the_cli_does_and_refuse_bad_requests_with_json() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    setup(d);
+    let s = Server::start(d, &["--max-body-mb", "0.01", "--threads", "2"], &[]);
+
+    let (status, body) = s.req("GET", "/health", "");
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    let (status, body) = s.req("GET", "/info", "");
+    assert_eq!(status, 200);
+    let info: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(info, json("info --index idx", d));
+
+    // ids and scores equal `rewa search`'s, with the default pipeline and an override
+    let q = queries(d, 5);
+    let (status, v) = s.post("/search", &j!({"vectors": q, "k": 7}));
+    assert_eq!(status, 200, "{v}");
+    assert!(v["took_ms"].as_f64().unwrap() >= 0.0);
+    let cli = ok("search --index idx --queries a/queries_same.npy --k 7", d);
+    let want = cli_hits(&cli, 5);
+    assert_eq!(hits(&v), want);
+    assert!(want.iter().all(|h| h.len() == 7));
+    let (status, v) = s.post(
+        "/search",
+        &j!({"vectors": q, "k": 3, "pipeline": "exact:3"}),
+    );
+    assert_eq!(status, 200, "{v}");
+    let cli = ok(
+        "search --index idx --queries a/queries_same.npy --k 3 --pipeline exact:3",
+        d,
+    );
+    assert_eq!(hits(&v), cli_hits(&cli, 5));
+    // k defaults to 10
+    let (_, v) = s.post("/search", &j!({"vectors": [q[0]]}));
+    assert_eq!(hits(&v)[0].len(), 10);
+
+    // 400s carry the library's words
+    let bad: Vec<(String, &str)> = vec![
+        ("{\"vectors\": [[1, 2".into(), "bad JSON body"),
+        ("[1, 2]".into(), "bad JSON body"),
+        (r#"{"k": 3}"#.into(), "missing field `vectors`"),
+        (
+            r#"{"vectors": [[1]], "kk": 3}"#.into(),
+            "unknown field `kk`",
+        ),
+        (
+            r#"{"vectors": [[1, 2], [3]]}"#.into(),
+            "vector 1: dimension mismatch: expected 2, got 1",
+        ),
+        (
+            r#"{"vectors": [[1, 2]]}"#.into(),
+            "dimension mismatch: expected 32, got 2",
+        ),
+        (r#"{"vectors": []}"#.into(), "zero vectors"),
+        (
+            r#"{"vectors": [[]]}"#.into(),
+            "dimension must be at least 1",
+        ),
+        (
+            j!({"vectors": [q[0]], "k": 0}).to_string(),
+            "k must be at least 1",
+        ),
+        (
+            j!({"vectors": [q[0]], "k": -1}).to_string(),
+            "bad JSON body",
+        ),
+        (
+            j!({"vectors": [q[0]], "pipeline": "nope:3"}).to_string(),
+            "invalid input",
+        ),
+        (
+            j!({"vectors": [q[0]], "k": 50}).to_string(),
+            "fewer than k = 50",
+        ),
+    ];
+    for (body, needle) in &bad {
+        for route in ["/search", "/add"] {
+            if route == "/add" && (body.contains("\"k\"") || body.contains("pipeline")) {
+                continue;
+            }
+            let (status, text) = s.req("POST", route, body);
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(status, 400, "{route} {body}: {text}");
+            assert!(error_of(&v).contains(needle), "{route} {body}: {text}");
+        }
+    }
+    // a row of infinities, as JSON cannot say NaN: numbers beyond f32
+    let (status, v) = s.post("/search", &j!({"vectors": [vec![1e39f64; 32]]}));
+    assert_eq!(status, 400);
+    assert!(error_of(&v).contains("NaN or infinity"), "{v}");
+
+    // 404, 405: JSON too
+    let (status, text) = s.req("GET", "/nope", "");
+    assert_eq!(status, 404);
+    assert!(error_of(&serde_json::from_str(&text).unwrap()).contains("no route GET /nope"));
+    for (method, path) in [("GET", "/search"), ("POST", "/health"), ("DELETE", "/add")] {
+        let (status, text) = s.req(method, path, "");
+        assert_eq!(status, 405, "{method} {path}");
+        assert!(error_of(&serde_json::from_str(&text).unwrap()).contains(method));
+    }
+
+    // 413: a declared length above --max-body-mb is refused before the body is sent
+    let mut c = connect(&s.addr);
+    write!(
+        c,
+        "POST /search HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: 20000\r\n\r\n"
+    )
+    .unwrap();
+    let (status, text) = response(c);
+    assert_eq!(status, 413, "{text}");
+    assert!(error_of(&serde_json::from_str(&text).unwrap()).contains("10485 bytes"));
+
+    // the metrics count what happened
+    let (status, text) = s.req("GET", "/metrics", "");
+    assert_eq!(status, 200);
+    for line in [
+        "rewa_http_requests_total{route=\"/health\",status=\"200\"} 1",
+        "rewa_http_requests_total{route=\"/search\",status=\"200\"} 3",
+        "rewa_http_requests_total{route=\"/search\",status=\"413\"} 1",
+        "rewa_http_requests_total{route=\"unmatched\",status=\"404\"} 1",
+        "rewa_http_request_duration_seconds_count{route=\"/info\"} 1",
+        "rewa_index_vectors 500",
+        "rewa_inflight_requests 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
+    assert!(
+        text.contains("rewa_http_request_duration_seconds_bucket{route=\"/search\",le=\"+Inf\"}")
+    );
+}
+
+#[test]
+fn serve_adds_while_searching_and_searches_see_the_new_ids() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    setup(d);
+    let s = Server::start(d, &[], &[]);
+    let q = queries(d, 30);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let searchers: Vec<_> = (0..2)
+        .map(|i| {
+            let (addr, stop, q) = (s.addr.clone(), stop.clone(), q[i..i + 2].to_vec());
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) || n < 5 {
+                    let (status, text) =
+                        http(&addr, "POST", "/search", &j!({"vectors": q}).to_string());
+                    assert_eq!(status, 200, "a search failed during adds: {text}");
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    // three adds of ten queries each: ids continue from 500
+    for (i, chunk) in q.chunks(10).enumerate() {
+        let (status, v) = s.post("/add", &j!({"vectors": chunk}));
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v, j!({"count": 510 + 10 * i, "first_id": 500 + 10 * i}));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in searchers {
+        assert!(h.join().unwrap() >= 5);
+    }
+    // each added query is now its own nearest neighbour (cosine 1)
+    let (status, v) = s.post("/search", &j!({"vectors": q, "k": 1}));
+    assert_eq!(status, 200);
+    for (i, h) in hits(&v).iter().enumerate() {
+        assert_eq!(h[0].0, 500 + i as u64, "query {i}: {h:?}");
+        assert!((h[0].1 - 1.0).abs() < 1e-5, "query {i}: {h:?}");
+    }
+    assert_eq!(s.metric("rewa_index_vectors"), 530.0);
+    assert_eq!(s.metric("rewa_index_saves_total"), 3.0);
+    let (_, info) = s.req("GET", "/info", "");
+    assert_eq!(serde_json::from_str::<Value>(&info).unwrap()["count"], 530);
+    // on disk too, for any other reader
+    assert_eq!(json("info --index idx", d)["count"], 530);
+}
+
+#[test]
+fn serve_concurrent_adds_get_distinct_ids_in_one_index() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    setup(d);
+    let s = Server::start(d, &[], &[]);
+    let q = queries(d, 40);
+    // eight clients add five vectors each at once (adds that queue are saved together)
+    let adders: Vec<_> = q
+        .chunks(5)
+        .map(|chunk| {
+            let (addr, body) = (s.addr.clone(), j!({ "vectors": chunk }).to_string());
+            std::thread::spawn(move || {
+                let (status, text) = http(&addr, "POST", "/add", &body);
+                assert_eq!(status, 200, "{text}");
+                let v: Value = serde_json::from_str(&text).unwrap();
+                v["first_id"].as_u64().unwrap()
+            })
+        })
+        .collect();
+    let firsts: Vec<u64> = adders.into_iter().map(|h| h.join().unwrap()).collect();
+    let mut sorted = firsts.clone();
+    sorted.sort();
+    assert_eq!(sorted, (0..8).map(|i| 500 + 5 * i).collect::<Vec<u64>>());
+    // each client's vectors sit at the ids it was given
+    let (_, v) = s.post("/search", &j!({"vectors": q, "k": 1}));
+    for (i, h) in hits(&v).iter().enumerate() {
+        assert_eq!(h[0].0, firsts[i / 5] + (i % 5) as u64, "vector {i}");
+    }
+    let saves = s.metric("rewa_index_saves_total");
+    assert!((1.0..=8.0).contains(&saves), "{saves} saves for 8 adds");
+    assert_eq!(json("info --index idx", d)["count"], 540);
+}
+
+#[test]
+fn serve_add_waits_for_another_writer_or_answers_503_then_adds_on_top_of_it() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    setup(d);
+    let s = Server::start(d, &["--wait-lock", "0"], &[]);
+    // `rewa add` holds the index's writer lock, paused inside its save
+    let mut cli = Command::new(env!("CARGO_BIN_EXE_rewa"))
+        .args(["add", "--index", "idx", "--base", "a/base.npy"])
+        .env("REWA_SAVE_PAUSE", "data:1500")
+        .current_dir(d)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(cli.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("paused:data") {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "rewa add never paused"
+        );
+    }
+    let q = queries(d, 1);
+    let (status, v) = s.post("/add", &j!({ "vectors": q }));
+    assert_eq!(status, 503, "{v}");
+    let want = format!("being written by process {}", cli.id());
+    assert!(error_of(&v).contains(&want), "{v}");
+    assert!(cli.wait().unwrap().success());
+    // the next add starts from what the other writer saved
+    let (status, v) = s.post("/add", &j!({ "vectors": q }));
+    assert_eq!((status, v), (200, j!({"count": 1001, "first_id": 1000})));
+}
+
+#[test]
+fn serve_limits_requests_in_flight_and_finishes_them_on_sigterm() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    setup(d);
+    let mut s = Server::start(d, &["--max-inflight", "1"], &[]);
+    let body = j!({"vectors": queries(d, 2), "k": 4}).to_string();
+    let (half, rest) = body.split_at(body.len() / 2);
+    // A slow client: headers and half its body, then nothing; its request is in flight.
+    let mut slow = connect(&s.addr);
+    write!(
+        slow,
+        "POST /search HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{half}",
+        body.len()
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    while s.metric("rewa_inflight_requests") < 1.0 {
+        assert!(t0.elapsed() < TIMEOUT, "the slow request never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // the limit is reached: another search or add is 429; health and metrics still answer
+    let (status, v) = s.post("/search", &j!({"vectors": queries(d, 1)}));
+    assert_eq!(status, 429, "{v}");
+    assert!(error_of(&v).contains("too many requests"));
+    let (status, _) = s.post("/add", &j!({"vectors": queries(d, 1)}));
+    assert_eq!(status, 429);
+    assert_eq!(s.req("GET", "/health", "").0, 200);
+
+    // A client that has sent part of its request line when the stop begins.
+    let mut late = connect(&s.addr);
+    write!(late, "GET /hea").unwrap();
+    // SIGTERM: the server stops accepting, but the slow request in flight completes
+    s.signal("-TERM");
+    s.wait_line("shutting down: finishing 1 requests in flight");
+    // a connection made now is refused, reset, or (accepted in the instant before the
+    // listener closed) answered 503
+    let after = TcpStream::connect(&s.addr).and_then(|mut c| {
+        c.set_read_timeout(Some(TIMEOUT))?;
+        write!(
+            c,
+            "GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut raw = String::new();
+        c.read_to_string(&mut raw)?;
+        Ok(raw)
+    });
+    if let Ok(raw) = after {
+        assert!(
+            raw.is_empty() || raw.starts_with("HTTP/1.1 503"),
+            "a connection made after SIGTERM was served: {raw:?}"
+        );
+    }
+    write!(
+        late,
+        "lth HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .ok();
+    let mut raw = String::new();
+    let _ = late.read_to_string(&mut raw);
+    assert!(
+        raw.is_empty() || raw.starts_with("HTTP/1.1 503"),
+        "a request begun during the stop: {raw:?}"
+    );
+    slow.write_all(rest.as_bytes()).unwrap();
+    let (status, text) = response(slow);
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(hits(&v).len(), 2);
+    assert_eq!(s.exit_code(), Some(0));
+    s.wait_line("stopped");
+}
+
+#[test]
+fn serve_killed_inside_an_add_keeps_exactly_the_acknowledged_adds() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    setup(d);
+    let q = queries(d, 30);
+    // Every save pauses (announcing `paused:data`) with its new files written and the
+    // manifest not yet replaced.
+    let mut s = Server::start(d, &[], &[("REWA_SAVE_PAUSE", "data:1000")]);
+    let (status, v) = s.post("/add", &j!({"vectors": q[0..10]}));
+    assert_eq!((status, &v), (200, &j!({"count": 510, "first_id": 500})));
+    s.wait_line("paused:data");
+    // the second add is killed inside its save, before it was acknowledged
+    let addr = s.addr.clone();
+    let body = j!({"vectors": q[10..20]}).to_string();
+    let adder = std::thread::spawn(move || {
+        let mut c = connect(&addr);
+        write!(
+            c,
+            "POST /add HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut raw = String::new();
+        let _ = c.read_to_string(&mut raw);
+        raw
+    });
+    s.wait_line("paused:data");
+    // searches go on while the add holds the writer lock
+    let (status, v) = s.post("/search", &j!({"vectors": [q[5]], "k": 1}));
+    assert_eq!(status, 200);
+    assert_eq!(hits(&v)[0][0].0, 505);
+    s.child.kill().unwrap(); // SIGKILL
+    s.child.wait().unwrap();
+    assert!(
+        adder.join().unwrap().is_empty(),
+        "the killed add was answered"
+    );
+
+    // restart: the acknowledged add is there, the killed one is not
+    let s = Server::start(d, &[], &[("REWA_SAVE_PAUSE", "manifest:60000")]);
+    assert_eq!(s.metric("rewa_index_vectors"), 510.0);
+    let (_, v) = s.post("/search", &j!({"vectors": q[0..20], "k": 1}));
+    for (i, h) in hits(&v).iter().enumerate() {
+        if i < 10 {
+            assert_eq!(h[0].0, 500 + i as u64);
+        } else {
+            assert!(
+                h[0].0 < 510,
+                "query {i} found an id of the killed add: {h:?}"
+            );
+        }
+    }
+    // killed after the new manifest is in place but before the answer: the add is whole
+    let addr = s.addr.clone();
+    let body = j!({"vectors": q[20..30]}).to_string();
+    let _adder = std::thread::spawn(move || {
+        // never answered: the server dies first
+        let mut c = connect(&addr);
+        let _ = write!(
+            c,
+            "POST /add HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = c.read_to_end(&mut Vec::new());
+    });
+    let mut s = s;
+    s.wait_line("paused:manifest");
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    let s = Server::start(d, &[], &[]);
+    assert_eq!(s.metric("rewa_index_vectors"), 520.0);
+    let (_, v) = s.post("/search", &j!({"vectors": q[20..30], "k": 1}));
+    for (i, h) in hits(&v).iter().enumerate() {
+        assert_eq!(h[0].0, 510 + i as u64);
+    }
+    // and the directory is a clean index for the CLI
+    assert_eq!(json("info --index idx", d)["count"], 520);
+}
