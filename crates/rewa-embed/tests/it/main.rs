@@ -1,0 +1,3 @@
+//! Integration tests of rewa-embed (one test binary, as in the other crates).
+
+mod parity;
