@@ -48,6 +48,8 @@ enum Command {
     Info(cmd::index::InfoArgs),
     /// Train the learned encoder (MLP, contrastive) for `learned=DIR` specs.
     Train(cmd::train::Args),
+    /// Embed texts (.jsonl, .txt, .tsv) with a sentence-transformers model directory into .npy.
+    Embed(cmd::embed::Args),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
         Command::Tune(a) => cmd::index::tune(a),
         Command::Info(a) => cmd::index::info(a),
         Command::Train(a) => cmd::train::run(a),
+        Command::Embed(a) => cmd::embed::run(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -180,6 +180,17 @@ impl Embedder {
 
     /// The vectors of `texts` and the number of word pieces the model saw.
     pub fn embed_counted(&self, texts: &[&str]) -> Result<Embedded> {
+        self.embed_with_progress(texts, |_| {})
+    }
+
+    /// [`Embedder::embed_counted`], calling `progress(n)` after each batch with the number of
+    /// texts it held (for progress bars over long inputs: all of `texts` is tokenized first,
+    /// then sorted by length, so batches pad little).
+    pub fn embed_with_progress(
+        &self,
+        texts: &[&str],
+        mut progress: impl FnMut(usize),
+    ) -> Result<Embedded> {
         let ids = self.tokenize(texts)?;
         let tokens = ids.iter().map(Vec::len).sum();
         // Longest first, as sentence-transformers does; ties keep input order.
@@ -192,6 +203,7 @@ impl Embedder {
             for (&i, row) in batch.iter().zip(pooled.chunks_exact(self.dim)) {
                 out[i * self.dim..(i + 1) * self.dim].copy_from_slice(row);
             }
+            progress(batch.len());
         }
         let vectors = Vectors::new(self.dim, out)
             .map_err(|e| Error::InvalidInput(format!("assembling the vectors: {e}")))?;

@@ -18,7 +18,9 @@ mod embedder;
 mod error;
 pub mod model_dir;
 pub mod mpnet;
+pub mod texts;
 
 pub use embedder::{Embedded, Embedder, DEFAULT_BATCH_SIZE};
 pub use error::{Error, Result};
 pub use model_dir::{Arch, ModelDir, Pooling};
+pub use texts::{read_texts, TextField, Texts};

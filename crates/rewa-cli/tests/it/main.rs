@@ -3,5 +3,6 @@
 mod cli;
 mod common;
 mod crash;
+mod embed;
 mod faults;
 mod front;

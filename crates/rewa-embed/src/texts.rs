@@ -1,0 +1,294 @@
+//! Reading texts to embed, with their ids, from `.jsonl`, `.txt` or `.tsv` files.
+//!
+//! | extension | one line is | id | text |
+//! |---|---|---|---|
+//! | `.jsonl` | a JSON object | `_id` (string or number), else the row number | BEIR layout `(title + " " + text).strip()`, or the field [`TextField::Named`] names |
+//! | `.txt` | one text | the row number | the line |
+//! | `.tsv` | `id<TAB>text` or `id<TAB>title<TAB>text` (BEIR layout), no header | the first column | as said |
+//! | `.tsv` with a named field | a header line, then rows | the `_id` or `id` column, else the row number | the named column |
+//!
+//! Row numbers count from 0 (rewa's ids are insertion positions); messages name 1-based lines.
+//! The whole file is checked before anything is embedded: an empty text, invalid UTF-8, a line
+//! that is not JSON or lacks the field is an error naming the file and the line.
+
+use crate::error::{Error, Result};
+use std::path::Path;
+
+/// Which field of a record holds the text.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TextField {
+    /// BEIR's layout: `(title + " " + text).strip()`, `title` optional.
+    #[default]
+    Beir,
+    /// One named field (a JSON key, or a `.tsv` header's column).
+    Named(String),
+}
+
+/// Texts and their ids, in file order.
+#[derive(Debug, Clone, Default)]
+pub struct Texts {
+    /// One id per text.
+    pub ids: Vec<String>,
+    /// The texts.
+    pub texts: Vec<String>,
+}
+
+impl Texts {
+    /// Number of texts.
+    pub fn len(&self) -> usize {
+        self.texts.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.texts.is_empty()
+    }
+
+    fn push(&mut self, id: String, text: String, at: &dyn Fn(&str) -> Error) -> Result<()> {
+        if text.trim().is_empty() {
+            return Err(at("empty text"));
+        }
+        self.ids.push(id);
+        self.texts.push(text);
+        Ok(())
+    }
+}
+
+/// The file format, from the extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Jsonl,
+    Txt,
+    Tsv,
+}
+
+/// Reads the texts of `path` (format by extension, see the module doc).
+pub fn read_texts(path: &Path, field: &TextField) -> Result<Texts> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    let format = match ext.as_deref() {
+        Some("jsonl") => Format::Jsonl,
+        Some("txt") => Format::Txt,
+        Some("tsv") => Format::Tsv,
+        _ => {
+            return Err(Error::InvalidInput(format!(
+                "{}: unknown text format (expected .jsonl, .txt or .tsv)",
+                path.display()
+            )))
+        }
+    };
+    if format == Format::Txt && *field != TextField::Beir {
+        return Err(Error::InvalidInput(format!(
+            "{}: a .txt file has no fields (one text per line); drop the field name",
+            path.display()
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&bytes, format, field, path)
+}
+
+fn parse(bytes: &[u8], format: Format, field: &TextField, path: &Path) -> Result<Texts> {
+    let mut out = Texts::default();
+    let mut header: Option<Vec<String>> = None;
+    let mut body = bytes;
+    // A final newline ends the last line; it does not start an empty one.
+    if let Some(b) = body.strip_suffix(b"\n") {
+        body = b;
+    }
+    if body.is_empty() {
+        return Ok(out);
+    }
+    for (i, raw) in body.split(|&b| b == b'\n').enumerate() {
+        let line_no = i + 1;
+        let at =
+            |what: &str| Error::InvalidInput(format!("{} line {line_no}: {what}", path.display()));
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let line = std::str::from_utf8(raw)
+            .map_err(|e| at(&format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
+        let row = out.len();
+        match format {
+            Format::Txt => out.push(row.to_string(), line.to_string(), &at)?,
+            Format::Jsonl => {
+                if line.trim().is_empty() {
+                    return Err(at("empty line"));
+                }
+                let (id, text) = jsonl_record(line, field, row).map_err(|e| at(&e))?;
+                out.push(id, text, &at)?;
+            }
+            Format::Tsv => {
+                let cols: Vec<&str> = line.split('\t').collect();
+                match (field, &header) {
+                    (TextField::Named(_), None) => {
+                        header = Some(cols.iter().map(|c| c.to_string()).collect());
+                        check_header(header.as_deref().unwrap_or_default(), field)
+                            .map_err(|e| at(&e))?;
+                    }
+                    (TextField::Named(name), Some(h)) => {
+                        if cols.len() != h.len() {
+                            return Err(at(&format!(
+                                "{} columns, but the header has {}",
+                                cols.len(),
+                                h.len()
+                            )));
+                        }
+                        let col = |n: &str| h.iter().position(|c| c == n).map(|j| cols[j]);
+                        let text = col(name).unwrap_or_default().to_string();
+                        let id = col("_id")
+                            .or_else(|| col("id"))
+                            .map_or_else(|| row.to_string(), str::to_string);
+                        out.push(id, text, &at)?;
+                    }
+                    (TextField::Beir, _) => {
+                        let (id, text) = match cols[..] {
+                            [id, text] => (id, text.trim().to_string()),
+                            [id, title, text] => (id, format!("{title} {text}").trim().to_string()),
+                            _ => {
+                                return Err(at(&format!(
+                                    "{} columns (expected id<TAB>text or id<TAB>title<TAB>text)",
+                                    cols.len()
+                                )))
+                            }
+                        };
+                        out.push(id.to_string(), text, &at)?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn check_header(header: &[String], field: &TextField) -> std::result::Result<(), String> {
+    if let TextField::Named(name) = field {
+        if !header.iter().any(|c| c == name) {
+            return Err(format!(
+                "the header has no column {name:?} (columns: {})",
+                header.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One `.jsonl` record's id and text.
+fn jsonl_record(
+    line: &str,
+    field: &TextField,
+    row: usize,
+) -> std::result::Result<(String, String), String> {
+    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let obj = v.as_object().ok_or("not a JSON object")?;
+    let id = match obj.get("_id") {
+        None => row.to_string(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        Some(other) => return Err(format!("_id is {other}, not a string or number")),
+    };
+    let string = |key: &str| -> std::result::Result<Option<&str>, String> {
+        match obj.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(format!("field {key:?} is not a string")),
+        }
+    };
+    let text = match field {
+        TextField::Beir => {
+            let text = string("text")?.ok_or("no field \"text\"")?;
+            let title = string("title")?.unwrap_or("");
+            format!("{title} {text}").trim().to_string()
+        }
+        TextField::Named(name) => string(name)?
+            .ok_or_else(|| format!("no field {name:?}"))?
+            .to_string(),
+    };
+    Ok((id, text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str, format: Format, field: &TextField) -> Result<Texts> {
+        parse(s.as_bytes(), format, field, Path::new("in"))
+    }
+
+    fn msg(r: Result<Texts>) -> String {
+        match r {
+            Err(Error::InvalidInput(m)) => m,
+            other => panic!("expected InvalidInput, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn jsonl_beir_layout() {
+        let t = p(
+            "{\"_id\": \"4983\", \"title\": \"A \", \"text\": \"b c\"}\n{\"_id\": 7, \"text\": \" x \"}\n",
+            Format::Jsonl,
+            &TextField::Beir,
+        )
+        .unwrap();
+        assert_eq!(t.ids, ["4983", "7"]);
+        assert_eq!(t.texts, ["A  b c", "x"]);
+        let named = TextField::Named("q".into());
+        let t = p("{\"q\": \"hi\"}", Format::Jsonl, &named).unwrap();
+        assert_eq!((t.ids, t.texts), (vec!["0".into()], vec!["hi".into()]));
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let m = msg(p(
+            "{\"text\": \"a\"}\n{\"title\": \"t\"}\n",
+            Format::Jsonl,
+            &TextField::Beir,
+        ));
+        assert!(m.contains("line 2: no field \"text\""), "{m}");
+        let m = msg(p(
+            "{\"text\": \"a\"}\n{\"text\": \"  \"}",
+            Format::Jsonl,
+            &TextField::Beir,
+        ));
+        assert!(m.contains("line 2: empty text"), "{m}");
+        assert!(msg(p("a\n\nb\n", Format::Txt, &TextField::Beir)).contains("line 2: empty text"));
+        let m = msg(parse(
+            b"ok\nbad \xff\n",
+            Format::Txt,
+            &TextField::Beir,
+            Path::new("in"),
+        ));
+        assert!(m.contains("line 2: invalid UTF-8 at byte 4"), "{m}");
+        let m = msg(p("{\"text\": 3}", Format::Jsonl, &TextField::Beir));
+        assert!(m.contains("line 1: field \"text\" is not a string"), "{m}");
+        assert!(msg(p("[1]", Format::Jsonl, &TextField::Beir)).contains("not a JSON object"));
+    }
+
+    #[test]
+    fn txt_and_tsv() {
+        let t = p("one\r\ntwo\n", Format::Txt, &TextField::Beir).unwrap();
+        assert_eq!(
+            (t.ids, t.texts),
+            (
+                vec!["0".into(), "1".into()],
+                vec!["one".into(), "two".into()]
+            )
+        );
+        let t = p(
+            "d1\tT\tbody\nd2\tjust text\n",
+            Format::Tsv,
+            &TextField::Beir,
+        )
+        .unwrap();
+        assert_eq!(t.ids, ["d1", "d2"]);
+        assert_eq!(t.texts, ["T body", "just text"]);
+        let named = TextField::Named("body".into());
+        let t = p("id\tbody\nx\thello\n", Format::Tsv, &named).unwrap();
+        assert_eq!((t.ids, t.texts), (vec!["x".into()], vec!["hello".into()]));
+        assert!(msg(p("id\tother\nx\thello\n", Format::Tsv, &named)).contains("no column"));
+        assert!(msg(p("a\tb\tc\td\n", Format::Tsv, &TextField::Beir)).contains("4 columns"));
+        assert!(p("", Format::Txt, &TextField::Beir).unwrap().is_empty());
+    }
+}
