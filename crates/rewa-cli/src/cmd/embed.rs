@@ -1,13 +1,19 @@
 use crate::data::{log, progress_bar};
 use anyhow::{bail, Context, Result};
 use rewa_embed::{read_texts, Embedder, TextField};
-use std::path::PathBuf;
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Embed texts with a sentence-transformers model directory (BERT or MPNet) and write the
 /// vectors as float32 .npy, one row per text in input order. The input is read and checked
 /// whole before the model loads; outputs are written atomically at the end. With --json,
 /// stdout holds exactly one JSON object.
+///
+/// Progress is kept beside --out as OUT.partial.f32 (rows done) and OUT.partial.json (what
+/// they were made from), updated after every chunk of texts; --resume continues a stopped
+/// run from there, and both files are removed once OUT is written.
 #[derive(clap::Args)]
 pub struct Args {
     /// The model directory (modules.json, config.json, model.safetensors, tokenizer.json, ...),
@@ -34,9 +40,73 @@ pub struct Args {
     /// BEIR title + text.
     #[arg(long)]
     field: Option<String>,
+    /// Continue a stopped run of the same command from its OUT.partial.* files.
+    #[arg(long)]
+    resume: bool,
     /// Print the summary as JSON: count, dim, tokens, seconds, load_seconds.
     #[arg(long)]
     json: bool,
+}
+
+/// What a partial run was made from (OUT.partial.json); a resumed run must match it.
+#[derive(Serialize, Deserialize, PartialEq, Debug)]
+#[serde(deny_unknown_fields)]
+struct Partial {
+    input_bytes: u64,
+    input_crc32: u32,
+    model: PathBuf,
+    weights_bytes: u64,
+    max_seq_len: usize,
+    field: Option<String>,
+    dim: usize,
+    count: usize,
+    /// Chunk size, so a resumed run batches the rest exactly as one run would have.
+    chunk: usize,
+    rows_done: usize,
+    tokens_done: usize,
+}
+
+/// Texts per chunk (progress is saved after each; texts are length-sorted within one):
+/// `REWA_EMBED_CHUNK` (for tests), else 16 batches.
+fn chunk_len(batch: usize) -> usize {
+    std::env::var("REWA_EMBED_CHUNK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(batch * 16)
+}
+
+/// `OUT.partial.f32` and `OUT.partial.json`.
+fn partial_paths(out: &Path) -> (PathBuf, PathBuf) {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    (
+        out.with_file_name(format!("{name}.partial.f32")),
+        out.with_file_name(format!("{name}.partial.json")),
+    )
+}
+
+/// Opens the rows file of a run: a fresh one, or the resumed one cut back to the rows its
+/// state records (a run stopped between appending rows and recording them left extra bytes).
+fn open_rows(path: &Path, keep_bytes: u64, fresh: bool) -> Result<std::fs::File> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(fresh)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let len = f.metadata()?.len();
+    if len < keep_bytes {
+        bail!(
+            "{} holds {len} bytes, fewer than the {keep_bytes} its state records: delete the .partial files and start again",
+            path.display()
+        );
+    }
+    f.set_len(keep_bytes)?;
+    Ok(f)
 }
 
 #[derive(serde::Serialize)]
@@ -50,6 +120,8 @@ struct Summary {
     load_seconds: f64,
     max_seq_len: usize,
     batch: usize,
+    /// Texts a stopped run had already embedded (0 unless --resume continued one).
+    resumed_from: usize,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -100,16 +172,121 @@ pub fn run(a: Args) -> Result<()> {
         embedder.max_seq_len()
     ));
 
+    let dim = embedder.dim();
+    let input_bytes =
+        std::fs::read(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
+    let weights = a.model.join("model.safetensors");
+    let mut state = Partial {
+        input_bytes: input_bytes.len() as u64,
+        input_crc32: crc32fast::hash(&input_bytes),
+        model: std::fs::canonicalize(&a.model).unwrap_or_else(|_| a.model.clone()),
+        weights_bytes: std::fs::metadata(&weights)
+            .with_context(|| format!("reading {}", weights.display()))?
+            .len(),
+        max_seq_len: embedder.max_seq_len(),
+        field: a.field.clone(),
+        dim,
+        count: texts.len(),
+        chunk: chunk_len(a.batch),
+        rows_done: 0,
+        tokens_done: 0,
+    };
+    drop(input_bytes);
+    let (rows_path, state_path) = partial_paths(&a.out);
+    let resumed = state_path.exists();
+    if resumed && !a.resume {
+        bail!(
+            "{} is left from a stopped run: pass --resume to continue it, or delete {} and {}",
+            state_path.display(),
+            state_path.display(),
+            rows_path.display()
+        );
+    }
+    if resumed {
+        let text = std::fs::read_to_string(&state_path)
+            .with_context(|| format!("reading {}", state_path.display()))?;
+        let old: Partial = serde_json::from_str(&text)
+            .with_context(|| format!("reading {}", state_path.display()))?;
+        let same = Partial {
+            rows_done: old.rows_done,
+            tokens_done: old.tokens_done,
+            chunk: old.chunk,
+            ..state
+        };
+        if old != same || old.rows_done > old.count {
+            bail!(
+                "--resume: {} was made from other inputs or settings (input, model, --max-seq-len or --field differ): delete it and {} to start again",
+                state_path.display(),
+                rows_path.display()
+            );
+        }
+        state = old;
+        log(&format!(
+            "resuming after {} of {} texts",
+            state.rows_done, state.count
+        ));
+    } else if a.resume {
+        log("--resume: no stopped run to continue; starting from the first text");
+    }
+    let mut rows = open_rows(&rows_path, (state.rows_done * dim * 4) as u64, !resumed)?;
+    rows.seek(std::io::SeekFrom::End(0))?;
+    let stop_after: Option<usize> = std::env::var("REWA_EMBED_STOP_AFTER_CHUNKS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+
+    let resumed_from = state.rows_done;
     let t = Instant::now();
     let refs: Vec<&str> = texts.texts.iter().map(String::as_str).collect();
     let pb = progress_bar(refs.len() as u64, "embedding texts");
-    let done = embedder
-        .embed_with_progress(&refs, |n| pb.inc(n as u64))
-        .context("embedding")?;
+    pb.set_position(state.rows_done as u64);
+    let mut chunks_run = 0;
+    while state.rows_done < refs.len() {
+        if stop_after == Some(chunks_run) {
+            pb.abandon();
+            bail!("stopped after {chunks_run} chunks (REWA_EMBED_STOP_AFTER_CHUNKS)");
+        }
+        let end = (state.rows_done + state.chunk).min(refs.len());
+        let done = embedder
+            .embed_with_progress(&refs[state.rows_done..end], |n| pb.inc(n as u64))
+            .context("embedding")?;
+        let bytes: Vec<u8> = done
+            .vectors
+            .as_slice()
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        rows.write_all(&bytes)
+            .and_then(|()| rows.sync_data())
+            .with_context(|| format!("writing {}", rows_path.display()))?;
+        state.rows_done = end;
+        state.tokens_done += done.tokens;
+        rewa::io::write_text(&state_path, &serde_json::to_string(&state)?)
+            .with_context(|| format!("writing {}", state_path.display()))?;
+        chunks_run += 1;
+    }
     pb.finish_and_clear();
     let seconds = t.elapsed().as_secs_f64();
 
-    rewa::io::write_npy_f32(&a.out, &done.vectors)
+    let mut bytes = Vec::with_capacity(state.count * dim * 4);
+    rows.seek(std::io::SeekFrom::Start(0))?;
+    rows.read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", rows_path.display()))?;
+    if bytes.len() != state.count * dim * 4 {
+        bail!(
+            "{} holds {} bytes, not the {} of {} rows",
+            rows_path.display(),
+            bytes.len(),
+            state.count * dim * 4,
+            state.count
+        );
+    }
+    let data: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    drop(bytes);
+    let vectors = rewa::Vectors::new(dim, data)?;
+    rewa::io::write_npy_f32(&a.out, &vectors)
         .with_context(|| format!("writing {}", a.out.display()))?;
     if let Some(ids_out) = &a.ids_out {
         let mut text = texts.ids.join("\n");
@@ -117,14 +294,19 @@ pub fn run(a: Args) -> Result<()> {
         rewa::io::write_text(ids_out, &text)
             .with_context(|| format!("writing {}", ids_out.display()))?;
     }
+    drop(rows);
+    for p in [&state_path, &rows_path] {
+        std::fs::remove_file(p).with_context(|| format!("removing {}", p.display()))?;
+    }
     let s = Summary {
-        count: done.vectors.len(),
-        dim: done.vectors.dim(),
-        tokens: done.tokens,
+        count: vectors.len(),
+        dim,
+        tokens: state.tokens_done,
         seconds,
         load_seconds,
         max_seq_len: embedder.max_seq_len(),
         batch: a.batch,
+        resumed_from,
     };
     if a.json {
         println!("{}", serde_json::to_string(&s)?);

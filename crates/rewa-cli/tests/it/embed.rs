@@ -160,3 +160,75 @@ fn embed_minilm_writes_vectors_ids_and_a_summary() {
         "max_seq_len 4096",
     );
 }
+
+#[test]
+fn embed_resume_continues_a_stopped_run_to_the_same_bytes() {
+    let Some(model) = minilm() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let texts: String = (0..7)
+        .map(|i| format!("text number {i} {}\n", "more words ".repeat(i * 3)))
+        .collect();
+    file(d, "t.txt", texts.as_bytes());
+    let base = format!("embed --model {} --input t.txt --batch 2", model.display());
+    let run = |args: &str, stop: Option<&str>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_rewa"));
+        c.args(format!("{base} {args}").split_whitespace())
+            .current_dir(d)
+            .env("REWA_EMBED_CHUNK", "3");
+        if let Some(n) = stop {
+            c.env("REWA_EMBED_STOP_AFTER_CHUNKS", n);
+        }
+        c.output().unwrap()
+    };
+    // One uninterrupted run, in chunks of 3 texts.
+    let whole = run("--out whole.npy --json", None);
+    assert!(
+        whole.status.success(),
+        "{}",
+        String::from_utf8_lossy(&whole.stderr)
+    );
+    let whole_json: serde_json::Value = serde_json::from_slice(&whole.stdout).unwrap();
+    assert_eq!(whole_json["resumed_from"], 0);
+
+    // Stopped after the first chunk: no output, the partial files stay.
+    let stopped = run("--out r.npy", Some("1"));
+    assert!(!stopped.status.success());
+    assert!(String::from_utf8_lossy(&stopped.stderr).contains("stopped after 1 chunks"));
+    assert!(!d.join("r.npy").exists());
+    assert!(d.join("r.npy.partial.json").exists());
+    // Without --resume the leftover is refused, not overwritten.
+    let refused = run("--out r.npy", None);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--resume"));
+    // A run stopped between appending rows and recording them leaves extra bytes: cut back.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(d.join("r.npy.partial.f32"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, &[7u8; 100]).unwrap();
+    drop(f);
+    let resumed = run("--out r.npy --resume --json", None);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&resumed.stdout).unwrap();
+    assert_eq!(j["resumed_from"], 3, "{j}");
+    assert_eq!(j["count"], 7, "{j}");
+    assert_eq!(j["tokens"], whole_json["tokens"], "{j}");
+    assert_eq!(
+        std::fs::read(d.join("r.npy")).unwrap(),
+        std::fs::read(d.join("whole.npy")).unwrap()
+    );
+    assert!(!d.join("r.npy.partial.json").exists());
+    assert!(!d.join("r.npy.partial.f32").exists());
+
+    // A partial run from another input is refused by --resume.
+    assert!(!run("--out s.npy", Some("1")).status.success());
+    std::fs::write(d.join("t.txt"), "something else\n").unwrap();
+    let other = run("--out s.npy --resume", None);
+    assert!(!other.status.success());
+    assert!(String::from_utf8_lossy(&other.stderr).contains("other inputs"));
+}
