@@ -1,7 +1,7 @@
-//! Parity with sentence-transformers: the SciFact document vectors in the shared data
-//! (`scifact/emb_<model>/docs.npy`, made by sentence-transformers 6.2 in fp32; row i = line i
-//! of `corpus.jsonl`), recomputed here from the text with the BEIR layout
-//! `(title + " " + text).strip()`. Every row's cosine to its reference must be >= 0.9999,
+//! Parity with sentence-transformers: the SciFact vectors in the shared data
+//! (`scifact/emb_<model>/docs.npy` and `queries.npy`, made by sentence-transformers 6.2 in
+//! fp32; row i = line i of `corpus.jsonl` / `queries.jsonl`), recomputed here from the text:
+//! documents in the BEIR layout `(title + " " + text).strip()`, queries as their `text`. Every row's cosine to its reference must be >= 0.9999,
 //! documents cut at max_seq_length included.
 //!
 //! The models are not in the repository. `REWA_MODELS` names the directory that holds
@@ -9,7 +9,7 @@
 //! (default: `models/` beside the repository); `REWA_DATA` the directory holding `scifact/`
 //! (default: `shared/data/` beside the repository). A missing model or data set skips the test
 //! with a notice, unless `REWA_REQUIRE_MODELS=1`, which makes it fail.
-//! `REWA_PARITY_DOCS` overrides the number of documents checked.
+//! `REWA_PARITY_DOCS` overrides the number of texts checked (from the first line on).
 
 use rewa_embed::Embedder;
 use std::path::{Path, PathBuf};
@@ -25,17 +25,15 @@ fn beside_repo(var: &str, default: &str) -> PathBuf {
 
 /// The model directory and the reference folder, or None (after a notice) when either is
 /// missing and models are not required.
-fn inputs(model: &str) -> Option<(PathBuf, PathBuf)> {
+fn inputs(model: &str, set: Set) -> Option<(PathBuf, PathBuf)> {
+    let (jsonl, npy, _) = set.files();
     let model_dir = beside_repo("REWA_MODELS", "models").join(model);
     let data = beside_repo("REWA_DATA", "shared/data").join("scifact");
     let required = std::env::var("REWA_REQUIRE_MODELS").is_ok_and(|v| v == "1");
     for (what, p) in [
         ("model", model_dir.join("model.safetensors")),
-        (
-            "reference vectors",
-            data.join(format!("emb_{model}/docs.npy")),
-        ),
-        ("corpus", data.join("corpus.jsonl")),
+        ("reference vectors", data.join(format!("emb_{model}/{npy}"))),
+        ("texts", data.join(jsonl)),
     ] {
         if !p.is_file() {
             let msg = format!(
@@ -52,38 +50,59 @@ fn inputs(model: &str) -> Option<(PathBuf, PathBuf)> {
     Some((model_dir, data))
 }
 
-/// The first `n` documents of `corpus.jsonl` in the BEIR layout, with their ids.
-fn corpus(path: &Path, n: usize) -> Vec<(String, String)> {
+/// The first `n` records of a BEIR `.jsonl` file with their ids: documents in the BEIR layout
+/// `(title + " " + text).strip()`, queries as their `text`.
+fn records(path: &Path, n: usize, what: Set) -> Vec<(String, String)> {
     let text = std::fs::read_to_string(path).unwrap();
     text.lines()
         .take(n)
         .map(|line| {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
             let field = |k: &str| v[k].as_str().unwrap_or("").to_string();
-            let doc = format!("{} {}", field("title"), field("text"));
-            (field("_id"), doc.trim().to_string())
+            let text = match what {
+                Set::Docs => format!("{} {}", field("title"), field("text"))
+                    .trim()
+                    .to_string(),
+                Set::Queries => field("text"),
+            };
+            (field("_id"), text)
         })
         .collect()
 }
 
-fn check(model: &str, default_docs: usize) {
-    let Some((model_dir, data)) = inputs(model) else {
+/// Which SciFact texts: `corpus.jsonl` against `docs.npy`, or `queries.jsonl` against
+/// `queries.npy`.
+#[derive(Clone, Copy)]
+enum Set {
+    Docs,
+    Queries,
+}
+
+impl Set {
+    fn files(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Set::Docs => ("corpus.jsonl", "docs.npy", "doc_ids.txt"),
+            Set::Queries => ("queries.jsonl", "queries.npy", "query_ids.txt"),
+        }
+    }
+}
+
+fn check(model: &str, set: Set, default_docs: usize) {
+    let Some((model_dir, data)) = inputs(model, set) else {
         return;
     };
+    let (jsonl, npy, id_file) = set.files();
     let n: usize = std::env::var("REWA_PARITY_DOCS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default_docs);
-    let docs = corpus(&data.join("corpus.jsonl"), n);
+    let docs = records(&data.join(jsonl), n, set);
     let ref_dir = data.join(format!("emb_{model}"));
-    let ids = std::fs::read_to_string(ref_dir.join("doc_ids.txt")).unwrap();
+    let ids = std::fs::read_to_string(ref_dir.join(id_file)).unwrap();
     for ((id, _), want) in docs.iter().zip(ids.lines()) {
-        assert_eq!(
-            id, want,
-            "corpus.jsonl and doc_ids.txt disagree on the row order"
-        );
+        assert_eq!(id, want, "{jsonl} and {id_file} disagree on the row order");
     }
-    let path = ref_dir.join("docs.npy");
+    let path = ref_dir.join(npy);
     let reference = rewa::io::read_npy(&path)
         .unwrap()
         .into_vectors(&path)
@@ -124,7 +143,7 @@ fn check(model: &str, default_docs: usize) {
     let min = cos.iter().cloned().fold(f64::INFINITY, f64::min);
     let mean = cos.iter().sum::<f64>() / cos.len() as f64;
     eprintln!(
-        "{model}: {} docs ({truncated} cut at max_seq_len {}): cosine min {min:.9} (1 - min = {:.1e}) mean {mean:.9}",
+        "{model} {npy}: {} texts ({truncated} cut at max_seq_len {}): cosine min {min:.9} (1 - min = {:.1e}) mean {mean:.9}",
         cos.len(),
         embedder.max_seq_len(),
         1.0 - min
@@ -145,10 +164,20 @@ fn check(model: &str, default_docs: usize) {
 
 #[test]
 fn minilm_matches_sentence_transformers_on_scifact() {
-    check("all-MiniLM-L6-v2", 200);
+    check("all-MiniLM-L6-v2", Set::Docs, 200);
+}
+
+#[test]
+fn minilm_queries_match_sentence_transformers_on_scifact() {
+    check("all-MiniLM-L6-v2", Set::Queries, 300);
 }
 
 #[test]
 fn mpnet_matches_sentence_transformers_on_scifact() {
-    check("all-mpnet-base-v2", 32);
+    check("all-mpnet-base-v2", Set::Docs, 32);
+}
+
+#[test]
+fn mpnet_queries_match_sentence_transformers_on_scifact() {
+    check("all-mpnet-base-v2", Set::Queries, 100);
 }
