@@ -212,10 +212,14 @@ impl Embedder {
 
     /// The word-piece ids of each text after truncation, special tokens included.
     pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
-        let enc = self
-            .tokenizer
-            .encode_batch_fast(texts.to_vec(), true)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let enc = if self.info.lower_case {
+            let lower: Vec<String> = texts.iter().map(|t| t.to_lowercase()).collect();
+            let refs: Vec<&str> = lower.iter().map(String::as_str).collect();
+            self.tokenizer.encode_batch_fast(refs, true)
+        } else {
+            self.tokenizer.encode_batch_fast(texts.to_vec(), true)
+        }
+        .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(enc.into_iter().map(|e| e.get_ids().to_vec()).collect())
     }
 

@@ -51,6 +51,9 @@ pub struct ModelDir {
     pub normalize: bool,
     /// `sentence_bert_config.json`'s `max_seq_length`.
     pub max_seq_len: usize,
+    /// `sentence_bert_config.json`'s `do_lower_case`: texts are lower-cased before the
+    /// tokenizer sees them (on top of any lower-casing the tokenizer does itself).
+    pub lower_case: bool,
     /// The pooling config's `word_embedding_dimension`, checked against the transformer.
     pub dim: usize,
 }
@@ -65,6 +68,8 @@ struct Module {
 #[derive(Deserialize)]
 struct SbertConfig {
     max_seq_length: Option<usize>,
+    #[serde(default)]
+    do_lower_case: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -174,6 +179,7 @@ impl ModelDir {
             pooling,
             normalize,
             max_seq_len,
+            lower_case: sbert.do_lower_case,
             dim: pc.word_embedding_dimension,
         })
     }

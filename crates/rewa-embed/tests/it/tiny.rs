@@ -18,7 +18,7 @@ const WORDS: [&str; 14] = [
 /// A WordPiece tokenizer.json over `WORDS` in the layout of BERT's (lower-casing normaliser,
 /// BERT pre-tokenizer, [CLS] A [SEP]), with the fixed padding and truncation HF files carry
 /// (which the embedder must replace).
-fn tokenizer_json() -> String {
+fn tokenizer_json(lowercase: bool) -> String {
     let vocab: Vec<String> = WORDS
         .iter()
         .enumerate()
@@ -39,7 +39,7 @@ fn tokenizer_json() -> String {
   "truncation": {{"max_length": 4, "strategy": "LongestFirst", "stride": 0}},
   "padding": {{"strategy": {{"Fixed": 8}}, "direction": "Right", "pad_to_multiple_of": null, "pad_id": 1, "pad_type_id": 0, "pad_token": "[PAD]"}},
   "added_tokens": [{}],
-  "normalizer": {{"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true, "strip_accents": null, "lowercase": true}},
+  "normalizer": {{"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true, "strip_accents": null, "lowercase": {lowercase}}},
   "pre_tokenizer": {{"type": "BertPreTokenizer"}},
   "post_processor": {{"type": "TemplateProcessing",
     "single": [{{"SpecialToken": {{"id": "[CLS]", "type_id": 0}}}}, {{"Sequence": {{"id": "A", "type_id": 0}}}}, {{"SpecialToken": {{"id": "[SEP]", "type_id": 0}}}}],
@@ -49,7 +49,8 @@ fn tokenizer_json() -> String {
   "model": {{"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##", "max_input_chars_per_word": 100, "vocab": {{{}}}}}
 }}"###,
         added.join(", "),
-        vocab.join(", ")
+        vocab.join(", "),
+        lowercase = lowercase
     )
 }
 
@@ -97,7 +98,7 @@ fn tiny_model(dir: &Path, arch: &str, pooling: &str) {
         r#"{"max_seq_length": 12, "do_lower_case": false}"#,
     )
     .unwrap();
-    std::fs::write(dir.join("tokenizer.json"), tokenizer_json()).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), tokenizer_json(true)).unwrap();
 
     // Let the model's own loader name and shape every weight, then overwrite them all with
     // seeded values (VarMap's initial values come from an unseeded generator).
@@ -197,4 +198,22 @@ fn tiny_bert_batches_pads_and_truncates_like_one_text_at_a_time() {
 #[test]
 fn tiny_mpnet_batches_pads_and_truncates_like_one_text_at_a_time() {
     check_arch("mpnet");
+}
+
+#[test]
+fn do_lower_case_lowers_texts_before_the_tokenizer() {
+    let t = tempfile::tempdir().unwrap();
+    tiny_model(t.path(), "bert", "mean_tokens");
+    // A tokenizer that keeps case: "CAT" is not in the vocabulary.
+    std::fs::write(t.path().join("tokenizer.json"), tokenizer_json(false)).unwrap();
+    let unk = 3;
+    let e = Embedder::load(t.path()).unwrap();
+    assert_eq!(e.tokenize(&["the CAT"]).unwrap(), [vec![0, 4, unk, 2]]);
+    std::fs::write(
+        t.path().join("sentence_bert_config.json"),
+        r#"{"max_seq_length": 12, "do_lower_case": true}"#,
+    )
+    .unwrap();
+    let e = Embedder::load(t.path()).unwrap();
+    assert_eq!(e.tokenize(&["the CAT"]).unwrap(), [vec![0, 4, 5, 2]]);
 }
