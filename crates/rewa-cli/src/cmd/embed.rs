@@ -11,9 +11,9 @@ use std::time::Instant;
 /// whole before the model loads; outputs are written atomically at the end. With --json,
 /// stdout holds exactly one JSON object.
 ///
-/// Progress is kept beside --out as OUT.partial.f32 (rows done) and OUT.partial.json (what
-/// they were made from), updated after every chunk of texts; --resume continues a stopped
-/// run from there, and both files are removed once OUT is written.
+/// The vectors stream into OUT.partial.npy beside --out, and OUT.partial.json records what
+/// they are made from and how many rows are done, after every chunk of texts; --resume
+/// continues a stopped run from there. At the end OUT.partial.npy is renamed to OUT.
 #[derive(clap::Args)]
 pub struct Args {
     /// The model directory (modules.json, config.json, model.safetensors, tokenizer.json, ...),
@@ -76,36 +76,46 @@ fn chunk_len(batch: usize) -> usize {
         .unwrap_or(batch * 16)
 }
 
-/// `OUT.partial.f32` and `OUT.partial.json`.
+/// `OUT.partial.npy` and `OUT.partial.json`.
 fn partial_paths(out: &Path) -> (PathBuf, PathBuf) {
     let name = out
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     (
-        out.with_file_name(format!("{name}.partial.f32")),
+        out.with_file_name(format!("{name}.partial.npy")),
         out.with_file_name(format!("{name}.partial.json")),
     )
 }
 
-/// Opens the rows file of a run: a fresh one, or the resumed one cut back to the rows its
-/// state records (a run stopped between appending rows and recording them left extra bytes).
-fn open_rows(path: &Path, keep_bytes: u64, fresh: bool) -> Result<std::fs::File> {
-    let f = std::fs::OpenOptions::new()
+/// Opens the streamed .npy of a run: a fresh one holding just `header`, or the resumed one cut
+/// back to the header and the `rows_bytes` its state records (a run stopped between appending
+/// rows and recording them left extra bytes).
+fn open_rows(path: &Path, header: &[u8], rows_bytes: u64, fresh: bool) -> Result<std::fs::File> {
+    let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(fresh)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
+    if fresh {
+        f.write_all(header)
+            .with_context(|| format!("writing {}", path.display()))?;
+        return Ok(f);
+    }
+    let keep = header.len() as u64 + rows_bytes;
     let len = f.metadata()?.len();
-    if len < keep_bytes {
+    let mut head = vec![0u8; header.len()];
+    let head_ok = len >= keep && f.read_exact(&mut head).is_ok() && head == header;
+    if !head_ok {
         bail!(
-            "{} holds {len} bytes, fewer than the {keep_bytes} its state records: delete the .partial files and start again",
-            path.display()
+            "{} does not hold the {} rows its state records: delete it and its .partial.json to start again",
+            path.display(),
+            rows_bytes / 4
         );
     }
-    f.set_len(keep_bytes)?;
+    f.set_len(keep)?;
     Ok(f)
 }
 
@@ -228,7 +238,13 @@ pub fn run(a: Args) -> Result<()> {
     } else if a.resume {
         log("--resume: no stopped run to continue; starting from the first text");
     }
-    let mut rows = open_rows(&rows_path, (state.rows_done * dim * 4) as u64, !resumed)?;
+    let header = rewa::io::npy_header_f32(state.count, dim);
+    let mut rows = open_rows(
+        &rows_path,
+        &header,
+        (state.rows_done * dim * 4) as u64,
+        !resumed,
+    )?;
     rows.seek(std::io::SeekFrom::End(0))?;
     let stop_after: Option<usize> = std::env::var("REWA_EMBED_STOP_AFTER_CHUNKS")
         .ok()
@@ -267,39 +283,39 @@ pub fn run(a: Args) -> Result<()> {
     pb.finish_and_clear();
     let seconds = t.elapsed().as_secs_f64();
 
-    let mut bytes = Vec::with_capacity(state.count * dim * 4);
-    rows.seek(std::io::SeekFrom::Start(0))?;
-    rows.read_to_end(&mut bytes)
-        .with_context(|| format!("reading {}", rows_path.display()))?;
-    if bytes.len() != state.count * dim * 4 {
+    let want = (header.len() + state.count * dim * 4) as u64;
+    let len = rows.metadata()?.len();
+    if len != want {
         bail!(
-            "{} holds {} bytes, not the {} of {} rows",
+            "{} holds {len} bytes, not the {want} of {} rows",
             rows_path.display(),
-            bytes.len(),
-            state.count * dim * 4,
             state.count
         );
     }
-    let data: Vec<f32> = bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    drop(bytes);
-    let vectors = rewa::Vectors::new(dim, data)?;
-    rewa::io::write_npy_f32(&a.out, &vectors)
-        .with_context(|| format!("writing {}", a.out.display()))?;
+    drop(rows);
     if let Some(ids_out) = &a.ids_out {
         let mut text = texts.ids.join("\n");
         text.push('\n');
         rewa::io::write_text(ids_out, &text)
             .with_context(|| format!("writing {}", ids_out.display()))?;
     }
-    drop(rows);
-    for p in [&state_path, &rows_path] {
-        std::fs::remove_file(p).with_context(|| format!("removing {}", p.display()))?;
+    let out_is_link = std::fs::symlink_metadata(&a.out).is_ok_and(|m| m.file_type().is_symlink());
+    if out_is_link {
+        // Write through the link, as rewa's writers do, rather than replace it.
+        let v = rewa::io::read_vectors(&rows_path)?;
+        rewa::io::write_npy_f32(&a.out, &v)
+            .with_context(|| format!("writing {}", a.out.display()))?;
+        std::fs::remove_file(&rows_path)
+            .with_context(|| format!("removing {}", rows_path.display()))?;
+    } else {
+        // Every chunk was synced as it was appended.
+        std::fs::rename(&rows_path, &a.out)
+            .with_context(|| format!("renaming {} to {}", rows_path.display(), a.out.display()))?;
     }
+    std::fs::remove_file(&state_path)
+        .with_context(|| format!("removing {}", state_path.display()))?;
     let s = Summary {
-        count: vectors.len(),
+        count: state.count,
         dim,
         tokens: state.tokens_done,
         seconds,

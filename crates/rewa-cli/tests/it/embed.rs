@@ -204,7 +204,7 @@ fn embed_resume_continues_a_stopped_run_to_the_same_bytes() {
     // A run stopped between appending rows and recording them leaves extra bytes: cut back.
     let mut f = std::fs::OpenOptions::new()
         .append(true)
-        .open(d.join("r.npy.partial.f32"))
+        .open(d.join("r.npy.partial.npy"))
         .unwrap();
     std::io::Write::write_all(&mut f, &[7u8; 100]).unwrap();
     drop(f);
@@ -223,7 +223,18 @@ fn embed_resume_continues_a_stopped_run_to_the_same_bytes() {
         std::fs::read(d.join("whole.npy")).unwrap()
     );
     assert!(!d.join("r.npy.partial.json").exists());
-    assert!(!d.join("r.npy.partial.f32").exists());
+    assert!(!d.join("r.npy.partial.npy").exists());
+    // Written through a symlink, --out stays a link.
+    std::os::unix::fs::symlink("whole.npy", d.join("link.npy")).unwrap();
+    assert!(run("--out link.npy", None).status.success());
+    assert!(std::fs::symlink_metadata(d.join("link.npy"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(
+        std::fs::read(d.join("r.npy")).unwrap(),
+        std::fs::read(d.join("whole.npy")).unwrap()
+    );
 
     // A partial run from another input is refused by --resume.
     assert!(!run("--out s.npy", Some("1")).status.success());
