@@ -1,6 +1,6 @@
 use crate::data::{log, progress_bar};
 use anyhow::{bail, Context, Result};
-use rewa_embed::{read_texts, Embedder, TextField};
+use rewa_embed::{read_texts, Embedder, TextField, Texts};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -145,34 +145,9 @@ pub fn run(a: Args) -> Result<()> {
         }
         rewa::io::check_writable(ids_out).context("--ids-out")?;
     }
-    let field = a.field.clone().map_or(TextField::Beir, TextField::Named);
-    let texts = read_texts(&a.input, &field)
-        .with_context(|| format!("reading texts from {}", a.input.display()))?;
-    if texts.is_empty() {
-        bail!("{} holds no texts", a.input.display());
-    }
-    if a.ids_out.is_some() {
-        if let Some(i) = texts.ids.iter().position(|id| id.contains(['\n', '\r'])) {
-            bail!(
-                "{}: the id of text {} holds a line break, which --ids-out cannot write",
-                a.input.display(),
-                i + 1
-            );
-        }
-    }
-    log(&format!(
-        "read {} texts from {}",
-        texts.len(),
-        a.input.display()
-    ));
-
+    let texts = read_input(&a)?;
     let t = Instant::now();
-    let mut embedder = Embedder::load(&a.model)
-        .with_context(|| format!("loading the model {}", a.model.display()))?;
-    if let Some(n) = a.max_seq_len {
-        embedder.set_max_seq_len(n).context("--max-seq-len")?;
-    }
-    embedder.set_batch_size(a.batch)?;
+    let embedder = load_model(&a)?;
     let load_seconds = t.elapsed().as_secs_f64();
     log(&format!(
         "loaded {} ({:?}, dim {}, max_seq_len {}) in {load_seconds:.2}s",
@@ -182,141 +157,22 @@ pub fn run(a: Args) -> Result<()> {
         embedder.max_seq_len()
     ));
 
-    let dim = embedder.dim();
-    let input_bytes =
-        std::fs::read(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
-    let weights = a.model.join("model.safetensors");
-    let mut state = Partial {
-        input_bytes: input_bytes.len() as u64,
-        input_crc32: crc32fast::hash(&input_bytes),
-        model: std::fs::canonicalize(&a.model).unwrap_or_else(|_| a.model.clone()),
-        weights_bytes: std::fs::metadata(&weights)
-            .with_context(|| format!("reading {}", weights.display()))?
-            .len(),
-        max_seq_len: embedder.max_seq_len(),
-        field: a.field.clone(),
-        dim,
-        count: texts.len(),
-        chunk: chunk_len(a.batch),
-        rows_done: 0,
-        tokens_done: 0,
-    };
-    drop(input_bytes);
-    let (rows_path, state_path) = partial_paths(&a.out);
-    let resumed = state_path.exists();
-    if resumed && !a.resume {
-        bail!(
-            "{} is left from a stopped run: pass --resume to continue it, or delete {} and {}",
-            state_path.display(),
-            state_path.display(),
-            rows_path.display()
-        );
-    }
-    if resumed {
-        let text = std::fs::read_to_string(&state_path)
-            .with_context(|| format!("reading {}", state_path.display()))?;
-        let old: Partial = serde_json::from_str(&text)
-            .with_context(|| format!("reading {}", state_path.display()))?;
-        let same = Partial {
-            rows_done: old.rows_done,
-            tokens_done: old.tokens_done,
-            chunk: old.chunk,
-            ..state
-        };
-        if old != same || old.rows_done > old.count {
-            bail!(
-                "--resume: {} was made from other inputs or settings (input, model, --max-seq-len or --field differ): delete it and {} to start again",
-                state_path.display(),
-                rows_path.display()
-            );
-        }
-        state = old;
-        log(&format!(
-            "resuming after {} of {} texts",
-            state.rows_done, state.count
-        ));
-    } else if a.resume {
-        log("--resume: no stopped run to continue; starting from the first text");
-    }
-    let header = rewa::io::npy_header_f32(state.count, dim);
-    let mut rows = open_rows(
-        &rows_path,
-        &header,
-        (state.rows_done * dim * 4) as u64,
-        !resumed,
-    )?;
-    rows.seek(std::io::SeekFrom::End(0))?;
-    let stop_after: Option<usize> = std::env::var("REWA_EMBED_STOP_AFTER_CHUNKS")
-        .ok()
-        .and_then(|v| v.parse().ok());
-
-    let resumed_from = state.rows_done;
+    let mut run = Progress::start_or_resume(&a, &embedder, texts.len())?;
+    let resumed_from = run.state.rows_done;
     let t = Instant::now();
-    let refs: Vec<&str> = texts.texts.iter().map(String::as_str).collect();
-    let pb = progress_bar(refs.len() as u64, "embedding texts");
-    pb.set_position(state.rows_done as u64);
-    let mut chunks_run = 0;
-    while state.rows_done < refs.len() {
-        if stop_after == Some(chunks_run) {
-            pb.abandon();
-            bail!("stopped after {chunks_run} chunks (REWA_EMBED_STOP_AFTER_CHUNKS)");
-        }
-        let end = (state.rows_done + state.chunk).min(refs.len());
-        let done = embedder
-            .embed_with_progress(&refs[state.rows_done..end], |n| pb.inc(n as u64))
-            .context("embedding")?;
-        let bytes: Vec<u8> = done
-            .vectors
-            .as_slice()
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect();
-        rows.write_all(&bytes)
-            .and_then(|()| rows.sync_data())
-            .with_context(|| format!("writing {}", rows_path.display()))?;
-        state.rows_done = end;
-        state.tokens_done += done.tokens;
-        rewa::io::write_text(&state_path, &serde_json::to_string(&state)?)
-            .with_context(|| format!("writing {}", state_path.display()))?;
-        chunks_run += 1;
-    }
-    pb.finish_and_clear();
+    run.embed(&embedder, &texts.texts)?;
     let seconds = t.elapsed().as_secs_f64();
-
-    let want = (header.len() + state.count * dim * 4) as u64;
-    let len = rows.metadata()?.len();
-    if len != want {
-        bail!(
-            "{} holds {len} bytes, not the {want} of {} rows",
-            rows_path.display(),
-            state.count
-        );
-    }
-    drop(rows);
     if let Some(ids_out) = &a.ids_out {
         let mut text = texts.ids.join("\n");
         text.push('\n');
         rewa::io::write_text(ids_out, &text)
             .with_context(|| format!("writing {}", ids_out.display()))?;
     }
-    let out_is_link = std::fs::symlink_metadata(&a.out).is_ok_and(|m| m.file_type().is_symlink());
-    if out_is_link {
-        // Write through the link, as rewa's writers do, rather than replace it.
-        let v = rewa::io::read_vectors(&rows_path)?;
-        rewa::io::write_npy_f32(&a.out, &v)
-            .with_context(|| format!("writing {}", a.out.display()))?;
-        std::fs::remove_file(&rows_path)
-            .with_context(|| format!("removing {}", rows_path.display()))?;
-    } else {
-        // Every chunk was synced as it was appended.
-        std::fs::rename(&rows_path, &a.out)
-            .with_context(|| format!("renaming {} to {}", rows_path.display(), a.out.display()))?;
-    }
-    std::fs::remove_file(&state_path)
-        .with_context(|| format!("removing {}", state_path.display()))?;
+    let state = run.finish(&a.out)?;
+
     let s = Summary {
         count: state.count,
-        dim,
+        dim: state.dim,
         tokens: state.tokens_done,
         seconds,
         load_seconds,
@@ -340,4 +196,198 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The texts of --input, checked whole (before the model loads).
+fn read_input(a: &Args) -> Result<Texts> {
+    let field = a.field.clone().map_or(TextField::Beir, TextField::Named);
+    let texts = read_texts(&a.input, &field)
+        .with_context(|| format!("reading texts from {}", a.input.display()))?;
+    if texts.is_empty() {
+        bail!("{} holds no texts", a.input.display());
+    }
+    if a.ids_out.is_some() {
+        if let Some(i) = texts.ids.iter().position(|id| id.contains(['\n', '\r'])) {
+            bail!(
+                "{}: the id of text {} holds a line break, which --ids-out cannot write",
+                a.input.display(),
+                i + 1
+            );
+        }
+    }
+    log(&format!(
+        "read {} texts from {}",
+        texts.len(),
+        a.input.display()
+    ));
+    Ok(texts)
+}
+
+/// The model of --model with --max-seq-len and --batch applied.
+fn load_model(a: &Args) -> Result<Embedder> {
+    let mut embedder = Embedder::load(&a.model)
+        .with_context(|| format!("loading the model {}", a.model.display()))?;
+    if let Some(n) = a.max_seq_len {
+        embedder.set_max_seq_len(n).context("--max-seq-len")?;
+    }
+    embedder.set_batch_size(a.batch)?;
+    Ok(embedder)
+}
+
+/// A run's streamed output and its recorded state.
+struct Progress {
+    rows: std::fs::File,
+    rows_path: PathBuf,
+    state_path: PathBuf,
+    header_len: usize,
+    state: Partial,
+}
+
+impl Progress {
+    /// Starts a run, or continues the stopped one beside --out when --resume says so and its
+    /// record matches this run's input, model and settings.
+    fn start_or_resume(a: &Args, embedder: &Embedder, count: usize) -> Result<Progress> {
+        let input_bytes =
+            std::fs::read(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
+        let weights = a.model.join("model.safetensors");
+        let mut state = Partial {
+            input_bytes: input_bytes.len() as u64,
+            input_crc32: crc32fast::hash(&input_bytes),
+            model: std::fs::canonicalize(&a.model).unwrap_or_else(|_| a.model.clone()),
+            weights_bytes: std::fs::metadata(&weights)
+                .with_context(|| format!("reading {}", weights.display()))?
+                .len(),
+            max_seq_len: embedder.max_seq_len(),
+            field: a.field.clone(),
+            dim: embedder.dim(),
+            count,
+            chunk: chunk_len(a.batch),
+            rows_done: 0,
+            tokens_done: 0,
+        };
+        drop(input_bytes);
+        let (rows_path, state_path) = partial_paths(&a.out);
+        let resumed = state_path.exists();
+        if resumed && !a.resume {
+            bail!(
+                "{} is left from a stopped run: pass --resume to continue it, or delete {} and {}",
+                state_path.display(),
+                state_path.display(),
+                rows_path.display()
+            );
+        }
+        if resumed {
+            let text = std::fs::read_to_string(&state_path)
+                .with_context(|| format!("reading {}", state_path.display()))?;
+            let old: Partial = serde_json::from_str(&text)
+                .with_context(|| format!("reading {}", state_path.display()))?;
+            let same = Partial {
+                rows_done: old.rows_done,
+                tokens_done: old.tokens_done,
+                chunk: old.chunk,
+                ..state
+            };
+            if old != same || old.rows_done > old.count {
+                bail!(
+                    "--resume: {} was made from other inputs or settings (input, model, --max-seq-len or --field differ): delete it and {} to start again",
+                    state_path.display(),
+                    rows_path.display()
+                );
+            }
+            state = old;
+            log(&format!(
+                "resuming after {} of {} texts",
+                state.rows_done, state.count
+            ));
+        } else if a.resume {
+            log("--resume: no stopped run to continue; starting from the first text");
+        }
+        let header = rewa::io::npy_header_f32(state.count, state.dim);
+        let rows_bytes = (state.rows_done * state.dim * 4) as u64;
+        let mut rows = open_rows(&rows_path, &header, rows_bytes, !resumed)?;
+        rows.seek(std::io::SeekFrom::End(0))?;
+        Ok(Progress {
+            rows,
+            rows_path,
+            state_path,
+            header_len: header.len(),
+            state,
+        })
+    }
+
+    /// Embeds the texts not yet done, a chunk at a time, appending and recording each.
+    fn embed(&mut self, embedder: &Embedder, texts: &[String]) -> Result<()> {
+        let stop_after: Option<usize> = std::env::var("REWA_EMBED_STOP_AFTER_CHUNKS")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let pb = progress_bar(refs.len() as u64, "embedding texts");
+        pb.set_position(self.state.rows_done as u64);
+        let mut chunks_run = 0;
+        while self.state.rows_done < refs.len() {
+            if stop_after == Some(chunks_run) {
+                pb.abandon();
+                bail!("stopped after {chunks_run} chunks (REWA_EMBED_STOP_AFTER_CHUNKS)");
+            }
+            let end = (self.state.rows_done + self.state.chunk).min(refs.len());
+            let done = embedder
+                .embed_with_progress(&refs[self.state.rows_done..end], |n| pb.inc(n as u64))
+                .context("embedding")?;
+            let bytes: Vec<u8> = done
+                .vectors
+                .as_slice()
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect();
+            self.rows
+                .write_all(&bytes)
+                .and_then(|()| self.rows.sync_data())
+                .with_context(|| format!("writing {}", self.rows_path.display()))?;
+            self.state.rows_done = end;
+            self.state.tokens_done += done.tokens;
+            rewa::io::write_text(&self.state_path, &serde_json::to_string(&self.state)?)
+                .with_context(|| format!("writing {}", self.state_path.display()))?;
+            chunks_run += 1;
+        }
+        pb.finish_and_clear();
+        Ok(())
+    }
+
+    /// Puts the finished .npy at `out` and removes the record; returns the final state.
+    fn finish(self, out: &Path) -> Result<Partial> {
+        let Progress {
+            rows,
+            rows_path,
+            state_path,
+            header_len,
+            state,
+        } = self;
+        let want = (header_len + state.count * state.dim * 4) as u64;
+        let len = rows.metadata()?.len();
+        if len != want {
+            bail!(
+                "{} holds {len} bytes, not the {want} of {} rows",
+                rows_path.display(),
+                state.count
+            );
+        }
+        drop(rows);
+        let out_is_link = std::fs::symlink_metadata(out).is_ok_and(|m| m.file_type().is_symlink());
+        if out_is_link {
+            // Write through the link, as rewa's writers do, rather than replace it.
+            let v = rewa::io::read_vectors(&rows_path)?;
+            rewa::io::write_npy_f32(out, &v)
+                .with_context(|| format!("writing {}", out.display()))?;
+            std::fs::remove_file(&rows_path)
+                .with_context(|| format!("removing {}", rows_path.display()))?;
+        } else {
+            // Every chunk was synced as it was appended.
+            std::fs::rename(&rows_path, out).with_context(|| {
+                format!("renaming {} to {}", rows_path.display(), out.display())
+            })?;
+        }
+        std::fs::remove_file(&state_path)
+            .with_context(|| format!("removing {}", state_path.display()))?;
+        Ok(state)
+    }
 }
