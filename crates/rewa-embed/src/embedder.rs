@@ -314,6 +314,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_embedder_can_be_shared_between_threads() {
+        // The server and the Python package call one loaded model from many threads.
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Embedder>();
+    }
+
+    #[test]
     fn pooling_respects_the_mask() {
         // three tokens of dim 2, the last one padding
         let tokens = [1.0, 2.0, 3.0, -4.0, 100.0, 100.0];
