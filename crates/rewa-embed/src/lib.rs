@@ -23,4 +23,4 @@ pub mod texts;
 pub use embedder::{Embedded, Embedder, DEFAULT_BATCH_SIZE};
 pub use error::{Error, Result};
 pub use model_dir::{Arch, ModelDir, Pooling};
-pub use texts::{read_texts, TextField, Texts};
+pub use texts::{read_texts, TextField, TextReader, Texts};

@@ -43,15 +43,6 @@ impl Texts {
     pub fn is_empty(&self) -> bool {
         self.texts.is_empty()
     }
-
-    fn push(&mut self, id: String, text: String, at: &dyn Fn(&str) -> Error) -> Result<()> {
-        if text.trim().is_empty() {
-            return Err(at("empty text"));
-        }
-        self.ids.push(id);
-        self.texts.push(text);
-        Ok(())
-    }
 }
 
 /// The file format, from the extension.
@@ -62,8 +53,7 @@ enum Format {
     Tsv,
 }
 
-/// Reads the texts of `path` (format by extension, see the module doc).
-pub fn read_texts(path: &Path, field: &TextField) -> Result<Texts> {
+fn format_of(path: &Path, field: &TextField) -> Result<Format> {
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
@@ -85,48 +75,150 @@ pub fn read_texts(path: &Path, field: &TextField) -> Result<Texts> {
             path.display()
         )));
     }
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse(&bytes, format, field, path)
+    Ok(format)
 }
 
-fn parse(bytes: &[u8], format: Format, field: &TextField, path: &Path) -> Result<Texts> {
+/// Reads the texts of `path` (format by extension, see the module doc), all at once.
+pub fn read_texts(path: &Path, field: &TextField) -> Result<Texts> {
     let mut out = Texts::default();
-    let mut header: Option<Vec<String>> = None;
-    let mut body = bytes;
-    // A final newline ends the last line; it does not start an empty one.
-    if let Some(b) = body.strip_suffix(b"\n") {
-        body = b;
+    for record in TextReader::open(path, field)? {
+        let (id, text) = record?;
+        out.ids.push(id);
+        out.texts.push(text);
     }
-    if body.is_empty() {
-        return Ok(out);
+    Ok(out)
+}
+
+/// The records of a text file one at a time, `(id, text)`, so that a corpus of any size is
+/// read in constant memory. The first bad line ends the iteration with its error.
+pub struct TextReader<R> {
+    reader: R,
+    lines: LineParser,
+    buf: Vec<u8>,
+    failed: bool,
+}
+
+impl TextReader<std::io::BufReader<std::fs::File>> {
+    /// Opens `path` (format by extension).
+    pub fn open(path: &Path, field: &TextField) -> Result<Self> {
+        let format = format_of(path, field)?;
+        let f = std::fs::File::open(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Self::with_format(
+            std::io::BufReader::with_capacity(1 << 16, f),
+            path,
+            format,
+            field,
+        ))
     }
-    for (i, raw) in body.split(|&b| b == b'\n').enumerate() {
-        let line_no = i + 1;
+}
+
+impl<R: std::io::BufRead> TextReader<R> {
+    /// Reads records from `reader`; `path` gives the format (by extension) and names the
+    /// file in messages.
+    pub fn new(reader: R, path: &Path, field: &TextField) -> Result<Self> {
+        let format = format_of(path, field)?;
+        Ok(Self::with_format(reader, path, format, field))
+    }
+
+    fn with_format(reader: R, path: &Path, format: Format, field: &TextField) -> Self {
+        TextReader {
+            reader,
+            lines: LineParser {
+                path: path.to_path_buf(),
+                format,
+                field: field.clone(),
+                header: None,
+                line_no: 0,
+                row: 0,
+            },
+            buf: Vec::new(),
+            failed: false,
+        }
+    }
+
+    /// The reader, e.g. to finish a checksum it computed.
+    pub fn into_inner(self) -> R {
+        self.reader
+    }
+
+    fn next_record(&mut self) -> Result<Option<(String, String)>> {
+        loop {
+            self.buf.clear();
+            let n = self
+                .reader
+                .read_until(b'\n', &mut self.buf)
+                .map_err(|source| Error::Io {
+                    path: self.lines.path.clone(),
+                    source,
+                })?;
+            if n == 0 {
+                return Ok(None);
+            }
+            // A final newline ends the last line; it does not start an empty one.
+            let raw = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
+            let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+            if let Some(record) = self.lines.parse(raw)? {
+                return Ok(Some(record));
+            }
+        }
+    }
+}
+
+impl<R: std::io::BufRead> Iterator for TextReader<R> {
+    type Item = Result<(String, String)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        match self.next_record() {
+            Ok(r) => r.map(Ok),
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Turns one line into a record (or nothing, for a `.tsv` header), counting lines and rows.
+struct LineParser {
+    path: std::path::PathBuf,
+    format: Format,
+    field: TextField,
+    header: Option<Vec<String>>,
+    line_no: usize,
+    row: usize,
+}
+
+impl LineParser {
+    fn parse(&mut self, raw: &[u8]) -> Result<Option<(String, String)>> {
+        self.line_no += 1;
+        let (path, line_no) = (&self.path, self.line_no);
         let at =
             |what: &str| Error::InvalidInput(format!("{} line {line_no}: {what}", path.display()));
-        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
         let line = std::str::from_utf8(raw)
             .map_err(|e| at(&format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
-        let row = out.len();
-        match format {
-            Format::Txt => out.push(row.to_string(), line.to_string(), &at)?,
+        let row = self.row;
+        let (id, text) = match self.format {
+            Format::Txt => (row.to_string(), line.to_string()),
             Format::Jsonl => {
                 if line.trim().is_empty() {
                     return Err(at("empty line"));
                 }
-                let (id, text) = jsonl_record(line, field, row).map_err(|e| at(&e))?;
-                out.push(id, text, &at)?;
+                jsonl_record(line, &self.field, row).map_err(|e| at(&e))?
             }
             Format::Tsv => {
                 let cols: Vec<&str> = line.split('\t').collect();
-                match (field, &header) {
+                match (&self.field, &self.header) {
                     (TextField::Named(_), None) => {
-                        header = Some(cols.iter().map(|c| c.to_string()).collect());
-                        check_header(header.as_deref().unwrap_or_default(), field)
-                            .map_err(|e| at(&e))?;
+                        let header: Vec<String> = cols.iter().map(|c| c.to_string()).collect();
+                        check_header(&header, &self.field).map_err(|e| at(&e))?;
+                        self.header = Some(header);
+                        return Ok(None);
                     }
                     (TextField::Named(name), Some(h)) => {
                         if cols.len() != h.len() {
@@ -141,26 +233,29 @@ fn parse(bytes: &[u8], format: Format, field: &TextField, path: &Path) -> Result
                         let id = col("_id")
                             .or_else(|| col("id"))
                             .map_or_else(|| row.to_string(), str::to_string);
-                        out.push(id, text, &at)?;
+                        (id, text)
                     }
-                    (TextField::Beir, _) => {
-                        let (id, text) = match cols[..] {
-                            [id, text] => (id, text.trim().to_string()),
-                            [id, title, text] => (id, format!("{title} {text}").trim().to_string()),
-                            _ => {
-                                return Err(at(&format!(
-                                    "{} columns (expected id<TAB>text or id<TAB>title<TAB>text)",
-                                    cols.len()
-                                )))
-                            }
-                        };
-                        out.push(id.to_string(), text, &at)?;
-                    }
+                    (TextField::Beir, _) => match cols[..] {
+                        [id, text] => (id.to_string(), text.trim().to_string()),
+                        [id, title, text] => {
+                            (id.to_string(), format!("{title} {text}").trim().to_string())
+                        }
+                        _ => {
+                            return Err(at(&format!(
+                                "{} columns (expected id<TAB>text or id<TAB>title<TAB>text)",
+                                cols.len()
+                            )))
+                        }
+                    },
                 }
             }
+        };
+        if text.trim().is_empty() {
+            return Err(at("empty text"));
         }
+        self.row += 1;
+        Ok(Some((id, text)))
     }
-    Ok(out)
 }
 
 fn check_header(header: &[String], field: &TextField) -> std::result::Result<(), String> {
@@ -212,6 +307,21 @@ fn jsonl_record(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(bytes: &[u8], format: Format, field: &TextField, _: &Path) -> Result<Texts> {
+        let name = match format {
+            Format::Jsonl => "in.jsonl",
+            Format::Txt => "in.txt",
+            Format::Tsv => "in.tsv",
+        };
+        let mut out = Texts::default();
+        for record in TextReader::new(bytes, Path::new(name), field)? {
+            let (id, text) = record?;
+            out.ids.push(id);
+            out.texts.push(text);
+        }
+        Ok(out)
+    }
 
     fn p(s: &str, format: Format, field: &TextField) -> Result<Texts> {
         parse(s.as_bytes(), format, field, Path::new("in"))

@@ -1,15 +1,16 @@
 use crate::data::{log, progress_bar};
 use anyhow::{bail, Context, Result};
-use rewa_embed::{read_texts, Embedder, TextField, Texts};
+use rewa_embed::{Embedder, TextField, TextReader};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Embed texts with a sentence-transformers model directory (BERT or MPNet) and write the
-/// vectors as float32 .npy, one row per text in input order. The input is read and checked
-/// whole before the model loads; outputs are written atomically at the end. With --json,
-/// stdout holds exactly one JSON object.
+/// vectors as float32 .npy, one row per text in input order. Every line of the input is
+/// checked before the model loads; texts are then read a chunk at a time, so memory does not
+/// grow with the corpus (--ids-out keeps the ids). With --json, stdout holds exactly one JSON
+/// object.
 ///
 /// The vectors stream into OUT.partial.npy beside --out, and OUT.partial.json records what
 /// they are made from and how many rows are done, after every chunk of texts; --resume
@@ -145,7 +146,8 @@ pub fn run(a: Args) -> Result<()> {
         }
         rewa::io::check_writable(ids_out).context("--ids-out")?;
     }
-    let texts = read_input(&a)?;
+    let field = a.field.clone().map_or(TextField::Beir, TextField::Named);
+    let input = scan_input(&a, &field)?;
     let t = Instant::now();
     let embedder = load_model(&a)?;
     let load_seconds = t.elapsed().as_secs_f64();
@@ -157,13 +159,13 @@ pub fn run(a: Args) -> Result<()> {
         embedder.max_seq_len()
     ));
 
-    let mut run = Progress::start_or_resume(&a, &embedder, texts.len())?;
+    let mut run = Progress::start_or_resume(&a, &embedder, &input)?;
     let resumed_from = run.state.rows_done;
     let t = Instant::now();
-    run.embed(&embedder, &texts.texts)?;
+    run.embed(&embedder, &a.input, &field)?;
     let seconds = t.elapsed().as_secs_f64();
-    if let Some(ids_out) = &a.ids_out {
-        let mut text = texts.ids.join("\n");
+    if let (Some(ids_out), Some(ids)) = (&a.ids_out, &input.ids) {
+        let mut text = ids.join("\n");
         text.push('\n');
         rewa::io::write_text(ids_out, &text)
             .with_context(|| format!("writing {}", ids_out.display()))?;
@@ -198,29 +200,73 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
-/// The texts of --input, checked whole (before the model loads).
-fn read_input(a: &Args) -> Result<Texts> {
-    let field = a.field.clone().map_or(TextField::Beir, TextField::Named);
-    let texts = read_texts(&a.input, &field)
-        .with_context(|| format!("reading texts from {}", a.input.display()))?;
-    if texts.is_empty() {
+/// What the first pass over --input found: it checks every line (before the model loads)
+/// without keeping the texts, so memory does not grow with the corpus.
+struct Input {
+    count: usize,
+    /// The ids, kept only for --ids-out.
+    ids: Option<Vec<String>>,
+    bytes: u64,
+    crc32: u32,
+}
+
+/// A reader that checksums what passes through it.
+struct Crc<R> {
+    inner: R,
+    hasher: crc32fast::Hasher,
+    bytes: u64,
+}
+
+impl<R: Read> Read for Crc<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+fn scan_input(a: &Args, field: &TextField) -> Result<Input> {
+    let context = || format!("reading texts from {}", a.input.display());
+    let file = std::fs::File::open(&a.input).with_context(context)?;
+    let crc = Crc {
+        inner: file,
+        hasher: crc32fast::Hasher::new(),
+        bytes: 0,
+    };
+    let mut reader = TextReader::new(
+        std::io::BufReader::with_capacity(1 << 16, crc),
+        &a.input,
+        field,
+    )
+    .with_context(context)?;
+    let mut count = 0;
+    let mut ids = a.ids_out.as_ref().map(|_| Vec::new());
+    for record in &mut reader {
+        let (id, _) = record.with_context(context)?;
+        if let Some(ids) = &mut ids {
+            if id.contains(['\n', '\r']) {
+                bail!(
+                    "{}: the id of text {} holds a line break, which --ids-out cannot write",
+                    a.input.display(),
+                    count + 1
+                );
+            }
+            ids.push(id);
+        }
+        count += 1;
+    }
+    if count == 0 {
         bail!("{} holds no texts", a.input.display());
     }
-    if a.ids_out.is_some() {
-        if let Some(i) = texts.ids.iter().position(|id| id.contains(['\n', '\r'])) {
-            bail!(
-                "{}: the id of text {} holds a line break, which --ids-out cannot write",
-                a.input.display(),
-                i + 1
-            );
-        }
-    }
-    log(&format!(
-        "read {} texts from {}",
-        texts.len(),
-        a.input.display()
-    ));
-    Ok(texts)
+    let crc = reader.into_inner().into_inner();
+    log(&format!("read {count} texts from {}", a.input.display()));
+    Ok(Input {
+        count,
+        ids,
+        bytes: crc.bytes,
+        crc32: crc.hasher.finalize(),
+    })
 }
 
 /// The model of --model with --max-seq-len and --batch applied.
@@ -246,13 +292,11 @@ struct Progress {
 impl Progress {
     /// Starts a run, or continues the stopped one beside --out when --resume says so and its
     /// record matches this run's input, model and settings.
-    fn start_or_resume(a: &Args, embedder: &Embedder, count: usize) -> Result<Progress> {
-        let input_bytes =
-            std::fs::read(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
+    fn start_or_resume(a: &Args, embedder: &Embedder, input: &Input) -> Result<Progress> {
         let weights = a.model.join("model.safetensors");
         let mut state = Partial {
-            input_bytes: input_bytes.len() as u64,
-            input_crc32: crc32fast::hash(&input_bytes),
+            input_bytes: input.bytes,
+            input_crc32: input.crc32,
             model: std::fs::canonicalize(&a.model).unwrap_or_else(|_| a.model.clone()),
             weights_bytes: std::fs::metadata(&weights)
                 .with_context(|| format!("reading {}", weights.display()))?
@@ -260,12 +304,11 @@ impl Progress {
             max_seq_len: embedder.max_seq_len(),
             field: a.field.clone(),
             dim: embedder.dim(),
-            count,
+            count: input.count,
             chunk: chunk_len(a.batch),
             rows_done: 0,
             tokens_done: 0,
         };
-        drop(input_bytes);
         let (rows_path, state_path) = partial_paths(&a.out);
         let resumed = state_path.exists();
         if resumed && !a.resume {
@@ -315,23 +358,42 @@ impl Progress {
         })
     }
 
-    /// Embeds the texts not yet done, a chunk at a time, appending and recording each.
-    fn embed(&mut self, embedder: &Embedder, texts: &[String]) -> Result<()> {
+    /// Embeds the texts not yet done, a chunk at a time, appending and recording each. The
+    /// texts are read again, a chunk at a time.
+    fn embed(&mut self, embedder: &Embedder, input: &Path, field: &TextField) -> Result<()> {
         let stop_after: Option<usize> = std::env::var("REWA_EMBED_STOP_AFTER_CHUNKS")
             .ok()
             .and_then(|v| v.parse().ok());
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let pb = progress_bar(refs.len() as u64, "embedding texts");
+        let context = || format!("reading texts from {}", input.display());
+        let changed = || {
+            anyhow::anyhow!(
+                "{} changed while it was being embedded: it no longer holds {} texts",
+                input.display(),
+                self.state.count
+            )
+        };
+        let mut reader = TextReader::open(input, field).with_context(context)?;
+        for _ in 0..self.state.rows_done {
+            reader.next().ok_or_else(changed)?.with_context(context)?;
+        }
+        let count = self.state.count;
+        let pb = progress_bar(count as u64, "embedding texts");
         pb.set_position(self.state.rows_done as u64);
         let mut chunks_run = 0;
-        while self.state.rows_done < refs.len() {
+        while self.state.rows_done < count {
             if stop_after == Some(chunks_run) {
                 pb.abandon();
                 bail!("stopped after {chunks_run} chunks (REWA_EMBED_STOP_AFTER_CHUNKS)");
             }
-            let end = (self.state.rows_done + self.state.chunk).min(refs.len());
+            let end = (self.state.rows_done + self.state.chunk).min(count);
+            let mut texts = Vec::with_capacity(end - self.state.rows_done);
+            for _ in self.state.rows_done..end {
+                let (_, text) = reader.next().ok_or_else(changed)?.with_context(context)?;
+                texts.push(text);
+            }
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             let done = embedder
-                .embed_with_progress(&refs[self.state.rows_done..end], |n| pb.inc(n as u64))
+                .embed_with_progress(&refs, |n| pb.inc(n as u64))
                 .context("embedding")?;
             let bytes: Vec<u8> = done
                 .vectors
@@ -348,6 +410,9 @@ impl Progress {
             rewa::io::write_text(&self.state_path, &serde_json::to_string(&self.state)?)
                 .with_context(|| format!("writing {}", self.state_path.display()))?;
             chunks_run += 1;
+        }
+        if reader.next().is_some() {
+            return Err(changed());
         }
         pb.finish_and_clear();
         Ok(())
