@@ -8,8 +8,10 @@
 //! | `.tsv` with a named field | a header line, then rows | the `_id` or `id` column, else the row number | the named column |
 //!
 //! Row numbers count from 0 (rewa's ids are insertion positions); messages name 1-based lines.
-//! The whole file is checked before anything is embedded: an empty text, invalid UTF-8, a line
-//! that is not JSON or lacks the field is an error naming the file and the line.
+//! An empty text, invalid UTF-8, a line that is not JSON or lacks the field is an error naming
+//! the file and the line. [`TextReader`] yields one record at a time (a caller that must check
+//! a whole file before it starts work reads it twice, as `rewa embed` does); [`read_texts`]
+//! collects them all.
 
 use crate::error::{Error, Result};
 use std::path::Path;
