@@ -50,6 +50,8 @@ enum Command {
     Serve(cmd::serve::Args),
     /// Train the learned encoder (MLP, contrastive) for `learned=DIR` specs.
     Train(cmd::train::Args),
+    /// Embed texts (.jsonl, .txt, .tsv) with a sentence-transformers model directory into .npy.
+    Embed(cmd::embed::Args),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
         Command::Info(a) => cmd::index::info(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Train(a) => cmd::train::run(a),
+        Command::Embed(a) => cmd::embed::run(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

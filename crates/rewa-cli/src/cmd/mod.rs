@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod embed;
 pub mod encode;
 pub mod eval;
 pub mod index;

@@ -3,6 +3,7 @@
 mod cli;
 mod common;
 mod crash;
+mod embed;
 mod faults;
 mod front;
 mod serve;

@@ -7,7 +7,9 @@ mod fvecs;
 mod npy;
 
 pub use fvecs::{read_bvecs, read_fvecs, read_ivecs, write_fvecs};
-pub use npy::{read_npy, write_npy_f32, write_npy_i64, write_npy_u8, NpyArray, NpyData};
+pub use npy::{
+    npy_header_f32, read_npy, write_npy_f32, write_npy_i64, write_npy_u8, NpyArray, NpyData,
+};
 
 use crate::error::{Error, Result};
 use crate::vectors::Vectors;

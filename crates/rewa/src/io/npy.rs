@@ -298,6 +298,13 @@ fn header(descr: &str, shape: &[usize]) -> Vec<u8> {
     out
 }
 
+/// The header of a 2-D `<f4` array of `rows x cols`. Written first, then followed by the
+/// `rows * cols` floats in little-endian order, it streams an .npy whose shape is known before
+/// its rows are (as `rewa embed` does).
+pub fn npy_header_f32(rows: usize, cols: usize) -> Vec<u8> {
+    header("<f4", &[rows, cols])
+}
+
 /// Writes vectors as a 2-D `<f4` array, atomically.
 pub fn write_npy_f32(path: &Path, v: &Vectors) -> Result<()> {
     write_atomic(
@@ -370,5 +377,19 @@ mod tests {
             .unwrap(),
             [1, 2]
         );
+    }
+
+    #[test]
+    fn a_streamed_f32_npy_equals_the_written_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = Vectors::new(3, (0..12).map(|i| i as f32 * 0.5).collect()).unwrap();
+        let path = dir.path().join("v.npy");
+        write_npy_f32(&path, &v).unwrap();
+        let mut streamed = npy_header_f32(4, 3);
+        assert_eq!(streamed.len() % 64, 0);
+        for x in v.as_slice() {
+            streamed.extend_from_slice(&x.to_le_bytes());
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), streamed);
     }
 }

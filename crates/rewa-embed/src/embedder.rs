@@ -1,0 +1,349 @@
+//! `Embedder`: texts in, sentence-transformers vectors out.
+//!
+//! The steps are those of `SentenceTransformer.encode`: tokenize with truncation to
+//! `max_seq_len` word pieces (special tokens included), sort the texts by length so that a
+//! batch carries little padding, run the transformer on each batch padded to its longest text,
+//! pool the token vectors the attention mask keeps, L2-normalise when the model lists a
+//! `Normalize` module, and put the rows back in input order. Padding is masked out of attention
+//! and pooling, so a text's vector does not depend on the batch it ran in (up to float
+//! rounding).
+
+use crate::error::{Error, Result};
+use crate::model_dir::{positions_for_text, read_json, Arch, ModelDir, Pooling};
+use crate::mpnet::{MpNetConfig, MpNetModel};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use rewa::Vectors;
+use std::path::Path;
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+/// Texts per forward pass unless [`Embedder::set_batch_size`] says otherwise
+/// (sentence-transformers' default).
+pub const DEFAULT_BATCH_SIZE: usize = 32;
+
+enum Transformer {
+    Bert(BertModel),
+    MpNet(MpNetModel),
+}
+
+/// A loaded sentence-embedding model, run by candle on the CPU in f32.
+///
+/// ```no_run
+/// let embedder = rewa_embed::Embedder::load("models/all-MiniLM-L6-v2")?;
+/// let v = embedder.embed(&["A man is eating food.", "A cat sleeps."])?;
+/// assert_eq!((v.len(), v.dim()), (2, embedder.dim()));
+/// # Ok::<(), rewa_embed::Error>(())
+/// ```
+pub struct Embedder {
+    model: Transformer,
+    tokenizer: Tokenizer,
+    info: ModelDir,
+    dim: usize,
+    max_positions: usize,
+    max_seq_len: usize,
+    batch_size: usize,
+    pad_id: u32,
+}
+
+/// Vectors and the word pieces they were made from.
+#[derive(Debug, Clone)]
+pub struct Embedded {
+    /// One row per text, in input order.
+    pub vectors: Vectors,
+    /// Word pieces the model saw, after truncation, special tokens included, padding excluded.
+    pub tokens: usize,
+}
+
+#[derive(serde::Deserialize)]
+struct PadConfig {
+    pad_token_id: Option<u32>,
+    hidden_size: usize,
+    max_position_embeddings: usize,
+}
+
+impl Embedder {
+    /// Loads a sentence-transformers model directory (see [`crate::model_dir`] for the files).
+    pub fn load(dir: impl AsRef<Path>) -> Result<Embedder> {
+        let dir = dir.as_ref();
+        let info = ModelDir::read(dir)?;
+        let config_path = dir.join("config.json");
+        let pc: PadConfig = read_json(&config_path)?;
+        if pc.hidden_size != info.dim {
+            return Err(Error::Model {
+                path: config_path,
+                reason: format!(
+                    "hidden_size {} but the pooling config says word_embedding_dimension {}",
+                    pc.hidden_size, info.dim
+                ),
+            });
+        }
+        let weights_path = dir.join("model.safetensors");
+        if !weights_path.is_file() {
+            return Err(Error::Model {
+                path: weights_path,
+                reason: "missing (this crate reads safetensors weights only)".into(),
+            });
+        }
+        let device = Device::Cpu;
+        let tensors = candle_core::safetensors::load(&weights_path, &device)?;
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
+        let model = match info.arch {
+            Arch::Bert => {
+                let cfg: BertConfig = read_json(&config_path)?;
+                Transformer::Bert(BertModel::load(vb, &cfg)?)
+            }
+            Arch::MpNet => {
+                let cfg: MpNetConfig = read_json(&config_path)?;
+                Transformer::MpNet(MpNetModel::load(vb, &cfg)?)
+            }
+        };
+        let tok_path = dir.join("tokenizer.json");
+        let mut tokenizer = Tokenizer::from_file(&tok_path)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", tok_path.display())))?;
+        // tokenizer.json carries its own fixed padding and truncation (128 for both models
+        // here); sentence-transformers replaces them, and so do we.
+        tokenizer.with_padding(None);
+        let pad_id = pc
+            .pad_token_id
+            .or_else(|| tokenizer.get_padding().map(|p| p.pad_id))
+            .unwrap_or(0);
+        let max_positions = positions_for_text(info.arch, pc.max_position_embeddings);
+        let mut embedder = Embedder {
+            model,
+            tokenizer,
+            dim: info.dim,
+            max_positions,
+            max_seq_len: 0,
+            batch_size: DEFAULT_BATCH_SIZE,
+            pad_id,
+            info,
+        };
+        embedder.set_max_seq_len(embedder.info.max_seq_len)?;
+        Ok(embedder)
+    }
+
+    /// The length of the vectors.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Word pieces per text, special tokens included; longer texts are cut.
+    pub fn max_seq_len(&self) -> usize {
+        self.max_seq_len
+    }
+
+    /// Texts per forward pass.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// What the model directory says.
+    pub fn model_dir(&self) -> &ModelDir {
+        &self.info
+    }
+
+    /// Changes the truncation length (the model directory's `max_seq_length` by default).
+    /// It must leave room for one word piece and fit the model's position table.
+    pub fn set_max_seq_len(&mut self, n: usize) -> Result<()> {
+        if n < 3 || n > self.max_positions {
+            return Err(Error::InvalidInput(format!(
+                "max_seq_len {n}: this model takes 3..={} word pieces",
+                self.max_positions
+            )));
+        }
+        self.tokenizer
+            .with_truncation(Some(TruncationParams {
+                direction: TruncationDirection::Right,
+                max_length: n,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+            }))
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        self.max_seq_len = n;
+        Ok(())
+    }
+
+    /// Changes the number of texts per forward pass (at least 1).
+    pub fn set_batch_size(&mut self, n: usize) -> Result<()> {
+        if n == 0 {
+            return Err(Error::InvalidInput("batch size 0".into()));
+        }
+        self.batch_size = n;
+        Ok(())
+    }
+
+    /// The vectors of `texts`, one row each, in order.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vectors> {
+        Ok(self.embed_counted(texts)?.vectors)
+    }
+
+    /// The vectors of `texts` and the number of word pieces the model saw.
+    pub fn embed_counted(&self, texts: &[&str]) -> Result<Embedded> {
+        self.embed_with_progress(texts, |_| {})
+    }
+
+    /// [`Embedder::embed_counted`], calling `progress(n)` after each batch with the number of
+    /// texts it held (for progress bars over long inputs: all of `texts` is tokenized first,
+    /// then sorted by length, so batches pad little).
+    pub fn embed_with_progress(
+        &self,
+        texts: &[&str],
+        mut progress: impl FnMut(usize),
+    ) -> Result<Embedded> {
+        let ids = self.tokenize(texts)?;
+        let tokens = ids.iter().map(Vec::len).sum();
+        // Longest first, as sentence-transformers does; ties keep input order.
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
+        let mut out = vec![0f32; texts.len() * self.dim];
+        for batch in order.chunks(self.batch_size) {
+            let rows: Vec<&[u32]> = batch.iter().map(|&i| ids[i].as_slice()).collect();
+            let pooled = self.forward(&rows)?;
+            for (&i, row) in batch.iter().zip(pooled.chunks_exact(self.dim)) {
+                out[i * self.dim..(i + 1) * self.dim].copy_from_slice(row);
+            }
+            progress(batch.len());
+        }
+        let vectors = Vectors::new(self.dim, out)
+            .map_err(|e| Error::InvalidInput(format!("assembling the vectors: {e}")))?;
+        Ok(Embedded { vectors, tokens })
+    }
+
+    /// The word-piece ids of each text after truncation, special tokens included.
+    pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
+        let enc = if self.info.lower_case {
+            let lower: Vec<String> = texts.iter().map(|t| t.to_lowercase()).collect();
+            let refs: Vec<&str> = lower.iter().map(String::as_str).collect();
+            self.tokenizer.encode_batch_fast(refs, true)
+        } else {
+            self.tokenizer.encode_batch_fast(texts.to_vec(), true)
+        }
+        .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(enc.into_iter().map(|e| e.get_ids().to_vec()).collect())
+    }
+
+    /// Pads `rows` to the longest, runs the transformer, pools and normalises: `rows.len()`
+    /// vectors, flat.
+    fn forward(&self, rows: &[&[u32]]) -> Result<Vec<f32>> {
+        let b = rows.len();
+        let seq = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        let mut ids = vec![self.pad_id; b * seq];
+        let mut mask = vec![0u32; b * seq];
+        for (i, r) in rows.iter().enumerate() {
+            ids[i * seq..i * seq + r.len()].copy_from_slice(r);
+            mask[i * seq..i * seq + r.len()].fill(1);
+        }
+        let device = Device::Cpu;
+        let ids_t = Tensor::from_vec(ids, (b, seq), &device)?;
+        let mask_t = Tensor::from_vec(mask.clone(), (b, seq), &device)?;
+        let hidden = match &self.model {
+            Transformer::Bert(m) => {
+                let type_ids = ids_t.zeros_like()?;
+                m.forward(&ids_t, &type_ids, Some(&mask_t))?
+            }
+            Transformer::MpNet(m) => m.forward(&ids_t, &mask_t)?,
+        };
+        let hidden = hidden
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let mut out = vec![0f32; b * self.dim];
+        for (i, o) in out.chunks_exact_mut(self.dim).enumerate() {
+            let tokens = &hidden[i * seq * self.dim..(i + 1) * seq * self.dim];
+            pool(self.info.pooling, tokens, &mask[i * seq..(i + 1) * seq], o);
+            if self.info.normalize {
+                normalize(o);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Pools one text's token vectors (`mask.len()` rows of `out.len()`) into `out`, counting only
+/// the tokens the mask keeps (sentence-transformers' `Pooling.forward`).
+pub(crate) fn pool(mode: Pooling, tokens: &[f32], mask: &[u32], out: &mut [f32]) {
+    let dim = out.len();
+    let kept = || {
+        tokens
+            .chunks_exact(dim)
+            .zip(mask)
+            .filter(|(_, &m)| m != 0)
+            .map(|(t, _)| t)
+    };
+    match mode {
+        Pooling::Cls => out.copy_from_slice(&tokens[..dim]),
+        Pooling::Max => {
+            // sentence-transformers sets masked tokens to -1e9 before the max.
+            out.fill(-1e9);
+            for t in kept() {
+                for (o, &x) in out.iter_mut().zip(t) {
+                    *o = o.max(x);
+                }
+            }
+        }
+        Pooling::Mean | Pooling::MeanSqrtLen => {
+            out.fill(0.0);
+            let mut n = 0usize;
+            for t in kept() {
+                n += 1;
+                for (o, &x) in out.iter_mut().zip(t) {
+                    *o += x;
+                }
+            }
+            // torch.clamp(sum_mask, min=1e-9)
+            let n = (n as f32).max(1e-9);
+            let div = if mode == Pooling::Mean { n } else { n.sqrt() };
+            for o in out.iter_mut() {
+                *o /= div;
+            }
+        }
+    }
+}
+
+/// `torch.nn.functional.normalize(x, p=2, dim=1)`: x / max(|x|, 1e-12).
+pub(crate) fn normalize(x: &mut [f32]) {
+    let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+    for v in x.iter_mut() {
+        *v /= norm;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_embedder_can_be_shared_between_threads() {
+        // The server and the Python package call one loaded model from many threads.
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Embedder>();
+    }
+
+    #[test]
+    fn pooling_respects_the_mask() {
+        // three tokens of dim 2, the last one padding
+        let tokens = [1.0, 2.0, 3.0, -4.0, 100.0, 100.0];
+        let mask = [1, 1, 0];
+        let mut out = [0f32; 2];
+        pool(Pooling::Mean, &tokens, &mask, &mut out);
+        assert_eq!(out, [2.0, -1.0]);
+        pool(Pooling::Max, &tokens, &mask, &mut out);
+        assert_eq!(out, [3.0, 2.0]);
+        pool(Pooling::Cls, &tokens, &mask, &mut out);
+        assert_eq!(out, [1.0, 2.0]);
+        pool(Pooling::MeanSqrtLen, &tokens, &mask, &mut out);
+        let s = 2f32.sqrt();
+        assert_eq!(out, [4.0 / s, -2.0 / s]);
+    }
+
+    #[test]
+    fn normalize_leaves_zero_alone() {
+        let mut z = [0f32; 3];
+        normalize(&mut z);
+        assert_eq!(z, [0.0; 3]);
+        let mut x = [3.0, 4.0];
+        normalize(&mut x);
+        assert_eq!(x, [0.6, 0.8]);
+    }
+}

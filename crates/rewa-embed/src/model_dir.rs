@@ -1,0 +1,254 @@
+//! A sentence-transformers model directory as it ships, read into plain settings.
+//!
+//! ```text
+//! modules.json               the pipeline: Transformer (path ""), Pooling, optional Normalize
+//! config.json                the transformer's hyper-parameters; `model_type` picks the module
+//! model.safetensors          the transformer's weights
+//! tokenizer.json             the tokenizers pipeline (its own truncation and padding are replaced)
+//! sentence_bert_config.json  max_seq_length: word pieces per text, [CLS] and [SEP] included
+//! <pooling>/config.json      pooling_mode_*: mean / cls / max / mean_sqrt_len
+//! ```
+//!
+//! These files come from outside, so unknown fields are ignored rather than refused (newer
+//! sentence-transformers versions add fields); what this crate cannot run is refused by name.
+
+use crate::error::{Error, Result};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// How token vectors become one text vector (sentence-transformers' `Pooling` module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// Mean over the tokens the attention mask keeps.
+    Mean,
+    /// The first token's vector ([CLS] or `<s>`).
+    Cls,
+    /// Element-wise maximum over the kept tokens.
+    Max,
+    /// The sum over kept tokens divided by the square root of their count.
+    MeanSqrtLen,
+}
+
+/// The transformer architecture, from `config.json`'s `model_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// BERT and its small relatives (MiniLM): candle-transformers' `BertModel`.
+    Bert,
+    /// MPNet: this crate's `mpnet` module.
+    MpNet,
+}
+
+/// What a model directory says, checked; the weights and the tokenizer are read by the embedder.
+#[derive(Debug, Clone)]
+pub struct ModelDir {
+    /// The directory.
+    pub dir: PathBuf,
+    /// The transformer architecture.
+    pub arch: Arch,
+    /// The pooling mode.
+    pub pooling: Pooling,
+    /// Whether a `Normalize` module follows the pooling (L2, as `torch.nn.functional.normalize`).
+    pub normalize: bool,
+    /// `sentence_bert_config.json`'s `max_seq_length`.
+    pub max_seq_len: usize,
+    /// `sentence_bert_config.json`'s `do_lower_case`: texts are lower-cased before the
+    /// tokenizer sees them (on top of any lower-casing the tokenizer does itself).
+    pub lower_case: bool,
+    /// The pooling config's `word_embedding_dimension`, checked against the transformer.
+    pub dim: usize,
+}
+
+#[derive(Deserialize)]
+struct Module {
+    path: String,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Deserialize)]
+struct SbertConfig {
+    max_seq_length: Option<usize>,
+    #[serde(default)]
+    do_lower_case: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct PoolingConfig {
+    word_embedding_dimension: usize,
+    pooling_mode: Option<String>,
+    pooling_mode_cls_token: bool,
+    pooling_mode_mean_tokens: bool,
+    pooling_mode_max_tokens: bool,
+    pooling_mode_mean_sqrt_len_tokens: bool,
+    pooling_mode_weightedmean_tokens: bool,
+    pooling_mode_lasttoken: bool,
+}
+
+#[derive(Deserialize)]
+struct ArchConfig {
+    model_type: Option<String>,
+    max_position_embeddings: Option<usize>,
+}
+
+/// Reads and parses one JSON file of the model directory.
+pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| Error::Model {
+        path: path.to_path_buf(),
+        reason: format!("not the expected JSON: {e}"),
+    })
+}
+
+impl ModelDir {
+    /// Reads `modules.json`, `sentence_bert_config.json`, the pooling config and
+    /// `config.json` of the model directory `dir`.
+    pub fn read(dir: &Path) -> Result<ModelDir> {
+        let modules: Vec<Module> = read_json(&dir.join("modules.json"))?;
+        let mut pooling_dir = None;
+        let mut normalize = false;
+        let mut transformer = false;
+        for m in &modules {
+            // "sentence_transformers.models.Pooling" and the newer
+            // "sentence_transformers.models.pooling.Pooling" alike: the last component names it.
+            match m.kind.rsplit('.').next().unwrap_or("") {
+                "Transformer" if m.path.is_empty() => transformer = true,
+                "Pooling" if pooling_dir.is_none() => pooling_dir = Some(dir.join(&m.path)),
+                "Normalize" => normalize = true,
+                _ => {
+                    return Err(Error::Unsupported(format!(
+                        "{}: module {:?} at {:?} (this crate runs Transformer at \"\", then Pooling, then optionally Normalize)",
+                        dir.join("modules.json").display(),
+                        m.kind,
+                        m.path
+                    )))
+                }
+            }
+        }
+        let (true, Some(pooling_dir)) = (transformer, pooling_dir) else {
+            return Err(Error::Model {
+                path: dir.join("modules.json"),
+                reason: "needs a Transformer module at path \"\" and a Pooling module".into(),
+            });
+        };
+        let pooling_path = pooling_dir.join("config.json");
+        let pc: PoolingConfig = read_json(&pooling_path)?;
+        let pooling = pooling_mode(&pc).map_err(|reason| Error::Model {
+            path: pooling_path.clone(),
+            reason,
+        })?;
+
+        let sbert_path = dir.join("sentence_bert_config.json");
+        let sbert: SbertConfig = read_json(&sbert_path)?;
+        let config_path = dir.join("config.json");
+        let ac: ArchConfig = read_json(&config_path)?;
+        let arch = match ac.model_type.as_deref() {
+            Some("bert") => Arch::Bert,
+            Some("mpnet") => Arch::MpNet,
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "{}: model_type {other:?} (this crate runs \"bert\" and \"mpnet\")",
+                    config_path.display()
+                )))
+            }
+        };
+        let max_seq_len = match (sbert.max_seq_length, ac.max_position_embeddings) {
+            (Some(n), _) => n,
+            // sentence-transformers falls back to the model's limit.
+            (None, Some(p)) => positions_for_text(arch, p),
+            (None, None) => {
+                return Err(Error::Model {
+                    path: sbert_path,
+                    reason: "no max_seq_length, and config.json has no max_position_embeddings"
+                        .into(),
+                })
+            }
+        };
+        if max_seq_len < 2 {
+            return Err(Error::Model {
+                path: sbert_path,
+                reason: format!("max_seq_length {max_seq_len} leaves no room for a word piece"),
+            });
+        }
+        Ok(ModelDir {
+            dir: dir.to_path_buf(),
+            arch,
+            pooling,
+            normalize,
+            max_seq_len,
+            lower_case: sbert.do_lower_case,
+            dim: pc.word_embedding_dimension,
+        })
+    }
+}
+
+/// Positions a text may use: MPNet (like RoBERTa) reserves the first `pad_token_id + 1`
+/// position rows, so 514 rows hold 512 tokens.
+pub(crate) fn positions_for_text(arch: Arch, max_position_embeddings: usize) -> usize {
+    match arch {
+        Arch::Bert => max_position_embeddings,
+        Arch::MpNet => max_position_embeddings.saturating_sub(2),
+    }
+}
+
+fn pooling_mode(pc: &PoolingConfig) -> std::result::Result<Pooling, String> {
+    if let Some(mode) = &pc.pooling_mode {
+        return match mode.as_str() {
+            "mean" => Ok(Pooling::Mean),
+            "cls" => Ok(Pooling::Cls),
+            "max" => Ok(Pooling::Max),
+            "mean_sqrt_len_tokens" => Ok(Pooling::MeanSqrtLen),
+            other => Err(format!("pooling_mode {other:?} is not supported")),
+        };
+    }
+    if pc.pooling_mode_weightedmean_tokens || pc.pooling_mode_lasttoken {
+        return Err("weighted-mean and last-token pooling are not supported".into());
+    }
+    let modes = [
+        (pc.pooling_mode_mean_tokens, Pooling::Mean),
+        (pc.pooling_mode_cls_token, Pooling::Cls),
+        (pc.pooling_mode_max_tokens, Pooling::Max),
+        (pc.pooling_mode_mean_sqrt_len_tokens, Pooling::MeanSqrtLen),
+    ];
+    let on: Vec<Pooling> = modes.iter().filter(|m| m.0).map(|m| m.1).collect();
+    match on[..] {
+        [one] => Ok(one),
+        [] => Err("no pooling_mode_* is true".into()),
+        _ => Err(format!(
+            "{} pooling modes at once (their concatenation) are not supported",
+            on.len()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pc(json: &str) -> PoolingConfig {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn pooling_modes() {
+        let mean = pc(r#"{"word_embedding_dimension": 4, "pooling_mode_mean_tokens": true}"#);
+        assert_eq!(pooling_mode(&mean), Ok(Pooling::Mean));
+        assert_eq!(
+            pooling_mode(&pc(r#"{"pooling_mode_cls_token": true}"#)),
+            Ok(Pooling::Cls)
+        );
+        assert_eq!(
+            pooling_mode(&pc(r#"{"pooling_mode": "max"}"#)),
+            Ok(Pooling::Max)
+        );
+        assert!(pooling_mode(&pc("{}")).is_err());
+        assert!(pooling_mode(&pc(
+            r#"{"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": true}"#
+        ))
+        .is_err());
+        assert!(pooling_mode(&pc(r#"{"pooling_mode_lasttoken": true}"#)).is_err());
+    }
+}

@@ -1,0 +1,4 @@
+//! Integration tests of rewa-embed (one test binary, as in the other crates).
+
+mod parity;
+mod tiny;

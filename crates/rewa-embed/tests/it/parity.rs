@@ -1,0 +1,183 @@
+//! Parity with sentence-transformers: the SciFact vectors in the shared data
+//! (`scifact/emb_<model>/docs.npy` and `queries.npy`, made by sentence-transformers 6.2 in
+//! fp32; row i = line i of `corpus.jsonl` / `queries.jsonl`), recomputed here from the text:
+//! documents in the BEIR layout `(title + " " + text).strip()`, queries as their `text`. Every row's cosine to its reference must be >= 0.9999,
+//! documents cut at max_seq_length included.
+//!
+//! The models are not in the repository. `REWA_MODELS` names the directory that holds
+//! `all-MiniLM-L6-v2/` and `all-mpnet-base-v2/` as `scripts/fetch-models.sh DIR` lays them out
+//! (default: `models/` beside the repository); `REWA_DATA` the directory holding `scifact/`
+//! (default: `shared/data/` beside the repository). A missing model or data set skips the test
+//! with a notice, unless `REWA_REQUIRE_MODELS=1`, which makes it fail.
+//! `REWA_PARITY_DOCS` overrides the number of texts checked (from the first line on).
+
+use rewa_embed::Embedder;
+use std::path::{Path, PathBuf};
+
+fn beside_repo(var: &str, default: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../..")
+            .join(default),
+    }
+}
+
+/// The model directory and the reference folder, or None (after a notice) when either is
+/// missing and models are not required.
+fn inputs(model: &str, set: Set) -> Option<(PathBuf, PathBuf)> {
+    let (jsonl, npy, _) = set.files();
+    let model_dir = beside_repo("REWA_MODELS", "models").join(model);
+    let data = beside_repo("REWA_DATA", "shared/data").join("scifact");
+    let required = std::env::var("REWA_REQUIRE_MODELS").is_ok_and(|v| v == "1");
+    for (what, p) in [
+        ("model", model_dir.join("model.safetensors")),
+        ("reference vectors", data.join(format!("emb_{model}/{npy}"))),
+        ("texts", data.join(jsonl)),
+    ] {
+        if !p.is_file() {
+            let msg = format!(
+                "{what} not found at {} (run scripts/fetch-models.sh DIR and set REWA_MODELS=DIR; REWA_DATA names the folder holding scifact/)",
+                p.display()
+            );
+            if required {
+                panic!("REWA_REQUIRE_MODELS=1 but the {msg}");
+            }
+            eprintln!("skipped: {msg}");
+            return None;
+        }
+    }
+    Some((model_dir, data))
+}
+
+/// The first `n` records of a BEIR `.jsonl` file with their ids: documents in the BEIR layout
+/// `(title + " " + text).strip()`, queries as their `text`.
+fn records(path: &Path, n: usize, what: Set) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .take(n)
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let field = |k: &str| v[k].as_str().unwrap_or("").to_string();
+            let text = match what {
+                Set::Docs => format!("{} {}", field("title"), field("text"))
+                    .trim()
+                    .to_string(),
+                Set::Queries => field("text"),
+            };
+            (field("_id"), text)
+        })
+        .collect()
+}
+
+/// Which SciFact texts: `corpus.jsonl` against `docs.npy`, or `queries.jsonl` against
+/// `queries.npy`.
+#[derive(Clone, Copy)]
+enum Set {
+    Docs,
+    Queries,
+}
+
+impl Set {
+    fn files(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Set::Docs => ("corpus.jsonl", "docs.npy", "doc_ids.txt"),
+            Set::Queries => ("queries.jsonl", "queries.npy", "query_ids.txt"),
+        }
+    }
+}
+
+fn check(model: &str, set: Set, default_docs: usize) {
+    let Some((model_dir, data)) = inputs(model, set) else {
+        return;
+    };
+    let (jsonl, npy, id_file) = set.files();
+    let n: usize = std::env::var("REWA_PARITY_DOCS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default_docs);
+    let docs = records(&data.join(jsonl), n, set);
+    let ref_dir = data.join(format!("emb_{model}"));
+    let ids = std::fs::read_to_string(ref_dir.join(id_file)).unwrap();
+    for ((id, _), want) in docs.iter().zip(ids.lines()) {
+        assert_eq!(id, want, "{jsonl} and {id_file} disagree on the row order");
+    }
+    let path = ref_dir.join(npy);
+    let reference = rewa::io::read_npy(&path)
+        .unwrap()
+        .into_vectors(&path)
+        .unwrap();
+
+    let t = std::time::Instant::now();
+    let embedder = Embedder::load(&model_dir).unwrap();
+    assert_eq!(embedder.dim(), reference.dim());
+    let texts: Vec<&str> = docs.iter().map(|d| d.1.as_str()).collect();
+    let lens: Vec<usize> = embedder
+        .tokenize(&texts)
+        .unwrap()
+        .iter()
+        .map(Vec::len)
+        .collect();
+    let got = embedder.embed(&texts).unwrap();
+    eprintln!(
+        "{model}: loaded and embedded in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    let mut cos = Vec::with_capacity(texts.len());
+    for i in 0..texts.len() {
+        let (a, b) = (got.row(i), reference.row(i));
+        let dot: f64 = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| f64::from(*x) * f64::from(*y))
+            .sum();
+        let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+        let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+        cos.push(dot / (na * nb));
+    }
+    let truncated = lens
+        .iter()
+        .filter(|&&l| l == embedder.max_seq_len())
+        .count();
+    let min = cos.iter().cloned().fold(f64::INFINITY, f64::min);
+    let mean = cos.iter().sum::<f64>() / cos.len() as f64;
+    eprintln!(
+        "{model} {npy}: {} texts ({truncated} cut at max_seq_len {}): cosine min {min:.9} (1 - min = {:.1e}) mean {mean:.9}",
+        cos.len(),
+        embedder.max_seq_len(),
+        1.0 - min
+    );
+    let bad: Vec<String> = cos
+        .iter()
+        .enumerate()
+        .filter(|(_, &c)| c < 0.9999)
+        .map(|(i, c)| {
+            format!(
+                "row {i} (id {}, {} word pieces): {c:.6}",
+                docs[i].0, lens[i]
+            )
+        })
+        .collect();
+    assert!(bad.is_empty(), "rows below 0.9999:\n{}", bad.join("\n"));
+}
+
+#[test]
+fn minilm_matches_sentence_transformers_on_scifact() {
+    check("all-MiniLM-L6-v2", Set::Docs, 200);
+}
+
+#[test]
+fn minilm_queries_match_sentence_transformers_on_scifact() {
+    check("all-MiniLM-L6-v2", Set::Queries, 300);
+}
+
+#[test]
+fn mpnet_matches_sentence_transformers_on_scifact() {
+    check("all-mpnet-base-v2", Set::Docs, 32);
+}
+
+#[test]
+fn mpnet_queries_match_sentence_transformers_on_scifact() {
+    check("all-mpnet-base-v2", Set::Queries, 100);
+}
