@@ -14,7 +14,8 @@
 use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray2, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::{
-    PyFileNotFoundError, PyMemoryError, PyNotImplementedError, PyOSError, PyRuntimeError, PyValueError,
+    PyFileNotFoundError, PyMemoryError, PyNotImplementedError, PyOSError, PyRuntimeError,
+    PyValueError,
 };
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -42,10 +43,7 @@ fn to_py(e: rewa::Error) -> PyErr {
 
 /// Runs `f` with the GIL released, turning a library error into its exception and a panic
 /// into `RuntimeError` (never `PanicException`).
-fn detached<T: Send>(
-    py: Python<'_>,
-    f: impl FnOnce() -> rewa::Result<T> + Send,
-) -> PyResult<T> {
+fn detached<T: Send>(py: Python<'_>, f: impl FnOnce() -> rewa::Result<T> + Send) -> PyResult<T> {
     let r = py.detach(|| std::panic::catch_unwind(AssertUnwindSafe(f)));
     match r {
         Ok(r) => r.map_err(to_py),
@@ -174,8 +172,8 @@ fn faiss_shape<'py>(
     }
     let shape = |v| Array2::from_shape_vec((nq, k), v);
     let d = shape(d).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-    let i = Array2::from_shape_vec((nq, k), ids)
-        .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    let i =
+        Array2::from_shape_vec((nq, k), ids).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
     Ok((d.into_pyarray(py), i.into_pyarray(py)))
 }
 
@@ -523,10 +521,7 @@ fn evaluate<'py>(
         Err(_) => parse::<Pipeline>(spec)?,
     };
     let labels = match (base_labels, query_labels) {
-        (Some(b), Some(q)) => Some((
-            labels_of(b, "base_labels")?,
-            labels_of(q, "query_labels")?,
-        )),
+        (Some(b), Some(q)) => Some((labels_of(b, "base_labels")?, labels_of(q, "query_labels")?)),
         (None, None) => None,
         _ => {
             return Err(PyValueError::new_err(
@@ -575,7 +570,9 @@ fn evaluate<'py>(
 /// never as pyo3's PanicException.
 #[pyfunction]
 fn _panic_for_test(py: Python<'_>) -> PyResult<()> {
-    detached(py, || -> rewa::Result<()> { panic!("deliberate test panic") })
+    detached(py, || -> rewa::Result<()> {
+        panic!("deliberate test panic")
+    })
 }
 
 /// Compress dense embeddings into small codes and search them in stages.
@@ -593,7 +590,11 @@ fn rewa_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add(
         "SIMD",
-        if rewa::simd::avx2() { "avx2" } else { "baseline" },
+        if rewa::simd::avx2() {
+            "avx2"
+        } else {
+            "baseline"
+        },
     )?;
     Ok(())
 }
