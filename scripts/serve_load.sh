@@ -14,7 +14,9 @@ SECS=${2:-20}
 shift $(( $# > 2 ? 2 : $# ))
 CLIENTS=${*:-1 8 64}
 SEARCH_ONLY=${SEARCH_ONLY:-64}
-cargo build --release -q -p rewa-cli -p rewa-serve --example load
+# two commands: `--example` would narrow the first to the example alone, leaving a stale `rewa`
+cargo build --release -q -p rewa-cli
+cargo build --release -q -p rewa-serve --example load
 T=${CARGO_TARGET_DIR:-target}/release
 R=$T/rewa
 mkdir -p "$W"
