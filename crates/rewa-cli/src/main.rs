@@ -55,13 +55,16 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
     // Training runs its heavy kernels on rayon's pool. candle's own element-wise worker
     // spins while it waits and took a third of a core from them (about 1 s of 6 per epoch
-    // on 2 cores); with one candle thread it never starts. Set here, before any thread exists.
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+    // on 2 cores); with one candle thread it never starts. `embed` runs candle's matmuls and
+    // wants every core (MiniLM on 2 cores: 2,547 tokens/s with two candle threads, 2,032 with
+    // one). Set after parsing, still before any thread exists.
+    if matches!(cli.command, Command::Train(_)) && std::env::var_os("CANDLE_NUM_THREADS").is_none()
+    {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
-    let cli = Cli::parse();
     let res = match cli.command {
         Command::Synth(a) => cmd::synth::run(a),
         Command::Eval(a) => cmd::eval::run(a),
