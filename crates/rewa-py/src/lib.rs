@@ -96,7 +96,7 @@ fn matrix<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<PyReadonlyArray2
             "{what} is empty (shape {shape:?}): give at least one vector of at least one dimension"
         )));
     }
-    Ok(arr.extract()?)
+    arr.extract()
 }
 
 /// The rows of a checked array as the library's borrowed vectors.
@@ -134,6 +134,9 @@ fn to_dict<'py>(py: Python<'py>, v: &impl serde::Serialize) -> PyResult<Bound<'p
     py.import("json")?.call_method1("loads", (text,))
 }
 
+/// FAISS's answer to a search: (D, I).
+type Answer<'py> = (Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<i64>>);
+
 /// Scores as FAISS gives them (similarity best first; squared L2 smallest first) and ids,
 /// `k` columns, padded with id -1 and score -inf (similarity) or +inf (L2).
 fn faiss_shape<'py>(
@@ -141,7 +144,7 @@ fn faiss_shape<'py>(
     hits: Vec<Vec<rewa::Hit>>,
     k: usize,
     metric: Metric,
-) -> PyResult<(Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<i64>>)> {
+) -> PyResult<Answer<'py>> {
     let nq = hits.len();
     let pad = if metric.is_similarity() {
         f32::NEG_INFINITY
@@ -291,7 +294,7 @@ impl PyIndex {
         q: &Bound<'py, PyAny>,
         k: usize,
         pipeline: Option<&str>,
-    ) -> PyResult<(Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<i64>>)> {
+    ) -> PyResult<Answer<'py>> {
         let params = SearchParams {
             k,
             pipeline: pipeline.map(parse).transpose()?,
