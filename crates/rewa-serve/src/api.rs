@@ -50,6 +50,15 @@ impl ApiError {
 /// The library's errors: the caller's input (wrong dimension, NaN, k = 0, a bad pipeline)
 /// is a 400; another writer holding the index too long a 503; anything else (I/O, a corrupt
 /// file) a 500.
+impl From<rewa_embed::Error> for ApiError {
+    fn from(e: rewa_embed::Error) -> Self {
+        match e {
+            rewa_embed::Error::InvalidInput(_) => ApiError::bad_request(e.to_string()),
+            _ => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
 impl From<rewa::Error> for ApiError {
     fn from(e: rewa::Error) -> Self {
         let status = if e.is_input_error() {
@@ -83,7 +92,12 @@ pub(crate) fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiErro
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SearchRequest {
-    pub vectors: Rows,
+    /// Query vectors; or `texts`, embedded with the server's `--model`.
+    #[serde(default)]
+    pub vectors: Option<Rows>,
+    /// Query texts (a server started with `--model`).
+    #[serde(default)]
+    pub texts: Option<Vec<String>>,
     #[serde(default = "default_k")]
     pub k: usize,
     /// Overrides the index's default pipeline, as `rewa search --pipeline`.

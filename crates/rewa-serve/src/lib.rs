@@ -57,6 +57,9 @@ pub struct Config {
     /// After SIGTERM or Ctrl-C, how long requests in flight may take before the server exits
     /// anyway.
     pub shutdown_grace: Duration,
+    /// A sentence-embedding model directory: `/search` then also takes `{"texts": [..]}`,
+    /// embedded with it (its dimension must be the index's).
+    pub model: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -69,6 +72,7 @@ impl Default for Config {
             max_inflight: 64,
             wait_lock: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
+            model: None,
         }
     }
 }
@@ -129,6 +133,23 @@ impl Server {
             path: config.index.clone(),
             source,
         })?;
+        let embedder = match &config.model {
+            Some(dir) => {
+                let e = rewa_embed::Embedder::load(dir).map_err(|e| {
+                    Error::Config(format!("loading the model {}: {e}", dir.display()))
+                })?;
+                if e.dim() != index.dim() {
+                    return Err(Error::Config(format!(
+                        "the model {} makes {}-dimensional vectors, but the index holds {}",
+                        dir.display(),
+                        e.dim(),
+                        index.dim()
+                    )));
+                }
+                Some(Arc::new(e))
+            }
+            None => None,
+        };
         let mut pool = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("rewa-search-{i}"));
         if let Some(n) = config.threads {
             pool = pool.num_threads(n);
@@ -152,7 +173,7 @@ impl Server {
         Ok(Server {
             runtime,
             listener,
-            state: Arc::new(routes::AppState::new(&config, index, pool)),
+            state: Arc::new(routes::AppState::new(&config, index, pool, embedder)),
             signals,
             grace: config.shutdown_grace,
         })

@@ -34,10 +34,17 @@ pub(crate) struct AppState {
     inflight: AtomicUsize,
     shutting_down: AtomicBool,
     pub metrics: Metrics,
+    /// The model `{"texts": [..]}` searches are embedded with, if the server has one.
+    embedder: Option<Arc<rewa_embed::Embedder>>,
 }
 
 impl AppState {
-    pub fn new(config: &crate::Config, index: Index, pool: rayon::ThreadPool) -> Self {
+    pub fn new(
+        config: &crate::Config,
+        index: Index,
+        pool: rayon::ThreadPool,
+        embedder: Option<Arc<rewa_embed::Embedder>>,
+    ) -> Self {
         AppState {
             dir: config.index.clone(),
             index: RwLock::new(Arc::new(index)),
@@ -50,6 +57,7 @@ impl AppState {
             inflight: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
             metrics: Metrics::default(),
+            embedder,
         }
     }
     /// The index as of the last saved add.
@@ -203,6 +211,7 @@ async fn search(
     let t = Instant::now();
     let body = read_body(&headers, body, s.max_body_bytes).await?;
     let index = s.current();
+    let embedder = s.embedder.clone();
     // Parsing, the search and the answer's JSON (large for big batches) all on the pool.
     let json = on_pool(&s.pool, move || {
         let req: api::SearchRequest = api::parse(&body)?;
@@ -210,7 +219,30 @@ async fn search(
             k: req.k,
             pipeline: req.pipeline.map(|p| p.parse()).transpose()?,
         };
-        let queries = index.metric().prepare_owned(req.vectors.into_vectors()?)?;
+        let vectors = match (req.vectors, req.texts) {
+            (Some(v), None) => v.into_vectors()?,
+            (None, Some(texts)) => {
+                let Some(e) = &embedder else {
+                    return Err(ApiError::bad_request(
+                        "\"texts\" needs a server started with --model DIR; send \"vectors\"",
+                    ));
+                };
+                if texts.is_empty() {
+                    return Err(ApiError::bad_request("\"texts\" holds zero texts"));
+                }
+                if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
+                    return Err(ApiError::bad_request(format!("text {i} is empty")));
+                }
+                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                e.embed(&refs)?
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "give exactly one of \"vectors\" and \"texts\"",
+                ))
+            }
+        };
+        let queries = index.metric().prepare_owned(vectors)?;
         let hits = index.search_prepared(&queries, &params)?;
         let metric = index.metric();
         let results = hits

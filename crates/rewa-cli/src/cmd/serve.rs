@@ -29,6 +29,10 @@ pub struct Args {
     /// Seconds an add waits for another writer of the index (e.g. `rewa add`) before 503.
     #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
     wait_lock: f64,
+    /// A sentence-transformers model directory (as `rewa embed --model`): /search then also
+    /// takes {"texts": ["..."], "k": 10}, embedded with it. Its dimension must be the index's.
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -48,6 +52,7 @@ pub fn run(a: Args) -> Result<()> {
         max_body_bytes: (a.max_body_mb * (1u64 << 20) as f64).min(usize::MAX as f64) as usize,
         max_inflight: a.max_inflight,
         wait_lock: Duration::from_secs_f64(a.wait_lock.min(1e9)),
+        model: a.model,
         ..Default::default()
     };
     let server = rewa_serve::Server::bind(config)?;

@@ -85,7 +85,7 @@ fn embed_refuses_a_missing_or_broken_model() {
 /// The MiniLM directory from `scripts/fetch-models.sh` (env `REWA_MODELS`, else `models/`
 /// beside the repository), or None with a notice; `REWA_REQUIRE_MODELS=1` makes a missing
 /// model a failure.
-fn minilm() -> Option<PathBuf> {
+pub(crate) fn minilm() -> Option<PathBuf> {
     let root = match std::env::var_os("REWA_MODELS") {
         Some(p) => PathBuf::from(p),
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../models"),

@@ -246,7 +246,7 @@ fn serve_routes_answer_as_the_cli_does_and_refuse_bad_requests_with_json() {
     let bad: Vec<(String, &str)> = vec![
         ("{\"vectors\": [[1, 2".into(), "bad JSON body"),
         ("[1, 2]".into(), "bad JSON body"),
-        (r#"{"k": 3}"#.into(), "missing field `vectors`"),
+        (r#"{"k": 3}"#.into(), "vectors"), // search: "exactly one of"; add: "missing field"
         (
             r#"{"vectors": [[1]], "kk": 3}"#.into(),
             "unknown field `kk`",
@@ -605,4 +605,97 @@ fn serve_killed_inside_an_add_keeps_exactly_the_acknowledged_adds() {
     }
     // and the directory is a clean index for the CLI
     assert_eq!(json("info --index idx", d)["count"], 520);
+}
+
+#[test]
+fn serve_with_a_model_searches_by_text_as_by_its_embedding() {
+    let Some(model) = crate::embed::minilm() else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let docs = [
+        "The cat sat on the mat.",
+        "Stock markets fell sharply on Monday.",
+        "A new vaccine reduces infection rates in older adults.",
+        "The recipe needs two eggs and a cup of flour.",
+    ];
+    std::fs::write(d.join("docs.txt"), docs.join("\n") + "\n").unwrap();
+    let queries = [
+        "a kitten resting on a rug",
+        "immunisation of elderly people",
+    ];
+    std::fs::write(d.join("q.txt"), queries.join("\n") + "\n").unwrap();
+    let m = model.display().to_string();
+    ok(
+        &format!("embed --model {m} --input docs.txt --out docs.npy"),
+        d,
+    );
+    ok(&format!("embed --model {m} --input q.txt --out q.npy"), d);
+    ok("build --base docs.npy --pipeline exact:4 --out idx", d);
+
+    let s = Server::start(d, &["--model", &m], &[]);
+    let (st, by_text) = s.post("/search", &j!({"texts": queries, "k": 4}));
+    assert_eq!(st, 200, "{by_text}");
+    let q = rewa::io::read_vectors(&d.join("q.npy")).unwrap();
+    let rows: Vec<Vec<f32>> = (0..q.len()).map(|i| q.row(i).to_vec()).collect();
+    let (st, by_vec) = s.post("/search", &j!({"vectors": rows, "k": 4}));
+    assert_eq!(st, 200, "{by_vec}");
+    let (a, b) = (hits(&by_text), hits(&by_vec));
+    for (ra, rb) in a.iter().zip(&b) {
+        let ids = |r: &Vec<(u64, f32)>| r.iter().map(|h| h.0).collect::<Vec<_>>();
+        assert_eq!(ids(ra), ids(rb));
+        for (ha, hb) in ra.iter().zip(rb) {
+            assert!((ha.1 - hb.1).abs() < 1e-5, "{ha:?} vs {hb:?}");
+        }
+    }
+    assert_eq!((a[0][0].0, a[1][0].0), (0, 2), "{by_text}");
+    for (body, words) in [
+        (j!({"texts": [], "k": 2}), "zero texts"),
+        (j!({"texts": ["ok", "  "], "k": 2}), "text 1 is empty"),
+        (
+            j!({"texts": ["x"], "vectors": [vec![0.0f32; 384]], "k": 2}),
+            "exactly one of",
+        ),
+        (j!({"k": 2}), "exactly one of"),
+    ] {
+        let (st, v) = s.post("/search", &body);
+        assert_eq!(st, 400, "{v}");
+        assert!(error_of(&v).contains(words), "{v}");
+    }
+    drop(s);
+
+    // without --model, texts are refused; a model of another dimension refuses to start
+    let s = Server::start(d, &[], &[]);
+    let (st, v) = s.post("/search", &j!({"texts": ["x"], "k": 2}));
+    assert_eq!(st, 400, "{v}");
+    assert!(error_of(&v).contains("--model"), "{v}");
+    drop(s);
+    ok(
+        "synth --classes 2 --per-class 5 --dim 32 --new-classes 0 --out small",
+        d,
+    );
+    ok(
+        "build --base small/base.npy --pipeline exact:4 --out idx32",
+        d,
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_rewa"))
+        .args([
+            "serve",
+            "--index",
+            "idx32",
+            "--addr",
+            "127.0.0.1:0",
+            "--model",
+            &m,
+        ])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("384-dimensional") && err.contains("32"),
+        "{err}"
+    );
 }
