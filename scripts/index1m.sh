@@ -7,7 +7,7 @@
 # usage: scripts/index1m.sh [WORKDIR] [N] [NOISE] [PIPE]      needs: numpy (query split, recall)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-W=${1:-WORKDIR}
+W=${1:-${TMPDIR:-/tmp}/rewa-index}
 N=${2:-1000000}
 NOISE=${3:-0.3}
 PIPE=${4:-hadamard512+sign:2000,hadamard256+int8:200,exact:10}

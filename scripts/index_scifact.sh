@@ -6,7 +6,7 @@
 # usage: scripts/index_scifact.sh [WORKDIR] [TARGET] [PIPELINE]   (EXTRA='pipe1 pipe2' adds rows)     needs: numpy, faiss-cpu (comparison)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-W=${1:-WORKDIR}
+W=${1:-${TMPDIR:-/tmp}/rewa-index-scifact}
 T=${2:-0.99}
 cargo build --release -q
 R=$PWD/target/release/rewa

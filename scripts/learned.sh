@@ -12,7 +12,7 @@
 # usage: scripts/learned.sh [WORKDIR] [SECTIONS]    needs: numpy     (SECTIONS e.g. 13; all: 123)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-W=${1:-WORKDIR}
+W=${1:-${TMPDIR:-/tmp}/rewa-learned}
 SECTIONS=${2:-123}
 cargo build --release -q
 R=$PWD/target/release/rewa

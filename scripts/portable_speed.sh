@@ -7,7 +7,7 @@
 # prints, and that A and B return the same ids.
 # usage: scripts/portable_speed.sh OLD_BINARY NEW_BINARY [WORKDIR] [N] [RUNS]
 set -euo pipefail
-A=$1; B=$2; W=${3:-WORKDIR}; N=${4:-1000000}; RUNS=${5:-7}
+A=$1; B=$2; W=${3:-${TMPDIR:-/tmp}/rewa-portable}; N=${4:-1000000}; RUNS=${5:-7}
 mkdir -p "$W"
 C=$((N / 100))
 [ -f "$W/s$N/base.npy" ] || "$A" synth --classes $C --per-class 100 --queries-per-class 1 --new-classes 0 --dim 768 --noise 0.1 --seed 2 --out "$W/s$N" 2>/dev/null

@@ -6,7 +6,7 @@
 # usage: scripts/speed.sh [WORKDIR] [N]     needs: pip install faiss-cpu numpy
 set -euo pipefail
 cd "$(dirname "$0")/.."
-W=${1:-WORKDIR}
+W=${1:-${TMPDIR:-/tmp}/rewa-speed}
 N=${2:-1000000}
 cargo build --release -q
 R=target/release/rewa
