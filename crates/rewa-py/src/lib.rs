@@ -173,11 +173,36 @@ fn faiss_shape<'py>(
             ids[q * k + r] = h.id as i64;
         }
     }
-    let shape = |v| Array2::from_shape_vec((nq, k), v);
-    let d = shape(d).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-    let i =
-        Array2::from_shape_vec((nq, k), ids).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-    Ok((d.into_pyarray(py), i.into_pyarray(py)))
+    Ok((array2(py, nq, k, d)?, array2(py, nq, k, ids)?))
+}
+
+/// A row-major buffer as a numpy array of shape (rows, cols).
+fn array2<T: numpy::Element>(
+    py: Python<'_>,
+    rows: usize,
+    cols: usize,
+    v: Vec<T>,
+) -> PyResult<Bound<'_, PyArray2<T>>> {
+    let a = Array2::from_shape_vec((rows, cols), v)
+        .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    Ok(a.into_pyarray(py))
+}
+
+/// Fails unless `v` (named `what`) has the dimension of `base`, naming both.
+fn same_dim(
+    what: &str,
+    v: VectorsRef<'_>,
+    base_what: &str,
+    base: VectorsRef<'_>,
+) -> rewa::Result<()> {
+    if v.dim() != base.dim() {
+        return Err(rewa::Error::InvalidInput(format!(
+            "{what} has dimension {}, but {base_what} has {}",
+            v.dim(),
+            base.dim()
+        )));
+    }
+    Ok(())
 }
 
 /// A searchable set of vectors with a staged pipeline, saved as the directory the `rewa` CLI
@@ -232,13 +257,7 @@ impl PyIndex {
             let data = spec.metric.prepare(xv)?;
             let fitted = match tv {
                 Some(t) => {
-                    if t.dim() != xv.dim() {
-                        return Err(rewa::Error::InvalidInput(format!(
-                            "train has dimension {}, but x has {}",
-                            t.dim(),
-                            xv.dim()
-                        )));
-                    }
+                    same_dim("train", t, "x", xv)?;
                     rewa::Index::fit_prepared(&spec, &spec.metric.prepare(t)?)
                 }
                 None => rewa::Index::fit_prepared(&spec, &data),
@@ -462,10 +481,7 @@ impl PyEncoder {
             let p = self.metric.prepare(xv)?;
             self.inner.encode_batch(p.view())
         })?;
-        let cl = self.inner.code_len();
-        let a = Array2::from_shape_vec((n, cl), codes)
-            .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-        Ok(a.into_pyarray(py))
+        array2(py, n, self.inner.code_len(), codes)
     }
 
     /// Bytes per code.
@@ -536,16 +552,9 @@ fn evaluate<'py>(
     let t = train.map(|t| matrix(t, "train")).transpose()?;
     let (bv, qv, tv) = (rows(&b)?, rows(&q)?, t.as_ref().map(rows).transpose()?);
     let report = detached(py, || {
-        for (what, v) in [("queries", Some(qv)), ("train", tv)] {
-            if let Some(v) = v {
-                if v.dim() != bv.dim() {
-                    return Err(rewa::Error::InvalidInput(format!(
-                        "{what} has dimension {}, but base has {}",
-                        v.dim(),
-                        bv.dim()
-                    )));
-                }
-            }
+        same_dim("queries", qv, "base", bv)?;
+        if let Some(t) = tv {
+            same_dim("train", t, "base", bv)?;
         }
         let base = metric.prepare(bv)?;
         let queries = metric.prepare(qv)?;
