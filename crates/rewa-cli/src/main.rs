@@ -2,6 +2,7 @@
 
 mod cmd;
 mod data;
+mod text;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

@@ -14,12 +14,14 @@
 //! crate: the core `rewa` crate stays free of them.
 #![warn(missing_docs)]
 
+mod corpus;
 mod embedder;
 mod error;
 pub mod model_dir;
 pub mod mpnet;
 pub mod texts;
 
+pub use corpus::{embed_file, read_ids, weights_sha256, EmbeddedFile};
 pub use embedder::{Embedded, Embedder, DEFAULT_BATCH_SIZE};
 pub use error::{Error, Result};
 pub use model_dir::{Arch, ModelDir, Pooling};

@@ -25,6 +25,20 @@ use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::RwLock;
 
+#[cfg(feature = "embed")]
+mod embed;
+
+/// An error that has a Python exception a caller would expect.
+trait ToPy {
+    fn to_py(self) -> PyErr;
+}
+
+impl ToPy for rewa::Error {
+    fn to_py(self) -> PyErr {
+        to_py(self)
+    }
+}
+
 /// The library's error as the Python exception a caller would expect.
 fn to_py(e: rewa::Error) -> PyErr {
     use rewa::Error as E;
@@ -44,9 +58,17 @@ fn to_py(e: rewa::Error) -> PyErr {
 /// Runs `f` with the GIL released, turning a library error into its exception and a panic
 /// into `RuntimeError` (never `PanicException`).
 fn detached<T: Send>(py: Python<'_>, f: impl FnOnce() -> rewa::Result<T> + Send) -> PyResult<T> {
+    detached_as(py, f)
+}
+
+/// [`detached`] for any error with a Python exception (the embedder's, too).
+fn detached_as<T: Send, E: ToPy + Send>(
+    py: Python<'_>,
+    f: impl FnOnce() -> Result<T, E> + Send,
+) -> PyResult<T> {
     let r = py.detach(|| std::panic::catch_unwind(AssertUnwindSafe(f)));
     match r {
-        Ok(r) => r.map_err(to_py),
+        Ok(r) => r.map_err(ToPy::to_py),
         Err(p) => {
             let what = p
                 .downcast_ref::<&str>()
@@ -599,6 +621,8 @@ fn rewa_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEncoder>()?;
     m.add_function(wrap_pyfunction!(evaluate, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
+    #[cfg(feature = "embed")]
+    m.add_class::<embed::PyEmbedder>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add(
         "SIMD",

@@ -94,6 +94,33 @@ impl Qrels {
     pub fn load(tsv: &Path, doc_ids: &Path, query_ids: &Path) -> Result<Qrels> {
         let (docs, n_docs) = read_ids(doc_ids)?;
         let (queries, n_queries) = read_ids(query_ids)?;
+        Qrels::load_mapped(tsv, docs, n_docs, queries, n_queries)
+    }
+
+    /// [`Qrels::load`] with the ids of the rows in memory (`doc_ids[i]` names base row i),
+    /// e.g. as read from the texts the vectors were embedded from.
+    pub fn load_with_ids(tsv: &Path, doc_ids: &[String], query_ids: &[String]) -> Result<Qrels> {
+        let map = |ids: &[String], what: &str| -> Result<HashMap<String, usize>> {
+            let mut m = HashMap::with_capacity(ids.len());
+            for (i, id) in ids.iter().enumerate() {
+                if m.insert(id.clone(), i).is_some() {
+                    return invalid!("{what} id {id:?} names two rows (ids must be unique)");
+                }
+            }
+            Ok(m)
+        };
+        let docs = map(doc_ids, "document")?;
+        let queries = map(query_ids, "query")?;
+        Qrels::load_mapped(tsv, docs, doc_ids.len(), queries, query_ids.len())
+    }
+
+    fn load_mapped(
+        tsv: &Path,
+        docs: HashMap<String, usize>,
+        n_docs: usize,
+        queries: HashMap<String, usize>,
+        n_queries: usize,
+    ) -> Result<Qrels> {
         crate::io::check_readable(tsv, crate::io::MAX_TEXT_BYTES)?;
         let text = std::fs::read_to_string(tsv).map_err(|e| Error::io(tsv, e))?;
         let mut per_query: HashMap<usize, Vec<(u32, f32)>> = HashMap::new();

@@ -43,7 +43,7 @@ mod vectors;
 pub use distance::Metric;
 pub use encode::{Encoder, EncoderSpec};
 pub use error::{Error, Result};
-pub use index::{Index, IndexSpec};
+pub use index::{Index, IndexSpec, TextModel};
 pub use search::{Hit, Pipeline, SearchParams, Stage};
 pub use tune::{tune, TuneOptions, TuneReport};
 pub use vectors::{normalize, Prepared, Vectors, VectorsRef};

@@ -1,22 +1,92 @@
 use crate::data::{check_dim, labels, load_prepared, load_train_prepared};
+use crate::text::{check_texts, embed_file, load_model, TextOpts};
 use anyhow::{bail, Context, Result};
 use rewa::eval::{evaluate, EvalInput, Labels, Qrels};
-use rewa::{EncoderSpec, Metric, Pipeline};
+use rewa::{EncoderSpec, Metric, Pipeline, Prepared};
 use std::path::PathBuf;
+
+/// The base and queries, prepared, with the texts' ids when they came from text.
+struct Inputs {
+    base: Prepared<'static>,
+    queries: Prepared<'static>,
+    base_path: PathBuf,
+    queries_path: PathBuf,
+    ids: Option<(Vec<String>, Vec<String>)>,
+}
+
+fn inputs(a: &Args) -> Result<Inputs> {
+    match (&a.base, &a.queries, &a.text, &a.query_text, &a.model) {
+        (Some(b), Some(q), None, None, _) => {
+            let base = load_prepared(b, a.metric)?;
+            let queries = load_prepared(q, a.metric)?;
+            check_dim(q, queries.dim(), b, base.dim())?;
+            Ok(Inputs {
+                base,
+                queries,
+                base_path: b.clone(),
+                queries_path: q.clone(),
+                ids: None,
+            })
+        }
+        (None, None, Some(t), Some(qt), Some(m)) => {
+            let field = a.text_opts.field();
+            // Both files are checked before the model loads.
+            check_texts(t, &a.text_opts)?;
+            check_texts(qt, &a.text_opts)?;
+            let mut e = load_model(m, &a.text_opts)?;
+            if let Some(n) = a.max_seq_len {
+                e.set_max_seq_len(n).context("--max-seq-len")?;
+            }
+            let docs = embed_file(&e, t, &field)?;
+            let qs = embed_file(&e, qt, &field)?;
+            Ok(Inputs {
+                base: a.metric.prepare_owned(docs.vectors)?,
+                queries: a.metric.prepare_owned(qs.vectors)?,
+                base_path: t.clone(),
+                queries_path: qt.clone(),
+                ids: Some((docs.ids, qs.ids)),
+            })
+        }
+        _ => bail!("give --base and --queries, or --text, --query-text and --model"),
+    }
+}
 
 /// Measure an encoder or a staged pipeline against exact search.
 ///
 /// Encoders are fitted on --train if given, else on --base; never on the queries. Ground truth
 /// is exact search of the queries over the base with the same metric. Progress goes to stderr;
 /// with --json, stdout holds exactly one JSON object.
+///
+/// From text: --text corpus.jsonl --query-text queries.jsonl --model DIR embeds both first,
+/// and --qrels then maps the texts' own ids (no id files needed), so the BEIR figures come
+/// from the text files alone.
 #[derive(clap::Args)]
 pub struct Args {
     /// Base vectors (.npy, .fvecs, .bvecs).
-    #[arg(long)]
-    base: PathBuf,
+    #[arg(long, required_unless_present = "text", conflicts_with = "text")]
+    base: Option<PathBuf>,
     /// Held-out query vectors.
-    #[arg(long)]
-    queries: PathBuf,
+    #[arg(
+        long,
+        required_unless_present = "query_text",
+        conflicts_with = "query_text"
+    )]
+    queries: Option<PathBuf>,
+    /// Documents as texts instead of --base: .jsonl (BEIR corpus), .txt or .tsv; needs --model
+    /// and --query-text.
+    #[arg(long, requires_all = ["model", "query_text"])]
+    text: Option<PathBuf>,
+    /// Queries as texts instead of --queries (.jsonl BEIR queries, .txt, .tsv).
+    #[arg(long, requires = "text")]
+    query_text: Option<PathBuf>,
+    /// A sentence-transformers model directory to embed --text and --query-text with.
+    #[arg(long, requires = "text")]
+    model: Option<PathBuf>,
+    /// With --text: word pieces per text (default: the model's max_seq_length).
+    #[arg(long, requires = "text")]
+    max_seq_len: Option<usize>,
+    #[command(flatten)]
+    text_opts: TextOpts,
     /// Vectors to fit encoders on (default: --base).
     #[arg(long)]
     train: Option<PathBuf>,
@@ -43,14 +113,15 @@ pub struct Args {
     #[arg(long, requires = "labels")]
     query_labels: Option<PathBuf>,
     /// BEIR qrels TSV (query-id, corpus-id, score) for nDCG@10 and recall@100 (searched 100
-    /// deep whatever --k is).
-    #[arg(long, requires_all = ["doc_ids", "query_ids"])]
+    /// deep whatever --k is); with vectors it needs --doc-ids and --query-ids, with text the
+    /// texts' ids are used.
+    #[arg(long)]
     qrels: Option<PathBuf>,
     /// Ids of the base rows, one per line (as many as base rows, no repeats).
-    #[arg(long, requires = "qrels")]
+    #[arg(long, requires = "qrels", conflicts_with = "text")]
     doc_ids: Option<PathBuf>,
     /// Ids of the query rows, one per line (as many as query rows, no repeats).
-    #[arg(long, requires = "qrels")]
+    #[arg(long, requires = "qrels", conflicts_with = "text")]
     query_ids: Option<PathBuf>,
     /// Seed for encoder fitting.
     #[arg(long, default_value_t = 42)]
@@ -64,10 +135,20 @@ pub fn run(a: Args) -> Result<()> {
     if a.k == 0 {
         bail!(rewa::Error::InvalidInput("--k must be at least 1".into()));
     }
-    let base = load_prepared(&a.base, a.metric)?;
-    let queries = load_prepared(&a.queries, a.metric)?;
-    check_dim(&a.queries, queries.dim(), &a.base, base.dim())?;
-    let train = load_train_prepared(a.train.as_deref(), a.metric, &a.base, base.dim())?;
+    if a.labels.is_some() && a.text.is_some() {
+        bail!("--labels go with vector files, not --text");
+    }
+    if a.qrels.is_some() && a.text.is_none() && (a.doc_ids.is_none() || a.query_ids.is_none()) {
+        bail!("--qrels with vector files needs --doc-ids and --query-ids (with --text the texts' ids are used)");
+    }
+    let Inputs {
+        base,
+        queries,
+        base_path,
+        queries_path,
+        ids,
+    } = inputs(&a)?;
+    let train = load_train_prepared(a.train.as_deref(), a.metric, &base_path, base.dim())?;
     let (pipeline, label) = match (&a.encoder, &a.pipeline) {
         (Some(e), _) => {
             e.check(base.dim())?;
@@ -76,16 +157,21 @@ pub fn run(a: Args) -> Result<()> {
         (None, Some(p)) => (p.clone(), p.to_string()),
         (None, None) => bail!("give --encoder or --pipeline"),
     };
-    let same_file = std::fs::canonicalize(&a.base).ok() == std::fs::canonicalize(&a.queries).ok();
+    let same_file =
+        std::fs::canonicalize(&base_path).ok() == std::fs::canonicalize(&queries_path).ok();
     let label_sets = match (&a.labels, &a.query_labels) {
         (Some(bl), Some(ql)) => Some((
-            labels(bl, base.len(), &a.base)?,
-            labels(ql, queries.len(), &a.queries)?,
+            labels(bl, base.len(), &base_path)?,
+            labels(ql, queries.len(), &queries_path)?,
         )),
         _ => None,
     };
-    let qrels = match (&a.qrels, &a.doc_ids, &a.query_ids) {
-        (Some(q), Some(d), Some(qi)) => {
+    let qrels = match (&a.qrels, &a.doc_ids, &a.query_ids, &ids) {
+        (Some(q), _, _, Some((docs, qs))) => Some(
+            Qrels::load_with_ids(q, docs, qs)
+                .with_context(|| format!("reading qrels {}", q.display()))?,
+        ),
+        (Some(q), Some(d), Some(qi), None) => {
             let qr =
                 Qrels::load(q, d, qi).with_context(|| format!("reading qrels {}", q.display()))?;
             qr.check_rows(base.len(), queries.len()).with_context(|| {

@@ -1,7 +1,8 @@
 //! Commands over a persistent index: build, add, search, info, tune.
 
 use crate::data::{check_dim, load_prepared, load_train_prepared, log, progress_bar};
-use anyhow::{Context, Result};
+use crate::text::{check_texts, embed_file, load_model, TextOpts};
+use anyhow::{bail, Context, Result};
 use rewa::index::{check_build_target, WriteLock};
 use rewa::{Index, IndexSpec, Metric, Pipeline, Prepared, SearchParams, TuneOptions};
 use serde_json::json;
@@ -9,11 +10,29 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Fit every encoder the pipeline names, encode the base, and save an index directory.
+///
+/// From text: --text corpus.jsonl --model DIR embeds the texts first; the index then keeps
+/// each row's corpus id (hits print it) and records the model (its directory and the SHA-256
+/// of its weights), so `rewa search --text` embeds queries with the same model.
 #[derive(clap::Args)]
 pub struct BuildArgs {
     /// Vectors to index (.npy, .fvecs, .bvecs).
-    #[arg(long)]
-    base: PathBuf,
+    #[arg(long, required_unless_present = "text", conflicts_with = "text")]
+    base: Option<PathBuf>,
+    /// Texts to index instead of vectors: .jsonl (BEIR layout: (title + " " + text).strip(),
+    /// `_id` as id), .txt (one text per line, ids are line numbers) or .tsv; needs --model.
+    #[arg(long, requires = "model")]
+    text: Option<PathBuf>,
+    /// A sentence-transformers model directory (as scripts/fetch-models.sh lays it out) to
+    /// embed --text with.
+    #[arg(long, requires = "text")]
+    model: Option<PathBuf>,
+    /// With --text: word pieces per text (default: the model's max_seq_length); recorded in
+    /// the index, so queries are cut the same way.
+    #[arg(long, requires = "text")]
+    max_seq_len: Option<usize>,
+    #[command(flatten)]
+    text_opts: TextOpts,
     /// Default pipeline; float vectors are stored when it has an exact stage.
     #[arg(
         long,
@@ -72,15 +91,26 @@ impl LockArgs {
     }
 }
 
-/// Append vectors to an index; ids continue from the current count.
+/// Append vectors to an index; ids continue from the current count. An index built from text
+/// takes texts (--text), embedded with the model it records, and keeps their ids.
 #[derive(clap::Args)]
 pub struct AddArgs {
     /// Index directory.
     #[arg(long)]
     index: PathBuf,
     /// Vectors to append.
+    #[arg(long, required_unless_present = "text", conflicts_with = "text")]
+    base: Option<PathBuf>,
+    /// Texts to append (.jsonl, .txt, .tsv), for an index built from text; their ids must be
+    /// new to the index.
     #[arg(long)]
-    base: PathBuf,
+    text: Option<PathBuf>,
+    /// The model for --text (default: the directory the index records); its weights must be
+    /// the ones the index was built with.
+    #[arg(long, requires = "text")]
+    model: Option<PathBuf>,
+    #[command(flatten)]
+    text_opts: TextOpts,
     #[command(flatten)]
     lock: LockArgs,
     /// Print one JSON object on stdout.
@@ -89,14 +119,35 @@ pub struct AddArgs {
 }
 
 /// Search an index; results as TSV (query, rank, id, score) or .npy ids (by --out's extension).
+///
+/// Queries are vectors (--queries) or texts (--text, --text-file) embedded with the model the
+/// index was built with (`rewa build --text --model`); a model whose weights differ is
+/// refused. For an index built from text the TSV's id column holds the corpus ids, and for
+/// --text-file the query column holds the queries' ids.
 #[derive(clap::Args)]
 pub struct SearchArgs {
     /// Index directory.
     #[arg(long)]
     index: PathBuf,
     /// Query vectors.
+    #[arg(
+        long,
+        required_unless_present_any = ["text", "text_file"],
+        conflicts_with_all = ["text", "text_file"]
+    )]
+    queries: Option<PathBuf>,
+    /// A query as text (repeat for several).
+    #[arg(long, conflicts_with = "text_file")]
+    text: Vec<String>,
+    /// Queries as texts: .jsonl (BEIR queries), .txt (one per line) or .tsv.
     #[arg(long)]
-    queries: PathBuf,
+    text_file: Option<PathBuf>,
+    /// The model for text queries (default: the directory the index records); its weights
+    /// must be the ones the index was built with.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[command(flatten)]
+    text_opts: TextOpts,
     /// Neighbours per query.
     #[arg(long, default_value_t = 10)]
     k: usize,
@@ -189,8 +240,22 @@ pub fn build(a: BuildArgs) -> Result<()> {
     // Refuse a folder of other files before any work, and hold the writer lock throughout.
     check_build_target(&a.out, a.force)?;
     let lock = a.lock.acquire(&a.out)?;
-    let base = load_prepared(&a.base, a.metric)?;
-    let train = load_train_prepared(a.train.as_deref(), a.metric, &a.base, base.dim())?;
+    let (base, ids, text_model, base_path) = match (&a.base, &a.text, &a.model) {
+        (Some(b), _, _) => (load_prepared(b, a.metric)?, None, None, b),
+        (None, Some(t), Some(m)) => {
+            check_texts(t, &a.text_opts)?;
+            let mut e = load_model(m, &a.text_opts)?;
+            if let Some(n) = a.max_seq_len {
+                e.set_max_seq_len(n).context("--max-seq-len")?;
+            }
+            let model = e.text_model()?;
+            let f = embed_file(&e, t, &a.text_opts.field())?;
+            let v = a.metric.prepare_owned(f.vectors)?;
+            (v, Some(f.ids), Some(model), t)
+        }
+        _ => bail!("give --base, or --text with --model"),
+    };
+    let train = load_train_prepared(a.train.as_deref(), a.metric, base_path, base.dim())?;
     let spec = IndexSpec {
         metric: a.metric,
         pipeline: a.pipeline.clone(),
@@ -203,7 +268,15 @@ pub fn build(a: BuildArgs) -> Result<()> {
         a.pipeline,
         t.elapsed().as_secs_f64()
     ));
-    add_with_progress(&mut index, &base)?;
+    match ids {
+        Some(ids) => {
+            let pb = progress_bar(base.len() as u64, "encoding");
+            index.add_with_ids(&base, ids, &mut |done, _| pb.set_position(done as u64))?;
+            pb.finish_and_clear();
+        }
+        None => add_with_progress(&mut index, &base)?,
+    }
+    index.set_text_model(text_model);
     index
         .save_locked(&lock)
         .with_context(|| format!("saving {}", a.out.display()))?;
@@ -227,26 +300,109 @@ pub fn add(a: AddArgs) -> Result<()> {
     // The lock is taken before the index is read: two writers cannot both start from the same
     // generation and lose one update.
     let lock = a.lock.acquire_existing(&a.index)?;
-    let (mut index, data) = open_with(&a.index, &a.base)?;
-    add_with_progress(&mut index, &data)?;
-    index.save_locked(&lock)?;
+    let (data, count) = match (&a.base, &a.text) {
+        (Some(base), _) => {
+            let (mut index, data) = open_with(&a.index, base)?;
+            add_with_progress(&mut index, &data)?;
+            index.save_locked(&lock)?;
+            (data.len(), index.len())
+        }
+        (None, Some(text)) => {
+            check_texts(text, &a.text_opts)?;
+            let mut index = open(&a.index)?;
+            let e = text_model_for(&index, &a.index, a.model.as_deref(), &a.text_opts)?;
+            let f = embed_file(&e, text, &a.text_opts.field())?;
+            let v = index.metric().prepare_owned(f.vectors)?;
+            let pb = progress_bar(v.len() as u64, "encoding");
+            index
+                .add_with_ids(&v, f.ids, &mut |done, _| pb.set_position(done as u64))
+                .with_context(|| format!("adding the texts of {}", text.display()))?;
+            pb.finish_and_clear();
+            index.save_locked(&lock)?;
+            (v.len(), index.len())
+        }
+        _ => bail!("give --base or --text"),
+    };
     let secs = t0.elapsed().as_secs_f64();
-    log(&format!(
-        "added {} vectors; {} in all",
-        data.len(),
-        index.len()
-    ));
+    log(&format!("added {data} vectors; {count} in all"));
     if a.json {
         println!(
             "{}",
-            json!({"count": index.len(), "added": data.len(), "seconds": secs})
+            json!({"count": count, "added": data, "seconds": secs})
         );
     }
     Ok(())
 }
 
+/// The model to embed texts for the index in `dir`: `model` if given, else the directory the
+/// index records; refused unless its weights are the recorded ones and its dimension the
+/// index's.
+fn text_model_for(
+    index: &Index,
+    dir: &Path,
+    model: Option<&Path>,
+    opts: &TextOpts,
+) -> Result<rewa_embed::Embedder> {
+    let recorded = index.text_model();
+    let mdir = match (model, recorded) {
+        (Some(m), _) => m.to_path_buf(),
+        (None, Some(r)) => PathBuf::from(&r.dir),
+        (None, None) => bail!(
+            "{} records no text model (it was built from vectors): pass --model DIR",
+            dir.display()
+        ),
+    };
+    let mut e = load_model(&mdir, opts)?;
+    if let Some(r) = recorded {
+        e.check_against(r)
+            .with_context(|| format!("embedding texts for {}", dir.display()))?;
+    }
+    if e.dim() != index.dim() {
+        bail!(
+            "the model {} makes {}-dimensional vectors, but {} holds {}-dimensional ones",
+            mdir.display(),
+            e.dim(),
+            dir.display(),
+            index.dim()
+        );
+    }
+    Ok(e)
+}
+
+/// The queries of `rewa search` prepared for the index, and their labels for the TSV (their
+/// ids for --text-file, else row numbers).
+fn search_queries(
+    a: &SearchArgs,
+    index: &Index,
+) -> Result<(Prepared<'static>, Option<Vec<String>>)> {
+    if let Some(q) = &a.queries {
+        let v = load_prepared(q, index.metric())?;
+        check_dim(q, v.dim(), &a.index, index.dim())?;
+        return Ok((v, None));
+    }
+    if let Some(f) = &a.text_file {
+        check_texts(f, &a.text_opts)?;
+    }
+    let e = text_model_for(index, &a.index, a.model.as_deref(), &a.text_opts)?;
+    let (vectors, labels) = match &a.text_file {
+        Some(f) => {
+            let f = embed_file(&e, f, &a.text_opts.field())?;
+            (f.vectors, Some(f.ids))
+        }
+        None => {
+            if let Some(i) = a.text.iter().position(|t| t.trim().is_empty()) {
+                bail!("--text number {} is empty", i + 1);
+            }
+            let refs: Vec<&str> = a.text.iter().map(String::as_str).collect();
+            (e.embed(&refs).context("embedding --text")?, None)
+        }
+    };
+    Ok((index.metric().prepare_owned(vectors)?, labels))
+}
+
 pub fn search(a: SearchArgs) -> Result<()> {
-    let (index, queries) = open_with(&a.index, &a.queries)?;
+    let index = open(&a.index)?;
+    let (queries, labels) = search_queries(&a, &index)?;
     let pipeline = a
         .pipeline
         .clone()
@@ -268,14 +424,18 @@ pub fn search(a: SearchArgs) -> Result<()> {
     let secs = t.elapsed().as_secs_f64();
     let qps = queries.len() as f64 / secs.max(1e-9);
     let metric = index.metric();
+    let doc_ids = index.doc_ids();
     let tsv = || {
         let mut tsv = String::from("query\trank\tid\tscore\n");
         for (qi, hs) in hits.iter().enumerate() {
+            let query = labels
+                .as_ref()
+                .map_or_else(|| qi.to_string(), |l| l[qi].clone());
             for (rank, h) in hs.iter().enumerate() {
+                let id = doc_ids.map_or_else(|| h.id.to_string(), |d| d[h.id as usize].clone());
                 tsv += &format!(
-                    "{qi}\t{}\t{}\t{}\n",
+                    "{query}\t{}\t{id}\t{}\n",
                     rank + 1,
-                    h.id,
                     metric.score(h.distance)
                 );
             }

@@ -7,3 +7,4 @@ mod embed;
 mod faults;
 mod front;
 mod serve;
+mod text;

@@ -10,6 +10,11 @@
 //! | `codes-<gen>-<i>.bin` | codes of the pipeline's i-th encoder: header, then `count * code_len` bytes |
 //! | `vectors-<gen>.f32` | optional float vectors (normalised for cosine) for `exact` stages: header, then `count * 4 * dim` bytes, little-endian f32 |
 //! | `params-<gen>.safetensors` | fitted parameters (Hadamard signs and kept coordinates, PCA mean / components / variances, sign thresholds, int8 ranges) |
+//! | `ids-<gen>.txt` | optional (an index built from text): the corpus id of each row, UTF-8, one per line, each line ending in `\n` |
+//!
+//! A manifest with corpus ids also records `text_model` (the model directory, the SHA-256 of
+//! its weights, `max_seq_len`) and says `format_version` 2; one without says 1, so builds that
+//! predate ids still read every index they could before.
 //!
 //! Header of `.bin` / `.f32` files (64 bytes, so payloads start 8-byte aligned in a mapping):
 //!
@@ -45,7 +50,7 @@
 //! version, row size and count against the manifest, CRC-32 of the whole file; parameter
 //! shapes against the dimensions. After `open`, scans need no checks.
 
-use super::{Bytes, CodeSet, Index};
+use super::{Bytes, CodeSet, Index, TextModel};
 use crate::distance::Metric;
 use crate::encode::{Encoder, EncoderSpec, Tensor, TensorSource};
 use crate::error::{Error, Result};
@@ -57,8 +62,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// The format version this build writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest format version this build writes (2: a manifest with corpus ids and a text
+/// model; data files and other manifests are still written as 1).
+pub const FORMAT_VERSION: u32 = 2;
+/// The version of the `.bin` / `.f32` headers and of a manifest without ids.
+const BASE_VERSION: u32 = 1;
 /// The oldest format version this build reads.
 pub const MIN_FORMAT_VERSION: u32 = 1;
 const HEADER: usize = 64;
@@ -104,6 +112,10 @@ struct Manifest {
     code_sets: Vec<CodeEntry>,
     vectors: Option<FileEntry>,
     params: FileEntry,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ids: Option<FileEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    text_model: Option<TextModel>,
 }
 
 /// What `rewa info` shows: the manifest's facts and file sizes.
@@ -124,7 +136,7 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
 fn header(magic: &[u8; 8], row: usize, count: usize) -> [u8; HEADER] {
     let mut h = [0u8; HEADER];
     h[..8].copy_from_slice(magic);
-    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[8..12].copy_from_slice(&BASE_VERSION.to_le_bytes());
     h[12..16].copy_from_slice(&(row as u32).to_le_bytes());
     h[16..24].copy_from_slice(&(count as u64).to_le_bytes());
     h
@@ -348,8 +360,30 @@ pub fn save(index: &Index, lock: &WriteLock) -> Result<()> {
         .map_err(|e| Error::InvalidInput(format!("safetensors: {e}")))?;
     let pname = format!("params-{generation}.safetensors");
     let (crc32, bytes) = write_file(&dir.join(&pname), &[&st])?;
+    let ids = match &index.doc_ids {
+        Some(ids) => {
+            let name = format!("ids-{generation}.txt");
+            let mut text = String::with_capacity(ids.iter().map(|i| i.len() + 1).sum());
+            for id in ids {
+                text.push_str(id);
+                text.push('\n');
+            }
+            let (crc32, bytes) = write_file(&dir.join(&name), &[text.as_bytes()])?;
+            Some(FileEntry {
+                file: name,
+                crc32,
+                bytes,
+            })
+        }
+        None => None,
+    };
+    let with_text = ids.is_some() || index.text_model.is_some();
     let manifest = Manifest {
-        format_version: FORMAT_VERSION,
+        format_version: if with_text {
+            FORMAT_VERSION
+        } else {
+            BASE_VERSION
+        },
         rewa_version: env!("CARGO_PKG_VERSION").to_string(),
         generation,
         dim: index.dim,
@@ -364,6 +398,8 @@ pub fn save(index: &Index, lock: &WriteLock) -> Result<()> {
             crc32,
             bytes,
         },
+        ids,
+        text_model: index.text_model.clone(),
     };
     let json = serde_json::to_vec_pretty(&manifest).expect("invariant: manifest serializes");
     let tmp = dir.join(format!("{MANIFEST}.tmp"));
@@ -393,6 +429,7 @@ fn gen_files(index: &Index, g: u64) -> Vec<String> {
         .collect();
     v.push(format!("vectors-{g}.f32"));
     v.push(format!("params-{g}.safetensors"));
+    v.push(format!("ids-{g}.txt"));
     v
 }
 
@@ -400,7 +437,10 @@ fn gen_files(index: &Index, g: u64) -> Vec<String> {
 fn is_own_name(f: &str) -> bool {
     !f.contains('/')
         && !f.contains("..")
-        && (f.starts_with("codes-") || f.starts_with("vectors-") || f.starts_with("params-"))
+        && (f.starts_with("codes-")
+            || f.starts_with("vectors-")
+            || f.starts_with("params-")
+            || f.starts_with("ids-"))
 }
 
 /// For crash tests: with `REWA_SAVE_PAUSE=<point>:<ms>` set, `save` announces `paused:<point>`
@@ -423,6 +463,7 @@ fn files_of(m: &Manifest) -> Vec<String> {
     let mut v: Vec<String> = m.code_sets.iter().map(|c| c.data.file.clone()).collect();
     v.extend(m.vectors.iter().map(|f| f.file.clone()));
     v.push(m.params.file.clone());
+    v.extend(m.ids.iter().map(|f| f.file.clone()));
     v
 }
 
@@ -602,6 +643,10 @@ fn open_manifest(dir: &Path, m: &Manifest) -> Result<Index> {
         }
         None => None,
     };
+    let doc_ids = match &m.ids {
+        Some(entry) => Some(read_ids(dir, entry, m.count)?),
+        None => None,
+    };
     let index = Index {
         dim: m.dim,
         metric: m.metric,
@@ -610,11 +655,39 @@ fn open_manifest(dir: &Path, m: &Manifest) -> Result<Index> {
         count: m.count,
         code_sets,
         vectors,
+        doc_ids,
+        text_model: m.text_model.clone(),
     };
     index
         .check_pipeline(&m.pipeline, 1)
         .map_err(|e| Error::corrupt(&mpath, format!("default pipeline: {e}")))?;
     Ok(index)
+}
+
+/// Reads and checks `ids-<gen>.txt`: `count` lines, each a non-empty UTF-8 id.
+fn read_ids(dir: &Path, entry: &FileEntry, count: usize) -> Result<Vec<String>> {
+    let map = open_checked(dir, entry, None)?;
+    let path = dir.join(&entry.file);
+    let text =
+        std::str::from_utf8(&map).map_err(|e| Error::corrupt(&path, format!("not UTF-8: {e}")))?;
+    let Some(body) = text.strip_suffix('\n').or((count == 0).then_some(text)) else {
+        return Err(Error::corrupt(&path, "does not end with a line break"));
+    };
+    let ids: Vec<String> = if count == 0 {
+        Vec::new()
+    } else {
+        body.split('\n').map(str::to_owned).collect()
+    };
+    if ids.len() != count {
+        return Err(Error::corrupt(
+            &path,
+            format!("{} ids for {count} rows", ids.len()),
+        ));
+    }
+    if ids.iter().any(|i| i.is_empty() || i.contains('\r')) {
+        return Err(Error::corrupt(&path, "an empty id"));
+    }
+    Ok(ids)
 }
 
 /// Format facts and file sizes of the index in `dir`.

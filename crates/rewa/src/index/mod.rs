@@ -27,6 +27,20 @@ pub struct IndexSpec {
     pub seed: u64,
 }
 
+/// The text model an index's vectors were embedded with: what `rewa build --model --text`
+/// records, so that queries given as text are embedded by the same model (a model whose
+/// weights differ is refused).
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TextModel {
+    /// The model directory as given when the index was built.
+    pub dir: String,
+    /// SHA-256 of the model's `model.safetensors`, lower-case hex.
+    pub weights_sha256: String,
+    /// Word pieces per text the documents were embedded with (special tokens included).
+    pub max_seq_len: usize,
+}
+
 /// An index's facts, as [`Index::summary`] gives them.
 #[derive(serde::Serialize, Clone, Debug)]
 pub struct Summary {
@@ -44,6 +58,11 @@ pub struct Summary {
     pub code_sets: Vec<String>,
     /// Whether float vectors are stored (for `exact` stages).
     pub has_vectors: bool,
+    /// Whether rows carry the corpus ids they were built from (hits then name documents).
+    pub has_doc_ids: bool,
+    /// The text model the vectors were embedded with, for an index built from text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text_model: Option<TextModel>,
     /// Format version and files, for a saved index.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub disk: Option<format::IndexInfo>,
@@ -77,6 +96,9 @@ pub struct Index {
     pub(crate) count: usize,
     pub(crate) code_sets: Vec<CodeSet>,
     pub(crate) vectors: Option<Bytes>,
+    /// Corpus ids of the rows, for an index built from text (row i is `doc_ids[i]`).
+    pub(crate) doc_ids: Option<Vec<String>>,
+    pub(crate) text_model: Option<TextModel>,
 }
 
 impl Index {
@@ -115,6 +137,8 @@ impl Index {
             count: 0,
             code_sets,
             vectors: spec.pipeline.needs_vectors().then(Bytes::default),
+            doc_ids: None,
+            text_model: None,
         })
     }
 
@@ -134,8 +158,47 @@ impl Index {
 
     /// Appends vectors already prepared for the index's metric, in chunks, calling
     /// `progress(done, total)` after each; buffers are reserved first, so they are not
-    /// copied as they grow.
+    /// copied as they grow. An index whose rows carry corpus ids takes new rows only with
+    /// theirs ([`Index::add_with_ids`]).
     pub fn add_prepared(
+        &mut self,
+        data: &Prepared<'_>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<()> {
+        if self.doc_ids.is_some() && !data.is_empty() {
+            return invalid!(
+                "this index names its rows by corpus ids (it was built from text): add texts with their ids, not bare vectors"
+            );
+        }
+        self.add_rows(data, progress)
+    }
+
+    /// [`Index::add_prepared`] for rows named by corpus ids (`ids[i]` names row i of `data`):
+    /// an empty index starts naming its rows, one that already names them goes on. Ids must
+    /// be new, non-empty and free of line breaks; nothing is added if one is not.
+    pub fn add_with_ids(
+        &mut self,
+        data: &Prepared<'_>,
+        ids: Vec<String>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<()> {
+        if ids.len() != data.len() {
+            return invalid!("{} ids for {} vectors", ids.len(), data.len());
+        }
+        if self.doc_ids.is_none() && self.count > 0 {
+            return invalid!(
+                "the index's {} rows have no corpus ids, so new rows cannot be named by theirs",
+                self.count
+            );
+        }
+        let old = self.doc_ids.as_deref().unwrap_or_default();
+        check_ids(old, &ids)?;
+        self.add_rows(data, progress)?;
+        self.doc_ids.get_or_insert_with(Vec::new).extend(ids);
+        Ok(())
+    }
+
+    fn add_rows(
         &mut self,
         data: &Prepared<'_>,
         progress: &mut dyn FnMut(usize, usize),
@@ -205,6 +268,18 @@ impl Index {
         self.pipeline = p;
         Ok(())
     }
+    /// The corpus id of every row, for an index built from text (row i is `doc_ids()[i]`).
+    pub fn doc_ids(&self) -> Option<&[String]> {
+        self.doc_ids.as_deref()
+    }
+    /// The text model the vectors were embedded with, if recorded.
+    pub fn text_model(&self) -> Option<&TextModel> {
+        self.text_model.as_ref()
+    }
+    /// Records the text model the vectors were embedded with (saved in the manifest).
+    pub fn set_text_model(&mut self, model: Option<TextModel>) {
+        self.text_model = model;
+    }
     /// The code sets.
     pub fn code_sets(&self) -> &[CodeSet] {
         &self.code_sets
@@ -230,6 +305,8 @@ impl Index {
                 .map(|c| format!("{} ({} B)", c.encoder.spec(), c.encoder.code_len()))
                 .collect(),
             has_vectors: self.vectors.is_some(),
+            has_doc_ids: self.doc_ids.is_some(),
+            text_model: self.text_model.clone(),
             disk: dir.map(format::info).transpose()?,
         })
     }
@@ -369,6 +446,21 @@ impl Index {
             }
         })
     }
+}
+
+/// Fails unless every one of `new` is non-empty, free of line breaks, and in neither `old` nor
+/// earlier in `new`.
+fn check_ids(old: &[String], new: &[String]) -> Result<()> {
+    let mut seen: std::collections::HashSet<&str> = old.iter().map(String::as_str).collect();
+    for (i, id) in new.iter().enumerate() {
+        if id.is_empty() || id.contains(['\n', '\r']) {
+            return invalid!("id {} ({id:?}) is empty or holds a line break", i + 1);
+        }
+        if !seen.insert(id) {
+            return invalid!("id {id:?} names two rows (ids must be unique)");
+        }
+    }
+    Ok(())
 }
 
 fn same_metric(metric: Metric, v: &Prepared<'_>) -> Result<()> {

@@ -1,6 +1,7 @@
 //! The library's integration tests, one binary (one link, one process start).
 
 mod bad_input;
+mod doc_ids;
 mod golden;
 mod recall;
 mod roundtrip;

@@ -1,0 +1,153 @@
+//! Whole text files to vectors, and the identity of a model's weights: what a text-aware index
+//! (`rewa build --model --text`, `rewa search --text`, `rewa eval --text`) is made from.
+
+use crate::{Embedder, Error, Result, TextField, TextReader};
+use rewa::{TextModel, Vectors};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::Path;
+
+/// The texts of a file, embedded.
+#[derive(Debug, Clone)]
+pub struct EmbeddedFile {
+    /// Each text's id (the `_id` of a BEIR `.jsonl`, the first column of a `.tsv`, the line
+    /// number of a `.txt`), in file order.
+    pub ids: Vec<String>,
+    /// Each text's vector, in file order.
+    pub vectors: Vectors,
+    /// Word pieces the model saw, after truncation, special tokens included.
+    pub tokens: usize,
+}
+
+/// Reads every record of `path` once (checking each line and the ids' uniqueness) and returns
+/// the ids, before any model work: a bad line fails at once, not after an hour of embedding.
+pub fn read_ids(path: &Path, field: &TextField) -> Result<Vec<String>> {
+    let mut ids = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for record in TextReader::open(path, field)? {
+        let (id, _) = record?;
+        if !seen.insert(id.clone()) {
+            return Err(Error::InvalidInput(format!(
+                "{}: id {id:?} names two texts (text {} and an earlier one)",
+                path.display(),
+                ids.len() + 1
+            )));
+        }
+        ids.push(id);
+    }
+    if ids.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "{} holds no texts",
+            path.display()
+        )));
+    }
+    Ok(ids)
+}
+
+/// Embeds every text of `path`, reading it a chunk of 16 batches at a time (memory holds the
+/// vectors, not the corpus), calling `progress(done, total)` after each batch. Each text's
+/// vector is what [`Embedder::embed`] gives it alone.
+pub fn embed_file(
+    embedder: &Embedder,
+    path: &Path,
+    field: &TextField,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<EmbeddedFile> {
+    let ids = read_ids(path, field)?;
+    let total = ids.len();
+    let chunk = embedder.batch_size() * 16;
+    let mut reader = TextReader::open(path, field)?;
+    let mut flat = Vec::with_capacity(total * embedder.dim());
+    let mut tokens = 0;
+    let mut done = 0;
+    let changed = || {
+        Error::InvalidInput(format!(
+            "{} changed while it was being embedded",
+            path.display()
+        ))
+    };
+    while done < total {
+        let end = (done + chunk).min(total);
+        let mut texts = Vec::with_capacity(end - done);
+        for i in done..end {
+            let (id, text) = reader.next().ok_or_else(changed)??;
+            if id != ids[i] {
+                return Err(changed());
+            }
+            texts.push(text);
+        }
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let mut batch_done = done;
+        let e = embedder.embed_with_progress(&refs, |n| {
+            batch_done += n;
+            progress(batch_done, total);
+        })?;
+        flat.extend_from_slice(e.vectors.as_slice());
+        tokens += e.tokens;
+        done = end;
+    }
+    if reader.next().is_some() {
+        return Err(changed());
+    }
+    let vectors = Vectors::new(embedder.dim(), flat)
+        .map_err(|e| Error::InvalidInput(format!("assembling the vectors: {e}")))?;
+    Ok(EmbeddedFile {
+        ids,
+        vectors,
+        tokens,
+    })
+}
+
+/// SHA-256 of `dir/model.safetensors`, lower-case hex: the identity of a model's weights.
+pub fn weights_sha256(dir: &Path) -> Result<String> {
+    let path = dir.join("model.safetensors");
+    let io = |source| Error::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut f = std::fs::File::open(&path).map_err(io)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl Embedder {
+    /// What an index built with this model records: its directory, the SHA-256 of its
+    /// weights (read and hashed now) and the truncation length in use.
+    pub fn text_model(&self) -> Result<TextModel> {
+        let dir = &self.model_dir().dir;
+        let shown = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+        Ok(TextModel {
+            dir: shown.display().to_string(),
+            weights_sha256: weights_sha256(dir)?,
+            max_seq_len: self.max_seq_len(),
+        })
+    }
+
+    /// Fails unless this model is the one `recorded` names (same weights; the truncation
+    /// length is set to the recorded one): queries must be embedded as the documents were.
+    pub fn check_against(&mut self, recorded: &TextModel) -> Result<()> {
+        let sha = weights_sha256(&self.model_dir().dir)?;
+        if sha != recorded.weights_sha256 {
+            return Err(Error::InvalidInput(format!(
+                "the model at {} is not the one the index was built with (weights SHA-256 {}, the index records {} from {})",
+                self.model_dir().dir.display(),
+                short(&sha),
+                short(&recorded.weights_sha256),
+                recorded.dir
+            )));
+        }
+        self.set_max_seq_len(recorded.max_seq_len)
+    }
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
