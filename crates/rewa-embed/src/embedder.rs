@@ -73,7 +73,7 @@ impl Embedder {
             return Err(Error::Model {
                 path: config_path,
                 reason: format!(
-                    "hidden_size {} but the pooling config says word_embedding_dimension {}",
+                    "hidden_size {} but the pooling config says embedding dimension {}",
                     pc.hidden_size, info.dim
                 ),
             });

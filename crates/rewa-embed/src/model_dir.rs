@@ -6,8 +6,18 @@
 //! model.safetensors          the transformer's weights
 //! tokenizer.json             the tokenizers pipeline (its own truncation and padding are replaced)
 //! sentence_bert_config.json  max_seq_length: word pieces per text, [CLS] and [SEP] included
+//! tokenizer_config.json      model_max_length: the same, where sentence-transformers >= 6 keeps it
 //! <pooling>/config.json      pooling_mode_*: mean / cls / max / mean_sqrt_len
 //! ```
+//!
+//! Two layouts are read. Directories saved by sentence-transformers 2-5 (all-MiniLM-L6-v2 and
+//! all-mpnet-base-v2 as they ship) write `max_seq_length` in `sentence_bert_config.json` and
+//! the pooling config as `word_embedding_dimension` with `pooling_mode_*` flags; version 6
+//! writes `embedding_dimension` and `pooling_mode: "mean"`, and leaves `max_seq_length` out of
+//! `sentence_bert_config.json`, keeping it as the tokenizer's `model_max_length`.
+//! sentence-transformers (every version) takes the length from `sentence_bert_config.json`
+//! when it is there, otherwise `min(model_max_length, max_position_embeddings)`; so does
+//! [`ModelDir::read`].
 //!
 //! These files come from outside, so unknown fields are ignored rather than refused (newer
 //! sentence-transformers versions add fields); what this crate cannot run is refused by name.
@@ -49,12 +59,14 @@ pub struct ModelDir {
     pub pooling: Pooling,
     /// Whether a `Normalize` module follows the pooling (L2, as `torch.nn.functional.normalize`).
     pub normalize: bool,
-    /// `sentence_bert_config.json`'s `max_seq_length`.
+    /// Word pieces per text: `sentence_bert_config.json`'s `max_seq_length`, else
+    /// `tokenizer_config.json`'s `model_max_length` capped at the position table.
     pub max_seq_len: usize,
     /// `sentence_bert_config.json`'s `do_lower_case`: texts are lower-cased before the
     /// tokenizer sees them (on top of any lower-casing the tokenizer does itself).
     pub lower_case: bool,
-    /// The pooling config's `word_embedding_dimension`, checked against the transformer.
+    /// The pooling config's `word_embedding_dimension` (`embedding_dimension` from
+    /// sentence-transformers 6 on), checked against the transformer.
     pub dim: usize,
 }
 
@@ -75,7 +87,10 @@ struct SbertConfig {
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct PoolingConfig {
-    word_embedding_dimension: usize,
+    /// sentence-transformers 2-5.
+    word_embedding_dimension: Option<usize>,
+    /// sentence-transformers 6 and later.
+    embedding_dimension: Option<usize>,
     pooling_mode: Option<String>,
     pooling_mode_cls_token: bool,
     pooling_mode_mean_tokens: bool,
@@ -83,6 +98,12 @@ struct PoolingConfig {
     pooling_mode_mean_sqrt_len_tokens: bool,
     pooling_mode_weightedmean_tokens: bool,
     pooling_mode_lasttoken: bool,
+}
+
+#[derive(Deserialize)]
+struct TokenizerConfig {
+    /// A float in some files (transformers writes 1e30 for "no limit").
+    model_max_length: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -155,10 +176,26 @@ impl ModelDir {
                 )))
             }
         };
+        let tokenizer_limit = || -> Result<Option<usize>> {
+            let path = dir.join("tokenizer_config.json");
+            if !path.is_file() {
+                return Ok(None);
+            }
+            let tc: TokenizerConfig = read_json(&path)?;
+            // `as` saturates: 1e30 becomes usize::MAX, capped below.
+            Ok(tc
+                .model_max_length
+                .filter(|&n| n >= 0.0)
+                .map(|n| n as usize))
+        };
         let max_seq_len = match (sbert.max_seq_length, ac.max_position_embeddings) {
             (Some(n), _) => n,
-            // sentence-transformers falls back to the model's limit.
-            (None, Some(p)) => positions_for_text(arch, p),
+            // sentence-transformers falls back to the tokenizer's limit, capped at the model's
+            // (which, for MPNet, is here the rows text may use: past them it would fail).
+            (None, Some(p)) => {
+                let model_limit = positions_for_text(arch, p);
+                tokenizer_limit()?.map_or(model_limit, |t| t.min(model_limit))
+            }
             (None, None) => {
                 return Err(Error::Model {
                     path: sbert_path,
@@ -180,7 +217,10 @@ impl ModelDir {
             normalize,
             max_seq_len,
             lower_case: sbert.do_lower_case,
-            dim: pc.word_embedding_dimension,
+            dim: pc
+                .word_embedding_dimension
+                .or(pc.embedding_dimension)
+                .unwrap_or(0),
         })
     }
 }
@@ -250,5 +290,56 @@ mod tests {
         ))
         .is_err());
         assert!(pooling_mode(&pc(r#"{"pooling_mode_lasttoken": true}"#)).is_err());
+    }
+
+    #[test]
+    fn reads_the_layouts_of_sentence_transformers_before_and_from_6() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path();
+        let write = |name: &str, text: &str| {
+            std::fs::create_dir_all(dir.join(name).parent().unwrap()).unwrap();
+            std::fs::write(dir.join(name), text).unwrap();
+        };
+        write(
+            "modules.json",
+            r#"[{"path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"},
+                {"path": "1_Pooling", "type": "sentence_transformers.sentence_transformer.modules.pooling.Pooling"}]"#,
+        );
+        write(
+            "config.json",
+            r#"{"model_type": "mpnet", "max_position_embeddings": 514}"#,
+        );
+        // sentence-transformers 6: the length lives in the tokenizer config.
+        write(
+            "1_Pooling/config.json",
+            r#"{"embedding_dimension": 8, "pooling_mode": "mean", "include_prompt": true}"#,
+        );
+        write(
+            "sentence_bert_config.json",
+            r#"{"transformer_task": "feature-extraction"}"#,
+        );
+        write("tokenizer_config.json", r#"{"model_max_length": 16}"#);
+        let m = ModelDir::read(dir).unwrap();
+        assert_eq!((m.dim, m.pooling, m.max_seq_len), (8, Pooling::Mean, 16));
+        // transformers' "no limit": the position table's (514 rows, 512 for text).
+        write(
+            "tokenizer_config.json",
+            r#"{"model_max_length": 1000000000000000019884624838656}"#,
+        );
+        assert_eq!(ModelDir::read(dir).unwrap().max_seq_len, 512);
+        std::fs::remove_file(dir.join("tokenizer_config.json")).unwrap();
+        assert_eq!(ModelDir::read(dir).unwrap().max_seq_len, 512);
+        // Before 6: sentence_bert_config.json's max_seq_length wins over the tokenizer's.
+        write("tokenizer_config.json", r#"{"model_max_length": 512}"#);
+        write(
+            "1_Pooling/config.json",
+            r#"{"word_embedding_dimension": 8, "pooling_mode_cls_token": true}"#,
+        );
+        write(
+            "sentence_bert_config.json",
+            r#"{"max_seq_length": 384, "do_lower_case": false}"#,
+        );
+        let m = ModelDir::read(dir).unwrap();
+        assert_eq!((m.dim, m.pooling, m.max_seq_len), (8, Pooling::Cls, 384));
     }
 }

@@ -1,4 +1,5 @@
 //! Integration tests of rewa-embed (one test binary, as in the other crates).
 
+mod fixtures;
 mod parity;
 mod tiny;
