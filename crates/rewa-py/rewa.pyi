@@ -100,3 +100,19 @@ def evaluate(
     """Fit an encoder or pipeline on train (default base; never the queries), search the
     held-out queries, and measure recall@k against exact search, QPS and bytes per vector.
     Keys of `rewa eval --json`."""
+
+class Embedder:
+    """A sentence-transformers model directory (BERT or MPNet) run in Rust: `embed(texts)`
+    gives what `SentenceTransformer(path).encode(texts)` gives. Present when the package was
+    built with the `embed` feature (`hasattr(rewa, "Embedder")`)."""
+
+    def __init__(
+        self, path: Union[str, "os.PathLike[str]"], batch_size: int = 32, max_seq_len: Optional[int] = None
+    ) -> None: ...
+    def embed(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        """float32 (len(texts), dim), one row per text in order; long texts are cut to
+        max_seq_len word pieces; rows L2-normalised when the model has a Normalize module."""
+    @property
+    def dim(self) -> int: ...
+    @property
+    def max_seq_len(self) -> int: ...

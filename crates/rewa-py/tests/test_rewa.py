@@ -327,3 +327,51 @@ def test_absurd_k_raises_instead_of_aborting():
         index.search(q, k=-1)
     D, I = index.search(q, k=1000, pipeline="exact:1000")
     assert I.shape == (2, 1000) and (I[:, 100:] == -1).all()
+
+
+def minilm():
+    """The MiniLM model directory (scripts/fetch-models.sh; $REWA_MODELS), or skip; with
+    REWA_REQUIRE_MODELS=1 a missing model fails."""
+    root = Path(os.environ.get("REWA_MODELS", ROOT.parent / "models"))
+    d = root / "all-MiniLM-L6-v2"
+    if not (d / "model.safetensors").is_file():
+        if os.environ.get("REWA_REQUIRE_MODELS") == "1":
+            pytest.fail(f"REWA_REQUIRE_MODELS=1 but no model at {d}")
+        pytest.skip(f"no model at {d} (scripts/fetch-models.sh DIR, then REWA_MODELS=DIR)")
+    return d
+
+
+@pytest.mark.skipif(not hasattr(rewa, "Embedder"), reason="built without the embed feature")
+def test_embedder_gives_sentence_transformers_vectors_and_the_cli_s(tmp_path):
+    model = minilm()
+    scifact = ROOT.parent / "shared/data/scifact"
+    lines = (scifact / "corpus.jsonl").read_text(encoding="utf-8").splitlines()[:24]
+    docs = [json.loads(l) for l in lines]
+    texts = [(d.get("title", "") + " " + d["text"]).strip() for d in docs]
+    e = rewa.Embedder(str(model), batch_size=5)
+    assert (e.dim, e.max_seq_len) == (384, 256)
+    v = e.embed(texts)
+    assert v.dtype == np.float32 and v.shape == (24, 384)
+    # sentence-transformers' own vectors of the same documents (shared data, made in Python)
+    ref = np.load(scifact / "emb_all-MiniLM-L6-v2/docs.npy")[:24]
+    cos = (v * ref).sum(1) / np.linalg.norm(v, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() > 0.9999, cos.min()
+    # a text alone equals the text in a batch; the CLI writes the same vectors
+    assert np.allclose(e.embed([texts[7]])[0], v[7], atol=1e-5)
+    (tmp_path / "c.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cli("embed", "--model", model, "--input", "c.jsonl", "--out", "c.npy", cwd=tmp_path)
+    assert np.allclose(np.load(tmp_path / "c.npy"), v, atol=1e-5)
+    # a shorter truncation changes long texts only
+    short = rewa.Embedder(model, max_seq_len=16).embed(texts[:2])
+    assert not np.allclose(short, v[:2], atol=1e-3)
+    assert e.embed([]).shape == (0, 384)
+
+
+@pytest.mark.skipif(not hasattr(rewa, "Embedder"), reason="built without the embed feature")
+def test_embedder_errors():
+    with pytest.raises(FileNotFoundError, match="modules.json"):
+        rewa.Embedder("no-such-model")
+    with pytest.raises(TypeError):
+        rewa.Embedder(str(minilm())).embed("a bare string, not a list")
+    with pytest.raises(ValueError, match="max_seq_len 100000"):
+        rewa.Embedder(str(minilm()), max_seq_len=100000)
