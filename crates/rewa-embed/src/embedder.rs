@@ -11,6 +11,7 @@
 use crate::error::{Error, Result};
 use crate::model_dir::{positions_for_text, read_json, Arch, ModelDir, Pooling};
 use crate::mpnet::{MpNetConfig, MpNetModel};
+use crate::native::{Native, NativeConfig};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
@@ -25,6 +26,19 @@ pub const DEFAULT_BATCH_SIZE: usize = 32;
 enum Transformer {
     Bert(BertModel),
     MpNet(MpNetModel),
+    Native(Native),
+}
+
+/// Which implementation runs the transformer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// The plain-Rust forward pass (`native.rs`): no padding, fused element-wise work, one
+    /// batch per core. The default.
+    #[default]
+    Native,
+    /// candle-transformers' `BertModel` and this crate's candle MPNet: the reference the
+    /// native pass is tested against.
+    Candle,
 }
 
 /// A loaded sentence-embedding model, run by candle on the CPU in f32.
@@ -60,11 +74,24 @@ struct PadConfig {
     pad_token_id: Option<u32>,
     hidden_size: usize,
     max_position_embeddings: usize,
+    vocab_size: usize,
+    #[serde(default = "two")]
+    type_vocab_size: usize,
+}
+
+fn two() -> usize {
+    2
 }
 
 impl Embedder {
     /// Loads a sentence-transformers model directory (see [`crate::model_dir`] for the files).
     pub fn load(dir: impl AsRef<Path>) -> Result<Embedder> {
+        Embedder::load_with(dir, Backend::default())
+    }
+
+    /// [`Embedder::load`] with the transformer run by `backend` (a model the native pass
+    /// cannot run, such as one with another activation, falls back to candle).
+    pub fn load_with(dir: impl AsRef<Path>, backend: Backend) -> Result<Embedder> {
         let dir = dir.as_ref();
         let info = ModelDir::read(dir)?;
         let config_path = dir.join("config.json");
@@ -87,8 +114,24 @@ impl Embedder {
         }
         let device = Device::Cpu;
         let tensors = candle_core::safetensors::load(&weights_path, &device)?;
+        let native = match backend {
+            Backend::Native => {
+                let cfg: NativeConfig = read_json(&config_path)?;
+                Native::load(
+                    info.arch,
+                    &cfg,
+                    &tensors,
+                    pc.vocab_size,
+                    pc.max_position_embeddings,
+                    pc.type_vocab_size,
+                )
+                .ok()
+            }
+            Backend::Candle => None,
+        };
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
         let model = match info.arch {
+            _ if native.is_some() => Transformer::Native(native.expect("invariant: is_some")),
             Arch::Bert => {
                 let cfg: BertConfig = read_json(&config_path)?;
                 Transformer::Bert(BertModel::load(vb, &cfg)?)
@@ -136,6 +179,14 @@ impl Embedder {
     /// Texts per forward pass.
     pub fn batch_size(&self) -> usize {
         self.batch_size
+    }
+
+    /// The implementation running the transformer.
+    pub fn backend(&self) -> Backend {
+        match self.model {
+            Transformer::Native(_) => Backend::Native,
+            _ => Backend::Candle,
+        }
     }
 
     /// What the model directory says.
@@ -197,13 +248,46 @@ impl Embedder {
         let mut order: Vec<usize> = (0..ids.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
         let mut out = vec![0f32; texts.len() * self.dim];
-        for batch in order.chunks(self.batch_size) {
-            let rows: Vec<&[u32]> = batch.iter().map(|&i| ids[i].as_slice()).collect();
-            let pooled = self.forward(&rows)?;
-            for (&i, row) in batch.iter().zip(pooled.chunks_exact(self.dim)) {
-                out[i * self.dim..(i + 1) * self.dim].copy_from_slice(row);
+        // Batches run side by side, one per core: candle's element-wise kernels (layer norm,
+        // GELU, softmax) and the small attention products use one thread each, so a single
+        // batch at a time left a core idle for a third of the time.
+        // The native pass also caps the word pieces per pass: its activations then stay in
+        // cache-sized pieces whatever the batch size (it pads nothing, so small passes cost
+        // no padding).
+        let cap = match self.model {
+            Transformer::Native(_) => pass_tokens(),
+            _ => usize::MAX,
+        };
+        let mut batches: Vec<&[usize]> = Vec::new();
+        let mut start = 0;
+        while start < order.len() {
+            let (mut end, mut held) = (start, 0);
+            while end < order.len()
+                && end - start < self.batch_size
+                && (end == start || held + ids[order[end]].len() <= cap)
+            {
+                held += ids[order[end]].len();
+                end += 1;
             }
-            progress(batch.len());
+            batches.push(&order[start..end]);
+            start = end;
+        }
+        let workers = rayon::current_num_threads().max(1);
+        for group in batches.chunks(workers * 2) {
+            use rayon::prelude::*;
+            let pooled: Vec<Result<Vec<f32>>> = group
+                .par_iter()
+                .map(|batch| {
+                    let rows: Vec<&[u32]> = batch.iter().map(|&i| ids[i].as_slice()).collect();
+                    self.forward(&rows)
+                })
+                .collect();
+            for (batch, pooled) in group.iter().zip(pooled) {
+                for (&i, row) in batch.iter().zip(pooled?.chunks_exact(self.dim)) {
+                    out[i * self.dim..(i + 1) * self.dim].copy_from_slice(row);
+                }
+                progress(batch.len());
+            }
         }
         let vectors = Vectors::new(self.dim, out)
             .map_err(|e| Error::InvalidInput(format!("assembling the vectors: {e}")))?;
@@ -226,6 +310,20 @@ impl Embedder {
     /// Pads `rows` to the longest, runs the transformer, pools and normalises: `rows.len()`
     /// vectors, flat.
     fn forward(&self, rows: &[&[u32]]) -> Result<Vec<f32>> {
+        if let Transformer::Native(m) = &self.model {
+            let hidden = m.forward(rows)?;
+            let mut out = vec![0f32; rows.len() * self.dim];
+            let mut start = 0;
+            for (r, o) in rows.iter().zip(out.chunks_exact_mut(self.dim)) {
+                let tokens = &hidden[start * self.dim..(start + r.len()) * self.dim];
+                pool(self.info.pooling, tokens, &vec![1; r.len()], o);
+                if self.info.normalize {
+                    normalize(o);
+                }
+                start += r.len();
+            }
+            return Ok(out);
+        }
         let b = rows.len();
         let seq = rows.iter().map(|r| r.len()).max().unwrap_or(0);
         let mut ids = vec![self.pad_id; b * seq];
@@ -243,6 +341,7 @@ impl Embedder {
                 m.forward(&ids_t, &type_ids, Some(&mask_t))?
             }
             Transformer::MpNet(m) => m.forward(&ids_t, &mask_t)?,
+            Transformer::Native(_) => unreachable!("handled above"),
         };
         let hidden = hidden
             .to_dtype(DType::F32)?
@@ -258,6 +357,16 @@ impl Embedder {
         }
         Ok(out)
     }
+}
+
+/// Word pieces per native forward pass: `REWA_EMBED_PASS_TOKENS` (for measurements), else
+/// 2048.
+fn pass_tokens() -> usize {
+    std::env::var("REWA_EMBED_PASS_TOKENS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(2048)
 }
 
 /// Pools one text's token vectors (`mask.len()` rows of `out.len()`) into `out`, counting only

@@ -19,10 +19,11 @@ mod embedder;
 mod error;
 pub mod model_dir;
 pub mod mpnet;
+mod native;
 pub mod texts;
 
 pub use corpus::{embed_file, read_ids, weights_sha256, EmbeddedFile};
-pub use embedder::{Embedded, Embedder, DEFAULT_BATCH_SIZE};
+pub use embedder::{Backend, Embedded, Embedder, DEFAULT_BATCH_SIZE};
 pub use error::{Error, Result};
 pub use model_dir::{Arch, ModelDir, Pooling};
 pub use texts::{read_texts, TextField, TextReader, Texts};

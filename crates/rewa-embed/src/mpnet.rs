@@ -55,7 +55,7 @@ fn default_act() -> String {
 }
 
 /// The relative distance beyond which all offsets share the last bucket (fixed in HF's code).
-const MAX_DISTANCE: i64 = 128;
+pub(crate) const MAX_DISTANCE: i64 = 128;
 
 struct Attention {
     q: Linear,

@@ -5,7 +5,7 @@
 //! against them, with no download and no Python: the word pieces of each text, and each vector
 //! component within 1e-5, batched as the reference did and one text at a time.
 
-use rewa_embed::Embedder;
+use rewa_embed::{Backend, Embedder};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -58,11 +58,19 @@ fn compare(got: &[f32], want: &[f32], what: &str) -> f32 {
     err
 }
 
+/// Both backends (the native forward and the candle reference) against the reference.
 fn check(name: &str, pooling: &str, normalize: bool) {
+    for backend in [Backend::Native, Backend::Candle] {
+        check_with(name, pooling, normalize, backend);
+    }
+}
+
+fn check_with(name: &str, pooling: &str, normalize: bool, backend: Backend) {
     let dir = fixture(name);
     let exp = expected(&dir);
     assert_eq!((exp.pooling.as_str(), exp.normalize), (pooling, normalize));
-    let mut e = Embedder::load(&dir).unwrap();
+    let mut e = Embedder::load_with(&dir, backend).unwrap();
+    assert_eq!(e.backend(), backend, "{name}");
     assert_eq!(e.dim(), 16, "{name}");
     assert_eq!(
         e.max_seq_len(),
@@ -105,7 +113,7 @@ fn check(name: &str, pooling: &str, normalize: bool) {
             worst = worst.max(compare(one_batch.row(i), want, &what));
         }
     }
-    eprintln!("{name}: max abs difference to the reference {worst:e}");
+    eprintln!("{name} ({backend:?}): max abs difference to the reference {worst:e}");
 }
 
 #[test]
