@@ -70,6 +70,9 @@ class Index:
     def pipeline(self, value: str) -> None: ...
     @property
     def bytes_per_vector(self) -> int: ...
+    @property
+    def doc_ids(self) -> Optional[list]:
+        """Corpus ids of the rows of an index built from text (`rewa build --text`), else None."""
 
 class Encoder:
     """A fitted encoder: vectors in, codes out."""

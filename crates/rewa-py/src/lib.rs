@@ -423,6 +423,13 @@ impl PyIndex {
         self.read().metric().to_string()
     }
 
+    /// For an index built from text (`rewa build --text`): the corpus id of each row, so
+    /// `index.doc_ids[I[q, r]]` names a hit; else None.
+    #[getter]
+    fn doc_ids(&self) -> Option<Vec<String>> {
+        self.read().doc_ids().map(<[String]>::to_vec)
+    }
+
     /// The default search pipeline, as a string; assign a string to change it (it may only
     /// use the encoders the index holds).
     #[getter]

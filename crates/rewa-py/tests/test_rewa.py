@@ -375,3 +375,20 @@ def test_embedder_errors():
         rewa.Embedder(str(minilm())).embed("a bare string, not a list")
     with pytest.raises(ValueError, match="max_seq_len 100000"):
         rewa.Embedder(str(minilm()), max_seq_len=100000)
+
+
+def test_an_index_built_from_text_names_its_rows(tmp_path):
+    model = minilm()
+    (tmp_path / "c.jsonl").write_text(
+        '{"_id": "cat", "text": "The cat sat on the mat."}\n'
+        '{"_id": "vaccine", "text": "A new vaccine reduces infection rates in older adults."}\n',
+        encoding="utf-8",
+    )
+    cli("build", "--text", "c.jsonl", "--model", model, "--pipeline", "exact:2", "--out", "idx",
+        cwd=tmp_path)
+    index = rewa.Index.open(str(tmp_path / "idx"))
+    assert index.doc_ids == ["cat", "vaccine"]
+    assert index.info()["text_model"]["max_seq_len"] == 256
+    with pytest.raises(ValueError, match="corpus ids"):
+        index.add(np.ones((1, 384), dtype=np.float32))
+    assert rewa.Index.build(np.eye(4, dtype=np.float32), "exact:2").doc_ids is None

@@ -122,6 +122,9 @@ pub(crate) struct AddRequest {
 pub(crate) struct HitOut {
     pub id: u32,
     pub score: f32,
+    /// The corpus id of the row, for an index built from text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub doc_id: Option<String>,
 }
 
 #[derive(Serialize)]

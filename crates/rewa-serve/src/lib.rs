@@ -57,7 +57,8 @@ pub struct Config {
     /// After SIGTERM or Ctrl-C, how long requests in flight may take before the server exits
     /// anyway.
     pub shutdown_grace: Duration,
-    /// A sentence-embedding model directory: `/search` then also takes `{"texts": [..]}`,
+    /// A sentence-embedding model directory (default: the one an index built from text
+    /// records, whose weights it must match): `/search` then also takes `{"texts": [..]}`,
     /// embedded with it (its dimension must be the index's).
     pub model: Option<PathBuf>,
 }
@@ -133,11 +134,21 @@ impl Server {
             path: config.index.clone(),
             source,
         })?;
-        let embedder = match &config.model {
+        // The model: the one given, else the one an index built from text records; a model
+        // whose weights differ from the recorded ones is refused.
+        let model_dir = config
+            .model
+            .clone()
+            .or_else(|| index.text_model().map(|m| PathBuf::from(&m.dir)));
+        let embedder = match &model_dir {
             Some(dir) => {
-                let e = rewa_embed::Embedder::load(dir).map_err(|e| {
+                let mut e = rewa_embed::Embedder::load(dir).map_err(|e| {
                     Error::Config(format!("loading the model {}: {e}", dir.display()))
                 })?;
+                if let Some(recorded) = index.text_model() {
+                    e.check_against(recorded)
+                        .map_err(|e| Error::Config(e.to_string()))?;
+                }
                 if e.dim() != index.dim() {
                     return Err(Error::Config(format!(
                         "the model {} makes {}-dimensional vectors, but the index holds {}",

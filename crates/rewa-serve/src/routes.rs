@@ -245,6 +245,7 @@ async fn search(
         let queries = index.metric().prepare_owned(vectors)?;
         let hits = index.search_prepared(&queries, &params)?;
         let metric = index.metric();
+        let doc_ids = index.doc_ids();
         let results = hits
             .into_iter()
             .map(|hs| {
@@ -252,6 +253,7 @@ async fn search(
                     .map(|h| HitOut {
                         id: h.id,
                         score: metric.score(h.distance),
+                        doc_id: doc_ids.map(|d| d[h.id as usize].clone()),
                     })
                     .collect()
             })

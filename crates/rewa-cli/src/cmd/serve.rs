@@ -31,6 +31,8 @@ pub struct Args {
     wait_lock: f64,
     /// A sentence-transformers model directory (as `rewa embed --model`): /search then also
     /// takes {"texts": ["..."], "k": 10}, embedded with it. Its dimension must be the index's.
+    /// An index built with `rewa build --text` needs none: its recorded model is loaded (and
+    /// a --model whose weights differ is refused); hits then carry "doc_id".
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
 }

@@ -699,3 +699,70 @@ fn serve_with_a_model_searches_by_text_as_by_its_embedding() {
         "{err}"
     );
 }
+
+#[test]
+fn serve_over_an_index_built_from_text_loads_its_model_and_names_documents() {
+    let Some(model) = crate::embed::minilm() else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    std::fs::write(
+        d.join("c.jsonl"),
+        "{\"_id\": \"cat\", \"title\": \"\", \"text\": \"The cat sat on the mat.\"}\n\
+         {\"_id\": \"stocks\", \"text\": \"Stock markets fell sharply on Monday.\"}\n\
+         {\"_id\": \"vaccine\", \"text\": \"A new vaccine reduces infection rates in older adults.\"}\n",
+    )
+    .unwrap();
+    let m = model.display().to_string();
+    ok(
+        &format!("build --text c.jsonl --model {m} --pipeline exact:3 --out idx"),
+        d,
+    );
+    // no --model: the recorded one is loaded
+    let s = Server::start(d, &[], &[]);
+    let (st, v) = s.post(
+        "/search",
+        &j!({"texts": ["immunisation of elderly people", "a kitten on a rug"], "k": 2}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["results"][0][0]["doc_id"], "vaccine", "{v}");
+    assert_eq!(v["results"][1][0]["doc_id"], "cat", "{v}");
+    assert_eq!(v["results"][1][0]["id"], 0, "{v}");
+    // bare vectors cannot be added to an index whose rows are named
+    let (st, v) = s.post("/add", &j!({"vectors": [vec![0.1f32; 384]]}));
+    assert_eq!(st, 400, "{v}");
+    assert!(error_of(&v).contains("corpus ids"), "{v}");
+    drop(s);
+    // a model with other weights refuses to start
+    let other = d.join("other");
+    std::fs::create_dir(&other).unwrap();
+    for e in std::fs::read_dir(&model).unwrap() {
+        let e = e.unwrap();
+        std::os::unix::fs::symlink(e.path(), other.join(e.file_name())).unwrap();
+    }
+    std::fs::remove_file(other.join("model.safetensors")).unwrap();
+    let mut w = std::fs::read(model.join("model.safetensors")).unwrap();
+    let last = w.len() - 1;
+    w[last] ^= 1;
+    std::fs::write(other.join("model.safetensors"), w).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rewa"))
+        .args([
+            "serve",
+            "--index",
+            "idx",
+            "--addr",
+            "127.0.0.1:0",
+            "--model",
+        ])
+        .arg(&other)
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not the one the index was built with"),
+        "{err}"
+    );
+}
