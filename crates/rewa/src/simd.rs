@@ -35,6 +35,27 @@ fn detect() -> u8 {
     l
 }
 
+/// `true` when the AVX-512 popcount kernels (VPOPCNTDQ: eight 64-bit popcounts per
+/// instruction) run: the CPU has AVX-512F and VPOPCNTDQ and [`avx2`] is on (so
+/// `REWA_NO_AVX2=1` also turns these off).
+#[inline]
+pub fn avx512_popcnt() -> bool {
+    static P: AtomicU8 = AtomicU8::new(0);
+    match P.load(Ordering::Relaxed) {
+        0 => {
+            #[cfg(target_arch = "x86_64")]
+            let has = avx2()
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512vpopcntdq");
+            #[cfg(not(target_arch = "x86_64"))]
+            let has = false;
+            P.store(if has { 2 } else { 1 }, Ordering::Relaxed);
+            has
+        }
+        v => v == 2,
+    }
+}
+
 /// The kernels in use, for reports: `"avx2"` or `"baseline"`.
 pub fn level() -> &'static str {
     if avx2() {
