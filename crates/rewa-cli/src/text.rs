@@ -25,11 +25,17 @@ impl TextOpts {
     }
 }
 
-/// Reads every text of `path` once, checking each line, before any model work.
-pub fn check_texts(path: &Path, opts: &TextOpts) -> Result<()> {
-    rewa_embed::read_ids(path, &opts.field())
+/// The texts of a file, checked line by line (and their ids unique) before any model work.
+pub struct CheckedTexts<'a> {
+    path: &'a Path,
+    ids: Vec<String>,
+}
+
+/// Reads every text of `path` once, checking each line, and keeps the ids.
+pub fn check_texts<'a>(path: &'a Path, opts: &TextOpts) -> Result<CheckedTexts<'a>> {
+    let ids = rewa_embed::read_ids(path, &opts.field())
         .with_context(|| format!("reading texts from {}", path.display()))?;
-    Ok(())
+    Ok(CheckedTexts { path, ids })
 }
 
 /// Loads a sentence-transformers model directory with the batch size of `opts`.
@@ -49,12 +55,16 @@ pub fn load_model(dir: &Path, opts: &TextOpts) -> Result<Embedder> {
     Ok(e)
 }
 
-/// Embeds every text of `path` (checked line by line first) with a progress bar.
-pub fn embed_file(embedder: &Embedder, path: &Path, field: &TextField) -> Result<EmbeddedFile> {
+/// Embeds checked texts with a progress bar.
+pub fn embed_file(
+    embedder: &Embedder,
+    texts: CheckedTexts<'_>,
+    field: &TextField,
+) -> Result<EmbeddedFile> {
     let t = Instant::now();
-    let pb = progress_bar(0, "embedding texts");
-    let out = rewa_embed::embed_file(embedder, path, field, |done, total| {
-        pb.set_length(total as u64);
+    let path = texts.path;
+    let pb = progress_bar(texts.ids.len() as u64, "embedding texts");
+    let out = rewa_embed::embed_checked_file(embedder, path, field, texts.ids, |done, _| {
         pb.set_position(done as u64);
     })
     .with_context(|| format!("embedding the texts of {}", path.display()))?;

@@ -51,9 +51,20 @@ pub fn embed_file(
     embedder: &Embedder,
     path: &Path,
     field: &TextField,
+    progress: impl FnMut(usize, usize),
+) -> Result<EmbeddedFile> {
+    embed_checked_file(embedder, path, field, read_ids(path, field)?, progress)
+}
+
+/// [`embed_file`] for a file whose `ids` [`read_ids`] already gave (the file is not read a
+/// second time to check it; a file that changed since is an error).
+pub fn embed_checked_file(
+    embedder: &Embedder,
+    path: &Path,
+    field: &TextField,
+    ids: Vec<String>,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<EmbeddedFile> {
-    let ids = read_ids(path, field)?;
     let total = ids.len();
     let chunk = embedder.batch_size() * 16;
     let mut reader = TextReader::open(path, field)?;

@@ -22,7 +22,7 @@ pub mod mpnet;
 mod native;
 pub mod texts;
 
-pub use corpus::{embed_file, read_ids, weights_sha256, EmbeddedFile};
+pub use corpus::{embed_checked_file, embed_file, read_ids, weights_sha256, EmbeddedFile};
 pub use embedder::{Backend, Embedded, Embedder, DEFAULT_BATCH_SIZE};
 pub use error::{Error, Result};
 pub use model_dir::{Arch, ModelDir, Pooling};

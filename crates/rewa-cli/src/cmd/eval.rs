@@ -31,14 +31,14 @@ fn inputs(a: &Args) -> Result<Inputs> {
         (None, None, Some(t), Some(qt), Some(m)) => {
             let field = a.text_opts.field();
             // Both files are checked before the model loads.
-            check_texts(t, &a.text_opts)?;
-            check_texts(qt, &a.text_opts)?;
+            let doc_texts = check_texts(t, &a.text_opts)?;
+            let query_texts = check_texts(qt, &a.text_opts)?;
             let mut e = load_model(m, &a.text_opts)?;
             if let Some(n) = a.max_seq_len {
                 e.set_max_seq_len(n).context("--max-seq-len")?;
             }
-            let docs = embed_file(&e, t, &field)?;
-            let qs = embed_file(&e, qt, &field)?;
+            let docs = embed_file(&e, doc_texts, &field)?;
+            let qs = embed_file(&e, query_texts, &field)?;
             Ok(Inputs {
                 base: a.metric.prepare_owned(docs.vectors)?,
                 queries: a.metric.prepare_owned(qs.vectors)?,

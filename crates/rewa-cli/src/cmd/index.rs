@@ -243,13 +243,13 @@ pub fn build(a: BuildArgs) -> Result<()> {
     let (base, ids, text_model, base_path) = match (&a.base, &a.text, &a.model) {
         (Some(b), _, _) => (load_prepared(b, a.metric)?, None, None, b),
         (None, Some(t), Some(m)) => {
-            check_texts(t, &a.text_opts)?;
+            let texts = check_texts(t, &a.text_opts)?;
             let mut e = load_model(m, &a.text_opts)?;
             if let Some(n) = a.max_seq_len {
                 e.set_max_seq_len(n).context("--max-seq-len")?;
             }
             let model = e.text_model()?;
-            let f = embed_file(&e, t, &a.text_opts.field())?;
+            let f = embed_file(&e, texts, &a.text_opts.field())?;
             let v = a.metric.prepare_owned(f.vectors)?;
             (v, Some(f.ids), Some(model), t)
         }
@@ -308,10 +308,10 @@ pub fn add(a: AddArgs) -> Result<()> {
             (data.len(), index.len())
         }
         (None, Some(text)) => {
-            check_texts(text, &a.text_opts)?;
+            let texts = check_texts(text, &a.text_opts)?;
             let mut index = open(&a.index)?;
             let e = text_model_for(&index, &a.index, a.model.as_deref(), &a.text_opts)?;
-            let f = embed_file(&e, text, &a.text_opts.field())?;
+            let f = embed_file(&e, texts, &a.text_opts.field())?;
             let v = index.metric().prepare_owned(f.vectors)?;
             let pb = progress_bar(v.len() as u64, "encoding");
             index
@@ -380,13 +380,15 @@ fn search_queries(
         check_dim(q, v.dim(), &a.index, index.dim())?;
         return Ok((v, None));
     }
-    if let Some(f) = &a.text_file {
-        check_texts(f, &a.text_opts)?;
-    }
+    let texts = a
+        .text_file
+        .as_deref()
+        .map(|f| check_texts(f, &a.text_opts))
+        .transpose()?;
     let e = text_model_for(index, &a.index, a.model.as_deref(), &a.text_opts)?;
-    let (vectors, labels) = match &a.text_file {
-        Some(f) => {
-            let f = embed_file(&e, f, &a.text_opts.field())?;
+    let (vectors, labels) = match texts {
+        Some(texts) => {
+            let f = embed_file(&e, texts, &a.text_opts.field())?;
             (f.vectors, Some(f.ids))
         }
         None => {

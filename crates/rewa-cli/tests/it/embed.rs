@@ -106,6 +106,22 @@ pub(crate) fn minilm() -> Option<PathBuf> {
     None
 }
 
+/// A copy of `model` at `dir` whose weights differ from it in one bit (the other files are
+/// links to the model's): a model a text index must refuse.
+pub(crate) fn model_with_other_weights(model: &Path, dir: &Path) {
+    std::fs::create_dir(dir).unwrap();
+    for e in std::fs::read_dir(model).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() != "model.safetensors" {
+            std::os::unix::fs::symlink(e.path(), dir.join(e.file_name())).unwrap();
+        }
+    }
+    let mut w = std::fs::read(model.join("model.safetensors")).unwrap();
+    let last = w.len() - 1;
+    w[last] ^= 1;
+    std::fs::write(dir.join("model.safetensors"), w).unwrap();
+}
+
 #[test]
 fn embed_minilm_writes_vectors_ids_and_a_summary() {
     let Some(model) = minilm() else { return };

@@ -736,16 +736,7 @@ fn serve_over_an_index_built_from_text_loads_its_model_and_names_documents() {
     drop(s);
     // a model with other weights refuses to start
     let other = d.join("other");
-    std::fs::create_dir(&other).unwrap();
-    for e in std::fs::read_dir(&model).unwrap() {
-        let e = e.unwrap();
-        std::os::unix::fs::symlink(e.path(), other.join(e.file_name())).unwrap();
-    }
-    std::fs::remove_file(other.join("model.safetensors")).unwrap();
-    let mut w = std::fs::read(model.join("model.safetensors")).unwrap();
-    let last = w.len() - 1;
-    w[last] ^= 1;
-    std::fs::write(other.join("model.safetensors"), w).unwrap();
+    crate::embed::model_with_other_weights(&model, &other);
     let out = Command::new(env!("CARGO_BIN_EXE_rewa"))
         .args([
             "serve",

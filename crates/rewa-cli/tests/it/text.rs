@@ -2,7 +2,7 @@
 // `rewa add --text`, `rewa eval --text --query-text`. Input checks run before the model loads
 // (no model needed); the rest runs MiniLM on a few SciFact texts when the model is at hand.
 
-use crate::common::{fails, json, ok};
+use crate::common::{fails, json, ok, ok_args};
 use crate::embed::minilm;
 use std::path::{Path, PathBuf};
 
@@ -136,13 +136,9 @@ fn an_index_built_from_text_searches_by_text_and_prints_corpus_ids() {
     )
     .unwrap();
     let q0 = first["text"].as_str().unwrap().to_owned();
-    let one = rows(&String::from_utf8_lossy(
-        &std::process::Command::new(env!("CARGO_BIN_EXE_rewa"))
-            .args(["search", "--index", "idx", "--k", "5", "--text", &q0])
-            .current_dir(d)
-            .output()
-            .unwrap()
-            .stdout,
+    let one = rows(&ok_args(
+        &["search", "--index", "idx", "--k", "5", "--text", &q0],
+        d,
     ));
     assert_eq!(one.len(), 5);
     for (o, t) in one.iter().zip(&by_text) {
@@ -150,21 +146,7 @@ fn an_index_built_from_text_searches_by_text_and_prints_corpus_ids() {
     }
 
     // A model whose weights differ by one byte is refused; so is adding bare vectors.
-    let other = d.join("other-model");
-    std::fs::create_dir(&other).unwrap();
-    for e in std::fs::read_dir(&model).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_file() {
-            std::fs::copy(e.path(), other.join(e.file_name())).unwrap();
-        } else {
-            std::os::unix::fs::symlink(e.path(), other.join(e.file_name())).unwrap();
-        }
-    }
-    let w = other.join("model.safetensors");
-    let mut bytes = std::fs::read(&w).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 1;
-    std::fs::write(&w, bytes).unwrap();
+    crate::embed::model_with_other_weights(&model, &d.join("other-model"));
     fails(
         "search --index idx --text-file q.jsonl --model other-model",
         d,
