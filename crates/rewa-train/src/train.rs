@@ -899,6 +899,7 @@ fn eval_set(
         None => None,
         Some(q) => {
             let spec = rewa::EncoderSpec {
+                ivf: None,
                 transforms: vec![],
                 quantizer: match q {
                     Qat::Sign => QuantizerSpec::Sign,

@@ -106,6 +106,7 @@ fn learned_encoder(t: LearnedTransform, spec: &str, base: &Vectors) -> Encoder {
     Encoder::from_parts(
         format!("learned=mem+{spec}").parse().unwrap(),
         base.dim(),
+        None,
         vec![t.into()],
         qz.quantizer().clone(),
     )

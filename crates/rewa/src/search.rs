@@ -580,6 +580,90 @@ pub enum Scored<'a> {
         /// All codes, in id order.
         codes: &'a [u8],
     },
+    /// Codes of a partitioned encoder (`ivf<nlist>+...`), kept list by list: a scan probes
+    /// the `nprobe` lists nearest to each query. Only a first stage scores this way.
+    Partitioned {
+        /// The fitted encoder (with its coarse quantizer).
+        encoder: &'a Encoder,
+        /// All codes, in list order.
+        codes: &'a [u8],
+        /// Where each list's codes are and whose they are.
+        lists: ListsRef<'a>,
+        /// Lists probed per query.
+        nprobe: usize,
+    },
+}
+
+/// The lists of a partitioned code set: list `l` holds the codes at positions
+/// `offsets[l]..offsets[l + 1]`, and `ids[p]` is the id of the code at position `p`.
+#[derive(Clone, Copy, Debug)]
+pub struct ListsRef<'a> {
+    /// `nlist + 1` positions, from 0 up to the number of codes.
+    pub offsets: &'a [u32],
+    /// One id per code, in list order.
+    pub ids: &'a [u32],
+}
+
+/// A first stage over a partitioned code set: the `nprobe` lists nearest to each query (by the
+/// encoder's coarse quantizer, one GEMM for the batch), then the codes of those lists scored
+/// with the quantizer's distance, queries in parallel. Ties at the k-th distance are decided
+/// by id, so the hits do not depend on list order: with every list probed they are the
+/// hits of a full scan of the same codes.
+pub fn scan_partitioned(
+    encoder: &Encoder,
+    codes: &[u8],
+    lists: ListsRef<'_>,
+    nprobe: usize,
+    queries: VectorsRef<'_>,
+    keep: usize,
+) -> Vec<Vec<Hit>> {
+    let Some(coarse) = encoder.coarse() else {
+        return scan_encoded(encoder, codes, queries, keep);
+    };
+    let nq = queries.len();
+    if nq == 0 {
+        return Vec::new();
+    }
+    let probes = coarse.probe(queries, nprobe);
+    let np = probes.len() / nq;
+    let tq = encoder.transform_batch(queries);
+    with_quantizer!(encoder.quantizer(), q => {
+        (0..nq)
+            .into_par_iter()
+            .map(|i| {
+                let p = q.prepare(tq.row(i));
+                scan_lists(q, &p, codes, lists, &probes[i * np..(i + 1) * np], keep)
+            })
+            .collect()
+    })
+}
+
+twin! { [scan_lists_baseline, scan_lists_avx2]
+/// One prepared query over the codes of the lists `probes`.
+fn scan_lists<Q: Quantizer>(
+    q: &Q,
+    p: &Q::Query,
+    codes: &[u8],
+    lists: ListsRef<'_>,
+    probes: &[u32],
+    keep: usize,
+) -> Vec<Hit> {
+    let cl = q.code_len();
+    let mut top = TopK::new(keep.max(1));
+    for &l in probes {
+        let (a, b) = (
+            lists.offsets[l as usize] as usize,
+            lists.offsets[l as usize + 1] as usize,
+        );
+        for (c, &id) in codes[a * cl..b * cl].chunks_exact(cl).zip(&lists.ids[a..b]) {
+            let d = q.distance(p, c);
+            if d <= top.threshold() {
+                top.push(id, d);
+            }
+        }
+    }
+    top.into_sorted()
+}
 }
 
 impl Scored<'_> {
@@ -588,12 +672,22 @@ impl Scored<'_> {
         match *self {
             Scored::Exact { vectors, metric } => exact_search(vectors, queries, metric, keep),
             Scored::Codes { encoder, codes } => scan_encoded(encoder, codes, queries, keep),
+            Scored::Partitioned {
+                encoder,
+                codes,
+                lists,
+                nprobe,
+            } => scan_partitioned(encoder, codes, lists, nprobe, queries, keep),
         }
     }
 
-    /// The hits `prev` of one query rescored; the best `keep`.
+    /// The hits `prev` of one query rescored; the best `keep`. A partitioned code set is kept
+    /// in list order and only scans ([`Pipeline::new`] allows it in the first stage only).
     pub fn rerank(&self, query: &[f32], prev: &[Hit], keep: usize) -> Vec<Hit> {
         match *self {
+            Scored::Partitioned { .. } => {
+                unreachable!("invariant: Pipeline::new keeps partitioned stages first")
+            }
             Scored::Exact { vectors, metric } => rerank_exact(vectors, metric, query, prev, keep),
             Scored::Codes { encoder, codes } => {
                 let tq = encoder.transform(query);
@@ -669,6 +763,30 @@ pub struct Stage {
     pub scorer: Scorer,
     /// How many hits it passes on.
     pub keep: usize,
+    /// Lists probed per query, for a partitioned encoder (`ivf<nlist>/<nprobe>+...`, first
+    /// stage only); `None` otherwise.
+    pub nprobe: Option<usize>,
+}
+
+impl Stage {
+    /// A stage without partition.
+    pub fn new(scorer: Scorer, keep: usize) -> Stage {
+        Stage {
+            scorer,
+            keep,
+            nprobe: None,
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.scorer {
+            Scorer::Codes(spec) => spec.fmt_probing(f, self.nprobe)?,
+            Scorer::Exact => f.write_str("exact")?,
+        }
+        write!(f, ":{}", self.keep)
+    }
 }
 
 /// Stages run in order; text form `hadamard512+sign:1000,int8:100,exact:10`.
@@ -693,6 +811,30 @@ impl Pipeline {
             return invalid!("empty pipeline (try hadamard256+sign:1000,exact:10)");
         }
         for (i, st) in stages.iter().enumerate() {
+            let nlist = match &st.scorer {
+                Scorer::Codes(spec) => spec.ivf,
+                Scorer::Exact => None,
+            };
+            match (nlist, st.nprobe) {
+                (None, None) => {}
+                (Some(_), None) => {
+                    return invalid!(
+                        "pipeline stage {st}: a partitioned stage names the lists it probes, e.g. ivf1024/16+pq32:100"
+                    )
+                }
+                (None, Some(_)) => {
+                    return invalid!("pipeline stage {st}: lists to probe without ivf<nlist>")
+                }
+                (Some(_), Some(_)) if i > 0 => {
+                    return invalid!(
+                        "pipeline stage {st}: only the first stage can be partitioned (later stages rescore the survivors by id)"
+                    )
+                }
+                (Some(nlist), Some(p)) if p > nlist => {
+                    return invalid!("pipeline stage {st}: probes {p} of only {nlist} lists")
+                }
+                (Some(_), Some(_)) => {}
+            }
             if st.keep == 0 {
                 return invalid!(
                     "pipeline stage {}:{}: keep must be >= 1",
@@ -717,6 +859,7 @@ impl Pipeline {
     pub fn single(spec: EncoderSpec, keep: usize) -> Self {
         Pipeline {
             stages: vec![Stage {
+                nprobe: spec.ivf.map(|n| n.min(16)),
                 scorer: Scorer::Codes(spec),
                 keep: keep.max(1),
             }],
@@ -773,9 +916,33 @@ impl Pipeline {
                 .map(|(s, &keep)| Stage {
                     scorer: s.scorer.clone(),
                     keep,
+                    nprobe: s.nprobe,
                 })
                 .collect(),
         )
+    }
+    /// Lists the first stage probes, if it is partitioned.
+    pub fn nprobe(&self) -> Option<usize> {
+        self.stages[0].nprobe
+    }
+    /// The lists of the first stage, if it is partitioned, and its `nlist`.
+    pub fn nlist(&self) -> Option<usize> {
+        match &self.stages[0].scorer {
+            Scorer::Codes(spec) => spec.ivf,
+            Scorer::Exact => None,
+        }
+    }
+    /// The same stages with the first probing `nprobe` lists (for tuning); an error unless it
+    /// is partitioned.
+    pub fn with_nprobe(&self, nprobe: usize) -> Result<Pipeline> {
+        if self.nprobe().is_none() {
+            return invalid!(
+                "pipeline {self}: the first stage is not partitioned (ivf<nlist>/<nprobe>+...)"
+            );
+        }
+        let mut stages = self.stages.clone();
+        stages[0].nprobe = Some(nprobe);
+        Pipeline::new(stages)
     }
 }
 
@@ -790,11 +957,7 @@ impl fmt::Display for Scorer {
 
 impl fmt::Display for Pipeline {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts: Vec<String> = self
-            .stages
-            .iter()
-            .map(|s| format!("{}:{}", s.scorer, s.keep))
-            .collect();
+        let parts: Vec<String> = self.stages.iter().map(|s| s.to_string()).collect();
         f.write_str(&parts.join(","))
     }
 }
@@ -822,11 +985,18 @@ impl FromStr for Pipeline {
                 Ok(k) if k >= 1 => k,
                 _ => return invalid!("pipeline stage {part:?}: keep must be a whole number >= 1"),
             };
-            let scorer = match scorer.trim() {
-                "exact" => Scorer::Exact,
-                other => Scorer::Codes(other.parse()?),
+            let (scorer, nprobe) = match scorer.trim() {
+                "exact" => (Scorer::Exact, None),
+                other => {
+                    let (spec, nprobe) = EncoderSpec::parse_probing(other)?;
+                    (Scorer::Codes(spec), nprobe)
+                }
             };
-            stages.push(Stage { scorer, keep });
+            stages.push(Stage {
+                scorer,
+                keep,
+                nprobe,
+            });
         }
         Pipeline::new(stages).map_err(|e| match e {
             Error::InvalidInput(m) => Error::InvalidInput(format!("{m} (in {s:?})")),
@@ -1024,10 +1194,7 @@ mod tests {
 
     #[test]
     fn pipelines_are_validated_in_one_constructor() {
-        let st = |keep| Stage {
-            scorer: Scorer::Exact,
-            keep,
-        };
+        let st = |keep| Stage::new(Scorer::Exact, keep);
         assert!(Pipeline::new(vec![]).is_err());
         assert!(Pipeline::new(vec![st(0)]).is_err());
         assert!(Pipeline::new(vec![st(10), st(20)]).is_err());
@@ -1038,6 +1205,37 @@ mod tests {
             .to_string()
             .contains("more than"));
         assert!(p.with_keeps(&[5]).is_err());
+        // partitioned stages: first only, nprobe given and at most nlist; round trips
+        for ok in [
+            "ivf64/8+pq16:100,exact:10",
+            "ivf1024/16+flat:10",
+            "ivf16/16+hadamard256+sign:50,int8:20",
+            "ivf8/1+opq16+pq16:100,ivf8+opq16+pq16:50",
+        ] {
+            match ok.parse::<Pipeline>() {
+                Ok(p) => assert_eq!(p.to_string(), ok),
+                Err(e) => assert!(ok.contains(",ivf8+"), "{ok}: {e}"),
+            }
+        }
+        for (bad, why) in [
+            ("ivf64+pq16:100", "names the lists it probes"),
+            ("ivf64/65+pq16:100", "probes 65 of only 64"),
+            ("ivf64/0+pq16:100", ">= 1"),
+            ("ivf64/x+pq16:100", ">= 1"),
+            ("exact:100,ivf64/8+pq16:10", "only the first stage"),
+            ("hadamard64+ivf64/8+sign:10", "first token"),
+        ] {
+            let e = bad.parse::<Pipeline>().unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let p: Pipeline = "ivf64/8+pq16:100,exact:10".parse().unwrap();
+        assert_eq!((p.nlist(), p.nprobe()), (Some(64), Some(8)));
+        assert_eq!(
+            p.with_nprobe(32).unwrap().to_string(),
+            "ivf64/32+pq16:100,exact:10"
+        );
+        assert!(p.with_nprobe(65).is_err());
+        assert_eq!(p.with_keeps(&[50, 5]).unwrap().nprobe(), Some(8));
         assert_eq!(Metric::Ip.score(-0.5), 0.5);
         assert_eq!(Metric::Cosine.score(-0.5), 0.5);
         assert_eq!(Metric::L2.score(2.0), 2.0);

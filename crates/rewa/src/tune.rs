@@ -1,10 +1,12 @@
-//! [`tune`]: the keeps of an index's pipeline that reach a target recall at the highest QPS.
+//! [`tune`]: the keeps of an index's pipeline (and the lists a partitioned first stage probes)
+//! that reach a target recall at the highest QPS.
 //!
-//! Every combination of keeps (powers of two times k, up to `max_keep`) is measured in
-//! ascending order, skipping a setting whose every keep is at least that of one that already
+//! Every combination of keeps (powers of two times k, up to `max_keep`) and, for an
+//! `ivf<nlist>/<nprobe>` first stage, of `nprobe` (1, 2, 4, ... `nlist`) is measured in
+//! ascending order, skipping a setting whose every value is at least that of one that already
 //! met the target (more work for recall that is not needed). The doubling grid overshoots by up
-//! to 2x, so the fastest setting that met the target is then refined stage by stage: three
-//! bisection steps between half its keep and its keep. Ground truth is exact search over the
+//! to 2x, so the fastest setting that met the target is then refined value by value: three
+//! bisection steps between half its keep (or nprobe) and its keep. Ground truth is exact search over the
 //! index's float vectors. A time budget bounds the whole run: when it is spent, the best
 //! setting found so far is returned and the report says so.
 
@@ -144,6 +146,8 @@ pub fn tune(
     let k = opts.k;
     let gt = exact_search(vectors, queries.view(), index.metric(), k);
     let base = index.pipeline().clone();
+    // A setting is [nprobe (a partitioned first stage only), keep of every stage but the last].
+    let np_dims = usize::from(base.nprobe().is_some());
     let free = base.stages().len() - 1;
     // Candidate keeps for every stage but the last (which keeps k): k * 2^i up to the cap.
     let top = opts.max_keep.unwrap_or(n).clamp(k, n);
@@ -153,11 +157,19 @@ pub fn tune(
             .collect();
     cands.push(top);
     let mut grid: Vec<Vec<usize>> = vec![vec![]];
+    if let Some(nlist) = base.nlist() {
+        // lists probed: 1, 2, 4, ... nlist
+        let mut probes: Vec<usize> = std::iter::successors(Some(1usize), |c| c.checked_mul(2))
+            .take_while(|&c| c < nlist)
+            .collect();
+        probes.push(nlist);
+        grid = probes.into_iter().map(|p| vec![p]).collect();
+    }
     for _ in 0..free {
         grid = grid
             .into_iter()
             .flat_map(|g| {
-                let cap = g.last().copied().unwrap_or(usize::MAX);
+                let cap = g[np_dims..].last().copied().unwrap_or(usize::MAX);
                 cands
                     .iter()
                     .filter(move |&&c| c <= cap)
@@ -166,14 +178,18 @@ pub fn tune(
             })
             .collect();
     }
-    let total = grid.len() + 3 * free;
+    let dims = np_dims + free;
+    let total = grid.len() + 3 * dims;
     let mut done = 0;
     let mut curve: Vec<(Pipeline, TunePoint, Vec<usize>)> = Vec::new();
     let mut timed_out = false;
-    let mut measure = |keeps: &[usize], done: usize| -> Result<(Pipeline, TunePoint)> {
-        let mut all = keeps.to_vec();
+    let mut measure = |setting: &[usize], done: usize| -> Result<(Pipeline, TunePoint)> {
+        let mut all = setting[np_dims..].to_vec();
         all.push(k);
-        let p = base.with_keeps(&all)?;
+        let mut p = base.with_keeps(&all)?;
+        if np_dims == 1 {
+            p = p.with_nprobe(setting[0])?;
+        }
         let t = Instant::now();
         let hits = index.search_prepared(
             queries,
@@ -224,8 +240,12 @@ pub fn tune(
     let mut refined = best_met(&curve);
     if let Some(start) = refined.clone() {
         let mut keeps = start.2;
-        'stages: for s in 0..free {
-            let floor = keeps.get(s + 1).copied().unwrap_or(k);
+        'stages: for s in 0..dims {
+            let floor = if s < np_dims {
+                1
+            } else {
+                keeps.get(s + 1).copied().unwrap_or(k)
+            };
             let (mut lo, mut hi) = ((keeps[s] / 2).max(floor), keeps[s]);
             for _ in 0..3 {
                 let mid = (lo + hi) / 2;

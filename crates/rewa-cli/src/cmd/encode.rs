@@ -74,6 +74,12 @@ pub fn run(a: Args) -> Result<()> {
     // Every input and output is checked, and every code computed, before anything is
     // written: a bad --queries or --queries-out must not leave --out replaced.
     rewa::io::check_writable(&a.out).context("--out")?;
+    if let Some(nlist) = a.encoder.ivf {
+        bail!(
+            "--encoder {}: ivf{nlist} partitions an index's codes into lists, which a codes file does not hold; use it in `rewa build --pipeline`, or drop it here",
+            a.encoder
+        );
+    }
     if let Some(out) = &a.queries_out {
         rewa::io::check_writable(out).context("--queries-out")?;
     }

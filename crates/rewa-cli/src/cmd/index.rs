@@ -33,7 +33,9 @@ pub struct BuildArgs {
     max_seq_len: Option<usize>,
     #[command(flatten)]
     text_opts: TextOpts,
-    /// Default pipeline; float vectors are stored when it has an exact stage.
+    /// Default pipeline; float vectors are stored when it has an exact stage. A first stage
+    /// `ivf<nlist>/<nprobe>+SPEC:keep` is partitioned: its codes are kept in nlist lists and a
+    /// query scans the nprobe nearest (e.g. ivf1024/16+opq32+pq32:200,exact:10).
     #[arg(
         long,
         default_value = "hadamard512+sign:2000,hadamard256+int8:200,exact:10"

@@ -11,6 +11,7 @@
 mod flat;
 mod hadamard;
 mod int8;
+mod ivf;
 mod learned;
 mod opq;
 mod params;
@@ -22,6 +23,7 @@ mod spec;
 pub use flat::{FlatConfig, FlatQuantizer};
 pub use hadamard::{fwht, fwht_reference, HadamardConfig, HadamardTransform};
 pub use int8::{Int8Config, Int8Quantizer, Int8Query};
+pub use ivf::Coarse;
 pub use learned::{
     gelu, gelu_u, layer_norm, LearnedConfig, LearnedTransform, ModelConfig, CONFIG_FILE,
     MODEL_FORMAT, MODEL_VERSION, TENSOR_NAMES, WEIGHTS_FILE,
@@ -361,6 +363,8 @@ impl AnyQuantizer {
 pub struct Encoder {
     spec: EncoderSpec,
     dim: usize,
+    /// The partition (`ivf<nlist>`), on the input vectors.
+    coarse: Option<Coarse>,
     transforms: Vec<AnyTransform>,
     quantizer: AnyQuantizer,
 }
@@ -392,6 +396,10 @@ impl Encoder {
             ));
         }
         spec.check(train.dim())?;
+        let coarse = spec
+            .ivf
+            .map(|nlist| Coarse::fit(nlist, train, metric, seed ^ 0xC0A5_5E00))
+            .transpose()?;
         let mut transforms = Vec::new();
         let mut cur: Option<Vectors> = None;
         for (i, t) in spec.transforms.iter().enumerate() {
@@ -419,6 +427,7 @@ impl Encoder {
         Ok(Encoder {
             spec: spec.clone(),
             dim: train.dim(),
+            coarse,
             transforms,
             quantizer,
         })
@@ -428,9 +437,15 @@ impl Encoder {
     pub fn from_parts(
         spec: EncoderSpec,
         dim: usize,
+        coarse: Option<Coarse>,
         transforms: Vec<AnyTransform>,
         quantizer: AnyQuantizer,
     ) -> Result<Encoder> {
+        if coarse.as_ref().map(Coarse::nlist) != spec.ivf {
+            return Err(Error::InvalidInput(format!(
+                "encoder {spec}: the partition given does not match the spec"
+            )));
+        }
         let mut d = dim;
         for t in &transforms {
             if t.dim_in() != d {
@@ -444,15 +459,23 @@ impl Encoder {
         Ok(Encoder {
             spec,
             dim,
+            coarse,
             transforms,
             quantizer,
         })
     }
 
-    /// Its fitted parameters, named `t<j>.<name>` for transform `j` and `q.<name>` for the
-    /// quantizer.
+    /// Its fitted parameters, named `c.<name>` for the partition, `t<j>.<name>` for transform
+    /// `j` and `q.<name>` for the quantizer.
     pub fn tensors(&self) -> Vec<(String, Tensor<'_>)> {
         let mut out = Vec::new();
+        if let Some(c) = &self.coarse {
+            out.extend(
+                c.tensors()
+                    .into_iter()
+                    .map(|x| (format!("c.{}", x.name), x)),
+            );
+        }
         for (j, t) in self.transforms.iter().enumerate() {
             out.extend(
                 t.tensors()
@@ -476,6 +499,10 @@ impl Encoder {
         dim: usize,
         metric: Metric,
     ) -> Result<Encoder> {
+        let coarse = spec
+            .ivf
+            .map(|nlist| Coarse::from_tensors(&src.part("c"), nlist, dim, metric))
+            .transpose()?;
         let mut transforms = Vec::new();
         let mut d = dim;
         for (j, t) in spec.transforms.iter().enumerate() {
@@ -484,7 +511,7 @@ impl Encoder {
             transforms.push(tr);
         }
         let q = AnyQuantizer::from_tensors(spec.quantizer, &src.part("q"), d, metric)?;
-        Encoder::from_parts(spec.clone(), dim, transforms, q)
+        Encoder::from_parts(spec.clone(), dim, coarse, transforms, q)
     }
 
     /// The spec this encoder was fitted from.
@@ -502,6 +529,10 @@ impl Encoder {
     /// Bytes per code.
     pub fn code_len(&self) -> usize {
         self.quantizer.code_len()
+    }
+    /// The partition (`ivf<nlist>`), if the codes are kept in lists.
+    pub fn coarse(&self) -> Option<&Coarse> {
+        self.coarse.as_ref()
     }
     /// The fitted transforms.
     pub fn transforms(&self) -> &[AnyTransform] {

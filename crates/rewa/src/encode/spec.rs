@@ -1,4 +1,6 @@
-//! The text form of encoders: `hadamard256+sign`, `pca64+int8`, `flat`.
+//! The text form of encoders: `hadamard256+sign`, `pca64+int8`, `flat`, and partitioned
+//! ones, `ivf1024+opq32+pq32` (the coarse quantizer first; in a pipeline stage it carries the
+//! lists probed per query, `ivf1024/16+opq32+pq32:200`).
 //!
 //! A `learned=` path holding `+`, `,` or `:` (which separate tokens, stages and keeps) is
 //! written in double quotes: `learned="models/a+b,c"+sign`. Both the token splitter here and
@@ -116,6 +118,9 @@ pub enum QuantizerSpec {
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
 pub struct EncoderSpec {
+    /// `ivf<nlist>`: codes are kept in `nlist` lists by the nearest coarse centroid, and a
+    /// first stage scans only the lists it probes. `None` for a flat (scan-everything) code set.
+    pub ivf: Option<usize>,
     /// Applied in order.
     pub transforms: Vec<TransformSpec>,
     /// Applied last.
@@ -186,6 +191,9 @@ impl EncoderSpec {
                 invalid!("{name}{m}: m must be from 1 to {MAX_SPEC_DIM}")
             }
         };
+        if let Some(nlist) = self.ivf {
+            size("ivf", nlist)?;
+        }
         // `None` after a learned model: its dimensions are checked when it is loaded.
         let mut d = Some(dim);
         for t in &self.transforms {
@@ -251,13 +259,52 @@ impl fmt::Display for QuantizerSpec {
     }
 }
 
-impl fmt::Display for EncoderSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut parts: Vec<String> = self.transforms.iter().map(|t| t.to_string()).collect();
-        if self.quantizer != QuantizerSpec::Flat || parts.is_empty() {
+impl EncoderSpec {
+    /// The text form, with `ivf<nlist>/<nprobe>` when `nprobe` is given (a stage's form).
+    pub(crate) fn fmt_probing(
+        &self,
+        f: &mut fmt::Formatter<'_>,
+        nprobe: Option<usize>,
+    ) -> fmt::Result {
+        let mut parts: Vec<String> = Vec::new();
+        match (self.ivf, nprobe) {
+            (Some(nlist), Some(p)) => parts.push(format!("ivf{nlist}/{p}")),
+            (Some(nlist), None) => parts.push(format!("ivf{nlist}")),
+            (None, _) => {}
+        }
+        let transforms = self.transforms.len();
+        parts.extend(self.transforms.iter().map(|t| t.to_string()));
+        if self.quantizer != QuantizerSpec::Flat || transforms == 0 {
             parts.push(self.quantizer.to_string());
         }
         f.write_str(&parts.join("+"))
+    }
+
+    /// Parses a stage's scorer: an encoder spec whose `ivf<nlist>` token may carry
+    /// `/<nprobe>`. Returns the spec and the `nprobe` given.
+    pub(crate) fn parse_probing(s: &str) -> Result<(EncoderSpec, Option<usize>)> {
+        let s = s.trim();
+        let first = EncoderSpec::split_outside_quotes(s, '+')[0].trim();
+        let Some((ivf, p)) = first.split_once('/').filter(|_| first.starts_with("ivf")) else {
+            return Ok((s.parse()?, None));
+        };
+        let nprobe = match p.parse::<usize>() {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                return invalid!(
+                    "{first:?}: the lists probed per query must be a whole number >= 1, e.g. ivf1024/16"
+                )
+            }
+        };
+        let rest = &s[first.len()..];
+        let spec: EncoderSpec = format!("{ivf}{rest}").parse()?;
+        Ok((spec, Some(nprobe)))
+    }
+}
+
+impl fmt::Display for EncoderSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_probing(f, None)
     }
 }
 
@@ -282,10 +329,25 @@ impl FromStr for EncoderSpec {
         }
         let mut spec = EncoderSpec::default();
         let mut quantizer: Option<QuantizerSpec> = None;
-        for tok in EncoderSpec::split_outside_quotes(s, '+')
+        for (i, tok) in EncoderSpec::split_outside_quotes(s, '+')
             .into_iter()
             .map(str::trim)
+            .enumerate()
         {
+            if tok.starts_with("ivf") {
+                if i > 0 {
+                    return invalid!(
+                        "encoder spec {s:?}: {tok:?} must be the first token (the partition comes before transforms)"
+                    );
+                }
+                if tok.contains('/') {
+                    return invalid!(
+                        "encoder spec {s:?}: {tok:?} names lists to probe, which only a pipeline stage can (e.g. --pipeline {s}:100); a code set is ivf<nlist>"
+                    );
+                }
+                spec.ivf = dim_token(tok, "ivf")?;
+                continue;
+            }
             if let Some(q) = quantizer {
                 return invalid!("encoder spec {s:?}: {tok:?} follows the quantizer {q}; the quantizer must come last");
             }
@@ -322,7 +384,7 @@ impl FromStr for EncoderSpec {
                         continue;
                     } else {
                         return invalid!(
-                            "encoder spec {s:?}: unknown token {tok:?} (known: hadamard<m>, pca<m>, opq<m>, learned=DIR or learned=\"DIR\", flat, sign, asign, int8, pq<m>)"
+                            "encoder spec {s:?}: unknown token {tok:?} (known: ivf<nlist> first, hadamard<m>, pca<m>, opq<m>, learned=DIR or learned=\"DIR\", flat, sign, asign, int8, pq<m>)"
                         );
                     }
                 }
@@ -330,6 +392,11 @@ impl FromStr for EncoderSpec {
             spec.transforms.push(t);
         }
         spec.quantizer = quantizer.unwrap_or_default();
+        if spec.ivf.is_some() && spec.transforms.is_empty() && quantizer.is_none() {
+            return invalid!(
+                "encoder spec {s:?}: ivf<nlist> needs the codes kept in its lists after it, e.g. ivf1024+flat or ivf1024+pq32"
+            );
+        }
         Ok(spec)
     }
 }
@@ -367,6 +434,9 @@ mod tests {
             "pca128+hadamard64+sign",
             "learned=models/x+int8",
             "learned=../m/scifact64+sign",
+            "ivf1024+flat",
+            "ivf64+opq32+pq32",
+            "ivf8+hadamard256+sign",
         ] {
             let spec: EncoderSpec = s.parse().unwrap();
             assert_eq!(spec.to_string(), s);
@@ -402,6 +472,12 @@ mod tests {
             "pq0",
             "pq16+sign",
             "hadamard64+pq16+hadamard32",
+            "ivf",
+            "ivf0+flat",
+            "ivf16",
+            "ivf16/4+flat",
+            "pq8+ivf16",
+            "hadamard64+ivf16+sign",
         ] {
             assert!(
                 matches!(s.parse::<EncoderSpec>(), Err(Error::InvalidInput(_))),
@@ -454,6 +530,7 @@ mod tests {
         }
         // a path that needs quotes prints quoted, whichever way it was built
         let spec = EncoderSpec {
+            ivf: None,
             transforms: vec![TransformSpec::Learned {
                 path: "x+y,z".into(),
             }],
@@ -482,6 +559,7 @@ mod tests {
         assert_eq!(p.to_string().parse::<crate::search::Pipeline>().unwrap(), p);
         // a path with a quote cannot be printed, so `check` refuses it
         let q = EncoderSpec {
+            ivf: None,
             transforms: vec![TransformSpec::Learned {
                 path: "a\"b".into(),
             }],
@@ -500,6 +578,7 @@ mod tests {
             TransformSpec::Hadamard { m: 0 },
         ] {
             let spec = EncoderSpec {
+                ivf: None,
                 transforms: vec![t.clone()],
                 quantizer: QuantizerSpec::Sign,
             };
@@ -516,6 +595,7 @@ mod tests {
         }
         for q in [usize::MAX, big, 0] {
             let spec = EncoderSpec {
+                ivf: None,
                 transforms: vec![],
                 quantizer: QuantizerSpec::Pq { m: q },
             };
@@ -525,6 +605,7 @@ mod tests {
             ));
             // also after a learned model, whose dimension is not known here
             let l = EncoderSpec {
+                ivf: None,
                 transforms: vec![TransformSpec::Learned { path: "m".into() }],
                 quantizer: QuantizerSpec::Pq { m: q },
             };

@@ -11,10 +11,12 @@
 //! | `vectors-<gen>.f32` | optional float vectors (normalised for cosine) for `exact` stages: header, then `count * 4 * dim` bytes, little-endian f32 |
 //! | `params-<gen>.safetensors` | fitted parameters (Hadamard signs and kept coordinates, PCA mean / components / variances, sign thresholds, int8 ranges) |
 //! | `ids-<gen>.txt` | optional (an index built from text): the corpus id of each row, UTF-8, one per line, each line ending in `\n` |
+//! | `lists-<gen>-<i>.bin` | for a partitioned encoder (`ivf<nlist>+...`): header (rows of 4 bytes, `nlist + 1 + count` of them), then `nlist + 1` list offsets and `count` ids, u32 LE; its codes file then holds the codes in list order |
 //!
 //! A manifest with corpus ids also records `text_model` (the model directory, the SHA-256 of
-//! its weights, `max_seq_len`) and says `format_version` 2; one without says 1, so builds that
-//! predate ids still read every index they could before.
+//! its weights, `max_seq_len`) and says `format_version` 2; one with a partitioned code set
+//! says 3; others say 1, so older builds still read every index they could before (and
+//! name the version they cannot read).
 //!
 //! Header of `.bin` / `.f32` files (64 bytes, so payloads start 8-byte aligned in a mapping):
 //!
@@ -63,8 +65,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The newest format version this build writes (2: a manifest with corpus ids and a text
-/// model; data files and other manifests are still written as 1).
-pub const FORMAT_VERSION: u32 = 2;
+/// model; 3: a partitioned code set; data files and other manifests are still written as 1).
+pub const FORMAT_VERSION: u32 = 3;
 /// The version of the `.bin` / `.f32` headers and of a manifest without ids.
 const BASE_VERSION: u32 = 1;
 /// The oldest format version this build reads.
@@ -72,6 +74,7 @@ pub const MIN_FORMAT_VERSION: u32 = 1;
 const HEADER: usize = 64;
 const MAGIC_CODES: &[u8; 8] = b"REWACODE";
 const MAGIC_VECS: &[u8; 8] = b"REWAVECS";
+const MAGIC_LISTS: &[u8; 8] = b"REWALIST";
 const MANIFEST: &str = "manifest.json";
 /// The writer lock's file name inside an index directory.
 pub const LOCK_FILE: &str = "write.lock";
@@ -95,6 +98,8 @@ struct CodeEntry {
     code_len: usize,
     #[serde(flatten)]
     data: FileEntry,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lists: Option<FileEntry>,
 }
 
 /// `manifest.json`.
@@ -317,6 +322,24 @@ pub fn save(index: &Index, lock: &WriteLock) -> Result<()> {
             &dir.join(&name),
             &[&header(MAGIC_CODES, cl, index.count), cs.codes.as_slice()],
         )?;
+        let lists = match &cs.lists {
+            Some(l) => {
+                let name = format!("lists-{generation}-{i}.bin");
+                let (crc32, bytes) = write_file(
+                    &dir.join(&name),
+                    &[
+                        &header(MAGIC_LISTS, 4, l.as_slice().len() / 4),
+                        l.as_slice(),
+                    ],
+                )?;
+                Some(FileEntry {
+                    file: name,
+                    crc32,
+                    bytes,
+                })
+            }
+            None => None,
+        };
         code_sets.push(CodeEntry {
             spec: cs.encoder.spec().clone(),
             code_len: cl,
@@ -325,6 +348,7 @@ pub fn save(index: &Index, lock: &WriteLock) -> Result<()> {
                 crc32,
                 bytes,
             },
+            lists,
         });
     }
     let vectors = match &index.vectors {
@@ -378,9 +402,12 @@ pub fn save(index: &Index, lock: &WriteLock) -> Result<()> {
         None => None,
     };
     let with_text = ids.is_some() || index.text_model.is_some();
+    let with_lists = code_sets.iter().any(|c| c.lists.is_some());
     let manifest = Manifest {
-        format_version: if with_text {
-            FORMAT_VERSION
+        format_version: if with_lists {
+            3
+        } else if with_text {
+            2
         } else {
             BASE_VERSION
         },
@@ -425,7 +452,7 @@ pub fn save(index: &Index, lock: &WriteLock) -> Result<()> {
 /// The data file names generation `g` of `index` writes.
 fn gen_files(index: &Index, g: u64) -> Vec<String> {
     let mut v: Vec<String> = (0..index.code_sets.len())
-        .map(|i| format!("codes-{g}-{i}.bin"))
+        .flat_map(|i| [format!("codes-{g}-{i}.bin"), format!("lists-{g}-{i}.bin")])
         .collect();
     v.push(format!("vectors-{g}.f32"));
     v.push(format!("params-{g}.safetensors"));
@@ -439,6 +466,7 @@ fn is_own_name(f: &str) -> bool {
         && !f.contains("..")
         && (f.starts_with("codes-")
             || f.starts_with("vectors-")
+            || f.starts_with("lists-")
             || f.starts_with("params-")
             || f.starts_with("ids-"))
 }
@@ -461,6 +489,11 @@ fn crash_test_pause(point: &str) {
 
 fn files_of(m: &Manifest) -> Vec<String> {
     let mut v: Vec<String> = m.code_sets.iter().map(|c| c.data.file.clone()).collect();
+    v.extend(
+        m.code_sets
+            .iter()
+            .flat_map(|c| c.lists.iter().map(|f| f.file.clone())),
+    );
     v.extend(m.vectors.iter().map(|f| f.file.clone()));
     v.push(m.params.file.clone());
     v.extend(m.ids.iter().map(|f| f.file.clone()));
@@ -630,9 +663,20 @@ fn open_manifest(dir: &Path, m: &Manifest) -> Result<Index> {
         }
         let map = open_checked(dir, &c.data, Some((MAGIC_CODES, c.code_len, m.count)))?;
         let len = map.len() - HEADER;
+        let lists = match (&c.lists, encoder.coarse()) {
+            (Some(entry), Some(coarse)) => Some(open_lists(dir, entry, coarse.nlist(), m.count)?),
+            (None, None) => None,
+            _ => {
+                return Err(Error::corrupt(
+                    &mpath,
+                    format!("{}: lists file and partition disagree", c.spec),
+                ))
+            }
+        };
         code_sets.push(CodeSet {
             encoder,
             codes: Bytes::mapped(map, HEADER, len),
+            lists,
         });
     }
     let vectors = match &m.vectors {
@@ -662,6 +706,39 @@ fn open_manifest(dir: &Path, m: &Manifest) -> Result<Index> {
         .check_pipeline(&m.pipeline, 1)
         .map_err(|e| Error::corrupt(&mpath, format!("default pipeline: {e}")))?;
     Ok(index)
+}
+
+/// Maps and checks `lists-<gen>-<i>.bin`: offsets from 0 rising to `count`, and ids that are
+/// each row exactly once (a damaged list must not send a rerank outside the rows).
+fn open_lists(dir: &Path, entry: &FileEntry, nlist: usize, count: usize) -> Result<Bytes> {
+    let map = open_checked(dir, entry, Some((MAGIC_LISTS, 4, nlist + 1 + count)))?;
+    let path = dir.join(&entry.file);
+    let len = map.len() - HEADER;
+    let b = Bytes::mapped(map, HEADER, len);
+    let all: &[u32] = bytemuck::cast_slice(b.as_slice());
+    let (offsets, ids) = all.split_at(nlist + 1);
+    if offsets[0] != 0
+        || offsets[nlist] as usize != count
+        || offsets.windows(2).any(|w| w[0] > w[1])
+    {
+        return Err(Error::corrupt(
+            &path,
+            "list offsets do not rise from 0 to the row count",
+        ));
+    }
+    let mut seen = vec![false; count];
+    for &id in ids {
+        match seen.get_mut(id as usize) {
+            Some(s) if !*s => *s = true,
+            _ => {
+                return Err(Error::corrupt(
+                    &path,
+                    format!("id {id} is out of range or listed twice"),
+                ))
+            }
+        }
+    }
+    Ok(b)
 }
 
 /// Reads and checks `ids-<gen>.txt`: `count` lines, each a non-empty UTF-8 id.

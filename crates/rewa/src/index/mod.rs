@@ -12,7 +12,7 @@ pub use format::{check_build_target, WriteLock};
 use crate::distance::Metric;
 use crate::encode::{Encoder, EncoderSpec};
 use crate::error::{invalid, Error, Result};
-use crate::search::{run_stages, Hit, Pipeline, Scored, Scorer, SearchParams};
+use crate::search::{run_stages, Hit, ListsRef, Pipeline, Scored, Scorer, SearchParams, Stage};
 use crate::vectors::{Prepared, VectorsRef};
 
 /// Build-time settings.
@@ -73,16 +73,87 @@ pub struct Summary {
 pub struct CodeSet {
     pub(crate) encoder: Encoder,
     pub(crate) codes: Bytes,
+    /// For a partitioned encoder (`ivf<nlist>+...`): `nlist + 1` list offsets then one id per
+    /// code, u32 each (the codes are in list order, see [`ListsRef`]).
+    pub(crate) lists: Option<Bytes>,
 }
 
 impl CodeSet {
+    fn new(encoder: Encoder) -> CodeSet {
+        let lists = encoder.coarse().map(|c| {
+            let mut b = Bytes::default();
+            b.extend(bytemuck::cast_slice(&vec![0u32; c.nlist() + 1]));
+            b
+        });
+        CodeSet {
+            encoder,
+            codes: Bytes::default(),
+            lists,
+        }
+    }
     /// The fitted encoder.
     pub fn encoder(&self) -> &Encoder {
         &self.encoder
     }
-    /// All codes, `count * code_len` bytes.
+    /// All codes, `count * code_len` bytes: in id order, or in list order for a partitioned
+    /// encoder (then [`CodeSet::lists`] says whose each code is).
     pub fn codes(&self) -> &[u8] {
         self.codes.as_slice()
+    }
+    /// Bytes held per vector: the code, plus its id in the lists of a partitioned code set.
+    pub fn bytes_per_vector(&self) -> usize {
+        self.encoder.code_len() + if self.lists.is_some() { 4 } else { 0 }
+    }
+    /// The lists of a partitioned code set.
+    pub fn lists(&self) -> Option<ListsRef<'_>> {
+        let nlist = self.encoder.coarse()?.nlist();
+        let all: &[u32] = bytemuck::cast_slice(self.lists.as_ref()?.as_slice());
+        let (offsets, ids) = all.split_at(nlist + 1);
+        Some(ListsRef { offsets, ids })
+    }
+
+    /// Puts the codes of rows `first_id..` (`codes`, in row order, list `assign[j]` for row
+    /// `j`) at the ends of their lists: one pass that copies the old lists and the new codes
+    /// into buffers of the final size.
+    fn merge_into_lists(&mut self, first_id: u32, codes: &[u8], assign: &[u32]) {
+        let cl = self.encoder.code_len();
+        let old = self
+            .lists()
+            .expect("invariant: a partitioned code set has lists");
+        let nlist = old.offsets.len() - 1;
+        let mut offsets = vec![0u32; nlist + 1];
+        for &a in assign {
+            offsets[a as usize + 1] += 1;
+        }
+        for l in 0..nlist {
+            offsets[l + 1] += offsets[l] + old.offsets[l + 1] - old.offsets[l];
+        }
+        let n = offsets[nlist] as usize;
+        let mut new_codes = vec![0u8; n * cl];
+        let mut ids = vec![0u32; n];
+        let mut fill: Vec<usize> = offsets[..nlist].iter().map(|&o| o as usize).collect();
+        let old_codes = self.codes.as_slice();
+        for (l, f) in fill.iter_mut().enumerate() {
+            let (a, b) = (old.offsets[l] as usize, old.offsets[l + 1] as usize);
+            new_codes[*f * cl..(*f + b - a) * cl].copy_from_slice(&old_codes[a * cl..b * cl]);
+            ids[*f..*f + b - a].copy_from_slice(&old.ids[a..b]);
+            *f += b - a;
+        }
+        for (j, (&l, c)) in assign.iter().zip(codes.chunks_exact(cl)).enumerate() {
+            let f = &mut fill[l as usize];
+            new_codes[*f * cl..(*f + 1) * cl].copy_from_slice(c);
+            ids[*f] = first_id + j as u32;
+            *f += 1;
+        }
+        let mut c = Bytes::default();
+        c.extend(&new_codes);
+        drop(new_codes);
+        let mut lists = Bytes::default();
+        lists.reserve(4 * (nlist + 1 + n));
+        lists.extend(bytemuck::cast_slice(&offsets));
+        lists.extend(bytemuck::cast_slice(&ids));
+        self.codes = c;
+        self.lists = Some(lists);
     }
 }
 
@@ -124,10 +195,7 @@ impl Index {
                 spec.metric,
                 spec.seed.wrapping_add(i as u64 * 7919),
             )?;
-            code_sets.push(CodeSet {
-                encoder,
-                codes: Bytes::default(),
-            });
+            code_sets.push(CodeSet::new(encoder));
         }
         Ok(Index {
             dim: train.dim(),
@@ -208,27 +276,47 @@ impl Index {
         if self.count + data.len() > u32::MAX as usize {
             return invalid!("an index holds at most {} vectors", u32::MAX);
         }
+        // Partitioned code sets gather the new codes and their lists, then merge them in once.
+        let mut gathered: Vec<Option<(Vec<u8>, Vec<u32>)>> = Vec::new();
         for cs in &mut self.code_sets {
-            cs.codes.reserve(data.len() * cs.encoder.code_len());
+            let more = data.len() * cs.encoder.code_len();
+            gathered.push(if cs.lists.is_some() {
+                Some((Vec::with_capacity(more), Vec::with_capacity(data.len())))
+            } else {
+                cs.codes.reserve(more);
+                None
+            });
         }
         if let Some(v) = &mut self.vectors {
             v.reserve(data.len() * 4 * self.dim);
         }
         const CHUNK: usize = 65536;
         let n = data.len();
+        let first_id = self.count as u32;
         for start in (0..n).step_by(CHUNK) {
             let end = (start + CHUNK).min(n);
             let part = data.view().slice(start, end);
-            for cs in &mut self.code_sets {
+            for (cs, g) in self.code_sets.iter_mut().zip(&mut gathered) {
                 let codes = cs.encoder.encode_batch(part)?;
-                cs.codes.extend(&codes);
+                match (g, cs.encoder.coarse()) {
+                    (Some((c, a)), Some(coarse)) => {
+                        c.extend_from_slice(&codes);
+                        a.extend(coarse.assign(part));
+                    }
+                    _ => cs.codes.extend(&codes),
+                }
             }
             if let Some(v) = &mut self.vectors {
                 v.extend(bytemuck::cast_slice(part.as_slice()));
             }
-            self.count += end - start;
             progress(end, n);
         }
+        for (cs, g) in self.code_sets.iter_mut().zip(gathered) {
+            if let Some((codes, assign)) = g {
+                cs.merge_into_lists(first_id, &codes, &assign);
+            }
+        }
+        self.count += n;
         Ok(())
     }
 
@@ -310,11 +398,11 @@ impl Index {
             disk: dir.map(format::info).transpose()?,
         })
     }
-    /// Bytes stored per vector over all code sets and float vectors.
+    /// Bytes stored per vector over all code sets (with list ids) and float vectors.
     pub fn bytes_per_vector(&self) -> usize {
         self.code_sets
             .iter()
-            .map(|c| c.encoder.code_len())
+            .map(CodeSet::bytes_per_vector)
             .sum::<usize>()
             + if self.vectors.is_some() {
                 4 * self.dim
@@ -421,14 +509,14 @@ impl Index {
         let stages = pipeline
             .stages()
             .iter()
-            .map(|st| Ok((self.scored(&st.scorer)?, st.keep)))
+            .map(|st| Ok((self.scored(st)?, st.keep)))
             .collect::<Result<Vec<_>>>()?;
         Ok(run_stages(&stages, queries.view(), params.k))
     }
 
     /// What a stage of this index scores with.
-    fn scored(&self, scorer: &Scorer) -> Result<Scored<'_>> {
-        Ok(match scorer {
+    fn scored(&self, stage: &Stage) -> Result<Scored<'_>> {
+        Ok(match &stage.scorer {
             Scorer::Exact => Scored::Exact {
                 vectors: self.vectors().ok_or_else(|| {
                     Error::InvalidInput(
@@ -439,9 +527,17 @@ impl Index {
             },
             Scorer::Codes(spec) => {
                 let cs = self.code_set(spec)?;
-                Scored::Codes {
-                    encoder: &cs.encoder,
-                    codes: cs.codes(),
+                match (cs.lists(), stage.nprobe) {
+                    (Some(lists), Some(nprobe)) => Scored::Partitioned {
+                        encoder: &cs.encoder,
+                        codes: cs.codes(),
+                        lists,
+                        nprobe,
+                    },
+                    _ => Scored::Codes {
+                        encoder: &cs.encoder,
+                        codes: cs.codes(),
+                    },
                 }
             }
         })

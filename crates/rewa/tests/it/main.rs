@@ -3,5 +3,6 @@
 mod bad_input;
 mod doc_ids;
 mod golden;
+mod ivf;
 mod recall;
 mod roundtrip;
