@@ -43,6 +43,10 @@ enum Command {
     Add(cmd::index::AddArgs),
     /// Search an index.
     Search(cmd::index::SearchArgs),
+    /// Delete vectors from an index by id (searches never return them; other ids stay).
+    Delete(cmd::index::DeleteArgs),
+    /// Rewrite an index's segments into one without its deleted rows.
+    Compact(cmd::index::CompactArgs),
     /// Find the keeps that reach a target recall at the highest QPS; store them as the default.
     Tune(cmd::index::TuneArgs),
     /// Show an index's facts.
@@ -74,6 +78,8 @@ fn main() -> ExitCode {
         Command::Build(a) => cmd::index::build(a),
         Command::Add(a) => cmd::index::add(a),
         Command::Search(a) => cmd::index::search(a),
+        Command::Delete(a) => cmd::index::delete(a),
+        Command::Compact(a) => cmd::index::compact(a),
         Command::Tune(a) => cmd::index::tune(a),
         Command::Info(a) => cmd::index::info(a),
         Command::Serve(a) => cmd::serve::run(a),

@@ -498,7 +498,11 @@ pub fn evaluate(pipeline: &Pipeline, label: &str, inp: &EvalInput<'_>) -> Result
         )
     });
     let dim = base.dim();
-    let codes: usize = index.code_sets().iter().map(|c| c.bytes_per_vector()).sum();
+    let codes: usize = index
+        .encoders()
+        .iter()
+        .map(crate::index::encoder_bytes)
+        .sum();
     let first_exact = stages[0].scorer == Scorer::Exact;
     let bytes = codes + if first_exact { 4 * dim } else { 0 };
     Ok(Report {

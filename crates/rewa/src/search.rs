@@ -561,36 +561,180 @@ pub fn rerank(
     top.into_sorted()
 }
 
+/// Fixed-length rows held in parts (an index's segments), each part a run of ids in
+/// ascending order, parts in id order: what a stage scans part by part and what a rerank
+/// reads by id.
+#[derive(Clone, Debug)]
+pub struct Rows<'a> {
+    row_len: usize,
+    parts: Vec<RowPart<'a>>,
+    /// The first id of each part (for [`Rows::locate`]).
+    firsts: Vec<u32>,
+}
+
+/// One part of [`Rows`].
+#[derive(Clone, Copy, Debug)]
+pub struct RowPart<'a> {
+    /// Row `j` has id `start + j`, unless `ids` is given.
+    pub start: u32,
+    /// Row `j` has id `ids[j]` (ascending): a part that lost deleted rows when it was compacted.
+    pub ids: Option<&'a [u32]>,
+    /// The rows (for a partitioned code set: in list order, see `lists`).
+    pub data: &'a [u8],
+    /// For a partitioned code set: the lists, whose ids are row numbers within this part.
+    pub lists: Option<ListsRef<'a>>,
+}
+
+impl RowPart<'_> {
+    /// The id of row `j`.
+    #[inline(always)]
+    pub fn id(&self, j: u32) -> u32 {
+        match self.ids {
+            Some(ids) => ids[j as usize],
+            None => self.start + j,
+        }
+    }
+    /// The smallest and the largest id (for an empty part, `start` and `start - 1`).
+    fn id_range(&self, rows: usize) -> (u32, Option<u32>) {
+        match self.ids {
+            Some(ids) => (
+                ids.first().copied().unwrap_or(self.start),
+                ids.last().copied(),
+            ),
+            None => (
+                self.start,
+                (rows as u32).checked_sub(1).map(|r| self.start + r),
+            ),
+        }
+    }
+}
+
+impl<'a> Rows<'a> {
+    /// Parts of `row_len`-byte rows; their id ranges must rise and not overlap.
+    pub fn new(row_len: usize, parts: Vec<RowPart<'a>>) -> Rows<'a> {
+        let firsts = parts
+            .iter()
+            .map(|p| p.id_range(p.data.len() / row_len.max(1)).0)
+            .collect();
+        Rows {
+            row_len,
+            parts,
+            firsts,
+        }
+    }
+    /// One part of rows `0..`, ids equal to row numbers.
+    pub fn single(row_len: usize, data: &'a [u8]) -> Rows<'a> {
+        Rows::new(
+            row_len,
+            vec![RowPart {
+                start: 0,
+                ids: None,
+                data,
+                lists: None,
+            }],
+        )
+    }
+    /// The parts.
+    pub fn parts(&self) -> &[RowPart<'a>] {
+        &self.parts
+    }
+    /// Bytes per row.
+    pub fn row_len(&self) -> usize {
+        self.row_len
+    }
+    /// The part and row holding `id`. `id` must be held (hits only carry ids that are).
+    #[inline(always)]
+    pub fn locate(&self, id: u32) -> (&RowPart<'a>, usize) {
+        let p = if self.parts.len() == 1 {
+            0
+        } else {
+            self.firsts.partition_point(|&f| f <= id).saturating_sub(1)
+        };
+        let part = &self.parts[p];
+        let j = match part.ids {
+            Some(ids) => ids.binary_search(&id).unwrap_or_else(|_| {
+                unreachable!("invariant: id {id} is held by the part its range names")
+            }),
+            None => (id - part.start) as usize,
+        };
+        (part, j)
+    }
+    /// The row of `id` (not for a partitioned code set, whose rows are in list order).
+    #[inline(always)]
+    pub fn row(&self, id: u32) -> &'a [u8] {
+        let (part, j) = self.locate(id);
+        let data: &'a [u8] = part.data;
+        &data[j * self.row_len..(j + 1) * self.row_len]
+    }
+}
+
+/// Deleted ids (tombstones): never returned by a search. Kept sorted, with a bitmap for the
+/// per-hit check.
+#[derive(Clone, Debug, Default)]
+pub struct Deleted {
+    sorted: Vec<u32>,
+    bits: Vec<u64>,
+}
+
+impl Deleted {
+    /// From ids in any order (repeats allowed).
+    pub fn new(mut ids: Vec<u32>) -> Deleted {
+        ids.sort_unstable();
+        ids.dedup();
+        let mut bits = vec![0u64; ids.last().map_or(0, |&m| m as usize / 64 + 1)];
+        for &i in &ids {
+            bits[i as usize / 64] |= 1 << (i % 64);
+        }
+        Deleted { sorted: ids, bits }
+    }
+    /// Whether `id` is deleted.
+    #[inline(always)]
+    pub fn contains(&self, id: u32) -> bool {
+        self.bits
+            .get(id as usize / 64)
+            .is_some_and(|w| w & (1 << (id % 64)) != 0)
+    }
+    /// Deleted ids in `lo..=hi`.
+    pub fn count_in(&self, lo: u32, hi: u32) -> usize {
+        self.sorted.partition_point(|&i| i <= hi) - self.sorted.partition_point(|&i| i < lo)
+    }
+    /// The ids, ascending.
+    pub fn ids(&self) -> &[u32] {
+        &self.sorted
+    }
+    /// Number of deleted ids.
+    pub fn len(&self) -> usize {
+        self.sorted.len()
+    }
+    /// `true` if nothing is deleted.
+    pub fn is_empty(&self) -> bool {
+        self.sorted.is_empty()
+    }
+}
+
 /// What one stage scores with: the stored float vectors or one encoder's codes. The stage
 /// runner sees both ways of scoring a code set side by side: [`Scored::scan`] for the first
 /// stage, [`Scored::rerank`] for the survivors of the stage before.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum Scored<'a> {
     /// The float vectors (normalised for cosine), compared by `metric`.
     Exact {
-        /// One row per id.
-        vectors: VectorsRef<'a>,
+        /// `4 * dim` bytes per id.
+        vectors: Rows<'a>,
+        /// Their dimension.
+        dim: usize,
         /// How they are compared.
         metric: Metric,
     },
-    /// Codes written by `encoder`, `encoder.code_len()` bytes per id.
+    /// Codes written by `encoder`, `encoder.code_len()` bytes per id; a partitioned encoder's
+    /// parts carry their lists and a first stage probes `nprobe` of them.
     Codes {
         /// The fitted encoder.
         encoder: &'a Encoder,
-        /// All codes, in id order.
-        codes: &'a [u8],
-    },
-    /// Codes of a partitioned encoder (`ivf<nlist>+...`), kept list by list: a scan probes
-    /// the `nprobe` lists nearest to each query. Only a first stage scores this way.
-    Partitioned {
-        /// The fitted encoder (with its coarse quantizer).
-        encoder: &'a Encoder,
-        /// All codes, in list order.
-        codes: &'a [u8],
-        /// Where each list's codes are and whose they are.
-        lists: ListsRef<'a>,
-        /// Lists probed per query.
-        nprobe: usize,
+        /// The codes.
+        codes: Rows<'a>,
+        /// Lists probed per query (a partitioned first stage).
+        nprobe: Option<usize>,
     },
 }
 
@@ -667,29 +811,82 @@ fn scan_lists<Q: Quantizer>(
 }
 
 impl Scored<'_> {
-    /// Every row scored; the best `keep` per query.
-    pub fn scan(&self, queries: VectorsRef<'_>, keep: usize) -> Vec<Vec<Hit>> {
-        match *self {
-            Scored::Exact { vectors, metric } => exact_search(vectors, queries, metric, keep),
-            Scored::Codes { encoder, codes } => scan_encoded(encoder, codes, queries, keep),
-            Scored::Partitioned {
-                encoder,
-                codes,
-                lists,
-                nprobe,
-            } => scan_partitioned(encoder, codes, lists, nprobe, queries, keep),
+    fn rows(&self) -> &Rows<'_> {
+        match self {
+            Scored::Exact { vectors, .. } => vectors,
+            Scored::Codes { codes, .. } => codes,
         }
+    }
+
+    /// Every live row scored (or the probed lists of a partitioned stage), part by part; the
+    /// best `keep` per query. Each part is asked for `keep` plus the deleted ids in its range,
+    /// so dropping those still leaves `keep`.
+    pub fn scan(&self, queries: VectorsRef<'_>, keep: usize, deleted: &Deleted) -> Vec<Vec<Hit>> {
+        let rows = self.rows();
+        let row_len = rows.row_len().max(1);
+        let mut merged: Option<Vec<Vec<Hit>>> = None;
+        for part in rows.parts() {
+            let n = part.data.len() / row_len;
+            if n == 0 {
+                continue;
+            }
+            let (lo, hi) = part.id_range(n);
+            let extra = deleted.count_in(lo, hi.unwrap_or(lo));
+            let kp = keep.saturating_add(extra);
+            let mut hits = match (self, part.lists) {
+                (Scored::Exact { dim, metric, .. }, _) => exact_search(
+                    VectorsRef::new(*dim, bytemuck::cast_slice(part.data))
+                        .expect("invariant: whole rows"),
+                    queries,
+                    *metric,
+                    kp,
+                ),
+                (
+                    Scored::Codes {
+                        encoder,
+                        nprobe: Some(np),
+                        ..
+                    },
+                    Some(lists),
+                ) => scan_partitioned(encoder, part.data, lists, *np, queries, kp),
+                (Scored::Codes { encoder, .. }, _) => scan_encoded(encoder, part.data, queries, kp),
+            };
+            let plain = part.ids.is_none() && part.start == 0 && extra == 0;
+            if !plain {
+                for h in &mut hits {
+                    for x in h.iter_mut() {
+                        x.id = part.id(x.id);
+                    }
+                    if extra > 0 {
+                        h.retain(|x| !deleted.contains(x.id));
+                    }
+                    h.truncate(keep);
+                }
+            }
+            merged = Some(match merged {
+                None => hits,
+                Some(mut m) => {
+                    for (a, b) in m.iter_mut().zip(hits) {
+                        a.extend(b);
+                        a.sort_unstable();
+                        a.truncate(keep);
+                    }
+                    m
+                }
+            });
+        }
+        merged.unwrap_or_else(|| vec![Vec::new(); queries.len()])
     }
 
     /// The hits `prev` of one query rescored; the best `keep`. A partitioned code set is kept
     /// in list order and only scans ([`Pipeline::new`] allows it in the first stage only).
     pub fn rerank(&self, query: &[f32], prev: &[Hit], keep: usize) -> Vec<Hit> {
-        match *self {
-            Scored::Partitioned { .. } => {
-                unreachable!("invariant: Pipeline::new keeps partitioned stages first")
-            }
-            Scored::Exact { vectors, metric } => rerank_exact(vectors, metric, query, prev, keep),
-            Scored::Codes { encoder, codes } => {
+        match self {
+            Scored::Exact {
+                vectors, metric, ..
+            } => rerank_exact(vectors, *metric, query, prev, keep),
+            Scored::Codes { encoder, codes, .. } => {
+                debug_assert!(codes.parts().iter().all(|p| p.lists.is_none()));
                 let tq = encoder.transform(query);
                 with_quantizer!(encoder.quantizer(), q => {
                     rerank_codes(q, &q.prepare(&tq), codes, prev, keep)
@@ -701,39 +898,40 @@ impl Scored<'_> {
 
 twin! { [rerank_exact_baseline, rerank_exact_avx2]
 fn rerank_exact(
-    vectors: VectorsRef<'_>,
+    vectors: &Rows<'_>,
     metric: Metric,
     query: &[f32],
     prev: &[Hit],
     keep: usize,
 ) -> Vec<Hit> {
     rerank(prev.iter().map(|h| h.id), keep.min(prev.len()), |i| {
-        metric.distance(query, vectors.row(i as usize))
+        metric.distance(query, bytemuck::cast_slice(vectors.row(i)))
     })
 }
 }
 
 twin! { [rerank_codes_baseline, rerank_codes_avx2]
-fn rerank_codes<Q: Quantizer>(q: &Q, p: &Q::Query, codes: &[u8], prev: &[Hit], keep: usize) -> Vec<Hit> {
-    let cl = q.code_len();
+fn rerank_codes<Q: Quantizer>(q: &Q, p: &Q::Query, codes: &Rows<'_>, prev: &[Hit], keep: usize) -> Vec<Hit> {
     rerank(prev.iter().map(|h| h.id), keep.min(prev.len()), |i| {
-        q.distance(p, &codes[i as usize * cl..(i as usize + 1) * cl])
+        q.distance(p, codes.row(i))
     })
 }
 }
 
-/// Runs a pipeline: the first stage scans everything, each later stage rescores the
-/// survivors of the one before (queries in parallel on the current rayon pool); the last
-/// stage's hits are cut to `k`. `queries` must be prepared (normalised for cosine, checked).
+/// Runs a pipeline: the first stage scans everything (but `deleted` ids), each later stage
+/// rescores the survivors of the one before (queries in parallel on the current rayon pool);
+/// the last stage's hits are cut to `k`. `queries` must be prepared (normalised for cosine,
+/// checked).
 pub fn run_stages(
     stages: &[(Scored<'_>, usize)],
     queries: VectorsRef<'_>,
     k: usize,
+    deleted: &Deleted,
 ) -> Vec<Vec<Hit>> {
     let Some(((first, keep), rest)) = stages.split_first() else {
         return vec![Vec::new(); queries.len()];
     };
-    let mut hits = first.scan(queries, *keep);
+    let mut hits = first.scan(queries, *keep, deleted);
     for (scored, keep) in rest {
         hits = hits
             .into_par_iter()
@@ -1168,25 +1366,27 @@ mod tests {
             for spec in ["flat", "sign", "asign", "int8", "pq7", "hadamard64+int8"] {
                 let enc = Encoder::fit(&spec.parse().unwrap(), base.view(), metric, 3).unwrap();
                 let codes = enc.encode_batch(base.view()).unwrap();
+                let code_rows = Rows::single(enc.code_len(), &codes);
+                let vec_rows = Rows::single(4 * 77, bytemuck::cast_slice(base.as_slice()));
                 let tq = enc.transform_batch(qs.view());
                 with_quantizer!(enc.quantizer(), q => {
                     let prepared = q.prepare_batch(tq.view());
                     let base_hits = scan_block_baseline(q, &prepared, &codes, 50);
                     let prev: Vec<Hit> = base_hits[0].clone();
-                    let re = rerank_codes_baseline(q, &prepared[0], &codes, &prev, 10);
-                    let ex = rerank_exact_baseline(base.view(), metric, qs.row(0), &prev, 10);
+                    let re = rerank_codes_baseline(q, &prepared[0], &code_rows, &prev, 10);
+                    let ex = rerank_exact_baseline(&vec_rows, metric, qs.row(0), &prev, 10);
                     #[cfg(target_arch = "x86_64")]
                     if crate::simd::avx2() {
                         // SAFETY: checked just above.
                         unsafe {
                             assert_eq!(scan_block_avx2(q, &prepared, &codes, 50), base_hits, "{spec}");
-                            assert_eq!(rerank_codes_avx2(q, &prepared[0], &codes, &prev, 10), re);
-                            assert_eq!(rerank_exact_avx2(base.view(), metric, qs.row(0), &prev, 10), ex);
+                            assert_eq!(rerank_codes_avx2(q, &prepared[0], &code_rows, &prev, 10), re);
+                            assert_eq!(rerank_exact_avx2(&vec_rows, metric, qs.row(0), &prev, 10), ex);
                         }
                     }
                     // and the dispatching entry points agree with the baseline
                     assert_eq!(scan_block(q, &prepared, &codes, 50), base_hits, "{spec}");
-                    assert_eq!(rerank_codes(q, &prepared[0], &codes, &prev, 10), re);
+                    assert_eq!(rerank_codes(q, &prepared[0], &code_rows, &prev, 10), re);
                 });
             }
         }

@@ -12,7 +12,7 @@
 
 use crate::error::{invalid, Error, Result};
 use crate::eval::recall_at_k;
-use crate::search::{exact_search, Pipeline, SearchParams};
+use crate::search::{Pipeline, SearchParams};
 use crate::vectors::Prepared;
 use crate::Index;
 use std::time::Instant;
@@ -140,11 +140,20 @@ pub fn tune(
             got: queries.dim(),
         });
     }
-    let Some(vectors) = index.vectors() else {
+    if !index.has_vectors() {
         return invalid!("tuning needs the index's float vectors for ground truth; build with a pipeline that has an exact stage");
-    };
+    }
     let k = opts.k;
-    let gt = exact_search(vectors, queries.view(), index.metric(), k);
+    let gt = index.search_prepared(
+        queries,
+        &SearchParams {
+            k,
+            pipeline: Some(Pipeline::new(vec![crate::search::Stage::new(
+                crate::search::Scorer::Exact,
+                k,
+            )])?),
+        },
+    )?;
     let base = index.pipeline().clone();
     // A setting is [nprobe (a partitioned first stage only), keep of every stage but the last].
     let np_dims = usize::from(base.nprobe().is_some());

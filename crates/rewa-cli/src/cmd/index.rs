@@ -168,6 +168,41 @@ pub struct SearchArgs {
     json: bool,
 }
 
+/// Delete vectors from an index by id: searches never return them again and other ids do not
+/// change. Only the list of deleted ids is written (O(deleted)); the rows themselves go at the
+/// next `rewa compact`.
+#[derive(clap::Args)]
+pub struct DeleteArgs {
+    /// Index directory.
+    #[arg(long)]
+    index: PathBuf,
+    /// Ids to delete (as `rewa search` prints them): a text file with one id per line, or a
+    /// 1-D .npy of integers (negative entries are skipped).
+    #[arg(long, required_unless_present = "doc_ids", conflicts_with = "doc_ids")]
+    ids: Option<PathBuf>,
+    /// For an index built from text: corpus ids to delete, one per line.
+    #[arg(long)]
+    doc_ids: Option<PathBuf>,
+    #[command(flatten)]
+    lock: LockArgs,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Rewrite an index's segments into one without its deleted rows (ids do not change).
+#[derive(clap::Args)]
+pub struct CompactArgs {
+    /// Index directory.
+    #[arg(long)]
+    index: PathBuf,
+    #[command(flatten)]
+    lock: LockArgs,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Show an index's counts, specs, bytes per vector, file sizes and format version.
 #[derive(clap::Args)]
 pub struct InfoArgs {
@@ -472,6 +507,99 @@ pub fn search(a: SearchArgs) -> Result<()> {
     Ok(())
 }
 
+/// Reads row ids: .npy integers (negatives skipped) or text, one per line (blank lines skipped).
+fn read_row_ids(path: &Path) -> Result<Vec<u32>> {
+    if path.extension().is_some_and(|e| e == "npy") {
+        let v = rewa::io::read_labels(path).with_context(|| format!("--ids {}", path.display()))?;
+        return v
+            .into_iter()
+            .filter(|&i| i >= 0)
+            .map(|i| {
+                u32::try_from(i)
+                    .map_err(|_| anyhow::anyhow!("--ids {}: id {i} is too large", path.display()))
+            })
+            .collect();
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("--ids {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, l)| {
+            l.trim().parse::<u32>().map_err(|_| {
+                anyhow::anyhow!(
+                    "--ids {} line {}: {:?} is not an id (a whole number)",
+                    path.display(),
+                    n + 1,
+                    l.trim()
+                )
+            })
+        })
+        .collect()
+}
+
+pub fn delete(a: DeleteArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let lock = a.lock.acquire_existing(&a.index)?;
+    let mut index = open(&a.index)?;
+    let (asked, deleted) = match (&a.ids, &a.doc_ids) {
+        (Some(p), _) => {
+            let ids = read_row_ids(p)?;
+            (ids.len(), index.delete(&ids)?)
+        }
+        (None, Some(p)) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("--doc-ids {}", p.display()))?;
+            let ids: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect();
+            (ids.len(), index.delete_doc_ids(&ids)?)
+        }
+        _ => bail!("give --ids or --doc-ids"),
+    };
+    if deleted > 0 {
+        index.save_locked(&lock)?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    log(&format!(
+        "deleted {deleted} of {asked} ids ({} already deleted); {} vectors left, {} deleted rows await `rewa compact`",
+        asked - deleted,
+        index.len(),
+        index.deleted().len()
+    ));
+    if a.json {
+        println!(
+            "{}",
+            json!({"deleted": deleted, "asked": asked, "count": index.len(), "pending_compaction": index.deleted().len(), "seconds": secs})
+        );
+    }
+    Ok(())
+}
+
+pub fn compact(a: CompactArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let lock = a.lock.acquire_existing(&a.index)?;
+    let mut index = open(&a.index)?;
+    let (segments, deleted) = (index.segments().len(), index.deleted().len());
+    index.compact();
+    index.save_locked(&lock)?;
+    let secs = t0.elapsed().as_secs_f64();
+    log(&format!(
+        "compacted {segments} segments and {deleted} deleted rows into one segment of {} vectors in {secs:.2}s",
+        index.len()
+    ));
+    if a.json {
+        println!(
+            "{}",
+            json!({"count": index.len(), "segments_before": segments, "removed": deleted, "seconds": secs})
+        );
+    }
+    Ok(())
+}
+
 pub fn info(a: InfoArgs) -> Result<()> {
     let index = open(&a.index)?;
     let s = index.summary(Some(&a.index))?;
@@ -491,6 +619,10 @@ pub fn info(a: InfoArgs) -> Result<()> {
     };
     println!("float vectors   {stored}");
     println!("bytes/vector    {}", s.bytes_per_vector);
+    println!("segments        {}", s.segments);
+    if s.deleted > 0 {
+        println!("deleted         {} (removed by `rewa compact`)", s.deleted);
+    }
     if let Some(d) = &s.disk {
         println!("format version  {}", d.format_version);
         for (f, n) in &d.files {

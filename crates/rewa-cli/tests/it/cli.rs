@@ -101,7 +101,7 @@ fn build_search_info_tune() {
             j["dim"].as_u64(),
             j["format_version"].as_u64()
         ),
-        (Some(1000), Some(32), Some(1))
+        (Some(1000), Some(32), Some(3))
     );
     assert_eq!(j["metric"], "cosine");
     assert_eq!(j["bytes_per_vector"], 8 + 128);

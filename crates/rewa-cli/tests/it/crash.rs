@@ -1,5 +1,6 @@
-// A `rewa add` killed with SIGKILL at any moment leaves an index that opens and holds exactly
-// the old or the new data; two writers at once never lose an update or break the index.
+// A `rewa add`, `rewa delete` or `rewa compact` killed with SIGKILL at any moment leaves an
+// index that opens and holds exactly the old or the new data; two writers at once never lose
+// an update or break the index.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -103,12 +104,21 @@ fn sigkill_during_add_leaves_old_or_new_index() {
     rewa("add --index work --base b/base.npy", d);
     assert_eq!(state(&work), new);
     // ... and removes them: the lock, the manifest, one code set, vectors, params
-    let files = std::fs::read_dir(&work).unwrap().count();
-    assert_eq!(files, 5, "a dead writer's files were left behind");
+    let names: Vec<String> = std::fs::read_dir(&work)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(
+        names.len(),
+        5,
+        "a dead writer's files were left behind: {names:?}"
+    );
     // killed after the manifest rename: the next add removes the old generation it left
     run(Some("manifest"), None);
     rewa("add --index work --base a/base.npy", d);
-    assert_eq!(std::fs::read_dir(&work).unwrap().count(), 5);
+    // lock, manifest, params, the merged segment's codes and vectors, and the new segment's
+    // (4,000 rows beside 14,000: not merged)
+    assert_eq!(std::fs::read_dir(&work).unwrap().count(), 7);
     // killed after the manifest rename, before old files are deleted: the new index
     assert_eq!(run(Some("manifest"), None), new);
     // killed at spread-out moments of the whole command: always exactly one of the two
@@ -118,6 +128,105 @@ fn sigkill_during_add_leaves_old_or_new_index() {
             s == old || s == new,
             "killed after {ms} ms: {} vectors, neither old nor new",
             s.0
+        );
+    }
+}
+
+/// Copies `from` to `work`, runs `rewa ARGS` there (in `d`), kills it with SIGKILL when save
+/// announces `pause` (or after `after`), and returns what the index in `work` then holds.
+fn killed(
+    d: &Path,
+    from: &str,
+    args: &[&str],
+    pause: Option<&str>,
+    after: Option<Duration>,
+) -> (usize, Vec<Vec<rewa::Hit>>) {
+    let work = d.join("work");
+    copy_dir(&d.join(from), &work);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rewa"));
+    cmd.args(args)
+        .current_dir(d)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(p) = pause {
+        cmd.env("REWA_SAVE_PAUSE", format!("{p}:60000"));
+    }
+    let mut child = cmd.spawn().unwrap();
+    if let Some(p) = pause {
+        let want = format!("paused:{p}");
+        let err = BufReader::new(child.stderr.take().unwrap());
+        let seen = err.lines().any(|l| l.unwrap().contains(&want));
+        assert!(seen, "the child never reached {want}");
+    } else if let Some(after) = after {
+        let t0 = Instant::now();
+        while t0.elapsed() < after && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    state(&work)
+}
+
+#[test]
+fn sigkill_during_delete_and_compact_leaves_old_or_new_index() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    rewa(
+        "synth --classes 40 --per-class 100 --dim 64 --new-classes 0 --seed 1 --out a",
+        d,
+    );
+    std::fs::copy(d.join("a/queries_same.npy"), d.join("q.npy")).unwrap();
+    rewa(
+        "build --base a/base.npy --pipeline ivf16/4+hadamard128+sign:200,exact:10 --out old",
+        d,
+    );
+    // delete every third id below 3000: the queries' neighbours among them
+    let ids: String = (0..3000).step_by(3).map(|i| format!("{i}\n")).collect();
+    std::fs::write(d.join("ids.txt"), ids).unwrap();
+    copy_dir(&d.join("old"), &d.join("del"));
+    rewa("delete --index del --ids ids.txt", d);
+    copy_dir(&d.join("del"), &d.join("comp"));
+    rewa("compact --index comp", d);
+    let (old, del, comp) = (
+        state(&d.join("old")),
+        state(&d.join("del")),
+        state(&d.join("comp")),
+    );
+    assert_eq!((old.0, del.0, comp.0), (4000, 3000, 3000));
+    assert_ne!(old.1, del.1, "the deletion must change some results");
+    assert_eq!(del.1, comp.1, "compaction changes no result");
+    assert!(del
+        .1
+        .iter()
+        .flatten()
+        .all(|h| h.id >= 3000 || h.id % 3 != 0));
+    let delete = ["delete", "--index", "work", "--ids", "ids.txt"];
+    let compact = ["compact", "--index", "work"];
+    assert_eq!(killed(d, "old", &delete, Some("data"), None), old);
+    assert_eq!(killed(d, "old", &delete, Some("manifest"), None), del);
+    assert_eq!(killed(d, "del", &compact, Some("data"), None), del);
+    assert_eq!(killed(d, "del", &compact, Some("manifest"), None), comp);
+    // after a kill, the next write removes the dead writer's files: compact then holds the
+    // lock, the manifest, params and one segment's codes, lists and vectors
+    killed(d, "del", &compact, Some("data"), None);
+    rewa("compact --index work", d);
+    assert_eq!(state(&d.join("work")), comp);
+    let names: Vec<String> = std::fs::read_dir(d.join("work"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 7, "{names:?}");
+    for ms in [5u64, 30, 80] {
+        let s = killed(d, "old", &delete, None, Some(Duration::from_millis(ms)));
+        assert!(
+            s == old || s == del,
+            "delete killed after {ms} ms: neither old nor new"
+        );
+        let s = killed(d, "del", &compact, None, Some(Duration::from_millis(ms)));
+        assert!(
+            s == del,
+            "compact killed after {ms} ms: not the index it started from"
         );
     }
 }

@@ -86,7 +86,7 @@ fn an_index_built_from_text_searches_by_text_and_prints_corpus_ids() {
     assert_eq!(j["count"], 30, "{j}");
     let info = json("info --index idx", d);
     assert_eq!(info["has_doc_ids"], true, "{info}");
-    assert_eq!(info["format_version"], 2, "{info}");
+    assert_eq!(info["format_version"], 3, "{info}");
     assert_eq!(info["text_model"]["dir"], m.to_string(), "{info}");
     assert_eq!(info["text_model"]["max_seq_len"], 256, "{info}");
     let sha = info["text_model"]["weights_sha256"].as_str().unwrap();

@@ -74,10 +74,22 @@ impl Bytes {
             words.reserve_exact(want.saturating_sub(words.len()));
         }
     }
-    /// The bytes as f32 (little-endian host; `len` is a multiple of 4).
-    pub(crate) fn as_f32(&self) -> &[f32] {
-        // Storage starts 8-byte aligned (owned: Vec<u64>; mapped: the header is 64 bytes), so
-        // this cast cannot fail.
+    /// Owned bytes, copied into 8-byte aligned storage.
+    pub(crate) fn from_vec(v: Vec<u8>) -> Self {
+        let mut b = Bytes::default();
+        b.reserve(v.len());
+        b.extend(&v);
+        b
+    }
+    /// Owned u32 values, little-endian.
+    pub(crate) fn from_u32(v: &[u32]) -> Self {
+        let mut b = Bytes::default();
+        b.reserve(4 * v.len());
+        b.extend(bytemuck::cast_slice(v));
+        b
+    }
+    /// The bytes as u32 (little-endian host; `len` is a multiple of 4).
+    pub(crate) fn as_u32(&self) -> &[u32] {
         bytemuck::cast_slice(self.as_slice())
     }
 }

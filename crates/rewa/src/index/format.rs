@@ -6,23 +6,26 @@
 //! |---|---|
 //! | `write.lock` | the writer lock (an `flock`), holding the holder's pid |
 //! | `pending.txt` | while a save runs: the files it writes and the files it will delete |
-//! | `manifest.json` | `format_version`, `rewa_version`, `dim`, `metric`, `count`, `seed`, default `pipeline`, `generation`, and per data file its name and CRC-32 |
-//! | `codes-<gen>-<i>.bin` | codes of the pipeline's i-th encoder: header, then `count * code_len` bytes |
-//! | `vectors-<gen>.f32` | optional float vectors (normalised for cosine) for `exact` stages: header, then `count * 4 * dim` bytes, little-endian f32 |
-//! | `params-<gen>.safetensors` | fitted parameters (Hadamard signs and kept coordinates, PCA mean / components / variances, sign thresholds, int8 ranges) |
-//! | `ids-<gen>.txt` | optional (an index built from text): the corpus id of each row, UTF-8, one per line, each line ending in `\n` |
-//! | `lists-<gen>-<i>.bin` | for a partitioned encoder (`ivf<nlist>+...`): header (rows of 4 bytes, `nlist + 1 + count` of them), then `nlist + 1` list offsets and `count` ids, u32 LE; its codes file then holds the codes in list order |
+//! | `manifest.json` | `format_version`, `rewa_version`, `dim`, `metric`, `count` (live rows), `next_id`, `seed`, default `pipeline`, `generation`, the encoders' specs, and per segment its rows, first id and files (name, CRC-32, length) |
+//! | `params-<gen>.safetensors` | fitted parameters of every encoder (Hadamard signs and kept coordinates, PCA mean / components / variances, sign thresholds, int8 ranges, PQ / IVF centroids, ...) |
+//! | `seg<s>-codes-<i>.bin` | segment `s`, encoder `i`: header, then `rows * code_len` bytes (in list order for a partitioned encoder) |
+//! | `seg<s>-lists-<i>.bin` | segment `s`, partitioned encoder `i` (`ivf<nlist>+...`): header (rows of 4 bytes, `nlist + 1 + rows` of them), then `nlist + 1` list offsets and one row number per code, u32 LE |
+//! | `seg<s>-vectors.f32` | segment `s`'s float vectors (normalised for cosine) for `exact` stages: header, then `rows * 4 * dim` bytes, little-endian f32 |
+//! | `seg<s>-rowids.bin` | only for a segment compacted with gaps: header, then each row's id, u32 LE, rising (otherwise row `j` has id `start + j`) |
+//! | `seg<s>-docids.txt` | for an index built from text: the corpus id of each row of segment `s`, UTF-8, one per line, each line ending in `\n` |
+//! | `deleted-<gen>.bin` | deleted ids still held in segments: header, then u32 LE ids, rising |
 //!
-//! A manifest with corpus ids also records `text_model` (the model directory, the SHA-256 of
-//! its weights, `max_seq_len`) and says `format_version` 2; one with a partitioned code set
-//! says 3; others say 1, so older builds still read every index they could before (and
-//! name the version they cannot read).
+//! A save writes only the segments that are new or changed since the index was opened (an
+//! `add` writes one new segment), a new params file only for newly fitted encoders, and the
+//! deleted ids: O(change), not O(index). Format 3 is this layout; formats 1 and 2 (one set of
+//! `codes-<gen>-<i>.bin` / `vectors-<gen>.f32` / `ids-<gen>.txt` files) are still read, as one
+//! segment, and the next save writes format 3 reusing their files.
 //!
 //! Header of `.bin` / `.f32` files (64 bytes, so payloads start 8-byte aligned in a mapping):
 //!
 //! | offset | size | field |
 //! |---:|---:|---|
-//! | 0 | 8 | magic `REWACODE` (codes) or `REWAVECS` (vectors) |
+//! | 0 | 8 | magic `REWACODE` (codes), `REWAVECS` (vectors), `REWALIST` (lists), `REWAROWS` (row ids) or `REWADELS` (deleted ids) |
 //! | 8 | 4 | format version, u32 LE |
 //! | 12 | 4 | bytes per row, u32 LE |
 //! | 16 | 8 | row count, u64 LE |
@@ -34,9 +37,10 @@
 //! needs its model directory again; `cs<i>.q.thresholds` for sign; `cs<i>.q.lo`, `cs<i>.q.scale`
 //! for int8.
 //!
-//! **Crash safety.** `save` writes every data file under a new generation number, fsyncs them,
-//! then replaces `manifest.json` by an atomic rename, fsyncs the directory, and only then deletes
-//! the files the previous manifest named (and no other file: a folder may hold the user's own
+//! **Crash safety.** `save` writes every new data file under names that do not exist yet (a
+//! new generation, new segment numbers), fsyncs them, then replaces `manifest.json` by an
+//! atomic rename, fsyncs the directory, and only then deletes the files the previous manifest
+//! named and the new one does not (and no other file: a folder may hold the user's own
 //! files). A process killed at any moment leaves either the old manifest (whose files are
 //! untouched) or the new one (whose files are complete). A new generation's file names are
 //! chosen so that none exists yet: no file is ever truncated or rewritten in place, so a
@@ -52,10 +56,11 @@
 //! version, row size and count against the manifest, CRC-32 of the whole file; parameter
 //! shapes against the dimensions. After `open`, scans need no checks.
 
-use super::{Bytes, CodeSet, Index, TextModel};
+use super::{Bytes, Index, Segment, TextModel};
 use crate::distance::Metric;
 use crate::encode::{Encoder, EncoderSpec, Tensor, TensorSource};
 use crate::error::{Error, Result};
+use crate::search::Deleted;
 use crate::search::Pipeline;
 use memmap2::Mmap;
 use safetensors::tensor::TensorView;
@@ -64,10 +69,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// The newest format version this build writes (2: a manifest with corpus ids and a text
-/// model; 3: a partitioned code set; data files and other manifests are still written as 1).
+/// The format version this build writes (3: segments; 2: one set of files with corpus ids and
+/// a text model; 1: one set of files). Data file headers still say 1.
 pub const FORMAT_VERSION: u32 = 3;
-/// The version of the `.bin` / `.f32` headers and of a manifest without ids.
+/// The version of the `.bin` / `.f32` headers.
 const BASE_VERSION: u32 = 1;
 /// The oldest format version this build reads.
 pub const MIN_FORMAT_VERSION: u32 = 1;
@@ -75,6 +80,8 @@ const HEADER: usize = 64;
 const MAGIC_CODES: &[u8; 8] = b"REWACODE";
 const MAGIC_VECS: &[u8; 8] = b"REWAVECS";
 const MAGIC_LISTS: &[u8; 8] = b"REWALIST";
+const MAGIC_ROWS: &[u8; 8] = b"REWAROWS";
+const MAGIC_DELS: &[u8; 8] = b"REWADELS";
 const MANIFEST: &str = "manifest.json";
 /// The writer lock's file name inside an index directory.
 pub const LOCK_FILE: &str = "write.lock";
@@ -83,26 +90,77 @@ const PENDING: &str = "pending.txt";
 /// The largest `manifest.json` read (a real one is a few KiB).
 const MAX_MANIFEST_BYTES: u64 = 16 << 20;
 
-#[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-struct FileEntry {
+pub(crate) struct FileEntry {
     file: String,
     crc32: u32,
     bytes: u64,
 }
 
-#[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
-#[serde(deny_unknown_fields)]
-struct CodeEntry {
-    spec: EncoderSpec,
-    code_len: usize,
-    #[serde(flatten)]
-    data: FileEntry,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    lists: Option<FileEntry>,
+/// What a saved value was written as, kept beside it in memory so that a later save into the
+/// same directory can name the same files instead of writing them again (compared with the
+/// directory's manifest, so a save elsewhere still writes everything).
+#[derive(Debug)]
+pub(crate) struct Written<T = SegmentEntry>(std::sync::Mutex<Option<T>>);
+
+impl<T> Default for Written<T> {
+    fn default() -> Self {
+        Written(std::sync::Mutex::new(None))
+    }
+}
+impl<T: Clone> Clone for Written<T> {
+    fn clone(&self) -> Self {
+        Written(std::sync::Mutex::new(self.get()))
+    }
+}
+impl<T: Clone> Written<T> {
+    pub(crate) fn get(&self) -> Option<T> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    fn set(&self, v: T) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
+    }
 }
 
-/// `manifest.json`.
+/// One segment in the manifest.
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SegmentEntry {
+    number: u64,
+    rows: usize,
+    start: u32,
+    /// Per encoder.
+    codes: Vec<FileEntry>,
+    /// Per encoder (`null` unless partitioned).
+    lists: Vec<Option<FileEntry>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vectors: Option<FileEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    row_ids: Option<FileEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    doc_ids: Option<FileEntry>,
+}
+
+impl SegmentEntry {
+    fn files(&self) -> impl Iterator<Item = &FileEntry> {
+        self.codes
+            .iter()
+            .chain(self.lists.iter().flatten())
+            .chain(&self.vectors)
+            .chain(&self.row_ids)
+            .chain(&self.doc_ids)
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct EncoderEntry {
+    spec: EncoderSpec,
+    code_len: usize,
+}
+
+/// `manifest.json` (format 3).
 #[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields)]
 struct Manifest {
@@ -111,16 +169,98 @@ struct Manifest {
     generation: u64,
     dim: usize,
     metric: Metric,
+    /// Rows held and not deleted.
+    count: usize,
+    next_id: usize,
+    seed: u64,
+    pipeline: Pipeline,
+    encoders: Vec<EncoderEntry>,
+    has_vectors: bool,
+    params: FileEntry,
+    segments: Vec<SegmentEntry>,
+    /// The lowest segment number no file of this index has used.
+    next_segment: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    deleted: Option<FileEntry>,
+    #[serde(default)]
+    deleted_count: usize,
+    #[serde(default)]
+    has_doc_ids: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    text_model: Option<TextModel>,
+}
+
+/// A format 1 or 2 code set entry.
+#[derive(serde::Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct LegacyCodeEntry {
+    spec: EncoderSpec,
+    code_len: usize,
+    #[serde(flatten)]
+    data: FileEntry,
+}
+
+/// `manifest.json` of formats 1 and 2: one set of files.
+#[derive(serde::Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct LegacyManifest {
+    format_version: u32,
+    rewa_version: String,
+    generation: u64,
+    dim: usize,
+    metric: Metric,
     count: usize,
     seed: u64,
     pipeline: Pipeline,
-    code_sets: Vec<CodeEntry>,
+    code_sets: Vec<LegacyCodeEntry>,
     vectors: Option<FileEntry>,
     params: FileEntry,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     ids: Option<FileEntry>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     text_model: Option<TextModel>,
+}
+
+impl LegacyManifest {
+    /// The same index as one segment (its files keep their names).
+    fn upgrade(self) -> Manifest {
+        Manifest {
+            format_version: self.format_version,
+            rewa_version: self.rewa_version,
+            generation: self.generation,
+            dim: self.dim,
+            metric: self.metric,
+            count: self.count,
+            next_id: self.count,
+            seed: self.seed,
+            pipeline: self.pipeline,
+            encoders: self
+                .code_sets
+                .iter()
+                .map(|c| EncoderEntry {
+                    spec: c.spec.clone(),
+                    code_len: c.code_len,
+                })
+                .collect(),
+            has_vectors: self.vectors.is_some(),
+            params: self.params,
+            segments: vec![SegmentEntry {
+                number: 0,
+                rows: self.count,
+                start: 0,
+                lists: self.code_sets.iter().map(|_| None).collect(),
+                codes: self.code_sets.into_iter().map(|c| c.data).collect(),
+                vectors: self.vectors,
+                row_ids: None,
+                doc_ids: self.ids.clone(),
+            }],
+            next_segment: 1,
+            deleted: None,
+            deleted_count: 0,
+            has_doc_ids: self.ids.is_some(),
+            text_model: self.text_model,
+        }
+    }
 }
 
 /// What `rewa info` shows: the manifest's facts and file sizes.
@@ -266,109 +406,21 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(io_err(dir))
 }
 
-/// Every code set's encoder tensors, named `cs<i>.<part>.<name>`.
+/// Every encoder's tensors, named `cs<i>.<part>.<name>`.
 fn params_tensors(index: &Index) -> Vec<(String, Tensor<'_>)> {
     index
-        .code_sets
+        .encoders
         .iter()
         .enumerate()
-        .flat_map(|(i, cs)| {
-            cs.encoder
-                .tensors()
+        .flat_map(|(i, e)| {
+            e.tensors()
                 .into_iter()
                 .map(move |(name, t)| (format!("cs{i}.{name}"), t))
         })
         .collect()
 }
 
-/// Saves `index` into the directory `lock` holds, crash-safely.
-pub fn save(index: &Index, lock: &WriteLock) -> Result<()> {
-    let dir = lock.dir();
-    let old = match read_manifest(dir) {
-        Ok(m) => Some(m),
-        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e),
-    };
-    // A writer killed mid-save left its `pending` record: the files it was writing and the
-    // ones it was to delete. Those the current manifest does not name are garbage (no reader
-    // maps them), and only those go.
-    let pending = dir.join(PENDING);
-    if let Ok(text) = std::fs::read_to_string(&pending) {
-        let live = old.as_ref().map(files_of).unwrap_or_default();
-        for f in text
-            .lines()
-            .filter(|f| is_own_name(f) && !live.iter().any(|l| l == f))
-        {
-            let _ = std::fs::remove_file(dir.join(f));
-        }
-    }
-    // The next generation whose file names are all free: no existing file is overwritten.
-    let mut generation = old.as_ref().map_or(0, |m| m.generation + 1);
-    while gen_files(index, generation)
-        .iter()
-        .any(|f| dir.join(f).symlink_metadata().is_ok())
-    {
-        generation += 1;
-    }
-    // Record what this save is about to write and then delete, before doing either.
-    let mut record = gen_files(index, generation);
-    record.extend(old.as_ref().map(files_of).unwrap_or_default());
-    write_file(&pending, &[record.join("\n").as_bytes()])?;
-    let mut code_sets = Vec::new();
-    for (i, cs) in index.code_sets.iter().enumerate() {
-        let name = format!("codes-{generation}-{i}.bin");
-        let cl = cs.encoder.code_len();
-        let (crc32, bytes) = write_file(
-            &dir.join(&name),
-            &[&header(MAGIC_CODES, cl, index.count), cs.codes.as_slice()],
-        )?;
-        let lists = match &cs.lists {
-            Some(l) => {
-                let name = format!("lists-{generation}-{i}.bin");
-                let (crc32, bytes) = write_file(
-                    &dir.join(&name),
-                    &[
-                        &header(MAGIC_LISTS, 4, l.as_slice().len() / 4),
-                        l.as_slice(),
-                    ],
-                )?;
-                Some(FileEntry {
-                    file: name,
-                    crc32,
-                    bytes,
-                })
-            }
-            None => None,
-        };
-        code_sets.push(CodeEntry {
-            spec: cs.encoder.spec().clone(),
-            code_len: cl,
-            data: FileEntry {
-                file: name,
-                crc32,
-                bytes,
-            },
-            lists,
-        });
-    }
-    let vectors = match &index.vectors {
-        Some(v) => {
-            let name = format!("vectors-{generation}.f32");
-            let (crc32, bytes) = write_file(
-                &dir.join(&name),
-                &[
-                    &header(MAGIC_VECS, 4 * index.dim, index.count),
-                    v.as_slice(),
-                ],
-            )?;
-            Some(FileEntry {
-                file: name,
-                crc32,
-                bytes,
-            })
-        }
-        None => None,
-    };
+fn params_bytes(index: &Index) -> Result<Vec<u8>> {
     let tensors = params_tensors(index);
     let views: Vec<(String, TensorView)> = tensors
         .iter()
@@ -380,52 +432,211 @@ pub fn save(index: &Index, lock: &WriteLock) -> Result<()> {
             )
         })
         .collect();
-    let st = safetensors::serialize(views, None)
-        .map_err(|e| Error::InvalidInput(format!("safetensors: {e}")))?;
-    let pname = format!("params-{generation}.safetensors");
-    let (crc32, bytes) = write_file(&dir.join(&pname), &[&st])?;
-    let ids = match &index.doc_ids {
-        Some(ids) => {
-            let name = format!("ids-{generation}.txt");
-            let mut text = String::with_capacity(ids.iter().map(|i| i.len() + 1).sum());
-            for id in ids {
-                text.push_str(id);
+    safetensors::serialize(views, None)
+        .map_err(|e| Error::InvalidInput(format!("safetensors: {e}")))
+}
+
+/// The file names segment `s` of `index` would be written under.
+fn segment_names(index: &Index, s: u64) -> Vec<String> {
+    let mut v: Vec<String> = (0..index.encoders.len())
+        .flat_map(|i| {
+            [
+                format!("seg{s}-codes-{i}.bin"),
+                format!("seg{s}-lists-{i}.bin"),
+            ]
+        })
+        .collect();
+    v.push(format!("seg{s}-vectors.f32"));
+    v.push(format!("seg{s}-rowids.bin"));
+    v.push(format!("seg{s}-docids.txt"));
+    v
+}
+
+fn entry(dir: &Path, name: String, parts: &[&[u8]]) -> Result<FileEntry> {
+    let (crc32, bytes) = write_file(&dir.join(&name), parts)?;
+    Ok(FileEntry {
+        file: name,
+        crc32,
+        bytes,
+    })
+}
+
+/// Writes segment `seg` of `index` as number `s`.
+fn write_segment(dir: &Path, index: &Index, seg: &Segment, s: u64) -> Result<SegmentEntry> {
+    let mut codes = Vec::new();
+    let mut lists = Vec::new();
+    for (i, e) in index.encoders.iter().enumerate() {
+        let cl = e.code_len();
+        codes.push(entry(
+            dir,
+            format!("seg{s}-codes-{i}.bin"),
+            &[&header(MAGIC_CODES, cl, seg.rows), seg.codes[i].as_slice()],
+        )?);
+        lists.push(match &seg.lists[i] {
+            Some(l) => Some(entry(
+                dir,
+                format!("seg{s}-lists-{i}.bin"),
+                &[
+                    &header(MAGIC_LISTS, 4, l.as_slice().len() / 4),
+                    l.as_slice(),
+                ],
+            )?),
+            None => None,
+        });
+    }
+    let vectors = match &seg.vectors {
+        Some(v) => Some(entry(
+            dir,
+            format!("seg{s}-vectors.f32"),
+            &[&header(MAGIC_VECS, 4 * index.dim, seg.rows), v.as_slice()],
+        )?),
+        None => None,
+    };
+    let row_ids = match &seg.ids {
+        Some(ids) => Some(entry(
+            dir,
+            format!("seg{s}-rowids.bin"),
+            &[&header(MAGIC_ROWS, 4, seg.rows), ids.as_slice()],
+        )?),
+        None => None,
+    };
+    let doc_ids = match &index.doc_ids {
+        Some(d) => {
+            let mut text = String::new();
+            for j in 0..seg.rows {
+                text.push_str(&d[seg.id(j) as usize]);
                 text.push('\n');
             }
-            let (crc32, bytes) = write_file(&dir.join(&name), &[text.as_bytes()])?;
-            Some(FileEntry {
-                file: name,
-                crc32,
-                bytes,
-            })
+            Some(entry(
+                dir,
+                format!("seg{s}-docids.txt"),
+                &[text.as_bytes()],
+            )?)
         }
         None => None,
     };
-    let with_text = ids.is_some() || index.text_model.is_some();
-    let with_lists = code_sets.iter().any(|c| c.lists.is_some());
+    Ok(SegmentEntry {
+        number: s,
+        rows: seg.rows,
+        start: seg.start,
+        codes,
+        lists,
+        vectors,
+        row_ids,
+        doc_ids,
+    })
+}
+
+/// Saves `index` into the directory `lock` holds, crash-safely, writing only what the
+/// directory's manifest does not already hold.
+pub fn save(index: &Index, lock: &WriteLock) -> Result<()> {
+    let dir = lock.dir();
+    let old = match read_manifest(dir) {
+        Ok(m) => Some(m),
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    // A writer killed mid-save left its `pending` record: the files it was writing and the
+    // ones it was to delete. Those the current manifest does not name are garbage (no reader
+    // maps them), and only those go.
+    let pending = dir.join(PENDING);
+    let live = old.as_ref().map(files_of).unwrap_or_default();
+    if let Ok(text) = std::fs::read_to_string(&pending) {
+        for f in text
+            .lines()
+            .filter(|f| is_own_name(f) && !live.iter().any(|l| l == f))
+        {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
+    }
+    let taken = |names: &[String]| names.iter().any(|f| dir.join(f).symlink_metadata().is_ok());
+    // The next generation whose file names are all free: no existing file is overwritten.
+    let mut generation = old.as_ref().map_or(0, |m| m.generation + 1);
+    while taken(&[
+        format!("params-{generation}.safetensors"),
+        format!("deleted-{generation}.bin"),
+    ]) {
+        generation += 1;
+    }
+    // Segments the directory already holds as they are are named again, not written.
+    let old_segments: &[SegmentEntry] = old.as_ref().map_or(&[], |m| &m.segments);
+    let mut next_segment = old.as_ref().map_or(0, |m| m.next_segment);
+    let mut plan: Vec<(Option<SegmentEntry>, u64)> = Vec::new();
+    for seg in &index.segments {
+        match seg.written.get().filter(|w| old_segments.contains(w)) {
+            Some(w) => plan.push((Some(w), 0)),
+            None => {
+                while taken(&segment_names(index, next_segment)) {
+                    next_segment += 1;
+                }
+                plan.push((None, next_segment));
+                next_segment += 1;
+            }
+        }
+    }
+    let old_params = old.as_ref().map(|m| m.params.clone());
+    let params_reused = index
+        .params_written
+        .get()
+        .filter(|p| Some(p) == old_params.as_ref());
+    // Record what this save is about to write and then delete, before doing either.
+    let mut record: Vec<String> = plan
+        .iter()
+        .filter(|p| p.0.is_none())
+        .flat_map(|p| segment_names(index, p.1))
+        .collect();
+    record.push(format!("params-{generation}.safetensors"));
+    record.push(format!("deleted-{generation}.bin"));
+    record.extend(live.iter().cloned());
+    write_file(&pending, &[record.join("\n").as_bytes()])?;
+    let mut segments = Vec::new();
+    for (seg, (reuse, s)) in index.segments.iter().zip(&plan) {
+        segments.push(match reuse {
+            Some(e) => e.clone(),
+            None => write_segment(dir, index, seg, *s)?,
+        });
+    }
+    let params = match params_reused {
+        Some(p) => p,
+        None => entry(
+            dir,
+            format!("params-{generation}.safetensors"),
+            &[&params_bytes(index)?],
+        )?,
+    };
+    let deleted = match index.deleted.ids() {
+        [] => None,
+        ids => Some(entry(
+            dir,
+            format!("deleted-{generation}.bin"),
+            &[&header(MAGIC_DELS, 4, ids.len()), bytemuck::cast_slice(ids)],
+        )?),
+    };
     let manifest = Manifest {
-        format_version: if with_lists {
-            3
-        } else if with_text {
-            2
-        } else {
-            BASE_VERSION
-        },
+        format_version: FORMAT_VERSION,
         rewa_version: env!("CARGO_PKG_VERSION").to_string(),
         generation,
         dim: index.dim,
         metric: index.metric,
-        count: index.count,
+        count: index.len(),
+        next_id: index.next_id,
         seed: index.seed,
         pipeline: index.pipeline.clone(),
-        code_sets,
-        vectors,
-        params: FileEntry {
-            file: pname,
-            crc32,
-            bytes,
-        },
-        ids,
+        encoders: index
+            .encoders
+            .iter()
+            .map(|e| EncoderEntry {
+                spec: e.spec().clone(),
+                code_len: e.code_len(),
+            })
+            .collect(),
+        has_vectors: index.has_vectors,
+        params,
+        segments,
+        next_segment,
+        deleted,
+        deleted_count: index.deleted.len(),
+        has_doc_ids: index.doc_ids.is_some(),
         text_model: index.text_model.clone(),
     };
     let json = serde_json::to_vec_pretty(&manifest).expect("invariant: manifest serializes");
@@ -435,40 +646,32 @@ pub fn save(index: &Index, lock: &WriteLock) -> Result<()> {
     std::fs::rename(&tmp, dir.join(MANIFEST)).map_err(io_err(dir))?;
     sync_dir(dir)?;
     crash_test_pause("manifest");
-    // The new manifest is durable: the files the old one named are garbage now. Only those
-    // are deleted; readers that mapped them keep their pages (unlink, not truncate).
+    // The new manifest is durable: the files the old one named and this one does not are
+    // garbage now. Only those are deleted; readers that mapped them keep their pages (unlink,
+    // not truncate).
     let keep: Vec<String> = files_of(&manifest);
-    if let Some(old) = old {
-        for f in files_of(&old) {
-            if !keep.contains(&f) && is_own_name(&f) {
-                let _ = std::fs::remove_file(dir.join(f));
-            }
+    for f in &live {
+        if !keep.contains(f) && is_own_name(f) {
+            let _ = std::fs::remove_file(dir.join(f));
         }
     }
     let _ = std::fs::remove_file(&pending);
+    for (seg, e) in index.segments.iter().zip(&manifest.segments) {
+        seg.written.set(e.clone());
+    }
+    index.params_written.set(manifest.params.clone());
     Ok(())
-}
-
-/// The data file names generation `g` of `index` writes.
-fn gen_files(index: &Index, g: u64) -> Vec<String> {
-    let mut v: Vec<String> = (0..index.code_sets.len())
-        .flat_map(|i| [format!("codes-{g}-{i}.bin"), format!("lists-{g}-{i}.bin")])
-        .collect();
-    v.push(format!("vectors-{g}.f32"));
-    v.push(format!("params-{g}.safetensors"));
-    v.push(format!("ids-{g}.txt"));
-    v
 }
 
 /// A plain file name (no path) of the kinds an index writes.
 fn is_own_name(f: &str) -> bool {
     !f.contains('/')
         && !f.contains("..")
-        && (f.starts_with("codes-")
-            || f.starts_with("vectors-")
-            || f.starts_with("lists-")
-            || f.starts_with("params-")
-            || f.starts_with("ids-"))
+        && [
+            "codes-", "vectors-", "params-", "ids-", "lists-", "seg", "deleted-",
+        ]
+        .iter()
+        .any(|p| f.starts_with(p))
 }
 
 /// For crash tests: with `REWA_SAVE_PAUSE=<point>:<ms>` set, `save` announces `paused:<point>`
@@ -488,15 +691,13 @@ fn crash_test_pause(point: &str) {
 }
 
 fn files_of(m: &Manifest) -> Vec<String> {
-    let mut v: Vec<String> = m.code_sets.iter().map(|c| c.data.file.clone()).collect();
-    v.extend(
-        m.code_sets
-            .iter()
-            .flat_map(|c| c.lists.iter().map(|f| f.file.clone())),
-    );
-    v.extend(m.vectors.iter().map(|f| f.file.clone()));
+    let mut v: Vec<String> = m
+        .segments
+        .iter()
+        .flat_map(|s| s.files().map(|f| f.file.clone()))
+        .collect();
     v.push(m.params.file.clone());
-    v.extend(m.ids.iter().map(|f| f.file.clone()));
+    v.extend(m.deleted.iter().map(|f| f.file.clone()));
     v
 }
 
@@ -527,7 +728,13 @@ fn read_manifest(dir: &Path) -> Result<Manifest> {
             supported: format!("{MIN_FORMAT_VERSION}..={FORMAT_VERSION}"),
         });
     }
-    serde_json::from_value(v).map_err(|e| Error::corrupt(&path, format!("bad manifest: {e}")))
+    let bad = |e: serde_json::Error| Error::corrupt(&path, format!("bad manifest: {e}"));
+    if found < 3 {
+        return Ok(serde_json::from_value::<LegacyManifest>(v)
+            .map_err(bad)?
+            .upgrade());
+    }
+    serde_json::from_value(v).map_err(bad)
 }
 
 /// Maps `dir/entry.file` and checks length, header and checksum. Returns the mapping.
@@ -627,113 +834,197 @@ const MAX_DIM: usize = 1 << 20;
 
 fn open_manifest(dir: &Path, m: &Manifest) -> Result<Index> {
     let mpath = dir.join(MANIFEST);
+    let corrupt = |r: String| Error::corrupt(&mpath, r);
     if m.dim == 0 || m.dim > MAX_DIM {
-        return Err(Error::corrupt(
-            &mpath,
-            format!("dim {} is outside 1..={MAX_DIM}", m.dim),
-        ));
+        return Err(corrupt(format!("dim {} is outside 1..={MAX_DIM}", m.dim)));
     }
-    if m.count > u32::MAX as usize {
-        return Err(Error::corrupt(
-            &mpath,
-            format!("count {} is more than ids can name", m.count),
-        ));
+    if m.next_id > u32::MAX as usize {
+        return Err(corrupt(format!(
+            "next_id {} is more than ids can name",
+            m.next_id
+        )));
     }
     let pmap = open_checked(dir, &m.params, None)?;
     let ppath = dir.join(&m.params.file);
     let st = safetensors::SafeTensors::deserialize(&pmap)
         .map_err(|e| Error::corrupt(&ppath, format!("safetensors: {e}")))?;
     let params = TensorSource::new(&st, &ppath);
-    let mut code_sets = Vec::new();
-    for (i, c) in m.code_sets.iter().enumerate() {
-        c.spec
-            .check(m.dim)
-            .map_err(|e| Error::corrupt(&mpath, e.to_string()))?;
+    let mut encoders = Vec::new();
+    for (i, c) in m.encoders.iter().enumerate() {
+        c.spec.check(m.dim).map_err(|e| corrupt(e.to_string()))?;
         let encoder =
             Encoder::from_tensors(&c.spec, &params.part(&format!("cs{i}")), m.dim, m.metric)?;
         let want = encoder.code_len();
         if c.code_len != want {
-            return Err(Error::corrupt(
-                &mpath,
-                format!(
-                    "{} codes of {} bytes, the spec needs {want}",
-                    c.spec, c.code_len
-                ),
-            ));
+            return Err(corrupt(format!(
+                "{} codes of {} bytes, the spec needs {want}",
+                c.spec, c.code_len
+            )));
         }
-        let map = open_checked(dir, &c.data, Some((MAGIC_CODES, c.code_len, m.count)))?;
-        let len = map.len() - HEADER;
-        let lists = match (&c.lists, encoder.coarse()) {
-            (Some(entry), Some(coarse)) => Some(open_lists(dir, entry, coarse.nlist(), m.count)?),
-            (None, None) => None,
-            _ => {
-                return Err(Error::corrupt(
-                    &mpath,
-                    format!("{}: lists file and partition disagree", c.spec),
-                ))
-            }
-        };
-        code_sets.push(CodeSet {
-            encoder,
-            codes: Bytes::mapped(map, HEADER, len),
-            lists,
-        });
+        encoders.push(encoder);
     }
-    let vectors = match &m.vectors {
-        Some(v) => {
-            let map = open_checked(dir, v, Some((MAGIC_VECS, 4 * m.dim, m.count)))?;
-            let len = map.len() - HEADER;
-            Some(Bytes::mapped(map, HEADER, len))
+    let mut doc_ids: Option<Vec<String>> = m.has_doc_ids.then(|| vec![String::new(); m.next_id]);
+    let mut segments = Vec::new();
+    let mut next_free = 0u64; // one past the largest id of the segments so far
+    let mut rows_total = 0usize;
+    for se in &m.segments {
+        let ne = encoders.len();
+        if se.codes.len() != ne || se.lists.len() != ne {
+            return Err(corrupt(format!(
+                "segment {}: files for {} encoders, not {ne}",
+                se.number,
+                se.codes.len()
+            )));
         }
-        None => None,
+        if se.vectors.is_some() != m.has_vectors || se.doc_ids.is_some() != m.has_doc_ids {
+            return Err(corrupt(format!(
+                "segment {}: vectors or corpus ids missing",
+                se.number
+            )));
+        }
+        let rows = se.rows;
+        let mut codes = Vec::new();
+        let mut lists = Vec::new();
+        for (i, e) in encoders.iter().enumerate() {
+            let cl = e.code_len();
+            let map = open_checked(dir, &se.codes[i], Some((MAGIC_CODES, cl, rows)))?;
+            let len = map.len() - HEADER;
+            codes.push(Bytes::mapped(map, HEADER, len));
+            lists.push(match (&se.lists[i], e.coarse()) {
+                (Some(entry), Some(c)) => Some(open_lists(dir, entry, c.nlist(), rows)?),
+                (None, None) => None,
+                _ => {
+                    return Err(corrupt(format!(
+                        "segment {}: {}: lists file and partition disagree",
+                        se.number,
+                        e.spec()
+                    )))
+                }
+            });
+        }
+        let vectors = match &se.vectors {
+            Some(v) => {
+                let map = open_checked(dir, v, Some((MAGIC_VECS, 4 * m.dim, rows)))?;
+                let len = map.len() - HEADER;
+                Some(Bytes::mapped(map, HEADER, len))
+            }
+            None => None,
+        };
+        let ids = match &se.row_ids {
+            Some(entry) => {
+                let map = open_checked(dir, entry, Some((MAGIC_ROWS, 4, rows)))?;
+                let len = map.len() - HEADER;
+                let b = Bytes::mapped(map, HEADER, len);
+                let v = b.as_u32();
+                if v.windows(2).any(|w| w[0] >= w[1]) || v.first().is_some_and(|&f| f != se.start) {
+                    return Err(Error::corrupt(
+                        dir.join(&entry.file),
+                        "row ids do not rise from the segment's start",
+                    ));
+                }
+                Some(b)
+            }
+            None => None,
+        };
+        let seg = Segment {
+            rows,
+            start: se.start,
+            ids,
+            codes,
+            lists,
+            vectors,
+            written: Default::default(),
+        };
+        let (lo, hi) = (seg.id_bounds().0 as u64, seg.id_bounds().1 as u64);
+        if rows > 0 && (lo < next_free || hi > m.next_id as u64) {
+            return Err(corrupt(format!(
+                "segment {} holds ids {lo}..{hi}, overlapping the segment before or past next_id {}",
+                se.number, m.next_id
+            )));
+        }
+        if rows > 0 {
+            next_free = hi;
+        }
+        if let (Some(entry), Some(d)) = (&se.doc_ids, doc_ids.as_mut()) {
+            for (j, id) in read_ids(dir, entry, rows)?.into_iter().enumerate() {
+                d[seg.id(j) as usize] = id;
+            }
+        }
+        seg.written.set(se.clone());
+        rows_total += rows;
+        segments.push(seg);
+    }
+    let deleted = match &m.deleted {
+        Some(entry) => {
+            let map = open_checked(dir, entry, Some((MAGIC_DELS, 4, m.deleted_count)))?;
+            let ids: Vec<u32> = bytemuck::cast_slice::<u8, u32>(&map[HEADER..]).to_vec();
+            let ok = ids.windows(2).all(|w| w[0] < w[1])
+                && ids
+                    .iter()
+                    .all(|&i| segments.iter().any(|s: &Segment| s.holds(i)));
+            if !ok {
+                return Err(Error::corrupt(
+                    dir.join(&entry.file),
+                    "deleted ids are not rising ids the segments hold",
+                ));
+            }
+            Deleted::new(ids)
+        }
+        None if m.deleted_count == 0 => Deleted::default(),
+        None => return Err(corrupt("deleted_count without a deleted file".into())),
     };
-    let doc_ids = match &m.ids {
-        Some(entry) => Some(read_ids(dir, entry, m.count)?),
-        None => None,
-    };
+    if rows_total - deleted.len() != m.count {
+        return Err(corrupt(format!(
+            "count {} but the segments hold {rows_total} rows, {} of them deleted",
+            m.count,
+            deleted.len()
+        )));
+    }
     let index = Index {
         dim: m.dim,
         metric: m.metric,
         pipeline: m.pipeline.clone(),
         seed: m.seed,
-        count: m.count,
-        code_sets,
-        vectors,
+        encoders,
+        segments,
+        deleted,
+        next_id: m.next_id,
+        has_vectors: m.has_vectors,
         doc_ids,
         text_model: m.text_model.clone(),
+        params_written: Default::default(),
     };
+    index.params_written.set(m.params.clone());
     index
         .check_pipeline(&m.pipeline, 1)
-        .map_err(|e| Error::corrupt(&mpath, format!("default pipeline: {e}")))?;
+        .map_err(|e| corrupt(format!("default pipeline: {e}")))?;
     Ok(index)
 }
 
-/// Maps and checks `lists-<gen>-<i>.bin`: offsets from 0 rising to `count`, and ids that are
-/// each row exactly once (a damaged list must not send a rerank outside the rows).
-fn open_lists(dir: &Path, entry: &FileEntry, nlist: usize, count: usize) -> Result<Bytes> {
-    let map = open_checked(dir, entry, Some((MAGIC_LISTS, 4, nlist + 1 + count)))?;
+/// Maps and checks a segment's lists file: offsets from 0 rising to `rows`, and row numbers
+/// that are each row exactly once (a damaged list must not send a rerank outside the rows).
+fn open_lists(dir: &Path, entry: &FileEntry, nlist: usize, rows: usize) -> Result<Bytes> {
+    let map = open_checked(dir, entry, Some((MAGIC_LISTS, 4, nlist + 1 + rows)))?;
     let path = dir.join(&entry.file);
     let len = map.len() - HEADER;
     let b = Bytes::mapped(map, HEADER, len);
-    let all: &[u32] = bytemuck::cast_slice(b.as_slice());
+    let all = b.as_u32();
     let (offsets, ids) = all.split_at(nlist + 1);
-    if offsets[0] != 0
-        || offsets[nlist] as usize != count
-        || offsets.windows(2).any(|w| w[0] > w[1])
+    if offsets[0] != 0 || offsets[nlist] as usize != rows || offsets.windows(2).any(|w| w[0] > w[1])
     {
         return Err(Error::corrupt(
             &path,
             "list offsets do not rise from 0 to the row count",
         ));
     }
-    let mut seen = vec![false; count];
+    let mut seen = vec![false; rows];
     for &id in ids {
         match seen.get_mut(id as usize) {
             Some(s) if !*s => *s = true,
             _ => {
                 return Err(Error::corrupt(
                     &path,
-                    format!("id {id} is out of range or listed twice"),
+                    format!("row {id} is out of range or listed twice"),
                 ))
             }
         }
@@ -741,7 +1032,7 @@ fn open_lists(dir: &Path, entry: &FileEntry, nlist: usize, count: usize) -> Resu
     Ok(b)
 }
 
-/// Reads and checks `ids-<gen>.txt`: `count` lines, each a non-empty UTF-8 id.
+/// Reads and checks a corpus ids file: `count` lines, each a non-empty UTF-8 id.
 fn read_ids(dir: &Path, entry: &FileEntry, count: usize) -> Result<Vec<String>> {
     let map = open_checked(dir, entry, None)?;
     let path = dir.join(&entry.file);

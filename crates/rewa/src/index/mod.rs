@@ -1,7 +1,7 @@
 //! [`Index`]: fitted encoders, their codes, optional float vectors, and a default pipeline.
 //!
-//! `Index` is a struct, not a trait: there is one layout (flat codes). Files live in
-//! [`format`]; nothing else reads or writes index bytes.
+//! `Index` is a struct, not a trait: one layout (segments of rows, each holding every
+//! encoder's codes). Files live in [`format`]; nothing else reads or writes index bytes.
 
 mod bytes;
 pub mod format;
@@ -12,7 +12,10 @@ pub use format::{check_build_target, WriteLock};
 use crate::distance::Metric;
 use crate::encode::{Encoder, EncoderSpec};
 use crate::error::{invalid, Error, Result};
-use crate::search::{run_stages, Hit, ListsRef, Pipeline, Scored, Scorer, SearchParams, Stage};
+use crate::search::{
+    run_stages, Deleted, Hit, ListsRef, Pipeline, RowPart, Rows, Scored, Scorer, SearchParams,
+    Stage,
+};
 use crate::vectors::{Prepared, VectorsRef};
 
 /// Build-time settings.
@@ -44,7 +47,7 @@ pub struct TextModel {
 /// An index's facts, as [`Index::summary`] gives them.
 #[derive(serde::Serialize, Clone, Debug)]
 pub struct Summary {
-    /// Vectors held.
+    /// Vectors held and not deleted.
     pub count: usize,
     /// Their dimension.
     pub dim: usize,
@@ -60,6 +63,12 @@ pub struct Summary {
     pub has_vectors: bool,
     /// Whether rows carry the corpus ids they were built from (hits then name documents).
     pub has_doc_ids: bool,
+    /// Segments (runs of rows written together; `rewa compact` makes one).
+    pub segments: usize,
+    /// Deleted ids still held (their rows go at the next compaction).
+    pub deleted: usize,
+    /// The id the next added vector gets.
+    pub next_id: usize,
     /// The text model the vectors were embedded with, for an index built from text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text_model: Option<TextModel>,
@@ -68,109 +77,277 @@ pub struct Summary {
     pub disk: Option<format::IndexInfo>,
 }
 
-/// The codes of one fitted encoder.
+/// A run of rows written together: their codes for every encoder, their float vectors, and
+/// their ids. `add` writes a new segment (or grows one not yet saved), so a save writes only
+/// what changed; `compact` (and the merging of small tail segments) rewrites segments without
+/// their deleted rows.
 #[derive(Clone, Debug)]
-pub struct CodeSet {
-    pub(crate) encoder: Encoder,
-    pub(crate) codes: Bytes,
-    /// For a partitioned encoder (`ivf<nlist>+...`): `nlist + 1` list offsets then one id per
-    /// code, u32 each (the codes are in list order, see [`ListsRef`]).
-    pub(crate) lists: Option<Bytes>,
+pub struct Segment {
+    pub(crate) rows: usize,
+    /// Row `j` has id `start + j`, unless `ids` is given.
+    pub(crate) start: u32,
+    /// u32 ids, ascending, for a segment compacted with gaps.
+    pub(crate) ids: Option<Bytes>,
+    /// Per encoder: `rows * code_len` bytes, in row order, or in list order when partitioned.
+    pub(crate) codes: Vec<Bytes>,
+    /// Per encoder: for a partitioned one, `nlist + 1` offsets then one row number per code
+    /// (u32 each).
+    pub(crate) lists: Vec<Option<Bytes>>,
+    /// `rows * 4 * dim` bytes of f32, when the index stores vectors.
+    pub(crate) vectors: Option<Bytes>,
+    /// The manifest entry it was loaded from or last saved as: a save into the same directory
+    /// reuses its files instead of writing them again.
+    pub(crate) written: format::Written,
 }
 
-impl CodeSet {
-    fn new(encoder: Encoder) -> CodeSet {
-        let lists = encoder.coarse().map(|c| {
-            let mut b = Bytes::default();
-            b.extend(bytemuck::cast_slice(&vec![0u32; c.nlist() + 1]));
-            b
-        });
-        CodeSet {
-            encoder,
-            codes: Bytes::default(),
-            lists,
+impl Segment {
+    fn empty(encoders: &[Encoder], start: u32, vectors: bool) -> Segment {
+        Segment {
+            rows: 0,
+            start,
+            ids: None,
+            codes: encoders.iter().map(|_| Bytes::default()).collect(),
+            lists: encoders
+                .iter()
+                .map(|e| {
+                    e.coarse()
+                        .map(|c| Bytes::from_u32(&vec![0u32; c.nlist() + 1]))
+                })
+                .collect(),
+            vectors: vectors.then(Bytes::default),
+            written: Default::default(),
         }
     }
-    /// The fitted encoder.
-    pub fn encoder(&self) -> &Encoder {
-        &self.encoder
+    /// Rows held.
+    pub fn rows(&self) -> usize {
+        self.rows
     }
-    /// All codes, `count * code_len` bytes: in id order, or in list order for a partitioned
-    /// encoder (then [`CodeSet::lists`] says whose each code is).
-    pub fn codes(&self) -> &[u8] {
-        self.codes.as_slice()
+    /// The id of row `j`.
+    pub fn id(&self, j: usize) -> u32 {
+        match &self.ids {
+            Some(ids) => ids.as_u32()[j],
+            None => self.start + j as u32,
+        }
     }
-    /// Bytes held per vector: the code, plus its id in the lists of a partitioned code set.
-    pub fn bytes_per_vector(&self) -> usize {
-        self.encoder.code_len() + if self.lists.is_some() { 4 } else { 0 }
+    /// The ids of its rows, ascending.
+    pub fn ids(&self) -> Vec<u32> {
+        (0..self.rows).map(|j| self.id(j)).collect()
     }
-    /// The lists of a partitioned code set.
-    pub fn lists(&self) -> Option<ListsRef<'_>> {
-        let nlist = self.encoder.coarse()?.nlist();
-        let all: &[u32] = bytemuck::cast_slice(self.lists.as_ref()?.as_slice());
+    /// Codes of encoder `i`: in row order, or in list order for a partitioned encoder (then
+    /// [`Segment::lists`] says which row each is).
+    pub fn codes(&self, i: usize) -> &[u8] {
+        self.codes[i].as_slice()
+    }
+    /// The lists of partitioned encoder `i` (their ids are row numbers in this segment).
+    pub fn lists(&self, i: usize) -> Option<ListsRef<'_>> {
+        let all = self.lists[i].as_ref()?.as_u32();
+        let nlist = all.len() - self.rows - 1;
         let (offsets, ids) = all.split_at(nlist + 1);
         Some(ListsRef { offsets, ids })
     }
+    /// Whether it holds `id`.
+    fn holds(&self, id: u32) -> bool {
+        match &self.ids {
+            Some(ids) => ids.as_u32().binary_search(&id).is_ok(),
+            None => id >= self.start && ((id - self.start) as usize) < self.rows,
+        }
+    }
+    /// Its smallest id and one past its largest.
+    fn id_bounds(&self) -> (u32, u32) {
+        match &self.ids {
+            Some(ids) => {
+                let ids = ids.as_u32();
+                (
+                    ids.first().copied().unwrap_or(self.start),
+                    ids.last().map_or(self.start, |&l| l + 1),
+                )
+            }
+            None => (self.start, self.start + self.rows as u32),
+        }
+    }
+    fn part<'a>(&'a self, data: &'a [u8], lists: Option<ListsRef<'a>>) -> RowPart<'a> {
+        RowPart {
+            start: self.start,
+            ids: self.ids.as_ref().map(|b| b.as_u32()),
+            data,
+            lists,
+        }
+    }
+    /// Whether adds may grow it in place: built in memory, never saved, ids without gaps.
+    fn growable(&self) -> bool {
+        self.ids.is_none() && self.written.get().is_none()
+    }
 
-    /// Puts the codes of rows `first_id..` (`codes`, in row order, list `assign[j]` for row
-    /// `j`) at the ends of their lists: one pass that copies the old lists and the new codes
-    /// into buffers of the final size.
-    fn merge_into_lists(&mut self, first_id: u32, codes: &[u8], assign: &[u32]) {
-        let cl = self.encoder.code_len();
-        let old = self
-            .lists()
-            .expect("invariant: a partitioned code set has lists");
-        let nlist = old.offsets.len() - 1;
+    /// Puts the codes of encoder `i` for rows `first_row..` (`codes` in row order, list
+    /// `assign[j]` for row `first_row + j`) at the ends of their lists: one pass that copies
+    /// the old lists and the new codes into buffers of the final size.
+    fn merge_into_lists(
+        &mut self,
+        i: usize,
+        cl: usize,
+        first_row: u32,
+        codes: &[u8],
+        assign: &[u32],
+    ) {
+        let old_rows = first_row as usize;
+        let old_all = self.lists[i]
+            .as_ref()
+            .expect("invariant: partitioned")
+            .as_u32();
+        let nlist = old_all.len() - old_rows - 1;
+        let (old_off, old_ids) = old_all.split_at(nlist + 1);
         let mut offsets = vec![0u32; nlist + 1];
         for &a in assign {
             offsets[a as usize + 1] += 1;
         }
         for l in 0..nlist {
-            offsets[l + 1] += offsets[l] + old.offsets[l + 1] - old.offsets[l];
+            offsets[l + 1] += offsets[l] + old_off[l + 1] - old_off[l];
         }
         let n = offsets[nlist] as usize;
         let mut new_codes = vec![0u8; n * cl];
         let mut ids = vec![0u32; n];
         let mut fill: Vec<usize> = offsets[..nlist].iter().map(|&o| o as usize).collect();
-        let old_codes = self.codes.as_slice();
+        let old_codes = self.codes[i].as_slice();
         for (l, f) in fill.iter_mut().enumerate() {
-            let (a, b) = (old.offsets[l] as usize, old.offsets[l + 1] as usize);
+            let (a, b) = (old_off[l] as usize, old_off[l + 1] as usize);
             new_codes[*f * cl..(*f + b - a) * cl].copy_from_slice(&old_codes[a * cl..b * cl]);
-            ids[*f..*f + b - a].copy_from_slice(&old.ids[a..b]);
+            ids[*f..*f + b - a].copy_from_slice(&old_ids[a..b]);
             *f += b - a;
         }
         for (j, (&l, c)) in assign.iter().zip(codes.chunks_exact(cl)).enumerate() {
             let f = &mut fill[l as usize];
             new_codes[*f * cl..(*f + 1) * cl].copy_from_slice(c);
-            ids[*f] = first_id + j as u32;
+            ids[*f] = first_row + j as u32;
             *f += 1;
         }
-        let mut c = Bytes::default();
-        c.extend(&new_codes);
-        drop(new_codes);
-        let mut lists = Bytes::default();
-        lists.reserve(4 * (nlist + 1 + n));
-        lists.extend(bytemuck::cast_slice(&offsets));
-        lists.extend(bytemuck::cast_slice(&ids));
-        self.codes = c;
-        self.lists = Some(lists);
+        self.codes[i] = Bytes::from_vec(new_codes);
+        let mut lists = offsets;
+        lists.extend_from_slice(&ids);
+        self.lists[i] = Some(Bytes::from_u32(&lists));
     }
 }
 
-/// A searchable set of vectors.
+/// Merges `segs` (in id order) into one segment without the rows whose ids are in `deleted`:
+/// rows keep their ids (a segment with gaps records them), partitioned codes keep their
+/// lists (each list the concatenation of the segments' lists, in order).
+fn merge_segments(
+    segs: &[Segment],
+    encoders: &[Encoder],
+    dim: usize,
+    deleted: &Deleted,
+) -> Segment {
+    let mut kept_ids: Vec<u32> = Vec::new();
+    // per segment: its rows' new row numbers (u32::MAX when dropped)
+    let mut renumber: Vec<Vec<u32>> = Vec::with_capacity(segs.len());
+    for s in segs {
+        let mut r = Vec::with_capacity(s.rows);
+        for j in 0..s.rows {
+            let id = s.id(j);
+            if deleted.contains(id) {
+                r.push(u32::MAX);
+            } else {
+                r.push(kept_ids.len() as u32);
+                kept_ids.push(id);
+            }
+        }
+        renumber.push(r);
+    }
+    let n = kept_ids.len();
+    let start = kept_ids
+        .first()
+        .copied()
+        .unwrap_or_else(|| segs.first().map_or(0, |s| s.id_bounds().0));
+    let contiguous = kept_ids
+        .last()
+        .is_none_or(|&l| (l - start) as usize + 1 == n);
+    let rows_of = |bytes: &dyn Fn(&Segment) -> &[u8], row: usize| -> Bytes {
+        let mut out = Vec::with_capacity(n * row);
+        for (s, r) in segs.iter().zip(&renumber) {
+            let data = bytes(s);
+            for (j, &to) in r.iter().enumerate() {
+                if to != u32::MAX {
+                    out.extend_from_slice(&data[j * row..(j + 1) * row]);
+                }
+            }
+        }
+        Bytes::from_vec(out)
+    };
+    let mut codes = Vec::new();
+    let mut lists = Vec::new();
+    for (i, e) in encoders.iter().enumerate() {
+        let cl = e.code_len();
+        match e.coarse() {
+            None => {
+                codes.push(rows_of(&|s: &Segment| s.codes(i), cl));
+                lists.push(None);
+            }
+            Some(c) => {
+                let nlist = c.nlist();
+                let mut out = Vec::with_capacity(n * cl);
+                let mut offsets = vec![0u32; nlist + 1];
+                let mut ids = Vec::with_capacity(n);
+                for l in 0..nlist {
+                    for (s, r) in segs.iter().zip(&renumber) {
+                        let lr = s.lists(i).expect("invariant: partitioned");
+                        let data = s.codes(i);
+                        for p in lr.offsets[l] as usize..lr.offsets[l + 1] as usize {
+                            let to = r[lr.ids[p] as usize];
+                            if to != u32::MAX {
+                                out.extend_from_slice(&data[p * cl..(p + 1) * cl]);
+                                ids.push(to);
+                            }
+                        }
+                    }
+                    offsets[l + 1] = ids.len() as u32;
+                }
+                offsets.extend_from_slice(&ids);
+                codes.push(Bytes::from_vec(out));
+                lists.push(Some(Bytes::from_u32(&offsets)));
+            }
+        }
+    }
+    let vectors = segs.first().is_some_and(|s| s.vectors.is_some()).then(|| {
+        rows_of(
+            &|s: &Segment| s.vectors.as_ref().expect("invariant").as_slice(),
+            4 * dim,
+        )
+    });
+    Segment {
+        rows: n,
+        start,
+        ids: (!contiguous).then(|| Bytes::from_u32(&kept_ids)),
+        codes,
+        lists,
+        vectors,
+        written: Default::default(),
+    }
+}
+
+/// A searchable set of vectors: fitted encoders, and segments of rows holding their codes
+/// (and float vectors, for `exact` stages). Ids are insertion positions; deleting leaves the
+/// other ids as they were.
 #[derive(Clone, Debug)]
 pub struct Index {
     pub(crate) dim: usize,
     pub(crate) metric: Metric,
     pub(crate) pipeline: Pipeline,
     pub(crate) seed: u64,
-    pub(crate) count: usize,
-    pub(crate) code_sets: Vec<CodeSet>,
-    pub(crate) vectors: Option<Bytes>,
-    /// Corpus ids of the rows, for an index built from text (row i is `doc_ids[i]`).
+    pub(crate) encoders: Vec<Encoder>,
+    pub(crate) segments: Vec<Segment>,
+    pub(crate) deleted: Deleted,
+    /// The id the next added row gets (ids are never reused).
+    pub(crate) next_id: usize,
+    pub(crate) has_vectors: bool,
+    /// Corpus ids by id, for an index built from text (`doc_ids[id]`; rows removed by
+    /// compaction leave an empty string).
     pub(crate) doc_ids: Option<Vec<String>>,
     pub(crate) text_model: Option<TextModel>,
+    /// The params file entry the encoders were loaded from or last saved as.
+    pub(crate) params_written: format::Written<format::FileEntry>,
 }
+
+/// An add merges the last two segments while the last is at least 1/this of the one before.
+const TAIL_MERGE_RATIO: usize = 2;
 
 impl Index {
     /// Fits every encoder of `spec.pipeline` on `train` and returns an empty index.
@@ -186,27 +363,29 @@ impl Index {
         same_metric(spec.metric, train)?;
         spec.pipeline.check(1)?;
         let train = train.view();
-        let mut code_sets = Vec::new();
+        let mut encoders = Vec::new();
         for (i, es) in spec.pipeline.encoders().into_iter().enumerate() {
             es.check(train.dim())?;
-            let encoder = Encoder::fit_checked(
+            encoders.push(Encoder::fit_checked(
                 es,
                 train,
                 spec.metric,
                 spec.seed.wrapping_add(i as u64 * 7919),
-            )?;
-            code_sets.push(CodeSet::new(encoder));
+            )?);
         }
         Ok(Index {
             dim: train.dim(),
             metric: spec.metric,
             pipeline: spec.pipeline.clone(),
             seed: spec.seed,
-            count: 0,
-            code_sets,
-            vectors: spec.pipeline.needs_vectors().then(Bytes::default),
+            encoders,
+            segments: Vec::new(),
+            deleted: Deleted::default(),
+            next_id: 0,
+            has_vectors: spec.pipeline.needs_vectors(),
             doc_ids: None,
             text_model: None,
+            params_written: Default::default(),
         })
     }
 
@@ -218,16 +397,16 @@ impl Index {
         Ok(index)
     }
 
-    /// Encodes and appends `data`; ids continue from the current count.
+    /// Encodes and appends `data`; ids continue from the last id given.
     pub fn add(&mut self, data: VectorsRef<'_>) -> Result<()> {
         self.check_dim(data.dim())?;
         self.add_prepared(&self.metric.prepare(data)?, &mut |_, _| {})
     }
 
     /// Appends vectors already prepared for the index's metric, in chunks, calling
-    /// `progress(done, total)` after each; buffers are reserved first, so they are not
-    /// copied as they grow. An index whose rows carry corpus ids takes new rows only with
-    /// theirs ([`Index::add_with_ids`]).
+    /// `progress(done, total)` after each. The rows go into a new segment (or the last one,
+    /// if it was never saved), so saving afterwards writes only them. An index whose rows
+    /// carry corpus ids takes new rows only with theirs ([`Index::add_with_ids`]).
     pub fn add_prepared(
         &mut self,
         data: &Prepared<'_>,
@@ -243,7 +422,8 @@ impl Index {
 
     /// [`Index::add_prepared`] for rows named by corpus ids (`ids[i]` names row i of `data`):
     /// an empty index starts naming its rows, one that already names them goes on. Ids must
-    /// be new, non-empty and free of line breaks; nothing is added if one is not.
+    /// be new (among the rows not deleted), non-empty and free of line breaks; nothing is
+    /// added if one is not.
     pub fn add_with_ids(
         &mut self,
         data: &Prepared<'_>,
@@ -253,17 +433,30 @@ impl Index {
         if ids.len() != data.len() {
             return invalid!("{} ids for {} vectors", ids.len(), data.len());
         }
-        if self.doc_ids.is_none() && self.count > 0 {
+        if self.doc_ids.is_none() && self.next_id > 0 {
             return invalid!(
                 "the index's {} rows have no corpus ids, so new rows cannot be named by theirs",
-                self.count
+                self.len()
             );
         }
-        let old = self.doc_ids.as_deref().unwrap_or_default();
-        check_ids(old, &ids)?;
+        let live: Vec<&str> = match &self.doc_ids {
+            Some(d) => self.live_ids().map(|i| d[i as usize].as_str()).collect(),
+            None => Vec::new(),
+        };
+        check_ids(&live, &ids)?;
         self.add_rows(data, progress)?;
-        self.doc_ids.get_or_insert_with(Vec::new).extend(ids);
+        let d = self.doc_ids.get_or_insert_with(Vec::new);
+        d.resize(self.next_id - ids.len(), String::new());
+        d.extend(ids);
         Ok(())
+    }
+
+    /// Ids of the rows held and not deleted, ascending.
+    fn live_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.segments
+            .iter()
+            .flat_map(|s| (0..s.rows).map(|j| s.id(j)))
+            .filter(|&i| !self.deleted.contains(i))
     }
 
     fn add_rows(
@@ -273,51 +466,166 @@ impl Index {
     ) -> Result<()> {
         self.check_dim(data.dim())?;
         same_metric(self.metric, data)?;
-        if self.count + data.len() > u32::MAX as usize {
+        if self.next_id + data.len() > u32::MAX as usize {
             return invalid!("an index holds at most {} vectors", u32::MAX);
         }
-        // Partitioned code sets gather the new codes and their lists, then merge them in once.
+        let n = data.len();
+        if n == 0 {
+            return Ok(());
+        }
+        if !self.segments.last().is_some_and(Segment::growable) {
+            self.segments.push(Segment::empty(
+                &self.encoders,
+                self.next_id as u32,
+                self.has_vectors,
+            ));
+        }
+        let seg = self.segments.last_mut().expect("invariant: pushed above");
+        let first_row = seg.rows as u32;
+        // Partitioned encoders gather the new codes and their lists, then merge them in once.
         let mut gathered: Vec<Option<(Vec<u8>, Vec<u32>)>> = Vec::new();
-        for cs in &mut self.code_sets {
-            let more = data.len() * cs.encoder.code_len();
-            gathered.push(if cs.lists.is_some() {
-                Some((Vec::with_capacity(more), Vec::with_capacity(data.len())))
+        for (i, e) in self.encoders.iter().enumerate() {
+            let more = n * e.code_len();
+            gathered.push(if e.coarse().is_some() {
+                Some((Vec::with_capacity(more), Vec::with_capacity(n)))
             } else {
-                cs.codes.reserve(more);
+                seg.codes[i].reserve(more);
                 None
             });
         }
-        if let Some(v) = &mut self.vectors {
-            v.reserve(data.len() * 4 * self.dim);
+        if let Some(v) = &mut seg.vectors {
+            v.reserve(n * 4 * self.dim);
         }
         const CHUNK: usize = 65536;
-        let n = data.len();
-        let first_id = self.count as u32;
         for start in (0..n).step_by(CHUNK) {
             let end = (start + CHUNK).min(n);
             let part = data.view().slice(start, end);
-            for (cs, g) in self.code_sets.iter_mut().zip(&mut gathered) {
-                let codes = cs.encoder.encode_batch(part)?;
-                match (g, cs.encoder.coarse()) {
+            for (i, (e, g)) in self.encoders.iter().zip(&mut gathered).enumerate() {
+                let codes = e.encode_batch(part)?;
+                match (g, e.coarse()) {
                     (Some((c, a)), Some(coarse)) => {
                         c.extend_from_slice(&codes);
                         a.extend(coarse.assign(part));
                     }
-                    _ => cs.codes.extend(&codes),
+                    _ => seg.codes[i].extend(&codes),
                 }
             }
-            if let Some(v) = &mut self.vectors {
+            if let Some(v) = &mut seg.vectors {
                 v.extend(bytemuck::cast_slice(part.as_slice()));
             }
             progress(end, n);
         }
-        for (cs, g) in self.code_sets.iter_mut().zip(gathered) {
+        for (i, (e, g)) in self.encoders.iter().zip(gathered).enumerate() {
             if let Some((codes, assign)) = g {
-                cs.merge_into_lists(first_id, &codes, &assign);
+                seg.merge_into_lists(i, e.code_len(), first_row, &codes, &assign);
             }
         }
-        self.count += n;
+        seg.rows += n;
+        self.next_id += n;
+        self.merge_tail();
         Ok(())
+    }
+
+    /// Keeps the number of segments logarithmic in the number of adds: while the last segment
+    /// is at least half the size of the one before, the two are merged (their deleted rows
+    /// dropped), as a log-structured merge does. Appending 1% to a large index merges nothing.
+    fn merge_tail(&mut self) {
+        while self.segments.len() >= 2 {
+            let l = self.segments.len();
+            let (a, b) = (&self.segments[l - 2], &self.segments[l - 1]);
+            if b.rows * TAIL_MERGE_RATIO < a.rows {
+                break;
+            }
+            let merged = merge_segments(
+                &self.segments[l - 2..],
+                &self.encoders,
+                self.dim,
+                &self.deleted,
+            );
+            let (lo, hi) = (
+                self.segments[l - 2].id_bounds().0,
+                self.segments[l - 1].id_bounds().1,
+            );
+            self.forget_deleted_in(lo, hi);
+            self.segments.truncate(l - 2);
+            self.segments.push(merged);
+        }
+    }
+
+    /// Drops the deleted ids in `lo..hi` from the deleted set (the segments holding them are
+    /// being rewritten without their deleted rows; segments hold disjoint id ranges).
+    fn forget_deleted_in(&mut self, lo: u32, hi: u32) {
+        if self.deleted.is_empty() {
+            return;
+        }
+        let keep: Vec<u32> = self
+            .deleted
+            .ids()
+            .iter()
+            .copied()
+            .filter(|&id| id < lo || id >= hi)
+            .collect();
+        self.deleted = Deleted::new(keep);
+    }
+
+    /// Marks `ids` deleted: searches never return them again, and other ids do not change.
+    /// Deleting is O(deleted ids): the rows stay in their segments until [`Index::compact`]
+    /// (or a merge) rewrites them. Returns how many ids were newly deleted (ids already
+    /// deleted or compacted away count 0); an id never given out is an error and nothing is
+    /// deleted.
+    pub fn delete(&mut self, ids: &[u32]) -> Result<usize> {
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.next_id) {
+            return invalid!(
+                "id {bad} was never given out (this index's ids are 0..{})",
+                self.next_id
+            );
+        }
+        let new: Vec<u32> = ids
+            .iter()
+            .copied()
+            .filter(|&i| !self.deleted.contains(i) && self.segments.iter().any(|s| s.holds(i)))
+            .collect::<std::collections::BTreeSet<u32>>()
+            .into_iter()
+            .collect();
+        let n = new.len();
+        if n > 0 {
+            let mut all = self.deleted.ids().to_vec();
+            all.extend(new);
+            self.deleted = Deleted::new(all);
+        }
+        Ok(n)
+    }
+
+    /// [`Index::delete`] by corpus ids, for an index built from text; an unknown corpus id is
+    /// an error and nothing is deleted.
+    pub fn delete_doc_ids(&mut self, doc_ids: &[String]) -> Result<usize> {
+        let Some(d) = &self.doc_ids else {
+            return invalid!(
+                "this index has no corpus ids (it was not built from text): delete by row id"
+            );
+        };
+        let by: std::collections::HashMap<&str, u32> = self
+            .live_ids()
+            .map(|i| (d[i as usize].as_str(), i))
+            .collect();
+        let mut ids = Vec::with_capacity(doc_ids.len());
+        for x in doc_ids {
+            match by.get(x.as_str()) {
+                Some(&i) => ids.push(i),
+                None => return invalid!("no row has corpus id {x:?} (or it is deleted already)"),
+            }
+        }
+        self.delete(&ids)
+    }
+
+    /// Rewrites all segments into one without the deleted rows (ids unchanged).
+    pub fn compact(&mut self) {
+        if self.segments.len() <= 1 && self.deleted.is_empty() {
+            return;
+        }
+        let merged = merge_segments(&self.segments, &self.encoders, self.dim, &self.deleted);
+        self.segments = vec![merged];
+        self.deleted = Deleted::default();
     }
 
     fn check_dim(&self, got: usize) -> Result<()> {
@@ -330,13 +638,21 @@ impl Index {
         Ok(())
     }
 
-    /// Number of vectors.
+    /// Number of vectors held and not deleted.
     pub fn len(&self) -> usize {
-        self.count
+        self.segments.iter().map(|s| s.rows).sum::<usize>() - self.deleted.len()
     }
-    /// `true` if the index holds no vectors.
+    /// `true` if the index holds no vectors (or all are deleted).
     pub fn is_empty(&self) -> bool {
-        self.count == 0
+        self.len() == 0
+    }
+    /// The id the next added vector gets.
+    pub fn next_id(&self) -> usize {
+        self.next_id
+    }
+    /// The deleted ids still held (until a compaction), ascending.
+    pub fn deleted(&self) -> &[u32] {
+        self.deleted.ids()
     }
     /// Vector dimension.
     pub fn dim(&self) -> usize {
@@ -356,7 +672,7 @@ impl Index {
         self.pipeline = p;
         Ok(())
     }
-    /// The corpus id of every row, for an index built from text (row i is `doc_ids()[i]`).
+    /// The corpus id of every id, for an index built from text (`doc_ids()[id]`).
     pub fn doc_ids(&self) -> Option<&[String]> {
         self.doc_ids.as_deref()
     }
@@ -368,59 +684,54 @@ impl Index {
     pub fn set_text_model(&mut self, model: Option<TextModel>) {
         self.text_model = model;
     }
-    /// The code sets.
-    pub fn code_sets(&self) -> &[CodeSet] {
-        &self.code_sets
+    /// The fitted encoders, in the order the pipeline first names them.
+    pub fn encoders(&self) -> &[Encoder] {
+        &self.encoders
     }
-    /// The stored float vectors (normalised for cosine), if any.
-    pub fn vectors(&self) -> Option<VectorsRef<'_>> {
-        self.vectors
-            .as_ref()
-            .map(|b| VectorsRef::new(self.dim, b.as_f32()).expect("invariant: checked shape"))
+    /// The segments, in id order.
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
+    }
+    /// Whether float vectors are stored (for `exact` stages).
+    pub fn has_vectors(&self) -> bool {
+        self.has_vectors
     }
     /// The facts `rewa info --json` prints (and the server's `/info` and Python's `info()`
     /// answer): counts, specs, bytes per vector; with `dir`, also the files on disk.
     pub fn summary(&self, dir: Option<&std::path::Path>) -> Result<Summary> {
         Ok(Summary {
-            count: self.count,
+            count: self.len(),
             dim: self.dim,
             metric: self.metric.to_string(),
             pipeline: self.pipeline.to_string(),
             bytes_per_vector: self.bytes_per_vector(),
             code_sets: self
-                .code_sets
+                .encoders
                 .iter()
-                .map(|c| format!("{} ({} B)", c.encoder.spec(), c.encoder.code_len()))
+                .map(|e| format!("{} ({} B)", e.spec(), e.code_len()))
                 .collect(),
-            has_vectors: self.vectors.is_some(),
+            has_vectors: self.has_vectors,
             has_doc_ids: self.doc_ids.is_some(),
+            segments: self.segments.len(),
+            deleted: self.deleted.len(),
+            next_id: self.next_id,
             text_model: self.text_model.clone(),
             disk: dir.map(format::info).transpose()?,
         })
     }
     /// Bytes stored per vector over all code sets (with list ids) and float vectors.
     pub fn bytes_per_vector(&self) -> usize {
-        self.code_sets
-            .iter()
-            .map(CodeSet::bytes_per_vector)
-            .sum::<usize>()
-            + if self.vectors.is_some() {
-                4 * self.dim
-            } else {
-                0
-            }
+        self.encoders.iter().map(encoder_bytes).sum::<usize>()
+            + if self.has_vectors { 4 * self.dim } else { 0 }
     }
 
-    fn code_set(&self, spec: &EncoderSpec) -> Result<&CodeSet> {
-        self.code_sets
+    fn encoder_index(&self, spec: &EncoderSpec) -> Result<usize> {
+        self.encoders
             .iter()
-            .find(|c| c.encoder.spec() == spec)
+            .position(|e| e.spec() == spec)
             .ok_or_else(|| {
-                let have: Vec<String> = self
-                    .code_sets
-                    .iter()
-                    .map(|c| c.encoder.spec().to_string())
-                    .collect();
+                let have: Vec<String> =
+                    self.encoders.iter().map(|e| e.spec().to_string()).collect();
                 Error::InvalidInput(format!(
                     "the index has no codes for {spec} (it has: {})",
                     have.join(", ")
@@ -432,14 +743,14 @@ impl Index {
         p.check(k)?;
         for s in p.stages() {
             match &s.scorer {
-                Scorer::Exact if self.vectors.is_none() => {
+                Scorer::Exact if !self.has_vectors => {
                     return invalid!(
                         "pipeline {p} has an exact stage, but the index stores no float vectors"
                     );
                 }
                 Scorer::Exact => {}
                 Scorer::Codes(spec) => {
-                    self.code_set(spec)?;
+                    self.encoder_index(spec)?;
                 }
             }
         }
@@ -449,7 +760,8 @@ impl Index {
     /// Saves into `dir` (created if missing) crash-safely, taking the directory's writer lock
     /// for the write; fails at once with [`Error::Locked`] if another writer holds it. To
     /// read, change and save an index without another writer in between, take the lock first
-    /// ([`WriteLock::acquire`]) and use [`Index::save_locked`].
+    /// ([`WriteLock::acquire`]) and use [`Index::save_locked`]. Segments already saved in
+    /// `dir` are not written again.
     pub fn save(&self, dir: &std::path::Path) -> Result<()> {
         self.save_locked(&WriteLock::acquire(dir, std::time::Duration::ZERO)?)
     }
@@ -503,7 +815,7 @@ impl Index {
         self.check_pipeline(pipeline, params.k)?;
         self.check_dim(queries.dim())?;
         same_metric(self.metric, queries)?;
-        if self.count == 0 {
+        if self.is_empty() {
             return Ok(vec![Vec::new(); queries.len()]);
         }
         let stages = pipeline
@@ -511,43 +823,61 @@ impl Index {
             .iter()
             .map(|st| Ok((self.scored(st)?, st.keep)))
             .collect::<Result<Vec<_>>>()?;
-        Ok(run_stages(&stages, queries.view(), params.k))
+        Ok(run_stages(&stages, queries.view(), params.k, &self.deleted))
     }
 
     /// What a stage of this index scores with.
     fn scored(&self, stage: &Stage) -> Result<Scored<'_>> {
         Ok(match &stage.scorer {
-            Scorer::Exact => Scored::Exact {
-                vectors: self.vectors().ok_or_else(|| {
-                    Error::InvalidInput(
-                        "an exact stage needs float vectors, and the index stores none".into(),
-                    )
-                })?,
-                metric: self.metric,
-            },
+            Scorer::Exact => {
+                if !self.has_vectors {
+                    return invalid!(
+                        "an exact stage needs float vectors, and the index stores none"
+                    );
+                }
+                Scored::Exact {
+                    vectors: Rows::new(
+                        4 * self.dim,
+                        self.segments
+                            .iter()
+                            .map(|s| {
+                                s.part(s.vectors.as_ref().expect("invariant").as_slice(), None)
+                            })
+                            .collect(),
+                    ),
+                    dim: self.dim,
+                    metric: self.metric,
+                }
+            }
             Scorer::Codes(spec) => {
-                let cs = self.code_set(spec)?;
-                match (cs.lists(), stage.nprobe) {
-                    (Some(lists), Some(nprobe)) => Scored::Partitioned {
-                        encoder: &cs.encoder,
-                        codes: cs.codes(),
-                        lists,
-                        nprobe,
-                    },
-                    _ => Scored::Codes {
-                        encoder: &cs.encoder,
-                        codes: cs.codes(),
-                    },
+                let i = self.encoder_index(spec)?;
+                let e = &self.encoders[i];
+                Scored::Codes {
+                    encoder: e,
+                    codes: Rows::new(
+                        e.code_len(),
+                        self.segments
+                            .iter()
+                            .map(|s| s.part(s.codes(i), s.lists(i)))
+                            .collect(),
+                    ),
+                    nprobe: stage.nprobe,
                 }
             }
         })
     }
 }
 
+/// Bytes held per vector for an encoder: the code, plus its row number in the lists of a
+/// partitioned one.
+pub fn encoder_bytes(e: &Encoder) -> usize {
+    e.code_len() + if e.coarse().is_some() { 4 } else { 0 }
+}
+
 /// Fails unless every one of `new` is non-empty, free of line breaks, and in neither `old` nor
 /// earlier in `new`.
-fn check_ids(old: &[String], new: &[String]) -> Result<()> {
-    let mut seen: std::collections::HashSet<&str> = old.iter().map(String::as_str).collect();
+fn check_ids(old: &[&str], new: &[String]) -> Result<()> {
+    let mut seen: std::collections::HashSet<&str> = old.iter().copied().collect();
     for (i, id) in new.iter().enumerate() {
         if id.is_empty() || id.contains(['\n', '\r']) {
             return invalid!("id {} ({id:?}) is empty or holds a line break", i + 1);

@@ -62,18 +62,23 @@ fn ids_and_model_survive_save_open_and_add() {
     let hits = again.search(more.row(3), &params).unwrap();
     assert_eq!(again.doc_ids().unwrap()[hits[0].id as usize], "n3");
     let manifest = std::fs::read_to_string(t.path().join("manifest.json")).unwrap();
-    assert!(manifest.contains("\"format_version\": 2"), "{manifest}");
+    assert!(manifest.contains("\"format_version\": 3"), "{manifest}");
+    // the add wrote one new segment with its own corpus ids file; the first is named again
+    assert!(
+        manifest.contains("seg0-docids.txt") && manifest.contains("seg1-docids.txt"),
+        "{manifest}"
+    );
     assert!(manifest.contains(&"ab".repeat(32)), "{manifest}");
 }
 
 #[test]
-fn an_index_without_ids_still_writes_format_1() {
+fn an_index_without_ids_writes_no_ids_files() {
     let t = tempfile::tempdir().unwrap();
     let index = Index::build(&spec(), gaussian(30, 16, 5).view()).unwrap();
     index.save(t.path()).unwrap();
     let manifest = std::fs::read_to_string(t.path().join("manifest.json")).unwrap();
-    assert!(manifest.contains("\"format_version\": 1"), "{manifest}");
-    assert!(!manifest.contains("ids"), "{manifest}");
+    assert!(manifest.contains("\"has_doc_ids\": false"), "{manifest}");
+    assert!(!manifest.contains("docids"), "{manifest}");
     assert_eq!(Index::open(t.path()).unwrap().doc_ids(), None);
 }
 
@@ -125,7 +130,7 @@ fn bad_ids_are_refused_and_nothing_is_added() {
 fn a_damaged_ids_file_is_named_on_open() {
     let t = tempfile::tempdir().unwrap();
     named().save(t.path()).unwrap();
-    let f = t.path().join("ids-0.txt");
+    let f = t.path().join("seg0-docids.txt");
     let good = std::fs::read(&f).unwrap();
     // a changed byte: checksum
     let mut b = good.clone();
@@ -134,11 +139,11 @@ fn a_damaged_ids_file_is_named_on_open() {
     let e = Index::open(t.path()).unwrap_err();
     assert!(matches!(e, Error::Corrupt { .. }), "{e}");
     assert!(
-        e.to_string().contains("ids-0.txt") && e.to_string().contains("checksum"),
+        e.to_string().contains("seg0-docids.txt") && e.to_string().contains("checksum"),
         "{e}"
     );
     // a missing file
     std::fs::remove_file(&f).unwrap();
     let e = Index::open(t.path()).unwrap_err();
-    assert!(e.to_string().contains("ids-0.txt"), "{e}");
+    assert!(e.to_string().contains("seg0-docids.txt"), "{e}");
 }

@@ -84,7 +84,7 @@ fn recall_rises_with_the_lists_probed() {
     assert!(r[1] > 0.62, "{r:?}");
     assert!(r[2] > 0.999, "{r:?}");
     // no list is empty
-    let lists = index.code_sets()[0].lists().unwrap();
+    let lists = index.segments()[0].lists(0).unwrap();
     assert_eq!(lists.offsets.len(), 33);
     assert!(
         lists.offsets.windows(2).all(|w| w[1] > w[0]),
@@ -107,14 +107,19 @@ fn lists_round_trip_and_adds_equal_one_build() {
     two.add(rest).unwrap();
     let mut one = Index::fit(&sp, first).unwrap();
     one.add(base.view()).unwrap();
-    let (a, b) = (&two.code_sets()[0], &one.code_sets()[0]);
-    assert_eq!(a.codes(), b.codes());
-    assert_eq!(a.lists().unwrap().offsets, b.lists().unwrap().offsets);
-    assert_eq!(a.lists().unwrap().ids, b.lists().unwrap().ids);
+    assert_eq!(
+        two.segments().len(),
+        1,
+        "adds before a save grow one segment"
+    );
+    let (a, b) = (&two.segments()[0], &one.segments()[0]);
+    assert_eq!(a.codes(0), b.codes(0));
+    assert_eq!(a.lists(0).unwrap().offsets, b.lists(0).unwrap().offsets);
+    assert_eq!(a.lists(0).unwrap().ids, b.lists(0).unwrap().ids);
     let before = run(&two, &queries, p, 10);
     assert_eq!(before, run(&one, &queries, p, 10));
     // ids inside a list rise (adds go to the ends of their lists)
-    let l = a.lists().unwrap();
+    let l = a.lists(0).unwrap();
     for w in l.offsets.windows(2) {
         let ids = &l.ids[w[0] as usize..w[1] as usize];
         assert!(ids.windows(2).all(|x| x[0] < x[1]));
@@ -122,8 +127,8 @@ fn lists_round_trip_and_adds_equal_one_build() {
     let t = tempfile::tempdir().unwrap();
     two.save(t.path()).unwrap();
     let opened = Index::open(t.path()).unwrap();
-    assert_eq!(opened.code_sets()[0].codes(), a.codes());
-    assert_eq!(opened.code_sets()[0].lists().unwrap().ids, l.ids);
+    assert_eq!(opened.segments()[0].codes(0), a.codes(0));
+    assert_eq!(opened.segments()[0].lists(0).unwrap().ids, l.ids);
     assert_eq!(run(&opened, &queries, p, 10), before);
     let manifest = std::fs::read_to_string(t.path().join("manifest.json")).unwrap();
     assert!(manifest.contains("\"format_version\": 3"), "{manifest}");
@@ -150,7 +155,7 @@ fn a_damaged_lists_file_is_refused() {
                 .unwrap()
                 .to_str()
                 .unwrap()
-                .starts_with("lists-")
+                .starts_with("seg0-lists-")
         })
         .unwrap();
     // list an id twice, and fix the checksum so that only the ids check can catch it
@@ -162,7 +167,7 @@ fn a_damaged_lists_file_is_refused() {
     let mpath = t.path().join("manifest.json");
     let m = std::fs::read_to_string(&mpath).unwrap();
     let mut v: serde_json::Value = serde_json::from_str(&m).unwrap();
-    v["code_sets"][0]["lists"]["crc32"] = crc32fast::hash(&bytes).into();
+    v["segments"][0]["lists"][0]["crc32"] = crc32fast::hash(&bytes).into();
     std::fs::write(&mpath, serde_json::to_vec(&v).unwrap()).unwrap();
     match Index::open(t.path()) {
         Err(Error::Corrupt { reason, .. }) => assert!(reason.contains("listed twice"), "{reason}"),

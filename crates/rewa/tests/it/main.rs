@@ -6,3 +6,4 @@ mod golden;
 mod ivf;
 mod recall;
 mod roundtrip;
+mod segments;

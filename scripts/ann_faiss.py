@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""FAISS anchors for the partitioned-search comparison (scripts/ann_compare.sh).
+
+  ann_faiss.py build BASE OUTDIR [--nlist N] [--threads T]
+      builds HNSW32, IVF{N},PQ32 + IndexRefineFlat, IVF{N},Flat (inner product) and writes
+      each to OUTDIR/<name>.faiss with its build time in OUTDIR/<name>.build.json
+  ann_faiss.py truth BASE QUERIES OUT.npy [K]
+      exact top-K ids (inner product) of QUERIES over BASE
+  ann_faiss.py search OUTDIR NAME QUERIES TRUTH.npy [--threads T] [--k K]
+      loads one index and sweeps its search parameter (efSearch / nprobe / k_factor); prints one
+      JSON line per setting with recall@K, QPS and the process's peak RSS. Run it once per
+      index (a fresh process each), so RSS is that index's alone.
+"""
+import json
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+
+try:
+    import faiss
+except ImportError:
+    sys.exit("needs faiss-cpu and numpy: python3 -m pip install faiss-cpu numpy")
+
+
+def opt(name, default):
+    if name in sys.argv:
+        return type(default)(sys.argv[sys.argv.index(name) + 1])
+    return default
+
+
+def rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def recall(I, G, k):
+    return float(np.mean([len(set(I[i, :k]) & set(G[i, :k])) / k for i in range(len(G))]))
+
+
+def build(base_path, out, nlist, threads):
+    faiss.omp_set_num_threads(threads)
+    os.makedirs(out, exist_ok=True)
+    base = np.load(base_path, mmap_mode="r")
+    n, d = base.shape
+    ip = faiss.METRIC_INNER_PRODUCT
+    which = sys.argv[4:] and [a for a in ("hnsw32", "ivfpq32", "ivfflat") if a in sys.argv] or [
+        "ivfflat", "ivfpq32", "hnsw32"]
+    for name in which:
+        t = time.perf_counter()
+        if name == "hnsw32":
+            idx = faiss.IndexHNSWFlat(d, 32, ip)
+            for s in range(0, n, 100_000):
+                idx.add(np.ascontiguousarray(base[s:s + 100_000], dtype="float32"))
+                print(f"{name}: {s + 100_000} added, {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+            full = idx
+        else:
+            spec = f"IVF{nlist},PQ32" if name == "ivfpq32" else f"IVF{nlist},Flat"
+            idx = faiss.index_factory(d, spec, ip)
+            # FAISS trains its coarse quantizer on at most 256 points per list; give it that many
+            rng = np.random.default_rng(1)
+            rows = np.sort(rng.choice(n, size=min(n, 256 * nlist), replace=False))
+            idx.train(np.ascontiguousarray(base[rows], dtype="float32"))
+            full = faiss.IndexRefineFlat(idx) if name == "ivfpq32" else idx
+            for s in range(0, n, 100_000):
+                full.add(np.ascontiguousarray(base[s:s + 100_000], dtype="float32"))
+        secs = time.perf_counter() - t
+        path = f"{out}/{name}.faiss"
+        faiss.write_index(full, path)
+        info = dict(name=name, n=n, d=d, nlist=nlist, threads=threads, build_seconds=secs,
+                    disk_bytes=os.path.getsize(path), faiss=faiss.__version__)
+        json.dump(info, open(f"{out}/{name}.build.json", "w"))
+        print(json.dumps(info), flush=True)
+
+
+def truth(base_path, q_path, out, k):
+    faiss.omp_set_num_threads(2)
+    base = np.load(base_path, mmap_mode="r")
+    q = np.load(q_path).astype("float32")
+    idx = faiss.IndexFlatIP(base.shape[1])
+    for s in range(0, base.shape[0], 100_000):
+        idx.add(np.ascontiguousarray(base[s:s + 100_000], dtype="float32"))
+    _, G = idx.search(q, k)
+    np.save(out, G.astype("int64"))
+
+
+def search(out, name, q_path, gt_path, threads, k):
+    faiss.omp_set_num_threads(threads)
+    q = np.load(q_path).astype("float32")
+    G = np.load(gt_path)
+    t = time.perf_counter()
+    idx = faiss.read_index(f"{out}/{name}.faiss")
+    load_s = time.perf_counter() - t
+    if name == "hnsw32":
+        settings = [("efSearch", v) for v in (16, 32, 64, 128, 256, 512)]
+    elif name == "ivfflat":
+        settings = [("nprobe", v) for v in (1, 2, 4, 8, 16, 32, 64, 128)]
+    else:
+        settings = [(f"nprobe={p},k_factor", kf) for p in (8, 16, 32, 64, 128) for kf in (2, 5, 10, 20)]
+    for label, v in settings:
+        if name == "hnsw32":
+            idx.hnsw.efSearch = v
+        elif name == "ivfflat":
+            idx.nprobe = v
+        else:
+            p = int(label.split("=")[1].split(",")[0])
+            faiss.extract_index_ivf(idx.base_index).nprobe = p
+            idx.k_factor = v
+        idx.search(q[:50], k)  # warm-up
+        t = time.perf_counter()
+        _, I = idx.search(q, k)
+        dt = time.perf_counter() - t
+        print(json.dumps(dict(system="faiss", index=name, setting=f"{label}={v}", recall=recall(I, G, k),
+                              qps=len(q) / dt, rss_mb=rss_mb(), load_seconds=load_s,
+                              disk_bytes=os.path.getsize(f"{out}/{name}.faiss"))), flush=True)
+
+
+if __name__ == "__main__":
+    a = sys.argv
+    if len(a) < 4:
+        sys.exit(__doc__)
+    if a[1] == "build":
+        build(a[2], a[3], opt("--nlist", 1024), opt("--threads", 2))
+    elif a[1] == "truth":
+        truth(a[2], a[3], a[4], int(a[5]) if len(a) > 5 else 10)
+    elif a[1] == "search":
+        search(a[2], a[3], a[4], a[5], opt("--threads", 2), opt("--k", 10))
+    else:
+        sys.exit(__doc__)
