@@ -36,7 +36,11 @@ class Index:
     def open(path: _Path) -> "Index":
         """Open an index directory saved by `save` or `rewa build`."""
     def add(self, x: _Array) -> None:
-        """Append rows; their ids continue from len(index). In memory until `save`."""
+        """Append rows; their ids continue from the last id given out. In memory until `save`."""
+    def remove_ids(self, ids: Any) -> int:
+        """Delete rows by id (never returned again; other ids unchanged); returns how many."""
+    def compact(self) -> None:
+        """Rewrite the stored rows without the deleted ones (ids unchanged)."""
     def search(
         self, q: _Array, k: int = 10, pipeline: Optional[str] = None
     ) -> Tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:

@@ -122,3 +122,27 @@ pub fn labels(path: &Path, n: usize, what: &Path) -> Result<Vec<i64>> {
 pub fn log(msg: &str) {
     eprintln!("[rewa] {msg}");
 }
+
+/// The process's memory as Linux reports it in `/proc/self/status`: peak resident set
+/// (`VmHWM`), and the resident set now split into anonymous memory (`RssAnon`: heap, not
+/// reclaimable without swap) and file-backed pages (`RssFile`: an index's mapped codes and
+/// vectors, clean page cache the kernel may drop and read again). In bytes; `null` where the
+/// system does not say.
+pub fn memory_json() -> serde_json::Value {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kb: u64 = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb * 1024)
+    };
+    serde_json::json!({
+        "peak_rss_bytes": field("VmHWM:"),
+        "rss_anon_bytes": field("RssAnon:"),
+        "rss_file_bytes": field("RssFile:"),
+    })
+}

@@ -308,7 +308,8 @@ impl PyIndex {
     /// index.add(x) -> None
     ///
     /// Encodes and appends the rows of `x` (float array (n, dim)); their ids continue from
-    /// `len(index)`. In memory only until `save`.
+    /// the last id given out (`len(index)` while nothing was deleted). In memory only until
+    /// `save`, which then writes only the new rows.
     fn add(&self, py: Python<'_>, x: &Bound<'_, PyAny>) -> PyResult<()> {
         let x = matrix(x, "x")?;
         let xv = rows(&x)?;
@@ -400,8 +401,38 @@ impl PyIndex {
         })
     }
 
+    /// index.remove_ids(ids) -> int
+    ///
+    /// Deletes the rows with these ids (a list or 1-D integer array), as FAISS's `remove_ids`
+    /// but without renumbering: searches never return them again and every other id stays
+    /// what it was. Returns how many were deleted (ids already deleted count 0); an id never
+    /// given out raises ValueError and nothing is deleted. The rows stay stored until
+    /// `compact()`; `save` then writes only the list of deleted ids.
+    fn remove_ids(&self, py: Python<'_>, ids: Vec<i64>) -> PyResult<usize> {
+        let ids: Vec<u32> = ids
+            .into_iter()
+            .map(|i| {
+                u32::try_from(i).map_err(|_| {
+                    PyValueError::new_err(format!("id {i} is not a valid id (0 to 2^32-1)"))
+                })
+            })
+            .collect::<PyResult<_>>()?;
+        detached(py, || self.write().delete(&ids))
+    }
+
+    /// index.compact() -> None
+    ///
+    /// Rewrites the stored rows into one segment without the deleted ones (ids unchanged).
+    fn compact(&self, py: Python<'_>) -> PyResult<()> {
+        detached(py, || {
+            self.write().compact();
+            Ok::<(), rewa::Error>(())
+        })
+    }
+
     /// index.info() -> dict: the keys of `rewa info --json` (without the file list of a
-    /// saved index): count, dim, metric, pipeline, bytes_per_vector, code_sets, has_vectors.
+    /// saved index): count, dim, metric, pipeline, bytes_per_vector, code_sets, has_vectors,
+    /// segments, deleted, next_id.
     fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let s = self.read().summary(None).map_err(to_py)?;
         to_dict(py, &s)

@@ -113,6 +113,36 @@ def test_add_continues_ids_and_finds_the_new_vectors(data):
     assert I[:, 0].tolist() == list(range(1200, 1210))
 
 
+def test_removed_ids_never_come_back_and_compact_keeps_ids(tmp_path, data):
+    x, q = data
+    index = rewa.Index.build(x[:1000], "ivf16/16+hadamard128+sign:200,exact:10", metric="l2")
+    _, before = index.search(q, k=10)
+    gone = np.unique(before[:, :3])
+    assert index.remove_ids(gone) == len(gone)
+    assert index.remove_ids(gone.tolist()) == 0
+    assert len(index) == 1000 - len(gone)
+    with pytest.raises(ValueError, match="never given out"):
+        index.remove_ids([5, 1000])
+    with pytest.raises(ValueError, match="not a valid id"):
+        index.remove_ids([-1])
+    assert not np.isin(index.search(q, k=10)[1], gone).any()
+    every = "ivf16/16+hadamard128+sign:1000,exact:10"  # every list, every row reranked
+    D, I = index.search(q, k=10, pipeline=every)
+    # the exact answer is the old one without the removed rows
+    _, wide = rewa.Index.build(x[:1000], "exact:40", metric="l2").search(q, k=40)
+    want = [[i for i in row if i not in set(gone.tolist())][:10] for row in wide]
+    assert I.tolist() == want
+    index.save(tmp_path / "idx")
+    opened = rewa.Index.open(tmp_path / "idx")
+    assert opened.info()["deleted"] == len(gone)
+    opened.compact()
+    assert opened.info()["deleted"] == 0 and opened.info()["segments"] == 1
+    assert opened.search(q, k=10, pipeline=every)[1].tolist() == want
+    opened.add(x[1000:1010])
+    assert opened.info()["next_id"] == 1010
+    assert opened.search(x[1005:1006], k=1)[1][0, 0] == 1005
+
+
 def test_float64_lists_and_non_contiguous_inputs_equal_float32(data):
     x, q = data
     index = rewa.Index.build(x, "hadamard256+sign:200,exact:10")

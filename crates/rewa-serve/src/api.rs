@@ -116,6 +116,20 @@ pub(crate) struct AddRequest {
     pub vectors: Rows,
 }
 
+/// `POST /delete`: ids to delete.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeleteRequest {
+    pub ids: Vec<u32>,
+}
+
+/// Newly deleted ids (already deleted ones count 0) and the vectors left.
+#[derive(Serialize)]
+pub(crate) struct DeleteResponse {
+    pub deleted: usize,
+    pub count: usize,
+}
+
 /// One hit as users see it: `score` is [`rewa::Metric::score`] of the distance, the value
 /// `rewa search` prints.
 #[derive(Serialize)]

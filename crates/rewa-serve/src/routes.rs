@@ -80,8 +80,9 @@ impl AppState {
     /// Appends the body's vectors and saves; returns only once they are durable. Runs on a
     /// blocking thread.
     ///
-    /// Group commit: a save rewrites the whole index (O(index size)), so the adds that queue
-    /// while one save runs are saved together by the next: the first of them to take the
+    /// Group commit: a save writes the added rows as a new segment (small segments are merged
+    /// as they accumulate), so the adds that queue while one save runs are saved together by
+    /// the next, as one segment: the first of them to take the
     /// writer mutex appends them all in arrival order, saves once, and answers each (ids in
     /// arrival order). Every answer still waits for the save that holds its vectors.
     fn add(&self, body: &[u8]) -> Result<AddResponse, ApiError> {
@@ -126,6 +127,23 @@ impl AppState {
             .unwrap_or_else(|_| Err(ApiError::internal("this add was lost")))
     }
 
+    /// Deletes the body's ids and saves (only the list of deleted ids is written); returns once
+    /// durable. Runs on a blocking thread, under the writer mutex.
+    fn delete(&self, body: &[u8]) -> Result<api::DeleteResponse, ApiError> {
+        let req: api::DeleteRequest = api::parse(body)?;
+        let _writer = lock(&self.writer);
+        let wlock = WriteLock::acquire_existing(&self.dir, self.wait_lock)?;
+        let mut index = Index::open(&self.dir)?;
+        let deleted = index.delete(&req.ids)?;
+        if deleted > 0 {
+            index.save_locked(&wlock)?;
+            self.metrics.saved();
+        }
+        let count = index.len();
+        *self.index.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(index);
+        Ok(api::DeleteResponse { deleted, count })
+    }
+
     /// Appends every waiting add in one save; the answers in the same order.
     fn save_group(&self, group: &[Waiting]) -> Result<Vec<AddResponse>, ApiError> {
         let lock = WriteLock::acquire_existing(&self.dir, self.wait_lock)?;
@@ -134,7 +152,7 @@ impl AppState {
         let mut all = rewa::Vectors::empty(index.dim());
         let mut first_ids = Vec::with_capacity(group.len());
         for w in group {
-            first_ids.push(index.len() + all.len());
+            first_ids.push(index.next_id() + all.len());
             all.extend(w.vectors.view())?;
         }
         let data = index.metric().prepare_owned(all)?;
@@ -166,13 +184,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The router: five routes, JSON 404 / 405 answers, and [`layer::guard`] around all of them.
+/// The router: six routes, JSON 404 / 405 answers, and [`layer::guard`] around all of them.
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/info", get(info))
         .route("/search", post(search))
         .route("/add", post(add))
+        .route("/delete", post(delete))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -281,10 +300,23 @@ async fn add(
     Ok(Json(answer))
 }
 
+async fn delete(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<api::DeleteResponse>, ApiError> {
+    let body = read_body(&headers, body, s.max_body_bytes).await?;
+    let s2 = s.clone();
+    let answer = tokio::task::spawn_blocking(move || s2.delete(&body))
+        .await
+        .map_err(join_error)??;
+    Ok(Json(answer))
+}
+
 async fn not_found(method: Method, uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        format!("no route {method} {uri} (routes: GET /health, GET /info, POST /search, POST /add, GET /metrics)"),
+        format!("no route {method} {uri} (routes: GET /health, GET /info, POST /search, POST /add, POST /delete, GET /metrics)"),
     )
 }
 

@@ -123,7 +123,7 @@ pub fn brute_force(
         .collect()
 }
 
-fn query_block(nq: usize) -> usize {
+pub(crate) fn query_block(nq: usize) -> usize {
     // Few large blocks: a GEMM re-packs its base block once per query block, and a code scan
     // streams each code block once per query block.
     let threads = rayon::current_num_threads().max(1);
@@ -473,7 +473,7 @@ const SHARD_MIN_ROWS: usize = 1 << 16;
 /// queries than threads (a single query would otherwise use one core), shifts each shard's
 /// ids by its start and merges per query. Ties break by id as in one serial scan, so the
 /// result is identical.
-fn sharded<F>(n: usize, nq: usize, k: usize, scan: F) -> Vec<Vec<Hit>>
+pub(crate) fn sharded<F>(n: usize, nq: usize, k: usize, scan: F) -> Vec<Vec<Hit>>
 where
     F: Fn(usize, usize) -> Vec<Vec<Hit>> + Sync,
 {

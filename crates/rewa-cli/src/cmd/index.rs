@@ -501,7 +501,7 @@ pub fn search(a: SearchArgs) -> Result<()> {
     if a.json {
         println!(
             "{}",
-            json!({"n_queries": queries.len(), "k": a.k, "pipeline": pipeline.to_string(), "qps": qps, "seconds": secs})
+            json!({"n_queries": queries.len(), "k": a.k, "pipeline": pipeline.to_string(), "qps": qps, "seconds": secs, "memory": crate::data::memory_json()})
         );
     }
     Ok(())

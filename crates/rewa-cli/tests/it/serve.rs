@@ -383,6 +383,21 @@ fn serve_adds_while_searching_and_searches_see_the_new_ids() {
     assert_eq!(serde_json::from_str::<Value>(&info).unwrap()["count"], 530);
     // on disk too, for any other reader
     assert_eq!(json("info --index idx", d)["count"], 530);
+    // deletes: the deleted ids never come back, ids of later adds go on from 530
+    let (status, v) = s.post("/delete", &j!({"ids": [500, 501]}));
+    assert_eq!((status, v), (200, j!({"deleted": 2, "count": 528})));
+    let (status, v) = s.post("/delete", &j!({"ids": [500]}));
+    assert_eq!((status, v), (200, j!({"deleted": 0, "count": 528})));
+    let (status, v) = s.post("/delete", &j!({"ids": [530]}));
+    assert_eq!(status, 400, "{v}");
+    let (_, v) = s.post("/search", &j!({"vectors": q[..2], "k": 3}));
+    assert!(
+        hits(&v).iter().flatten().all(|h| h.0 != 500 && h.0 != 501),
+        "{v}"
+    );
+    let (status, v) = s.post("/add", &j!({"vectors": q[..1]}));
+    assert_eq!((status, v), (200, j!({"count": 529, "first_id": 530})));
+    assert_eq!(json("info --index idx", d)["deleted"], 2);
 }
 
 #[test]

@@ -21,7 +21,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 /// Training vectors used per centroid at most (a seeded sample beyond that).
-pub const MAX_TRAIN_PER_LIST: usize = 64;
+pub const MAX_TRAIN_PER_LIST: usize = 256;
 /// Lloyd iterations.
 pub const ITERS: usize = 10;
 

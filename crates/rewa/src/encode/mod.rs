@@ -17,6 +17,7 @@ mod opq;
 mod params;
 mod pca;
 mod pq;
+mod pq4;
 mod sign;
 mod spec;
 
@@ -32,6 +33,7 @@ pub use opq::{OpqConfig, OpqTransform};
 pub use params::{Tensor, TensorData, TensorSource};
 pub use pca::{PcaConfig, PcaTransform};
 pub use pq::{PqConfig, PqQuantizer, PQ_CENTROIDS};
+pub use pq4::{Pq4Config, Pq4Quantizer, Pq4Query, PQ4_CENTROIDS, PQ4_MAX_M};
 pub use sign::{
     asym_distance_reference, SignAsymConfig, SignAsymQuantizer, SignConfig, SignQuantizer,
 };
@@ -243,6 +245,8 @@ pub enum AnyQuantizer {
     Int8(Int8Quantizer),
     /// One byte per sub-space (product quantization), asymmetric distance.
     Pq(PqQuantizer),
+    /// Four bits per sub-space, scanned with 8-bit tables in registers (fast scan).
+    Pq4(Pq4Quantizer),
 }
 
 impl From<FlatQuantizer> for AnyQuantizer {
@@ -270,6 +274,11 @@ impl From<PqQuantizer> for AnyQuantizer {
         AnyQuantizer::Pq(q)
     }
 }
+impl From<Pq4Quantizer> for AnyQuantizer {
+    fn from(q: Pq4Quantizer) -> Self {
+        AnyQuantizer::Pq4(q)
+    }
+}
 
 /// Runs `$body` with `$q` bound to the concrete quantizer inside an [`AnyQuantizer`]: the one
 /// place that lists the variants for dispatch, so each use compiles its own loop per type.
@@ -281,6 +290,7 @@ macro_rules! with_quantizer {
             $crate::encode::AnyQuantizer::SignAsym($q) => $body,
             $crate::encode::AnyQuantizer::Int8($q) => $body,
             $crate::encode::AnyQuantizer::Pq($q) => $body,
+            $crate::encode::AnyQuantizer::Pq4($q) => $body,
         }
     };
 }
@@ -312,6 +322,9 @@ impl AnyQuantizer {
             QuantizerSpec::Pq { m } => {
                 PqQuantizer::fit(&PqConfig::new(m, metric), train, seed)?.into()
             }
+            QuantizerSpec::Pq4 { m } => {
+                Pq4Quantizer::fit(&Pq4Config::new(m, metric), train, seed)?.into()
+            }
         })
     }
     /// The quantizer `spec` names, on `dim` inputs, from the tensors
@@ -328,6 +341,7 @@ impl AnyQuantizer {
             QuantizerSpec::SignAsym => SignAsymQuantizer::from_tensors(src, dim, metric)?.into(),
             QuantizerSpec::Int8 => Int8Quantizer::from_tensors(src, dim, metric)?.into(),
             QuantizerSpec::Pq { m } => PqQuantizer::from_tensors(src, dim, m, metric)?.into(),
+            QuantizerSpec::Pq4 { m } => Pq4Quantizer::from_tensors(src, dim, m, metric)?.into(),
         })
     }
     /// Its fitted parameters.
@@ -338,6 +352,7 @@ impl AnyQuantizer {
             AnyQuantizer::SignAsym(q) => q.tensors(),
             AnyQuantizer::Int8(q) => q.tensors(),
             AnyQuantizer::Pq(q) => q.tensors(),
+            AnyQuantizer::Pq4(q) => q.tensors(),
         }
     }
     /// Bytes per code.

@@ -75,7 +75,7 @@ pub(crate) fn check_subspaces(name: &str, m: usize, dim: usize) -> Result<()> {
 
 /// Coordinates `s..e` of sub-space `j` of `m` over `d` dims.
 #[inline(always)]
-fn bounds(d: usize, m: usize, j: usize) -> (usize, usize) {
+pub(crate) fn bounds(d: usize, m: usize, j: usize) -> (usize, usize) {
     (j * d / m, (j + 1) * d / m)
 }
 
@@ -156,7 +156,7 @@ impl PqQuantizer {
 /// Index of the nearest centroid (squared L2) for every row of `x` (`n x ds`), by one matrix
 /// product per block: `|x - c|^2 = |x|^2 - 2 x.c + |c|^2`, and `|x|^2` does not change the
 /// winner.
-fn nearest(x: &[f32], ds: usize, cents: &[f32], norms: &[f32], out: &mut [u8]) {
+pub(crate) fn nearest(x: &[f32], ds: usize, cents: &[f32], norms: &[f32], out: &mut [u8]) {
     let k = norms.len();
     const B: usize = 512;
     let mut scores = vec![0f32; B.min(x.len() / ds) * k];
@@ -281,6 +281,28 @@ pub(crate) fn codebooks(
             let sj = seed ^ (j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             let init = init.map(|c| &c[PQ_CENTROIDS * s..PQ_CENTROIDS * e]);
             kmeans(&sub, e - s, PQ_CENTROIDS, iters, sj, init)
+        })
+        .collect();
+    parts.concat()
+}
+
+/// `k` centroids (at most 256) for each of the `m` sub-spaces of `x`, sub-spaces in parallel;
+/// sub-space `j` over coordinates `s..e` at `k * s`.
+pub(crate) fn codebooks_k(
+    x: VectorsRef<'_>,
+    m: usize,
+    k: usize,
+    iters: usize,
+    seed: u64,
+) -> Vec<f32> {
+    let d = x.dim();
+    let parts: Vec<Vec<f32>> = (0..m)
+        .into_par_iter()
+        .map(|j| {
+            let (s, e) = bounds(d, m, j);
+            let sub: Vec<f32> = x.rows().flat_map(|r| &r[s..e]).copied().collect();
+            let sj = seed ^ (j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            kmeans(&sub, e - s, k, iters, sj, None)
         })
         .collect();
     parts.concat()

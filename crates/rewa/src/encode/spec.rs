@@ -96,6 +96,12 @@ pub enum QuantizerSpec {
         /// Sub-spaces (bytes per code).
         m: usize,
     },
+    /// `pq<m>x4`: product quantization, `m` sub-spaces of 16 centroids, 4 bits each (two per
+    /// byte), scanned with 8-bit tables in registers (FAISS's fast scan); `m` at most 128.
+    Pq4 {
+        /// Sub-spaces (half a byte each).
+        m: usize,
+    },
     /// `flat`: float32, no compression.
     #[default]
     Flat,
@@ -179,6 +185,7 @@ impl EncoderSpec {
             QuantizerSpec::Sign | QuantizerSpec::SignAsym => d.div_ceil(64) * 8,
             QuantizerSpec::Int8 => d,
             QuantizerSpec::Pq { m } => m,
+            QuantizerSpec::Pq4 { m } => m.div_ceil(2),
         })
     }
     /// Checks the spec against input dimension `dim` (e.g. PCA cannot add dimensions), and
@@ -221,6 +228,14 @@ impl EncoderSpec {
                 }
             }
         }
+        if let QuantizerSpec::Pq4 { m } = self.quantizer {
+            if !(1..=super::PQ4_MAX_M).contains(&m) {
+                return invalid!("pq{m}x4: m must be from 1 to {}", super::PQ4_MAX_M);
+            }
+            if let Some(d) = d.filter(|&d| m > d) {
+                return invalid!("pq{m}x4 needs input dimension >= {m}, got {d}");
+            }
+        }
         if let QuantizerSpec::Pq { m } = self.quantizer {
             size("pq", m)?;
             if let Some(d) = d.filter(|&d| m > d) {
@@ -251,6 +266,7 @@ impl fmt::Display for QuantizerSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             QuantizerSpec::Pq { m } => return write!(f, "pq{m}"),
+            QuantizerSpec::Pq4 { m } => return write!(f, "pq{m}x4"),
             QuantizerSpec::Flat => "flat",
             QuantizerSpec::Sign => "sign",
             QuantizerSpec::SignAsym => "asign",
@@ -379,12 +395,19 @@ impl FromStr for EncoderSpec {
                         TransformSpec::Pca { m }
                     } else if let Some(m) = dim_token(tok, "opq")? {
                         TransformSpec::Opq { m }
+                    } else if let Some(m) = tok
+                        .strip_prefix("pq")
+                        .and_then(|r| r.strip_suffix("x4"))
+                        .and_then(|r| r.parse::<usize>().ok())
+                    {
+                        quantizer = Some(QuantizerSpec::Pq4 { m });
+                        continue;
                     } else if let Some(m) = dim_token(tok, "pq")? {
                         quantizer = Some(QuantizerSpec::Pq { m });
                         continue;
                     } else {
                         return invalid!(
-                            "encoder spec {s:?}: unknown token {tok:?} (known: ivf<nlist> first, hadamard<m>, pca<m>, opq<m>, learned=DIR or learned=\"DIR\", flat, sign, asign, int8, pq<m>)"
+                            "encoder spec {s:?}: unknown token {tok:?} (known: ivf<nlist> first, hadamard<m>, pca<m>, opq<m>, learned=DIR or learned=\"DIR\", flat, sign, asign, int8, pq<m>, pq<m>x4)"
                         );
                     }
                 }
@@ -437,6 +460,8 @@ mod tests {
             "ivf1024+flat",
             "ivf64+opq32+pq32",
             "ivf8+hadamard256+sign",
+            "pq32x4",
+            "opq16+pq32x4",
         ] {
             let spec: EncoderSpec = s.parse().unwrap();
             assert_eq!(spec.to_string(), s);

@@ -799,7 +799,7 @@ fn open_checked(
             )));
         }
     }
-    let crc = crc32fast::hash(&map);
+    let crc = crc_of(&path, &map)?;
     if crc != entry.crc32 {
         return Err(corrupt(format!(
             "checksum mismatch (crc32 {crc:08x}, manifest {:08x})",
@@ -807,6 +807,29 @@ fn open_checked(
         )));
     }
     Ok(Arc::new(map))
+}
+
+/// CRC-32 of a file. A large one is read with `read` rather than through its mapping: pages
+/// touched through a mapping count in the process's resident memory until unmapped, and the
+/// float vectors of an index are mapped so that only the rows a rerank reads become resident.
+fn crc_of(path: &Path, map: &Mmap) -> Result<u32> {
+    const LARGE: usize = 16 << 20;
+    if map.len() < LARGE {
+        return Ok(crc32fast::hash(map));
+    }
+    use std::io::Read;
+    let mut f = File::open(path).map_err(io_err(path))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut crc = crc32fast::Hasher::new();
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => crc.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(path, e)),
+        }
+    }
+    Ok(crc.finalize())
 }
 
 /// Opens the index in `dir`, checking every file once.
@@ -905,6 +928,10 @@ fn open_manifest(dir: &Path, m: &Manifest) -> Result<Index> {
         let vectors = match &se.vectors {
             Some(v) => {
                 let map = open_checked(dir, v, Some((MAGIC_VECS, 4 * m.dim, rows)))?;
+                // Reranks read scattered rows: without this the kernel maps the cached pages
+                // around each one too (fault-around), and the whole file soon counts as
+                // resident memory. Advice only: ignore a kernel that refuses it.
+                let _ = map.advise(memmap2::Advice::Random);
                 let len = map.len() - HEADER;
                 Some(Bytes::mapped(map, HEADER, len))
             }

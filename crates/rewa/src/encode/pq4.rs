@@ -1,0 +1,493 @@
+//! `pq<m>x4`: product quantization with 16 centroids per sub-space (4 bits, two sub-spaces per
+//! code byte), scanned as FAISS's "fast scan" (`PQ<m>x4fs`).
+//!
+//! A prepared query holds, per sub-space, its 16 partial distances quantized to `u8` with one
+//! scale for all sub-spaces (`t = min_j + scale * u8`), so a code's distance is
+//! `bias + scale * sum`, the sum of `m` bytes in `u16`. That sum is what the scan computes 32
+//! codes at a time: a block of 32 codes is transposed so that byte `b` of all 32 sits in one
+//! 256-bit register; its low and high nibbles index the 16-entry tables of sub-spaces `2b`
+//! and `2b + 1` held in registers (`vpshufb`, 32 lookups per instruction), and the bytes are
+//! widened and added into two `u16` accumulators. The scalar loop computing the same sums
+//! is the twin it is tested against (identical hits), and what runs without AVX2 (or with
+//! `REWA_NO_AVX2=1`). The distances are approximate by construction (8-bit tables, FAISS's
+//! trade): follow the stage with a rerank.
+//!
+//! Sub-spaces as in [`super::pq`] (contiguous, sizes differing by at most one); at most 128 of
+//! them, so that 32 sums of `m` bytes stay below `i16::MAX`.
+
+use super::pq::{bounds, check_subspaces, codebooks_k, nearest, train_sample};
+use super::{Quantizer, Tensor, TensorSource};
+use crate::distance::{dot, Metric};
+use crate::error::{invalid, Result};
+use crate::search::{Hit, TopK};
+use crate::vectors::VectorsRef;
+use rayon::prelude::*;
+
+/// Centroids per sub-space: 4-bit codes.
+pub const PQ4_CENTROIDS: usize = 16;
+/// The most sub-spaces (sums of `m` bytes must fit the kernel's 16-bit lanes).
+pub const PQ4_MAX_M: usize = 128;
+
+/// Settings for [`Pq4Quantizer`].
+#[derive(Clone, Debug)]
+pub struct Pq4Config {
+    /// Sub-spaces (two per code byte).
+    pub m: usize,
+    /// How the float query is compared with the decoded codes.
+    pub metric: Metric,
+    /// k-means iterations per sub-space.
+    pub iters: usize,
+    /// At most this many training vectors are used (a seeded sample).
+    pub max_train: usize,
+}
+
+impl Pq4Config {
+    /// `m` sub-spaces with the defaults (25 iterations, 65,536 training vectors at most).
+    pub fn new(m: usize, metric: Metric) -> Self {
+        Pq4Config {
+            m,
+            metric,
+            iters: 25,
+            max_train: 1 << 16,
+        }
+    }
+}
+
+/// Fitted 4-bit product quantizer.
+#[derive(Clone, Debug)]
+pub struct Pq4Quantizer {
+    dim: usize,
+    m: usize,
+    /// Sub-space `j` (coordinates `s..e`) owns `centroids[16 * s..16 * e]`: 16 rows of `e - s`.
+    centroids: Vec<f32>,
+    /// Squared norm of every centroid, sub-space after sub-space (`16 * m`).
+    norms: Vec<f32>,
+    metric: Metric,
+}
+
+/// A query prepared for [`Pq4Quantizer`]: `16` quantized table entries per sub-space, for
+/// `2 * code_len` sub-spaces (a missing last one is all zeros), and the map back to distance.
+#[derive(Clone, Debug)]
+pub struct Pq4Query {
+    lut: Vec<u8>,
+    scale: f32,
+    bias: f32,
+}
+
+impl Pq4Query {
+    /// The distance a table sum stands for.
+    #[inline(always)]
+    fn distance_of(&self, sum: u32) -> f32 {
+        self.bias + self.scale * sum as f32
+    }
+}
+
+impl Pq4Quantizer {
+    /// From stored centroids (`16 * dim` floats).
+    pub fn from_parts(dim: usize, m: usize, centroids: Vec<f32>, metric: Metric) -> Result<Self> {
+        check_subspaces("pq", m, dim)?;
+        if m > PQ4_MAX_M {
+            return invalid!("pq{m}x4: at most {PQ4_MAX_M} sub-spaces");
+        }
+        if centroids.len() != PQ4_CENTROIDS * dim {
+            return invalid!(
+                "pq{m}x4: {} centroid floats, dimension {dim} needs {}",
+                centroids.len(),
+                PQ4_CENTROIDS * dim
+            );
+        }
+        let mut norms = Vec::with_capacity(PQ4_CENTROIDS * m);
+        for j in 0..m {
+            let (s, e) = bounds(dim, m, j);
+            norms.extend(
+                centroids[PQ4_CENTROIDS * s..PQ4_CENTROIDS * e]
+                    .chunks_exact(e - s)
+                    .map(|c| dot(c, c)),
+            );
+        }
+        Ok(Pq4Quantizer {
+            dim,
+            m,
+            centroids,
+            norms,
+            metric,
+        })
+    }
+    /// Its tensor: `centroids` (16 x d).
+    pub fn tensors(&self) -> Vec<Tensor<'_>> {
+        vec![Tensor::f32(
+            "centroids",
+            vec![PQ4_CENTROIDS, self.dim],
+            &self.centroids,
+        )]
+    }
+    /// From the tensor of [`Pq4Quantizer::tensors`], for `pq<m>x4` on `dim` inputs.
+    pub fn from_tensors(
+        src: &TensorSource<'_>,
+        dim: usize,
+        m: usize,
+        metric: Metric,
+    ) -> Result<Self> {
+        let c = src.f32("centroids", PQ4_CENTROIDS * dim)?;
+        Self::from_parts(dim, m, c, metric).map_err(|e| src.corrupt(e))
+    }
+    fn sub_centroids(&self, j: usize) -> (&[f32], &[f32], usize) {
+        let (s, e) = bounds(self.dim, self.m, j);
+        (
+            &self.centroids[PQ4_CENTROIDS * s..PQ4_CENTROIDS * e],
+            &self.norms[PQ4_CENTROIDS * j..PQ4_CENTROIDS * (j + 1)],
+            e - s,
+        )
+    }
+    /// The float tables of many queries (`m * 16` each), one matrix product per sub-space.
+    fn float_tables(&self, queries: VectorsRef<'_>) -> Vec<Vec<f32>> {
+        let nq = queries.len();
+        let k = PQ4_CENTROIDS;
+        let mut out = vec![vec![0f32; self.m * k]; nq];
+        let mut sub = Vec::new();
+        let mut scores = vec![0f32; nq * k];
+        for j in 0..self.m {
+            let (s, e) = bounds(self.dim, self.m, j);
+            let (cents, norms, ds) = self.sub_centroids(j);
+            sub.clear();
+            sub.extend(queries.rows().flat_map(|r| &r[s..e]));
+            crate::linalg::gemm_abt(&sub, cents, nq, ds, k, &mut scores);
+            for ((o, row), q) in out
+                .iter_mut()
+                .zip(scores.chunks_exact(k))
+                .zip(sub.chunks_exact(ds))
+            {
+                let t = &mut o[j * k..(j + 1) * k];
+                match self.metric {
+                    Metric::Cosine | Metric::Ip => {
+                        for (t, &sc) in t.iter_mut().zip(row) {
+                            *t = -sc;
+                        }
+                    }
+                    Metric::L2 => {
+                        let qq = dot(q, q);
+                        for ((t, &sc), &nc) in t.iter_mut().zip(row).zip(norms) {
+                            *t = qq - 2.0 * sc + nc;
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+    /// Quantizes one query's float tables: each sub-space shifted to start at 0, one scale
+    /// mapping the widest range onto 0..=255.
+    fn quantize(&self, t: &[f32]) -> Pq4Query {
+        let k = PQ4_CENTROIDS;
+        let cl = self.m.div_ceil(2);
+        let mins: Vec<f32> = t
+            .chunks_exact(k)
+            .map(|r| r.iter().copied().fold(f32::INFINITY, f32::min))
+            .collect();
+        let span = t
+            .chunks_exact(k)
+            .zip(&mins)
+            .map(|(r, &lo)| r.iter().map(|&v| v - lo).fold(0f32, f32::max))
+            .fold(0f32, f32::max);
+        let scale = if span > 0.0 { span / 255.0 } else { 1.0 };
+        let mut lut = vec![0u8; 2 * cl * k];
+        for (j, (r, &lo)) in t.chunks_exact(k).zip(&mins).enumerate() {
+            for (o, &v) in lut[j * k..(j + 1) * k].iter_mut().zip(r) {
+                *o = ((v - lo) / scale).round().clamp(0.0, 255.0) as u8;
+            }
+        }
+        Pq4Query {
+            lut,
+            scale,
+            bias: mins.iter().sum(),
+        }
+    }
+}
+
+impl Quantizer for Pq4Quantizer {
+    type Config = Pq4Config;
+    type Query = Pq4Query;
+
+    fn fit(cfg: &Pq4Config, train: VectorsRef<'_>, seed: u64) -> Result<Self> {
+        let d = train.dim();
+        check_subspaces("pq", cfg.m, d)?;
+        let sample = train_sample(train, cfg.max_train, seed);
+        let cents = codebooks_k(sample.view(), cfg.m, PQ4_CENTROIDS, cfg.iters, seed);
+        Pq4Quantizer::from_parts(d, cfg.m, cents, cfg.metric)
+    }
+    fn code_len(&self) -> usize {
+        self.m.div_ceil(2)
+    }
+    fn encode(&self, x: &[f32], out: &mut [u8]) {
+        let one = VectorsRef::new(self.dim, x).expect("invariant: a vector of dim floats");
+        self.encode_batch(one, out);
+    }
+    fn encode_batch(&self, x: VectorsRef<'_>, out: &mut [u8]) {
+        let n = x.len();
+        let cl = self.code_len();
+        out[..n * cl].fill(0);
+        let mut sub = Vec::new();
+        let mut idx = vec![0u8; n];
+        for j in 0..self.m {
+            let (s, e) = bounds(self.dim, self.m, j);
+            sub.clear();
+            sub.extend(x.rows().flat_map(|r| &r[s..e]));
+            let (cents, norms, ds) = self.sub_centroids(j);
+            nearest(&sub, ds, cents, norms, &mut idx);
+            for (o, &c) in out.chunks_exact_mut(cl).zip(&idx) {
+                o[j / 2] |= c << (4 * (j % 2));
+            }
+        }
+    }
+    fn prepare(&self, query: &[f32]) -> Pq4Query {
+        let one = VectorsRef::new(self.dim, query).expect("invariant: a query of dim floats");
+        self.quantize(&self.float_tables(one)[0])
+    }
+    fn prepare_batch(&self, queries: VectorsRef<'_>) -> Vec<Pq4Query> {
+        self.float_tables(queries)
+            .iter()
+            .map(|t| self.quantize(t))
+            .collect()
+    }
+    #[inline(always)]
+    fn distance(&self, q: &Pq4Query, code: &[u8]) -> f32 {
+        let mut sum = 0u32;
+        for (b, &c) in code.iter().enumerate() {
+            sum += q.lut[2 * b * 16 + (c & 15) as usize] as u32
+                + q.lut[(2 * b + 1) * 16 + (c >> 4) as usize] as u32;
+        }
+        q.distance_of(sum)
+    }
+    fn scan(&self, queries: VectorsRef<'_>, codes: &[u8], k: usize) -> Vec<Vec<Hit>> {
+        let qs = self.prepare_batch(queries);
+        scan_pq4(&qs, codes, self.code_len(), k, crate::simd::avx2())
+    }
+}
+
+/// Codes transposed at once by a scan (128 KiB of 32-byte codes), in groups of 32.
+const CHUNK: usize = 4096;
+
+/// Top-`k` of every prepared query over `codes` (`cl` bytes each), 32 codes per kernel call;
+/// `wide` picks the AVX2 kernel (the caller checked the CPU), else its scalar twin. Both give
+/// the same sums, so the same hits.
+pub(crate) fn scan_pq4(
+    qs: &[Pq4Query],
+    codes: &[u8],
+    cl: usize,
+    k: usize,
+    wide: bool,
+) -> Vec<Vec<Hit>> {
+    let n = codes.len() / cl.max(1);
+    let k = k.min(n).max(1);
+    crate::search::sharded(n, qs.len(), k, |a, b| {
+        let codes = &codes[a * cl..b * cl];
+        let qb = crate::search::query_block(qs.len());
+        qs.par_chunks(qb)
+            .flat_map_iter(|group| scan_group(group, codes, cl, k, wide))
+            .collect()
+    })
+}
+
+fn scan_group(group: &[Pq4Query], codes: &[u8], cl: usize, k: usize, wide: bool) -> Vec<Vec<Hit>> {
+    let mut tops: Vec<TopK> = group.iter().map(|_| TopK::new(k)).collect();
+    let mut tb = vec![0u8; CHUNK * cl];
+    let mut sums = [0u16; 32];
+    for (ci, chunk) in codes.chunks(CHUNK * cl).enumerate() {
+        let nc = chunk.len() / cl;
+        let ng = nc.div_ceil(32);
+        transpose(chunk, cl, ng, &mut tb);
+        for (q, top) in group.iter().zip(tops.iter_mut()) {
+            for g in 0..ng {
+                let tbg = &tb[g * cl * 32..(g + 1) * cl * 32];
+                #[cfg(target_arch = "x86_64")]
+                if wide {
+                    // SAFETY: `wide` is only true when the CPU has AVX2 (`simd::avx2()`).
+                    unsafe { sums32_avx2(&q.lut, tbg, cl, &mut sums) };
+                } else {
+                    sums32_scalar(&q.lut, tbg, cl, &mut sums);
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                {
+                    let _ = wide;
+                    sums32_scalar(&q.lut, tbg, cl, &mut sums);
+                }
+                let first = ci * CHUNK + g * 32;
+                // sums above this cannot reach the threshold (one unit of margin for float
+                // rounding); the float check below decides, as in `distance`
+                let thr = top.threshold();
+                let limit = if thr.is_finite() {
+                    (((thr - q.bias) / q.scale).floor() + 1.0).clamp(-1.0, u16::MAX as f32) as i32
+                } else {
+                    i32::MAX
+                };
+                for (i, &s) in sums[..(nc - g * 32).min(32)].iter().enumerate() {
+                    if (s as i32) > limit {
+                        continue;
+                    }
+                    let d = q.distance_of(s as u32);
+                    if d <= top.threshold() {
+                        top.push((first + i) as u32, d);
+                    }
+                }
+            }
+        }
+    }
+    tops.into_iter().map(TopK::into_sorted).collect()
+}
+
+/// `tb[(g * cl + b) * 32 + i]` = byte `b` of code `32 g + i`; codes past the end are zeros
+/// (their sums are never read).
+fn transpose(chunk: &[u8], cl: usize, ng: usize, tb: &mut [u8]) {
+    let nc = chunk.len() / cl;
+    for g in 0..ng {
+        let out = &mut tb[g * cl * 32..(g + 1) * cl * 32];
+        for i in 0..32 {
+            let r = g * 32 + i;
+            if r < nc {
+                for (b, &v) in chunk[r * cl..(r + 1) * cl].iter().enumerate() {
+                    out[b * 32 + i] = v;
+                }
+            } else {
+                for b in 0..cl {
+                    out[b * 32 + i] = 0;
+                }
+            }
+        }
+    }
+}
+
+/// The table sums of 32 transposed codes: the reference the AVX2 kernel must equal.
+#[inline(always)]
+fn sums32_scalar(lut: &[u8], tb: &[u8], cl: usize, out: &mut [u16; 32]) {
+    out.fill(0);
+    for b in 0..cl {
+        let (l0, l1) = (&lut[2 * b * 16..][..16], &lut[(2 * b + 1) * 16..][..16]);
+        for (o, &c) in out.iter_mut().zip(&tb[b * 32..(b + 1) * 32]) {
+            *o += l0[(c & 15) as usize] as u16 + l1[(c >> 4) as usize] as u16;
+        }
+    }
+}
+
+/// [`sums32_scalar`] with the tables in registers: per code byte, the low and high nibbles
+/// of 32 codes look up their sub-space's 16 entries with one `vpshufb` each.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn sums32_avx2(lut: &[u8], tb: &[u8], cl: usize, out: &mut [u16; 32]) {
+    use std::arch::x86_64::*;
+    assert!(lut.len() >= 2 * cl * 16 && tb.len() >= cl * 32);
+    // SAFETY: the assert keeps every load inside `lut` and `tb` (unaligned loads), `out` holds
+    // 32 u16 (two 256-bit stores), and the caller checked AVX2.
+    unsafe {
+        let mask = _mm256_set1_epi8(0x0f);
+        let low = _mm256_set1_epi16(0x00ff);
+        // u16 lane j holds code 2j (even) or code 2j + 1 (odd): a looked-up byte pair is split
+        // by a mask and a shift instead of being widened
+        let mut even = _mm256_setzero_si256();
+        let mut odd = _mm256_setzero_si256();
+        for b in 0..cl {
+            let v = _mm256_loadu_si256(tb.as_ptr().add(b * 32) as *const __m256i);
+            let lo = _mm256_and_si256(v, mask);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+            let l0 = _mm256_broadcastsi128_si256(_mm_loadu_si128(
+                lut.as_ptr().add(2 * b * 16) as *const __m128i
+            ));
+            let l1 = _mm256_broadcastsi128_si256(_mm_loadu_si128(
+                lut.as_ptr().add((2 * b + 1) * 16) as *const __m128i,
+            ));
+            let r0 = _mm256_shuffle_epi8(l0, lo);
+            let r1 = _mm256_shuffle_epi8(l1, hi);
+            even = _mm256_add_epi16(even, _mm256_and_si256(r0, low));
+            even = _mm256_add_epi16(even, _mm256_and_si256(r1, low));
+            odd = _mm256_add_epi16(odd, _mm256_srli_epi16(r0, 8));
+            odd = _mm256_add_epi16(odd, _mm256_srli_epi16(r1, 8));
+        }
+        // back to code order: lanes (even j, odd j) interleaved
+        let a = _mm256_unpacklo_epi16(even, odd); // codes 0..8 | 16..24
+        let c = _mm256_unpackhi_epi16(even, odd); // codes 8..16 | 24..32
+        let first = _mm256_permute2x128_si256(a, c, 0x20); // codes 0..16
+        let second = _mm256_permute2x128_si256(a, c, 0x31); // codes 16..32
+        _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, first);
+        _mm256_storeu_si256(out.as_mut_ptr().add(16) as *mut __m256i, second);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn the_avx2_kernel_equals_its_scalar_twin() {
+        if !crate::simd::avx2() {
+            return; // nothing to compare on this CPU (the scalar twin runs everywhere)
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        for cl in [1usize, 2, 7, 16, 32, 64] {
+            let lut: Vec<u8> = (0..2 * cl * 16).map(|_| rng.random()).collect();
+            let tb: Vec<u8> = (0..cl * 32).map(|_| rng.random()).collect();
+            let (mut a, mut b) = ([0u16; 32], [0u16; 32]);
+            sums32_scalar(&lut, &tb, cl, &mut a);
+            // SAFETY: checked above that the CPU has AVX2.
+            unsafe { sums32_avx2(&lut, &tb, cl, &mut b) };
+            assert_eq!(a, b, "cl {cl}");
+        }
+    }
+
+    #[test]
+    fn scans_equal_one_distance_per_code_and_the_twins_agree() {
+        let base = crate::testutil::gaussian(5000, 40, 1);
+        let queries = crate::testutil::gaussian(13, 40, 2);
+        for (m, metric) in [(8, Metric::L2), (7, Metric::Ip), (40, Metric::Ip)] {
+            let mut cfg = Pq4Config::new(m, metric);
+            cfg.iters = 4;
+            let q = Pq4Quantizer::fit(&cfg, base.view(), 3).unwrap();
+            let cl = q.code_len();
+            assert_eq!(cl, m.div_ceil(2));
+            let mut codes = vec![0u8; 5000 * cl];
+            q.encode_batch(base.view(), &mut codes);
+            let prepared = q.prepare_batch(queries.view());
+            let generic = crate::search::scan_codes(&q, &prepared, &codes, 50);
+            let scalar = scan_pq4(&prepared, &codes, cl, 50, false);
+            assert_eq!(scalar, generic, "pq{m}x4 {metric}");
+            if crate::simd::avx2() {
+                assert_eq!(scan_pq4(&prepared, &codes, cl, 50, true), generic);
+            }
+            // the quantized distance is near the float table distance
+            for (p, y) in prepared.iter().zip(queries.view().rows()) {
+                let one = q.prepare(y);
+                assert_eq!(one.lut, p.lut);
+                let t = &q.float_tables(VectorsRef::new(40, y).unwrap())[0];
+                for c in codes.chunks_exact(cl).take(50) {
+                    let exact: f32 = (0..m)
+                        .map(|j| t[j * 16 + ((c[j / 2] >> (4 * (j % 2))) & 15) as usize])
+                        .sum();
+                    let got = q.distance(p, c);
+                    assert!(
+                        (got - exact).abs() <= p.scale * (m as f32 * 0.5 + 1.0),
+                        "{got} vs {exact}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn recall_is_near_eight_bit_pq_at_the_same_bytes() {
+        let (base, _, queries, _) = crate::testutil::clusters(50, 60, 64, 0.3, 4);
+        let truth = crate::search::exact_search(base.view(), queries.view(), Metric::L2, 10);
+        let recall = |spec: &str| {
+            let e =
+                crate::Encoder::fit(&spec.parse().unwrap(), base.view(), Metric::L2, 1).unwrap();
+            let codes = e.encode_batch(base.view()).unwrap();
+            let hits = crate::search::scan_encoded(&e, &codes, queries.view(), 10);
+            crate::eval::recall_at_k(&hits, &truth, 10)
+        };
+        let (r4, r8) = (recall("pq16x4"), recall("pq8"));
+        // 8 bytes each; measured 0.454 / 0.507 (3,000 clustered 64-d vectors at noise 0.3):
+        // 16 centroids per sub-space keep less than 256, as in FAISS (floors 0.03 below)
+        assert!(r4 > 0.42 && r8 > 0.47, "pq16x4 {r4}, pq8 {r8}");
+    }
+}
