@@ -337,17 +337,37 @@ fn popcnt64(x: u64) -> u32 {
 /// scalar loop (one `popcnt` per word per code) is the reference twin and gives identical
 /// results (tested).
 pub fn scan_hamming<const W: usize>(queries: &[Vec<u8>], codes: &[u8], k: usize) -> Vec<Vec<Hit>> {
-    scan_hamming_with::<W>(queries, codes, k, crate::simd::avx512_popcnt())
+    let kernel = if crate::simd::avx512_popcnt() {
+        HammingKernel::Avx512
+    } else if crate::simd::avx2() {
+        HammingKernel::Avx2
+    } else {
+        HammingKernel::Scalar
+    };
+    scan_hamming_with::<W>(queries, codes, k, kernel)
 }
 
-/// [`scan_hamming`] with the kernel chosen by the caller (`wide`: the AVX-512 one, which the
-/// CPU must have); for the tests that compare the two.
+/// The kernels of [`scan_hamming`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HammingKernel {
+    /// One scalar `popcnt` per word per code: the reference.
+    Scalar,
+    /// 8 codes per step, counted with `vpshufb` nibble lookups and `vpsadbw` (the CPU must
+    /// have AVX2).
+    Avx2,
+    /// 8 codes per instruction with `vpopcntq` (the CPU must have AVX-512F and VPOPCNTDQ).
+    Avx512,
+}
+
+/// [`scan_hamming`] with the kernel chosen by the caller (which the CPU must have); for the
+/// tests and measurements that compare them.
 pub fn scan_hamming_with<const W: usize>(
     queries: &[Vec<u8>],
     codes: &[u8],
     k: usize,
-    wide: bool,
+    kernel: HammingKernel,
 ) -> Vec<Vec<Hit>> {
+    let wide = kernel != HammingKernel::Scalar;
     let cl = W * 8;
     let n = codes.len() / cl;
     let k = k.min(n).max(1);
@@ -369,17 +389,19 @@ pub fn scan_hamming_with<const W: usize>(
                     transpose_words::<W>(bc, bn, &mut tw);
                 }
                 for (q, top) in qw.iter().zip(tops.iter_mut()) {
-                    let done = if wide {
+                    let done = match kernel {
                         #[cfg(target_arch = "x86_64")]
-                        {
-                            // SAFETY: `wide` is only set when the CPU has AVX-512F and
-                            // VPOPCNTDQ (`simd::avx512_popcnt`).
-                            unsafe { hamming_block_avx512::<W>(q, &tw, bn, off, top) }
-                        }
-                        #[cfg(not(target_arch = "x86_64"))]
-                        0
-                    } else {
-                        0
+                        // SAFETY: the caller picks Avx512 only when the CPU has AVX-512F and
+                        // VPOPCNTDQ (`simd::avx512_popcnt`).
+                        HammingKernel::Avx512 => unsafe {
+                            hamming_block_avx512::<W>(q, &tw, bn, off, top)
+                        },
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: the caller picks Avx2 only when the CPU has AVX2.
+                        HammingKernel::Avx2 => unsafe {
+                            hamming_block_avx2::<W>(q, &tw, bn, off, top)
+                        },
+                        _ => 0,
                     };
                     // The reference loop (and the last bn % 8 codes of the wide one).
                     // Integer threshold; ids ascend, so a tie can never enter: strict `<`.
@@ -461,6 +483,80 @@ unsafe fn hamming_block_avx512<const W: usize>(
                 }
             }
             thr_v = _mm512_set1_epi64(thr as i64);
+        }
+    }
+    groups * 8
+}
+
+/// [`hamming_block_avx512`] for CPUs with AVX2 only: a group of 8 codes is two registers of 4
+/// words; each XORed word is counted with two `vpshufb` lookups of a 16-entry nibble table
+/// (Mula's method), the byte counts add up over up to 16 words, and `vpsadbw` sums each
+/// code's 8 bytes into its 64-bit lane.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn hamming_block_avx2<const W: usize>(
+    q: &[u64; W],
+    tw: &[u64],
+    bn: usize,
+    off: usize,
+    top: &mut TopK,
+) -> usize {
+    use std::arch::x86_64::*;
+    let groups = bn / 8;
+    assert!(tw.len() >= groups * W * 8);
+    let qv: [__m256i; W] = std::array::from_fn(|w| _mm256_set1_epi64x(q[w] as i64));
+    let lut = _mm256_setr_epi8(
+        0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3,
+        3, 4,
+    );
+    let nib = _mm256_set1_epi8(0x0f);
+    let zero = _mm256_setzero_si256();
+    let count = |v: __m256i| {
+        let lo = _mm256_and_si256(v, nib);
+        let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+        _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi))
+    };
+    let mut thr = top.threshold().min(u32::MAX as f32) as u32;
+    let mut d = [0u64; 8];
+    for g in 0..groups {
+        let (mut sum_a, mut sum_b) = (zero, zero);
+        for ws in (0..W).step_by(16) {
+            // bytes count at most 8 per word: 16 words stay below 256
+            let (mut a, mut b) = (zero, zero);
+            for (w, qw) in qv.iter().enumerate().skip(ws).take(16) {
+                // SAFETY: g < groups and w < W keep the 8 words read inside tw.
+                let (ca, cb) = unsafe {
+                    let p = tw.as_ptr().add((g * W + w) * 8);
+                    (
+                        _mm256_loadu_si256(p as *const __m256i),
+                        _mm256_loadu_si256(p.add(4) as *const __m256i),
+                    )
+                };
+                a = _mm256_add_epi8(a, count(_mm256_xor_si256(ca, *qw)));
+                b = _mm256_add_epi8(b, count(_mm256_xor_si256(cb, *qw)));
+            }
+            sum_a = _mm256_add_epi64(sum_a, _mm256_sad_epu8(a, zero));
+            sum_b = _mm256_add_epi64(sum_b, _mm256_sad_epu8(b, zero));
+        }
+        let t = _mm256_set1_epi64x(thr as i64);
+        let m = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(t, sum_a)))
+            | (_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(t, sum_b))) << 4);
+        if m != 0 {
+            // SAFETY: d holds 8 u64.
+            unsafe {
+                _mm256_storeu_si256(d.as_mut_ptr() as *mut __m256i, sum_a);
+                _mm256_storeu_si256(d.as_mut_ptr().add(4) as *mut __m256i, sum_b);
+            }
+            let mut m = m as u32;
+            while m != 0 {
+                let l = m.trailing_zeros() as usize;
+                m &= m - 1;
+                let dist = d[l] as u32;
+                if dist < thr {
+                    top.push((off + g * 8 + l) as u32, dist as f32);
+                    thr = top.threshold().min(u32::MAX as f32) as u32;
+                }
+            }
         }
     }
     groups * 8
@@ -1240,18 +1336,26 @@ mod tests {
     use super::*;
     use crate::testutil::gaussian;
 
-    /// The AVX-512 popcount scan against its scalar twin: identical hits (ids and distances,
+    /// The AVX2 and AVX-512 popcount scans against their scalar twin: identical hits (ids and distances,
     /// ties included) for every code length, a base that is not a multiple of 8 codes and
     /// spans several blocks, and k from 1 to beyond the base.
     #[test]
-    fn hamming_wide_scan_equals_the_scalar_twin() {
+    fn hamming_wide_scans_equal_the_scalar_twin() {
         #[cfg(target_arch = "x86_64")]
-        let has =
-            is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vpopcntdq");
+        let kernels: Vec<HammingKernel> = [
+            (is_x86_feature_detected!("avx2"), HammingKernel::Avx2),
+            (
+                is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vpopcntdq"),
+                HammingKernel::Avx512,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(has, k)| has.then_some(k))
+        .collect();
         #[cfg(not(target_arch = "x86_64"))]
-        let has = false;
-        if !has {
-            eprintln!("skipped: this CPU has no AVX-512 VPOPCNTDQ");
+        let kernels: Vec<HammingKernel> = Vec::new();
+        if kernels.is_empty() {
+            eprintln!("skipped: this CPU has neither AVX2 nor AVX-512 VPOPCNTDQ");
             return;
         }
         let mut s = 7u64;
@@ -1261,7 +1365,12 @@ mod tests {
             s ^= s << 17;
             s
         };
-        fn check<const W: usize>(next: &mut impl FnMut() -> u64, n: usize, nq: usize) {
+        fn check<const W: usize>(
+            kernels: &[HammingKernel],
+            next: &mut impl FnMut() -> u64,
+            n: usize,
+            nq: usize,
+        ) {
             // Few distinct bits, so distances tie often.
             let mut word = |sparse: bool| {
                 if sparse {
@@ -1277,16 +1386,20 @@ mod tests {
                 .map(|_| (0..W).flat_map(|_| word(false).to_le_bytes()).collect())
                 .collect();
             for k in [1, 10, 100, n + 5] {
-                let a = scan_hamming_with::<W>(&queries, &codes, k, true);
-                let b = scan_hamming_with::<W>(&queries, &codes, k, false);
-                assert_eq!(a, b, "W {W}, n {n}, k {k}");
+                let b = scan_hamming_with::<W>(&queries, &codes, k, HammingKernel::Scalar);
+                for &kernel in kernels {
+                    let a = scan_hamming_with::<W>(&queries, &codes, k, kernel);
+                    assert_eq!(a, b, "{kernel:?}: W {W}, n {n}, k {k}");
+                }
             }
         }
-        check::<1>(&mut next, 20_011, 7);
-        check::<2>(&mut next, 9_001, 5);
-        check::<4>(&mut next, 10_003, 9);
-        check::<8>(&mut next, 3_005, 4);
-        check::<4>(&mut next, 5, 2);
+        check::<1>(&kernels, &mut next, 20_011, 7);
+        check::<2>(&kernels, &mut next, 9_001, 5);
+        check::<4>(&kernels, &mut next, 10_003, 9);
+        check::<8>(&kernels, &mut next, 3_005, 4);
+        check::<4>(&kernels, &mut next, 5, 2);
+        check::<16>(&kernels, &mut next, 2_003, 3);
+        check::<32>(&kernels, &mut next, 1_001, 3);
     }
 
     #[test]

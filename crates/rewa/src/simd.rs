@@ -36,8 +36,9 @@ fn detect() -> u8 {
 }
 
 /// `true` when the AVX-512 popcount kernels (VPOPCNTDQ: eight 64-bit popcounts per
-/// instruction) run: the CPU has AVX-512F and VPOPCNTDQ and [`avx2`] is on (so
-/// `REWA_NO_AVX2=1` also turns these off).
+/// instruction) run: the CPU has AVX-512F and VPOPCNTDQ, [`avx2`] is on (so `REWA_NO_AVX2=1`
+/// also turns these off), and `REWA_NO_AVX512` is unset (set to `1`, the AVX2 kernels run
+/// instead: how they are measured and tested on a CPU that has both).
 #[inline]
 pub fn avx512_popcnt() -> bool {
     static P: AtomicU8 = AtomicU8::new(0);
@@ -46,7 +47,8 @@ pub fn avx512_popcnt() -> bool {
             #[cfg(target_arch = "x86_64")]
             let has = avx2()
                 && is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512vpopcntdq");
+                && is_x86_feature_detected!("avx512vpopcntdq")
+                && !std::env::var_os("REWA_NO_AVX512").is_some_and(|v| !v.is_empty() && v != "0");
             #[cfg(not(target_arch = "x86_64"))]
             let has = false;
             P.store(if has { 2 } else { 1 }, Ordering::Relaxed);
