@@ -8,6 +8,7 @@
 //! `hadamard256+sign`, `pca64+int8`, `flat`. Transforms come first; the quantizer, if any, last.
 //! Without a quantizer the code is the transformed vector as little-endian f32 (`flat`).
 
+mod asignfs;
 mod flat;
 mod hadamard;
 mod int8;
@@ -21,6 +22,7 @@ mod pq4;
 mod sign;
 mod spec;
 
+pub use asignfs::{SignFastConfig, SignFastQuantizer, ASIGNFS_MAX_BITS};
 pub use flat::{FlatConfig, FlatQuantizer};
 pub use hadamard::{fwht, fwht_reference, HadamardConfig, HadamardTransform};
 pub use int8::{Int8Config, Int8Quantizer, Int8Query};
@@ -247,6 +249,8 @@ pub enum AnyQuantizer {
     Pq(PqQuantizer),
     /// Four bits per sub-space, scanned with 8-bit tables in registers (fast scan).
     Pq4(Pq4Quantizer),
+    /// Sign bits scored against the float query with the fast-scan kernel.
+    SignFast(SignFastQuantizer),
 }
 
 impl From<FlatQuantizer> for AnyQuantizer {
@@ -274,6 +278,11 @@ impl From<PqQuantizer> for AnyQuantizer {
         AnyQuantizer::Pq(q)
     }
 }
+impl From<SignFastQuantizer> for AnyQuantizer {
+    fn from(q: SignFastQuantizer) -> Self {
+        AnyQuantizer::SignFast(q)
+    }
+}
 impl From<Pq4Quantizer> for AnyQuantizer {
     fn from(q: Pq4Quantizer) -> Self {
         AnyQuantizer::Pq4(q)
@@ -291,6 +300,7 @@ macro_rules! with_quantizer {
             $crate::encode::AnyQuantizer::Int8($q) => $body,
             $crate::encode::AnyQuantizer::Pq($q) => $body,
             $crate::encode::AnyQuantizer::Pq4($q) => $body,
+            $crate::encode::AnyQuantizer::SignFast($q) => $body,
         }
     };
 }
@@ -325,6 +335,9 @@ impl AnyQuantizer {
             QuantizerSpec::Pq4 { m } => {
                 Pq4Quantizer::fit(&Pq4Config::new(m, metric), train, seed)?.into()
             }
+            QuantizerSpec::SignFast => {
+                SignFastQuantizer::fit(&SignFastConfig { metric }, train, seed)?.into()
+            }
         })
     }
     /// The quantizer `spec` names, on `dim` inputs, from the tensors
@@ -342,6 +355,7 @@ impl AnyQuantizer {
             QuantizerSpec::Int8 => Int8Quantizer::from_tensors(src, dim, metric)?.into(),
             QuantizerSpec::Pq { m } => PqQuantizer::from_tensors(src, dim, m, metric)?.into(),
             QuantizerSpec::Pq4 { m } => Pq4Quantizer::from_tensors(src, dim, m, metric)?.into(),
+            QuantizerSpec::SignFast => SignFastQuantizer::from_tensors(src, dim, metric)?.into(),
         })
     }
     /// Its fitted parameters.
@@ -353,6 +367,7 @@ impl AnyQuantizer {
             AnyQuantizer::Int8(q) => q.tensors(),
             AnyQuantizer::Pq(q) => q.tensors(),
             AnyQuantizer::Pq4(q) => q.tensors(),
+            AnyQuantizer::SignFast(q) => q.tensors(),
         }
     }
     /// Bytes per code.

@@ -12,8 +12,9 @@
 //! `REWA_NO_AVX2=1`). The distances are approximate by construction (8-bit tables, FAISS's
 //! trade): follow the stage with a rerank.
 //!
-//! Sub-spaces as in [`super::pq`] (contiguous, sizes differing by at most one); at most 128 of
-//! them, so that 32 sums of `m` bytes stay below `i16::MAX`.
+//! Sub-spaces as in [`super::pq`] (contiguous, sizes differing by at most one); at most 256 of
+//! them, so that a sum of `m` bytes fits 16 bits. `asignfs` ([`super::asignfs`]) scans sign
+//! bits with the same kernel, 4 bits per table.
 
 use super::pq::{bounds, check_subspaces, codebooks_k, nearest, train_sample};
 use super::{Quantizer, Tensor, TensorSource};
@@ -25,8 +26,9 @@ use rayon::prelude::*;
 
 /// Centroids per sub-space: 4-bit codes.
 pub const PQ4_CENTROIDS: usize = 16;
-/// The most sub-spaces (sums of `m` bytes must fit the kernel's 16-bit lanes).
-pub const PQ4_MAX_M: usize = 128;
+/// The most sub-spaces (sums of `m` bytes must fit the kernel's 16-bit lanes: 256 x 255 <
+/// 65,536).
+pub const PQ4_MAX_M: usize = 256;
 
 /// Settings for [`Pq4Quantizer`].
 #[derive(Clone, Debug)]
@@ -75,6 +77,10 @@ pub struct Pq4Query {
 }
 
 impl Pq4Query {
+    /// The distance one step of a table stands for.
+    pub fn scale(&self) -> f32 {
+        self.scale
+    }
     /// The distance a table sum stands for.
     #[inline(always)]
     fn distance_of(&self, sum: u32) -> f32 {
@@ -175,11 +181,17 @@ impl Pq4Quantizer {
         }
         out
     }
-    /// Quantizes one query's float tables: each sub-space shifted to start at 0, one scale
-    /// mapping the widest range onto 0..=255.
     fn quantize(&self, t: &[f32]) -> Pq4Query {
+        quantize_tables(t, self.m.div_ceil(2))
+    }
+}
+
+/// Quantizes one query's float tables (16 per sub-space, at most `2 * cl` sub-spaces): each
+/// sub-space shifted to start at 0, one scale mapping the widest range onto 0..=255; missing
+/// sub-spaces up to `2 * cl` are zeros.
+pub(crate) fn quantize_tables(t: &[f32], cl: usize) -> Pq4Query {
+    {
         let k = PQ4_CENTROIDS;
-        let cl = self.m.div_ceil(2);
         let mins: Vec<f32> = t
             .chunks_exact(k)
             .map(|r| r.iter().copied().fold(f32::INFINITY, f32::min))
@@ -202,6 +214,17 @@ impl Pq4Quantizer {
             bias: mins.iter().sum(),
         }
     }
+}
+
+/// The quantized table distance of one code (`code.len()` bytes, two sub-spaces each).
+#[inline(always)]
+pub(crate) fn pq4_distance(q: &Pq4Query, code: &[u8]) -> f32 {
+    let mut sum = 0u32;
+    for (b, &c) in code.iter().enumerate() {
+        sum += q.lut[2 * b * 16 + (c & 15) as usize] as u32
+            + q.lut[(2 * b + 1) * 16 + (c >> 4) as usize] as u32;
+    }
+    q.distance_of(sum)
 }
 
 impl Quantizer for Pq4Quantizer {
@@ -251,12 +274,7 @@ impl Quantizer for Pq4Quantizer {
     }
     #[inline(always)]
     fn distance(&self, q: &Pq4Query, code: &[u8]) -> f32 {
-        let mut sum = 0u32;
-        for (b, &c) in code.iter().enumerate() {
-            sum += q.lut[2 * b * 16 + (c & 15) as usize] as u32
-                + q.lut[(2 * b + 1) * 16 + (c >> 4) as usize] as u32;
-        }
-        q.distance_of(sum)
+        pq4_distance(q, code)
     }
     fn scan(&self, queries: VectorsRef<'_>, codes: &[u8], k: usize) -> Vec<Vec<Hit>> {
         let qs = self.prepare_batch(queries);

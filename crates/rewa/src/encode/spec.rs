@@ -112,6 +112,9 @@ pub enum QuantizerSpec {
     SignAsym,
     /// `int8`: one byte per dimension.
     Int8,
+    /// `asignfs`: the bits of `asign`, scored with 8-bit tables of 4 bits in registers (fast
+    /// scan); at most 1,024 bits.
+    SignFast,
 }
 
 /// Transforms followed by one quantizer; the text form joins tokens with `+`.
@@ -182,7 +185,9 @@ impl EncoderSpec {
         let d = self.dim_out(dim)?;
         Some(match self.quantizer {
             QuantizerSpec::Flat => 4 * d,
-            QuantizerSpec::Sign | QuantizerSpec::SignAsym => d.div_ceil(64) * 8,
+            QuantizerSpec::Sign | QuantizerSpec::SignAsym | QuantizerSpec::SignFast => {
+                d.div_ceil(64) * 8
+            }
             QuantizerSpec::Int8 => d,
             QuantizerSpec::Pq { m } => m,
             QuantizerSpec::Pq4 { m } => m.div_ceil(2),
@@ -228,6 +233,14 @@ impl EncoderSpec {
                 }
             }
         }
+        if self.quantizer == QuantizerSpec::SignFast {
+            if let Some(d) = d.filter(|&d| d > super::ASIGNFS_MAX_BITS) {
+                return invalid!(
+                    "asignfs codes hold at most {} bits, got {d} dimensions (put hadamard<m> before it)",
+                    super::ASIGNFS_MAX_BITS
+                );
+            }
+        }
         if let QuantizerSpec::Pq4 { m } = self.quantizer {
             if !(1..=super::PQ4_MAX_M).contains(&m) {
                 return invalid!("pq{m}x4: m must be from 1 to {}", super::PQ4_MAX_M);
@@ -271,6 +284,7 @@ impl fmt::Display for QuantizerSpec {
             QuantizerSpec::Sign => "sign",
             QuantizerSpec::SignAsym => "asign",
             QuantizerSpec::Int8 => "int8",
+            QuantizerSpec::SignFast => "asignfs",
         })
     }
 }
@@ -384,6 +398,10 @@ impl FromStr for EncoderSpec {
                     quantizer = Some(QuantizerSpec::Int8);
                     continue;
                 }
+                "asignfs" => {
+                    quantizer = Some(QuantizerSpec::SignFast);
+                    continue;
+                }
                 _ => {
                     if let Some(raw) = tok.strip_prefix("learned=") {
                         TransformSpec::Learned {
@@ -407,7 +425,7 @@ impl FromStr for EncoderSpec {
                         continue;
                     } else {
                         return invalid!(
-                            "encoder spec {s:?}: unknown token {tok:?} (known: ivf<nlist> first, hadamard<m>, pca<m>, opq<m>, learned=DIR or learned=\"DIR\", flat, sign, asign, int8, pq<m>, pq<m>x4)"
+                            "encoder spec {s:?}: unknown token {tok:?} (known: ivf<nlist> first, hadamard<m>, pca<m>, opq<m>, learned=DIR or learned=\"DIR\", flat, sign, asign, asignfs, int8, pq<m>, pq<m>x4)"
                         );
                     }
                 }
@@ -462,6 +480,7 @@ mod tests {
             "ivf8+hadamard256+sign",
             "pq32x4",
             "opq16+pq32x4",
+            "hadamard256+asignfs",
         ] {
             let spec: EncoderSpec = s.parse().unwrap();
             assert_eq!(spec.to_string(), s);
