@@ -317,32 +317,41 @@ fn scan_group(group: &[Pq4Query], codes: &[u8], cl: usize, k: usize, wide: bool)
         for (q, top) in group.iter().zip(tops.iter_mut()) {
             for g in 0..ng {
                 let tbg = &tb[g * cl * 32..(g + 1) * cl * 32];
-                #[cfg(target_arch = "x86_64")]
-                if wide {
-                    // SAFETY: `wide` is only true when the CPU has AVX2 (`simd::avx2()`).
-                    unsafe { sums32_avx2(&q.lut, tbg, cl, &mut sums) };
-                } else {
-                    sums32_scalar(&q.lut, tbg, cl, &mut sums);
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                {
-                    let _ = wide;
-                    sums32_scalar(&q.lut, tbg, cl, &mut sums);
-                }
-                let first = ci * CHUNK + g * 32;
-                // sums above this cannot reach the threshold (one unit of margin for float
-                // rounding); the float check below decides, as in `distance`
+                // sums above `limit` cannot reach the threshold (one unit of margin for float
+                // rounding); the float check below decides, as `distance` would
                 let thr = top.threshold();
                 let limit = if thr.is_finite() {
-                    (((thr - q.bias) / q.scale).floor() + 1.0).clamp(-1.0, u16::MAX as f32) as i32
-                } else {
-                    i32::MAX
-                };
-                for (i, &s) in sums[..(nc - g * 32).min(32)].iter().enumerate() {
-                    if (s as i32) > limit {
+                    let l = ((thr - q.bias) / q.scale).floor() + 1.0;
+                    if l < 0.0 {
                         continue;
                     }
-                    let d = q.distance_of(s as u32);
+                    l.min(u16::MAX as f32) as u16
+                } else {
+                    u16::MAX
+                };
+                let valid = (nc - g * 32).min(32);
+                let mut mask = {
+                    #[cfg(target_arch = "x86_64")]
+                    if wide {
+                        // SAFETY: `wide` is only true when the CPU has AVX2 (`simd::avx2()`).
+                        unsafe { sums32_avx2(&q.lut, tbg, cl, limit, &mut sums) }
+                    } else {
+                        sums32_scalar(&q.lut, tbg, cl, limit, &mut sums)
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    {
+                        let _ = wide;
+                        sums32_scalar(&q.lut, tbg, cl, limit, &mut sums)
+                    }
+                };
+                if valid < 32 {
+                    mask &= (1u32 << valid) - 1;
+                }
+                let first = ci * CHUNK + g * 32;
+                while mask != 0 {
+                    let i = mask.trailing_zeros() as usize;
+                    mask &= mask - 1;
+                    let d = q.distance_of(sums[i] as u32);
                     if d <= top.threshold() {
                         top.push((first + i) as u32, d);
                     }
@@ -374,9 +383,10 @@ fn transpose(chunk: &[u8], cl: usize, ng: usize, tb: &mut [u8]) {
     }
 }
 
-/// The table sums of 32 transposed codes: the reference the AVX2 kernel must equal.
+/// The table sums of 32 transposed codes, and the mask of those at most `limit` (bit i: code
+/// i): the reference the AVX2 kernel must equal.
 #[inline(always)]
-fn sums32_scalar(lut: &[u8], tb: &[u8], cl: usize, out: &mut [u16; 32]) {
+fn sums32_scalar(lut: &[u8], tb: &[u8], cl: usize, limit: u16, out: &mut [u16; 32]) -> u32 {
     out.fill(0);
     for b in 0..cl {
         let (l0, l1) = (&lut[2 * b * 16..][..16], &lut[(2 * b + 1) * 16..][..16]);
@@ -384,16 +394,20 @@ fn sums32_scalar(lut: &[u8], tb: &[u8], cl: usize, out: &mut [u16; 32]) {
             *o += l0[(c & 15) as usize] as u16 + l1[(c >> 4) as usize] as u16;
         }
     }
+    out.iter()
+        .enumerate()
+        .fold(0u32, |m, (i, &s)| m | (u32::from(s <= limit) << i))
 }
 
 /// [`sums32_scalar`] with the tables in registers: per code byte, the low and high nibbles
-/// of 32 codes look up their sub-space's 16 entries with one `vpshufb` each.
+/// of 32 codes look up their sub-space's 16 entries with one `vpshufb` each; the comparison
+/// with `limit` is one `vpminuw` + `vpcmpeqw` per 16 codes and one `vpmovmskb`.
 ///
 /// # Safety
 /// The CPU must have AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn sums32_avx2(lut: &[u8], tb: &[u8], cl: usize, out: &mut [u16; 32]) {
+unsafe fn sums32_avx2(lut: &[u8], tb: &[u8], cl: usize, limit: u16, out: &mut [u16; 32]) -> u32 {
     use std::arch::x86_64::*;
     assert!(lut.len() >= 2 * cl * 16 && tb.len() >= cl * 32);
     // SAFETY: the assert keeps every load inside `lut` and `tb` (unaligned loads), `out` holds
@@ -429,6 +443,12 @@ unsafe fn sums32_avx2(lut: &[u8], tb: &[u8], cl: usize, out: &mut [u16; 32]) {
         let second = _mm256_permute2x128_si256(a, c, 0x31); // codes 16..32
         _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, first);
         _mm256_storeu_si256(out.as_mut_ptr().add(16) as *mut __m256i, second);
+        // sums <= limit (unsigned): min(s, limit) == s; packed to bytes in code order
+        let lim = _mm256_set1_epi16(limit as i16);
+        let ok1 = _mm256_cmpeq_epi16(_mm256_min_epu16(first, lim), first);
+        let ok2 = _mm256_cmpeq_epi16(_mm256_min_epu16(second, lim), second);
+        let packed = _mm256_permute4x64_epi64(_mm256_packs_epi16(ok1, ok2), 0xD8);
+        _mm256_movemask_epi8(packed) as u32
     }
 }
 
@@ -446,11 +466,14 @@ mod tests {
         for cl in [1usize, 2, 7, 16, 32, 64] {
             let lut: Vec<u8> = (0..2 * cl * 16).map(|_| rng.random()).collect();
             let tb: Vec<u8> = (0..cl * 32).map(|_| rng.random()).collect();
-            let (mut a, mut b) = ([0u16; 32], [0u16; 32]);
-            sums32_scalar(&lut, &tb, cl, &mut a);
-            // SAFETY: checked above that the CPU has AVX2.
-            unsafe { sums32_avx2(&lut, &tb, cl, &mut b) };
-            assert_eq!(a, b, "cl {cl}");
+            for limit in [0u16, 1, 300, 2000, 5000, u16::MAX] {
+                let (mut a, mut b) = ([0u16; 32], [0u16; 32]);
+                let ma = sums32_scalar(&lut, &tb, cl, limit, &mut a);
+                // SAFETY: checked above that the CPU has AVX2.
+                let mb = unsafe { sums32_avx2(&lut, &tb, cl, limit, &mut b) };
+                assert_eq!(a, b, "cl {cl}");
+                assert_eq!(ma, mb, "cl {cl}, limit {limit}");
+            }
         }
     }
 
