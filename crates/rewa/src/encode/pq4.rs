@@ -309,57 +309,223 @@ pub(crate) fn scan_pq4(
 fn scan_group(group: &[Pq4Query], codes: &[u8], cl: usize, k: usize, wide: bool) -> Vec<Vec<Hit>> {
     let mut tops: Vec<TopK> = group.iter().map(|_| TopK::new(k)).collect();
     let mut tb = vec![0u8; CHUNK * cl];
-    let mut sums = [0u16; 32];
     for (ci, chunk) in codes.chunks(CHUNK * cl).enumerate() {
         let nc = chunk.len() / cl;
         let ng = nc.div_ceil(32);
         transpose(chunk, cl, ng, &mut tb);
-        for (q, top) in group.iter().zip(tops.iter_mut()) {
+        // two queries per pass: each code register is loaded and split into nibbles once
+        let mut qi = 0;
+        while qi < group.len() {
+            let pair = (qi + 1 < group.len()).then_some(qi + 1);
+            let (tops_a, tops_b) = tops.split_at_mut(qi + 1);
+            let top_a = &mut tops_a[qi];
+            let mut top_b = pair.map(|_| &mut tops_b[0]);
             for g in 0..ng {
                 let tbg = &tb[g * cl * 32..(g + 1) * cl * 32];
-                // sums above `limit` cannot reach the threshold (one unit of margin for float
-                // rounding); the float check below decides, as `distance` would
-                let thr = top.threshold();
-                let limit = if thr.is_finite() {
-                    let l = ((thr - q.bias) / q.scale).floor() + 1.0;
-                    if l < 0.0 {
-                        continue;
-                    }
-                    l.min(u16::MAX as f32) as u16
-                } else {
-                    u16::MAX
-                };
-                let valid = (nc - g * 32).min(32);
-                let mut mask = {
-                    #[cfg(target_arch = "x86_64")]
-                    if wide {
-                        // SAFETY: `wide` is only true when the CPU has AVX2 (`simd::avx2()`).
-                        unsafe { sums32_avx2(&q.lut, tbg, cl, limit, &mut sums) }
-                    } else {
-                        sums32_scalar(&q.lut, tbg, cl, limit, &mut sums)
-                    }
-                    #[cfg(not(target_arch = "x86_64"))]
-                    {
-                        let _ = wide;
-                        sums32_scalar(&q.lut, tbg, cl, limit, &mut sums)
-                    }
-                };
-                if valid < 32 {
-                    mask &= (1u32 << valid) - 1;
-                }
                 let first = ci * CHUNK + g * 32;
-                while mask != 0 {
-                    let i = mask.trailing_zeros() as usize;
-                    mask &= mask - 1;
-                    let d = q.distance_of(sums[i] as u32);
-                    if d <= top.threshold() {
-                        top.push((first + i) as u32, d);
+                let valid = (nc - g * 32).min(32);
+                let qa = &group[qi];
+                let la = limit_of(qa, top_a);
+                let (mut sa, mut sb) = ([0u16; 32], [0u16; 32]);
+                let (ma, mb) = match (pair, top_b.as_deref()) {
+                    (Some(j), Some(tb_)) => {
+                        let qb = &group[j];
+                        let lb = limit_of(qb, tb_);
+                        sums32x2(
+                            [&qa.lut, &qb.lut],
+                            tbg,
+                            cl,
+                            [la.unwrap_or(0), lb.unwrap_or(0)],
+                            [&mut sa, &mut sb],
+                            wide,
+                        )
+                        .map2(la.is_some(), lb.is_some())
                     }
+                    _ => {
+                        let m = sums32(&qa.lut, tbg, cl, la.unwrap_or(0), &mut sa, wide);
+                        (if la.is_some() { m } else { 0 }, 0)
+                    }
+                };
+                let keep = if valid < 32 {
+                    (1u32 << valid) - 1
+                } else {
+                    u32::MAX
+                };
+                offer(qa, top_a, ma & keep, &sa, first);
+                if let (Some(j), Some(t)) = (pair, top_b.as_deref_mut()) {
+                    offer(&group[j], t, mb & keep, &sb, first);
                 }
             }
+            qi += 2;
         }
     }
     tops.into_iter().map(TopK::into_sorted).collect()
+}
+
+/// The largest table sum that may still reach `top` (one unit of margin for float rounding;
+/// the float check in [`offer`] decides, as `distance` would); `None` when none can.
+#[inline(always)]
+fn limit_of(q: &Pq4Query, top: &TopK) -> Option<u16> {
+    let thr = top.threshold();
+    if !thr.is_finite() {
+        return Some(u16::MAX);
+    }
+    let l = ((thr - q.bias) / q.scale).floor() + 1.0;
+    (l >= 0.0).then(|| l.min(u16::MAX as f32) as u16)
+}
+
+/// Pushes the codes of `mask` (bit i: code `first + i`) whose distance reaches the threshold.
+#[inline(always)]
+fn offer(q: &Pq4Query, top: &mut TopK, mut mask: u32, sums: &[u16; 32], first: usize) {
+    while mask != 0 {
+        let i = mask.trailing_zeros() as usize;
+        mask &= mask - 1;
+        let d = q.distance_of(sums[i] as u32);
+        if d <= top.threshold() {
+            top.push((first + i) as u32, d);
+        }
+    }
+}
+
+trait Masks {
+    fn map2(self, a: bool, b: bool) -> (u32, u32);
+}
+impl Masks for (u32, u32) {
+    /// Zeroes the mask of a query none of whose codes can enter.
+    fn map2(self, a: bool, b: bool) -> (u32, u32) {
+        (if a { self.0 } else { 0 }, if b { self.1 } else { 0 })
+    }
+}
+
+/// One query's sums and mask, by the AVX2 kernel when `wide` (the caller checked the CPU),
+/// else its scalar twin.
+#[inline(always)]
+fn sums32(lut: &[u8], tb: &[u8], cl: usize, limit: u16, out: &mut [u16; 32], wide: bool) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if wide {
+        // SAFETY: `wide` is only true when the CPU has AVX2 (`simd::avx2()`).
+        return unsafe { sums32_avx2(lut, tb, cl, limit, out) };
+    }
+    let _ = wide;
+    sums32_scalar(lut, tb, cl, limit, out)
+}
+
+/// Two queries' sums and masks over the same 32 codes.
+#[inline(always)]
+fn sums32x2(
+    luts: [&[u8]; 2],
+    tb: &[u8],
+    cl: usize,
+    limits: [u16; 2],
+    out: [&mut [u16; 32]; 2],
+    wide: bool,
+) -> (u32, u32) {
+    let [oa, ob] = out;
+    #[cfg(target_arch = "x86_64")]
+    if wide {
+        // SAFETY: `wide` is only true when the CPU has AVX2 (`simd::avx2()`).
+        return unsafe { sums32x2_avx2(luts, tb, cl, limits, oa, ob) };
+    }
+    let _ = wide;
+    (
+        sums32_scalar(luts[0], tb, cl, limits[0], oa),
+        sums32_scalar(luts[1], tb, cl, limits[1], ob),
+    )
+}
+
+/// [`sums32_avx2`] for two queries at once: the codes' nibbles are extracted once per byte and
+/// looked up in both queries' tables.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn sums32x2_avx2(
+    luts: [&[u8]; 2],
+    tb: &[u8],
+    cl: usize,
+    limits: [u16; 2],
+    oa: &mut [u16; 32],
+    ob: &mut [u16; 32],
+) -> (u32, u32) {
+    use std::arch::x86_64::*;
+    assert!(luts[0].len() >= 2 * cl * 16 && luts[1].len() >= 2 * cl * 16 && tb.len() >= cl * 32);
+    // SAFETY: the assert keeps every load inside the tables and `tb` (unaligned loads), each
+    // output holds 32 u16, and the caller checked AVX2.
+    unsafe {
+        let mask = _mm256_set1_epi8(0x0f);
+        let low = _mm256_set1_epi16(0x00ff);
+        let (mut ea, mut oa_, mut eb, mut ob_) = (
+            _mm256_setzero_si256(),
+            _mm256_setzero_si256(),
+            _mm256_setzero_si256(),
+            _mm256_setzero_si256(),
+        );
+        let (pa, pb) = (luts[0].as_ptr(), luts[1].as_ptr());
+        for b in 0..cl {
+            let v = _mm256_loadu_si256(tb.as_ptr().add(b * 32) as *const __m256i);
+            let lo = _mm256_and_si256(v, mask);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+            let t = |p: *const u8, j: usize| {
+                _mm256_broadcastsi128_si256(_mm_loadu_si128(p.add(j * 16) as *const __m128i))
+            };
+            let (a0, a1) = (
+                _mm256_shuffle_epi8(t(pa, 2 * b), lo),
+                _mm256_shuffle_epi8(t(pa, 2 * b + 1), hi),
+            );
+            let (b0, b1) = (
+                _mm256_shuffle_epi8(t(pb, 2 * b), lo),
+                _mm256_shuffle_epi8(t(pb, 2 * b + 1), hi),
+            );
+            ea = _mm256_add_epi16(
+                ea,
+                _mm256_add_epi16(_mm256_and_si256(a0, low), _mm256_and_si256(a1, low)),
+            );
+            oa_ = _mm256_add_epi16(
+                oa_,
+                _mm256_add_epi16(_mm256_srli_epi16(a0, 8), _mm256_srli_epi16(a1, 8)),
+            );
+            eb = _mm256_add_epi16(
+                eb,
+                _mm256_add_epi16(_mm256_and_si256(b0, low), _mm256_and_si256(b1, low)),
+            );
+            ob_ = _mm256_add_epi16(
+                ob_,
+                _mm256_add_epi16(_mm256_srli_epi16(b0, 8), _mm256_srli_epi16(b1, 8)),
+            );
+        }
+        (
+            finish(ea, oa_, limits[0], oa),
+            finish(eb, ob_, limits[1], ob),
+        )
+    }
+}
+
+/// Interleaves even/odd lane sums back to code order, stores them, and returns the mask of
+/// sums at most `limit`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn finish(
+    even: std::arch::x86_64::__m256i,
+    odd: std::arch::x86_64::__m256i,
+    limit: u16,
+    out: &mut [u16; 32],
+) -> u32 {
+    use std::arch::x86_64::*;
+    // SAFETY: `out` holds 32 u16 (two 256-bit stores); the caller checked AVX2.
+    unsafe {
+        let a = _mm256_unpacklo_epi16(even, odd);
+        let c = _mm256_unpackhi_epi16(even, odd);
+        let first = _mm256_permute2x128_si256(a, c, 0x20);
+        let second = _mm256_permute2x128_si256(a, c, 0x31);
+        _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, first);
+        _mm256_storeu_si256(out.as_mut_ptr().add(16) as *mut __m256i, second);
+        let lim = _mm256_set1_epi16(limit as i16);
+        let ok1 = _mm256_cmpeq_epi16(_mm256_min_epu16(first, lim), first);
+        let ok2 = _mm256_cmpeq_epi16(_mm256_min_epu16(second, lim), second);
+        let packed = _mm256_permute4x64_epi64(_mm256_packs_epi16(ok1, ok2), 0xD8);
+        _mm256_movemask_epi8(packed) as u32
+    }
 }
 
 /// `tb[(g * cl + b) * 32 + i]` = byte `b` of code `32 g + i`; codes past the end are zeros
@@ -473,6 +639,20 @@ mod tests {
                 let mb = unsafe { sums32_avx2(&lut, &tb, cl, limit, &mut b) };
                 assert_eq!(a, b, "cl {cl}");
                 assert_eq!(ma, mb, "cl {cl}, limit {limit}");
+                // two queries at once: the second query's tables reversed
+                let lut2: Vec<u8> = lut.iter().rev().copied().collect();
+                let mut c = [0u16; 32];
+                let mc = sums32_scalar(&lut2, &tb, cl, limit / 2, &mut c);
+                let (mut x, mut y) = ([0u16; 32], [0u16; 32]);
+                // SAFETY: checked above that the CPU has AVX2.
+                let (mx, my) = unsafe {
+                    sums32x2_avx2([&lut, &lut2], &tb, cl, [limit, limit / 2], &mut x, &mut y)
+                };
+                assert_eq!(
+                    (x, y, mx, my),
+                    (a, c, ma, mc),
+                    "pair: cl {cl}, limit {limit}"
+                );
             }
         }
     }

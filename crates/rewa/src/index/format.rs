@@ -886,7 +886,21 @@ fn open_manifest(dir: &Path, m: &Manifest) -> Result<Index> {
         }
         encoders.push(encoder);
     }
-    let mut doc_ids: Option<Vec<String>> = m.has_doc_ids.then(|| vec![String::new(); m.next_id]);
+    let mut doc_ids: Option<Vec<String>> = match m.has_doc_ids {
+        true => {
+            // next_id comes from an unchecked manifest: an absurd one is an error, not an abort
+            let mut v = Vec::new();
+            v.try_reserve_exact(m.next_id).map_err(|_| {
+                corrupt(format!(
+                    "next_id {} is past what memory can name",
+                    m.next_id
+                ))
+            })?;
+            v.resize(m.next_id, String::new());
+            Some(v)
+        }
+        false => None,
+    };
     let mut segments = Vec::new();
     let mut next_free = 0u64; // one past the largest id of the segments so far
     let mut rows_total = 0usize;
@@ -962,16 +976,14 @@ fn open_manifest(dir: &Path, m: &Manifest) -> Result<Index> {
             vectors,
             written: Default::default(),
         };
-        let (lo, hi) = (seg.id_bounds().0 as u64, seg.id_bounds().1 as u64);
-        if rows > 0 && (lo < next_free || hi > m.next_id as u64) {
+        let (lo, hi) = seg.id_bounds64();
+        if lo < next_free || hi > m.next_id as u64 {
             return Err(corrupt(format!(
                 "segment {} holds ids {lo}..{hi}, overlapping the segment before or past next_id {}",
                 se.number, m.next_id
             )));
         }
-        if rows > 0 {
-            next_free = hi;
-        }
+        next_free = hi;
         if let (Some(entry), Some(d)) = (&se.doc_ids, doc_ids.as_mut()) {
             for (j, id) in read_ids(dir, entry, rows)?.into_iter().enumerate() {
                 d[seg.id(j) as usize] = id;

@@ -152,18 +152,23 @@ impl Segment {
             None => id >= self.start && ((id - self.start) as usize) < self.rows,
         }
     }
-    /// Its smallest id and one past its largest.
-    fn id_bounds(&self) -> (u32, u32) {
+    /// Its smallest id and one past its largest (u64: a damaged manifest must not overflow).
+    fn id_bounds64(&self) -> (u64, u64) {
         match &self.ids {
             Some(ids) => {
                 let ids = ids.as_u32();
                 (
-                    ids.first().copied().unwrap_or(self.start),
-                    ids.last().map_or(self.start, |&l| l + 1),
+                    ids.first().map_or(self.start as u64, |&f| f as u64),
+                    ids.last().map_or(self.start as u64, |&l| l as u64 + 1),
                 )
             }
-            None => (self.start, self.start + self.rows as u32),
+            None => (self.start as u64, self.start as u64 + self.rows as u64),
         }
+    }
+    /// [`Segment::id_bounds64`] for a segment known to be valid (ids below `u32::MAX`).
+    fn id_bounds(&self) -> (u32, u32) {
+        let (lo, hi) = self.id_bounds64();
+        (lo as u32, hi as u32)
     }
     fn part<'a>(&'a self, data: &'a [u8], lists: Option<ListsRef<'a>>) -> RowPart<'a> {
         RowPart {
@@ -473,7 +478,14 @@ impl Index {
         if n == 0 {
             return Ok(());
         }
-        if !self.segments.last().is_some_and(Segment::growable) {
+        let next = self.next_id;
+        // Grow the last segment only if its ids run up to next_id: a compacted segment whose
+        // last rows were deleted ends below it, and growing it would hand out deleted ids.
+        if !self
+            .segments
+            .last()
+            .is_some_and(|s| s.growable() && s.id_bounds().1 as usize == next)
+        {
             self.segments.push(Segment::empty(
                 &self.encoders,
                 self.next_id as u32,
@@ -840,6 +852,7 @@ impl Index {
                         4 * self.dim,
                         self.segments
                             .iter()
+                            .filter(|s| s.rows > 0)
                             .map(|s| {
                                 s.part(s.vectors.as_ref().expect("invariant").as_slice(), None)
                             })
@@ -858,6 +871,7 @@ impl Index {
                         e.code_len(),
                         self.segments
                             .iter()
+                            .filter(|s| s.rows > 0)
                             .map(|s| s.part(s.codes(i), s.lists(i)))
                             .collect(),
                     ),

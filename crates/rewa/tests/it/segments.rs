@@ -344,3 +344,70 @@ fn corpus_ids_can_be_deleted_and_added_again() {
     assert_eq!(again.doc_ids().unwrap()[40], "doc3");
     assert_eq!(again.doc_ids().unwrap()[8], "doc8");
 }
+
+#[test]
+fn adds_after_a_compaction_never_reuse_deleted_ids() {
+    let v = gaussian(12, 24, 8);
+    let p = Metric::L2.prepare(v.view()).unwrap();
+    let ids: Vec<String> = (0..10).map(|i| format!("doc{i}")).collect();
+    let head = Metric::L2.prepare(v.view().slice(0, 10)).unwrap();
+    let exact1 = SearchParams {
+        k: 1,
+        pipeline: Some("exact:1".parse().unwrap()),
+    };
+    // the last id deleted, then compacted in memory: the next row is 10, not 9
+    let mut index = Index::fit_prepared(&spec(), &p).unwrap();
+    index
+        .add_with_ids(&head, ids.clone(), &mut |_, _| {})
+        .unwrap();
+    index.delete(&[9]).unwrap();
+    index.compact();
+    let one = Metric::L2.prepare(v.view().slice(10, 11)).unwrap();
+    index
+        .add_with_ids(&one, vec!["new".into()], &mut |_, _| {})
+        .unwrap();
+    assert_eq!(index.next_id(), 11);
+    let hit = index.search(v.row(10), &exact1).unwrap();
+    assert_eq!(hit[0].id, 10);
+    assert_eq!(index.doc_ids().unwrap()[10], "new");
+    // every row deleted, then compacted: ids go on from next_id
+    let mut all = Index::build(&spec(), v.view().slice(0, 10).to_owned().view()).unwrap();
+    all.delete(&(0..10).collect::<Vec<u32>>()).unwrap();
+    all.compact();
+    assert_eq!(all.len(), 0);
+    all.add(v.view().slice(10, 12)).unwrap();
+    let hit = all.search(v.row(11), &exact1).unwrap();
+    assert_eq!((hit[0].id, all.len(), all.next_id()), (11, 2, 12));
+    let t = tempfile::tempdir().unwrap();
+    all.save(t.path()).unwrap();
+    let opened = Index::open(t.path()).unwrap();
+    assert_eq!(opened.search(v.row(11), &exact1).unwrap()[0].id, 11);
+}
+
+#[test]
+fn damaged_segment_bounds_are_refused_not_a_panic() {
+    let t = tempfile::tempdir().unwrap();
+    let mut index = Index::build(&spec(), gaussian(100, 24, 9).view()).unwrap();
+    index.add(gaussian(60, 24, 10).view()).unwrap();
+    index.save(t.path()).unwrap();
+    let mut reopened = Index::open(t.path()).unwrap();
+    reopened.add(gaussian(10, 24, 11).view()).unwrap();
+    reopened.save(t.path()).unwrap();
+    let mpath = t.path().join("manifest.json");
+    let good = std::fs::read_to_string(&mpath).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&good).unwrap();
+    assert!(v["segments"].as_array().unwrap().len() >= 2, "{good}");
+    for (what, start) in [("overlap", 50u64), ("past next_id", 4_294_967_290)] {
+        let mut bad = v.clone();
+        bad["segments"][1]["start"] = start.into();
+        std::fs::write(&mpath, serde_json::to_vec(&bad).unwrap()).unwrap();
+        match Index::open(t.path()) {
+            Err(Error::Corrupt { reason, .. }) => {
+                assert!(reason.contains("holds ids"), "{what}: {reason}")
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    std::fs::write(&mpath, good).unwrap();
+    assert_eq!(Index::open(t.path()).unwrap().len(), 170);
+}
