@@ -900,6 +900,7 @@ fn eval_set(
         Some(q) => {
             let spec = rewa::EncoderSpec {
                 ivf: None,
+                residual: false,
                 transforms: vec![],
                 quantizer: match q {
                     Qat::Sign => QuantizerSpec::Sign,

@@ -948,36 +948,45 @@ pub fn scan_partitioned(
     let probes = coarse.probe(queries, nprobe);
     let np = probes.len() / nq;
     let tq = encoder.transform_batch(queries);
+    let residual = encoder.spec().residual;
     with_quantizer!(encoder.quantizer(), q => {
         (0..nq)
             .into_par_iter()
             .map(|i| {
                 let p = q.prepare(tq.row(i));
-                scan_lists(q, &p, codes, lists, &probes[i * np..(i + 1) * np], keep)
+                let probed = &probes[i * np..(i + 1) * np];
+                // residual codes: -q.x = -q.c - q.r, the code scoring the second term
+                let offsets: Vec<f32> = probed
+                    .iter()
+                    .map(|&l| if residual { -coarse.dot_centroid(queries.row(i), l) } else { 0.0 })
+                    .collect();
+                scan_lists(q, &p, codes, lists, probed, &offsets, keep)
             })
             .collect()
     })
 }
 
 twin! { [scan_lists_baseline, scan_lists_avx2]
-/// One prepared query over the codes of the lists `probes`.
+/// One prepared query over the codes of the lists `probes`, `offsets[j]` added to the
+/// distances of list `probes[j]` (residual codes; zeros otherwise).
 fn scan_lists<Q: Quantizer>(
     q: &Q,
     p: &Q::Query,
     codes: &[u8],
     lists: ListsRef<'_>,
     probes: &[u32],
+    offsets: &[f32],
     keep: usize,
 ) -> Vec<Hit> {
     let cl = q.code_len();
     let mut top = TopK::new(keep.max(1));
-    for &l in probes {
+    for (&l, &off) in probes.iter().zip(offsets) {
         let (a, b) = (
             lists.offsets[l as usize] as usize,
             lists.offsets[l as usize + 1] as usize,
         );
         for (c, &id) in codes[a * cl..b * cl].chunks_exact(cl).zip(&lists.ids[a..b]) {
-            let d = q.distance(p, c);
+            let d = off + q.distance(p, c);
             if d <= top.threshold() {
                 top.push(id, d);
             }

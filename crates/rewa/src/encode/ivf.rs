@@ -91,6 +91,25 @@ impl Coarse {
         nearest(x.as_slice(), self.dim, &self.centroids, &self.norms, 1)
     }
 
+    /// `x` minus the centroid of each row's list (`assign[i]` for row i).
+    pub fn residuals(&self, x: VectorsRef<'_>, assign: &[u32]) -> crate::vectors::Vectors {
+        let d = self.dim;
+        let mut out = x.as_slice().to_vec();
+        for (r, &l) in out.chunks_exact_mut(d).zip(assign) {
+            let c = &self.centroids[l as usize * d..(l as usize + 1) * d];
+            for (v, &cv) in r.iter_mut().zip(c) {
+                *v -= cv;
+            }
+        }
+        crate::vectors::Vectors::new(d, out).expect("invariant: whole rows")
+    }
+    /// The inner product of `q` with the centroid of list `l`.
+    #[inline]
+    pub fn dot_centroid(&self, q: &[f32], l: u32) -> f32 {
+        let d = self.dim;
+        dot(q, &self.centroids[l as usize * d..(l as usize + 1) * d])
+    }
+
     /// The `nprobe` lists nearest to each row of `x`, nearest first: `x.len() * nprobe` list
     /// numbers (`nprobe` is cut to `nlist`).
     pub fn probe(&self, x: VectorsRef<'_>, nprobe: usize) -> Vec<u32> {

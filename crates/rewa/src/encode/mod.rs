@@ -430,6 +430,19 @@ impl Encoder {
             .ivf
             .map(|nlist| Coarse::fit(nlist, train, metric, seed ^ 0xC0A5_5E00))
             .transpose()?;
+        // Residual lists: everything after the partition is fitted on x - centroid(x).
+        let residuals = match (&coarse, spec.residual) {
+            (Some(c), true) => {
+                if metric == Metric::L2 {
+                    return Err(Error::InvalidInput(format!(
+                        "{spec}: residual lists score inner products; use metric cosine or ip, or ivf<nlist> without r"
+                    )));
+                }
+                Some(c.residuals(train, &c.assign(train)))
+            }
+            _ => None,
+        };
+        let train = residuals.as_ref().map(|r| r.view()).unwrap_or(train);
         let mut transforms = Vec::new();
         let mut cur: Option<Vectors> = None;
         for (i, t) in spec.transforms.iter().enumerate() {

@@ -130,6 +130,11 @@ pub struct EncoderSpec {
     /// `ivf<nlist>`: codes are kept in `nlist` lists by the nearest coarse centroid, and a
     /// first stage scans only the lists it probes. `None` for a flat (scan-everything) code set.
     pub ivf: Option<usize>,
+    /// `ivf<nlist>r`: each vector is encoded as its residual from its list's centroid, and a
+    /// query adds its inner product with the centroid (FAISS's `by_residual`); inner-product
+    /// metrics and quantizers whose distance is an inner product (`flat`, `int8`, `pq`,
+    /// `pq<m>x4`) only.
+    pub residual: bool,
     /// Applied in order.
     pub transforms: Vec<TransformSpec>,
     /// Applied last.
@@ -298,8 +303,14 @@ impl EncoderSpec {
     ) -> fmt::Result {
         let mut parts: Vec<String> = Vec::new();
         match (self.ivf, nprobe) {
-            (Some(nlist), Some(p)) => parts.push(format!("ivf{nlist}/{p}")),
-            (Some(nlist), None) => parts.push(format!("ivf{nlist}")),
+            (Some(nlist), Some(p)) => parts.push(format!(
+                "ivf{nlist}{}/{p}",
+                if self.residual { "r" } else { "" }
+            )),
+            (Some(nlist), None) => parts.push(format!(
+                "ivf{nlist}{}",
+                if self.residual { "r" } else { "" }
+            )),
             (None, _) => {}
         }
         let transforms = self.transforms.len();
@@ -375,7 +386,12 @@ impl FromStr for EncoderSpec {
                         "encoder spec {s:?}: {tok:?} names lists to probe, which only a pipeline stage can (e.g. --pipeline {s}:100); a code set is ivf<nlist>"
                     );
                 }
-                spec.ivf = dim_token(tok, "ivf")?;
+                let (tok_n, residual) = match tok.strip_suffix('r') {
+                    Some(t) => (t, true),
+                    None => (tok, false),
+                };
+                spec.ivf = dim_token(tok_n, "ivf")?;
+                spec.residual = residual;
                 continue;
             }
             if let Some(q) = quantizer {
@@ -433,6 +449,19 @@ impl FromStr for EncoderSpec {
             spec.transforms.push(t);
         }
         spec.quantizer = quantizer.unwrap_or_default();
+        if spec.residual
+            && !matches!(
+                spec.quantizer,
+                QuantizerSpec::Flat
+                    | QuantizerSpec::Int8
+                    | QuantizerSpec::Pq { .. }
+                    | QuantizerSpec::Pq4 { .. }
+            )
+        {
+            return invalid!(
+                "encoder spec {s:?}: residual lists (ivf<nlist>r) need a quantizer whose distance is an inner product: flat, int8, pq<m> or pq<m>x4"
+            );
+        }
         if spec.ivf.is_some() && spec.transforms.is_empty() && quantizer.is_none() {
             return invalid!(
                 "encoder spec {s:?}: ivf<nlist> needs the codes kept in its lists after it, e.g. ivf1024+flat or ivf1024+pq32"
@@ -478,6 +507,8 @@ mod tests {
             "ivf1024+flat",
             "ivf64+opq32+pq32",
             "ivf8+hadamard256+sign",
+            "ivf64r+pq16",
+            "ivf8r+opq16+pq16x4",
             "pq32x4",
             "opq16+pq32x4",
             "hadamard256+asignfs",
@@ -522,6 +553,8 @@ mod tests {
             "ivf16/4+flat",
             "pq8+ivf16",
             "hadamard64+ivf16+sign",
+            "ivf16r+sign",
+            "ivf16r+hadamard64+asign",
         ] {
             assert!(
                 matches!(s.parse::<EncoderSpec>(), Err(Error::InvalidInput(_))),
@@ -575,6 +608,7 @@ mod tests {
         // a path that needs quotes prints quoted, whichever way it was built
         let spec = EncoderSpec {
             ivf: None,
+            residual: false,
             transforms: vec![TransformSpec::Learned {
                 path: "x+y,z".into(),
             }],
@@ -604,6 +638,7 @@ mod tests {
         // a path with a quote cannot be printed, so `check` refuses it
         let q = EncoderSpec {
             ivf: None,
+            residual: false,
             transforms: vec![TransformSpec::Learned {
                 path: "a\"b".into(),
             }],
@@ -623,6 +658,7 @@ mod tests {
         ] {
             let spec = EncoderSpec {
                 ivf: None,
+                residual: false,
                 transforms: vec![t.clone()],
                 quantizer: QuantizerSpec::Sign,
             };
@@ -640,6 +676,7 @@ mod tests {
         for q in [usize::MAX, big, 0] {
             let spec = EncoderSpec {
                 ivf: None,
+                residual: false,
                 transforms: vec![],
                 quantizer: QuantizerSpec::Pq { m: q },
             };
@@ -650,6 +687,7 @@ mod tests {
             // also after a learned model, whose dimension is not known here
             let l = EncoderSpec {
                 ivf: None,
+                residual: false,
                 transforms: vec![TransformSpec::Learned { path: "m".into() }],
                 quantizer: QuantizerSpec::Pq { m: q },
             };

@@ -513,13 +513,18 @@ impl Index {
             let end = (start + CHUNK).min(n);
             let part = data.view().slice(start, end);
             for (i, (e, g)) in self.encoders.iter().zip(&mut gathered).enumerate() {
-                let codes = e.encode_batch(part)?;
                 match (g, e.coarse()) {
                     (Some((c, a)), Some(coarse)) => {
+                        let assign = coarse.assign(part);
+                        let codes = if e.spec().residual {
+                            e.encode_batch(coarse.residuals(part, &assign).view())?
+                        } else {
+                            e.encode_batch(part)?
+                        };
                         c.extend_from_slice(&codes);
-                        a.extend(coarse.assign(part));
+                        a.extend(assign);
                     }
-                    _ => seg.codes[i].extend(&codes),
+                    _ => seg.codes[i].extend(&e.encode_batch(part)?),
                 }
             }
             if let Some(v) = &mut seg.vectors {

@@ -225,3 +225,49 @@ fn tune_chooses_the_lists_probed() {
         .iter()
         .any(|p| p.pipeline.starts_with("ivf32/1+")));
 }
+
+#[test]
+fn residual_lists_score_the_full_inner_product() {
+    let base = rewa::testutil::gaussian(3000, 24, 5);
+    let queries = rewa::testutil::gaussian(50, 24, 6);
+    let metric = Metric::Ip;
+    let truth = ground_truth(
+        &metric.prepare(base.view()).unwrap(),
+        &metric.prepare(queries.view()).unwrap(),
+        10,
+    );
+    let ids = |h: &[Vec<rewa::Hit>]| -> Vec<Vec<u32>> {
+        h.iter().map(|r| r.iter().map(|h| h.id).collect()).collect()
+    };
+    // flat residual codes, every list probed: -q.c - q.r is -q.x, so the exact neighbours
+    let flat = Index::build(&spec(metric, "ivf16r/16+flat:10"), base.view()).unwrap();
+    let got = run(&flat, &queries, "ivf16r/16+flat:10", 10);
+    assert_eq!(ids(&got), ids(&truth));
+    for (g, t) in got.iter().flatten().zip(truth.iter().flatten()) {
+        assert!((g.distance - t.distance).abs() < 1e-4, "{g:?} vs {t:?}");
+    }
+    // pq on residuals keeps more than pq on the vectors, at the same bytes (no rerank)
+    let (cb, _, cq, _) = clusters(60, 50, 32, 0.3, 8);
+    let ct = ground_truth(
+        &metric.prepare(cb.view()).unwrap(),
+        &metric.prepare(cq.view()).unwrap(),
+        10,
+    );
+    let recall = |p: &str| {
+        let i = Index::build(&spec(metric, p), cb.view()).unwrap();
+        recall_at_k(&run(&i, &cq, p, 10), &ct, 10)
+    };
+    let (plain, res) = (recall("ivf32/8+pq4:10"), recall("ivf32r/8+pq4:10"));
+    // measured 0.402 / 0.435 (3,000 clustered 32-d vectors at noise 0.3, 32 lists, 8 probed)
+    assert!(
+        res > plain + 0.01 && res > 0.40,
+        "plain {plain}, residual {res}"
+    );
+    // residuals need an inner-product metric
+    let e = Index::build(&spec(Metric::L2, "ivf16r/4+flat:10"), base.view()).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("residual lists score inner products"),
+        "{e}"
+    );
+}
