@@ -34,6 +34,10 @@ pub struct Coarse {
     centroids: Vec<f32>,
     /// Squared norm of each centroid (for l2), or zeros (inner product).
     norms: Vec<f32>,
+    /// For residual lists: each list's mean training vector (`nlist x dim`), what residuals
+    /// are taken from. Spherical centroids are unit directions; a residual from one keeps a
+    /// radial part (measured: it cost PQ recall), a residual from the mean does not.
+    means: Option<Vec<f32>>,
 }
 
 impl Coarse {
@@ -70,6 +74,7 @@ impl Coarse {
             metric,
             centroids,
             norms,
+            means: None,
         })
     }
 
@@ -91,23 +96,51 @@ impl Coarse {
         nearest(x.as_slice(), self.dim, &self.centroids, &self.norms, 1)
     }
 
-    /// `x` minus the centroid of each row's list (`assign[i]` for row i).
+    /// Records each list's mean over `x` (`assign[i]` the list of row i; an empty list keeps
+    /// its centroid): residual lists are then taken from the means.
+    pub fn fit_means(&mut self, x: VectorsRef<'_>, assign: &[u32]) {
+        let (d, k) = (self.dim, self.nlist());
+        let mut sums = vec![0f64; k * d];
+        let mut counts = vec![0usize; k];
+        for (r, &l) in x.rows().zip(assign) {
+            counts[l as usize] += 1;
+            for (s, &v) in sums[l as usize * d..(l as usize + 1) * d].iter_mut().zip(r) {
+                *s += v as f64;
+            }
+        }
+        let mut means = self.centroids.clone();
+        for (l, &n) in counts.iter().enumerate().filter(|(_, &n)| n > 0) {
+            for (m, s) in means[l * d..(l + 1) * d]
+                .iter_mut()
+                .zip(&sums[l * d..(l + 1) * d])
+            {
+                *m = (s / n as f64) as f32;
+            }
+        }
+        self.means = Some(means);
+    }
+    /// What residuals are taken from: the list means when recorded, else the centroids.
+    fn anchors(&self) -> &[f32] {
+        self.means.as_deref().unwrap_or(&self.centroids)
+    }
+    /// `x` minus the anchor (list mean, else centroid) of each row's list (`assign[i]`).
     pub fn residuals(&self, x: VectorsRef<'_>, assign: &[u32]) -> crate::vectors::Vectors {
         let d = self.dim;
+        let anchors = self.anchors();
         let mut out = x.as_slice().to_vec();
         for (r, &l) in out.chunks_exact_mut(d).zip(assign) {
-            let c = &self.centroids[l as usize * d..(l as usize + 1) * d];
+            let c = &anchors[l as usize * d..(l as usize + 1) * d];
             for (v, &cv) in r.iter_mut().zip(c) {
                 *v -= cv;
             }
         }
         crate::vectors::Vectors::new(d, out).expect("invariant: whole rows")
     }
-    /// The inner product of `q` with the centroid of list `l`.
+    /// The inner product of `q` with the anchor residuals of list `l` are taken from.
     #[inline]
     pub fn dot_centroid(&self, q: &[f32], l: u32) -> f32 {
         let d = self.dim;
-        dot(q, &self.centroids[l as usize * d..(l as usize + 1) * d])
+        dot(q, &self.anchors()[l as usize * d..(l as usize + 1) * d])
     }
 
     /// The `nprobe` lists nearest to each row of `x`, nearest first: `x.len() * nprobe` list
@@ -122,27 +155,41 @@ impl Coarse {
         )
     }
 
-    /// Its tensor: `centroids` (`nlist x dim`).
+    /// Its tensors: `centroids` (`nlist x dim`), and `means` for residual lists.
     pub fn tensors(&self) -> Vec<Tensor<'_>> {
-        vec![Tensor::f32(
+        let mut t = vec![Tensor::f32(
             "centroids",
             vec![self.nlist(), self.dim],
             &self.centroids,
-        )]
+        )];
+        if let Some(m) = &self.means {
+            t.push(Tensor::f32("means", vec![self.nlist(), self.dim], m));
+        }
+        t
     }
 
-    /// Reads what [`Coarse::tensors`] wrote, for `nlist` lists of dimension `dim`.
+    /// Reads what [`Coarse::tensors`] wrote, for `nlist` lists of dimension `dim` (with the
+    /// list means when `residual`).
     pub fn from_tensors(
         src: &TensorSource<'_>,
         nlist: usize,
         dim: usize,
         metric: Metric,
+        residual: bool,
     ) -> Result<Coarse> {
         let c = src.f32("centroids", nlist * dim)?;
         if c.iter().any(|v| !v.is_finite()) {
             return Err(src.corrupt("ivf centroids hold a value that is not finite"));
         }
-        Coarse::from_centroids(dim, metric, c)
+        let mut coarse = Coarse::from_centroids(dim, metric, c)?;
+        if residual {
+            let m = src.f32("means", nlist * dim)?;
+            if m.iter().any(|v| !v.is_finite()) {
+                return Err(src.corrupt("ivf list means hold a value that is not finite"));
+            }
+            coarse.means = Some(m);
+        }
+        Ok(coarse)
     }
 }
 

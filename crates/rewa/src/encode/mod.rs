@@ -426,19 +426,21 @@ impl Encoder {
             ));
         }
         spec.check(train.dim())?;
-        let coarse = spec
+        let mut coarse = spec
             .ivf
             .map(|nlist| Coarse::fit(nlist, train, metric, seed ^ 0xC0A5_5E00))
             .transpose()?;
-        // Residual lists: everything after the partition is fitted on x - centroid(x).
-        let residuals = match (&coarse, spec.residual) {
+        // Residual lists: everything after the partition is fitted on x - mean(list of x).
+        let residuals = match (&mut coarse, spec.residual) {
             (Some(c), true) => {
                 if metric == Metric::L2 {
                     return Err(Error::InvalidInput(format!(
                         "{spec}: residual lists score inner products; use metric cosine or ip, or ivf<nlist> without r"
                     )));
                 }
-                Some(c.residuals(train, &c.assign(train)))
+                let assign = c.assign(train);
+                c.fit_means(train, &assign);
+                Some(c.residuals(train, &assign))
             }
             _ => None,
         };
@@ -544,7 +546,7 @@ impl Encoder {
     ) -> Result<Encoder> {
         let coarse = spec
             .ivf
-            .map(|nlist| Coarse::from_tensors(&src.part("c"), nlist, dim, metric))
+            .map(|nlist| Coarse::from_tensors(&src.part("c"), nlist, dim, metric, spec.residual))
             .transpose()?;
         let mut transforms = Vec::new();
         let mut d = dim;
