@@ -550,23 +550,31 @@ unsafe fn hamming_block_avx512<const W: usize>(
                 unsafe { _mm512_loadu_si512(tw.as_ptr().add((g * W + w) * 8) as *const __m512i) };
             acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_xor_si512(c, *qw)));
         }
-        let mut m = _mm512_cmplt_epu64_mask(acc, thr_v);
+        let m = _mm512_cmplt_epu64_mask(acc, thr_v);
         if m != 0 {
             // SAFETY: d holds 8 u64.
             unsafe { _mm512_storeu_si512(d.as_mut_ptr() as *mut __m512i, acc) };
-            while m != 0 {
-                let l = m.trailing_zeros() as usize;
-                m &= m - 1;
-                let dist = d[l] as u32;
-                if dist < thr {
-                    top.push((off + g * 8 + l) as u32, dist as f32);
-                    thr = top.threshold().min(u32::MAX as f32) as u32;
-                }
-            }
+            thr = offer8(top, &d, m as u32, off + g * 8, thr);
             thr_v = _mm512_set1_epi64(thr as i64);
         }
     }
     groups * 8
+}
+
+/// Offers the codes `first + l` for the set bits `l` of `mask` whose distance `d[l]` is below
+/// the threshold `thr` (strict: ids ascend, so a tie cannot enter); returns the new threshold.
+#[inline(always)]
+fn offer8(top: &mut TopK, d: &[u64; 8], mut mask: u32, first: usize, mut thr: u32) -> u32 {
+    while mask != 0 {
+        let l = mask.trailing_zeros() as usize;
+        mask &= mask - 1;
+        let dist = d[l] as u32;
+        if dist < thr {
+            top.push((first + l) as u32, dist as f32);
+            thr = top.threshold().min(u32::MAX as f32) as u32;
+        }
+    }
+    thr
 }
 
 /// [`hamming_block_avx512`] for CPUs with AVX2 only: a group of 8 codes is two registers of 4
@@ -628,16 +636,7 @@ unsafe fn hamming_block_avx2<const W: usize>(
                 _mm256_storeu_si256(d.as_mut_ptr() as *mut __m256i, sum_a);
                 _mm256_storeu_si256(d.as_mut_ptr().add(4) as *mut __m256i, sum_b);
             }
-            let mut m = m as u32;
-            while m != 0 {
-                let l = m.trailing_zeros() as usize;
-                m &= m - 1;
-                let dist = d[l] as u32;
-                if dist < thr {
-                    top.push((off + g * 8 + l) as u32, dist as f32);
-                    thr = top.threshold().min(u32::MAX as f32) as u32;
-                }
-            }
+            thr = offer8(top, &d, m as u32, off + g * 8, thr);
         }
     }
     groups * 8

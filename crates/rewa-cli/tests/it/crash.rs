@@ -57,46 +57,8 @@ fn sigkill_during_add_leaves_old_or_new_index() {
     assert_ne!(old.1, new.1, "the addition must change some results");
 
     let work = d.join("work");
-    let run = |pause: Option<&str>, kill_after: Option<Duration>| -> (usize, Vec<Vec<rewa::Hit>>) {
-        copy_dir(&d.join("old"), &work);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rewa"));
-        cmd.args(["add", "--index", "work", "--base", "b/base.npy"])
-            .current_dir(d)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if let Some(p) = pause {
-            cmd.env("REWA_SAVE_PAUSE", format!("{p}:60000"));
-        }
-        let mut child = cmd.spawn().unwrap();
-        match (pause, kill_after) {
-            (Some(p), _) => {
-                // wait until save announces the pause, then kill it there
-                let want = format!("paused:{p}");
-                let err = BufReader::new(child.stderr.take().unwrap());
-                let mut seen = false;
-                for line in err.lines() {
-                    if line.unwrap().contains(&want) {
-                        seen = true;
-                        break;
-                    }
-                }
-                assert!(seen, "the child never reached {want}");
-            }
-            (None, Some(after)) => {
-                let t0 = Instant::now();
-                while t0.elapsed() < after {
-                    if child.try_wait().unwrap().is_some() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-            (None, None) => {}
-        }
-        child.kill().unwrap(); // SIGKILL on Unix
-        child.wait().unwrap();
-        state(&work)
-    };
+    let add = ["add", "--index", "work", "--base", "b/base.npy"];
+    let run = |pause: Option<&str>, after: Option<Duration>| killed(d, "old", &add, pause, after);
     // killed with new data files written but the manifest not replaced: the old index
     assert_eq!(run(Some("data"), None), old);
     // the next add leaves the dead writer's files alone (no file is rewritten in place) and

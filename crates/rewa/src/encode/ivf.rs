@@ -16,7 +16,7 @@ use super::{Tensor, TensorSource};
 use crate::distance::{dot, Metric};
 use crate::error::{invalid, Result};
 use crate::vectors::VectorsRef;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
@@ -292,21 +292,7 @@ fn kmeans(x: &[f32], dim: usize, k: usize, iters: usize, seed: u64, spherical: b
                 *o = (s * scale) as f32;
             }
         }
-        for c in 0..k {
-            if counts[c] > 0 {
-                continue;
-            }
-            let big = (0..k).max_by_key(|&i| counts[i]).expect("k >= 1");
-            const EPS: f32 = 1.0 / 1024.0;
-            for t in 0..dim {
-                let v = cents[big * dim + t];
-                let sign = if rng.random::<bool>() { 1.0 } else { -1.0 };
-                cents[c * dim + t] = v * (1.0 + sign * EPS);
-                cents[big * dim + t] = v * (1.0 - sign * EPS);
-            }
-            counts[c] = counts[big] / 2;
-            counts[big] -= counts[c];
-        }
+        super::pq::split_empty(&mut cents, &mut counts, dim, &mut rng);
     }
     cents
 }
@@ -314,6 +300,7 @@ fn kmeans(x: &[f32], dim: usize, k: usize, iters: usize, seed: u64, spherical: b
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::Rng;
 
     fn clusters(n_per: usize, centers: &[[f32; 2]]) -> Vec<f32> {
         let mut rng = ChaCha8Rng::seed_from_u64(3);

@@ -73,6 +73,21 @@ pub(crate) fn check_subspaces(name: &str, m: usize, dim: usize) -> Result<()> {
     Ok(())
 }
 
+/// The squared norm of every centroid, sub-space after sub-space (`k * m`), for `k`
+/// centroids per sub-space laid out as [`PqQuantizer::centroids`].
+pub(crate) fn subspace_norms(centroids: &[f32], dim: usize, m: usize, k: usize) -> Vec<f32> {
+    let mut norms = Vec::with_capacity(k * m);
+    for j in 0..m {
+        let (s, e) = bounds(dim, m, j);
+        norms.extend(
+            centroids[k * s..k * e]
+                .chunks_exact(e - s)
+                .map(|c| dot(c, c)),
+        );
+    }
+    norms
+}
+
 /// Coordinates `s..e` of sub-space `j` of `m` over `d` dims.
 #[inline(always)]
 pub(crate) fn bounds(d: usize, m: usize, j: usize) -> (usize, usize) {
@@ -90,15 +105,7 @@ impl PqQuantizer {
                 PQ_CENTROIDS * dim
             );
         }
-        let mut norms = Vec::with_capacity(PQ_CENTROIDS * m);
-        for j in 0..m {
-            let (s, e) = bounds(dim, m, j);
-            norms.extend(
-                centroids[PQ_CENTROIDS * s..PQ_CENTROIDS * e]
-                    .chunks_exact(e - s)
-                    .map(|c| dot(c, c)),
-            );
-        }
+        let norms = subspace_norms(&centroids, dim, m, PQ_CENTROIDS);
         Ok(PqQuantizer {
             dim,
             m,
@@ -230,23 +237,38 @@ pub(crate) fn kmeans(
                 }
             }
         }
-        for c in 0..k {
-            if counts[c] > 0 || n < k {
-                continue;
-            }
-            let big = (0..k).max_by_key(|&i| counts[i]).expect("k >= 1");
-            const EPS: f32 = 1.0 / 1024.0;
-            for t in 0..ds {
-                let v = cents[big * ds + t];
-                let sign = if rng.random::<bool>() { 1.0 } else { -1.0 };
-                cents[c * ds + t] = v * (1.0 + sign * EPS);
-                cents[big * ds + t] = v * (1.0 - sign * EPS);
-            }
-            counts[c] = counts[big] / 2;
-            counts[big] -= counts[c];
+        if n >= k {
+            split_empty(&mut cents, &mut counts, ds, &mut rng);
         }
     }
     cents
+}
+
+/// Gives each emptied centroid half of the largest cluster: a copy of its centroid, both
+/// nudged apart by a random sign per coordinate (as FAISS does). Shared by the PQ and IVF
+/// k-means.
+pub(crate) fn split_empty(
+    cents: &mut [f32],
+    counts: &mut [usize],
+    ds: usize,
+    rng: &mut ChaCha8Rng,
+) {
+    let k = counts.len();
+    for c in 0..k {
+        if counts[c] > 0 {
+            continue;
+        }
+        let big = (0..k).max_by_key(|&i| counts[i]).expect("k >= 1");
+        const EPS: f32 = 1.0 / 1024.0;
+        for t in 0..ds {
+            let v = cents[big * ds + t];
+            let sign = if rng.random::<bool>() { 1.0 } else { -1.0 };
+            cents[c * ds + t] = v * (1.0 + sign * EPS);
+            cents[big * ds + t] = v * (1.0 - sign * EPS);
+        }
+        counts[c] = counts[big] / 2;
+        counts[big] -= counts[c];
+    }
 }
 
 /// At most `max` rows of `x`: a seeded sample in row order, or all of them.
@@ -272,28 +294,19 @@ pub(crate) fn codebooks(
     seed: u64,
     init: Option<&[f32]>,
 ) -> Vec<f32> {
-    let d = x.dim();
-    let parts: Vec<Vec<f32>> = (0..m)
-        .into_par_iter()
-        .map(|j| {
-            let (s, e) = bounds(d, m, j);
-            let sub: Vec<f32> = x.rows().flat_map(|r| &r[s..e]).copied().collect();
-            let sj = seed ^ (j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            let init = init.map(|c| &c[PQ_CENTROIDS * s..PQ_CENTROIDS * e]);
-            kmeans(&sub, e - s, PQ_CENTROIDS, iters, sj, init)
-        })
-        .collect();
-    parts.concat()
+    codebooks_k(x, m, PQ_CENTROIDS, iters, seed, init)
 }
 
-/// `k` centroids (at most 256) for each of the `m` sub-spaces of `x`, sub-spaces in parallel;
-/// sub-space `j` over coordinates `s..e` at `k * s`.
+/// `k` centroids (at most 256) for each of the `m` sub-spaces of `x` (warm-started from
+/// `init`, same layout, when given), sub-spaces in parallel; sub-space `j` over coordinates
+/// `s..e` at `k * s`.
 pub(crate) fn codebooks_k(
     x: VectorsRef<'_>,
     m: usize,
     k: usize,
     iters: usize,
     seed: u64,
+    init: Option<&[f32]>,
 ) -> Vec<f32> {
     let d = x.dim();
     let parts: Vec<Vec<f32>> = (0..m)
@@ -302,7 +315,8 @@ pub(crate) fn codebooks_k(
             let (s, e) = bounds(d, m, j);
             let sub: Vec<f32> = x.rows().flat_map(|r| &r[s..e]).copied().collect();
             let sj = seed ^ (j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            kmeans(&sub, e - s, k, iters, sj, None)
+            let init = init.map(|c| &c[k * s..k * e]);
+            kmeans(&sub, e - s, k, iters, sj, init)
         })
         .collect();
     parts.concat()

@@ -16,7 +16,7 @@
 //! them, so that a sum of `m` bytes fits 16 bits. `asignfs` ([`super::asignfs`]) scans sign
 //! bits with the same kernel, 4 bits per table.
 
-use super::pq::{bounds, check_subspaces, codebooks_k, nearest, train_sample};
+use super::pq::{bounds, check_subspaces, codebooks_k, nearest, subspace_norms, train_sample};
 use super::{Quantizer, Tensor, TensorSource};
 use crate::distance::{dot, Metric};
 use crate::error::{invalid, Result};
@@ -102,15 +102,7 @@ impl Pq4Quantizer {
                 PQ4_CENTROIDS * dim
             );
         }
-        let mut norms = Vec::with_capacity(PQ4_CENTROIDS * m);
-        for j in 0..m {
-            let (s, e) = bounds(dim, m, j);
-            norms.extend(
-                centroids[PQ4_CENTROIDS * s..PQ4_CENTROIDS * e]
-                    .chunks_exact(e - s)
-                    .map(|c| dot(c, c)),
-            );
-        }
+        let norms = subspace_norms(&centroids, dim, m, PQ4_CENTROIDS);
         Ok(Pq4Quantizer {
             dim,
             m,
@@ -235,7 +227,7 @@ impl Quantizer for Pq4Quantizer {
         let d = train.dim();
         check_subspaces("pq", cfg.m, d)?;
         let sample = train_sample(train, cfg.max_train, seed);
-        let cents = codebooks_k(sample.view(), cfg.m, PQ4_CENTROIDS, cfg.iters, seed);
+        let cents = codebooks_k(sample.view(), cfg.m, PQ4_CENTROIDS, cfg.iters, seed, None);
         Pq4Quantizer::from_parts(d, cfg.m, cents, cfg.metric)
     }
     fn code_len(&self) -> usize {
@@ -331,15 +323,19 @@ fn scan_group(group: &[Pq4Query], codes: &[u8], cl: usize, k: usize, wide: bool)
                     (Some(j), Some(tb_)) => {
                         let qb = &group[j];
                         let lb = limit_of(qb, tb_);
-                        sums32x2(
+                        let (ma, mb) = sums32x2(
                             [&qa.lut, &qb.lut],
                             tbg,
                             cl,
                             [la.unwrap_or(0), lb.unwrap_or(0)],
                             [&mut sa, &mut sb],
                             wide,
+                        );
+                        // a query none of whose codes can enter offers none
+                        (
+                            if la.is_some() { ma } else { 0 },
+                            if lb.is_some() { mb } else { 0 },
                         )
-                        .map2(la.is_some(), lb.is_some())
                     }
                     _ => {
                         let m = sums32(&qa.lut, tbg, cl, la.unwrap_or(0), &mut sa, wide);
@@ -384,16 +380,6 @@ fn offer(q: &Pq4Query, top: &mut TopK, mut mask: u32, sums: &[u16; 32], first: u
         if d <= top.threshold() {
             top.push((first + i) as u32, d);
         }
-    }
-}
-
-trait Masks {
-    fn map2(self, a: bool, b: bool) -> (u32, u32);
-}
-impl Masks for (u32, u32) {
-    /// Zeroes the mask of a query none of whose codes can enter.
-    fn map2(self, a: bool, b: bool) -> (u32, u32) {
-        (if a { self.0 } else { 0 }, if b { self.1 } else { 0 })
     }
 }
 
@@ -602,19 +588,7 @@ unsafe fn sums32_avx2(lut: &[u8], tb: &[u8], cl: usize, limit: u16, out: &mut [u
             odd = _mm256_add_epi16(odd, _mm256_srli_epi16(r0, 8));
             odd = _mm256_add_epi16(odd, _mm256_srli_epi16(r1, 8));
         }
-        // back to code order: lanes (even j, odd j) interleaved
-        let a = _mm256_unpacklo_epi16(even, odd); // codes 0..8 | 16..24
-        let c = _mm256_unpackhi_epi16(even, odd); // codes 8..16 | 24..32
-        let first = _mm256_permute2x128_si256(a, c, 0x20); // codes 0..16
-        let second = _mm256_permute2x128_si256(a, c, 0x31); // codes 16..32
-        _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, first);
-        _mm256_storeu_si256(out.as_mut_ptr().add(16) as *mut __m256i, second);
-        // sums <= limit (unsigned): min(s, limit) == s; packed to bytes in code order
-        let lim = _mm256_set1_epi16(limit as i16);
-        let ok1 = _mm256_cmpeq_epi16(_mm256_min_epu16(first, lim), first);
-        let ok2 = _mm256_cmpeq_epi16(_mm256_min_epu16(second, lim), second);
-        let packed = _mm256_permute4x64_epi64(_mm256_packs_epi16(ok1, ok2), 0xD8);
-        _mm256_movemask_epi8(packed) as u32
+        finish(even, odd, limit, out)
     }
 }
 

@@ -463,43 +463,36 @@ fn entry(dir: &Path, name: String, parts: &[&[u8]]) -> Result<FileEntry> {
 
 /// Writes segment `seg` of `index` as number `s`.
 fn write_segment(dir: &Path, index: &Index, seg: &Segment, s: u64) -> Result<SegmentEntry> {
+    // one data file: the 64-byte header, then `count` rows of `row` bytes
+    let data = |name: String, magic: &[u8; 8], row: usize, b: &Bytes| {
+        let count = b.as_slice().len() / row.max(1);
+        entry(dir, name, &[&header(magic, row, count), b.as_slice()])
+    };
     let mut codes = Vec::new();
     let mut lists = Vec::new();
     for (i, e) in index.encoders.iter().enumerate() {
-        let cl = e.code_len();
-        codes.push(entry(
-            dir,
-            format!("seg{s}-codes-{i}.bin"),
-            &[&header(MAGIC_CODES, cl, seg.rows), seg.codes[i].as_slice()],
-        )?);
-        lists.push(match &seg.lists[i] {
-            Some(l) => Some(entry(
-                dir,
-                format!("seg{s}-lists-{i}.bin"),
-                &[
-                    &header(MAGIC_LISTS, 4, l.as_slice().len() / 4),
-                    l.as_slice(),
-                ],
-            )?),
-            None => None,
-        });
+        let name = format!("seg{s}-codes-{i}.bin");
+        codes.push(data(name, MAGIC_CODES, e.code_len(), &seg.codes[i])?);
+        let name = format!("seg{s}-lists-{i}.bin");
+        lists.push(
+            seg.lists[i]
+                .as_ref()
+                .map(|l| data(name, MAGIC_LISTS, 4, l))
+                .transpose()?,
+        );
     }
-    let vectors = match &seg.vectors {
-        Some(v) => Some(entry(
-            dir,
-            format!("seg{s}-vectors.f32"),
-            &[&header(MAGIC_VECS, 4 * index.dim, seg.rows), v.as_slice()],
-        )?),
-        None => None,
-    };
-    let row_ids = match &seg.ids {
-        Some(ids) => Some(entry(
-            dir,
-            format!("seg{s}-rowids.bin"),
-            &[&header(MAGIC_ROWS, 4, seg.rows), ids.as_slice()],
-        )?),
-        None => None,
-    };
+    let name = format!("seg{s}-vectors.f32");
+    let vectors = seg
+        .vectors
+        .as_ref()
+        .map(|v| data(name, MAGIC_VECS, 4 * index.dim, v))
+        .transpose()?;
+    let name = format!("seg{s}-rowids.bin");
+    let row_ids = seg
+        .ids
+        .as_ref()
+        .map(|ids| data(name, MAGIC_ROWS, 4, ids))
+        .transpose()?;
     let doc_ids = match &index.doc_ids {
         Some(d) => {
             let mut text = String::new();
