@@ -360,6 +360,8 @@ pub struct Report {
     /// deepened pipeline (every keep raised to the depth) it was taken from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deep_pipeline: Option<String>,
+    /// Hits each stage passed on, per query (mean): the candidates every rerank saw.
+    pub stage_hits: Vec<f64>,
 }
 
 /// Exact top-`k` of every query.
@@ -452,8 +454,18 @@ pub fn evaluate(pipeline: &Pipeline, label: &str, inp: &EvalInput<'_>) -> Result
     };
     // recall@k and QPS: the pipeline exactly as given.
     let t = Instant::now();
-    let results = search(pipeline)?;
+    let (results, counts) = index.search_counted(
+        queries,
+        &crate::SearchParams {
+            k: pipeline.final_keep(),
+            pipeline: Some(pipeline.clone()),
+        },
+    )?;
     let qps = queries.len() as f64 / t.elapsed().as_secs_f64().max(1e-9);
+    let stage_hits = counts
+        .iter()
+        .map(|&c| c as f64 / queries.len().max(1) as f64)
+        .collect();
     // Every other measure from the first of given / raised / deep that returns enough hits.
     let need = |n: usize| {
         let n = n.min(base.len());
@@ -530,6 +542,7 @@ pub fn evaluate(pipeline: &Pipeline, label: &str, inp: &EvalInput<'_>) -> Result
             .zip(r100_need)
             .map(|(q, l)| q.recall_at(hits(l), 100)),
         deep_pipeline,
+        stage_hits,
     })
 }
 

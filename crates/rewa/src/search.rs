@@ -11,7 +11,7 @@
 //! GEMM. Rayon splits the queries.
 
 use crate::distance::{hamming, Metric};
-use crate::encode::{with_quantizer, Encoder, EncoderSpec, Quantizer};
+use crate::encode::{with_quantizer, AnyQuantizer, Encoder, EncoderSpec, Quantizer};
 use crate::error::{invalid, Error, Result};
 use crate::simd::twin;
 use crate::vectors::VectorsRef;
@@ -911,6 +911,9 @@ pub enum Scored<'a> {
         codes: Rows<'a>,
         /// Lists probed per query (a partitioned first stage).
         nprobe: Option<usize>,
+        /// `rabitq<bits>:bound`: keep every code the error bound (this confidence constant)
+        /// cannot rule out of the next stage's top (a first stage).
+        bound: Option<f32>,
     },
 }
 
@@ -1005,8 +1008,24 @@ impl Scored<'_> {
 
     /// Every live row scored (or the probed lists of a partitioned stage), part by part; the
     /// best `keep` per query. Each part is asked for `keep` plus the deleted ids in its range,
-    /// so dropping those still leaves `keep`.
-    pub fn scan(&self, queries: VectorsRef<'_>, keep: usize, deleted: &Deleted) -> Vec<Vec<Hit>> {
+    /// so dropping those still leaves `keep`. A bound stage keeps instead every code its
+    /// error bound cannot rule out of the best `next` (the next stage's keep).
+    pub fn scan(
+        &self,
+        queries: VectorsRef<'_>,
+        keep: usize,
+        next: usize,
+        deleted: &Deleted,
+    ) -> Vec<Vec<Hit>> {
+        if let Scored::Codes {
+            bound: Some(eps),
+            encoder,
+            codes,
+            nprobe,
+        } = self
+        {
+            return scan_bound(encoder, codes, *nprobe, queries, next, *eps, deleted);
+        }
         let rows = self.rows();
         let row_len = rows.row_len().max(1);
         let mut merged: Option<Vec<Vec<Hit>>> = None;
@@ -1127,21 +1146,106 @@ pub fn run_stages(
     k: usize,
     deleted: &Deleted,
 ) -> Vec<Vec<Hit>> {
+    run_stages_counted(stages, queries, k, deleted).0
+}
+
+/// [`run_stages`], also counting the hits each stage passed on (summed over the queries).
+pub fn run_stages_counted(
+    stages: &[(Scored<'_>, usize)],
+    queries: VectorsRef<'_>,
+    k: usize,
+    deleted: &Deleted,
+) -> (Vec<Vec<Hit>>, Vec<usize>) {
     let Some(((first, keep), rest)) = stages.split_first() else {
-        return vec![Vec::new(); queries.len()];
+        return (vec![Vec::new(); queries.len()], Vec::new());
     };
-    let mut hits = first.scan(queries, *keep, deleted);
+    let next = rest.first().map_or(k, |(_, n)| *n).min(*keep);
+    let mut hits = first.scan(queries, *keep, next, deleted);
+    let mut counts = vec![hits.iter().map(Vec::len).sum()];
     for (scored, keep) in rest {
         hits = hits
             .into_par_iter()
             .enumerate()
             .map(|(qi, prev)| scored.rerank(queries.row(qi), &prev, *keep))
             .collect();
+        counts.push(hits.iter().map(Vec::len).sum());
     }
     for h in &mut hits {
         h.truncate(k);
     }
-    hits
+    (hits, counts)
+}
+
+/// A first stage of RaBitQ codes keeping every code its error bound cannot rule out of the
+/// best `next` (see [`RabitqQuantizer::scan_bound`]), part by part; deleted ids are dropped.
+fn scan_bound(
+    encoder: &Encoder,
+    codes: &Rows<'_>,
+    nprobe: Option<usize>,
+    queries: VectorsRef<'_>,
+    next: usize,
+    eps: f32,
+    deleted: &Deleted,
+) -> Vec<Vec<Hit>> {
+    let AnyQuantizer::Rabitq(q) = encoder.quantizer() else {
+        unreachable!("invariant: Pipeline::new allows :bound on rabitq stages only")
+    };
+    let nq = queries.len();
+    let tq = encoder.transform_batch(queries);
+    let cl = q.code_len();
+    let mut out: Vec<Vec<Hit>> = vec![Vec::new(); nq];
+    for part in codes.parts() {
+        let n = part.data.len() / cl.max(1);
+        if n == 0 {
+            continue;
+        }
+        let (lo, hi) = part.id_range(n);
+        let kp = next.saturating_add(deleted.count_in(lo, hi.unwrap_or(lo)));
+        let hits: Vec<Vec<Hit>> = match (encoder.coarse(), part.lists, nprobe) {
+            (Some(coarse), Some(lists), Some(np)) => {
+                let probes = coarse.probe(queries, np);
+                let npr = probes.len() / nq.max(1);
+                let residual = encoder.spec().residual;
+                (0..nq)
+                    .into_par_iter()
+                    .map(|i| {
+                        let p = q.prepare(tq.row(i));
+                        let parts: Vec<(&[u8], Option<&[u32]>, f32)> = probes[i * npr..(i + 1) * npr]
+                            .iter()
+                            .map(|&l| {
+                                let (a, b) = (
+                                    lists.offsets[l as usize] as usize,
+                                    lists.offsets[l as usize + 1] as usize,
+                                );
+                                let off = if residual {
+                                    -coarse.dot_centroid(queries.row(i), l)
+                                } else {
+                                    0.0
+                                };
+                                (&part.data[a * cl..b * cl], Some(&lists.ids[a..b]), off)
+                            })
+                            .collect();
+                        q.bound_lists(&p, &parts, kp, eps)
+                    })
+                    .collect()
+            }
+            _ => q.scan_bound(tq.view(), part.data, kp, eps),
+        };
+        for (o, h) in out.iter_mut().zip(hits) {
+            o.extend(
+                h.into_iter()
+                    .map(|x| Hit {
+                        id: part.id(x.id),
+                        distance: x.distance,
+                    })
+                    .filter(|x| !deleted.contains(x.id)),
+            );
+        }
+    }
+    if codes.parts().len() > 1 {
+        out.iter_mut().for_each(|h| h.sort_unstable());
+    }
+    out
 }
 
 /// What scores a stage.
@@ -1163,6 +1267,10 @@ pub struct Stage {
     /// Lists probed per query, for a partitioned encoder (`ivf<nlist>/<nprobe>+...`, first
     /// stage only); `None` otherwise.
     pub nprobe: Option<usize>,
+    /// `rabitq<bits>:bound` (first stage): instead of a fixed keep, every code the RaBitQ
+    /// error bound cannot rule out of the next stage's top; the confidence constant `eps0` in
+    /// hundredths (`:bound` is 1.9, `:bound=3.5` 3.5). `keep` is then `usize::MAX`.
+    pub bound: Option<u16>,
 }
 
 impl Stage {
@@ -1172,6 +1280,7 @@ impl Stage {
             scorer,
             keep,
             nprobe: None,
+            bound: None,
         }
     }
 }
@@ -1182,7 +1291,11 @@ impl fmt::Display for Stage {
             Scorer::Codes(spec) => spec.fmt_probing(f, self.nprobe)?,
             Scorer::Exact => f.write_str("exact")?,
         }
-        write!(f, ":{}", self.keep)
+        match self.bound {
+            Some(190) => f.write_str(":bound"),
+            Some(e) => write!(f, ":bound={}", e as f32 / 100.0),
+            None => write!(f, ":{}", self.keep),
+        }
     }
 }
 
@@ -1232,6 +1345,17 @@ impl Pipeline {
                 }
                 (Some(_), Some(_)) => {}
             }
+            if let Some(e) = st.bound {
+                let rabitq = matches!(&st.scorer, Scorer::Codes(s) if matches!(s.quantizer, crate::encode::QuantizerSpec::Rabitq { .. }));
+                if !rabitq || i > 0 || stages.len() == 1 {
+                    return invalid!(
+                        "pipeline stage {st}: only a first stage of rabitq<bits> codes followed by a rerank can keep what its error bound requires (e.g. rabitq1:bound,exact:10)"
+                    );
+                }
+                if e == 0 || st.keep != usize::MAX {
+                    return invalid!("pipeline stage {st}: the bound's constant must be > 0");
+                }
+            }
             if st.keep == 0 {
                 return invalid!(
                     "pipeline stage {}:{}: keep must be >= 1",
@@ -1259,6 +1383,7 @@ impl Pipeline {
                 nprobe: spec.ivf.map(|n| n.min(16)),
                 scorer: Scorer::Codes(spec),
                 keep: keep.max(1),
+                bound: None,
             }],
         }
     }
@@ -1312,8 +1437,9 @@ impl Pipeline {
                 .zip(keeps)
                 .map(|(s, &keep)| Stage {
                     scorer: s.scorer.clone(),
-                    keep,
+                    keep: if s.bound.is_some() { s.keep } else { keep },
                     nprobe: s.nprobe,
+                    bound: s.bound,
                 })
                 .collect(),
         )
@@ -1378,9 +1504,23 @@ impl FromStr for Pipeline {
                     "pipeline stage {part:?} has no ':keep' (e.g. hadamard256+sign:1000)"
                 );
             };
-            let keep: usize = match keep.trim().parse() {
-                Ok(k) if k >= 1 => k,
-                _ => return invalid!("pipeline stage {part:?}: keep must be a whole number >= 1"),
+            let keep = keep.trim();
+            let bound = match keep.strip_prefix("bound") {
+                None => None,
+                Some("") => Some(190u16),
+                Some(e) => match e.strip_prefix('=').map(|e| e.parse::<f32>()) {
+                    Some(Ok(e)) if e > 0.0 && e <= 100.0 => Some((e * 100.0).round() as u16),
+                    _ => {
+                        return invalid!(
+                            "pipeline stage {part:?}: bound takes a confidence constant from 0 to 100, e.g. :bound or :bound=3.5"
+                        )
+                    }
+                },
+            };
+            let keep: usize = match (bound, keep.parse()) {
+                (Some(_), _) => usize::MAX,
+                (None, Ok(k)) if k >= 1 => k,
+                _ => return invalid!("pipeline stage {part:?}: keep must be a whole number >= 1, or bound for rabitq<bits> codes"),
             };
             let (scorer, nprobe) = match scorer.trim() {
                 "exact" => (Scorer::Exact, None),
@@ -1393,6 +1533,7 @@ impl FromStr for Pipeline {
                 scorer,
                 keep,
                 nprobe,
+                bound,
             });
         }
         Pipeline::new(stages).map_err(|e| match e {

@@ -155,6 +155,11 @@ pub fn tune(
         },
     )?;
     let base = index.pipeline().clone();
+    if base.stages().iter().any(|s| s.bound.is_some()) {
+        return invalid!(
+            "pipeline {base}: a bound stage keeps what its error bound requires; there is no keep to tune (raise its constant, e.g. :bound=3, for more recall)"
+        );
+    }
     // A setting is [nprobe (a partitioned first stage only), keep of every stage but the last].
     let np_dims = usize::from(base.nprobe().is_some());
     let free = base.stages().len() - 1;

@@ -81,12 +81,12 @@ struct BenchJson {
 pub fn table(rows: &[Report]) -> String {
     let k = rows.first().map_or(10, |r| r.k);
     let mut s = format!(
-        "| spec | bytes/vec | compression | recall@{k} | label P@{k} | nDCG@10 | QPS | fit s |\n|---|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| spec | bytes/vec | compression | recall@{k} | label P@{k} | nDCG@10 | QPS | fit s | reranked/query |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     let opt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.3}"));
     for r in rows {
         s += &format!(
-            "| `{}` | {} | {:.1}x | {:.3} | {} | {} | {:.0} | {:.2} |\n",
+            "| `{}` | {} | {:.1}x | {:.3} | {} | {} | {:.0} | {:.2} | {} |\n",
             r.spec,
             r.bytes_per_vector,
             r.compression,
@@ -94,7 +94,12 @@ pub fn table(rows: &[Report]) -> String {
             opt(r.label_precision_at_k),
             opt(r.ndcg_at_10),
             r.qps,
-            r.fit_seconds
+            r.fit_seconds,
+            // the hits the first stage handed to the reranks
+            match r.stage_hits.as_slice() {
+                [first, _, ..] => format!("{first:.1}"),
+                _ => "-".into(),
+            }
         );
     }
     s

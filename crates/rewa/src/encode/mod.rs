@@ -19,6 +19,7 @@ mod params;
 mod pca;
 mod pq;
 mod pq4;
+mod rabitq;
 mod sign;
 mod spec;
 
@@ -36,6 +37,7 @@ pub use params::{Tensor, TensorData, TensorSource};
 pub use pca::{PcaConfig, PcaTransform};
 pub use pq::{PqConfig, PqQuantizer, PQ_CENTROIDS};
 pub use pq4::{Pq4Config, Pq4Quantizer, Pq4Query, PQ4_CENTROIDS, PQ4_MAX_M};
+pub use rabitq::{RabitqConfig, RabitqQuantizer, RabitqQuery, RABITQ_EPS0, RABITQ_MAX_BITS};
 pub use sign::{
     asym_distance_reference, SignAsymConfig, SignAsymQuantizer, SignConfig, SignQuantizer,
 };
@@ -251,6 +253,8 @@ pub enum AnyQuantizer {
     Pq4(Pq4Quantizer),
     /// Sign bits scored against the float query with the fast-scan kernel.
     SignFast(SignFastQuantizer),
+    /// RaBitQ: rotated residual on a grid of `bits` per dimension, with per-vector factors.
+    Rabitq(RabitqQuantizer),
 }
 
 impl From<FlatQuantizer> for AnyQuantizer {
@@ -283,6 +287,11 @@ impl From<SignFastQuantizer> for AnyQuantizer {
         AnyQuantizer::SignFast(q)
     }
 }
+impl From<RabitqQuantizer> for AnyQuantizer {
+    fn from(q: RabitqQuantizer) -> Self {
+        AnyQuantizer::Rabitq(q)
+    }
+}
 impl From<Pq4Quantizer> for AnyQuantizer {
     fn from(q: Pq4Quantizer) -> Self {
         AnyQuantizer::Pq4(q)
@@ -301,6 +310,7 @@ macro_rules! with_quantizer {
             $crate::encode::AnyQuantizer::Pq($q) => $body,
             $crate::encode::AnyQuantizer::Pq4($q) => $body,
             $crate::encode::AnyQuantizer::SignFast($q) => $body,
+            $crate::encode::AnyQuantizer::Rabitq($q) => $body,
         }
     };
 }
@@ -338,6 +348,9 @@ impl AnyQuantizer {
             QuantizerSpec::SignFast => {
                 SignFastQuantizer::fit(&SignFastConfig { metric }, train, seed)?.into()
             }
+            QuantizerSpec::Rabitq { bits } => {
+                RabitqQuantizer::fit(&RabitqConfig { bits, metric }, train, seed)?.into()
+            }
         })
     }
     /// The quantizer `spec` names, on `dim` inputs, from the tensors
@@ -356,6 +369,9 @@ impl AnyQuantizer {
             QuantizerSpec::Pq { m } => PqQuantizer::from_tensors(src, dim, m, metric)?.into(),
             QuantizerSpec::Pq4 { m } => Pq4Quantizer::from_tensors(src, dim, m, metric)?.into(),
             QuantizerSpec::SignFast => SignFastQuantizer::from_tensors(src, dim, metric)?.into(),
+            QuantizerSpec::Rabitq { bits } => {
+                RabitqQuantizer::from_tensors(src, dim, bits, metric)?.into()
+            }
         })
     }
     /// Its fitted parameters.
@@ -368,6 +384,7 @@ impl AnyQuantizer {
             AnyQuantizer::Pq(q) => q.tensors(),
             AnyQuantizer::Pq4(q) => q.tensors(),
             AnyQuantizer::SignFast(q) => q.tensors(),
+            AnyQuantizer::Rabitq(q) => q.tensors(),
         }
     }
     /// Bytes per code.

@@ -115,6 +115,13 @@ pub enum QuantizerSpec {
     /// `asignfs`: the bits of `asign`, scored with 8-bit tables of 4 bits in registers (fast
     /// scan); at most 1,024 bits.
     SignFast,
+    /// `rabitq<bits>`: RaBitQ, a random rotation of the residual from the centroid on a grid of
+    /// `bits` (1 to 8) per dimension, plus two f32 factors (three for l2); scored by its
+    /// unbiased estimator, and by its error bound in a `:bound` stage.
+    Rabitq {
+        /// Bits per dimension.
+        bits: usize,
+    },
 }
 
 /// Transforms followed by one quantizer; the text form joins tokens with `+`.
@@ -196,6 +203,8 @@ impl EncoderSpec {
             QuantizerSpec::Int8 => d,
             QuantizerSpec::Pq { m } => m,
             QuantizerSpec::Pq4 { m } => m.div_ceil(2),
+            // cosine and ip; l2 codes hold one more f32 (|x - c|^2)
+            QuantizerSpec::Rabitq { bits } => bits * d.div_ceil(8) + 8,
         })
     }
     /// Checks the spec against input dimension `dim` (e.g. PCA cannot add dimensions), and
@@ -285,6 +294,7 @@ impl fmt::Display for QuantizerSpec {
         f.write_str(match self {
             QuantizerSpec::Pq { m } => return write!(f, "pq{m}"),
             QuantizerSpec::Pq4 { m } => return write!(f, "pq{m}x4"),
+            QuantizerSpec::Rabitq { bits } => return write!(f, "rabitq{bits}"),
             QuantizerSpec::Flat => "flat",
             QuantizerSpec::Sign => "sign",
             QuantizerSpec::SignAsym => "asign",
@@ -436,12 +446,25 @@ impl FromStr for EncoderSpec {
                     {
                         quantizer = Some(QuantizerSpec::Pq4 { m });
                         continue;
+                    } else if let Some(b) = tok.strip_prefix("rabitq") {
+                        match b.parse::<usize>() {
+                            Ok(bits) if (1..=super::RABITQ_MAX_BITS).contains(&bits) => {
+                                quantizer = Some(QuantizerSpec::Rabitq { bits });
+                                continue;
+                            }
+                            _ => {
+                                return invalid!(
+                                    "{tok:?}: rabitq<bits> needs bits per dimension from 1 to {}, e.g. rabitq1 or rabitq4",
+                                    super::RABITQ_MAX_BITS
+                                )
+                            }
+                        }
                     } else if let Some(m) = dim_token(tok, "pq")? {
                         quantizer = Some(QuantizerSpec::Pq { m });
                         continue;
                     } else {
                         return invalid!(
-                            "encoder spec {s:?}: unknown token {tok:?} (known: ivf<nlist> first, hadamard<m>, pca<m>, opq<m>, learned=DIR or learned=\"DIR\", flat, sign, asign, asignfs, int8, pq<m>, pq<m>x4)"
+                            "encoder spec {s:?}: unknown token {tok:?} (known: ivf<nlist> first, hadamard<m>, pca<m>, opq<m>, learned=DIR or learned=\"DIR\", flat, sign, asign, asignfs, int8, pq<m>, pq<m>x4, rabitq<bits>)"
                         );
                     }
                 }
@@ -456,10 +479,11 @@ impl FromStr for EncoderSpec {
                     | QuantizerSpec::Int8
                     | QuantizerSpec::Pq { .. }
                     | QuantizerSpec::Pq4 { .. }
+                    | QuantizerSpec::Rabitq { .. }
             )
         {
             return invalid!(
-                "encoder spec {s:?}: residual lists (ivf<nlist>r) need a quantizer whose distance is an inner product: flat, int8, pq<m> or pq<m>x4"
+                "encoder spec {s:?}: residual lists (ivf<nlist>r) need a quantizer whose distance is an inner product: flat, int8, pq<m>, pq<m>x4 or rabitq<bits>"
             );
         }
         if spec.ivf.is_some() && spec.transforms.is_empty() && quantizer.is_none() {
@@ -512,6 +536,9 @@ mod tests {
             "pq32x4",
             "opq16+pq32x4",
             "hadamard256+asignfs",
+            "rabitq1",
+            "pca64+rabitq4",
+            "ivf16r+rabitq8",
         ] {
             let spec: EncoderSpec = s.parse().unwrap();
             assert_eq!(spec.to_string(), s);

@@ -13,7 +13,7 @@ use crate::distance::Metric;
 use crate::encode::{Encoder, EncoderSpec};
 use crate::error::{invalid, Error, Result};
 use crate::search::{
-    run_stages, Deleted, Hit, ListsRef, Pipeline, RowPart, Rows, Scored, Scorer, SearchParams,
+    run_stages_counted, Deleted, Hit, ListsRef, Pipeline, RowPart, Rows, Scored, Scorer, SearchParams,
     Stage,
 };
 use crate::vectors::{Prepared, VectorsRef};
@@ -828,19 +828,29 @@ impl Index {
         queries: &Prepared<'_>,
         params: &SearchParams,
     ) -> Result<Vec<Vec<Hit>>> {
+        Ok(self.search_counted(queries, params)?.0)
+    }
+
+    /// [`Index::search_prepared`], also counting the hits each stage passed on (summed over
+    /// the queries): how many candidates each rerank saw.
+    pub fn search_counted(
+        &self,
+        queries: &Prepared<'_>,
+        params: &SearchParams,
+    ) -> Result<(Vec<Vec<Hit>>, Vec<usize>)> {
         let pipeline = params.pipeline.as_ref().unwrap_or(&self.pipeline);
         self.check_pipeline(pipeline, params.k)?;
         self.check_dim(queries.dim())?;
         same_metric(self.metric, queries)?;
         if self.is_empty() {
-            return Ok(vec![Vec::new(); queries.len()]);
+            return Ok((vec![Vec::new(); queries.len()], vec![0; pipeline.stages().len()]));
         }
         let stages = pipeline
             .stages()
             .iter()
             .map(|st| Ok((self.scored(st)?, st.keep)))
             .collect::<Result<Vec<_>>>()?;
-        Ok(run_stages(&stages, queries.view(), params.k, &self.deleted))
+        Ok(run_stages_counted(&stages, queries.view(), params.k, &self.deleted))
     }
 
     /// What a stage of this index scores with.
@@ -881,6 +891,7 @@ impl Index {
                             .collect(),
                     ),
                     nprobe: stage.nprobe,
+                    bound: stage.bound.map(|e| e as f32 / 100.0),
                 }
             }
         })
