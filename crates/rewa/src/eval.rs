@@ -364,6 +364,48 @@ pub struct Report {
     pub stage_hits: Vec<f64>,
 }
 
+/// recall@`k` on the training vectors themselves, the seed's measure: `pipeline` fitted on
+/// `train` and searched with its first `n_queries` rows as queries, each query's own row left
+/// out of both its hits and its exact neighbours. Set it beside held-out recall: the gap is
+/// what the fit memorised.
+pub fn train_recall(
+    pipeline: &Pipeline,
+    train: &Prepared<'_>,
+    n_queries: usize,
+    k: usize,
+    seed: u64,
+) -> Result<f64> {
+    let n = n_queries.min(train.len());
+    if n == 0 || k == 0 || train.len() <= k {
+        return invalid!("train recall needs k >= 1 and more than k = {k} training vectors and a query");
+    }
+    let deep: Vec<usize> = pipeline.stages().iter().map(|s| s.keep.max(k + 1)).collect();
+    let deep = pipeline.with_keeps(&deep)?;
+    let spec = IndexSpec {
+        metric: train.metric(),
+        pipeline: deep.clone(),
+        seed,
+    };
+    let mut index = Index::fit_prepared(&spec, train)?;
+    index.add_prepared(train, &mut |_, _| {})?;
+    let queries = train.metric().prepare(train.view().slice(0, n))?;
+    let hits = index.search_prepared(
+        &queries,
+        &crate::SearchParams {
+            k: k + 1,
+            pipeline: Some(deep),
+        },
+    )?;
+    let truth = exact_search(train.view(), queries.view(), train.metric(), k + 1);
+    let drop_self = |h: Vec<Vec<Hit>>| -> Vec<Vec<Hit>> {
+        h.into_iter()
+            .enumerate()
+            .map(|(i, h)| h.into_iter().filter(|x| x.id as usize != i).take(k).collect())
+            .collect()
+    };
+    Ok(recall_at_k(&drop_self(hits), &drop_self(truth), k))
+}
+
 /// Exact top-`k` of every query.
 pub fn ground_truth(base: &Prepared<'_>, queries: &Prepared<'_>, k: usize) -> Vec<Vec<Hit>> {
     exact_search(base.view(), queries.view(), base.metric(), k)

@@ -32,6 +32,10 @@ pub struct Args {
     /// documents and 100 queries (no qrels), SIFT's first 2,000 vectors and 50 queries.
     #[arg(long)]
     quick: bool,
+    /// Skip the seed's learned row (a learned encoder trained on the synthetic base, its
+    /// recall on its own training vectors beside its recall on held-out queries).
+    #[arg(long)]
+    no_learned: bool,
 }
 
 const SETS: [&str; 4] = ["synth", "synth-new", "scifact", "sift"];
@@ -69,6 +73,16 @@ struct Skipped {
     reason: String,
 }
 
+/// The seed's claim, row by row: recall@k on the training vectors (own row left out) and on
+/// held-out queries.
+#[derive(Serialize)]
+struct SeedRow {
+    spec: String,
+    train_recall: f64,
+    held_out_same_classes: Option<f64>,
+    held_out_new_classes: Option<f64>,
+}
+
 #[derive(Serialize)]
 struct BenchJson {
     /// The kernels that ran (`avx2` or `baseline`).
@@ -76,6 +90,7 @@ struct BenchJson {
     quick: bool,
     sets: Vec<DataSet>,
     skipped: Vec<Skipped>,
+    seed: Vec<SeedRow>,
 }
 
 pub fn table(rows: &[Report]) -> String {
@@ -298,6 +313,25 @@ pub fn run(a: Args) -> Result<()> {
                 .with_context(|| format!("loading {name} from {}", dir.display()))?,
         );
     }
+    // The seed's learned row: trained on the synthetic base (the fit set of both synth sets).
+    let synth_train = sets.iter().find_map(|s| match s.name {
+        "synth" => Some(&s.base),
+        "synth-new" => s.train.as_ref(),
+        _ => None,
+    });
+    let learned = match synth_train {
+        Some(train) if !a.no_learned => Some(train_seed_model(train, &a.out, a.quick)?),
+        _ => None,
+    };
+    let seed_specs: Vec<String> = learned
+        .iter()
+        .map(|dir| format!("learned=\"{}\"", dir.display()))
+        .chain([
+            "hadamard256".into(),
+            format!("pca{}", 256.min(synth_train.map_or(256, |t| t.dim()))),
+            "flat".into(),
+        ])
+        .collect();
     let mut out = Vec::new();
     let mut md = String::new();
     for s in &sets {
@@ -317,9 +351,14 @@ pub fn run(a: Args) -> Result<()> {
             truth: Some(&gt),
         };
         let mut reports = Vec::new();
+        let seed_rows = match (s.name, &learned) {
+            ("synth" | "synth-new", Some(_)) => vec![format!("{}:K", seed_specs[0])],
+            _ => Vec::new(),
+        };
         for spec in rows(s.base.dim())
             .into_iter()
             .chain(specs[rows(usize::MAX).len()..].iter().cloned())
+            .chain(seed_rows)
         {
             let text = spec.replace(":K", &format!(":{}", a.k));
             let p: Pipeline = text.parse().with_context(|| format!("row {text}"))?;
@@ -339,15 +378,91 @@ pub fn run(a: Args) -> Result<()> {
             rows: reports,
         });
     }
+    let mut seed = Vec::new();
+    if let Some(train) = synth_train {
+        let held = |set: &str, spec: &str| {
+            out.iter()
+                .filter(|d: &&DataSet| d.name == set)
+                .flat_map(|d| &d.rows)
+                .find(|r| r.spec == spec)
+                .map(|r| r.recall_at_k)
+        };
+        for spec in &seed_specs {
+            let p: Pipeline = format!("{spec}:{}", a.k).parse()?;
+            let label = p.stages()[0].scorer.to_string();
+            log(&format!("seed table: train recall of {label}"));
+            seed.push(SeedRow {
+                train_recall: rewa::eval::train_recall(&p, train, 1000, a.k, 42)?,
+                held_out_same_classes: held("synth", &label),
+                held_out_new_classes: held("synth-new", &label),
+                spec: label,
+            });
+        }
+        let opt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.3}"));
+        md += &format!(
+            "### seed: recall@{k} on the training vectors vs held-out queries\nThe seed reported recall on its own training set. Train recall: the first 1,000 synthetic base vectors (the fit set) as queries, each one's own row left out; held-out: the synth and synth-new queries above.\n\n| encoder | train recall@{k} | held-out same classes | held-out new classes | gap (train - same) |\n|---|---:|---:|---:|---:|\n",
+            k = a.k
+        );
+        for r in &seed {
+            md += &format!(
+                "| `{}` | {:.3} | {} | {} | {} |\n",
+                r.spec,
+                r.train_recall,
+                opt(r.held_out_same_classes),
+                opt(r.held_out_new_classes),
+                opt(r.held_out_same_classes.map(|h| r.train_recall - h)),
+            );
+        }
+    }
     println!("{md}");
     let json = BenchJson {
         kernels: rewa::simd::level(),
         quick: a.quick,
         sets: out,
         skipped,
+        seed,
     };
     std::fs::write(&a.out, serde_json::to_string_pretty(&json)?)
         .with_context(|| format!("writing {}", a.out.display()))?;
     log(&format!("wrote {}", a.out.display()));
     Ok(())
+}
+
+/// Trains the seed's learned encoder (self-supervised on exact neighbours with ranking
+/// distillation, 256 outputs; 10 epochs in a quick run) on `train` and saves it beside `out`
+/// (`<out stem>-learned/`); returns the directory.
+fn train_seed_model(train: &Prepared<'_>, out: &Path, quick: bool) -> Result<PathBuf> {
+    let stem = out
+        .file_stem()
+        .map_or("rewa-bench".into(), |s| s.to_string_lossy().into_owned());
+    let dir = out.with_file_name(format!("{stem}-learned"));
+    let cfg = rewa_train::TrainConfig {
+        dim: 256.min(train.dim()),
+        epochs: if quick { 10 } else { 60 },
+        ..Default::default()
+    };
+    log(&format!(
+        "seed row: training a learned encoder {} -> {} on the {} synthetic base vectors",
+        train.dim(),
+        cfg.dim,
+        train.len()
+    ));
+    let o = rewa_train::train(
+        train.view(),
+        &rewa_train::Supervision::Neighbours,
+        &cfg,
+        train.metric(),
+        &mut rewa_train::Quiet,
+    )?;
+    o.model.save(
+        &dir,
+        serde_json::json!({"trained_by": "rewa bench (seed row)", "best_epoch": o.best_epoch, "seconds": o.seconds}),
+    )?;
+    log(&format!(
+        "seed row: best epoch {} in {:.1} s, model in {}",
+        o.best_epoch,
+        o.seconds,
+        dir.display()
+    ));
+    Ok(dir)
 }
