@@ -143,10 +143,20 @@ impl<'a> RunDir<'a> {
     /// Saves the final (best) model with the finished run's record, then moves the run into
     /// place (replacing an old run only now, with `force`).
     pub fn finish(&mut self, model: &LearnedTransform, extra: serde_json::Value) -> Result<()> {
+        self.finish_with(model, extra, None)
+    }
+
+    /// [`RunDir::finish`], keeping the quantizer trained with the model beside it.
+    pub fn finish_with(
+        &mut self,
+        model: &LearnedTransform,
+        extra: serde_json::Value,
+        quantizer: Option<(rewa::encode::QuantizerSpec, &rewa::encode::AnyQuantizer)>,
+    ) -> Result<()> {
         if let (Some(r), serde_json::Value::Object(e)) = (self.record.as_object_mut(), extra) {
             r.extend(e);
         }
-        model.save(&self.tmp, self.record.clone())?;
+        model.save_with(&self.tmp, self.record.clone(), quantizer)?;
         self.commit()
     }
 

@@ -9,25 +9,96 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use rewa::encode::{LearnedTransform, Transform};
 
-/// Which quantizer the outputs are trained to survive (straight-through estimator).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// Which quantizer the outputs are trained for (`--qat`, a quantizer token of an encoder
+/// spec). `sign` is scored by Hamming distance, so both sides of the training similarity are
+/// quantized; every other code is scored asymmetrically (the float query against the code),
+/// so only the document side is, as the index will score it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Qat {
-    /// One bit per dimension: forward uses `sign(z) / sqrt(m)`, backward passes the gradient
-    /// through unchanged.
+    /// One bit per dimension, Hamming: forward `sign(z) / sqrt(m)` on both sides, backward
+    /// the identity (straight-through estimator).
     Sign,
-    /// One byte per dimension: forward rounds to 255 levels over the batch's range.
+    /// `asign`: the same bits, the float query against `sign(z - mean)` (straight-through).
+    Asign,
+    /// One byte per dimension (255 levels over the batch's range per dimension), the float
+    /// query against the rounded document (straight-through).
     Int8,
+    /// `rabitq<bits>`: the document is the vector RaBitQ's estimator scores it as,
+    /// `c + f R^T g` (straight-through), from the quantizer itself (seeded rotation, the
+    /// centroid refitted on the outputs every epoch), which the model directory keeps.
+    Rabitq {
+        /// Bits per dimension, 1 to 8.
+        bits: usize,
+    },
+    /// `pq<m>`: product quantization with codebooks trained jointly (JPQ-style): each
+    /// document is replaced by its centroids (hard assignment, nearest centroid), the ranking
+    /// loss trains the codebooks through them and the queries' encoder through the float
+    /// query; a commitment term keeps outputs near their centroids. The codebooks start from
+    /// k-means on the first epoch's outputs.
+    Pq {
+        /// Sub-spaces (bytes per code).
+        m: usize,
+    },
+}
+
+impl Qat {
+    /// The quantizer token the codes are stored with.
+    pub fn spec(&self) -> rewa::encode::QuantizerSpec {
+        use rewa::encode::QuantizerSpec as Q;
+        match *self {
+            Qat::Sign => Q::Sign,
+            Qat::Asign => Q::SignAsym,
+            Qat::Int8 => Q::Int8,
+            Qat::Rabitq { bits } => Q::Rabitq { bits },
+            Qat::Pq { m } => Q::Pq { m },
+        }
+    }
+    /// `true` if the model directory keeps a trained quantizer for it.
+    pub fn keeps_quantizer(&self) -> bool {
+        matches!(self, Qat::Rabitq { .. } | Qat::Pq { .. })
+    }
+}
+
+impl std::fmt::Display for Qat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.spec())
+    }
 }
 
 impl std::str::FromStr for Qat {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "sign" => Ok(Qat::Sign),
-            "int8" => Ok(Qat::Int8),
-            _ => Err(format!("unknown quantizer {s:?} (sign or int8)")),
+        use rewa::encode::QuantizerSpec as Q;
+        let bad = || {
+            format!(
+                "--qat {s:?}: one quantizer token the outputs will be stored as: sign, asign, int8, rabitq<bits> (1-8) or pq<m> (put transforms such as opq in --encoder, not here)"
+            )
+        };
+        let spec: rewa::EncoderSpec = s.parse().map_err(|e| format!("{}: {e}", bad()))?;
+        if !spec.transforms.is_empty() || spec.ivf.is_some() {
+            return Err(bad());
         }
+        Ok(match spec.quantizer {
+            Q::Sign => Qat::Sign,
+            Q::SignAsym => Qat::Asign,
+            Q::Int8 => Qat::Int8,
+            Q::Rabitq { bits } => Qat::Rabitq { bits },
+            Q::Pq { m } => Qat::Pq { m },
+            _ => return Err(bad()),
+        })
+    }
+}
+
+impl serde::Serialize for Qat {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Qat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -219,19 +290,46 @@ impl Mlp {
     }
 }
 
-/// The quantized view of unit-norm outputs `z` used in training: forward is the quantized
-/// value, backward the identity (straight-through estimator).
-pub fn fake_quantize(z: &Tensor, q: Qat) -> Result<Tensor> {
+/// The quantized view of unit-norm outputs `z` used on both sides of a `sign` run: forward
+/// `sign(z) / sqrt(m)`, backward the identity (straight-through estimator).
+pub fn fake_quantize(z: &Tensor) -> Result<Tensor> {
     let m = z.dim(D::Minus1)? as f64;
-    let hard = match q {
-        Qat::Sign => (z.sign()? / m.sqrt())?,
-        Qat::Int8 => {
-            let a = z.abs()?.max_keepdim(0)?.detach();
-            let a = (a + 1e-12)?;
-            let scaled = z.broadcast_div(&a)?.affine(127.0, 0.0)?.round()?;
-            let back = scaled.affine(1.0 / 127.0, 0.0)?.broadcast_mul(&a)?;
-            ops::l2_normalize(&back)?
+    let hard = (z.sign()? / m.sqrt())?;
+    z + (hard - z)?.detach()
+}
+
+/// The document side of `asign` and `int8` codes: forward the vector the index will score
+/// the float query against, backward the identity (straight-through). `centroid` is the
+/// outputs' mean (asign's thresholds).
+pub fn fake_document(z: &Tensor, q: Qat, centroid: &[f32]) -> Result<Tensor> {
+    let (n, m) = z.dims2()?;
+    let zv: Vec<f32> = z.flatten_all()?.to_vec1()?;
+    let mut h = vec![0f32; n * m];
+    match q {
+        Qat::Asign => {
+            for (hr, zr) in h.chunks_exact_mut(m).zip(zv.chunks_exact(m)) {
+                for ((o, &v), &c) in hr.iter_mut().zip(zr).zip(centroid) {
+                    *o = if v > c { 1.0 } else { -1.0 } / (m as f32).sqrt();
+                }
+            }
         }
-    };
+        Qat::Int8 => {
+            let mut a = vec![1e-12f32; m];
+            for zr in zv.chunks_exact(m) {
+                for (a, v) in a.iter_mut().zip(zr) {
+                    *a = a.max(v.abs());
+                }
+            }
+            for (hr, zr) in h.chunks_exact_mut(m).zip(zv.chunks_exact(m)) {
+                for ((o, &v), &a) in hr.iter_mut().zip(zr).zip(&a) {
+                    *o = (v / a * 127.0).round() / 127.0 * a;
+                }
+            }
+        }
+        Qat::Sign | Qat::Pq { .. } | Qat::Rabitq { .. } => {
+            unreachable!("invariant: sign is symmetric; pq and rabitq documents come from their quantizers")
+        }
+    }
+    let hard = Tensor::from_vec(h, (n, m), z.device())?;
     z + (hard - z)?.detach()
 }

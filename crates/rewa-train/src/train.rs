@@ -17,9 +17,12 @@
 //! plus, with weight `distill`, the teacher distribution `softmax(S_full / teacher_temp)` of
 //! the same batch in the full space (ranking distillation). Both terms are cross-entropies
 //! against fixed targets, so they add into one target matrix. With `qat` the loss is also
-//! taken on the fake-quantized outputs and the two are summed.
+//! taken on the quantized outputs and the two are summed: for `sign` (Hamming) on both sides
+//! quantized; for asymmetric codes (`asign`, `int8`, `rabitq<bits>`, `pq<m>`) on logits
+//! `s Z Hᵀ`, the float outputs against the documents as the index will score them (see
+//! [`Qat`]); `pq<m>` adds `|sg(z) - h|² + 0.25 |z - sg(h)|²` (codebook and commitment terms).
 
-use crate::model::{fake_quantize, Mlp, Qat};
+use crate::model::{fake_document, fake_quantize, Mlp, Qat};
 use crate::optim::AdamW;
 use crate::{Error, Result};
 use candle_core::{Device, Tensor, Var};
@@ -27,7 +30,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
-use rewa::encode::{LearnedTransform, QuantizerSpec, Transform};
+use rewa::encode::{AnyQuantizer, LearnedTransform, QuantizerSpec, Transform};
 use rewa::eval::Qrels;
 use rewa::search::{exact_search, scan_encoded, Hit};
 use rewa::{Encoder, Metric, Vectors, VectorsRef};
@@ -219,6 +222,9 @@ pub struct EpochLog {
 pub struct TrainOutcome {
     /// The best epoch's weights.
     pub model: LearnedTransform,
+    /// The quantizer trained with it (`qat` of `pq<m>` or `rabitq<bits>`), to keep in the
+    /// model directory.
+    pub quantizer: Option<(QuantizerSpec, AnyQuantizer)>,
     /// Every epoch.
     pub log: Vec<EpochLog>,
     /// 1-based epoch of `model`.
@@ -274,6 +280,54 @@ struct PairSplit<'a> {
 
 /// Fixed evaluation set of a part: base ids (the first `nq` are also the queries), their
 /// vectors (gathered once, not every epoch) and the exact truth.
+/// What a quantization-aware run carries between batches: the centre of the outputs (asign
+/// thresholds, RaBitQ centroid) and the PQ codebooks, trained with the model.
+struct QatState {
+    qat: Qat,
+    centroid: Vec<f32>,
+    codebook: Option<Var>,
+    /// RaBitQ runs: the quantizer itself (its seeded rotation; the centroid refitted every
+    /// epoch), so training sees the estimator the index will use.
+    rabitq: Option<rewa::encode::RabitqQuantizer>,
+}
+
+impl QatState {
+    /// The quantizer the codes will be stored with, from the run's current state: fitted on
+    /// `out` for the ones nothing is trained for (sign, asign, int8).
+    fn quantizer(&self, out: VectorsRef<'_>, seed: u64) -> Result<AnyQuantizer> {
+        let m = out.dim();
+        Ok(match self.qat {
+            Qat::Pq { m: sub } => {
+                let cb = self.codebook.as_ref().expect("invariant: pq runs have codebooks");
+                rewa::encode::PqQuantizer::from_parts(
+                    m,
+                    sub,
+                    cb.as_tensor().to_vec1::<f32>()?,
+                    Metric::Ip,
+                )?
+                .into()
+            }
+            Qat::Rabitq { .. } => self
+                .rabitq
+                .clone()
+                .expect("invariant: rabitq runs carry their quantizer")
+                .into(),
+            q => AnyQuantizer::fit(q.spec(), out, Metric::Ip, seed)?,
+        })
+    }
+}
+
+/// The mean of the model's outputs on (up to 4,096 of) `rows`.
+fn output_mean(model: &LearnedTransform, base: VectorsRef<'_>, rows: &[u32]) -> Vec<f32> {
+    let x = base.gather(&rows[..rows.len().min(4096)]);
+    let out = model.apply_batch(x.view());
+    let mut mean = vec![0f64; out.dim()];
+    for r in out.view().rows() {
+        mean.iter_mut().zip(r).for_each(|(m, v)| *m += *v as f64);
+    }
+    mean.iter().map(|m| (m / out.len().max(1) as f64) as f32).collect()
+}
+
 struct EvalSet {
     base: Vec<u32>,
     x: Vectors,
@@ -694,7 +748,8 @@ pub fn train(
     anchors.shuffle(&mut rng);
 
     let mut log = Vec::new();
-    let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
+    type QSnap = (Vec<f32>, Vec<f32>, Option<rewa::encode::RabitqQuantizer>);
+    let mut best: Option<(f64, usize, Vec<Tensor>, Option<QSnap>)> = None;
     let mut stale = 0;
     let mut stopped_early = false;
     let mut step_global = 0usize;
@@ -707,8 +762,42 @@ pub fn train(
     // A PCA start is evaluated as epoch 0 (no training) and competes for the best epoch, so
     // training never ends below the baseline it started from on validation.
     let first = if cfg.init == Init::Pca { 0 } else { 1 };
+    let mut qstate = cfg.qat.map(|qat| QatState {
+        qat,
+        centroid: vec![0.0; cfg.dim],
+        codebook: None,
+        rabitq: None,
+    });
+    let mut cb_opt: Option<AdamW> = None;
     for epoch in first..=cfg.epochs {
         let te = Instant::now();
+        if let Some(st) = qstate.as_mut() {
+            let model = mlp.export()?;
+            st.centroid = output_mean(&model, base, &train_part.rows);
+            if let Qat::Rabitq { bits } = st.qat {
+                // the same seed every epoch: the same rotation, the centroid of today's outputs
+                let x = base.gather(&train_part.rows[..train_part.rows.len().min(4096)]);
+                let out = model.apply_batch(x.view());
+                st.rabitq = Some(<rewa::encode::RabitqQuantizer as rewa::encode::Quantizer>::fit(
+                    &rewa::encode::RabitqConfig { bits, metric: Metric::Ip },
+                    out.view(),
+                    cfg.seed,
+                )?);
+            }
+            if let (Qat::Pq { m }, None) = (st.qat, &st.codebook) {
+                // k-means on the current outputs of (up to 65,536) training vectors
+                let x = base.gather(&train_part.rows[..train_part.rows.len().min(1 << 16)]);
+                let out = model.apply_batch(x.view());
+                let pq = <rewa::encode::PqQuantizer as rewa::encode::Quantizer>::fit(
+                    &rewa::encode::PqConfig::new(m, Metric::Ip),
+                    out.view(),
+                    cfg.seed,
+                )?;
+                let cb = Var::from_vec(pq.centroids().to_vec(), pq.centroids().len(), &dev)?;
+                cb_opt = Some(AdamW::new(std::slice::from_ref(&cb), cfg.lr, 0.0));
+                st.codebook = Some(cb);
+            }
+        }
         let mut loss_sum = 0.0;
         let steps = if epoch == 0 { 0 } else { steps_per_epoch };
         for step in 0..steps {
@@ -740,9 +829,18 @@ pub fn train(
                 metric,
                 l2_scale,
                 Some(&mut rng),
+                qstate.as_ref(),
                 &dev,
             )?;
-            opt.step(&vars, &loss.backward()?, cfg.clip)?;
+            let grads = loss.backward()?;
+            opt.step(&vars, &grads, cfg.clip)?;
+            if let (Some(o), Some(cb)) = (
+                cb_opt.as_mut(),
+                qstate.as_ref().and_then(|s| s.codebook.as_ref()),
+            ) {
+                o.lr = lr;
+                o.step(std::slice::from_ref(cb), &grads, cfg.clip)?;
+            }
             if cfg.learn_temperature {
                 // keep 1/temperature in [1, 100]
                 let c = log_scale.as_tensor().clamp(0f32, 100f32.ln())?;
@@ -786,7 +884,7 @@ pub fn train(
             }
         };
         for b in &val_batches {
-            let l = batch_loss(&mlp, &log_scale, b, cfg, metric, l2_scale, None, &dev)?;
+            let l = batch_loss(&mlp, &log_scale, b, cfg, metric, l2_scale, None, qstate.as_ref(), &dev)?;
             vl = (vl.0 + l.to_scalar::<f32>()? as f64, vl.1 + 1);
         }
         let val_loss = if vl.1 > 0 {
@@ -799,7 +897,7 @@ pub fn train(
             None => (f64::NAN, None, None),
         };
         let (val_recall, val_label_precision, val_recall_quantized) = match &val_eval {
-            Some(e) => eval_set(&model, e, labels, cfg.qat, cfg.seed)?,
+            Some(e) => eval_set(&model, e, labels, qstate.as_ref(), cfg.seed)?,
             None => (f64::NAN, None, None),
         };
         let (val_recall, val_qrels_recall) = match &pair_eval {
@@ -832,13 +930,25 @@ pub fn train(
         // Without a validation part every epoch counts as the best.
         let improved = match &best {
             None => true,
-            Some((b, _, _)) => s.is_nan() || s > b + 1e-4,
+            Some((b, _, _, _)) => s.is_nan() || s > b + 1e-4,
         };
         if improved {
+            let qsnap = match &qstate {
+                Some(st) => Some((
+                    st.centroid.clone(),
+                    match &st.codebook {
+                        Some(cb) => cb.as_tensor().to_vec1::<f32>()?,
+                        None => Vec::new(),
+                    },
+                    st.rabitq.clone(),
+                )),
+                None => None,
+            };
             best = Some((
                 if s.is_nan() { f64::MIN } else { s },
                 epoch,
                 mlp.snapshot()?,
+                qsnap,
             ));
             stale = 0;
         } else {
@@ -851,10 +961,25 @@ pub fn train(
             break;
         }
     }
-    let (_, best_epoch, snap) = best.expect("invariant: at least one epoch ran");
+    let (_, best_epoch, snap, qsnap) = best.expect("invariant: at least one epoch ran");
     mlp.restore(&snap)?;
+    let model = mlp.export()?;
+    let quantizer = match (&mut qstate, qsnap) {
+        (Some(st), Some((centroid, cb, rq))) if st.qat.keeps_quantizer() => {
+            st.centroid = centroid;
+            st.rabitq = rq;
+            if let Some(v) = &st.codebook {
+                v.set(&Tensor::from_vec(cb, v.elem_count(), &dev)?)?;
+            }
+            let x = base.gather(&train_part.rows[..train_part.rows.len().min(4096)]);
+            let out = model.apply_batch(x.view());
+            Some((st.qat.spec(), st.quantizer(out.view(), cfg.seed)?))
+        }
+        _ => None,
+    };
     Ok(TrainOutcome {
-        model: mlp.export()?,
+        quantizer,
+        model,
         log,
         best_epoch,
         stopped_early,
@@ -883,7 +1008,7 @@ fn eval_set(
     model: &LearnedTransform,
     e: &EvalSet,
     labels: Option<&[i64]>,
-    qat: Option<Qat>,
+    qat: Option<&QatState>,
     seed: u64,
 ) -> Result<(f64, Option<f64>, Option<f64>)> {
     let out = model.apply_batch(e.x.view());
@@ -897,17 +1022,15 @@ fn eval_set(
     });
     let rq = match qat {
         None => None,
-        Some(q) => {
+        Some(st) => {
             let spec = rewa::EncoderSpec {
                 ivf: None,
                 residual: false,
                 transforms: vec![],
-                quantizer: match q {
-                    Qat::Sign => QuantizerSpec::Sign,
-                    Qat::Int8 => QuantizerSpec::Int8,
-                },
+                quantizer: st.qat.spec(),
             };
-            let enc = Encoder::fit(&spec, out.view(), Metric::Ip, seed)?;
+            let q = st.quantizer(out.view(), seed)?;
+            let enc = Encoder::from_parts(spec, out.dim(), None, vec![], q)?;
             let codes = enc.encode_batch(out.view())?;
             let r = drop_self(scan_encoded(&enc, &codes, qo.view(), 11), 10);
             Some(rewa::eval::recall_at_k(&r, &e.truth, 10))
@@ -1048,6 +1171,7 @@ fn batch_loss(
     metric: Metric,
     l2_scale: f32,
     mut rng: Option<&mut ChaCha8Rng>,
+    qat: Option<&QatState>,
     dev: &Device,
 ) -> Result<Tensor> {
     let n = b.rows;
@@ -1111,8 +1235,73 @@ fn batch_loss(
         )?)
     };
     let loss = one(&z)?;
-    match cfg.qat {
-        None => Ok(loss),
-        Some(q) => Ok((loss + one(&fake_quantize(&z, q)?)?)?),
+    // the float outputs (queries) against the documents as the index scores them
+    let asym = |h: &Tensor| -> Result<Tensor> {
+        let logits = z.matmul(&h.t()?)?.broadcast_mul(&log_scale.as_tensor().exp()?)?;
+        let mask = Tensor::from_vec(
+            (0..n * n)
+                .map(|ij| if ij / n == ij % n { -1e4f32 } else { 0.0 })
+                .collect::<Vec<_>>(),
+            (n, n),
+            dev,
+        )?;
+        let logp = candle_nn::ops::log_softmax(&(logits + mask)?, candle_core::D::Minus1)?;
+        let t = Tensor::from_vec(targets.clone(), (n, n), dev)?;
+        Ok(((t * logp)?.sum_all()? * (-1.0 / n as f64))?)
+    };
+    match (cfg.qat, qat) {
+        (None, _) | (Some(_), None) => Ok(loss),
+        (Some(Qat::Sign), _) => Ok((loss + one(&fake_quantize(&z)?)?)?),
+        (Some(Qat::Pq { m }), Some(st)) => {
+            let cb = st.codebook.as_ref().expect("invariant: pq runs have codebooks");
+            let h = pq_documents(&z, cb, m)?;
+            let codebook = (z.detach() - &h)?.sqr()?.sum(1)?.mean_all()?;
+            let commit = (&z - h.detach())?.sqr()?.sum(1)?.mean_all()?;
+            Ok((((loss + asym(&h)?)? + codebook)? + (commit * 0.25)?)?)
+        }
+        (Some(Qat::Rabitq { .. }), Some(st)) => {
+            let rq = st.rabitq.as_ref().expect("invariant: rabitq runs carry their quantizer");
+            Ok((loss + asym(&rabitq_documents(&z, rq)?)?)?)
+        }
+        (Some(q), Some(st)) => Ok((loss + asym(&fake_document(&z, q, &st.centroid)?)?)?),
     }
+}
+
+/// Each row of `z` replaced by its nearest centroids in the codebooks `cb` (`pq<m>` layout,
+/// [`rewa::encode::PqQuantizer::centroids`]): a gather, so the loss reaches the codebooks.
+fn pq_documents(z: &Tensor, cb: &Var, m: usize) -> Result<Tensor> {
+    let (n, d) = z.dims2()?;
+    let zv = Vectors::new(d, z.flatten_all()?.to_vec1::<f32>()?)?;
+    let pq = rewa::encode::PqQuantizer::from_parts(d, m, cb.as_tensor().to_vec1::<f32>()?, Metric::L2)?;
+    let mut codes = vec![0u8; n * m];
+    rewa::encode::Quantizer::encode_batch(&pq, zv.view(), &mut codes);
+    let k = rewa::encode::PQ_CENTROIDS;
+    let mut idx = vec![0u32; n * d];
+    for (row, code) in idx.chunks_exact_mut(d).zip(codes.chunks_exact(m)) {
+        for (j, &c) in code.iter().enumerate() {
+            let (s, e) = (j * d / m, (j + 1) * d / m);
+            for t in s..e {
+                row[t] = (k * s + c as usize * (e - s) + t - s) as u32;
+            }
+        }
+    }
+    let idx = Tensor::from_vec(idx, n * d, z.device())?;
+    Ok(cb.as_tensor().index_select(&idx, 0)?.reshape((n, d))?)
+}
+
+/// Each row of `z` replaced by the vector RaBitQ's estimator scores it as (`rq`'s code of it,
+/// [`rewa::encode::RabitqQuantizer::estimator_vector`]), straight-through to `z`.
+fn rabitq_documents(z: &Tensor, rq: &rewa::encode::RabitqQuantizer) -> Result<Tensor> {
+    use rewa::encode::Quantizer;
+    let (n, d) = z.dims2()?;
+    let zv = Vectors::new(d, z.flatten_all()?.to_vec1::<f32>()?)?;
+    let cl = rq.code_len();
+    let mut codes = vec![0u8; n * cl];
+    rq.encode_batch(zv.view(), &mut codes);
+    let h: Vec<f32> = codes
+        .par_chunks(cl)
+        .flat_map_iter(|c| rq.estimator_vector(c))
+        .collect();
+    let hard = Tensor::from_vec(h, (n, d), z.device())?;
+    Ok((z + (hard - z)?.detach())?)
 }

@@ -531,3 +531,89 @@ fn every_setting_is_checked_before_training_and_names_its_flag() {
     assert!(e.to_string().contains("--val-fraction"), "{e}");
     assert!(rewa_train::validate(base.view(), &Supervision::Neighbours, &cfg).is_ok());
 }
+
+#[test]
+fn asymmetric_training_keeps_more_recall_in_asign_and_rabitq_codes() {
+    let (base, queries) = data(1);
+    let c32 = TrainConfig {
+        dim: 32,
+        ..small_config()
+    };
+    let plain = run(&base, &Supervision::Neighbours, &c32).unwrap();
+    let (base, queries) = (&base, &queries);
+    for (qat, spec, margin) in [
+        (rewa_train::Qat::Asign, "asign", 0.02),
+        (rewa_train::Qat::Rabitq { bits: 1 }, "rabitq1", 0.02),
+    ] {
+        let cfg = TrainConfig {
+            qat: Some(qat),
+            ..c32.clone()
+        };
+        let out = run(base, &Supervision::Neighbours, &cfg).unwrap();
+        assert!(out.log.iter().all(|e| e.val_recall_quantized.is_some()));
+        let p = recall_of(&learned_encoder(plain.model.clone(), spec, base), base, queries);
+        let enc = match out.quantizer {
+            // rabitq keeps the quantizer it was trained with
+            Some((s, q)) => {
+                assert_eq!(s.to_string(), spec);
+                Encoder::from_parts(
+                    format!("learned=mem+{spec}").parse().unwrap(),
+                    base.dim(),
+                    None,
+                    vec![out.model.clone().into()],
+                    q,
+                )
+                .unwrap()
+            }
+            None => learned_encoder(out.model.clone(), spec, base),
+        };
+        let q = recall_of(&enc, base, queries);
+        eprintln!("held-out recall@10 of {spec} codes: plain {p:.3}, trained for them {q:.3}");
+        assert!(q > p + margin, "{spec}: plain {p} vs qat {q}");
+    }
+}
+
+#[test]
+fn pq_training_keeps_its_codebooks_which_learned_dir_plus_pq_uses() {
+    let (base, queries) = data(1);
+    let cfg = TrainConfig {
+        qat: Some("pq8".parse().unwrap()),
+        init: rewa_train::Init::Pca,
+        lr: 1e-3,
+        ..small_config()
+    };
+    let out = run(&base, &Supervision::Neighbours, &cfg).unwrap();
+    let (spec, q) = out.quantizer.as_ref().expect("pq runs keep their codebooks");
+    assert_eq!(spec.to_string(), "pq8");
+    let t = tempfile::tempdir().unwrap();
+    out.model
+        .save_with(t.path(), serde_json::json!({}), Some((*spec, q)))
+        .unwrap();
+    let cfgfile = std::fs::read_to_string(t.path().join("config.json")).unwrap();
+    assert!(cfgfile.contains("\"quantizer\": \"pq8\""), "{cfgfile}");
+    let enc = |s: &str| {
+        let spec: EncoderSpec = format!("learned={}+{s}", t.path().display()).parse().unwrap();
+        Encoder::fit(&spec, base.view(), Metric::Cosine, 3).unwrap()
+    };
+    // learned=DIR+pq8 takes the trained codebooks, byte for byte; another pq is fitted
+    let rewa::encode::AnyQuantizer::Pq(kept) = q else { panic!("a pq quantizer") };
+    let rewa::encode::AnyQuantizer::Pq(loaded) = enc("pq8").quantizer().clone() else { panic!() };
+    assert_eq!(loaded.centroids(), kept.centroids());
+    let rewa::encode::AnyQuantizer::Pq(other) = enc("pq4").quantizer().clone() else { panic!() };
+    assert_eq!(other.centroids().len(), kept.centroids().len());
+    assert_ne!(other.centroids(), kept.centroids());
+    let r = recall_of(&enc("pq8"), &base, &queries);
+    eprintln!("held-out recall@10, learned 16 dims + trained pq8: {r:.3}");
+    assert!(r > 0.5, "{r}");
+}
+
+#[test]
+fn qat_takes_one_quantizer_token() {
+    for ok in ["sign", "asign", "int8", "rabitq1", "rabitq8", "pq16"] {
+        assert_eq!(ok.parse::<rewa_train::Qat>().unwrap().to_string(), ok);
+    }
+    for bad in ["opq32+pq32", "pq32x4", "flat", "asignfs", "hadamard64+sign", "rabitq9"] {
+        let e = bad.parse::<rewa_train::Qat>().unwrap_err();
+        assert!(e.contains("one quantizer token"), "{bad}: {e}");
+    }
+}

@@ -110,7 +110,11 @@ pub struct Args {
     /// Epochs without validation improvement before stopping.
     #[arg(long, default_value_t = TrainConfig::default().patience)]
     patience: usize,
-    /// Quantization-aware training for the codes the output will be stored as: sign | int8.
+    /// Train for the codes the output will be stored as (one quantizer token): sign
+    /// (Hamming, both sides quantized), or scored asymmetrically like the index scores them:
+    /// asign, int8, rabitq<bits> (1-8), pq<m> (codebooks trained with the model, JPQ-style).
+    /// pq<m> and rabitq<bits> keep their trained quantizer in the model directory, which
+    /// `--encoder learned=DIR+pq<m>` uses instead of fitting one; --init pca is a good start.
     #[arg(long)]
     qat: Option<Qat>,
     /// Starting weights: random, or pca (the network starts as the PCA projection of the
@@ -279,7 +283,11 @@ pub fn run(a: Args) -> Result<()> {
         "n_train": out.n_train,
         "n_val": out.n_val,
     });
-    run.finish(&out.model, summary.clone())?;
+    run.finish_with(
+        &out.model,
+        summary.clone(),
+        out.quantizer.as_ref().map(|(s, q)| (*s, q)),
+    )?;
     drop(run);
     bar.pb.finish_and_clear();
     let best = out

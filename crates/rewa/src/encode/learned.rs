@@ -13,8 +13,9 @@
 //! |---|---|
 //! | `config.json` | [`ModelConfig`]: format tag and version, dims, `ln_eps`, and the training record |
 //! | `model.safetensors` | f32 tensors `l1.weight` (h x d), `l1.bias`, `ln1.weight`, `ln1.bias` (h), `l2.weight` (m x h), `l2.bias`, `ln2.weight`, `ln2.bias` (m) |
+//! | `quantizer.safetensors` | optional: the quantizer trained with the model (`rewa train --qat pq32`), as the quantizer's own tensors; `config.json` names it (`"quantizer": "pq32"`), and `learned=DIR+pq32` takes it instead of fitting one |
 
-use super::{TensorSource, Transform};
+use super::{AnyQuantizer, QuantizerSpec, TensorSource, Transform};
 use crate::error::{invalid, Error, Result};
 use crate::vectors::{Vectors, VectorsRef};
 use rayon::prelude::*;
@@ -29,6 +30,8 @@ pub const MODEL_VERSION: u32 = 1;
 pub const CONFIG_FILE: &str = "config.json";
 /// Weights file name inside a model directory.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// The jointly trained quantizer's file inside a model directory (optional).
+pub const QUANTIZER_FILE: &str = "quantizer.safetensors";
 
 /// The tensor names, in the order [`LearnedTransform::tensors`] gives them.
 pub const TENSOR_NAMES: [&str; 8] = [
@@ -61,6 +64,10 @@ pub struct ModelConfig {
     /// as written, not read by inference.
     #[serde(default)]
     pub training: serde_json::Value,
+    /// The quantizer trained with the model (a quantizer token such as `pq32` or `rabitq2`),
+    /// kept in [`QUANTIZER_FILE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantizer: Option<String>,
 }
 
 /// Settings for [`LearnedTransform`]: where the trained model lives.
@@ -236,7 +243,32 @@ impl LearnedTransform {
     /// written last, so a directory with a config always has its weights). `training` is
     /// stored in the config as given.
     pub fn save(&self, dir: &Path, training: serde_json::Value) -> Result<ModelConfig> {
+        self.save_with(dir, training, None)
+    }
+
+    /// [`LearnedTransform::save`], with the quantizer trained for the model's outputs (written
+    /// first; the config naming it last).
+    pub fn save_with(
+        &self,
+        dir: &Path,
+        training: serde_json::Value,
+        quantizer: Option<(QuantizerSpec, &AnyQuantizer)>,
+    ) -> Result<ModelConfig> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        if let Some((_, q)) = quantizer {
+            let tensors = q.tensors();
+            let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+                .iter()
+                .map(|t| {
+                    let view = safetensors::tensor::TensorView::new(t.dtype(), t.shape.clone(), t.bytes())
+                        .expect("invariant: shape matches length");
+                    (t.name.clone(), view)
+                })
+                .collect();
+            let bytes = safetensors::serialize(views, None)
+                .map_err(|e| Error::InvalidInput(format!("safetensors: {e}")))?;
+            crate::io::write_atomic(&dir.join(QUANTIZER_FILE), &[&bytes])?;
+        }
         let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = self
             .tensors()
             .into_iter()
@@ -259,6 +291,7 @@ impl LearnedTransform {
             dim_out: self.dim_out,
             ln_eps: self.eps,
             training,
+            quantizer: quantizer.map(|(s, _)| s.to_string()),
         };
         let text = serde_json::to_string_pretty(&cfg).expect("invariant: config serialises");
         crate::io::write_atomic(&dir.join(CONFIG_FILE), &[text.as_bytes()])?;
@@ -314,6 +347,27 @@ pub fn gelu(v: f32) -> f32 {
 pub fn gelu_u(v: f32) -> f32 {
     const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
     SQRT_TWO_OVER_PI * v * (1.0 + 0.044715 * v * v)
+}
+
+/// The quantizer trained with the model in `dir`, if its config names `spec` (else `None`: fit
+/// one as usual), for `dim` inputs and `metric`.
+pub fn trained_quantizer(
+    dir: &Path,
+    spec: QuantizerSpec,
+    dim: usize,
+    metric: crate::distance::Metric,
+) -> Result<Option<AnyQuantizer>> {
+    let (_, cfg) = LearnedTransform::load(dir)?;
+    if cfg.quantizer.as_deref() != Some(spec.to_string().as_str()) {
+        return Ok(None);
+    }
+    let path = dir.join(QUANTIZER_FILE);
+    crate::io::check_readable(&path, u64::MAX)?;
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::corrupt(&path, format!("not a safetensors file: {e}")))?;
+    let src = TensorSource::new(&st, &path);
+    AnyQuantizer::from_tensors(spec, &src, dim, metric).map(Some)
 }
 
 impl Transform for LearnedTransform {

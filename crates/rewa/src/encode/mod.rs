@@ -29,8 +29,8 @@ pub use hadamard::{fwht, fwht_reference, HadamardConfig, HadamardTransform};
 pub use int8::{Int8Config, Int8Quantizer, Int8Query};
 pub use ivf::Coarse;
 pub use learned::{
-    gelu, gelu_u, layer_norm, LearnedConfig, LearnedTransform, ModelConfig, CONFIG_FILE,
-    MODEL_FORMAT, MODEL_VERSION, TENSOR_NAMES, WEIGHTS_FILE,
+    gelu, gelu_u, layer_norm, trained_quantizer, LearnedConfig, LearnedTransform, ModelConfig,
+    CONFIG_FILE, MODEL_FORMAT, MODEL_VERSION, QUANTIZER_FILE, TENSOR_NAMES, WEIGHTS_FILE,
 };
 pub use opq::{OpqConfig, OpqTransform};
 pub use params::{Tensor, TensorData, TensorSource};
@@ -485,7 +485,20 @@ impl Encoder {
             transforms.push(fitted);
         }
         let input = cur.as_ref().map(|v| v.view()).unwrap_or(train);
-        let quantizer = AnyQuantizer::fit(spec.quantizer, input, metric, seed)?;
+        // a model trained with its quantizer (`rewa train --qat pq32`) brings it along
+        let trained = match spec.transforms.last() {
+            Some(TransformSpec::Learned { path }) => learned::trained_quantizer(
+                std::path::Path::new(path),
+                spec.quantizer,
+                input.dim(),
+                metric,
+            )?,
+            _ => None,
+        };
+        let quantizer = match trained {
+            Some(q) => q,
+            None => AnyQuantizer::fit(spec.quantizer, input, metric, seed)?,
+        };
         Ok(Encoder {
             spec: spec.clone(),
             dim: train.dim(),

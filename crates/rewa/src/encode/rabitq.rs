@@ -122,6 +122,36 @@ impl RabitqQuantizer {
     pub fn bits(&self) -> usize {
         self.bits
     }
+    /// A prepared query from its rotated form `y` and its constant (`<q, c>` or `|q - c|^2`).
+    fn query_from_rotated(&self, y: &[f32], constant: f32) -> RabitqQuery {
+        let h = ((1usize << self.bits) - 1) as f32 / 2.0;
+        let norm = dot(y, y).sqrt();
+        let scale = if self.metric == Metric::L2 { 2.0 } else { 1.0 };
+        RabitqQuery {
+            tables: sum_tables(y, self.plane_len()),
+            shift: h * y.iter().sum::<f32>(),
+            constant,
+            bound: scale / ((self.dim.max(2) - 1) as f32).sqrt() * norm,
+        }
+    }
+    /// The vector whose inner product with a query the estimator gives for `code`:
+    /// `c + f R^T g` (cosine and ip; for training with the quantizer in the loop).
+    pub fn estimator_vector(&self, code: &[u8]) -> Vec<f32> {
+        let pl = self.plane_len();
+        let h = ((1usize << self.bits) - 1) as f32 / 2.0;
+        let at = self.bits * pl;
+        let f = f32::from_le_bytes(code[at..at + 4].try_into().expect("4 bytes"));
+        let mut out = self.centroid.clone();
+        for i in 0..self.dim {
+            let k = (0..self.bits).fold(0u32, |k, b| k | (((code[b * pl + i / 8] >> (i % 8)) & 1) as u32) << b);
+            let g = f * (k as f32 - h);
+            // R^T g: column i of R is row i of R^T
+            for (o, r) in out.iter_mut().zip(self.rotation[i * self.dim..(i + 1) * self.dim].iter()) {
+                *o += g * r;
+            }
+        }
+        out
+    }
     fn plane_len(&self) -> usize {
         self.dim.div_ceil(8)
     }
@@ -214,11 +244,9 @@ impl RabitqQuantizer {
         k: usize,
         eps0: f32,
     ) -> Vec<Vec<Hit>> {
-        queries
-            .rows()
-            .collect::<Vec<_>>()
+        self.prepare_batch(queries)
             .into_par_iter()
-            .map(|y| self.bound_lists(&self.prepare(y), &[(codes, None, 0.0)], k, eps0))
+            .map(|p| self.bound_lists(&p, &[(codes, None, 0.0)], k, eps0))
             .collect()
     }
 
@@ -359,6 +387,27 @@ impl Quantizer for RabitqQuantizer {
             self.encode_rotated(row, code);
         }
     }
+    /// The rotation of a whole batch as one GEMM.
+    fn prepare_batch(&self, queries: VectorsRef<'_>) -> Vec<RabitqQuery> {
+        let d = self.dim;
+        let mut src = queries.as_slice().to_vec();
+        let mut constants = Vec::with_capacity(queries.len());
+        for row in src.chunks_exact_mut(d) {
+            constants.push(match self.metric {
+                Metric::L2 => {
+                    row.iter_mut().zip(&self.centroid).for_each(|(v, c)| *v -= c);
+                    dot(row, row)
+                }
+                Metric::Cosine | Metric::Ip => dot(row, &self.centroid),
+            });
+        }
+        let mut y = vec![0f32; src.len()];
+        crate::linalg::gemm_abt(&src, &self.rotation, queries.len(), d, d, &mut y);
+        y.par_chunks(d)
+            .zip(constants.into_par_iter())
+            .map(|(y, c)| self.query_from_rotated(y, c))
+            .collect()
+    }
     fn prepare(&self, query: &[f32]) -> RabitqQuery {
         let (src, constant) = match self.metric {
             Metric::L2 => {
@@ -374,15 +423,7 @@ impl Quantizer for RabitqQuantizer {
         };
         let mut y = vec![0f32; self.dim];
         self.rotate(&src, &mut y);
-        let h = ((1usize << self.bits) - 1) as f32 / 2.0;
-        let norm = dot(&y, &y).sqrt();
-        let scale = if self.metric == Metric::L2 { 2.0 } else { 1.0 };
-        RabitqQuery {
-            tables: sum_tables(&y, self.plane_len()),
-            shift: h * y.iter().sum::<f32>(),
-            constant,
-            bound: scale / ((self.dim.max(2) - 1) as f32).sqrt() * norm,
-        }
+        self.query_from_rotated(&y, constant)
     }
     #[inline(always)]
     fn distance(&self, q: &RabitqQuery, code: &[u8]) -> f32 {
@@ -429,6 +470,15 @@ mod tests {
         for bits in [1, 3] {
             let (q, codes) = fit(bits, Metric::L2, base.view());
             assert_eq!(q.code_len(), bits * 5 + 12);
+            // queries prepared in a batch (one GEMM) score as prepared one by one
+            let batch = q.prepare_batch(base.view().slice(0, 5));
+            for (p, y) in batch.iter().zip(base.view().rows()) {
+                let one = q.prepare(y);
+                for c in codes.chunks_exact(q.code_len()) {
+                    let (a, b) = (q.distance(p, c), q.distance(&one, c));
+                    assert!((a - b).abs() < 1e-3 * (1.0 + b.abs()), "{a} vs {b}");
+                }
+            }
             for (x, c) in base.view().rows().zip(codes.chunks_exact(q.code_len())) {
                 let mut one = vec![0u8; q.code_len()];
                 q.encode(x, &mut one);
@@ -497,10 +547,25 @@ mod tests {
             assert!(found * 1000 >= want * 995, "{metric}: {found} of {want} true neighbours kept");
             assert!(kept < truth.len() * base.len() / 4, "{metric}: kept {kept}");
             // the same as the generic per-code distances, cut by the bound
-            let p = q.prepare(queries.row(0));
+            let p = &q.prepare_batch(queries.view())[0];
             for h in &cands[0] {
                 let c = &codes[h.id as usize * q.code_len()..][..q.code_len()];
-                assert_eq!(h.distance, q.distance(&p, c));
+                assert_eq!(h.distance, q.distance(p, c));
+            }
+        }
+    }
+
+    #[test]
+    fn the_estimator_vector_gives_the_ip_estimate() {
+        let base = crate::testutil::gaussian(30, 40, 8);
+        let y = crate::testutil::gaussian(1, 40, 9);
+        for bits in [1, 3] {
+            let (q, codes) = fit(bits, Metric::Ip, base.view());
+            let p = q.prepare(y.row(0));
+            for c in codes.chunks_exact(q.code_len()) {
+                let v = q.estimator_vector(c);
+                let (a, b) = (-dot(y.row(0), &v), q.distance(&p, c));
+                assert!((a - b).abs() < 1e-3 * (1.0 + b.abs()), "{a} vs {b}");
             }
         }
     }
