@@ -16,7 +16,7 @@ def family(r):
     if r["lib"] == "faiss":
         return "FAISS RaBitQ (PCA first below 1 bit/dim)" if "RaBitQ" in s else "FAISS PQ / OPQ"
     if s.startswith("learned="):
-        return "rewa learned, trained for its codes (--qat)"
+        return "rewa learned (--qat runs; learned+opq+pq)"
     if "rabitq" in s:
         return "rewa rabitq (PCA first)"
     if "asign" in s:

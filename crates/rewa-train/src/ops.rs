@@ -570,6 +570,149 @@ pub fn similarity_cross_entropy(
     )
 }
 
+/// The asymmetric contrastive loss: logits `exp(log_scale) * z h^T` (the float outputs `z`
+/// against the documents as the index scores them, `h`), otherwise as
+/// [`similarity_cross_entropy`]. Gradients: `dz = s D h`, `dh = s D^T z`.
+struct AsymSimilarityCe {
+    targets: Arc<Vec<f32>>,
+    cache: std::sync::Mutex<Option<(Vec<f32>, Vec<f32>)>>,
+}
+
+/// `exp(log_scale) * z h^T` and each row's off-diagonal log-sum-exp.
+fn asym_logits(z: &[f32], h: &[f32], n: usize, m: usize, log_scale: f32) -> (Vec<f32>, Vec<f32>) {
+    let mut logits = vec![0f32; n * n];
+    par_gemm(n, m, n, z, (m, 1), h, (1, m), &mut logits);
+    let s = log_scale.exp();
+    logits.par_iter_mut().for_each(|v| *v *= s);
+    let lses = logits
+        .par_chunks(n)
+        .enumerate()
+        .map(|(i, row)| off_diagonal_lse(row, i))
+        .collect();
+    (logits, lses)
+}
+
+impl CustomOp3 for AsymSimilarityCe {
+    fn name(&self) -> &'static str {
+        "rewa-asymmetric-similarity-cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        zs: &CpuStorage,
+        zl: &Layout,
+        hs: &CpuStorage,
+        hl: &Layout,
+        ss: &CpuStorage,
+        sl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, m) = rows_cols(zl)?;
+        if rows_cols(hl)? != (n, m) || self.targets.len() != n * n || sl.shape().elem_count() != 1 {
+            bail!(
+                "asymmetric similarity cross-entropy: z {:?}, h {:?}, scale {:?}, {} targets",
+                zl.dims(),
+                hl.dims(),
+                sl.dims(),
+                self.targets.len()
+            );
+        }
+        let (logits, lses) = asym_logits(
+            contiguous(zs, zl)?,
+            contiguous(hs, hl)?,
+            n,
+            m,
+            contiguous(ss, sl)?[0],
+        );
+        let total: f64 = logits
+            .par_chunks(n)
+            .zip(self.targets.par_chunks(n))
+            .zip(lses.par_iter())
+            .enumerate()
+            .map(|(i, ((row, t), &lse))| {
+                (0..n)
+                    .filter(|&j| j != i && t[j] != 0.0)
+                    .map(|j| -(t[j] * (row[j] - lse)) as f64)
+                    .sum::<f64>()
+            })
+            .sum();
+        *self.cache.lock().expect("cache lock") = Some((logits, lses));
+        Ok((
+            CpuStorage::F32(vec![(total / n as f64) as f32]),
+            Shape::from(()),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        z: &Tensor,
+        h: &Tensor,
+        log_scale: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, m) = z.dims2()?;
+        let (zv, hv) = (host(z)?, host(h)?);
+        let ls = host(log_scale)?[0];
+        let scale = g.to_scalar::<f32>()? / n as f32;
+        let cached = self.cache.lock().expect("cache lock").take();
+        let (mut logits, lses) = match cached {
+            Some((l, s)) if l.len() == n * n => (l, s),
+            _ => asym_logits(&zv, &hv, n, m, ls),
+        };
+        let dls: f64 = logits
+            .par_chunks_mut(n)
+            .zip(self.targets.par_chunks(n))
+            .zip(lses.par_iter())
+            .enumerate()
+            .map(|(i, ((row, t), &lse))| {
+                let tsum: f32 = (0..n).filter(|&j| j != i).map(|j| t[j]).sum();
+                let mut acc = 0f64;
+                for j in 0..n {
+                    let l = row[j];
+                    row[j] = if j == i {
+                        0.0
+                    } else {
+                        scale * (tsum * (l - lse).exp() - t[j])
+                    };
+                    acc += (row[j] * l) as f64;
+                }
+                acc
+            })
+            .sum();
+        // logits = s z h^T: dz = s D h, dh = s D^T z
+        let s = ls.exp();
+        logits.par_iter_mut().for_each(|v| *v *= s);
+        let mut dz = vec![0f32; n * m];
+        par_gemm(n, n, m, &logits, (n, 1), &hv, (m, 1), &mut dz);
+        let mut dh = vec![0f32; n * m];
+        par_gemm(n, n, m, &logits, (1, n), &zv, (m, 1), &mut dh);
+        Ok((
+            Some(tensor(dz, z)?),
+            Some(tensor(dh, h)?),
+            Some(Tensor::new(&[dls as f32], log_scale.device())?.reshape(log_scale.shape())?),
+        ))
+    }
+}
+
+/// The contrastive loss of the float outputs `z` (n x m) against the documents `h` (n x m,
+/// quantized as the index scores them) at temperature `exp(-log_scale)` against `targets`
+/// (n x n, row-major), the diagonal excluded; a scalar.
+pub fn asymmetric_cross_entropy(
+    z: &Tensor,
+    h: &Tensor,
+    log_scale: &Tensor,
+    targets: Vec<f32>,
+) -> Result<Tensor> {
+    z.contiguous()?.apply_op3(
+        &h.contiguous()?,
+        log_scale,
+        AsymSimilarityCe {
+            targets: Arc::new(targets),
+            cache: std::sync::Mutex::new(None),
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -803,6 +946,48 @@ mod tests {
                 gb.get(v.as_tensor()).unwrap(),
                 1e-4,
             );
+        }
+    }
+
+    #[test]
+    fn asymmetric_cross_entropy_matches_masked_log_softmax() {
+        let (n, m) = (20, 9);
+        let dev = Device::Cpu;
+        let mut t = rand((n, n), 19).iter().map(|v| v.max(0.0)).collect::<Vec<f32>>();
+        for i in 0..n {
+            t[i * n + i] = 0.0;
+        }
+        let vars = [
+            Var::from_vec(rand((n, m), 20), (n, m), &dev).unwrap(),
+            Var::from_vec(rand((n, m), 21), (n, m), &dev).unwrap(),
+            Var::from_vec(vec![1.3f32], 1, &dev).unwrap(),
+        ];
+        let tt = Tensor::from_slice(&t, (n, n), &dev).unwrap();
+        let mask: Vec<f32> = (0..n * n)
+            .map(|ij| if ij / n == ij % n { -1e4 } else { 0.0 })
+            .collect();
+        let mask = Tensor::from_vec(mask, (n, n), &dev).unwrap();
+        let composed = |v: &[Var]| {
+            let logits = v[0]
+                .as_tensor()
+                .matmul(&v[1].as_tensor().t().unwrap())
+                .unwrap()
+                .broadcast_mul(&v[2].as_tensor().exp().unwrap())
+                .unwrap()
+                .add(&mask)
+                .unwrap();
+            let lp = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
+            (lp.mul(&tt).unwrap().sum_all().unwrap().neg().unwrap() / n as f64).unwrap()
+        };
+        let fused = |v: &[Var]| {
+            asymmetric_cross_entropy(v[0].as_tensor(), v[1].as_tensor(), v[2].as_tensor(), t.clone())
+                .unwrap()
+        };
+        let (a, b) = (fused(&vars), composed(&vars));
+        close(&a, &b, 1e-5);
+        let (ga, gb) = (a.backward().unwrap(), b.backward().unwrap());
+        for v in &vars {
+            close(ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap(), 1e-4);
         }
     }
 }

@@ -1237,17 +1237,12 @@ fn batch_loss(
     let loss = one(&z)?;
     // the float outputs (queries) against the documents as the index scores them
     let asym = |h: &Tensor| -> Result<Tensor> {
-        let logits = z.matmul(&h.t()?)?.broadcast_mul(&log_scale.as_tensor().exp()?)?;
-        let mask = Tensor::from_vec(
-            (0..n * n)
-                .map(|ij| if ij / n == ij % n { -1e4f32 } else { 0.0 })
-                .collect::<Vec<_>>(),
-            (n, n),
-            dev,
-        )?;
-        let logp = candle_nn::ops::log_softmax(&(logits + mask)?, candle_core::D::Minus1)?;
-        let t = Tensor::from_vec(targets.clone(), (n, n), dev)?;
-        Ok(((t * logp)?.sum_all()? * (-1.0 / n as f64))?)
+        Ok(crate::ops::asymmetric_cross_entropy(
+            &z,
+            h,
+            log_scale.as_tensor(),
+            targets.clone(),
+        )?)
     };
     match (cfg.qat, qat) {
         (None, _) | (Some(_), None) => Ok(loss),
@@ -1274,7 +1269,13 @@ fn pq_documents(z: &Tensor, cb: &Var, m: usize) -> Result<Tensor> {
     let zv = Vectors::new(d, z.flatten_all()?.to_vec1::<f32>()?)?;
     let pq = rewa::encode::PqQuantizer::from_parts(d, m, cb.as_tensor().to_vec1::<f32>()?, Metric::L2)?;
     let mut codes = vec![0u8; n * m];
-    rewa::encode::Quantizer::encode_batch(&pq, zv.view(), &mut codes);
+    codes
+        .par_chunks_mut(64 * m)
+        .zip(zv.as_slice().par_chunks(64 * d))
+        .for_each(|(c, x)| {
+            let x = rewa::VectorsRef::new(d, x).expect("invariant: whole rows");
+            rewa::encode::Quantizer::encode_batch(&pq, x, c);
+        });
     let k = rewa::encode::PQ_CENTROIDS;
     let mut idx = vec![0u32; n * d];
     for (row, code) in idx.chunks_exact_mut(d).zip(codes.chunks_exact(m)) {
@@ -1297,11 +1298,13 @@ fn rabitq_documents(z: &Tensor, rq: &rewa::encode::RabitqQuantizer) -> Result<Te
     let zv = Vectors::new(d, z.flatten_all()?.to_vec1::<f32>()?)?;
     let cl = rq.code_len();
     let mut codes = vec![0u8; n * cl];
-    rq.encode_batch(zv.view(), &mut codes);
-    let h: Vec<f32> = codes
-        .par_chunks(cl)
-        .flat_map_iter(|c| rq.estimator_vector(c))
-        .collect();
+    codes
+        .par_chunks_mut(64 * cl)
+        .zip(zv.as_slice().par_chunks(64 * d))
+        .for_each(|(c, x)| {
+            rq.encode_batch(rewa::VectorsRef::new(d, x).expect("invariant: whole rows"), c)
+        });
+    let h = rq.estimator_vectors(&codes);
     let hard = Tensor::from_vec(h, (n, d), z.device())?;
     Ok((z + (hard - z)?.detach())?)
 }

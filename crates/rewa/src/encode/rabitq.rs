@@ -122,6 +122,36 @@ impl RabitqQuantizer {
     pub fn bits(&self) -> usize {
         self.bits
     }
+    /// [`RabitqQuantizer::estimator_vector`] of many codes (`n * code_len` bytes) as one
+    /// GEMM: row-major `n x dim`.
+    pub fn estimator_vectors(&self, codes: &[u8]) -> Vec<f32> {
+        let (d, pl, cl) = (self.dim, self.plane_len(), self.code_len());
+        let h = ((1usize << self.bits) - 1) as f32 / 2.0;
+        let n = codes.len() / cl;
+        let mut g = vec![0f32; n * d];
+        g.par_chunks_mut(d).zip(codes.par_chunks(cl)).for_each(|(g, code)| {
+            let at = self.bits * pl;
+            let f = f32::from_le_bytes(code[at..at + 4].try_into().expect("4 bytes"));
+            for (i, gi) in g.iter_mut().enumerate() {
+                let k = (0..self.bits)
+                    .fold(0u32, |k, b| k | (((code[b * pl + i / 8] >> (i % 8)) & 1) as u32) << b);
+                *gi = f * (k as f32 - h);
+            }
+        });
+        // c + g R: gemm_abt takes the transpose of its second matrix
+        let mut rt = vec![0f32; d * d];
+        for i in 0..d {
+            for j in 0..d {
+                rt[j * d + i] = self.rotation[i * d + j];
+            }
+        }
+        let mut out = vec![0f32; n * d];
+        crate::linalg::gemm_abt(&g, &rt, n, d, d, &mut out);
+        out.par_chunks_mut(d).for_each(|row| {
+            row.iter_mut().zip(&self.centroid).for_each(|(o, c)| *o += c);
+        });
+        out
+    }
     /// A prepared query from its rotated form `y` and its constant (`<q, c>` or `|q - c|^2`).
     fn query_from_rotated(&self, y: &[f32], constant: f32) -> RabitqQuery {
         let h = ((1usize << self.bits) - 1) as f32 / 2.0;
@@ -562,8 +592,10 @@ mod tests {
         for bits in [1, 3] {
             let (q, codes) = fit(bits, Metric::Ip, base.view());
             let p = q.prepare(y.row(0));
-            for c in codes.chunks_exact(q.code_len()) {
+            let all = q.estimator_vectors(&codes);
+            for (c, w) in codes.chunks_exact(q.code_len()).zip(all.chunks_exact(40)) {
                 let v = q.estimator_vector(c);
+                assert!(v.iter().zip(w).all(|(a, b)| (a - b).abs() < 1e-4), "batch = one by one");
                 let (a, b) = (-dot(y.row(0), &v), q.distance(&p, c));
                 assert!((a - b).abs() < 1e-3 * (1.0 + b.abs()), "{a} vs {b}");
             }
