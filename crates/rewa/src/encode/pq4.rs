@@ -71,9 +71,9 @@ pub struct Pq4Quantizer {
 /// `2 * code_len` sub-spaces (a missing last one is all zeros), and the map back to distance.
 #[derive(Clone, Debug)]
 pub struct Pq4Query {
-    lut: Vec<u8>,
-    scale: f32,
-    bias: f32,
+    pub(crate) lut: Vec<u8>,
+    pub(crate) scale: f32,
+    pub(crate) bias: f32,
 }
 
 impl Pq4Query {
@@ -275,7 +275,7 @@ impl Quantizer for Pq4Quantizer {
 }
 
 /// Codes transposed at once by a scan (128 KiB of 32-byte codes), in groups of 32.
-const CHUNK: usize = 4096;
+pub(crate) const CHUNK: usize = 4096;
 
 /// Top-`k` of every prepared query over `codes` (`cl` bytes each), 32 codes per kernel call;
 /// `wide` picks the AVX2 kernel (the caller checked the CPU), else its scalar twin. Both give
@@ -386,7 +386,14 @@ fn offer(q: &Pq4Query, top: &mut TopK, mut mask: u32, sums: &[u16; 32], first: u
 /// One query's sums and mask, by the AVX2 kernel when `wide` (the caller checked the CPU),
 /// else its scalar twin.
 #[inline(always)]
-fn sums32(lut: &[u8], tb: &[u8], cl: usize, limit: u16, out: &mut [u16; 32], wide: bool) -> u32 {
+pub(crate) fn sums32(
+    lut: &[u8],
+    tb: &[u8],
+    cl: usize,
+    limit: u16,
+    out: &mut [u16; 32],
+    wide: bool,
+) -> u32 {
     #[cfg(target_arch = "x86_64")]
     if wide {
         // SAFETY: `wide` is only true when the CPU has AVX2 (`simd::avx2()`).
@@ -517,13 +524,19 @@ unsafe fn finish(
 /// `tb[(g * cl + b) * 32 + i]` = byte `b` of code `32 g + i`; codes past the end are zeros
 /// (their sums are never read).
 fn transpose(chunk: &[u8], cl: usize, ng: usize, tb: &mut [u8]) {
-    let nc = chunk.len() / cl;
+    transpose_rows(chunk, cl, cl, ng, tb)
+}
+
+/// [`transpose`] of the first `cl` bytes of rows `stride` bytes apart (codes with trailing
+/// fields, such as RaBitQ's factors).
+pub(crate) fn transpose_rows(chunk: &[u8], stride: usize, cl: usize, ng: usize, tb: &mut [u8]) {
+    let nc = chunk.len() / stride;
     for g in 0..ng {
         let out = &mut tb[g * cl * 32..(g + 1) * cl * 32];
         for i in 0..32 {
             let r = g * 32 + i;
             if r < nc {
-                for (b, &v) in chunk[r * cl..(r + 1) * cl].iter().enumerate() {
+                for (b, &v) in chunk[r * stride..r * stride + cl].iter().enumerate() {
                     out[b * 32 + i] = v;
                 }
             } else {
