@@ -785,11 +785,16 @@ pub fn train(
                 )?);
             }
             if let (Qat::Pq { m }, None) = (st.qat, &st.codebook) {
-                // k-means on the current outputs of (up to 65,536) training vectors
-                let x = base.gather(&train_part.rows[..train_part.rows.len().min(1 << 16)]);
+                // a start for the codebooks (the loss trains them): k-means, 10 iterations on the
+                // current outputs of up to 16,384 training vectors
+                let x = base.gather(&train_part.rows[..train_part.rows.len().min(1 << 14)]);
                 let out = model.apply_batch(x.view());
                 let pq = <rewa::encode::PqQuantizer as rewa::encode::Quantizer>::fit(
-                    &rewa::encode::PqConfig::new(m, Metric::Ip),
+                    &rewa::encode::PqConfig {
+                        iters: 10,
+                        max_train: 1 << 14,
+                        ..rewa::encode::PqConfig::new(m, Metric::Ip)
+                    },
                     out.view(),
                     cfg.seed,
                 )?;

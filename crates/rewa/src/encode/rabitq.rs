@@ -150,10 +150,14 @@ impl RabitqQuantizer {
             }
         }
         let mut out = vec![0f32; n * d];
-        crate::linalg::gemm_abt(&g, &rt, n, d, d, &mut out);
-        out.par_chunks_mut(d).for_each(|row| {
-            row.iter_mut().zip(&self.centroid).for_each(|(o, c)| *o += c);
-        });
+        out.par_chunks_mut(64 * d)
+            .zip(g.par_chunks(64 * d))
+            .for_each(|(o, g)| {
+                crate::linalg::gemm_abt(g, &rt, g.len() / d, d, d, o);
+                for row in o.chunks_exact_mut(d) {
+                    row.iter_mut().zip(&self.centroid).for_each(|(o, c)| *o += c);
+                }
+            });
         out
     }
     /// A prepared query from its rotated form `y` and its constant (`<q, c>` or `|q - c|^2`).
