@@ -327,7 +327,9 @@ pub fn fake_document(z: &Tensor, q: Qat, centroid: &[f32]) -> Result<Tensor> {
             }
         }
         Qat::Sign | Qat::Pq { .. } | Qat::Rabitq { .. } => {
-            unreachable!("invariant: sign is symmetric; pq and rabitq documents come from their quantizers")
+            unreachable!(
+                "invariant: sign is symmetric; pq and rabitq documents come from their quantizers"
+            )
         }
     }
     let hard = Tensor::from_vec(h, (n, m), z.device())?;

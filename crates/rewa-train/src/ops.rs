@@ -422,7 +422,7 @@ struct SimilarityCe {
     targets: Arc<Vec<f32>>,
     /// The forward pass's logits and per-row log-sum-exps, which the backward pass of the
     /// same op (same `z`) reuses instead of recomputing the Gram matrix.
-    cache: std::sync::Mutex<Option<(Vec<f32>, Vec<f32>)>>,
+    cache: LogitsCache,
 }
 
 /// Per row: the log-sum-exp over the off-diagonal entries.
@@ -441,6 +441,66 @@ fn off_diagonal_lse(row: &[f32], i: usize) -> f32 {
     mx + s.ln()
 }
 
+/// `-sum_i sum_{j != i} t_ij (logits_ij - lse_i)`, the loss times `n`.
+fn cross_entropy(logits: &[f32], targets: &[f32], lses: &[f32], n: usize) -> f64 {
+    logits
+        .par_chunks(n)
+        .zip(targets.par_chunks(n))
+        .zip(lses.par_iter())
+        .enumerate()
+        .map(|(i, ((row, t), &lse))| {
+            (0..n)
+                .filter(|&j| j != i && t[j] != 0.0)
+                .map(|j| -(t[j] * (row[j] - lse)) as f64)
+                .sum::<f64>()
+        })
+        .sum()
+}
+
+/// Logits and row sums kept for the backward pass of a forward that computed them.
+type LogitsCache = std::sync::Mutex<Option<(Vec<f32>, Vec<f32>)>>;
+
+/// The mean loss as the op's scalar output; `logits` and `lses` kept in `cache` for `bwd`.
+fn loss_output(
+    cache: &LogitsCache,
+    targets: &[f32],
+    logits: Vec<f32>,
+    lses: Vec<f32>,
+    n: usize,
+) -> Result<(CpuStorage, Shape)> {
+    let total = cross_entropy(&logits, targets, &lses, n);
+    *cache.lock().expect("cache lock") = Some((logits, lses));
+    Ok((
+        CpuStorage::F32(vec![(total / n as f64) as f32]),
+        Shape::from(()),
+    ))
+}
+
+/// Turns `logits` into `d loss / d logits` in place (`scale` = upstream gradient / n, the
+/// diagonal zero) and returns `d loss / d log_scale = sum(dlogits * logits)`.
+fn logits_gradient(logits: &mut [f32], targets: &[f32], lses: &[f32], n: usize, scale: f32) -> f64 {
+    logits
+        .par_chunks_mut(n)
+        .zip(targets.par_chunks(n))
+        .zip(lses.par_iter())
+        .enumerate()
+        .map(|(i, ((row, t), &lse))| {
+            let tsum: f32 = (0..n).filter(|&j| j != i).map(|j| t[j]).sum();
+            let mut acc = 0f64;
+            for j in 0..n {
+                let l = row[j];
+                row[j] = if j == i {
+                    0.0
+                } else {
+                    scale * (tsum * (l - lse).exp() - t[j])
+                };
+                acc += (row[j] * l) as f64;
+            }
+            acc
+        })
+        .sum()
+}
+
 /// `exp(log_scale) * z z^T`, row-major `n x n`.
 fn scaled_gram(z: &[f32], n: usize, m: usize, log_scale: f32) -> Vec<f32> {
     let mut g = par_gram(z, n, m);
@@ -452,7 +512,11 @@ fn scaled_gram(z: &[f32], n: usize, m: usize, log_scale: f32) -> Vec<f32> {
 
 /// The scaled Gram matrix and each row's off-diagonal log-sum-exp.
 fn logits_and_lses(z: &[f32], n: usize, m: usize, log_scale: f32) -> (Vec<f32>, Vec<f32>) {
-    let logits = scaled_gram(z, n, m, log_scale);
+    with_lses(scaled_gram(z, n, m, log_scale), n)
+}
+
+/// `logits` and each row's off-diagonal log-sum-exp.
+fn with_lses(logits: Vec<f32>, n: usize) -> (Vec<f32>, Vec<f32>) {
     let lses = logits
         .par_chunks(n)
         .enumerate()
@@ -483,23 +547,7 @@ impl CustomOp2 for SimilarityCe {
             );
         }
         let (logits, lses) = logits_and_lses(contiguous(zs, zl)?, n, m, contiguous(ss, sl)?[0]);
-        let total: f64 = logits
-            .par_chunks(n)
-            .zip(self.targets.par_chunks(n))
-            .zip(lses.par_iter())
-            .enumerate()
-            .map(|(i, ((row, t), &lse))| {
-                (0..n)
-                    .filter(|&j| j != i && t[j] != 0.0)
-                    .map(|j| -(t[j] * (row[j] - lse)) as f64)
-                    .sum::<f64>()
-            })
-            .sum();
-        *self.cache.lock().expect("cache lock") = Some((logits, lses));
-        Ok((
-            CpuStorage::F32(vec![(total / n as f64) as f32]),
-            Shape::from(()),
-        ))
+        loss_output(&self.cache, &self.targets, logits, lses, n)
     }
 
     fn bwd(
@@ -519,26 +567,7 @@ impl CustomOp2 for SimilarityCe {
             _ => logits_and_lses(&zv, n, m, ls),
         };
         // d loss / d logits, in place; and d loss / d log_scale = sum(dlogits * logits)
-        let dls: f64 = logits
-            .par_chunks_mut(n)
-            .zip(self.targets.par_chunks(n))
-            .zip(lses.par_iter())
-            .enumerate()
-            .map(|(i, ((row, t), &lse))| {
-                let tsum: f32 = (0..n).filter(|&j| j != i).map(|j| t[j]).sum();
-                let mut acc = 0f64;
-                for j in 0..n {
-                    let l = row[j];
-                    row[j] = if j == i {
-                        0.0
-                    } else {
-                        scale * (tsum * (l - lse).exp() - t[j])
-                    };
-                    acc += (row[j] * l) as f64;
-                }
-                acc
-            })
-            .sum();
+        let dls = logits_gradient(&mut logits, &self.targets, &lses, n, scale);
         // logits = s z z^T: dz = s (D + D^T) z
         let s = ls.exp();
         let sym: Vec<f32> = (0..n * n)
@@ -575,7 +604,7 @@ pub fn similarity_cross_entropy(
 /// [`similarity_cross_entropy`]. Gradients: `dz = s D h`, `dh = s D^T z`.
 struct AsymSimilarityCe {
     targets: Arc<Vec<f32>>,
-    cache: std::sync::Mutex<Option<(Vec<f32>, Vec<f32>)>>,
+    cache: LogitsCache,
 }
 
 /// `exp(log_scale) * z h^T` and each row's off-diagonal log-sum-exp.
@@ -584,12 +613,7 @@ fn asym_logits(z: &[f32], h: &[f32], n: usize, m: usize, log_scale: f32) -> (Vec
     par_gemm(n, m, n, z, (m, 1), h, (1, m), &mut logits);
     let s = log_scale.exp();
     logits.par_iter_mut().for_each(|v| *v *= s);
-    let lses = logits
-        .par_chunks(n)
-        .enumerate()
-        .map(|(i, row)| off_diagonal_lse(row, i))
-        .collect();
-    (logits, lses)
+    with_lses(logits, n)
 }
 
 impl CustomOp3 for AsymSimilarityCe {
@@ -623,23 +647,7 @@ impl CustomOp3 for AsymSimilarityCe {
             m,
             contiguous(ss, sl)?[0],
         );
-        let total: f64 = logits
-            .par_chunks(n)
-            .zip(self.targets.par_chunks(n))
-            .zip(lses.par_iter())
-            .enumerate()
-            .map(|(i, ((row, t), &lse))| {
-                (0..n)
-                    .filter(|&j| j != i && t[j] != 0.0)
-                    .map(|j| -(t[j] * (row[j] - lse)) as f64)
-                    .sum::<f64>()
-            })
-            .sum();
-        *self.cache.lock().expect("cache lock") = Some((logits, lses));
-        Ok((
-            CpuStorage::F32(vec![(total / n as f64) as f32]),
-            Shape::from(()),
-        ))
+        loss_output(&self.cache, &self.targets, logits, lses, n)
     }
 
     fn bwd(
@@ -659,26 +667,7 @@ impl CustomOp3 for AsymSimilarityCe {
             Some((l, s)) if l.len() == n * n => (l, s),
             _ => asym_logits(&zv, &hv, n, m, ls),
         };
-        let dls: f64 = logits
-            .par_chunks_mut(n)
-            .zip(self.targets.par_chunks(n))
-            .zip(lses.par_iter())
-            .enumerate()
-            .map(|(i, ((row, t), &lse))| {
-                let tsum: f32 = (0..n).filter(|&j| j != i).map(|j| t[j]).sum();
-                let mut acc = 0f64;
-                for j in 0..n {
-                    let l = row[j];
-                    row[j] = if j == i {
-                        0.0
-                    } else {
-                        scale * (tsum * (l - lse).exp() - t[j])
-                    };
-                    acc += (row[j] * l) as f64;
-                }
-                acc
-            })
-            .sum();
+        let dls = logits_gradient(&mut logits, &self.targets, &lses, n, scale);
         // logits = s z h^T: dz = s D h, dh = s D^T z
         let s = ls.exp();
         logits.par_iter_mut().for_each(|v| *v *= s);
@@ -917,30 +906,47 @@ mod tests {
             Var::from_vec(zv, (n, m), &dev).unwrap(),
             Var::from_vec(vec![1.7f32], 1, &dev).unwrap(),
         ];
-        let tt = Tensor::from_slice(&t, (n, n), &dev).unwrap();
-        let mask: Vec<f32> = (0..n * n)
-            .map(|ij| if ij / n == ij % n { -1e4 } else { 0.0 })
-            .collect();
-        let mask = Tensor::from_vec(mask, (n, n), &dev).unwrap();
         let composed = |v: &[Var]| {
             let z = v[0].as_tensor();
-            let logits = z
-                .matmul(&z.t().unwrap())
-                .unwrap()
-                .broadcast_mul(&v[1].as_tensor().exp().unwrap())
-                .unwrap()
-                .add(&mask)
-                .unwrap();
-            let lp = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
-            (lp.mul(&tt).unwrap().sum_all().unwrap().neg().unwrap() / n as f64).unwrap()
+            composed_cross_entropy(z, z, v[1].as_tensor(), &t)
         };
         let fused = |v: &[Var]| {
             similarity_cross_entropy(v[0].as_tensor(), v[1].as_tensor(), t.clone()).unwrap()
         };
-        let (a, b) = (fused(&vars), composed(&vars));
+        same_loss(fused, composed, &vars);
+    }
+
+    /// The masked log-softmax cross-entropy of logits `exp(log_scale) z h^T` against `t`,
+    /// composed from candle's ops (the reference the fused losses must equal).
+    fn composed_cross_entropy(z: &Tensor, h: &Tensor, log_scale: &Tensor, t: &[f32]) -> Tensor {
+        let n = z.dims2().unwrap().0;
+        let dev = z.device();
+        let tt = Tensor::from_slice(t, (n, n), dev).unwrap();
+        let mask: Vec<f32> = (0..n * n)
+            .map(|ij| if ij / n == ij % n { -1e4 } else { 0.0 })
+            .collect();
+        let mask = Tensor::from_vec(mask, (n, n), dev).unwrap();
+        let logits = z
+            .matmul(&h.t().unwrap())
+            .unwrap()
+            .broadcast_mul(&log_scale.exp().unwrap())
+            .unwrap()
+            .add(&mask)
+            .unwrap();
+        let lp = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
+        (lp.mul(&tt).unwrap().sum_all().unwrap().neg().unwrap() / n as f64).unwrap()
+    }
+
+    /// The same loss and the same gradients for every var.
+    fn same_loss(
+        fused: impl Fn(&[Var]) -> Tensor,
+        composed: impl Fn(&[Var]) -> Tensor,
+        vars: &[Var],
+    ) {
+        let (a, b) = (fused(vars), composed(vars));
         close(&a, &b, 1e-5);
         let (ga, gb) = (a.backward().unwrap(), b.backward().unwrap());
-        for v in &vars {
+        for v in vars {
             close(
                 ga.get(v.as_tensor()).unwrap(),
                 gb.get(v.as_tensor()).unwrap(),
@@ -953,7 +959,10 @@ mod tests {
     fn asymmetric_cross_entropy_matches_masked_log_softmax() {
         let (n, m) = (20, 9);
         let dev = Device::Cpu;
-        let mut t = rand((n, n), 19).iter().map(|v| v.max(0.0)).collect::<Vec<f32>>();
+        let mut t = rand((n, n), 19)
+            .iter()
+            .map(|v| v.max(0.0))
+            .collect::<Vec<f32>>();
         for i in 0..n {
             t[i * n + i] = 0.0;
         }
@@ -962,32 +971,18 @@ mod tests {
             Var::from_vec(rand((n, m), 21), (n, m), &dev).unwrap(),
             Var::from_vec(vec![1.3f32], 1, &dev).unwrap(),
         ];
-        let tt = Tensor::from_slice(&t, (n, n), &dev).unwrap();
-        let mask: Vec<f32> = (0..n * n)
-            .map(|ij| if ij / n == ij % n { -1e4 } else { 0.0 })
-            .collect();
-        let mask = Tensor::from_vec(mask, (n, n), &dev).unwrap();
         let composed = |v: &[Var]| {
-            let logits = v[0]
-                .as_tensor()
-                .matmul(&v[1].as_tensor().t().unwrap())
-                .unwrap()
-                .broadcast_mul(&v[2].as_tensor().exp().unwrap())
-                .unwrap()
-                .add(&mask)
-                .unwrap();
-            let lp = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
-            (lp.mul(&tt).unwrap().sum_all().unwrap().neg().unwrap() / n as f64).unwrap()
+            composed_cross_entropy(v[0].as_tensor(), v[1].as_tensor(), v[2].as_tensor(), &t)
         };
         let fused = |v: &[Var]| {
-            asymmetric_cross_entropy(v[0].as_tensor(), v[1].as_tensor(), v[2].as_tensor(), t.clone())
-                .unwrap()
+            asymmetric_cross_entropy(
+                v[0].as_tensor(),
+                v[1].as_tensor(),
+                v[2].as_tensor(),
+                t.clone(),
+            )
+            .unwrap()
         };
-        let (a, b) = (fused(&vars), composed(&vars));
-        close(&a, &b, 1e-5);
-        let (ga, gb) = (a.backward().unwrap(), b.backward().unwrap());
-        for v in &vars {
-            close(ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap(), 1e-4);
-        }
+        same_loss(fused, composed, &vars);
     }
 }

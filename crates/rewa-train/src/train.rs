@@ -298,7 +298,10 @@ impl QatState {
         let m = out.dim();
         Ok(match self.qat {
             Qat::Pq { m: sub } => {
-                let cb = self.codebook.as_ref().expect("invariant: pq runs have codebooks");
+                let cb = self
+                    .codebook
+                    .as_ref()
+                    .expect("invariant: pq runs have codebooks");
                 rewa::encode::PqQuantizer::from_parts(
                     m,
                     sub,
@@ -325,7 +328,9 @@ fn output_mean(model: &LearnedTransform, base: VectorsRef<'_>, rows: &[u32]) -> 
     for r in out.view().rows() {
         mean.iter_mut().zip(r).for_each(|(m, v)| *m += *v as f64);
     }
-    mean.iter().map(|m| (m / out.len().max(1) as f64) as f32).collect()
+    mean.iter()
+        .map(|m| (m / out.len().max(1) as f64) as f32)
+        .collect()
 }
 
 struct EvalSet {
@@ -778,11 +783,16 @@ pub fn train(
                 // the same seed every epoch: the same rotation, the centroid of today's outputs
                 let x = base.gather(&train_part.rows[..train_part.rows.len().min(4096)]);
                 let out = model.apply_batch(x.view());
-                st.rabitq = Some(<rewa::encode::RabitqQuantizer as rewa::encode::Quantizer>::fit(
-                    &rewa::encode::RabitqConfig { bits, metric: Metric::Ip },
-                    out.view(),
-                    cfg.seed,
-                )?);
+                st.rabitq = Some(
+                    <rewa::encode::RabitqQuantizer as rewa::encode::Quantizer>::fit(
+                        &rewa::encode::RabitqConfig {
+                            bits,
+                            metric: Metric::Ip,
+                        },
+                        out.view(),
+                        cfg.seed,
+                    )?,
+                );
             }
             if let (Qat::Pq { m }, None) = (st.qat, &st.codebook) {
                 // a start for the codebooks (the loss trains them): k-means, 10 iterations on the
@@ -889,7 +899,17 @@ pub fn train(
             }
         };
         for b in &val_batches {
-            let l = batch_loss(&mlp, &log_scale, b, cfg, metric, l2_scale, None, qstate.as_ref(), &dev)?;
+            let l = batch_loss(
+                &mlp,
+                &log_scale,
+                b,
+                cfg,
+                metric,
+                l2_scale,
+                None,
+                qstate.as_ref(),
+                &dev,
+            )?;
             vl = (vl.0 + l.to_scalar::<f32>()? as f64, vl.1 + 1);
         }
         let val_loss = if vl.1 > 0 {
@@ -1253,14 +1273,20 @@ fn batch_loss(
         (None, _) | (Some(_), None) => Ok(loss),
         (Some(Qat::Sign), _) => Ok((loss + one(&fake_quantize(&z)?)?)?),
         (Some(Qat::Pq { m }), Some(st)) => {
-            let cb = st.codebook.as_ref().expect("invariant: pq runs have codebooks");
+            let cb = st
+                .codebook
+                .as_ref()
+                .expect("invariant: pq runs have codebooks");
             let h = pq_documents(&z, cb, m)?;
             let codebook = (z.detach() - &h)?.sqr()?.sum(1)?.mean_all()?;
             let commit = (&z - h.detach())?.sqr()?.sum(1)?.mean_all()?;
             Ok((((loss + asym(&h)?)? + codebook)? + (commit * 0.25)?)?)
         }
         (Some(Qat::Rabitq { .. }), Some(st)) => {
-            let rq = st.rabitq.as_ref().expect("invariant: rabitq runs carry their quantizer");
+            let rq = st
+                .rabitq
+                .as_ref()
+                .expect("invariant: rabitq runs carry their quantizer");
             Ok((loss + asym(&rabitq_documents(&z, rq)?)?)?)
         }
         (Some(q), Some(st)) => Ok((loss + asym(&fake_document(&z, q, &st.centroid)?)?)?),
@@ -1272,7 +1298,8 @@ fn batch_loss(
 fn pq_documents(z: &Tensor, cb: &Var, m: usize) -> Result<Tensor> {
     let (n, d) = z.dims2()?;
     let zv = Vectors::new(d, z.flatten_all()?.to_vec1::<f32>()?)?;
-    let pq = rewa::encode::PqQuantizer::from_parts(d, m, cb.as_tensor().to_vec1::<f32>()?, Metric::L2)?;
+    let pq =
+        rewa::encode::PqQuantizer::from_parts(d, m, cb.as_tensor().to_vec1::<f32>()?, Metric::L2)?;
     let mut codes = vec![0u8; n * m];
     codes
         .par_chunks_mut(64 * m)
@@ -1307,7 +1334,10 @@ fn rabitq_documents(z: &Tensor, rq: &rewa::encode::RabitqQuantizer) -> Result<Te
         .par_chunks_mut(64 * cl)
         .zip(zv.as_slice().par_chunks(64 * d))
         .for_each(|(c, x)| {
-            rq.encode_batch(rewa::VectorsRef::new(d, x).expect("invariant: whole rows"), c)
+            rq.encode_batch(
+                rewa::VectorsRef::new(d, x).expect("invariant: whole rows"),
+                c,
+            )
         });
     let h = rq.estimator_vectors(&codes);
     let hard = Tensor::from_vec(h, (n, d), z.device())?;

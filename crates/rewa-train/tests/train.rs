@@ -551,7 +551,11 @@ fn asymmetric_training_keeps_more_recall_in_asign_and_rabitq_codes() {
         };
         let out = run(base, &Supervision::Neighbours, &cfg).unwrap();
         assert!(out.log.iter().all(|e| e.val_recall_quantized.is_some()));
-        let p = recall_of(&learned_encoder(plain.model.clone(), spec, base), base, queries);
+        let p = recall_of(
+            &learned_encoder(plain.model.clone(), spec, base),
+            base,
+            queries,
+        );
         let enc = match out.quantizer {
             // rabitq keeps the quantizer it was trained with
             Some((s, q)) => {
@@ -583,7 +587,10 @@ fn pq_training_keeps_its_codebooks_which_learned_dir_plus_pq_uses() {
         ..small_config()
     };
     let out = run(&base, &Supervision::Neighbours, &cfg).unwrap();
-    let (spec, q) = out.quantizer.as_ref().expect("pq runs keep their codebooks");
+    let (spec, q) = out
+        .quantizer
+        .as_ref()
+        .expect("pq runs keep their codebooks");
     assert_eq!(spec.to_string(), "pq8");
     let t = tempfile::tempdir().unwrap();
     out.model
@@ -592,14 +599,22 @@ fn pq_training_keeps_its_codebooks_which_learned_dir_plus_pq_uses() {
     let cfgfile = std::fs::read_to_string(t.path().join("config.json")).unwrap();
     assert!(cfgfile.contains("\"quantizer\": \"pq8\""), "{cfgfile}");
     let enc = |s: &str| {
-        let spec: EncoderSpec = format!("learned={}+{s}", t.path().display()).parse().unwrap();
+        let spec: EncoderSpec = format!("learned={}+{s}", t.path().display())
+            .parse()
+            .unwrap();
         Encoder::fit(&spec, base.view(), Metric::Cosine, 3).unwrap()
     };
     // learned=DIR+pq8 takes the trained codebooks, byte for byte; another pq is fitted
-    let rewa::encode::AnyQuantizer::Pq(kept) = q else { panic!("a pq quantizer") };
-    let rewa::encode::AnyQuantizer::Pq(loaded) = enc("pq8").quantizer().clone() else { panic!() };
+    let rewa::encode::AnyQuantizer::Pq(kept) = q else {
+        panic!("a pq quantizer")
+    };
+    let rewa::encode::AnyQuantizer::Pq(loaded) = enc("pq8").quantizer().clone() else {
+        panic!()
+    };
     assert_eq!(loaded.centroids(), kept.centroids());
-    let rewa::encode::AnyQuantizer::Pq(other) = enc("pq4").quantizer().clone() else { panic!() };
+    let rewa::encode::AnyQuantizer::Pq(other) = enc("pq4").quantizer().clone() else {
+        panic!()
+    };
     assert_eq!(other.centroids().len(), kept.centroids().len());
     assert_ne!(other.centroids(), kept.centroids());
     let r = recall_of(&enc("pq8"), &base, &queries);
@@ -612,7 +627,14 @@ fn qat_takes_one_quantizer_token() {
     for ok in ["sign", "asign", "int8", "rabitq1", "rabitq8", "pq16"] {
         assert_eq!(ok.parse::<rewa_train::Qat>().unwrap().to_string(), ok);
     }
-    for bad in ["opq32+pq32", "pq32x4", "flat", "asignfs", "hadamard64+sign", "rabitq9"] {
+    for bad in [
+        "opq32+pq32",
+        "pq32x4",
+        "flat",
+        "asignfs",
+        "hadamard64+sign",
+        "rabitq9",
+    ] {
         let e = bad.parse::<rewa_train::Qat>().unwrap_err();
         assert!(e.contains("one quantizer token"), "{bad}: {e}");
     }

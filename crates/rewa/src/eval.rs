@@ -377,9 +377,15 @@ pub fn train_recall(
 ) -> Result<f64> {
     let n = n_queries.min(train.len());
     if n == 0 || k == 0 || train.len() <= k {
-        return invalid!("train recall needs k >= 1 and more than k = {k} training vectors and a query");
+        return invalid!(
+            "train recall needs k >= 1 and more than k = {k} training vectors and a query"
+        );
     }
-    let deep: Vec<usize> = pipeline.stages().iter().map(|s| s.keep.max(k + 1)).collect();
+    let deep: Vec<usize> = pipeline
+        .stages()
+        .iter()
+        .map(|s| s.keep.max(k + 1))
+        .collect();
     let deep = pipeline.with_keeps(&deep)?;
     let spec = IndexSpec {
         metric: train.metric(),
@@ -400,7 +406,12 @@ pub fn train_recall(
     let drop_self = |h: Vec<Vec<Hit>>| -> Vec<Vec<Hit>> {
         h.into_iter()
             .enumerate()
-            .map(|(i, h)| h.into_iter().filter(|x| x.id as usize != i).take(k).collect())
+            .map(|(i, h)| {
+                h.into_iter()
+                    .filter(|x| x.id as usize != i)
+                    .take(k)
+                    .collect()
+            })
             .collect()
     };
     Ok(recall_at_k(&drop_self(hits), &drop_self(truth), k))

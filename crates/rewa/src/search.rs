@@ -1210,7 +1210,8 @@ fn scan_bound(
                     .into_par_iter()
                     .map(|i| {
                         let p = q.prepare(tq.row(i));
-                        let parts: Vec<(&[u8], Option<&[u32]>, f32)> = probes[i * npr..(i + 1) * npr]
+                        let parts: Vec<(&[u8], Option<&[u32]>, f32)> = probes
+                            [i * npr..(i + 1) * npr]
                             .iter()
                             .map(|&l| {
                                 let (a, b) = (

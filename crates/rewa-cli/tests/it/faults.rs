@@ -322,7 +322,10 @@ fn bench_quick_runs_every_row_and_records_skipped_sets() {
     }
     // the seed's table: the learned encoder's recall on its own training vectors stands beside
     // its held-out recall, and sits above it (the quick run's model memorises: 0.64 vs 0.53)
-    assert!(out.contains("### seed: recall@10 on the training vectors"), "{out}");
+    assert!(
+        out.contains("### seed: recall@10 on the training vectors"),
+        "{out}"
+    );
     let seed = j["seed"].as_array().unwrap();
     assert_eq!(seed.len(), 4);
     let learned = &seed[0];

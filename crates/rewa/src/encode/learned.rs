@@ -260,8 +260,9 @@ impl LearnedTransform {
             let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
                 .iter()
                 .map(|t| {
-                    let view = safetensors::tensor::TensorView::new(t.dtype(), t.shape.clone(), t.bytes())
-                        .expect("invariant: shape matches length");
+                    let view =
+                        safetensors::tensor::TensorView::new(t.dtype(), t.shape.clone(), t.bytes())
+                            .expect("invariant: shape matches length");
                     (t.name.clone(), view)
                 })
                 .collect();

@@ -26,6 +26,7 @@
 //! the k-th best upper bound (k = the next stage's keep), as many as the bound requires.
 
 use super::pq4::{quantize_tables, sums32, transpose_rows, CHUNK};
+use super::sign::table_distance;
 use super::{Pq4Query, Quantizer, Tensor, TensorSource};
 use crate::distance::{dot, Metric};
 use crate::error::{invalid, Error, Result};
@@ -88,7 +89,9 @@ impl RabitqQuantizer {
     ) -> Result<Self> {
         let dim = centroid.len();
         if !(1..=RABITQ_MAX_BITS).contains(&bits) {
-            return invalid!("rabitq{bits}: bits per dimension must be from 1 to {RABITQ_MAX_BITS}");
+            return invalid!(
+                "rabitq{bits}: bits per dimension must be from 1 to {RABITQ_MAX_BITS}"
+            );
         }
         if dim == 0 || rotation.len() != dim * dim {
             return invalid!(
@@ -133,15 +136,18 @@ impl RabitqQuantizer {
         let h = ((1usize << self.bits) - 1) as f32 / 2.0;
         let n = codes.len() / cl;
         let mut g = vec![0f32; n * d];
-        g.par_chunks_mut(d).zip(codes.par_chunks(cl)).for_each(|(g, code)| {
-            let at = self.bits * pl;
-            let f = f32::from_le_bytes(code[at..at + 4].try_into().expect("4 bytes"));
-            for (i, gi) in g.iter_mut().enumerate() {
-                let k = (0..self.bits)
-                    .fold(0u32, |k, b| k | (((code[b * pl + i / 8] >> (i % 8)) & 1) as u32) << b);
-                *gi = f * (k as f32 - h);
-            }
-        });
+        g.par_chunks_mut(d)
+            .zip(codes.par_chunks(cl))
+            .for_each(|(g, code)| {
+                let at = self.bits * pl;
+                let f = f32::from_le_bytes(code[at..at + 4].try_into().expect("4 bytes"));
+                for (i, gi) in g.iter_mut().enumerate() {
+                    let k = (0..self.bits).fold(0u32, |k, b| {
+                        k | (((code[b * pl + i / 8] >> (i % 8)) & 1) as u32) << b
+                    });
+                    *gi = f * (k as f32 - h);
+                }
+            });
         // c + g R: gemm_abt takes the transpose of its second matrix
         let mut rt = vec![0f32; d * d];
         for i in 0..d {
@@ -155,7 +161,9 @@ impl RabitqQuantizer {
             .for_each(|(o, g)| {
                 crate::linalg::gemm_abt(g, &rt, g.len() / d, d, d, o);
                 for row in o.chunks_exact_mut(d) {
-                    row.iter_mut().zip(&self.centroid).for_each(|(o, c)| *o += c);
+                    row.iter_mut()
+                        .zip(&self.centroid)
+                        .for_each(|(o, c)| *o += c);
                 }
             });
         out
@@ -198,10 +206,15 @@ impl RabitqQuantizer {
         let f = f32::from_le_bytes(code[at..at + 4].try_into().expect("4 bytes"));
         let mut out = self.centroid.clone();
         for i in 0..self.dim {
-            let k = (0..self.bits).fold(0u32, |k, b| k | (((code[b * pl + i / 8] >> (i % 8)) & 1) as u32) << b);
+            let k = (0..self.bits).fold(0u32, |k, b| {
+                k | (((code[b * pl + i / 8] >> (i % 8)) & 1) as u32) << b
+            });
             let g = f * (k as f32 - h);
             // R^T g: column i of R is row i of R^T
-            for (o, r) in out.iter_mut().zip(self.rotation[i * self.dim..(i + 1) * self.dim].iter()) {
+            for (o, r) in out
+                .iter_mut()
+                .zip(self.rotation[i * self.dim..(i + 1) * self.dim].iter())
+            {
                 *o += g * r;
             }
         }
@@ -299,23 +312,32 @@ impl RabitqQuantizer {
         k: usize,
         eps0: f32,
     ) -> Vec<Vec<Hit>> {
-        // groups of queries, prepared group by group (a prepared query holds a table of 256
-        // floats per code byte), share each chunk's transposition
+        self.in_groups(queries, |qs| {
+            if !self.fast_scan() {
+                return qs
+                    .iter()
+                    .map(|p| bound_scan(self, p, &[(codes, None, 0.0)], k, eps0))
+                    .collect();
+            }
+            let refs: Vec<&RabitqQuery> = qs.iter().collect();
+            self.bound_fast(&refs, &[(codes, None, 0.0)], k, eps0)
+        })
+    }
+
+    /// `f` over groups of queries (in parallel), each group prepared on its own: a prepared
+    /// query holds a table of 256 floats per code byte, and a group shares each chunk's
+    /// transposition in the fast scan.
+    fn in_groups<F>(&self, queries: VectorsRef<'_>, f: F) -> Vec<Vec<Hit>>
+    where
+        F: Fn(&[RabitqQuery]) -> Vec<Vec<Hit>> + Sync,
+    {
         let d = self.dim;
         let qb = crate::search::query_block(queries.len());
         queries
             .as_slice()
             .par_chunks(qb * d)
             .flat_map_iter(|rows| {
-                let qs = self.prepare_batch(VectorsRef::new(d, rows).expect("invariant: whole rows"));
-                if !self.fast_scan() {
-                    return qs
-                        .iter()
-                        .map(|p| bound_scan(self, p, &[(codes, None, 0.0)], k, eps0))
-                        .collect::<Vec<_>>();
-                }
-                let refs: Vec<&RabitqQuery> = qs.iter().collect();
-                self.bound_fast(&refs, &[(codes, None, 0.0)], k, eps0)
+                f(&self.prepare_batch(VectorsRef::new(d, rows).expect("invariant: whole rows")))
             })
             .collect()
     }
@@ -358,7 +380,14 @@ impl RabitqQuantizer {
                 for (qi, q) in qs.iter().enumerate() {
                     let fast = q.fast.as_ref().expect("invariant: fast tables prepared");
                     for g in 0..ng {
-                        sums32(&fast.lut, &tb[g * cp * 32..(g + 1) * cp * 32], cp, u16::MAX, &mut sums, wide);
+                        sums32(
+                            &fast.lut,
+                            &tb[g * cp * 32..(g + 1) * cp * 32],
+                            cp,
+                            u16::MAX,
+                            &mut sums,
+                            wide,
+                        );
                         for (i, &sum) in sums.iter().enumerate().take((nc - g * 32).min(32)) {
                             let r = g * 32 + i;
                             let code = &chunk[r * cl..(r + 1) * cl];
@@ -385,7 +414,9 @@ impl RabitqQuantizer {
         if p.fast.is_none() {
             return bound_scan(self, p, parts, k, eps0);
         }
-        self.bound_fast(&[p], parts, k, eps0).pop().expect("one query")
+        self.bound_fast(&[p], parts, k, eps0)
+            .pop()
+            .expect("one query")
     }
 
     /// The bound's selection over the fast-scan estimates for a group of queries, the bound
@@ -402,31 +433,51 @@ impl RabitqQuantizer {
             .iter()
             .map(|p| self.rounding_margin(p.fast.as_ref().expect("invariant: fast tables")))
             .collect();
-        let mut accs: Vec<(TopK, Vec<(Hit, f32)>)> =
-            qs.iter().map(|_| (TopK::new(k.max(1)), Vec::new())).collect();
+        let mut sets: Vec<BoundSet> = qs.iter().map(|_| BoundSet::new(k)).collect();
         self.fast_visit(qs, parts, |qi, id, d, code| {
             let f = f32::from_le_bytes(code[at..at + 4].try_into().expect("4 bytes"));
             let e = eps0 * self.error_bound(qs[qi], code) + f.abs() * margins[qi];
-            let (upper, cand) = &mut accs[qi];
-            if d + e < upper.threshold() {
-                upper.push(id, d + e);
-            }
-            if d - e <= upper.threshold() {
-                cand.push((Hit { id, distance: d }, d - e));
-            }
+            sets[qi].offer(id, d, e);
         });
-        accs.into_iter()
-            .map(|(upper, cand)| {
-                let tau = upper.threshold();
-                let mut out: Vec<Hit> = cand
-                    .into_iter()
-                    .filter(|(_, lb)| *lb <= tau)
-                    .map(|(h, _)| h)
-                    .collect();
-                out.sort_unstable();
-                out
-            })
-            .collect()
+        sets.into_iter().map(BoundSet::finish).collect()
+    }
+}
+
+/// The codes one query's bound keeps: the `k` smallest upper bounds so far, and every code
+/// whose lower bound reached the k-th of them when it was seen (cut again at the end).
+struct BoundSet {
+    upper: TopK,
+    cand: Vec<(Hit, f32)>,
+}
+
+impl BoundSet {
+    fn new(k: usize) -> Self {
+        BoundSet {
+            upper: TopK::new(k.max(1)),
+            cand: Vec::new(),
+        }
+    }
+    /// A code with estimate `d` and error bound `e`.
+    #[inline(always)]
+    fn offer(&mut self, id: u32, d: f32, e: f32) {
+        if d + e < self.upper.threshold() {
+            self.upper.push(id, d + e);
+        }
+        if d - e <= self.upper.threshold() {
+            self.cand.push((Hit { id, distance: d }, d - e));
+        }
+    }
+    /// The kept codes, sorted by estimate.
+    fn finish(self) -> Vec<Hit> {
+        let tau = self.upper.threshold();
+        let mut out: Vec<Hit> = self
+            .cand
+            .into_iter()
+            .filter(|(_, lb)| *lb <= tau)
+            .map(|(h, _)| h)
+            .collect();
+        out.sort_unstable();
+        out
     }
 }
 
@@ -439,29 +490,14 @@ fn bound_scan(
     eps0: f32,
 ) -> Vec<Hit> {
     let cl = q.code_len();
-    let mut upper = TopK::new(k.max(1));
-    let mut cand: Vec<(Hit, f32)> = Vec::new();
+    let mut set = BoundSet::new(k);
     for &(codes, ids, off) in parts {
         for (j, c) in codes.chunks_exact(cl).enumerate() {
             let d = q.distance(p, c) + off;
-            let e = eps0 * q.error_bound(p, c);
-            let id = ids.map_or(j as u32, |ids| ids[j]);
-            if d + e < upper.threshold() {
-                upper.push(id, d + e);
-            }
-            if d - e <= upper.threshold() {
-                cand.push((Hit { id, distance: d }, d - e));
-            }
+            set.offer(ids.map_or(j as u32, |ids| ids[j]), d, eps0 * q.error_bound(p, c));
         }
     }
-    let tau = upper.threshold();
-    let mut out: Vec<Hit> = cand
-        .into_iter()
-        .filter(|(_, lb)| *lb <= tau)
-        .map(|(h, _)| h)
-        .collect();
-    out.sort_unstable();
-    out
+    set.finish()
 }
 }
 
@@ -477,24 +513,6 @@ fn sum_tables(y: &[f32], plane_len: usize) -> Vec<[f32; 256]> {
             t
         })
         .collect()
-}
-
-/// `sum_j tables[j][plane[j]]`, in four independent sums.
-#[inline(always)]
-fn plane_sum(tables: &[[f32; 256]], plane: &[u8]) -> f32 {
-    let mut acc = [0f32; 4];
-    let (tc, tr) = tables.split_at(tables.len() / 4 * 4);
-    let (cc, cr) = plane.split_at(tc.len());
-    for (t, c) in tc.chunks_exact(4).zip(cc.chunks_exact(4)) {
-        acc[0] += t[0][c[0] as usize];
-        acc[1] += t[1][c[1] as usize];
-        acc[2] += t[2][c[2] as usize];
-        acc[3] += t[3][c[3] as usize];
-    }
-    for (t, &c) in tr.iter().zip(cr) {
-        acc[0] += t[c as usize];
-    }
-    (acc[0] + acc[1]) + (acc[2] + acc[3])
 }
 
 /// Fits a seeded random orthogonal `d x d` matrix (QR of a Gaussian one).
@@ -563,24 +581,16 @@ impl Quantizer for RabitqQuantizer {
         }
         let n = codes.len() / self.code_len();
         let k = k.min(n).max(1);
-        let d = self.dim;
-        let qb = crate::search::query_block(queries.len());
-        // prepared group by group: a prepared query holds a table of 256 floats per code byte
-        queries
-            .as_slice()
-            .par_chunks(qb * d)
-            .flat_map_iter(|rows| {
-                let group = self.prepare_batch(VectorsRef::new(d, rows).expect("invariant: whole rows"));
-                let mut tops: Vec<TopK> = group.iter().map(|_| TopK::new(k)).collect();
-                let refs: Vec<&RabitqQuery> = group.iter().collect();
-                self.fast_visit(&refs, &[(codes, None, 0.0)], |qi, id, d, _| {
-                    if d <= tops[qi].threshold() {
-                        tops[qi].push(id, d);
-                    }
-                });
-                tops.into_iter().map(TopK::into_sorted)
-            })
-            .collect()
+        self.in_groups(queries, |group| {
+            let mut tops: Vec<TopK> = group.iter().map(|_| TopK::new(k)).collect();
+            let refs: Vec<&RabitqQuery> = group.iter().collect();
+            self.fast_visit(&refs, &[(codes, None, 0.0)], |qi, id, d, _| {
+                if d <= tops[qi].threshold() {
+                    tops[qi].push(id, d);
+                }
+            });
+            tops.into_iter().map(TopK::into_sorted).collect()
+        })
     }
     /// The rotation of a whole batch as one GEMM.
     fn prepare_batch(&self, queries: VectorsRef<'_>) -> Vec<RabitqQuery> {
@@ -590,7 +600,9 @@ impl Quantizer for RabitqQuantizer {
         for row in src.chunks_exact_mut(d) {
             constants.push(match self.metric {
                 Metric::L2 => {
-                    row.iter_mut().zip(&self.centroid).for_each(|(v, c)| *v -= c);
+                    row.iter_mut()
+                        .zip(&self.centroid)
+                        .for_each(|(v, c)| *v -= c);
                     dot(row, row)
                 }
                 Metric::Cosine | Metric::Ip => dot(row, &self.centroid),
@@ -625,7 +637,7 @@ impl Quantizer for RabitqQuantizer {
         let pl = self.plane_len();
         let mut s = 0f32;
         for b in 0..self.bits {
-            s += (1u32 << b) as f32 * plane_sum(&q.tables, &code[b * pl..(b + 1) * pl]);
+            s += (1u32 << b) as f32 * table_distance(&q.tables, &code[b * pl..(b + 1) * pl]);
         }
         self.finish(q, s, code)
     }
@@ -720,12 +732,24 @@ mod tests {
                 }
                 let (bias, mae) = ((sum / n as f64) as f32, (abs / n as f64) as f32);
                 // |<q, x>| is about 11 here (128 unit-variance dimensions)
-                assert!(bias.abs() < 0.1 * mae.max(0.01) + 0.05, "bits {bits} {metric}: bias {bias} vs mae {mae}");
+                assert!(
+                    bias.abs() < 0.1 * mae.max(0.01) + 0.05,
+                    "bits {bits} {metric}: bias {bias} vs mae {mae}"
+                );
                 // about normal: 1.9 deviations leave ~6% outside, 3.5 about 0.05%
-                assert!(outside[0] * 100 <= n * 8, "bits {bits} {metric}: {outside:?} of {n} outside the bound");
-                assert!(outside[1] * 1000 <= n, "bits {bits} {metric}: {outside:?} of {n} outside the bound");
+                assert!(
+                    outside[0] * 100 <= n * 8,
+                    "bits {bits} {metric}: {outside:?} of {n} outside the bound"
+                );
+                assert!(
+                    outside[1] * 1000 <= n,
+                    "bits {bits} {metric}: {outside:?} of {n} outside the bound"
+                );
                 if metric == Metric::Ip {
-                    assert!(mae < prev_err, "bits {bits}: mae {mae} not below {prev_err}");
+                    assert!(
+                        mae < prev_err,
+                        "bits {bits}: mae {mae} not below {prev_err}"
+                    );
                     prev_err = mae;
                 }
             }
@@ -748,19 +772,29 @@ mod tests {
                 assert!(c.windows(2).all(|w| w[0] <= w[1]), "sorted by estimate");
             }
             let want = truth.len() * 10;
-            assert!(found * 1000 >= want * 995, "{metric}: {found} of {want} true neighbours kept");
+            assert!(
+                found * 1000 >= want * 995,
+                "{metric}: {found} of {want} true neighbours kept"
+            );
             assert!(kept < truth.len() * base.len() / 4, "{metric}: kept {kept}");
             // the fast-scan estimates are the table distances up to the tables' 8-bit
             // rounding: at most half a step per 4-bit table (times 2 for l2)
             let p = &q.prepare_batch(queries.view())[0];
             let fast = p.fast.as_ref().unwrap();
-            let max = 0.5 * fast.scale * (4 * q.plane_len()) as f32 * if metric == Metric::L2 { 2.0 } else { 1.0 };
+            let max = 0.5
+                * fast.scale
+                * (4 * q.plane_len()) as f32
+                * if metric == Metric::L2 { 2.0 } else { 1.0 };
             let at = 2 * q.plane_len();
             for h in &cands[0] {
                 let c = &codes[h.id as usize * q.code_len()..][..q.code_len()];
                 let f = f32::from_le_bytes(c[at..at + 4].try_into().unwrap());
                 let want = q.distance(p, c);
-                assert!((h.distance - want).abs() <= f * max + 1e-5, "{} vs {want}", h.distance);
+                assert!(
+                    (h.distance - want).abs() <= f * max + 1e-5,
+                    "{} vs {want}",
+                    h.distance
+                );
             }
         }
     }
@@ -775,7 +809,10 @@ mod tests {
             let all = q.estimator_vectors(&codes);
             for (c, w) in codes.chunks_exact(q.code_len()).zip(all.chunks_exact(40)) {
                 let v = q.estimator_vector(c);
-                assert!(v.iter().zip(w).all(|(a, b)| (a - b).abs() < 1e-4), "batch = one by one");
+                assert!(
+                    v.iter().zip(w).all(|(a, b)| (a - b).abs() < 1e-4),
+                    "batch = one by one"
+                );
                 let (a, b) = (-dot(y.row(0), &v), q.distance(&p, c));
                 assert!((a - b).abs() < 1e-3 * (1.0 + b.abs()), "{a} vs {b}");
             }
@@ -796,7 +833,10 @@ mod tests {
                 .zip(&slow)
                 .map(|(a, b)| a.iter().filter(|h| b.iter().any(|x| x.id == h.id)).count())
                 .sum::<usize>();
-            assert!(same * 100 >= 97 * 10 * queries.len(), "rabitq{bits} {metric}: {same}");
+            assert!(
+                same * 100 >= 97 * 10 * queries.len(),
+                "rabitq{bits} {metric}: {same}"
+            );
         }
         // more bits, or planes over 128 bytes, take the table scan
         let (q, _) = fit(4, Metric::Ip, base.view());
@@ -812,7 +852,8 @@ mod tests {
                 .unwrap_err();
             assert!(e.to_string().contains("from 1 to 8"), "{e}");
         }
-        let e = RabitqQuantizer::from_parts(1, Metric::Ip, vec![0.0; 4], vec![0.0; 15]).unwrap_err();
+        let e =
+            RabitqQuantizer::from_parts(1, Metric::Ip, vec![0.0; 4], vec![0.0; 15]).unwrap_err();
         assert!(e.to_string().contains("rotation"), "{e}");
     }
 }

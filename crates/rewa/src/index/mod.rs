@@ -13,8 +13,8 @@ use crate::distance::Metric;
 use crate::encode::{Encoder, EncoderSpec};
 use crate::error::{invalid, Error, Result};
 use crate::search::{
-    run_stages_counted, Deleted, Hit, ListsRef, Pipeline, RowPart, Rows, Scored, Scorer, SearchParams,
-    Stage,
+    run_stages_counted, Deleted, Hit, ListsRef, Pipeline, RowPart, Rows, Scored, Scorer,
+    SearchParams, Stage,
 };
 use crate::vectors::{Prepared, VectorsRef};
 
@@ -843,14 +843,22 @@ impl Index {
         self.check_dim(queries.dim())?;
         same_metric(self.metric, queries)?;
         if self.is_empty() {
-            return Ok((vec![Vec::new(); queries.len()], vec![0; pipeline.stages().len()]));
+            return Ok((
+                vec![Vec::new(); queries.len()],
+                vec![0; pipeline.stages().len()],
+            ));
         }
         let stages = pipeline
             .stages()
             .iter()
             .map(|st| Ok((self.scored(st)?, st.keep)))
             .collect::<Result<Vec<_>>>()?;
-        Ok(run_stages_counted(&stages, queries.view(), params.k, &self.deleted))
+        Ok(run_stages_counted(
+            &stages,
+            queries.view(),
+            params.k,
+            &self.deleted,
+        ))
     }
 
     /// What a stage of this index scores with.

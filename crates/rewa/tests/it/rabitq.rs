@@ -70,11 +70,17 @@ fn a_bound_stage_hands_the_rerank_the_neighbours_with_few_candidates() {
         let per_query = counts[0] as f64 / queries.len() as f64;
         let r = recall_at_k(&hits, &gt, 10);
         assert!(r >= 0.995, "{metric}: recall {r}");
-        assert!(per_query < n as f64 / 5.0, "{metric}: {per_query} candidates per query");
+        assert!(
+            per_query < n as f64 / 5.0,
+            "{metric}: {per_query} candidates per query"
+        );
         // a larger constant keeps more; the default keeps fewer
         let (_, wide) = counted(&index, &queries, "rabitq2:bound=5,exact:10");
         let (_, narrow) = counted(&index, &queries, "rabitq2:bound,exact:10");
-        assert!(wide[0] > counts[0] && counts[0] > narrow[0], "{wide:?} {counts:?} {narrow:?}");
+        assert!(
+            wide[0] > counts[0] && counts[0] > narrow[0],
+            "{wide:?} {counts:?} {narrow:?}"
+        );
         // in three segments, and partitioned with every list probed: the same hits
         // (each segment's candidates are cut by its own k-th upper bound: a superset)
         let t = tempfile::tempdir().unwrap();
@@ -107,22 +113,39 @@ fn a_bound_stage_hands_the_rerank_the_neighbours_with_few_candidates() {
 #[test]
 fn rabitq_codes_survive_save_and_open() {
     let (base, queries) = data();
-    for p in ["rabitq1:bound,exact:10", "ivf8r/4+pca32+rabitq4:40,exact:10"] {
+    for p in [
+        "rabitq1:bound,exact:10",
+        "ivf8r/4+pca32+rabitq4:40,exact:10",
+    ] {
         let index = build(Metric::Cosine, p, &base);
         let t = tempfile::tempdir().unwrap();
         index.save(t.path()).unwrap();
         let opened = Index::open(t.path()).unwrap();
-        assert_eq!(opened.segments()[0].codes(0), index.segments()[0].codes(0), "{p}");
-        assert_eq!(counted(&opened, &queries, p), counted(&index, &queries, p), "{p}");
+        assert_eq!(
+            opened.segments()[0].codes(0),
+            index.segments()[0].codes(0),
+            "{p}"
+        );
+        assert_eq!(
+            counted(&opened, &queries, p),
+            counted(&index, &queries, p),
+            "{p}"
+        );
     }
 }
 
 #[test]
 fn misplaced_bounds_are_refused() {
     for (p, msg) in [
-        ("hadamard64+sign:bound,exact:10", "only a first stage of rabitq"),
+        (
+            "hadamard64+sign:bound,exact:10",
+            "only a first stage of rabitq",
+        ),
         ("rabitq1:bound", "followed by a rerank"),
-        ("flat:100,rabitq1:bound,exact:10", "only a first stage of rabitq"),
+        (
+            "flat:100,rabitq1:bound,exact:10",
+            "only a first stage of rabitq",
+        ),
         ("rabitq1:bound=0,exact:10", "confidence constant"),
         ("rabitq1:bound=x,exact:10", "confidence constant"),
         ("rabitq9:10", "from 1 to 8"),
