@@ -428,6 +428,9 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
+/// The `trained_by` of the seed row's model directory.
+const SEED_TAG: &str = "rewa bench (seed row)";
+
 /// Trains the seed's learned encoder (self-supervised on exact neighbours with ranking
 /// distillation, 256 outputs; 10 epochs in a quick run) on `train` and saves it beside `out`
 /// (`<out stem>-learned/`); returns the directory.
@@ -436,6 +439,18 @@ fn train_seed_model(train: &Prepared<'_>, out: &Path, quick: bool) -> Result<Pat
         .file_stem()
         .map_or("rewa-bench".into(), |s| s.to_string_lossy().into_owned());
     let dir = out.with_file_name(format!("{stem}-learned"));
+    // replace only a model an earlier bench wrote: never a folder of the user's
+    if dir.exists() {
+        let ours = rewa::encode::LearnedTransform::load(&dir)
+            .map(|(_, c)| c.training.get("trained_by").and_then(|v| v.as_str()) == Some(SEED_TAG))
+            .unwrap_or(false);
+        if !ours {
+            bail!(rewa::Error::InvalidInput(format!(
+                "the seed row's model goes to {}, which exists and is not a model an earlier `rewa bench` wrote; move it, choose another --out, or pass --no-learned",
+                dir.display()
+            )));
+        }
+    }
     let cfg = rewa_train::TrainConfig {
         dim: 256.min(train.dim()),
         epochs: if quick { 10 } else { 60 },
@@ -456,7 +471,7 @@ fn train_seed_model(train: &Prepared<'_>, out: &Path, quick: bool) -> Result<Pat
     )?;
     o.model.save(
         &dir,
-        serde_json::json!({"trained_by": "rewa bench (seed row)", "best_epoch": o.best_epoch, "seconds": o.seconds}),
+        serde_json::json!({"trained_by": SEED_TAG, "best_epoch": o.best_epoch, "seconds": o.seconds}),
     )?;
     log(&format!(
         "seed row: best epoch {} in {:.1} s, model in {}",

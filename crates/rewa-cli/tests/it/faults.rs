@@ -337,6 +337,18 @@ fn bench_quick_runs_every_row_and_records_skipped_sets() {
     assert!(tr > held && held > 0.2, "train {tr} vs held-out {held}");
     assert!(d.join("b-learned/model.safetensors").exists());
     assert_eq!(seed[3]["train_recall"], 1.0, "flat finds every neighbour");
+    // a second run replaces the model it wrote; a folder of the user's under that name is refused
+    let (ok_, _, err) = rewa("bench --quick --only synth --data nowhere --out b.json", d);
+    assert!(ok_, "{err}");
+    std::fs::create_dir_all(d.join("mine-learned")).unwrap();
+    std::fs::write(d.join("mine-learned/notes.txt"), b"keep me").unwrap();
+    fails(
+        "bench --quick --only synth --data nowhere --out mine.json",
+        d,
+        "is not a model an earlier `rewa bench` wrote",
+    );
+    assert_eq!(std::fs::read(d.join("mine-learned/notes.txt")).unwrap(), b"keep me");
+    assert!(!d.join("mine-learned/model.safetensors").exists());
     // a data folder that is present but broken is an error, not a skip
     std::fs::create_dir_all(d.join("data/siftsmall")).unwrap();
     std::fs::write(d.join("data/siftsmall/siftsmall_base.fvecs"), b"junk").unwrap();
