@@ -32,7 +32,8 @@ for s in pq8 opq8+pq8 hadamard64+asign "learned=$W/l64asign+asign" \
          pq16 opq16+pq16 hadamard128+asign "learned=$W/l128asign+asign" pca64+rabitq1 "learned=$W/l64rabitq1+rabitq1" \
          pq32 opq32+pq32 hadamard256+asign "learned=$W/l256asign+asign" pca192+rabitq1 pca96+rabitq2 \
          "learned=$W/l192rabitq1+rabitq1" "learned=$W/l128pq32+pq32" "learned=$W/l128+opq32+pq32" \
-         pq64 opq64+pq64 pca112+rabitq4 "learned=$W/l128rabitq2+rabitq2" ; do
+         pq64 opq64+pq64 pca112+rabitq4 "learned=$W/l128rabitq2+rabitq2" \
+         opq8+pq8s2 opq16+pq16s2 opq32+pq32s4 opq64+pq64s4 "learned=$W/l128+opq32+pq32s4" ; do
   row "$s"
 done
 [ "$D" -le 448 ] && row rabitq1   # 48 + 8 = 56 bytes at 384 dims

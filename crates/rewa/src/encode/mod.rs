@@ -342,6 +342,9 @@ impl AnyQuantizer {
             QuantizerSpec::Pq { m } => {
                 PqQuantizer::fit(&PqConfig::new(m, metric), train, seed)?.into()
             }
+            QuantizerSpec::PqScore { m, eta } => PqQuantizer::fit(&PqConfig::new(m, metric), train, seed)?
+                .with_eta(Some(eta as f32))
+                .into(),
             QuantizerSpec::Pq4 { m } => {
                 Pq4Quantizer::fit(&Pq4Config::new(m, metric), train, seed)?.into()
             }
@@ -367,6 +370,9 @@ impl AnyQuantizer {
             QuantizerSpec::SignAsym => SignAsymQuantizer::from_tensors(src, dim, metric)?.into(),
             QuantizerSpec::Int8 => Int8Quantizer::from_tensors(src, dim, metric)?.into(),
             QuantizerSpec::Pq { m } => PqQuantizer::from_tensors(src, dim, m, metric)?.into(),
+            QuantizerSpec::PqScore { m, eta } => PqQuantizer::from_tensors(src, dim, m, metric)?
+                .with_eta(Some(eta as f32))
+                .into(),
             QuantizerSpec::Pq4 { m } => Pq4Quantizer::from_tensors(src, dim, m, metric)?.into(),
             QuantizerSpec::SignFast => SignFastQuantizer::from_tensors(src, dim, metric)?.into(),
             QuantizerSpec::Rabitq { bits } => {
@@ -475,7 +481,12 @@ impl Encoder {
                     PcaTransform::fit(&PcaConfig { m: *m }, input, s)?.into()
                 }
                 TransformSpec::Opq { m } => {
-                    OpqTransform::fit(&OpqConfig::new(*m), input, s)?.into()
+                    // trained for the codes the quantizer after it assigns
+                    let eta = match (spec.transforms.get(i + 1), spec.quantizer) {
+                        (None, QuantizerSpec::PqScore { eta, .. }) => Some(eta as f32),
+                        _ => None,
+                    };
+                    OpqTransform::fit(&OpqConfig { eta, ..OpqConfig::new(*m) }, input, s)?.into()
                 }
                 TransformSpec::Learned { path } => {
                     LearnedTransform::fit(&LearnedConfig { path: path.into() }, input, s)?.into()

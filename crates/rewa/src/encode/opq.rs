@@ -35,6 +35,8 @@ pub struct OpqConfig {
     pub pq_iters: (usize, usize),
     /// At most this many training vectors are used (a seeded sample).
     pub max_train: usize,
+    /// Assign codes score-aware in the loop, as the `pq<m>s<eta>` after it will.
+    pub eta: Option<f32>,
 }
 
 impl OpqConfig {
@@ -45,6 +47,7 @@ impl OpqConfig {
             iters: 20,
             pq_iters: (20, 4),
             max_train: 65_536,
+            eta: None,
         }
     }
 }
@@ -139,7 +142,7 @@ impl Transform for OpqTransform {
                 cfg.pq_iters.1
             };
             let c = codebooks(xr.view(), cfg.m, iters, seed, cents.as_deref());
-            let pq = PqQuantizer::from_parts(d, cfg.m, c, Metric::L2)?;
+            let pq = PqQuantizer::from_parts(d, cfg.m, c, Metric::L2)?.with_eta(cfg.eta);
             pq.encode_batch(xr.view(), &mut codes);
             let mut y = vec![0f32; x.len() * d];
             y.par_chunks_mut(d)

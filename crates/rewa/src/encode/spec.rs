@@ -96,6 +96,15 @@ pub enum QuantizerSpec {
         /// Sub-spaces (bytes per code).
         m: usize,
     },
+    /// `pq<m>s<eta>`: `pq<m>`'s codebooks, codes assigned score-aware (ScaNN's anisotropic
+    /// loss, the residual along the vector weighted `eta` times, 1 to 100) for inner-product
+    /// search; same bytes and scan.
+    PqScore {
+        /// Sub-spaces (bytes per code).
+        m: usize,
+        /// The weight of the residual's component along the vector.
+        eta: u16,
+    },
     /// `pq<m>x4`: product quantization, `m` sub-spaces of 16 centroids, 4 bits each (two per
     /// byte), scanned with 8-bit tables in registers (FAISS's fast scan); `m` at most 128.
     Pq4 {
@@ -201,7 +210,7 @@ impl EncoderSpec {
                 d.div_ceil(64) * 8
             }
             QuantizerSpec::Int8 => d,
-            QuantizerSpec::Pq { m } => m,
+            QuantizerSpec::Pq { m } | QuantizerSpec::PqScore { m, .. } => m,
             QuantizerSpec::Pq4 { m } => m.div_ceil(2),
             // cosine and ip; l2 codes hold one more f32 (|x - c|^2)
             QuantizerSpec::Rabitq { bits } => bits * d.div_ceil(8) + 8,
@@ -263,7 +272,7 @@ impl EncoderSpec {
                 return invalid!("pq{m}x4 needs input dimension >= {m}, got {d}");
             }
         }
-        if let QuantizerSpec::Pq { m } = self.quantizer {
+        if let QuantizerSpec::Pq { m } | QuantizerSpec::PqScore { m, .. } = self.quantizer {
             size("pq", m)?;
             if let Some(d) = d.filter(|&d| m > d) {
                 return invalid!(
@@ -293,6 +302,7 @@ impl fmt::Display for QuantizerSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             QuantizerSpec::Pq { m } => return write!(f, "pq{m}"),
+            QuantizerSpec::PqScore { m, eta } => return write!(f, "pq{m}s{eta}"),
             QuantizerSpec::Pq4 { m } => return write!(f, "pq{m}x4"),
             QuantizerSpec::Rabitq { bits } => return write!(f, "rabitq{bits}"),
             QuantizerSpec::Flat => "flat",
@@ -459,12 +469,22 @@ impl FromStr for EncoderSpec {
                                 )
                             }
                         }
+                    } else if let Some((m, eta)) = tok
+                        .strip_prefix("pq")
+                        .and_then(|r| r.split_once('s'))
+                        .and_then(|(m, e)| Some((m.parse::<usize>().ok()?, e.parse::<u16>().ok()?)))
+                    {
+                        if !(1..=100).contains(&eta) {
+                            return invalid!("{tok:?}: pq<m>s<eta> needs eta from 1 to 100, e.g. pq32s4");
+                        }
+                        quantizer = Some(QuantizerSpec::PqScore { m, eta });
+                        continue;
                     } else if let Some(m) = dim_token(tok, "pq")? {
                         quantizer = Some(QuantizerSpec::Pq { m });
                         continue;
                     } else {
                         return invalid!(
-                            "encoder spec {s:?}: unknown token {tok:?} (known: ivf<nlist> first, hadamard<m>, pca<m>, opq<m>, learned=DIR or learned=\"DIR\", flat, sign, asign, asignfs, int8, pq<m>, pq<m>x4, rabitq<bits>)"
+                            "encoder spec {s:?}: unknown token {tok:?} (known: ivf<nlist> first, hadamard<m>, pca<m>, opq<m>, learned=DIR or learned=\"DIR\", flat, sign, asign, asignfs, int8, pq<m>, pq<m>s<eta>, pq<m>x4, rabitq<bits>)"
                         );
                     }
                 }
@@ -478,6 +498,7 @@ impl FromStr for EncoderSpec {
                 QuantizerSpec::Flat
                     | QuantizerSpec::Int8
                     | QuantizerSpec::Pq { .. }
+                    | QuantizerSpec::PqScore { .. }
                     | QuantizerSpec::Pq4 { .. }
                     | QuantizerSpec::Rabitq { .. }
             )
@@ -539,6 +560,7 @@ mod tests {
             "rabitq1",
             "pca64+rabitq4",
             "ivf16r+rabitq8",
+            "opq32+pq32s4",
         ] {
             let spec: EncoderSpec = s.parse().unwrap();
             assert_eq!(spec.to_string(), s);
