@@ -1,7 +1,8 @@
 // RaBitQ codes in an index: more bits keep more of the exact ranking; a `:bound` first stage
 // hands the exact rerank the neighbours (recall of the exact search) with far fewer
 // candidates than the base holds, in one segment or several, after deletes, flat or
-// partitioned; the codes survive save/open byte for byte; misplaced bounds are refused.
+// partitioned; the codes survive save/open byte for byte; misplaced bounds are refused;
+// score-aware pq codes (pq<m>s<eta>) are assigned the same way after save, open and add.
 
 use rewa::eval::{ground_truth, recall_at_k};
 use rewa::testutil::clusters;
@@ -158,4 +159,33 @@ fn misplaced_bounds_are_refused() {
     for p in ["rabitq1:bound,exact:10", "pca64+rabitq4:bound=3.5,exact:10"] {
         assert_eq!(p.parse::<Pipeline>().unwrap().to_string(), p);
     }
+}
+
+#[test]
+fn score_aware_pq_codes_survive_save_open_and_add() {
+    // pq<m>s<eta> keeps eta in its spec: an add after open assigns codes as the build did
+    let (base, queries) = data();
+    let p = "opq16+pq16s4:40,exact:10";
+    let full = build(Metric::Cosine, p, &base);
+    let spec = IndexSpec {
+        metric: Metric::Cosine,
+        pipeline: p.parse().unwrap(),
+        seed: 5,
+    };
+    let t = tempfile::tempdir().unwrap();
+    let mut part = Index::fit(&spec, base.view()).unwrap();
+    part.add(base.view().slice(0, 2000)).unwrap();
+    part.save(t.path()).unwrap();
+    let mut opened = Index::open(t.path()).unwrap();
+    opened.add(base.view().slice(2000, base.len())).unwrap();
+    let all: Vec<u8> = opened
+        .segments()
+        .iter()
+        .flat_map(|s| s.codes(0).to_vec())
+        .collect();
+    assert_eq!(all, full.segments()[0].codes(0), "codes after open + add");
+    assert_eq!(counted(&opened, &queries, p).0, counted(&full, &queries, p).0);
+    // and they are not plain pq16's codes
+    let plain = build(Metric::Cosine, "opq16+pq16:40,exact:10", &base);
+    assert_ne!(plain.segments()[0].codes(0), full.segments()[0].codes(0));
 }
