@@ -347,7 +347,10 @@ fn bench_quick_runs_every_row_and_records_skipped_sets() {
         d,
         "is not a model an earlier `rewa bench` wrote",
     );
-    assert_eq!(std::fs::read(d.join("mine-learned/notes.txt")).unwrap(), b"keep me");
+    assert_eq!(
+        std::fs::read(d.join("mine-learned/notes.txt")).unwrap(),
+        b"keep me"
+    );
     assert!(!d.join("mine-learned/model.safetensors").exists());
     // a data folder that is present but broken is an error, not a skip
     std::fs::create_dir_all(d.join("data/siftsmall")).unwrap();

@@ -342,9 +342,11 @@ impl AnyQuantizer {
             QuantizerSpec::Pq { m } => {
                 PqQuantizer::fit(&PqConfig::new(m, metric), train, seed)?.into()
             }
-            QuantizerSpec::PqScore { m, eta } => PqQuantizer::fit(&PqConfig::new(m, metric), train, seed)?
-                .with_eta(Some(eta as f32))
-                .into(),
+            QuantizerSpec::PqScore { m, eta } => {
+                PqQuantizer::fit(&PqConfig::new(m, metric), train, seed)?
+                    .with_eta(Some(eta as f32))
+                    .into()
+            }
             QuantizerSpec::Pq4 { m } => {
                 Pq4Quantizer::fit(&Pq4Config::new(m, metric), train, seed)?.into()
             }
@@ -486,7 +488,15 @@ impl Encoder {
                         (None, QuantizerSpec::PqScore { eta, .. }) => Some(eta as f32),
                         _ => None,
                     };
-                    OpqTransform::fit(&OpqConfig { eta, ..OpqConfig::new(*m) }, input, s)?.into()
+                    OpqTransform::fit(
+                        &OpqConfig {
+                            eta,
+                            ..OpqConfig::new(*m)
+                        },
+                        input,
+                        s,
+                    )?
+                    .into()
                 }
                 TransformSpec::Learned { path } => {
                     LearnedTransform::fit(&LearnedConfig { path: path.into() }, input, s)?.into()

@@ -498,7 +498,10 @@ mod tests {
             after += la;
             before += lb;
         }
-        assert!(after < before, "score-aware loss {after} vs nearest {before}");
+        assert!(
+            after < before,
+            "score-aware loss {after} vs nearest {before}"
+        );
         // what it buys: the error along the vectors (what moves inner products) falls
         let along = |c: &[u8]| -> f32 {
             base.view()

@@ -475,7 +475,9 @@ impl FromStr for EncoderSpec {
                         .and_then(|(m, e)| Some((m.parse::<usize>().ok()?, e.parse::<u16>().ok()?)))
                     {
                         if !(1..=100).contains(&eta) {
-                            return invalid!("{tok:?}: pq<m>s<eta> needs eta from 1 to 100, e.g. pq32s4");
+                            return invalid!(
+                                "{tok:?}: pq<m>s<eta> needs eta from 1 to 100, e.g. pq32s4"
+                            );
                         }
                         quantizer = Some(QuantizerSpec::PqScore { m, eta });
                         continue;

@@ -184,7 +184,10 @@ fn score_aware_pq_codes_survive_save_open_and_add() {
         .flat_map(|s| s.codes(0).to_vec())
         .collect();
     assert_eq!(all, full.segments()[0].codes(0), "codes after open + add");
-    assert_eq!(counted(&opened, &queries, p).0, counted(&full, &queries, p).0);
+    assert_eq!(
+        counted(&opened, &queries, p).0,
+        counted(&full, &queries, p).0
+    );
     // and they are not plain pq16's codes
     let plain = build(Metric::Cosine, "opq16+pq16:40,exact:10", &base);
     assert_ne!(plain.segments()[0].codes(0), full.segments()[0].codes(0));
