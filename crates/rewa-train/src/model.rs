@@ -53,10 +53,6 @@ impl Qat {
             Qat::Pq { m } => Q::Pq { m },
         }
     }
-    /// `true` if the model directory keeps a trained quantizer for it.
-    pub fn keeps_quantizer(&self) -> bool {
-        matches!(self, Qat::Rabitq { .. } | Qat::Pq { .. })
-    }
 }
 
 impl std::fmt::Display for Qat {

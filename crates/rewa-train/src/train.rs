@@ -31,7 +31,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use rewa::encode::{AnyQuantizer, LearnedTransform, QuantizerSpec, Transform};
-use rewa::eval::Qrels;
+use rewa::eval::{drop_self, Qrels};
 use rewa::search::{exact_search, scan_encoded, Hit};
 use rewa::{Encoder, Metric, Vectors, VectorsRef};
 use std::collections::{HashMap, HashSet};
@@ -292,40 +292,35 @@ struct QatState {
 }
 
 impl QatState {
-    /// The quantizer the codes will be stored with, from the run's current state: fitted on
-    /// `out` for the ones nothing is trained for (sign, asign, int8).
-    fn quantizer(&self, out: VectorsRef<'_>, seed: u64) -> Result<AnyQuantizer> {
-        let m = out.dim();
+    /// The quantizer trained with the model (`pq<m>`, `rabitq<bits>`), from the run's
+    /// current state; `None` for those nothing is trained for (sign, asign, int8).
+    fn trained(&self, dim: usize) -> Result<Option<AnyQuantizer>> {
         Ok(match self.qat {
-            Qat::Pq { m: sub } => {
+            Qat::Pq { m } => {
                 let cb = self
                     .codebook
                     .as_ref()
                     .expect("invariant: pq runs have codebooks");
-                rewa::encode::PqQuantizer::from_parts(
-                    m,
-                    sub,
-                    cb.as_tensor().to_vec1::<f32>()?,
-                    Metric::Ip,
-                )?
-                .into()
+                let c = cb.as_tensor().to_vec1::<f32>()?;
+                Some(rewa::encode::PqQuantizer::from_parts(dim, m, c, Metric::Ip)?.into())
             }
-            Qat::Rabitq { .. } => self
-                .rabitq
-                .clone()
-                .expect("invariant: rabitq runs carry their quantizer")
-                .into(),
-            q => AnyQuantizer::fit(q.spec(), out, Metric::Ip, seed)?,
+            Qat::Rabitq { .. } => self.rabitq.clone().map(Into::into),
+            _ => None,
         })
+    }
+    /// The quantizer the codes will be stored with: the trained one, else fitted on `out`.
+    fn quantizer(&self, out: VectorsRef<'_>, seed: u64) -> Result<AnyQuantizer> {
+        match self.trained(out.dim())? {
+            Some(q) => Ok(q),
+            None => Ok(AnyQuantizer::fit(self.qat.spec(), out, Metric::Ip, seed)?),
+        }
     }
 }
 
-/// The mean of the model's outputs on (up to 4,096 of) `rows`.
-fn output_mean(model: &LearnedTransform, base: VectorsRef<'_>, rows: &[u32]) -> Vec<f32> {
-    let x = base.gather(&rows[..rows.len().min(4096)]);
-    let out = model.apply_batch(x.view());
+/// The mean of the rows of `out`.
+fn mean_row(out: VectorsRef<'_>) -> Vec<f32> {
     let mut mean = vec![0f64; out.dim()];
-    for r in out.view().rows() {
+    for r in out.rows() {
         mean.iter_mut().zip(r).for_each(|(m, v)| *m += *v as f64);
     }
     mean.iter()
@@ -753,8 +748,9 @@ pub fn train(
     anchors.shuffle(&mut rng);
 
     let mut log = Vec::new();
-    type QSnap = (Vec<f32>, Vec<f32>, Option<rewa::encode::RabitqQuantizer>);
-    let mut best: Option<(f64, usize, Vec<Tensor>, Option<QSnap>)> = None;
+    // the best epoch: score, epoch, weights, and the quantizer trained with them
+    type Best = (f64, usize, Vec<Tensor>, Option<AnyQuantizer>);
+    let mut best: Option<Best> = None;
     let mut stale = 0;
     let mut stopped_early = false;
     let mut step_global = 0usize;
@@ -778,11 +774,12 @@ pub fn train(
         let te = Instant::now();
         if let Some(st) = qstate.as_mut() {
             let model = mlp.export()?;
-            st.centroid = output_mean(&model, base, &train_part.rows);
+            // today's outputs of (up to 4,096) training vectors
+            let x = base.gather(&train_part.rows[..train_part.rows.len().min(4096)]);
+            let out = model.apply_batch(x.view());
+            st.centroid = mean_row(out.view());
             if let Qat::Rabitq { bits } = st.qat {
                 // the same seed every epoch: the same rotation, the centroid of today's outputs
-                let x = base.gather(&train_part.rows[..train_part.rows.len().min(4096)]);
-                let out = model.apply_batch(x.view());
                 st.rabitq = Some(
                     <rewa::encode::RabitqQuantizer as rewa::encode::Quantizer>::fit(
                         &rewa::encode::RabitqConfig {
@@ -958,22 +955,15 @@ pub fn train(
             Some((b, _, _, _)) => s.is_nan() || s > b + 1e-4,
         };
         if improved {
-            let qsnap = match &qstate {
-                Some(st) => Some((
-                    st.centroid.clone(),
-                    match &st.codebook {
-                        Some(cb) => cb.as_tensor().to_vec1::<f32>()?,
-                        None => Vec::new(),
-                    },
-                    st.rabitq.clone(),
-                )),
+            let kept = match &qstate {
+                Some(st) => st.trained(cfg.dim)?,
                 None => None,
             };
             best = Some((
                 if s.is_nan() { f64::MIN } else { s },
                 epoch,
                 mlp.snapshot()?,
-                qsnap,
+                kept,
             ));
             stale = 0;
         } else {
@@ -986,22 +976,10 @@ pub fn train(
             break;
         }
     }
-    let (_, best_epoch, snap, qsnap) = best.expect("invariant: at least one epoch ran");
+    let (_, best_epoch, snap, kept) = best.expect("invariant: at least one epoch ran");
     mlp.restore(&snap)?;
     let model = mlp.export()?;
-    let quantizer = match (&mut qstate, qsnap) {
-        (Some(st), Some((centroid, cb, rq))) if st.qat.keeps_quantizer() => {
-            st.centroid = centroid;
-            st.rabitq = rq;
-            if let Some(v) = &st.codebook {
-                v.set(&Tensor::from_vec(cb, v.elem_count(), &dev)?)?;
-            }
-            let x = base.gather(&train_part.rows[..train_part.rows.len().min(4096)]);
-            let out = model.apply_batch(x.view());
-            Some((st.qat.spec(), st.quantizer(out.view(), cfg.seed)?))
-        }
-        _ => None,
-    };
+    let quantizer = kept.zip(cfg.qat).map(|(q, qat)| (qat.spec(), q));
     Ok(TrainOutcome {
         quantizer,
         model,
@@ -1013,19 +991,6 @@ pub fn train(
         n_val,
         score_name: score.name(),
     })
-}
-
-/// Drops each query's own id (query `i` is base row `i`) and keeps `k`.
-fn drop_self(hits: Vec<Vec<Hit>>, k: usize) -> Vec<Vec<Hit>> {
-    hits.into_iter()
-        .enumerate()
-        .map(|(i, h)| {
-            h.into_iter()
-                .filter(|h| h.id as usize != i)
-                .take(k)
-                .collect()
-        })
-        .collect()
 }
 
 /// recall@10 (and label precision, quantized recall) of the model on a fixed set.
@@ -1297,49 +1262,37 @@ fn batch_loss(
 /// [`rewa::encode::PqQuantizer::centroids`]): a gather, so the loss reaches the codebooks.
 fn pq_documents(z: &Tensor, cb: &Var, m: usize) -> Result<Tensor> {
     let (n, d) = z.dims2()?;
-    let zv = Vectors::new(d, z.flatten_all()?.to_vec1::<f32>()?)?;
     let pq =
         rewa::encode::PqQuantizer::from_parts(d, m, cb.as_tensor().to_vec1::<f32>()?, Metric::L2)?;
-    let mut codes = vec![0u8; n * m];
-    codes
-        .par_chunks_mut(64 * m)
-        .zip(zv.as_slice().par_chunks(64 * d))
-        .for_each(|(c, x)| {
-            let x = rewa::VectorsRef::new(d, x).expect("invariant: whole rows");
-            rewa::encode::Quantizer::encode_batch(&pq, x, c);
-        });
-    let k = rewa::encode::PQ_CENTROIDS;
+    let codes = encode_rows(&pq, z)?;
     let mut idx = vec![0u32; n * d];
     for (row, code) in idx.chunks_exact_mut(d).zip(codes.chunks_exact(m)) {
-        for (j, &c) in code.iter().enumerate() {
-            let (s, e) = (j * d / m, (j + 1) * d / m);
-            for t in s..e {
-                row[t] = (k * s + c as usize * (e - s) + t - s) as u32;
-            }
-        }
+        pq.decode_positions(code, row);
     }
     let idx = Tensor::from_vec(idx, n * d, z.device())?;
     Ok(cb.as_tensor().index_select(&idx, 0)?.reshape((n, d))?)
 }
 
 /// Each row of `z` replaced by the vector RaBitQ's estimator scores it as (`rq`'s code of it,
-/// [`rewa::encode::RabitqQuantizer::estimator_vector`]), straight-through to `z`.
+/// [`rewa::encode::RabitqQuantizer::estimator_vectors`]), straight-through to `z`.
 fn rabitq_documents(z: &Tensor, rq: &rewa::encode::RabitqQuantizer) -> Result<Tensor> {
-    use rewa::encode::Quantizer;
     let (n, d) = z.dims2()?;
-    let zv = Vectors::new(d, z.flatten_all()?.to_vec1::<f32>()?)?;
-    let cl = rq.code_len();
-    let mut codes = vec![0u8; n * cl];
-    codes
-        .par_chunks_mut(64 * cl)
-        .zip(zv.as_slice().par_chunks(64 * d))
-        .for_each(|(c, x)| {
-            rq.encode_batch(
-                rewa::VectorsRef::new(d, x).expect("invariant: whole rows"),
-                c,
-            )
-        });
-    let h = rq.estimator_vectors(&codes);
+    let h = rq.estimator_vectors(&encode_rows(rq, z)?);
     let hard = Tensor::from_vec(h, (n, d), z.device())?;
     Ok((z + (hard - z)?.detach())?)
+}
+
+/// The codes of the rows of `z` (n x d), 64 rows per parallel task.
+fn encode_rows<Q: rewa::encode::Quantizer>(q: &Q, z: &Tensor) -> Result<Vec<u8>> {
+    let d = z.dims2()?.1;
+    let zv = z.flatten_all()?.to_vec1::<f32>()?;
+    let cl = q.code_len();
+    let mut codes = vec![0u8; zv.len() / d * cl];
+    codes
+        .par_chunks_mut(64 * cl)
+        .zip(zv.par_chunks(64 * d))
+        .for_each(|(c, x)| {
+            q.encode_batch(VectorsRef::new(d, x).expect("invariant: whole rows"), c)
+        });
+    Ok(codes)
 }

@@ -403,18 +403,21 @@ pub fn train_recall(
         },
     )?;
     let truth = exact_search(train.view(), queries.view(), train.metric(), k + 1);
-    let drop_self = |h: Vec<Vec<Hit>>| -> Vec<Vec<Hit>> {
-        h.into_iter()
-            .enumerate()
-            .map(|(i, h)| {
-                h.into_iter()
-                    .filter(|x| x.id as usize != i)
-                    .take(k)
-                    .collect()
-            })
-            .collect()
-    };
-    Ok(recall_at_k(&drop_self(hits), &drop_self(truth), k))
+    Ok(recall_at_k(&drop_self(hits, k), &drop_self(truth, k), k))
+}
+
+/// Drops each query's own id (query `i` is base row `i`) and keeps `k`: hits of the base's
+/// own rows used as queries.
+pub fn drop_self(hits: Vec<Vec<Hit>>, k: usize) -> Vec<Vec<Hit>> {
+    hits.into_iter()
+        .enumerate()
+        .map(|(i, h)| {
+            h.into_iter()
+                .filter(|h| h.id as usize != i)
+                .take(k)
+                .collect()
+        })
+        .collect()
 }
 
 /// Exact top-`k` of every query.

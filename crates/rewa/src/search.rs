@@ -1193,6 +1193,11 @@ fn scan_bound(
     let nq = queries.len();
     let tq = encoder.transform_batch(queries);
     let cl = q.code_len();
+    // the lists each query probes, once for every segment
+    let probes = match (encoder.coarse(), nprobe) {
+        (Some(coarse), Some(np)) => coarse.probe(queries, np),
+        _ => Vec::new(),
+    };
     let mut out: Vec<Vec<Hit>> = vec![Vec::new(); nq];
     for part in codes.parts() {
         let n = part.data.len() / cl.max(1);
@@ -1202,8 +1207,7 @@ fn scan_bound(
         let (lo, hi) = part.id_range(n);
         let kp = next.saturating_add(deleted.count_in(lo, hi.unwrap_or(lo)));
         let hits: Vec<Vec<Hit>> = match (encoder.coarse(), part.lists, nprobe) {
-            (Some(coarse), Some(lists), Some(np)) => {
-                let probes = coarse.probe(queries, np);
+            (Some(coarse), Some(lists), Some(_)) => {
                 let npr = probes.len() / nq.max(1);
                 let residual = encoder.spec().residual;
                 (0..nq)

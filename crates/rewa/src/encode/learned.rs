@@ -189,33 +189,7 @@ impl LearnedTransform {
 
     /// Loads `dir/config.json` and `dir/model.safetensors`, checking format, version and shapes.
     pub fn load(dir: &Path) -> Result<(Self, ModelConfig)> {
-        if !dir.is_dir() {
-            return Err(Error::io(
-                dir,
-                std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "no such model directory (train one with `rewa train`)",
-                ),
-            ));
-        }
-        let cpath = dir.join(CONFIG_FILE);
-        crate::io::check_readable(&cpath, crate::io::MAX_TEXT_BYTES)?;
-        let text = std::fs::read_to_string(&cpath).map_err(|e| Error::io(&cpath, e))?;
-        let cfg: ModelConfig = serde_json::from_str(&text)
-            .map_err(|e| Error::corrupt(&cpath, format!("not a model config: {e}")))?;
-        if cfg.format != MODEL_FORMAT {
-            return Err(Error::corrupt(
-                &cpath,
-                format!("format {:?}, expected {MODEL_FORMAT:?}", cfg.format),
-            ));
-        }
-        if cfg.version != MODEL_VERSION {
-            return Err(Error::Incompatible {
-                path: cpath,
-                found: cfg.version,
-                supported: MODEL_VERSION.to_string(),
-            });
-        }
+        let cfg = read_config(dir)?;
         let wpath = dir.join(WEIGHTS_FILE);
         crate::io::check_readable(&wpath, u64::MAX)?;
         let bytes = std::fs::read(&wpath).map_err(|e| Error::io(&wpath, e))?;
@@ -350,6 +324,38 @@ pub fn gelu_u(v: f32) -> f32 {
     SQRT_TWO_OVER_PI * v * (1.0 + 0.044715 * v * v)
 }
 
+/// The `config.json` of the model directory `dir`, checked (format and version).
+fn read_config(dir: &Path) -> Result<ModelConfig> {
+    if !dir.is_dir() {
+        return Err(Error::io(
+            dir,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such model directory (train one with `rewa train`)",
+            ),
+        ));
+    }
+    let cpath = dir.join(CONFIG_FILE);
+    crate::io::check_readable(&cpath, crate::io::MAX_TEXT_BYTES)?;
+    let text = std::fs::read_to_string(&cpath).map_err(|e| Error::io(&cpath, e))?;
+    let cfg: ModelConfig = serde_json::from_str(&text)
+        .map_err(|e| Error::corrupt(&cpath, format!("not a model config: {e}")))?;
+    if cfg.format != MODEL_FORMAT {
+        return Err(Error::corrupt(
+            &cpath,
+            format!("format {:?}, expected {MODEL_FORMAT:?}", cfg.format),
+        ));
+    }
+    if cfg.version != MODEL_VERSION {
+        return Err(Error::Incompatible {
+            path: cpath,
+            found: cfg.version,
+            supported: MODEL_VERSION.to_string(),
+        });
+    }
+    Ok(cfg)
+}
+
 /// The quantizer trained with the model in `dir`, if its config names `spec` (else `None`: fit
 /// one as usual), for `dim` inputs and `metric`.
 pub fn trained_quantizer(
@@ -358,7 +364,7 @@ pub fn trained_quantizer(
     dim: usize,
     metric: crate::distance::Metric,
 ) -> Result<Option<AnyQuantizer>> {
-    let (_, cfg) = LearnedTransform::load(dir)?;
+    let cfg = read_config(dir)?;
     if cfg.quantizer.as_deref() != Some(spec.to_string().as_str()) {
         return Ok(None);
     }

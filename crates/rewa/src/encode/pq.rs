@@ -199,10 +199,25 @@ impl PqQuantizer {
     pub fn decode(&self, code: &[u8], out: &mut [f32]) {
         for j in 0..self.m {
             let (s, e) = bounds(self.dim, self.m, j);
-            let c = code[j] as usize;
-            let cent = &self.centroids[PQ_CENTROIDS * s + c * (e - s)..][..e - s];
-            out[s..e].copy_from_slice(cent);
+            out[s..e].copy_from_slice(&self.centroids[self.centroid_start(j, code[j])..][..e - s]);
         }
+    }
+    /// For each coordinate of the vector `code` stands for, its position in
+    /// [`PqQuantizer::centroids`] (a gather that decodes; training uses it to reach the
+    /// codebooks).
+    pub fn decode_positions(&self, code: &[u8], out: &mut [u32]) {
+        for j in 0..self.m {
+            let (s, e) = bounds(self.dim, self.m, j);
+            let at = self.centroid_start(j, code[j]);
+            for (t, o) in out[s..e].iter_mut().enumerate() {
+                *o = (at + t) as u32;
+            }
+        }
+    }
+    /// Where centroid `c` of sub-space `j` starts in [`PqQuantizer::centroids`].
+    fn centroid_start(&self, j: usize, c: u8) -> usize {
+        let (s, e) = bounds(self.dim, self.m, j);
+        PQ_CENTROIDS * s + c as usize * (e - s)
     }
     fn sub_centroids(&self, j: usize) -> (&[f32], &[f32], usize) {
         let (s, e) = bounds(self.dim, self.m, j);

@@ -129,8 +129,9 @@ impl RabitqQuantizer {
     pub fn bits(&self) -> usize {
         self.bits
     }
-    /// [`RabitqQuantizer::estimator_vector`] of many codes (`n * code_len` bytes) as one
-    /// GEMM: row-major `n x dim`.
+    /// For each of `codes` (`n * code_len` bytes), the vector whose inner product with a query
+    /// the estimator gives: `c + f R^T g` (cosine and ip; for training with the quantizer in
+    /// the loop), row-major `n x dim`, by one GEMM.
     pub fn estimator_vectors(&self, codes: &[u8]) -> Vec<f32> {
         let (d, pl, cl) = (self.dim, self.plane_len(), self.code_len());
         let h = ((1usize << self.bits) - 1) as f32 / 2.0;
@@ -197,29 +198,6 @@ impl RabitqQuantizer {
             bound: scale / ((self.dim.max(2) - 1) as f32).sqrt() * norm,
         }
     }
-    /// The vector whose inner product with a query the estimator gives for `code`:
-    /// `c + f R^T g` (cosine and ip; for training with the quantizer in the loop).
-    pub fn estimator_vector(&self, code: &[u8]) -> Vec<f32> {
-        let pl = self.plane_len();
-        let h = ((1usize << self.bits) - 1) as f32 / 2.0;
-        let at = self.bits * pl;
-        let f = f32::from_le_bytes(code[at..at + 4].try_into().expect("4 bytes"));
-        let mut out = self.centroid.clone();
-        for i in 0..self.dim {
-            let k = (0..self.bits).fold(0u32, |k, b| {
-                k | (((code[b * pl + i / 8] >> (i % 8)) & 1) as u32) << b
-            });
-            let g = f * (k as f32 - h);
-            // R^T g: column i of R is row i of R^T
-            for (o, r) in out
-                .iter_mut()
-                .zip(self.rotation[i * self.dim..(i + 1) * self.dim].iter())
-            {
-                *o += g * r;
-            }
-        }
-        out
-    }
     fn plane_len(&self) -> usize {
         self.dim.div_ceil(8)
     }
@@ -228,11 +206,6 @@ impl RabitqQuantizer {
             3
         } else {
             2
-        }
-    }
-    fn rotate(&self, x: &[f32], out: &mut [f32]) {
-        for (o, w) in out.iter_mut().zip(self.rotation.chunks_exact(self.dim)) {
-            *o = dot(w, x);
         }
     }
     /// The error bound's half-width for a prepared query and a code, in distance units, for
@@ -551,10 +524,8 @@ impl Quantizer for RabitqQuantizer {
         self.bits * self.plane_len() + 4 * self.factors()
     }
     fn encode(&self, x: &[f32], out: &mut [u8]) {
-        let xc: Vec<f32> = x.iter().zip(&self.centroid).map(|(a, b)| a - b).collect();
-        let mut o = vec![0f32; self.dim];
-        self.rotate(&xc, &mut o);
-        self.encode_rotated(&o, out);
+        let one = VectorsRef::new(self.dim, x).expect("invariant: a vector of dim floats");
+        self.encode_batch(one, out);
     }
     fn encode_batch(&self, x: VectorsRef<'_>, out: &mut [u8]) {
         let d = self.dim;
@@ -616,21 +587,8 @@ impl Quantizer for RabitqQuantizer {
             .collect()
     }
     fn prepare(&self, query: &[f32]) -> RabitqQuery {
-        let (src, constant) = match self.metric {
-            Metric::L2 => {
-                let qc: Vec<f32> = query
-                    .iter()
-                    .zip(&self.centroid)
-                    .map(|(a, b)| a - b)
-                    .collect();
-                let n2 = dot(&qc, &qc);
-                (qc, n2)
-            }
-            Metric::Cosine | Metric::Ip => (query.to_vec(), dot(query, &self.centroid)),
-        };
-        let mut y = vec![0f32; self.dim];
-        self.rotate(&src, &mut y);
-        self.query_from_rotated(&y, constant)
+        let one = VectorsRef::new(self.dim, query).expect("invariant: a query of dim floats");
+        self.prepare_batch(one).pop().expect("one query")
     }
     #[inline(always)]
     fn distance(&self, q: &RabitqQuery, code: &[u8]) -> f32 {
@@ -800,20 +758,15 @@ mod tests {
     }
 
     #[test]
-    fn the_estimator_vector_gives_the_ip_estimate() {
+    fn the_estimator_vectors_give_the_ip_estimate() {
         let base = crate::testutil::gaussian(30, 40, 8);
         let y = crate::testutil::gaussian(1, 40, 9);
         for bits in [1, 3] {
             let (q, codes) = fit(bits, Metric::Ip, base.view());
             let p = q.prepare(y.row(0));
             let all = q.estimator_vectors(&codes);
-            for (c, w) in codes.chunks_exact(q.code_len()).zip(all.chunks_exact(40)) {
-                let v = q.estimator_vector(c);
-                assert!(
-                    v.iter().zip(w).all(|(a, b)| (a - b).abs() < 1e-4),
-                    "batch = one by one"
-                );
-                let (a, b) = (-dot(y.row(0), &v), q.distance(&p, c));
+            for (c, v) in codes.chunks_exact(q.code_len()).zip(all.chunks_exact(40)) {
+                let (a, b) = (-dot(y.row(0), v), q.distance(&p, c));
                 assert!((a - b).abs() < 1e-3 * (1.0 + b.abs()), "{a} vs {b}");
             }
         }
