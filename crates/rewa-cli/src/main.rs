@@ -57,6 +57,9 @@ enum Command {
     Train(cmd::train::Args),
     /// Embed texts (.jsonl, .txt, .tsv) with a sentence-transformers model directory into .npy.
     Embed(cmd::embed::Args),
+    /// REWA attention in the embedding models: fit key projections, or time it against full
+    /// attention.
+    Attention(cmd::attention::Args),
 }
 
 fn main() -> ExitCode {
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => cmd::serve::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Embed(a) => cmd::embed::run(a),
+        Command::Attention(a) => cmd::attention::run(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

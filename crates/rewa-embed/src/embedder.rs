@@ -8,6 +8,7 @@
 //! and pooling, so a text's vector does not depend on the batch it ran in (up to float
 //! rounding).
 
+use crate::attention::{Attention, AttentionShape, KeyProjections, Plan};
 use crate::error::{Error, Result};
 use crate::model_dir::{positions_for_text, read_json, Arch, ModelDir, Pooling};
 use crate::mpnet::{MpNetConfig, MpNetModel};
@@ -58,6 +59,8 @@ pub struct Embedder {
     max_seq_len: usize,
     batch_size: usize,
     pad_id: u32,
+    attention: Attention,
+    plan: Option<Plan>,
 }
 
 /// Vectors and the word pieces they were made from.
@@ -161,6 +164,8 @@ impl Embedder {
             batch_size: DEFAULT_BATCH_SIZE,
             pad_id,
             info,
+            attention: Attention::Full,
+            plan: None,
         };
         embedder.set_max_seq_len(embedder.info.max_seq_len)?;
         Ok(embedder)
@@ -222,6 +227,129 @@ impl Embedder {
         }
         self.batch_size = n;
         Ok(())
+    }
+
+    /// How self-attention runs ([`Attention::Full`] unless [`Embedder::set_attention`] said
+    /// otherwise).
+    pub fn attention(&self) -> &Attention {
+        &self.attention
+    }
+
+    /// The model's attention shape (layers, heads, head dimension), when the native pass runs
+    /// it.
+    pub fn attention_shape(&self) -> Option<AttentionShape> {
+        match &self.model {
+            Transformer::Native(m) => Some(m.shape()),
+            _ => None,
+        }
+    }
+
+    /// Runs self-attention as `a` says. REWA attention needs the native pass (the default
+    /// backend); its `keys=FILE` must come from this model's weights (checked by their
+    /// SHA-256) and shape.
+    pub fn set_attention(&mut self, a: Attention) -> Result<()> {
+        let plan = match &a {
+            Attention::Full => None,
+            Attention::Rewa(cfg) => {
+                let shape = self.attention_shape().ok_or_else(|| {
+                    Error::Unsupported(
+                        "REWA attention runs in the native forward pass; this model runs on candle"
+                            .into(),
+                    )
+                })?;
+                let keys = match &cfg.keys {
+                    Some(path) => {
+                        let k = KeyProjections::load(path)?;
+                        let sha = crate::corpus::weights_sha256(&self.info.dir)?;
+                        if k.weights_sha256 != sha {
+                            return Err(Error::Model {
+                                path: path.clone(),
+                                reason: format!(
+                                    "fitted on the keys of other weights (SHA-256 {}), not {}'s ({sha}): fit them for this model with `rewa attention fit`",
+                                    k.weights_sha256,
+                                    self.info.dir.display()
+                                ),
+                            });
+                        }
+                        Some(k)
+                    }
+                    None => None,
+                };
+                Some(Plan::new(cfg.clone(), shape, keys.as_ref())?)
+            }
+        };
+        self.attention = a;
+        self.plan = plan;
+        Ok(())
+    }
+
+    /// Fits [`KeyProjections`] on `texts`: per layer and head, the principal directions of
+    /// the keys full attention computes for them (each text's keys centred on their mean).
+    /// `progress(n)` after each batch of `n` texts. Never fit on the texts you evaluate.
+    pub fn fit_key_projections(
+        &self,
+        texts: &[&str],
+        progress: impl Fn(usize) + Sync,
+    ) -> Result<KeyProjections> {
+        use rayon::prelude::*;
+        let Transformer::Native(m) = &self.model else {
+            return Err(Error::Unsupported(
+                "fitting key projections needs the native forward pass; this model runs on candle"
+                    .into(),
+            ));
+        };
+        let shape = m.shape();
+        let (heads, d) = (shape.heads, shape.head_dim);
+        let h = heads * d;
+        let per_layer = heads * d * d;
+        let ids = self.tokenize(texts)?;
+        let batches: Vec<&[Vec<u32>]> = ids.chunks(self.batch_size).collect();
+        let (cov, keys) = batches
+            .par_iter()
+            .map(|batch| -> Result<(Vec<f64>, usize)> {
+                let rows: Vec<&[u32]> = batch.iter().map(Vec::as_slice).collect();
+                let mut cov = vec![0f64; shape.layers * per_layer];
+                let mut kc = Vec::new();
+                let mut part = vec![0f32; d * d];
+                let mut observe = |layer: usize, qkv: &[f32]| {
+                    let mut start = 0;
+                    for r in &rows {
+                        let len = r.len();
+                        for hd in 0..heads {
+                            kc.clear();
+                            let mut mean = vec![0f32; d];
+                            for i in 0..len {
+                                let k = &qkv[(start + i) * 3 * h + h + hd * d..][..d];
+                                kc.extend_from_slice(k);
+                                mean.iter_mut()
+                                    .zip(k)
+                                    .for_each(|(m, x)| *m += x / len as f32);
+                            }
+                            for row in kc.chunks_exact_mut(d) {
+                                row.iter_mut().zip(&mean).for_each(|(x, m)| *x -= m);
+                            }
+                            rewa::linalg::gemm_atb(&kc, &kc, len, d, d, &mut part);
+                            let c = &mut cov[layer * per_layer + hd * d * d..][..d * d];
+                            c.iter_mut()
+                                .zip(&part)
+                                .for_each(|(a, b)| *a += f64::from(*b));
+                        }
+                        start += len;
+                    }
+                };
+                m.forward(&rows, None, Some(&mut observe))?;
+                progress(batch.len());
+                Ok((cov, rows.iter().map(|r| r.len()).sum()))
+            })
+            .try_reduce(
+                || (vec![0f64; shape.layers * per_layer], 0),
+                |mut a, b| {
+                    a.0.iter_mut().zip(b.0).for_each(|(x, y)| *x += y);
+                    Ok((a.0, a.1 + b.1))
+                },
+            )?;
+        let sha = crate::corpus::weights_sha256(&self.info.dir)?;
+        KeyProjections::from_covariances(shape, &cov, texts.len(), keys, sha)
     }
 
     /// The vectors of `texts`, one row each, in order.
@@ -311,7 +439,7 @@ impl Embedder {
     /// vectors, flat.
     fn forward(&self, rows: &[&[u32]]) -> Result<Vec<f32>> {
         if let Transformer::Native(m) = &self.model {
-            let hidden = m.forward(rows)?;
+            let hidden = m.forward(rows, self.plan.as_ref(), None)?;
             let mut out = vec![0f32; rows.len() * self.dim];
             let mut start = 0;
             for (r, o) in rows.iter().zip(out.chunks_exact_mut(self.dim)) {

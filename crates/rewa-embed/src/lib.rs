@@ -14,6 +14,7 @@
 //! crate: the core `rewa` crate stays free of them.
 #![warn(missing_docs)]
 
+pub mod attention;
 mod corpus;
 mod embedder;
 mod error;
@@ -22,6 +23,7 @@ pub mod mpnet;
 mod native;
 pub mod texts;
 
+pub use attention::{Attention, KeyProjections, RewaAttention};
 pub use corpus::{embed_checked_file, embed_file, read_ids, weights_sha256, EmbeddedFile};
 pub use embedder::{Backend, Embedded, Embedder, DEFAULT_BATCH_SIZE};
 pub use error::{Error, Result};

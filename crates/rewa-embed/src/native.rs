@@ -15,6 +15,7 @@
 //!   thread per batch: [`crate::Embedder`] runs batches side by side, one per core, so the
 //!   cores never wait for each other.
 
+use crate::attention::{full_head, rewa_head, AttentionShape, HeadRows, Plan, Scratch};
 use crate::error::{Error, Result};
 use crate::model_dir::Arch;
 use candle_core::{DType, Tensor};
@@ -234,9 +235,24 @@ impl Native {
         })
     }
 
+    /// The attention shape: layers, heads, head dimension.
+    pub(crate) fn shape(&self) -> AttentionShape {
+        AttentionShape {
+            layers: self.layers.len(),
+            heads: self.heads,
+            head_dim: self.hidden / self.heads,
+        }
+    }
+
     /// The last hidden states of each text's tokens (no padding anywhere), concatenated:
-    /// `sum(len) x hidden`, row-major.
-    pub(crate) fn forward(&self, rows: &[&[u32]]) -> Result<Vec<f32>> {
+    /// `sum(len) x hidden`, row-major. With a `plan`, attention runs in REWA mode; `observe`
+    /// sees each layer's stacked queries, keys and values (`sum(len) x 3 hidden`).
+    pub(crate) fn forward(
+        &self,
+        rows: &[&[u32]],
+        plan: Option<&Plan>,
+        mut observe: Option<&mut dyn FnMut(usize, &[f32])>,
+    ) -> Result<Vec<f32>> {
         let h = self.hidden;
         let total: usize = rows.iter().map(|r| r.len()).sum();
         let vocab = self.word.len() / h;
@@ -284,20 +300,37 @@ impl Native {
         let mut scores = vec![0f32; max_len * max_len];
         // MPNet: each head's bias for every (query, key) offset, looked up per text.
         let bias = self.rel_bias.as_ref().map(|b| self.bias_table(b, max_len));
-        for layer in &self.layers {
+        let mut scratch = Scratch::default();
+        let dh = h / self.heads;
+        for (li, layer) in self.layers.iter().enumerate() {
             linear(&x, &layer.qkv, total, &mut qkv);
+            if let Some(f) = observe.as_mut() {
+                f(li, &qkv);
+            }
             let mut start = 0;
             for r in rows {
                 let len = r.len();
-                self.attention(
-                    &qkv,
-                    start,
-                    len,
-                    bias.as_deref(),
-                    max_len,
-                    &mut scores,
-                    &mut ctx,
-                );
+                let base = start * 3 * h;
+                for hd in 0..self.heads {
+                    let rows = HeadRows {
+                        q: &qkv[base + hd * dh..],
+                        k: &qkv[base + h + hd * dh..],
+                        v: &qkv[base + 2 * h + hd * dh..],
+                        stride: 3 * h,
+                        len,
+                        dh,
+                    };
+                    let b = bias
+                        .as_deref()
+                        .map(|b| (&b[hd * max_len * max_len..], max_len));
+                    let out = &mut ctx[start * h + hd * dh..];
+                    match plan {
+                        Some(p) if p.cfg.top < len => {
+                            rewa_head(rows, b, &p.cfg, p.head(li, hd), &mut scratch, out, h)
+                        }
+                        _ => full_head(rows, b, &mut scores, out, h),
+                    }
+                }
                 start += len;
             }
             linear(&ctx, &layer.o, total, &mut tmp);
@@ -331,81 +364,6 @@ impl Native {
             }
         }
         out
-    }
-
-    /// Softmax attention of one text (`len` tokens from row `start`) for every head, into
-    /// its rows of `ctx`.
-    #[allow(clippy::too_many_arguments)]
-    fn attention(
-        &self,
-        qkv: &[f32],
-        start: usize,
-        len: usize,
-        bias: Option<&[f32]>,
-        max_len: usize,
-        scores: &mut [f32],
-        ctx: &mut [f32],
-    ) {
-        let h = self.hidden;
-        let dh = h / self.heads;
-        let scale = 1.0 / (dh as f32).sqrt();
-        let base = start * 3 * h;
-        for hd in 0..self.heads {
-            let q = &qkv[base + hd * dh..];
-            let k = &qkv[base + h + hd * dh..];
-            let v = &qkv[base + 2 * h + hd * dh..];
-            let s = &mut scores[..len * len];
-            // SAFETY: rows i < len of q/k/v are at offset i * 3h (+ < dh) inside qkv, which
-            // holds this text's rows; s holds len x len; ctx rows start..start+len.
-            unsafe {
-                matrixmultiply::sgemm(
-                    len,
-                    dh,
-                    len,
-                    scale,
-                    q.as_ptr(),
-                    (3 * h) as isize,
-                    1,
-                    k.as_ptr(),
-                    1,
-                    (3 * h) as isize,
-                    0.0,
-                    s.as_mut_ptr(),
-                    len as isize,
-                    1,
-                );
-            }
-            for i in 0..len {
-                let row = &mut s[i * len..(i + 1) * len];
-                if let Some(b) = bias {
-                    let br = &b[(hd * max_len + i) * max_len..][..len];
-                    for (x, y) in row.iter_mut().zip(br) {
-                        *x += y;
-                    }
-                }
-                softmax(row);
-            }
-            let out = &mut ctx[start * h + hd * dh..];
-            // SAFETY: as above; out rows i < len at i * h (+ < dh).
-            unsafe {
-                matrixmultiply::sgemm(
-                    len,
-                    len,
-                    dh,
-                    1.0,
-                    s.as_ptr(),
-                    len as isize,
-                    1,
-                    v.as_ptr(),
-                    (3 * h) as isize,
-                    1,
-                    0.0,
-                    out.as_mut_ptr(),
-                    h as isize,
-                    1,
-                );
-            }
-        }
     }
 }
 
@@ -445,9 +403,9 @@ fn layer_norm(x: &mut [f32], n: &Norm, h: usize) {
 }
 
 macro_rules! dispatched {
-    ($(#[$m:meta])* fn $name:ident($($a:ident: $t:ty),*) => $body:ident) => {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),*) => $body:ident) => {
         $(#[$m])*
-        fn $name($($a: $t),*) {
+        $vis fn $name($($a: $t),*) {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2,fma")]
@@ -470,7 +428,7 @@ dispatched!(
 );
 dispatched!(
     /// Softmax of a row in place.
-    fn softmax(x: &mut [f32]) => softmax_body
+    pub(crate) fn softmax(x: &mut [f32]) => softmax_body
 );
 
 #[inline(always)]

@@ -41,6 +41,15 @@ pub struct Args {
     /// BEIR title + text.
     #[arg(long)]
     field: Option<String>,
+    /// Self-attention: `full` (the model as trained), or REWA attention, where each query
+    /// attends only to the keys a compressed code ranks closest:
+    /// rewa:bits=<1..=1024>,top=<n>[,sink=<n>][,window=<n>][,score=hamming|asym][,keys=FILE]
+    /// (codes of `bits` bits from random Hadamard rotations, or from the directions fitted by
+    /// `rewa attention fit` with keys=FILE; `top` keys kept by code besides the first `sink`
+    /// tokens (default 1) and those within `window` positions; exact softmax over the kept
+    /// keys). Recorded in --json's output.
+    #[arg(long, default_value = "full")]
+    attention: String,
     /// Continue a stopped run of the same command from its OUT.partial.* files.
     #[arg(long)]
     resume: bool,
@@ -63,8 +72,15 @@ struct Partial {
     count: usize,
     /// Chunk size, so a resumed run batches the rest exactly as one run would have.
     chunk: usize,
+    /// The attention mode (`full` in records written before it existed).
+    #[serde(default = "full")]
+    attention: String,
     rows_done: usize,
     tokens_done: usize,
+}
+
+fn full() -> String {
+    "full".into()
 }
 
 /// Texts per chunk (progress is saved after each; texts are length-sorted within one):
@@ -133,12 +149,17 @@ struct Summary {
     batch: usize,
     /// Texts a stopped run had already embedded (0 unless --resume continued one).
     resumed_from: usize,
+    /// The attention mode (`full`, or the `rewa:...` spec).
+    attention: String,
 }
 
 pub fn run(a: Args) -> Result<()> {
     if a.batch == 0 {
         bail!("--batch must be at least 1");
     }
+    a.attention
+        .parse::<rewa_embed::Attention>()
+        .context("--attention")?;
     rewa::io::check_writable(&a.out).context("--out")?;
     if let Some(ids_out) = &a.ids_out {
         if ids_out == &a.out {
@@ -181,14 +202,19 @@ pub fn run(a: Args) -> Result<()> {
         max_seq_len: embedder.max_seq_len(),
         batch: a.batch,
         resumed_from,
+        attention: embedder.attention().to_string(),
     };
     if a.json {
         println!("{}", serde_json::to_string(&s)?);
     } else {
         println!(
-            "embedded {} texts ({} word pieces) into {} x {} in {:.2}s ({:.0} texts/s, {:.0} tokens/s); wrote {}",
+            "embedded {} texts ({} word pieces{}) into {} x {} in {:.2}s ({:.0} texts/s, {:.0} tokens/s); wrote {}",
             s.count,
             s.tokens,
+            match embedder.attention() {
+                rewa_embed::Attention::Full => String::new(),
+                a => format!(", attention {a}"),
+            },
             s.count,
             s.dim,
             seconds,
@@ -277,6 +303,8 @@ fn load_model(a: &Args) -> Result<Embedder> {
         embedder.set_max_seq_len(n).context("--max-seq-len")?;
     }
     embedder.set_batch_size(a.batch)?;
+    let att: rewa_embed::Attention = a.attention.parse().context("--attention")?;
+    embedder.set_attention(att).context("--attention")?;
     Ok(embedder)
 }
 
@@ -306,6 +334,7 @@ impl Progress {
             dim: embedder.dim(),
             count: input.count,
             chunk: chunk_len(a.batch),
+            attention: embedder.attention().to_string(),
             rows_done: 0,
             tokens_done: 0,
         };

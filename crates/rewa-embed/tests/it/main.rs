@@ -1,5 +1,6 @@
 //! Integration tests of rewa-embed (one test binary, as in the other crates).
 
+mod attention;
 mod fixtures;
 mod parity;
 mod tiny;

@@ -25,7 +25,7 @@ fn beside_repo(var: &str, default: &str) -> PathBuf {
 
 /// The model directory and the reference folder, or None (after a notice) when either is
 /// missing and models are not required.
-fn inputs(model: &str, set: Set) -> Option<(PathBuf, PathBuf)> {
+pub(crate) fn inputs(model: &str, set: Set) -> Option<(PathBuf, PathBuf)> {
     let (jsonl, npy, _) = set.files();
     let model_dir = beside_repo("REWA_MODELS", "models").join(model);
     let data = beside_repo("REWA_DATA", "shared/data").join("scifact");
@@ -52,7 +52,7 @@ fn inputs(model: &str, set: Set) -> Option<(PathBuf, PathBuf)> {
 
 /// The first `n` records of a BEIR `.jsonl` file with their ids: documents in the BEIR layout
 /// `(title + " " + text).strip()`, queries as their `text`.
-fn records(path: &Path, n: usize, what: Set) -> Vec<(String, String)> {
+pub(crate) fn records(path: &Path, n: usize, what: Set) -> Vec<(String, String)> {
     let text = std::fs::read_to_string(path).unwrap();
     text.lines()
         .take(n)
@@ -73,7 +73,7 @@ fn records(path: &Path, n: usize, what: Set) -> Vec<(String, String)> {
 /// Which SciFact texts: `corpus.jsonl` against `docs.npy`, or `queries.jsonl` against
 /// `queries.npy`.
 #[derive(Clone, Copy)]
-enum Set {
+pub(crate) enum Set {
     Docs,
     Queries,
 }

@@ -114,7 +114,7 @@ fn strip(e: &Error) -> String {
 /// so the link stays a link. An existing path that is not a regular file (a directory, a
 /// device such as `/dev/null`, a FIFO, a socket) is refused: renaming onto it would replace
 /// the node with a regular file.
-pub(crate) fn write_atomic(path: &Path, bytes: &[&[u8]]) -> Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[&[u8]]) -> Result<()> {
     use std::io::Write;
     let target = write_target(path)?;
     let name = target
