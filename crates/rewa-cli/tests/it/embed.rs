@@ -1,7 +1,7 @@
 // `rewa embed`: input checks (they run before the model loads, so these tests need no model)
 // and, when a model is at hand, one real run.
 
-use crate::common::{fails, json};
+use crate::common::{fails, json, ok};
 use std::path::{Path, PathBuf};
 
 /// Writes `bytes` to `dir/name`.
@@ -258,4 +258,75 @@ fn embed_resume_continues_a_stopped_run_to_the_same_bytes() {
     let other = run("--out s.npy --resume", None);
     assert!(!other.status.success());
     assert!(String::from_utf8_lossy(&other.stderr).contains("other inputs"));
+}
+
+/// `rewa embed --attention`: a bad spec is refused before the model loads; with MiniLM the
+/// mode is recorded in the JSON, keeping every key of these short texts gives full
+/// attention's vectors, and `rewa attention fit` writes projections that keys= uses.
+#[test]
+fn embed_with_rewa_attention() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    std::fs::write(
+        d.join("t.txt"),
+        "the cat sat on the mat while the dog slept by the warm red door of the old house\na big dog\n",
+    )
+    .unwrap();
+    fails(
+        "embed --model no-model --input t.txt --out v.npy --attention rewa:bits=64",
+        d,
+        "top= is required",
+    );
+    fails(
+        "embed --model no-model --input t.txt --out v.npy --attention sparse",
+        d,
+        "unknown mode",
+    );
+    fails("attention cost --attention full", d, "nothing to compare");
+    let cost = ok(
+        "attention cost --attention rewa:bits=64,top=8 --heads 2 --head-dim 16 --lengths 8,64 --reps 1 --json",
+        d,
+    );
+    let rows: Vec<serde_json::Value> = cost
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    // a text no longer than top runs full attention; a longer one keeps top + the first token
+    assert_eq!(rows[0]["cost"]["kept"], 8.0);
+    assert_eq!(rows[1]["cost"]["kept"], 9.0);
+    let Some(model) = minilm() else { return };
+    let m = model.display();
+    let full = json(
+        &format!("embed --model {m} --input t.txt --out full.npy"),
+        d,
+    );
+    assert_eq!(full["attention"], "full");
+    let all = json(
+        &format!("embed --model {m} --input t.txt --out all.npy --attention rewa:bits=64,top=200"),
+        d,
+    );
+    assert_eq!(all["attention"], "rewa:bits=64,top=200");
+    let read = |f: &str| rewa::io::read_vectors(&d.join(f)).unwrap();
+    assert_eq!(read("full.npy").as_slice(), read("all.npy").as_slice());
+    let fit = json(
+        &format!("attention fit --model {m} --input t.txt --out keys.safetensors"),
+        d,
+    );
+    assert_eq!(
+        (
+            fit["layers"].as_u64(),
+            fit["heads"].as_u64(),
+            fit["head_dim"].as_u64()
+        ),
+        (Some(6), Some(12), Some(32))
+    );
+    let few = json(
+        &format!("embed --model {m} --input t.txt --out few.npy --attention rewa:bits=16,top=3,keys=keys.safetensors"),
+        d,
+    );
+    assert_eq!(few["attention"], "rewa:bits=16,top=3,keys=keys.safetensors");
+    let (a, b) = (read("full.npy"), read("few.npy"));
+    let cos: f32 = a.row(0).iter().zip(b.row(0)).map(|(x, y)| x * y).sum();
+    assert!(cos < 0.9999 && cos > 0.5, "top 3 of ~20 keys: cosine {cos}");
 }
