@@ -696,9 +696,10 @@ fn rewa_head_body(
         match cfg.score {
             Score::Hamming => {
                 let qw = &sc.qcode[i * words..(i + 1) * words];
-                let hist = resize(&mut sc.hist, bits + 1);
+                let hist = resize(&mut sc.hist, 4 * (bits + 1));
                 hist.fill(0);
                 hamming_row(qw, kcode, dist, hist);
+                let hist = &mut hist[..bits + 1];
                 for &j in &forced {
                     hist[dist[j as usize] as usize] -= 1;
                     dist[j as usize] = u32::MAX;
@@ -791,46 +792,90 @@ fn hamming_row(qw: &[u64], kcode: &[u64], dist: &mut [u32], hist: &mut [u32]) {
     hamming_row_body(qw, kcode, dist, hist)
 }
 
+/// Distances into `dist` and their counts into `hist[..bits + 1]`; `hist` holds four times
+/// that, zeroed, for four partial counts, so that keys at the same distance do not wait on
+/// each other's increment.
 #[inline(always)]
 fn hamming_row_body(qw: &[u64], kcode: &[u64], dist: &mut [u32], hist: &mut [u32]) {
-    if let [q] = qw {
-        for (d, k) in dist.iter_mut().zip(kcode) {
-            let x = (q ^ k).count_ones();
-            *d = x;
-            hist[x as usize] += 1;
-        }
-        return;
-    }
-    for (d, k) in dist.iter_mut().zip(kcode.chunks_exact(qw.len())) {
-        let x = qw
-            .iter()
-            .zip(k)
-            .map(|(a, b)| (a ^ b).count_ones())
-            .sum::<u32>();
-        *d = x;
-        hist[x as usize] += 1;
+    match qw.len() {
+        1 => hamming_row_words::<1>(qw, kcode, dist, hist),
+        2 => hamming_row_words::<2>(qw, kcode, dist, hist),
+        _ => hamming_row_words::<0>(qw, kcode, dist, hist),
     }
 }
 
+/// [`hamming_row_body`] for codes of `W` words (`W = 0`: any length).
 #[inline(always)]
+fn hamming_row_words<const W: usize>(
+    qw: &[u64],
+    kcode: &[u64],
+    dist: &mut [u32],
+    hist: &mut [u32],
+) {
+    let bins = hist.len() / 4;
+    let words = if W == 0 { qw.len() } else { W };
+    let (c0, rest) = hist.split_at_mut(bins);
+    let (c1, rest) = rest.split_at_mut(bins);
+    let (c2, c3) = rest.split_at_mut(bins);
+    let d = |k: &[u64]| -> u32 { qw.iter().zip(k).map(|(a, b)| (a ^ b).count_ones()).sum() };
+    let mut keys = kcode[..dist.len() * words].chunks_exact(words);
+    let mut ds = dist.chunks_exact_mut(4);
+    for out in &mut ds {
+        let x = [
+            d(keys.next().expect("invariant: one code per distance")),
+            d(keys.next().expect("invariant: one code per distance")),
+            d(keys.next().expect("invariant: one code per distance")),
+            d(keys.next().expect("invariant: one code per distance")),
+        ];
+        out.copy_from_slice(&x);
+        c0[x[0] as usize] += 1;
+        c1[x[1] as usize] += 1;
+        c2[x[2] as usize] += 1;
+        c3[x[3] as usize] += 1;
+    }
+    for (o, k) in ds.into_remainder().iter_mut().zip(keys) {
+        *o = d(k);
+        c0[*o as usize] += 1;
+    }
+    for b in 0..bins {
+        c0[b] += c1[b] + c2[b] + c3[b];
+    }
+}
+
 /// Appends to `out` the `top` indices of smallest `dist` (ties: lower index first), skipping
 /// entries equal to `u32::MAX`; `hist[d]` counts the other entries at distance `d`. The
-/// counts give the threshold, so the cost is one pass over `dist`.
+/// counts give the threshold `t`; one branch-free pass takes every distance below it, a
+/// second the first ones at `t` that are still needed.
+#[inline(always)]
 pub(crate) fn select_smallest(dist: &[u32], hist: &[u32], top: usize, out: &mut Vec<u32>) {
     let (mut t, mut below) = (0usize, 0usize);
     while t < hist.len() && below + (hist[t] as usize) < top {
         below += hist[t] as usize;
         t += 1;
     }
-    // every distance < t, then those equal to t in index order until `top`
-    let mut at_t = top.saturating_sub(below);
+    let start = out.len();
+    out.resize(start + below + 1, 0);
+    let slots = &mut out[start..];
+    let mut n = 0;
     for (j, &d) in dist.iter().enumerate() {
-        if (d as usize) < t {
-            out.push(j as u32);
-        } else if d as usize == t && at_t > 0 {
-            out.push(j as u32);
-            at_t -= 1;
+        // at most `below` distances are under t, so n <= below < slots.len()
+        slots[n.min(below)] = j as u32;
+        n += usize::from((d as usize) < t);
+    }
+    out.truncate(start + n);
+    let mut at_t = top.saturating_sub(below);
+    if at_t > 0 {
+        let mut ties = Vec::with_capacity(at_t);
+        for (j, &d) in dist.iter().enumerate() {
+            if d as usize == t {
+                ties.push(j as u32);
+                at_t -= 1;
+                if at_t == 0 {
+                    break;
+                }
+            }
         }
+        out.extend_from_slice(&ties);
     }
 }
 
@@ -1085,11 +1130,14 @@ mod tests {
             let mut s = words as u64;
             let keys: Vec<u64> = (0..50 * words).map(|_| splitmix(&mut s)).collect();
             let bits = 64 * words;
-            let (mut d1, mut h1) = (vec![0u32; 50], vec![0u32; bits + 1]);
-            let (mut d2, mut h2) = (vec![0u32; 50], vec![0u32; bits + 1]);
+            let (mut d1, mut h1) = (vec![0u32; 50], vec![0u32; 4 * (bits + 1)]);
+            let (mut d2, mut h2) = (vec![0u32; 50], vec![0u32; 4 * (bits + 1)]);
             hamming_row(&q, &keys, &mut d1, &mut h1);
             hamming_row_body(&q, &keys, &mut d2, &mut h2);
-            assert_eq!((&d1, &h1), (&d2, &h2));
+            assert_eq!((&d1, &h1[..bits + 1]), (&d2, &h2[..bits + 1]));
+            let mut count = vec![0u32; bits + 1];
+            d1.iter().for_each(|&d| count[d as usize] += 1);
+            assert_eq!(count, h1[..bits + 1]);
             let want: Vec<u32> = keys
                 .chunks_exact(words)
                 .map(|k| {
