@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Plots scripts/attention.sh's JSON lines: fidelity against top (one panel per model and
 max_seq_len, a line per code size, the exact top-k selection dashed) and one layer's cost
-against length (REWA over full attention, per setting and model).
+against length (REWA over full attention, per setting and model); prints the tables as
+Markdown.
 
 usage: attention_plot.py RESULTS.jsonl OUT_PREFIX   (writes OUT_PREFIX-fidelity.png and
 OUT_PREFIX-cost.png; needs matplotlib)
@@ -72,5 +73,45 @@ def main():
         fig.savefig(f"{out}-cost.png", dpi=110)
 
 
+def tables(rows):
+    fid = [r for r in rows if r["step"] == "fidelity"]
+    for m in sorted({r["model"] for r in fid}):
+        docs = next(r["docs"] for r in fid if r["model"] == m)
+        print(f"\n### {m}: mean (min) cosine to full attention, first {docs} SciFact documents\n")
+        lens = sorted({r["max_seq_len"] for r in fid if r["model"] == m})
+        print("| attention | " + " | ".join(f"max_seq_len {n}" for n in lens) + " |")
+        print("|---|" + "---:|" * len(lens))
+        seen = []
+        for r in fid:
+            if r["model"] == m and r["attention"] not in seen:
+                seen.append(r["attention"])
+        for a in seen:
+            cells = []
+            for n in lens:
+                x = [r for r in fid if r["model"] == m and r["max_seq_len"] == n and r["attention"] == a]
+                cells.append(f"{x[0]['cos_mean']:.4f} ({x[0]['cos_min']:.3f})" if x else "")
+            print(f"| `{a}` | " + " | ".join(cells) + " |")
+    nd = [r for r in rows if r["step"] == "ndcg"]
+    if nd:
+        print("\n### SciFact nDCG@10 from text (300 test queries, whole corpus)\n")
+        print("| model | max_seq_len | attention | nDCG@10 |")
+        print("|---|---:|---|---:|")
+        for r in nd:
+            print(f"| {r['model']} | {r['max_seq_len']} | `{r['attention']}` | {r['ndcg_at_10']:.4f} |")
+    cost = [r for r in rows if r["step"] == "cost"]
+    if cost:
+        print("\n### One layer (12 heads), one thread: milliseconds, REWA / full\n")
+        lens = sorted({r["row"]["cost"]["len"] for r in cost})
+        print("| model | attention | " + " | ".join(str(n) for n in lens) + " |")
+        print("|---|---|" + "---:|" * len(lens))
+        for m, a in sorted({(r["model"], r["row"]["attention"]) for r in cost}):
+            cells = []
+            for n in lens:
+                x = [r["row"]["cost"] for r in cost if r["model"] == m and r["row"]["attention"] == a and r["row"]["cost"]["len"] == n]
+                cells.append(f"{x[0]['full_seconds']*1e3:.1f} / {x[0]['rewa_seconds']*1e3:.1f} = **{x[0]['rewa_seconds']/x[0]['full_seconds']:.2f}**" if x else "")
+            print(f"| {m} | `{a}` | " + " | ".join(cells) + " |")
+
+
 if __name__ == "__main__":
     main()
+    tables([json.loads(l) for l in open(sys.argv[1]) if l.strip()])

@@ -58,6 +58,9 @@ pub struct RewaAttention {
     pub top: usize,
     /// The first `sink` tokens ([CLS] / `<s>`) are always kept. Default 1.
     pub sink: usize,
+    /// The last `last` tokens ([SEP] / `</s>`, where BERT heads park attention) are always
+    /// kept. Default 0.
+    pub last: usize,
     /// Keys within this many positions of the query are always kept. Default 0.
     pub window: usize,
     /// Default [`Score::Hamming`].
@@ -77,6 +80,7 @@ impl RewaAttention {
             bits,
             top,
             sink: 1,
+            last: 0,
             window: 0,
             score: Score::Hamming,
             keys: None,
@@ -85,7 +89,7 @@ impl RewaAttention {
     }
 }
 
-const SYNTAX: &str = "full, or rewa:bits=<1..=1024>,top=<n>[,sink=<n>][,window=<n>][,score=hamming|asym|exact][,rank=<n>,keys=<file>]";
+const SYNTAX: &str = "full, or rewa:bits=<1..=1024>,top=<n>[,sink=<n>][,last=<n>][,window=<n>][,score=hamming|asym|exact][,rank=<n>,keys=<file>]";
 
 impl FromStr for Attention {
     type Err = Error;
@@ -119,6 +123,7 @@ impl FromStr for Attention {
                 "bits" => bits = Some(num()?),
                 "top" => top = Some(num()?),
                 "sink" => a.sink = num()?,
+                "last" => a.last = num()?,
                 "window" => a.window = num()?,
                 "rank" => match num()? {
                     0 => return Err(bad("rank=0 keeps no direction".into())),
@@ -164,6 +169,9 @@ impl fmt::Display for Attention {
                 write!(f, "rewa:bits={},top={}", a.bits, a.top)?;
                 if a.sink != 1 {
                     write!(f, ",sink={}", a.sink)?;
+                }
+                if a.last != 0 {
+                    write!(f, ",last={}", a.last)?;
                 }
                 if a.window != 0 {
                     write!(f, ",window={}", a.window)?;
@@ -685,13 +693,18 @@ fn rewa_head_body(
     let p = resize(&mut sc.p, len);
     let mut forced: Vec<u32> = Vec::new();
     for i in 0..len {
-        // the always-kept keys, ascending: the first `sink`, then the window around i
+        // the always-kept keys, ascending: the first `sink`, the window around i, the last
+        // `last`
         forced.clear();
-        forced.extend(0..cfg.sink.min(len) as u32);
+        let head = cfg.sink.min(len);
+        let tail = len - cfg.last.min(len);
+        forced.extend(0..head as u32);
         if cfg.window > 0 {
-            let lo = i.saturating_sub(cfg.window).max(cfg.sink.min(len));
-            forced.extend(lo as u32..(i + cfg.window + 1).min(len) as u32);
+            let lo = i.saturating_sub(cfg.window).max(head);
+            let hi = (i + cfg.window + 1).min(tail);
+            forced.extend(lo as u32..hi.max(lo) as u32);
         }
+        forced.extend(tail.max(head) as u32..len as u32);
         sel.clear();
         match cfg.score {
             Score::Hamming => {
@@ -1046,6 +1059,7 @@ mod tests {
             "full",
             "rewa:bits=64,top=32",
             "rewa:bits=32,top=8,sink=0,window=2,score=asym",
+            "rewa:bits=64,top=16,last=1",
             "rewa:bits=128,top=16,keys=/a,b/keys.safetensors",
             "rewa:bits=16,top=4,rank=8,keys=k.safetensors",
         ] {
@@ -1254,15 +1268,16 @@ mod tests {
                 qkv[i * 3 * dh + dh + c] += 2.0; // an offset centring removes
             }
         }
-        for (bits, score, sink, window) in [
-            (16, Score::Hamming, 1, 0),
-            (64, Score::Hamming, 0, 2),
-            (100, Score::Asym, 1, 1),
-            (24, Score::Asym, 2, 0),
-            (8, Score::Exact, 1, 3),
+        for (bits, score, sink, last, window) in [
+            (16, Score::Hamming, 1, 0, 0),
+            (64, Score::Hamming, 0, 1, 2),
+            (100, Score::Asym, 1, 2, 1),
+            (24, Score::Asym, 2, 0, 0),
+            (8, Score::Exact, 1, 1, 3),
+            (8, Score::Hamming, 3, 3, 4),
         ] {
             let mut cfg = RewaAttention::new(bits, 6);
-            (cfg.score, cfg.sink, cfg.window) = (score, sink, window);
+            (cfg.score, cfg.sink, cfg.last, cfg.window) = (score, sink, last, window);
             let shape = AttentionShape {
                 layers: 1,
                 heads: 1,
@@ -1286,7 +1301,8 @@ mod tests {
                 let mut want = Vec::new();
                 select_for(&qkv, dh, len, &cfg, plan.head(0, 0), i, &mut want);
                 want.extend((0..len as u32).filter(|&j| {
-                    (j as usize) < sink || window > 0 && (j as usize).abs_diff(i) <= window
+                    let j = j as usize;
+                    j < sink || j + last >= len || window > 0 && j.abs_diff(i) <= window
                 }));
                 want.sort_unstable();
                 want.dedup();
@@ -1375,7 +1391,9 @@ mod tests {
                 })
                 .collect()
         };
-        let forced = |j: usize| j < cfg.sink || cfg.window > 0 && j.abs_diff(i) <= cfg.window;
+        let forced = |j: usize| {
+            j < cfg.sink || j + cfg.last >= len || cfg.window > 0 && j.abs_diff(i) <= cfg.window
+        };
         let zq = proj(&h.q[i * h.stride..][..dh], false);
         let ys: Vec<Vec<f32>> = (0..len)
             .map(|j| proj(&h.k[j * h.stride..][..dh], true))
