@@ -568,6 +568,7 @@ pub(crate) fn full_head(
 pub(crate) struct Scratch {
     kc: Vec<f32>,
     qc: Vec<f32>,
+    vc: Vec<f32>,
     y: Vec<f32>,
     z: Vec<f32>,
     kcode: Vec<u64>,
@@ -652,8 +653,10 @@ fn rewa_head_body(
         }
     }
     let qc = resize(&mut sc.qc, len * dh);
+    let vc = resize(&mut sc.vc, len * dh);
     for i in 0..len {
         qc[i * dh..(i + 1) * dh].copy_from_slice(&h.q[i * h.stride..][..dh]);
+        vc[i * dh..(i + 1) * dh].copy_from_slice(&h.v[i * h.stride..][..dh]);
     }
     let y = resize(&mut sc.y, len * bits);
     rewa::linalg::gemm_abt(kc, &code.proj, len, dh, bits, y);
@@ -730,11 +733,12 @@ fn rewa_head_body(
         sel.extend_from_slice(&forced);
         sel.sort_unstable();
         sc.attended += sel.len() as u64;
-        // exact attention over the kept keys
-        let q = &h.q[i * h.stride..][..dh];
+        // exact attention over the kept keys, from the contiguous copies (the centred keys
+        // shift every score of query i by the same q.mean, which softmax ignores)
+        let q = &qc[i * dh..(i + 1) * dh];
         let pr = &mut p[..sel.len()];
         for (pj, &j) in pr.iter_mut().zip(&sel) {
-            let k = &h.k[j as usize * h.stride..][..dh];
+            let k = &kc[j as usize * dh..][..dh];
             let mut s = dot(q, k) * scale;
             if let Some((b, bs)) = bias {
                 s += b[i * bs + j as usize];
@@ -745,7 +749,7 @@ fn rewa_head_body(
         let o = &mut out[i * out_stride..][..dh];
         o.fill(0.0);
         for (&pj, &j) in pr.iter().zip(&sel) {
-            let v = &h.v[j as usize * h.stride..][..dh];
+            let v = &vc[j as usize * dh..][..dh];
             for (a, b) in o.iter_mut().zip(v) {
                 *a += pj * b;
             }
@@ -857,8 +861,8 @@ fn hamming_row_words<const W: usize>(
 
 /// Appends to `out` the `top` indices of smallest `dist` (ties: lower index first), skipping
 /// entries equal to `u32::MAX`; `hist[d]` counts the other entries at distance `d`. The
-/// counts give the threshold `t`; one branch-free pass takes every distance below it, a
-/// second the first ones at `t` that are still needed.
+/// counts give the threshold `t`; one pass takes every distance below it and the first ones
+/// at `t` still needed, stopping when it has them all.
 #[inline(always)]
 pub(crate) fn select_smallest(dist: &[u32], hist: &[u32], top: usize, out: &mut Vec<u32>) {
     let (mut t, mut below) = (0usize, 0usize);
@@ -866,29 +870,23 @@ pub(crate) fn select_smallest(dist: &[u32], hist: &[u32], top: usize, out: &mut 
         below += hist[t] as usize;
         t += 1;
     }
-    let start = out.len();
-    out.resize(start + below + 1, 0);
-    let slots = &mut out[start..];
-    let mut n = 0;
-    for (j, &d) in dist.iter().enumerate() {
-        // at most `below` distances are under t, so n <= below < slots.len()
-        slots[n.min(below)] = j as u32;
-        n += usize::from((d as usize) < t);
-    }
-    out.truncate(start + n);
+    // few keys fall below t (about top of len), so these branches are rarely taken
     let mut at_t = top.saturating_sub(below);
-    if at_t > 0 {
-        let mut ties = Vec::with_capacity(at_t);
-        for (j, &d) in dist.iter().enumerate() {
-            if d as usize == t {
-                ties.push(j as u32);
-                at_t -= 1;
-                if at_t == 0 {
-                    break;
-                }
-            }
+    let mut left = below + at_t;
+    for (j, &d) in dist.iter().enumerate() {
+        if (d as usize) < t {
+            out.push(j as u32);
+            left -= 1;
+        } else if d as usize == t && at_t > 0 {
+            out.push(j as u32);
+            at_t -= 1;
+            left -= 1;
+        } else {
+            continue;
         }
-        out.extend_from_slice(&ties);
+        if left == 0 {
+            break;
+        }
     }
 }
 
