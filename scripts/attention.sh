@@ -7,6 +7,8 @@
 #             vector, on the first DOCS SciFact documents (never fitted on), for
 #             top x bits x max_seq_len, the exact top-k selection beside it
 #   ndcg      SciFact nDCG@10 from text (whole corpus, the 300 test queries) for a few settings
+#   time      whole `rewa embed` runs, REWA against full attention, paired by BENCH (a paired
+#             A/B timer called as `$BENCH -n 3 --timeout 900 --vs 'B' -- A`), at 256 and 512
 # usage: scripts/attention.sh MODELS WORKDIR OUT [STEPS]
 #   MODELS  as scripts/fetch-models.sh lays it out;  STEPS: "cost fit fidelity ndcg" (default)
 # env: PY (python with numpy, default python3), REWA_BIN (default: the release build),
@@ -116,6 +118,20 @@ ndcg)
       je=$("$R" eval --base "$tag-docs.npy" --queries "$tag-q.npy" --qrels "$S/qrels/test.tsv" --doc-ids "$tag-docs.ids" --query-ids "$tag-q.ids" --encoder flat --json 2>/dev/null)
       ndcg=$(echo "$je" | "$PY" -c "import json,sys; print(json.load(sys.stdin)['ndcg_at_10'])")
       emit "{\"step\":\"ndcg\",\"model\":\"$m\",\"max_seq_len\":$len,\"attention\":\"$att\",\"ndcg_at_10\":$ndcg,\"embed_docs\":$jd}"
+    done
+  done
+  ;;
+time)
+  BENCH=${BENCH:?set BENCH to a paired A/B timer for the time step}
+  for m in all-MiniLM-L6-v2 all-mpnet-base-v2; do
+    case $m in all-MiniLM-L6-v2) n=${DOCS:-200} ;; *) n=${DOCS:-100} ;; esac
+    head -n "$n" "$S/corpus.jsonl" > "$W/docs$n.jsonl"
+    for len in 256 512; do
+      for att in rewa:bits=64,top=32 rewa:bits=32,top=16; do
+        base="$R embed --model $MODELS/$m --input $W/docs$n.jsonl --max-seq-len $len"
+        echo "== $m max_seq_len $len: $att vs full" | tee -a "$OUT.time.txt"
+        $BENCH -n 3 --timeout 900 --vs "$base --out $W/tf.npy" -- $base --attention "$att" --out "$W/ta.npy" 2>&1 | grep -E "A/B|wall" | tee -a "$OUT.time.txt"
+      done
     done
   done
   ;;
