@@ -5,16 +5,19 @@
 //!
 //! 1. the text's keys are centred on their mean (a shift every query sees equally:
 //!    `q.(k - mu) = q.k - q.mu`, the same ranking) and projected to `bits` values by a
-//!    projection `P` made of blocks of `head_dim` rows: a seeded random Hadamard rotation
-//!    (`H D`, random signs `D`) or, with `keys=FILE`, first the principal directions of the
-//!    model's own keys (as Loki), fitted on other texts by [`KeyProjections::fit`];
+//!    projection `P` made of blocks of rotation rows: seeded random Hadamard rotations
+//!    (`H D`, random signs `D`) of the head's space or, with `keys=FILE`, of the span of the
+//!    top principal directions of the model's own keys (as Loki), fitted on other texts by
+//!    [`Embedder::fit_key_projections`](crate::Embedder::fit_key_projections);
 //! 2. a key's code is the signs of its projection (`bits` bits), plus for `score=asym` one
 //!    factor per block, `|y|^2 / |y|_1` (RaBitQ's estimator of `q.k` from the signs);
 //! 3. every query scores every key by the code: `score=hamming` compares the query's own
 //!    signs (XOR + popcount, 64 key bits per instruction), `score=asym` its float projection
-//!    against the key's signs times the factor (as `asign` scores);
-//! 4. it keeps the `top` best keys besides the always-kept ones (the first `sink` tokens, and
-//!    keys within `window` positions), and computes exact softmax attention over those alone.
+//!    against the key's signs times the factor (as `asign` scores); `score=exact` uses `q.k`
+//!    itself, the reference any code is measured against;
+//! 4. it keeps the `top` best keys besides the always-kept ones (the first `sink` and last
+//!    `last` tokens, and keys within `window` positions), and computes exact softmax attention
+//!    over those alone.
 //!
 //! With `top` at least the text's length every key is kept and the result is full attention
 //! (tested to 1e-5); a text no longer than `top` runs the full kernel.
@@ -217,7 +220,7 @@ pub struct KeyProjections {
     pub variances: Vec<f32>,
     /// SHA-256 of the weights the keys came from.
     pub weights_sha256: String,
-    /// Texts and keys (per head) the fit saw.
+    /// Texts the fit saw.
     pub texts: usize,
     /// Keys per head the fit saw.
     pub keys: usize,

@@ -43,11 +43,12 @@ pub struct Args {
     field: Option<String>,
     /// Self-attention: `full` (the model as trained), or REWA attention, where each query
     /// attends only to the keys a compressed code ranks closest:
-    /// rewa:bits=<1..=1024>,top=<n>[,sink=<n>][,window=<n>][,score=hamming|asym][,keys=FILE]
-    /// (codes of `bits` bits from random Hadamard rotations, or from the directions fitted by
-    /// `rewa attention fit` with keys=FILE; `top` keys kept by code besides the first `sink`
-    /// tokens (default 1) and those within `window` positions; exact softmax over the kept
-    /// keys). Recorded in --json's output.
+    /// rewa:bits=<1..=1024>,top=<n>[,sink=<n>][,last=<n>][,window=<n>][,score=hamming|asym|exact][,rank=<n>,keys=FILE]
+    /// (codes of `bits` sign bits from random Hadamard rotations of each head's centred keys, or
+    /// of the directions `rewa attention fit` wrote to FILE; `top` keys kept by code besides the
+    /// first `sink` tokens (default 1), the last `last` (default 0) and those within `window`
+    /// positions; exact softmax over the kept keys; score=exact ranks by q.k itself, the
+    /// reference for the codes). Native forward pass only. Recorded in --json's output.
     #[arg(long, default_value = "full")]
     attention: String,
     /// Continue a stopped run of the same command from its OUT.partial.* files.
