@@ -12,7 +12,8 @@
 # usage: scripts/attention.sh MODELS WORKDIR OUT [STEPS]
 #   MODELS  as scripts/fetch-models.sh lays it out;  STEPS: "cost fit fidelity ndcg" (default)
 # env: PY (python with numpy, default python3), REWA_BIN (default: the release build),
-#      DOCS (default 200 MiniLM / 100 MPNet), NDCG_MODELS (default: both), NDCG_<MiniLM|MPNet>
+#      DOCS (default 200 MiniLM / 100 MPNet), FID_MODELS / FID_SETTINGS (the fidelity step's
+#      models and specs instead of the grid), NDCG_MODELS (default: both), NDCG_<MiniLM|MPNet>
 #      (the "max_seq_len attention" settings of the ndcg step; MPNet's default is one setting:
 #      its whole corpus takes about half an hour per run on 2 cores)
 set -euo pipefail
@@ -92,6 +93,8 @@ fidelity)
         settings+=("rewa:bits=$bits,top=32,score=asym" "rewa:bits=$bits,top=32,keys=$W/$m-keys.safetensors")
       done
       settings+=("rewa:bits=64,top=32,window=4")
+      # FID_SETTINGS (space-separated specs) replaces the grid
+      [ -n "${FID_SETTINGS:-}" ] && read -r -a settings <<<"$FID_SETTINGS"
       for att in "${settings[@]}"; do
         j=$("$R" embed --model "$MODELS/$m" --input "$W/docs$n.jsonl" --max-seq-len $len --attention "$att" --out "$W/r.npy" --json 2>/dev/null)
         read -r mean min <<<"$(cosines "$f" "$W/r.npy")"
