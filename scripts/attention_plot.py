@@ -39,6 +39,8 @@ def main():
                 line(lambda a, b=bits: a.startswith(f"rewa:bits={b},") and a.count(",") == 1,
                      f"Hamming, {bits} bits", "o-")
             line(lambda a: a.endswith("score=exact"), "exact top-k (no code)", "k--")
+            line(lambda a: a.startswith("rewa:bits=64,") and a.endswith(",window=4"),
+                 "64 bits + window=4", "r*")
             ax.set_xscale("log", base=2)
             ax.set_xticks([8, 16, 32, 64])
             ax.set_xticklabels(["8", "16", "32", "64"])
