@@ -12,7 +12,8 @@
 # usage: scripts/attention.sh MODELS WORKDIR OUT [STEPS]
 #   MODELS  as scripts/fetch-models.sh lays it out;  STEPS: "cost fit fidelity ndcg" (default)
 # env: PY (python with numpy, default python3), REWA_BIN (default: the release build),
-#      DOCS (default 200 MiniLM / 100 MPNet), FID_MODELS / FID_SETTINGS (the fidelity step's
+#      DOCS (default 200 MiniLM / 100 MPNet), TIME_MODELS / TIME_SPECS (the time step's),
+#      FID_MODELS / FID_SETTINGS (the fidelity step's
 #      models and specs instead of the grid), NDCG_MODELS (default: both), NDCG_<MiniLM|MPNet>
 #      (the "max_seq_len attention" settings of the ndcg step; MPNet's default is one setting:
 #      its whole corpus takes about half an hour per run on 2 cores)
@@ -126,11 +127,11 @@ ndcg)
   ;;
 time)
   BENCH=${BENCH:?set BENCH to a paired A/B timer for the time step}
-  for m in all-MiniLM-L6-v2 all-mpnet-base-v2; do
+  for m in ${TIME_MODELS:-all-MiniLM-L6-v2 all-mpnet-base-v2}; do
     case $m in all-MiniLM-L6-v2) n=${DOCS:-200} ;; *) n=${DOCS:-100} ;; esac
     head -n "$n" "$S/corpus.jsonl" > "$W/docs$n.jsonl"
     for len in 256 512; do
-      for att in rewa:bits=64,top=32 rewa:bits=32,top=16; do
+      for att in ${TIME_SPECS:-rewa:bits=64,top=32 rewa:bits=32,top=16}; do
         base="$R embed --model $MODELS/$m --input $W/docs$n.jsonl --max-seq-len $len"
         echo "== $m max_seq_len $len: $att vs full" | tee -a "$OUT.time.txt"
         $BENCH -n 3 --timeout 900 --vs "$base --out $W/tf.npy" -- $base --attention "$att" --out "$W/ta.npy" 2>&1 | grep -E "A/B|wall" | tee -a "$OUT.time.txt"
