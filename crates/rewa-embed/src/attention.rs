@@ -593,39 +593,20 @@ fn resize<T: Clone + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
     &mut v[..n]
 }
 
-/// REWA attention of one head (see the module docs); the same contract as [`full_head`].
-/// Compiled twice: for AVX2 + FMA + POPCNT, chosen at run time, and [`rewa_head_body`] as
-/// for any x86-64.
-pub(crate) fn rewa_head(
-    h: HeadRows<'_>,
-    bias: Option<(&[f32], usize)>,
-    cfg: &RewaAttention,
-    code: &HeadCode,
-    sc: &mut Scratch,
-    out: &mut [f32],
-    out_stride: usize,
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2,fma,popcnt")]
-        unsafe fn fast(
-            h: HeadRows<'_>,
-            bias: Option<(&[f32], usize)>,
-            cfg: &RewaAttention,
-            code: &HeadCode,
-            sc: &mut Scratch,
-            out: &mut [f32],
-            out_stride: usize,
-        ) {
-            rewa_head_body(h, bias, cfg, code, sc, out, out_stride)
-        }
-        if rewa::simd::avx2() && std::is_x86_feature_detected!("popcnt") {
-            // SAFETY: the CPU has AVX2, FMA and POPCNT (checked at run time).
-            return unsafe { fast(h, bias, cfg, code, sc, out, out_stride) };
-        }
-    }
-    rewa_head_body(h, bias, cfg, code, sc, out, out_stride)
-}
+dispatched!(
+    /// REWA attention of one head (see the module docs); the same contract as
+    /// [`full_head`]. Compiled twice, for AVX2 + FMA and for the baseline (which has POPCNT).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn rewa_head(
+        h: HeadRows<'_>,
+        bias: Option<(&[f32], usize)>,
+        cfg: &RewaAttention,
+        code: &HeadCode,
+        sc: &mut Scratch,
+        out: &mut [f32],
+        out_stride: usize
+    ) => rewa_head_body
+);
 
 #[inline(always)]
 fn rewa_head_body(
@@ -742,7 +723,7 @@ fn rewa_head_body(
         let pr = &mut p[..sel.len()];
         for (pj, &j) in pr.iter_mut().zip(&sel) {
             let k = &kc[j as usize * dh..][..dh];
-            let mut s = dot(q, k) * scale;
+            let mut s = rewa::distance::dot(q, k) * scale;
             if let Some((b, bs)) = bias {
                 s += b[i * bs + j as usize];
             }
@@ -762,25 +743,6 @@ fn rewa_head_body(
     sc.cand = cand;
 }
 
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // eight lanes so the compiler keeps them in one vector register
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 /// Sign bits of each row of `y` (`bits` wide): bit b of word b / 64 set when `y[b] > 0`.
 #[inline(always)]
 fn pack_signs(y: &[f32], bits: usize, out: &mut [u64]) {
@@ -794,29 +756,11 @@ fn pack_signs(y: &[f32], bits: usize, out: &mut [u64]) {
 }
 
 /// The Hamming distance of the query's code `qw` to every key's (`kcode`, `qw.len()` words
-/// each) into `dist`, counting each distance in `hist`. Hardware popcount when the CPU has
-/// it (chosen at run time), else [`hamming_row_body`] as compiled for any x86-64.
-fn hamming_row(qw: &[u64], kcode: &[u64], dist: &mut [u32], hist: &mut [u32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "popcnt")]
-        unsafe fn fast(qw: &[u64], kcode: &[u64], dist: &mut [u32], hist: &mut [u32]) {
-            hamming_row_body(qw, kcode, dist, hist)
-        }
-        // every AVX2 CPU has POPCNT; REWA_NO_AVX2 turns the twin off for tests
-        if rewa::simd::avx2() && std::is_x86_feature_detected!("popcnt") {
-            // SAFETY: the CPU has POPCNT (checked at run time).
-            return unsafe { fast(qw, kcode, dist, hist) };
-        }
-    }
-    hamming_row_body(qw, kcode, dist, hist)
-}
-
-/// Distances into `dist` and their counts into `hist[..bits + 1]`; `hist` holds four times
+/// each) into `dist`, and their counts into `hist[..bits + 1]`; `hist` holds four times
 /// that, zeroed, for four partial counts, so that keys at the same distance do not wait on
 /// each other's increment.
 #[inline(always)]
-fn hamming_row_body(qw: &[u64], kcode: &[u64], dist: &mut [u32], hist: &mut [u32]) {
+fn hamming_row(qw: &[u64], kcode: &[u64], dist: &mut [u32], hist: &mut [u32]) {
     match qw.len() {
         1 => hamming_row_words::<1>(qw, kcode, dist, hist),
         2 => hamming_row_words::<2>(qw, kcode, dist, hist),
@@ -824,7 +768,7 @@ fn hamming_row_body(qw: &[u64], kcode: &[u64], dist: &mut [u32], hist: &mut [u32
     }
 }
 
-/// [`hamming_row_body`] for codes of `W` words (`W = 0`: any length).
+/// [`hamming_row`] for codes of `W` words (`W = 0`: any length).
 #[inline(always)]
 fn hamming_row_words<const W: usize>(
     qw: &[u64],
@@ -1136,8 +1080,10 @@ mod tests {
         }
     }
 
+    /// Distances and counts against bit-by-bit counting (50 keys: the four-key loop and its
+    /// remainder).
     #[test]
-    fn hamming_twins_agree() {
+    fn hamming_row_counts_differing_bits() {
         for words in [1usize, 2, 3] {
             let q: Vec<u64> = (0..words as u64)
                 .map(|w| w.wrapping_mul(0x9E37_79B9_7F4A_7C15))
@@ -1146,10 +1092,7 @@ mod tests {
             let keys: Vec<u64> = (0..50 * words).map(|_| splitmix(&mut s)).collect();
             let bits = 64 * words;
             let (mut d1, mut h1) = (vec![0u32; 50], vec![0u32; 4 * (bits + 1)]);
-            let (mut d2, mut h2) = (vec![0u32; 50], vec![0u32; 4 * (bits + 1)]);
             hamming_row(&q, &keys, &mut d1, &mut h1);
-            hamming_row_body(&q, &keys, &mut d2, &mut h2);
-            assert_eq!((&d1, &h1[..bits + 1]), (&d2, &h2[..bits + 1]));
             let mut count = vec![0u32; bits + 1];
             d1.iter().for_each(|&d| count[d as usize] += 1);
             assert_eq!(count, h1[..bits + 1]);
@@ -1163,6 +1106,34 @@ mod tests {
                 })
                 .collect();
             assert_eq!(d1, want);
+        }
+    }
+
+    /// The AVX2 build of the head kernel gives the baseline build's output exactly.
+    #[test]
+    fn head_kernel_twins_agree() {
+        let (heads, dh, len) = (2, 32, 70);
+        let h = heads * dh;
+        let qkv = random(len * 3 * h, 21);
+        let bias = random(len * len, 22);
+        for score in [Score::Hamming, Score::Asym, Score::Exact] {
+            let mut cfg = RewaAttention::new(64, 9);
+            (cfg.score, cfg.window) = (score, 2);
+            let shape = AttentionShape {
+                layers: 1,
+                heads,
+                head_dim: dh,
+            };
+            let plan = Plan::new(cfg.clone(), shape, None).unwrap();
+            let (mut a, mut b) = (vec![0f32; len * h], vec![0f32; len * h]);
+            let mut sc = Scratch::default();
+            for hd in 0..heads {
+                let r = head_rows(&qkv, h, hd, dh, len);
+                let bb = Some((&bias[..], len));
+                rewa_head(r, bb, &cfg, plan.head(0, hd), &mut sc, &mut a[hd * dh..], h);
+                rewa_head_body(r, bb, &cfg, plan.head(0, hd), &mut sc, &mut b[hd * dh..], h);
+            }
+            assert_eq!(a, b, "{score:?}");
         }
     }
 

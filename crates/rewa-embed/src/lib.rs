@@ -14,6 +14,28 @@
 //! crate: the core `rewa` crate stays free of them.
 #![warn(missing_docs)]
 
+/// `fn name(args) => body`: `name` runs `body` compiled for AVX2 + FMA when the CPU has them
+/// (`rewa::simd`), else `body` as compiled for the baseline; `body` is `#[inline(always)]`.
+macro_rules! dispatched {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),*) => $body:ident) => {
+        $(#[$m])*
+        $vis fn $name($($a: $t),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn fast($($a: $t),*) {
+                    $body($($a),*)
+                }
+                if rewa::simd::avx2() {
+                    // SAFETY: the CPU has AVX2 and FMA (checked at run time).
+                    return unsafe { fast($($a),*) };
+                }
+            }
+            $body($($a),*)
+        }
+    };
+}
+
 pub mod attention;
 mod corpus;
 mod embedder;

@@ -77,6 +77,9 @@ struct Layer {
     ln2: Norm,
 }
 
+/// Sees each layer's index and its stacked queries, keys and values.
+pub(crate) type Observer<'a> = &'a mut dyn FnMut(usize, &[f32]);
+
 /// A BERT or MPNet encoder with its weights as plain vectors.
 pub(crate) struct Native {
     arch: Arch,
@@ -251,7 +254,7 @@ impl Native {
         &self,
         rows: &[&[u32]],
         plan: Option<&Plan>,
-        mut observe: Option<&mut dyn FnMut(usize, &[f32])>,
+        mut observe: Option<Observer<'_>>,
     ) -> Result<Vec<f32>> {
         let h = self.hidden;
         let total: usize = rows.iter().map(|r| r.len()).sum();
@@ -400,26 +403,6 @@ fn layer_norm(x: &mut [f32], n: &Norm, h: usize) {
             *v = (*v - mean) * inv * g + b;
         }
     }
-}
-
-macro_rules! dispatched {
-    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),*) => $body:ident) => {
-        $(#[$m])*
-        $vis fn $name($($a: $t),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn fast($($a: $t),*) {
-                    $body($($a),*)
-                }
-                if rewa::simd::avx2() {
-                    // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-                    return unsafe { fast($($a),*) };
-                }
-            }
-            $body($($a),*)
-        }
-    };
 }
 
 dispatched!(

@@ -158,9 +158,7 @@ pub fn run(a: Args) -> Result<()> {
     if a.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    a.attention
-        .parse::<rewa_embed::Attention>()
-        .context("--attention")?;
+    let attention: rewa_embed::Attention = a.attention.parse().context("--attention")?;
     rewa::io::check_writable(&a.out).context("--out")?;
     if let Some(ids_out) = &a.ids_out {
         if ids_out == &a.out {
@@ -171,7 +169,7 @@ pub fn run(a: Args) -> Result<()> {
     let field = a.field.clone().map_or(TextField::Beir, TextField::Named);
     let input = scan_input(&a, &field)?;
     let t = Instant::now();
-    let embedder = load_model(&a)?;
+    let embedder = load_model(&a, attention)?;
     let load_seconds = t.elapsed().as_secs_f64();
     log(&format!(
         "loaded {} ({:?}, dim {}, max_seq_len {}) in {load_seconds:.2}s",
@@ -296,16 +294,15 @@ fn scan_input(a: &Args, field: &TextField) -> Result<Input> {
     })
 }
 
-/// The model of --model with --max-seq-len and --batch applied.
-fn load_model(a: &Args) -> Result<Embedder> {
+/// The model of --model with --max-seq-len, --batch and --attention applied.
+fn load_model(a: &Args, attention: rewa_embed::Attention) -> Result<Embedder> {
     let mut embedder = Embedder::load(&a.model)
         .with_context(|| format!("loading the model {}", a.model.display()))?;
     if let Some(n) = a.max_seq_len {
         embedder.set_max_seq_len(n).context("--max-seq-len")?;
     }
     embedder.set_batch_size(a.batch)?;
-    let att: rewa_embed::Attention = a.attention.parse().context("--attention")?;
-    embedder.set_attention(att).context("--attention")?;
+    embedder.set_attention(attention).context("--attention")?;
     Ok(embedder)
 }
 
