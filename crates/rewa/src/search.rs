@@ -633,6 +633,7 @@ pub fn scan_hamming_with<const W: usize>(
             let mut tops: Vec<CountTop> =
                 qs.iter().map(|_| CountTop::new(k, 64 * W as u32)).collect();
             let mut tw: Vec<u64> = Vec::new();
+            let mut dist: Vec<u16> = Vec::new();
             for (bi, bc) in codes.chunks(block * cl).enumerate() {
                 let off = bi * block;
                 let bn = bc.len() / cl;
@@ -645,12 +646,18 @@ pub fn scan_hamming_with<const W: usize>(
                         // SAFETY: the caller picks Avx512 only when the CPU has AVX-512F and
                         // VPOPCNTDQ (`simd::avx512_popcnt`).
                         HammingKernel::Avx512 => unsafe {
-                            hamming_block_avx512::<W>(q, &tw, bn, off, top)
+                            dist.resize(bn / 8 * 8, 0);
+                            hamming_dists_avx512::<W>(q, &tw, &mut dist);
+                            offer_below_avx2(top, &dist, off);
+                            dist.len()
                         },
                         #[cfg(target_arch = "x86_64")]
                         // SAFETY: the caller picks Avx2 only when the CPU has AVX2.
                         HammingKernel::Avx2 => unsafe {
-                            hamming_block_avx2::<W>(q, &tw, bn, off, top)
+                            dist.resize(bn / 8 * 8, 0);
+                            hamming_dists_avx2::<W>(q, &tw, &mut dist);
+                            offer_below_avx2(top, &dist, off);
+                            dist.len()
                         },
                         _ => 0,
                     };
@@ -692,26 +699,19 @@ fn transpose_words<const W: usize>(bc: &[u8], bn: usize, tw: &mut Vec<u64>) {
     }
 }
 
-/// The wide twin of the reference loop in [`scan_hamming_with`] over the first `bn / 8 * 8`
-/// codes of a block (`tw` from [`transpose_words`], ids from `off`); returns how many codes it
-/// covered. Candidates are offered in id order with the same strict threshold, so the top-k
-/// is the reference's.
+/// The wide twin of the reference loop in [`scan_hamming_with`], first half: the distances of
+/// the first `dist.len()` codes of a block (a multiple of 8; `tw` from [`transpose_words`]),
+/// with no branch: one instruction XORs and counts one word of 8 codes. The second half,
+/// [`offer_below_avx2`], offers those below the threshold. (A single pass that offered each
+/// group of 8 as it was counted spent half its time on the offer branch and on reloading the
+/// query words the call spilled.)
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vpopcntdq")]
-unsafe fn hamming_block_avx512<const W: usize>(
-    q: &[u64; W],
-    tw: &[u64],
-    bn: usize,
-    off: usize,
-    top: &mut CountTop,
-) -> usize {
+unsafe fn hamming_dists_avx512<const W: usize>(q: &[u64; W], tw: &[u64], dist: &mut [u16]) {
     use std::arch::x86_64::*;
-    let groups = bn / 8;
-    assert!(tw.len() >= groups * W * 8);
+    let groups = dist.len() / 8;
+    assert!(tw.len() >= groups * W * 8 && W * 64 < u16::MAX as usize);
     let qv: [__m512i; W] = std::array::from_fn(|w| _mm512_set1_epi64(q[w] as i64));
-    let mut thr = top.threshold();
-    let mut thr_v = _mm512_set1_epi64(thr as i64);
-    let mut d = [0u64; 8];
     for g in 0..groups {
         let mut acc = _mm512_setzero_si512();
         for (w, qw) in qv.iter().enumerate() {
@@ -720,49 +720,26 @@ unsafe fn hamming_block_avx512<const W: usize>(
                 unsafe { _mm512_loadu_si512(tw.as_ptr().add((g * W + w) * 8) as *const __m512i) };
             acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_xor_si512(c, *qw)));
         }
-        let m = _mm512_cmplt_epu64_mask(acc, thr_v);
-        if m != 0 {
-            // SAFETY: d holds 8 u64.
-            unsafe { _mm512_storeu_si512(d.as_mut_ptr() as *mut __m512i, acc) };
-            thr = offer8(top, &d, m as u32, off + g * 8, thr);
-            thr_v = _mm512_set1_epi64(thr as i64);
-        }
+        // SAFETY: g < groups keeps the 8 u16 written inside dist.
+        unsafe {
+            _mm_storeu_si128(
+                dist.as_mut_ptr().add(g * 8) as *mut __m128i,
+                _mm512_cvtepi64_epi16(acc),
+            )
+        };
     }
-    groups * 8
 }
 
-/// Offers the codes `first + l` for the set bits `l` of `mask` whose distance `d[l]` is below
-/// the threshold `thr` (strict: ids ascend, so a tie cannot enter); returns the new threshold.
-#[inline(always)]
-fn offer8(top: &mut CountTop, d: &[u64; 8], mut mask: u32, first: usize, mut thr: u32) -> u32 {
-    while mask != 0 {
-        let l = mask.trailing_zeros() as usize;
-        mask &= mask - 1;
-        let dist = d[l] as u32;
-        if dist < thr {
-            top.push((first + l) as u32, dist);
-            thr = top.threshold();
-        }
-    }
-    thr
-}
-
-/// [`hamming_block_avx512`] for CPUs with AVX2 only: a group of 8 codes is two registers of 4
+/// [`hamming_dists_avx512`] for CPUs with AVX2 only: a group of 8 codes is two registers of 4
 /// words; each XORed word is counted with two `vpshufb` lookups of a 16-entry nibble table
 /// (Mula's method), the byte counts add up over up to 16 words, and `vpsadbw` sums each
 /// code's 8 bytes into its 64-bit lane.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn hamming_block_avx2<const W: usize>(
-    q: &[u64; W],
-    tw: &[u64],
-    bn: usize,
-    off: usize,
-    top: &mut CountTop,
-) -> usize {
+unsafe fn hamming_dists_avx2<const W: usize>(q: &[u64; W], tw: &[u64], dist: &mut [u16]) {
     use std::arch::x86_64::*;
-    let groups = bn / 8;
-    assert!(tw.len() >= groups * W * 8);
+    let groups = dist.len() / 8;
+    assert!(tw.len() >= groups * W * 8 && W * 64 < u16::MAX as usize);
     let qv: [__m256i; W] = std::array::from_fn(|w| _mm256_set1_epi64x(q[w] as i64));
     let lut = _mm256_setr_epi8(
         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3,
@@ -775,7 +752,6 @@ unsafe fn hamming_block_avx2<const W: usize>(
         let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
         _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi))
     };
-    let mut thr = top.threshold();
     let mut d = [0u64; 8];
     for g in 0..groups {
         let (mut sum_a, mut sum_b) = (zero, zero);
@@ -797,19 +773,49 @@ unsafe fn hamming_block_avx2<const W: usize>(
             sum_a = _mm256_add_epi64(sum_a, _mm256_sad_epu8(a, zero));
             sum_b = _mm256_add_epi64(sum_b, _mm256_sad_epu8(b, zero));
         }
-        let t = _mm256_set1_epi64x(thr as i64);
-        let m = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(t, sum_a)))
-            | (_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(t, sum_b))) << 4);
-        if m != 0 {
-            // SAFETY: d holds 8 u64.
-            unsafe {
-                _mm256_storeu_si256(d.as_mut_ptr() as *mut __m256i, sum_a);
-                _mm256_storeu_si256(d.as_mut_ptr().add(4) as *mut __m256i, sum_b);
-            }
-            thr = offer8(top, &d, m as u32, off + g * 8, thr);
+        // SAFETY: d holds 8 u64.
+        unsafe {
+            _mm256_storeu_si256(d.as_mut_ptr() as *mut __m256i, sum_a);
+            _mm256_storeu_si256(d.as_mut_ptr().add(4) as *mut __m256i, sum_b);
+        }
+        for (o, &x) in dist[g * 8..g * 8 + 8].iter_mut().zip(&d) {
+            *o = x as u16;
         }
     }
-    groups * 8
+}
+
+/// The wide kernels' second half: offers the codes `first + i` whose distance `dist[i]` is
+/// below the threshold, in id order (so the top-k is the reference loop's), 16 distances per
+/// comparison.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn offer_below_avx2(top: &mut CountTop, dist: &[u16], first: usize) {
+    use std::arch::x86_64::*;
+    let mut thr = top.threshold();
+    let mut i = 0;
+    while i + 16 <= dist.len() {
+        // SAFETY: i + 16 <= dist.len().
+        let v = unsafe { _mm256_loadu_si256(dist.as_ptr().add(i) as *const __m256i) };
+        // distances and threshold are below 2^15: the signed comparison is exact
+        let t = _mm256_set1_epi16(thr as i16);
+        let mut m = _mm256_movemask_epi8(_mm256_cmpgt_epi16(t, v)) as u32 & 0x5555_5555;
+        while m != 0 {
+            let l = i + m.trailing_zeros() as usize / 2;
+            m &= m - 1;
+            let d = dist[l] as u32;
+            if d < thr {
+                top.push((first + l) as u32, d);
+                thr = top.threshold();
+            }
+        }
+        i += 16;
+    }
+    for (l, &d) in dist.iter().enumerate().skip(i) {
+        if (d as u32) < thr {
+            top.push((first + l) as u32, d as u32);
+            thr = top.threshold();
+        }
+    }
 }
 
 /// Below this many rows a scan never splits the base between threads.
@@ -1274,6 +1280,26 @@ impl Scored<'_> {
     }
 }
 
+/// Rows a rerank asks the memory for ahead of the one it scores: candidates are scattered
+/// over the codes or vectors, so each row is a cache miss the scoring would otherwise wait for.
+const PREFETCH_AHEAD: usize = 4;
+
+/// Asks for every cache line of `row` (a hint: no effect on results).
+#[inline(always)]
+fn prefetch(row: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for off in (0..row.len()).step_by(64) {
+        // SAFETY: a prefetch of an address inside `row`; it never faults and reads nothing.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                row.as_ptr().add(off) as *const i8,
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = row;
+}
+
 twin! { [rerank_exact_baseline, rerank_exact_avx2]
 /// A plain loop, not [`rerank`] with a closure: a closure is a function of its own, compiled
 /// without the twin's target features unless inlined, and this one was not (the AVX2 twin
@@ -1286,7 +1312,10 @@ fn rerank_exact(
     keep: usize,
 ) -> Vec<Hit> {
     let mut top = TopK::new(keep.min(prev.len()).max(1));
-    for h in prev {
+    for (i, h) in prev.iter().enumerate() {
+        if let Some(next) = prev.get(i + PREFETCH_AHEAD) {
+            prefetch(vectors.row(next.id));
+        }
         let d = metric.distance(query, bytemuck::cast_slice(vectors.row(h.id)));
         if d <= top.threshold() {
             top.push(h.id, d);
@@ -1300,7 +1329,10 @@ twin! { [rerank_codes_baseline, rerank_codes_avx2]
 /// A plain loop for the reason given at [`rerank_exact`].
 fn rerank_codes<Q: Quantizer>(q: &Q, p: &Q::Query, codes: &Rows<'_>, prev: &[Hit], keep: usize) -> Vec<Hit> {
     let mut top = TopK::new(keep.min(prev.len()).max(1));
-    for h in prev {
+    for (i, h) in prev.iter().enumerate() {
+        if let Some(next) = prev.get(i + PREFETCH_AHEAD) {
+            prefetch(codes.row(next.id));
+        }
         let d = q.distance(p, codes.row(h.id));
         if d <= top.threshold() {
             top.push(h.id, d);
