@@ -4,8 +4,11 @@ so that both see the same machine: rewa through `rewa search --json` (its in-pro
 index stays in the page cache between rounds), FAISS in this process with its index loaded
 once. Prints one JSON line with both medians, recalls and the ratio.
 usage: ann_pair.py REWA_BIN REWA_INDEX REWA_PIPELINE FAISS_DIR FAISS_NAME FAISS_SETTING QUERIES GT.npy [ROUNDS]
-  FAISS_SETTING: efSearch=N (hnsw32), nprobe=N (ivfflat) or nprobe=N,k_factor=K (ivfpq32)"""
+  FAISS_SETTING: efSearch=N (hnsw32), nprobe=N (ivfflat) or nprobe=N,k_factor=K (ivfpq32)
+  TILE=T (environment): time T copies of the queries (recall from the first copy), so that a
+  round of a small query set lasts long enough to time"""
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -20,6 +23,12 @@ rounds = int(sys.argv[9]) if len(sys.argv) > 9 else 5
 faiss.omp_set_num_threads(2)
 q = np.load(qpath).astype("float32")
 G = np.load(gtpath)[:, :10]
+nq = len(q)
+tile = int(os.environ.get("TILE", "1"))
+if tile > 1:
+    q = np.tile(q, (tile, 1))
+    qpath = tempfile.mktemp(suffix=".npy")
+    np.save(qpath, q)
 idx = faiss.read_index(f"{fdir}/{fname}.faiss")
 kv = dict(p.split("=") for p in fset.split(","))
 if "efSearch" in kv:
@@ -32,7 +41,7 @@ else:
 
 
 def recall(I):
-    return float(np.mean([len(set(a[:10]) & set(b)) / 10 for a, b in zip(I, G)]))
+    return float(np.mean([len(set(a[:10]) & set(b)) / 10 for a, b in zip(I[:nq], G)]))
 
 
 out = tempfile.mktemp(suffix=".npy")
@@ -48,4 +57,4 @@ for _ in range(rounds):
 rr, fr = recall(np.load(out)), recall(I)
 print(json.dumps(dict(rewa=rpipe, rewa_recall=rr, rewa_qps=statistics.median(rq), faiss=f"{fname} {fset}",
                       faiss_recall=fr, faiss_qps=statistics.median(fq), ratio=statistics.median(rq) / statistics.median(fq),
-                      rounds=rounds, rewa_all=[round(x) for x in rq], faiss_all=[round(x) for x in fq])))
+                      rounds=rounds, tile=tile, rewa_all=[round(x) for x in rq], faiss_all=[round(x) for x in fq])))
