@@ -8,6 +8,8 @@
 # usage: scripts/ann_compare.sh WORKDIR [N] [NLIST]
 #   PY=venv/bin/python (numpy + faiss-cpu, matplotlib for the plot; default python3)
 #   DATA=DIR to use DIR/base.npy + DIR/tune.npy + DIR/eval.npy instead of synthetic data
+#   TILE=T to time T copies of the queries on both sides (recall from the first copy): a small
+#   query set at tens of thousands of QPS is otherwise timed over a few tens of milliseconds
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:?usage: scripts/ann_compare.sh WORKDIR [N] [NLIST]}
@@ -25,6 +27,8 @@ else
   [ -f "$D/eval.npy" ] || $PY -c "import numpy as np; q=np.load('$D/queries_same.npy'); np.save('$D/tune.npy', q[:500]); np.save('$D/eval.npy', q[500:1500])"
 fi
 [ -f "$W/gt.npy" ] || $PY scripts/ann_faiss.py truth "$D/base.npy" "$D/eval.npy" "$W/gt.npy" 100
+export TILE=${TILE:-1}
+$PY -c "import numpy as np; np.save('$W/eval-timed.npy', np.tile(np.load('$D/eval.npy'), ($TILE, 1)))"
 OUT=$W/ann.jsonl
 : > "$OUT"
 # FAISS: build once (build times in faiss/*.build.json), then one process per index
@@ -45,16 +49,16 @@ rbuild() { # name pipeline
   rm -rf "$W/$1"
   /usr/bin/time -f "%e" -o "$W/$1.time" $R build --base "$D/base.npy" --pipeline "$2" --out "$W/$1" --json > /dev/null
 }
-rsearch() { # name pipeline (run twice: the first pass maps the pages, the second is measured)
-  $R search --index "$W/$1" --queries "$D/eval.npy" --pipeline "$2" --out "$W/hits.npy" > /dev/null 2>&1
-  $R search --index "$W/$1" --queries "$D/eval.npy" --pipeline "$2" --out "$W/hits.npy" --json 2>/dev/null | \
+rsearch() { # name pipeline [label] (run twice: the first pass maps the pages, the second is measured)
+  $R search --index "$W/$1" --queries "$W/eval-timed.npy" --pipeline "$2" --out "$W/hits.npy" > /dev/null 2>&1
+  $R search --index "$W/$1" --queries "$W/eval-timed.npy" --pipeline "$2" --out "$W/hits.npy" --json 2>/dev/null | \
     $PY -c "
 import json, sys, os, numpy as np
 r = json.loads(sys.stdin.read()); g = np.load('$W/gt.npy')[:, :10]; h = np.load('$W/hits.npy')
 rec = float(np.mean([len(set(a[:10]) & set(b)) / 10 for a, b in zip(h, g)]))
 disk = sum(os.path.getsize(os.path.join('$W/$1', f)) for f in os.listdir('$W/$1'))
 m = r['memory']
-print(json.dumps(dict(system='rewa', index='$1', setting=r['pipeline'], recall=rec, qps=r['qps'],
+print(json.dumps(dict(system='rewa', index='${3:-$1}', setting=r['pipeline'], recall=rec, qps=r['qps'],
     rss_mb=(m['peak_rss_bytes'] or 0) / 2**20, rss_anon_mb=(m['rss_anon_bytes'] or 0) / 2**20,
     rss_file_mb=(m['rss_file_bytes'] or 0) / 2**20, disk_bytes=disk,
     build_seconds=float(open('$W/$1.time').read().split()[-1]))))" >> "$OUT"
@@ -67,6 +71,12 @@ rbuild flat "ivf$NLIST/16+flat:10"
 for np_ in 1 2 4 8 16 32 64 128; do rsearch flat "ivf$NLIST/$np_+flat:10"; done
 rbuild scan "hadamard256+sign:200,exact:10"
 for keep in 50 100 200; do rsearch scan "hadamard256+sign:$keep,exact:10"; done
+# 384-bit sign codes, then int8 codes (no float vector is read) or the exact vectors
+rbuild s384 "hadamard384+sign:150,int8:20,exact:10"
+for keep in 50 100 150 250 400; do
+  rsearch s384 "hadamard384+sign:$keep,int8:10" s384-int8
+  rsearch s384 "hadamard384+sign:$keep,exact:10" s384-exact
+done
 # appending 1% to the partitioned index: time and bytes written, against the build
 $PY -c "import numpy as np; b=np.load('$D/base.npy', mmap_mode='r'); np.save('$W/add.npy', np.asarray(b[:$((N / 100))]) * -1)"
 rm -rf "$W/sign-add" && cp -r "$W/sign" "$W/sign-add"

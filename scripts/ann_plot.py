@@ -18,6 +18,8 @@ labels = {
     ("rewa", "sign"): "rewa ivf+hadamard256+sign, exact rerank",
     ("rewa", "flat"): "rewa ivf+flat",
     ("rewa", "scan"): "rewa full scan sign, exact rerank",
+    ("rewa", "s384-int8"): "rewa hadamard384+sign, int8 rerank",
+    ("rewa", "s384-exact"): "rewa hadamard384+sign, exact rerank",
 }
 fig, ax = plt.subplots(figsize=(8, 5.5))
 for key, label in labels.items():
@@ -29,10 +31,13 @@ for key, label in labels.items():
         if not front or qps > front[-1][1]:
             front.append((rec, qps))
     front.sort()
-    rss = max(r.get("rss_anon_mb", r.get("rss_mb", 0)) if r["system"] == "rewa" else r["rss_mb"]
-              for r in rows if (r["system"], r["index"]) == key)
+    mine = [r for r in rows if (r["system"], r["index"]) == key]
+    rss = max(r["rss_mb"] for r in mine)
+    mem = f"peak RSS {rss:.0f} MB"
+    if key[0] == "rewa":
+        mem += f", anon {max(r.get('rss_anon_mb', 0) for r in mine):.0f}"
     ax.plot([p[0] for p in front], [p[1] for p in front], "o-" if key[0] == "rewa" else "s--",
-            label=f"{label} ({rss:.0f} MB {'anon ' if key[0] == 'rewa' else ''}RSS)")
+            label=f"{label} ({mem})")
 ax.set_xlabel("recall@10 (held-out queries vs exact)")
 ax.set_ylabel("queries per second (2 threads)")
 ax.set_yscale("log")
