@@ -752,7 +752,6 @@ unsafe fn hamming_dists_avx2<const W: usize>(q: &[u64; W], tw: &[u64], dist: &mu
         let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
         _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi))
     };
-    let mut d = [0u64; 8];
     for g in 0..groups {
         let (mut sum_a, mut sum_b) = (zero, zero);
         for ws in (0..W).step_by(16) {
@@ -773,14 +772,14 @@ unsafe fn hamming_dists_avx2<const W: usize>(q: &[u64; W], tw: &[u64], dist: &mu
             sum_a = _mm256_add_epi64(sum_a, _mm256_sad_epu8(a, zero));
             sum_b = _mm256_add_epi64(sum_b, _mm256_sad_epu8(b, zero));
         }
-        // SAFETY: d holds 8 u64.
-        unsafe {
-            _mm256_storeu_si256(d.as_mut_ptr() as *mut __m256i, sum_a);
-            _mm256_storeu_si256(d.as_mut_ptr().add(4) as *mut __m256i, sum_b);
-        }
-        for (o, &x) in dist[g * 8..g * 8 + 8].iter_mut().zip(&d) {
-            *o = x as u16;
-        }
+        // 8 u64 lanes (each below 2^16) to 8 u16 in code order: two saturating packs give
+        // a0 a1 b0 b1 | a2 a3 b2 b3 per 128-bit lane, the permute joins the low halves, the
+        // shuffle swaps the middle pairs.
+        let x = _mm256_packus_epi32(sum_a, sum_b);
+        let y = _mm256_permute4x64_epi64(_mm256_packus_epi32(x, x), 0b1000);
+        let z = _mm_shuffle_epi32(_mm256_castsi256_si128(y), 0b11_01_10_00);
+        // SAFETY: g < groups keeps the 8 u16 written inside dist.
+        unsafe { _mm_storeu_si128(dist.as_mut_ptr().add(g * 8) as *mut __m128i, z) };
     }
 }
 
