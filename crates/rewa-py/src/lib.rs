@@ -350,14 +350,16 @@ impl PyIndex {
         faiss_shape(py, hits, k, metric)
     }
 
-    /// index.tune(queries, target_recall=0.95, k=10, max_keep=None, max_seconds=300.0) -> dict
+    /// index.tune(queries, target_recall=0.95, k=10, max_keep=None, max_seconds=300.0,
+    ///            confidence=0.95) -> dict
     ///
     /// Measures the pipeline's keeps on `queries` (validation queries, not the ones you will
     /// report on) against exact search, and makes the fastest setting that reaches
-    /// `target_recall` at k the default pipeline (in memory; `save` stores it). Returns the
-    /// report with the keys of `rewa tune --json`: pipeline, recall_at_k, qps, target_met,
-    /// timed_out, seconds, curve.
-    #[pyo3(signature = (queries, target_recall=0.95, k=10, max_keep=None, max_seconds=300.0))]
+    /// `target_recall` at k the default pipeline (in memory; `save` stores it). A setting
+    /// reaches it when the one-sided lower `confidence` bound of its recall does (0: the mean
+    /// recall itself). Returns the report with the keys of `rewa tune --json`: pipeline,
+    /// recall_at_k, recall_lower, confidence, qps, target_met, timed_out, seconds, curve.
+    #[pyo3(signature = (queries, target_recall=0.95, k=10, max_keep=None, max_seconds=300.0, confidence=0.95))]
     fn tune<'py>(
         &self,
         py: Python<'py>,
@@ -366,6 +368,7 @@ impl PyIndex {
         k: usize,
         max_keep: Option<usize>,
         max_seconds: f64,
+        confidence: f64,
     ) -> PyResult<Bound<'py, PyAny>> {
         let q = matrix(queries, "queries")?;
         let qv = rows(&q)?;
@@ -374,6 +377,7 @@ impl PyIndex {
             target_recall,
             max_keep,
             max_seconds,
+            confidence,
         };
         let report = detached(py, || {
             let report = {

@@ -9,6 +9,12 @@
 //! bisection steps between half its keep (or nprobe) and its keep. Ground truth is exact search over the
 //! index's float vectors. A time budget bounds the whole run: when it is spent, the best
 //! setting found so far is returned and the report says so.
+//!
+//! A setting meets the target when the lower confidence bound of its recall does (one-sided,
+//! normal approximation over the per-query recalls, `confidence` 0.95 by default), not its
+//! mean: the mean over a few hundred tuning queries is itself a noisy estimate, and a keep
+//! chosen to land exactly on the target fell short of it on held-out queries (SciFact
+//! sentences: 0.950 on 300 tuning queries, 0.930 on 809 held-out ones).
 
 use crate::error::{invalid, Error, Result};
 use crate::eval::recall_at_k;
@@ -28,6 +34,9 @@ pub struct TuneOptions {
     pub max_keep: Option<usize>,
     /// Time budget in seconds; when spent, the best setting so far is returned.
     pub max_seconds: f64,
+    /// One-sided confidence, in [0, 1), that a chosen setting's recall on queries like the
+    /// tuning ones reaches the target; 0 compares the tuning queries' mean recall itself.
+    pub confidence: f64,
 }
 
 impl Default for TuneOptions {
@@ -37,6 +46,7 @@ impl Default for TuneOptions {
             target_recall: 0.95,
             max_keep: None,
             max_seconds: 300.0,
+            confidence: 0.95,
         }
     }
 }
@@ -48,6 +58,9 @@ pub struct TunePoint {
     pub pipeline: String,
     /// Its recall@k on the tuning queries.
     pub recall_at_k: f64,
+    /// The lower confidence bound of that recall (equal to it at confidence 0): what is
+    /// compared with the target.
+    pub recall_lower: f64,
     /// Its queries per second.
     pub qps: f64,
 }
@@ -59,6 +72,10 @@ pub struct TuneReport {
     pub pipeline: String,
     /// Its recall@k.
     pub recall_at_k: f64,
+    /// The lower confidence bound of that recall, which met the target (if any did).
+    pub recall_lower: f64,
+    /// The confidence of that bound.
+    pub confidence: f64,
     /// Its QPS.
     pub qps: f64,
     /// Whether some setting reached the target.
@@ -101,6 +118,12 @@ fn check(opts: &TuneOptions, n: usize) -> Result<()> {
     }
     if k > n {
         return invalid!("k = {k}, but the index holds only {n} vectors");
+    }
+    if !(opts.confidence.is_finite() && (0.0..1.0).contains(&opts.confidence)) {
+        return invalid!(
+            "the confidence must be in [0, 1) (0: compare the mean recall), got {}",
+            opts.confidence
+        );
     }
     if !(opts.target_recall.is_finite() && opts.target_recall > 0.0 && opts.target_recall <= 1.0) {
         return invalid!(
@@ -194,6 +217,8 @@ pub fn tune(
     }
     let dims = np_dims + free;
     let total = grid.len() + 3 * dims;
+    let z = normal_quantile(opts.confidence);
+    let meets = |p: &TunePoint| p.recall_lower >= opts.target_recall;
     let mut done = 0;
     let mut curve: Vec<(Pipeline, TunePoint, Vec<usize>)> = Vec::new();
     let mut timed_out = false;
@@ -213,9 +238,12 @@ pub fn tune(
             },
         )?;
         let qps = queries.len() as f64 / t.elapsed().as_secs_f64().max(1e-9);
+        let (recall, lower) = recall_bound(&hits, &gt, k, z);
+        debug_assert!((recall - recall_at_k(&hits, &gt, k)).abs() < 1e-9);
         let point = TunePoint {
             pipeline: p.to_string(),
-            recall_at_k: recall_at_k(&hits, &gt, k),
+            recall_at_k: recall,
+            recall_lower: lower,
             qps,
         };
         progress(&TuneProgress {
@@ -240,14 +268,14 @@ pub fn tune(
             break;
         }
         let (p, point) = measure(&keeps, done)?;
-        if point.recall_at_k >= opts.target_recall {
+        if meets(&point) {
             met_keeps.push(keeps.clone());
         }
         curve.push((p, point, keeps));
     }
     let best_met = |c: &[(Pipeline, TunePoint, Vec<usize>)]| {
         c.iter()
-            .filter(|c| c.1.recall_at_k >= opts.target_recall)
+            .filter(|c| meets(&c.1))
             .max_by(|a, b| a.1.qps.total_cmp(&b.1.qps))
             .cloned()
     };
@@ -276,7 +304,7 @@ pub fn tune(
                 let (p, point) = measure(&trial, done)?;
                 let entry = (p, point, trial.clone());
                 curve.push(entry.clone());
-                if entry.1.recall_at_k >= opts.target_recall {
+                if meets(&entry.1) {
                     hi = mid;
                     keeps = trial;
                     refined = Some(entry);
@@ -291,13 +319,15 @@ pub fn tune(
         Some(c) => c,
         None => curve
             .iter()
-            .max_by(|a, b| a.1.recall_at_k.total_cmp(&b.1.recall_at_k))
+            .max_by(|a, b| a.1.recall_lower.total_cmp(&b.1.recall_lower))
             .cloned()
             .expect("invariant: the first setting is always measured"),
     };
     Ok(TuneReport {
         pipeline: chosen.0.to_string(),
         recall_at_k: chosen.1.recall_at_k,
+        recall_lower: chosen.1.recall_lower,
+        confidence: opts.confidence,
         qps: chosen.1.qps,
         target_met,
         timed_out,
@@ -305,4 +335,80 @@ pub fn tune(
         curve: curve.into_iter().map(|c| c.1).collect(),
         chosen: Some(chosen.0),
     })
+}
+
+/// Mean per-query recall@k and its one-sided lower bound `mean - z * sd / sqrt(n)` (normal
+/// approximation; `z` 0 gives the mean).
+fn recall_bound(
+    hits: &[Vec<crate::search::Hit>],
+    gt: &[Vec<crate::search::Hit>],
+    k: usize,
+    z: f64,
+) -> (f64, f64) {
+    let per: Vec<f64> = hits
+        .iter()
+        .zip(gt)
+        .map(|(h, g)| recall_at_k(std::slice::from_ref(h), std::slice::from_ref(g), k))
+        .collect();
+    let n = per.len().max(1) as f64;
+    let mean = per.iter().sum::<f64>() / n;
+    if per.len() < 2 || z == 0.0 {
+        return (mean, mean);
+    }
+    let var = per.iter().map(|r| (r - mean) * (r - mean)).sum::<f64>() / (n - 1.0);
+    (mean, mean - z * (var / n).sqrt())
+}
+
+/// The standard normal quantile of `p` in [0.5, 1) (0 for `p` below 0.5, so confidence 0 means
+/// no margin): Abramowitz and Stegun 26.2.23, absolute error below 4.5e-4.
+fn normal_quantile(p: f64) -> f64 {
+    if p <= 0.5 {
+        return 0.0;
+    }
+    let t = (-2.0 * (1.0 - p).ln()).sqrt();
+    t - (2.515517 + 0.802853 * t + 0.010328 * t * t)
+        / (1.0 + 1.432788 * t + 0.189269 * t * t + 0.001308 * t * t * t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::search::Hit;
+
+    #[test]
+    fn normal_quantiles_and_the_recall_bound() {
+        for (p, z) in [
+            (0.5, 0.0),
+            (0.8413, 1.0),
+            (0.95, 1.6449),
+            (0.975, 1.96),
+            (0.999, 3.0902),
+        ] {
+            assert!(
+                (normal_quantile(p) - z).abs() < 1e-3,
+                "{p}: {}",
+                normal_quantile(p)
+            );
+        }
+        assert_eq!(normal_quantile(0.0), 0.0);
+        let hit = |id| Hit { id, distance: 0.0 };
+        // four queries, k 2: recalls 1, 1, 0.5, 0.5 -> mean 0.75, sd 0.2887
+        let gt: Vec<Vec<Hit>> = (0..4).map(|i| vec![hit(2 * i), hit(2 * i + 1)]).collect();
+        let hits: Vec<Vec<Hit>> = (0..4)
+            .map(|i| {
+                if i < 2 {
+                    vec![hit(2 * i), hit(2 * i + 1)]
+                } else {
+                    vec![hit(2 * i), hit(99)]
+                }
+            })
+            .collect();
+        let (mean, lower) = recall_bound(&hits, &gt, 2, 1.6449);
+        assert!((mean - 0.75).abs() < 1e-12);
+        assert!(
+            (lower - (0.75 - 1.6449 * 0.288_675_1 / 2.0)).abs() < 1e-6,
+            "{lower}"
+        );
+        assert_eq!(recall_bound(&hits, &gt, 2, 0.0), (0.75, 0.75));
+    }
 }

@@ -226,6 +226,83 @@ fn tune_chooses_the_lists_probed() {
         .any(|p| p.pipeline.starts_with("ivf32/1+")));
 }
 
+/// With a confidence bound, tune picks a setting whose recall's lower bound on the tuning
+/// queries meets the target, at least as much work as the mean alone asks for, and the
+/// target holds on queries it never saw.
+#[test]
+fn tune_with_confidence_holds_on_held_out_queries() {
+    let base = rewa::testutil::gaussian(3000, 16, 1);
+    let val = rewa::testutil::gaussian(100, 16, 3);
+    let held_out = rewa::testutil::gaussian(400, 16, 4);
+    let metric = Metric::L2;
+    let index = Index::build(&spec(metric, "ivf32/1+flat:40,exact:10"), base.view()).unwrap();
+    let tune = |confidence: f64| {
+        rewa::tune(
+            &index,
+            &metric.prepare(val.view()).unwrap(),
+            &rewa::TuneOptions {
+                target_recall: 0.9,
+                confidence,
+                ..Default::default()
+            },
+            &mut |_| {},
+        )
+        .unwrap()
+    };
+    let (plain, sure) = (tune(0.0), tune(0.95));
+    assert!(plain.target_met && sure.target_met);
+    assert_eq!(plain.recall_lower, plain.recall_at_k);
+    assert!(
+        sure.recall_lower >= 0.9 && sure.recall_lower < sure.recall_at_k,
+        "{sure:?}"
+    );
+    assert!(sure.curve.iter().all(|p| p.recall_lower <= p.recall_at_k));
+    let np = |r: &rewa::TuneReport| r.chosen().nprobe().unwrap();
+    assert!(
+        np(&sure) >= np(&plain),
+        "{} vs {}",
+        sure.pipeline,
+        plain.pipeline
+    );
+    let q = metric.prepare(held_out.view()).unwrap();
+    let truth = ground_truth(&metric.prepare(base.view()).unwrap(), &q, 10);
+    let recall = |r: &rewa::TuneReport| {
+        let hits = index
+            .search_prepared(
+                &q,
+                &rewa::SearchParams {
+                    k: 10,
+                    pipeline: Some(r.chosen().clone()),
+                },
+            )
+            .unwrap();
+        recall_at_k(&hits, &truth, 10)
+    };
+    let (rp, rs) = (recall(&plain), recall(&sure));
+    eprintln!(
+        "held out: mean-tuned {} {rp:.4}, confidence-tuned {} {rs:.4}",
+        plain.pipeline, sure.pipeline
+    );
+    assert!(rs >= 0.9, "{rs}");
+    // refused outside [0, 1)
+    for bad in [1.0, -0.1, f64::NAN] {
+        let e = rewa::tune(
+            &index,
+            &metric.prepare(val.view()).unwrap(),
+            &rewa::TuneOptions {
+                confidence: bad,
+                ..Default::default()
+            },
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("confidence must be in [0, 1)"),
+            "{e}"
+        );
+    }
+}
+
 #[test]
 fn residual_lists_score_the_full_inner_product() {
     let base = rewa::testutil::gaussian(3000, 24, 5);
