@@ -251,7 +251,9 @@ def test_cli_index_opens_in_python_with_identical_ids_and_scores(tmp_path, data)
     np.testing.assert_allclose(cli_scores, D, rtol=1e-6)
     # tune, save, and the CLI sees the tuned pipeline
     report = index.tune(q[:25], target_recall=0.9)
-    assert set(report) == {"pipeline", "recall_at_k", "qps", "target_met", "timed_out", "seconds", "curve"}
+    assert set(report) == {"pipeline", "recall_at_k", "recall_lower", "confidence", "qps", "target_met",
+                           "timed_out", "seconds", "curve"}
+    assert report["confidence"] == 0.95 and report["recall_lower"] <= report["recall_at_k"]
     assert index.pipeline == report["pipeline"]
     index.save(tmp_path / "idx")
     assert json.loads(cli("info", "--index", "idx", "--json", cwd=tmp_path))["pipeline"] == report["pipeline"]

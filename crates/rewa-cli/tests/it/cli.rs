@@ -168,6 +168,13 @@ fn build_search_info_tune() {
         d,
     );
     assert!(j["recall_at_k"].as_f64().unwrap() >= 0.9, "{j}");
+    // met with 95% confidence: the bound, below the mean, reached the target
+    let lower = j["recall_lower"].as_f64().unwrap();
+    assert!(
+        lower >= 0.9 && lower < j["recall_at_k"].as_f64().unwrap(),
+        "{j}"
+    );
+    assert_eq!(j["confidence"], 0.95);
     let chosen = j["pipeline"].as_str().unwrap().to_string();
     let info = json("info --index idx", d);
     assert_eq!(info["pipeline"], chosen.as_str());
@@ -195,7 +202,7 @@ fn build_search_info_tune() {
         .unwrap()
         .iter()
         .zip(&all)
-        .filter(|(c, _)| c["recall_at_k"].as_f64().unwrap() >= 0.9)
+        .filter(|(c, _)| c["recall_lower"].as_f64().unwrap() >= 0.9)
         .map(|(_, &k)| k)
         .collect();
     // the doubling grid (20, 40, 80, ...) stops at its first met setting ...
