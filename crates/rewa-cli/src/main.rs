@@ -69,8 +69,8 @@ const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 
 /// The commands that search: they touch little memory, and mimalloc's default of committing
 /// its arenas eagerly (with transparent huge pages: a 2 MiB page zeroed on first touch) held
-/// 12 MB more than they used (SciFact sentences, `hadamard384+sign:150,int8:10`: anonymous RSS
-/// 21.8 -> 8 MB) and cost time in page zeroing. The option only takes effect before the first
+/// 11 MB more than they used (SciFact sentences, `hadamard384+sign:150,int8:10`: anonymous RSS
+/// 21.8 -> 10.6 MB) and cost time in page zeroing. The option only takes effect before the first
 /// arena exists, which is before `main` (the runtime allocates), so it is set from a
 /// constructor that sees the arguments (glibc passes them to `.init_array` functions).
 const SEARCHING: [&[u8]; 3] = [b"search", b"serve", b"tune"];

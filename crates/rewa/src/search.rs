@@ -643,8 +643,8 @@ pub fn scan_hamming_with<const W: usize>(
                 for (q, top) in qw.iter().zip(tops.iter_mut()) {
                     let done = match kernel {
                         #[cfg(target_arch = "x86_64")]
-                        // SAFETY: the caller picks Avx512 only when the CPU has AVX-512F and
-                        // VPOPCNTDQ (`simd::avx512_popcnt`).
+                        // SAFETY: the caller picks Avx512 only when the CPU has AVX-512F,
+                        // VPOPCNTDQ and AVX2 (`simd::avx512_popcnt` checks all three).
                         HammingKernel::Avx512 => unsafe {
                             dist.resize(bn / 8 * 8, 0);
                             hamming_dists_avx512::<W>(q, &tw, &mut dist);
