@@ -998,6 +998,16 @@ mod tests {
             .collect()
     }
 
+    /// The plan of one layer of `heads` heads of `dh` dims for `cfg` (random rotations).
+    fn one_layer(cfg: &RewaAttention, heads: usize, dh: usize) -> Plan {
+        let shape = AttentionShape {
+            layers: 1,
+            heads,
+            head_dim: dh,
+        };
+        Plan::new(cfg.clone(), shape, None).unwrap()
+    }
+
     #[test]
     fn specs_round_trip_and_bad_ones_are_refused() {
         for s in [
@@ -1119,12 +1129,7 @@ mod tests {
         for score in [Score::Hamming, Score::Asym, Score::Exact] {
             let mut cfg = RewaAttention::new(64, 9);
             (cfg.score, cfg.window) = (score, 2);
-            let shape = AttentionShape {
-                layers: 1,
-                heads,
-                head_dim: dh,
-            };
-            let plan = Plan::new(cfg.clone(), shape, None).unwrap();
+            let plan = one_layer(&cfg, heads, dh);
             let (mut a, mut b) = (vec![0f32; len * h], vec![0f32; len * h]);
             let mut sc = Scratch::default();
             for hd in 0..heads {
@@ -1148,12 +1153,7 @@ mod tests {
             for b in [None, Some((&bias[..], len))] {
                 let mut cfg = RewaAttention::new(24, len);
                 cfg.score = score;
-                let shape = AttentionShape {
-                    layers: 1,
-                    heads,
-                    head_dim: dh,
-                };
-                let plan = Plan::new(cfg.clone(), shape, None).unwrap();
+                let plan = one_layer(&cfg, heads, dh);
                 let (mut full, mut sparse) = (vec![0f32; len * h], vec![0f32; len * h]);
                 let mut scores = vec![0f32; len * len];
                 let mut sc = Scratch::default();
@@ -1189,12 +1189,7 @@ mod tests {
         let qkv = random(len * 3 * dh, 3);
         let mut cfg = RewaAttention::new(16, 5);
         cfg.window = 1;
-        let shape = AttentionShape {
-            layers: 1,
-            heads: 1,
-            head_dim: dh,
-        };
-        let plan = Plan::new(cfg.clone(), shape, None).unwrap();
+        let plan = one_layer(&cfg, 1, dh);
         let mut out = vec![0f32; len * dh];
         let mut sc = Scratch::default();
         rewa_head(
@@ -1250,12 +1245,7 @@ mod tests {
         ] {
             let mut cfg = RewaAttention::new(bits, 6);
             (cfg.score, cfg.sink, cfg.last, cfg.window) = (score, sink, last, window);
-            let shape = AttentionShape {
-                layers: 1,
-                heads: 1,
-                head_dim: dh,
-            };
-            let plan = Plan::new(cfg.clone(), shape, None).unwrap();
+            let plan = one_layer(&cfg, 1, dh);
             let mut out = vec![0f32; len * dh];
             rewa_head(
                 head_rows(&qkv, dh, 0, dh, len),
@@ -1301,12 +1291,7 @@ mod tests {
         let mut p = vec![0f32; len * len];
         full_head(r, None, &mut p, &mut vec![0f32; len * dh], dh);
         let mass = |cfg: &RewaAttention| -> f64 {
-            let shape = AttentionShape {
-                layers: 1,
-                heads: 1,
-                head_dim: dh,
-            };
-            let plan = Plan::new(cfg.clone(), shape, None).unwrap();
+            let plan = one_layer(&cfg, 1, dh);
             let mut m = 0.0;
             for i in 0..len {
                 let mut keep = Vec::new();

@@ -269,13 +269,7 @@ mod topk_tests {
     /// with many ties, whatever the order it arrives in.
     #[test]
     fn top_k_is_the_best_k_of_the_stream_for_small_and_large_k() {
-        let mut s = 11u64;
-        let mut next = move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        };
+        let mut next = crate::testutil::xorshift(11);
         let hits: Vec<Hit> = (0..20_000u32)
             .map(|id| Hit {
                 id,
@@ -308,13 +302,7 @@ mod topk_tests {
     /// scans do), and in shuffled order offered at or below it (as list scans do).
     #[test]
     fn counting_top_k_is_the_best_k_of_the_stream() {
-        let mut s = 5u64;
-        let mut next = move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        };
+        let mut next = crate::testutil::xorshift(5);
         for max in [0u32, 3, 256] {
             let hits: Vec<Hit> = (0..20_000u32)
                 .map(|id| Hit {
@@ -1824,13 +1812,7 @@ mod tests {
             eprintln!("skipped: this CPU has neither AVX2 nor AVX-512 VPOPCNTDQ");
             return;
         }
-        let mut s = 7u64;
-        let mut next = move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        };
+        let mut next = crate::testutil::xorshift(7);
         fn check<const W: usize>(
             kernels: &[HammingKernel],
             next: &mut impl FnMut() -> u64,

@@ -18,6 +18,16 @@ pub fn gaussian(n: usize, dim: usize, seed: u64) -> Vectors {
     .expect("dim >= 1")
 }
 
+/// A seeded xorshift64 stream of words: cheap test data, the same on every platform.
+pub fn xorshift(mut s: u64) -> impl FnMut() -> u64 {
+    move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    }
+}
+
 /// Clustered unit vectors (the synth recipe): returns (base, base labels, queries, query labels),
 /// queries held out from the base.
 pub fn clusters(
