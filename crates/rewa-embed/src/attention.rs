@@ -109,15 +109,24 @@ impl FromStr for Attention {
         let mut a = RewaAttention::new(0, 0);
         // keys= takes the rest of the spec (a path may hold commas)
         let (opts, keys) = match rest.find("keys=") {
-            Some(i) if i == 0 || rest[..i].ends_with(',') => {
-                (rest[..i].trim_end_matches(','), Some(&rest[i + 5..]))
-            }
+            Some(0) => ("", Some(&rest[5..])),
+            Some(i) if rest[..i].ends_with(',') => (&rest[..i - 1], Some(&rest[i + 5..])),
             _ => (rest, None),
         };
-        for kv in opts.split(',').filter(|p| !p.is_empty()) {
+        let mut seen: Vec<&str> = Vec::new();
+        for kv in opts.split(',').filter(|_| !opts.is_empty()) {
+            if kv.is_empty() {
+                return Err(bad(
+                    "an empty setting (two commas in a row, or one at an end)".into(),
+                ));
+            }
             let (k, v) = kv
                 .split_once('=')
                 .ok_or_else(|| bad(format!("{kv:?} is not key=value")))?;
+            if seen.contains(&k) {
+                return Err(bad(format!("{k}= given twice")));
+            }
+            seen.push(k);
             let num = || {
                 v.parse::<usize>()
                     .map_err(|_| bad(format!("{k}={v:?} is not a whole number")))
@@ -543,7 +552,7 @@ pub(crate) fn full_head(
                 *x += y;
             }
         }
-        crate::native::softmax(row);
+        crate::kernels::softmax(row);
     }
     // SAFETY: as above.
     unsafe {
@@ -688,7 +697,8 @@ fn rewa_head_body(
         forced.extend(0..head as u32);
         if cfg.window > 0 {
             let lo = i.saturating_sub(cfg.window).max(head);
-            let hi = (i + cfg.window + 1).min(tail);
+            // saturating: window=2^64-1 keeps every key rather than wrapping to none
+            let hi = i.saturating_add(cfg.window).saturating_add(1).min(tail);
             forced.extend(lo as u32..hi.max(lo) as u32);
         }
         forced.extend(tail.max(head) as u32..len as u32);
@@ -729,7 +739,7 @@ fn rewa_head_body(
             }
             *pj = s;
         }
-        crate::native::softmax(pr);
+        crate::kernels::softmax(pr);
         let o = &mut out[i * out_stride..][..dh];
         o.fill(0.0);
         for (&pj, &j) in pr.iter().zip(&sel) {
@@ -1036,6 +1046,16 @@ mod tests {
             ("rewa:bits=64,top=8,keys=", "names no file"),
             ("rewa:bits=64,top=8,rank=4", "needs keys="),
             ("rewa:bits=64,top=8,rank=0,keys=k", "rank=0"),
+            ("rewa:bits=8,,top=4", "empty setting"),
+            ("rewa:bits=8,top=4,", "empty setting"),
+            ("rewa:,bits=8,top=4", "empty setting"),
+            ("rewa:bits=8,top=4,,keys=k", "empty setting"),
+            ("rewa:bits=8,bits=16,top=4", "bits= given twice"),
+            ("rewa:bits=8,top=4,sink=1,sink=2", "sink= given twice"),
+            (
+                "rewa:bits=8,top=4,score=asym,score=exact",
+                "score= given twice",
+            ),
         ] {
             let e = s.parse::<Attention>().unwrap_err().to_string();
             assert!(e.contains(why), "{s}: {e}");
@@ -1221,6 +1241,46 @@ mod tests {
             dh,
         );
         assert!(out.iter().zip(&full).any(|(a, b)| (a - b).abs() > 1e-3));
+    }
+
+    /// A window past the text keeps every key, up to `usize::MAX` (which once wrapped to an
+    /// empty window): the output is full attention's, and every query attended every key.
+    #[test]
+    fn a_window_of_any_size_saturates() {
+        let (dh, len) = (8, 24);
+        let qkv = random(len * 3 * dh, 11);
+        let mut full = vec![0f32; len * dh];
+        full_head(
+            head_rows(&qkv, dh, 0, dh, len),
+            None,
+            &mut vec![0f32; len * len],
+            &mut full,
+            dh,
+        );
+        let spec = format!("rewa:bits=16,top=2,window={}", usize::MAX);
+        let Attention::Rewa(cfg) = spec.parse().unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(cfg.window, usize::MAX);
+        let plan = one_layer(&cfg, 1, dh);
+        let mut out = vec![0f32; len * dh];
+        let mut sc = Scratch::default();
+        rewa_head(
+            head_rows(&qkv, dh, 0, dh, len),
+            None,
+            &cfg,
+            plan.head(0, 0),
+            &mut sc,
+            &mut out,
+            dh,
+        );
+        assert_eq!(sc.attended, (len * len) as u64);
+        let worst = full
+            .iter()
+            .zip(&out)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-5, "{worst}");
     }
 
     /// The kernel keeps exactly the keys a brute-force reference of the codes picks: values

@@ -1,10 +1,9 @@
 //! Whole text files to vectors, and the identity of a model's weights: what a text-aware index
 //! (`rewa build --model --text`, `rewa search --text`, `rewa eval --text`) is made from.
 
+use crate::model_dir::weights_sha256;
 use crate::{Embedder, Error, Result, TextField, TextReader};
 use rewa::{TextModel, Vectors};
-use sha2::{Digest, Sha256};
-use std::io::Read;
 use std::path::Path;
 
 /// The texts of a file, embedded.
@@ -19,9 +18,28 @@ pub struct EmbeddedFile {
     pub tokens: usize,
 }
 
+/// Fails unless `path` is a regular file (or a link to one). A text file is read twice, checked
+/// before the model loads and then embedded a chunk at a time; a FIFO or a device gives its
+/// bytes once, and a second open of a FIFO waits for a writer that never comes.
+pub fn require_regular_file(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(Error::InvalidInput(format!(
+            "{}: not a regular file (texts are read twice, checked before the model loads and then embedded, and a pipe or device can be read only once): write it to a file first",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Reads every record of `path` once (checking each line and the ids' uniqueness) and returns
 /// the ids, before any model work: a bad line fails at once, not after an hour of embedding.
+/// `path` must be a regular file ([`require_regular_file`]).
 pub fn read_ids(path: &Path, field: &TextField) -> Result<Vec<String>> {
+    require_regular_file(path)?;
     let mut ids = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for record in TextReader::open(path, field)? {
@@ -107,26 +125,6 @@ pub fn embed_checked_file(
         vectors,
         tokens,
     })
-}
-
-/// SHA-256 of `dir/model.safetensors`, lower-case hex: the identity of a model's weights.
-pub fn weights_sha256(dir: &Path) -> Result<String> {
-    let path = dir.join("model.safetensors");
-    let io = |source| Error::Io {
-        path: path.clone(),
-        source,
-    };
-    let mut f = std::fs::File::open(&path).map_err(io)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 impl Embedder {

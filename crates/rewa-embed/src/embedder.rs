@@ -10,7 +10,7 @@
 
 use crate::attention::{Attention, AttentionShape, KeyProjections, Plan};
 use crate::error::{Error, Result};
-use crate::model_dir::{positions_for_text, read_json, Arch, ModelDir, Pooling};
+use crate::model_dir::{positions_for_text, read_json, Arch, ModelDir, Pooling, SizeConfig};
 use crate::mpnet::{MpNetConfig, MpNetModel};
 use crate::native::{Native, NativeConfig};
 use candle_core::{DType, Device, Tensor};
@@ -72,20 +72,6 @@ pub struct Embedded {
     pub tokens: usize,
 }
 
-#[derive(serde::Deserialize)]
-struct PadConfig {
-    pad_token_id: Option<u32>,
-    hidden_size: usize,
-    max_position_embeddings: usize,
-    vocab_size: usize,
-    #[serde(default = "two")]
-    type_vocab_size: usize,
-}
-
-fn two() -> usize {
-    2
-}
-
 impl Embedder {
     /// Loads a sentence-transformers model directory (see [`crate::model_dir`] for the files).
     pub fn load(dir: impl AsRef<Path>) -> Result<Embedder> {
@@ -98,7 +84,7 @@ impl Embedder {
         let dir = dir.as_ref();
         let info = ModelDir::read(dir)?;
         let config_path = dir.join("config.json");
-        let pc: PadConfig = read_json(&config_path)?;
+        let pc = SizeConfig::read(&config_path, info.arch)?;
         if pc.hidden_size != info.dim {
             return Err(Error::Model {
                 path: config_path,
@@ -260,7 +246,7 @@ impl Embedder {
                 let keys = match &cfg.keys {
                     Some(path) => {
                         let k = KeyProjections::load(path)?;
-                        let sha = crate::corpus::weights_sha256(&self.info.dir)?;
+                        let sha = crate::model_dir::weights_sha256(&self.info.dir)?;
                         if k.weights_sha256 != sha {
                             return Err(Error::Model {
                                 path: path.clone(),
@@ -348,7 +334,7 @@ impl Embedder {
                     Ok((a.0, a.1 + b.1))
                 },
             )?;
-        let sha = crate::corpus::weights_sha256(&self.info.dir)?;
+        let sha = crate::model_dir::weights_sha256(&self.info.dir)?;
         KeyProjections::from_covariances(shape, &cov, texts.len(), keys, sha)
     }
 
@@ -423,13 +409,48 @@ impl Embedder {
     }
 
     /// The word-piece ids of each text after truncation, special tokens included.
+    ///
+    /// Only as much of a long text as truncation can reach is tokenized (a 5 MB line once took
+    /// 600 MB to tokenize whole, to keep 256 word pieces): a text longer than
+    /// [`Embedder::tokenized_bytes`] is cut at a word boundary, and the cut grows eightfold
+    /// until its word pieces fill `max_seq_len` or it holds the whole text. Word pieces never
+    /// span a word boundary, so the kept pieces are those of the whole text.
     pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
+        let mut budget = self.tokenized_bytes();
+        let mut ids = self.encode(texts.iter().map(|t| cut(t, budget)))?;
+        loop {
+            // texts cut short whose pieces did not fill max_seq_len
+            let short: Vec<usize> = (0..texts.len())
+                .filter(|&i| {
+                    ids[i].len() < self.max_seq_len && cut(texts[i], budget).len() < texts[i].len()
+                })
+                .collect();
+            if short.is_empty() {
+                return Ok(ids);
+            }
+            budget = budget.saturating_mul(8);
+            let redo = self.encode(short.iter().map(|&i| cut(texts[i], budget)))?;
+            for (i, r) in short.into_iter().zip(redo) {
+                ids[i] = r;
+            }
+        }
+    }
+
+    /// Bytes of a text tokenized at first: 64 per word piece of `max_seq_len`, at least 16 KiB.
+    /// Real text averages 4 to 8 bytes per word piece, so this cut is rarely grown.
+    pub fn tokenized_bytes(&self) -> usize {
+        (self.max_seq_len * 64).max(16 << 10)
+    }
+
+    /// Tokenizes `texts` as they are (lower-cased first if the model says so), truncated.
+    fn encode<'a>(&self, texts: impl Iterator<Item = &'a str>) -> Result<Vec<Vec<u32>>> {
         let enc = if self.info.lower_case {
-            let lower: Vec<String> = texts.iter().map(|t| t.to_lowercase()).collect();
+            let lower: Vec<String> = texts.map(str::to_lowercase).collect();
             let refs: Vec<&str> = lower.iter().map(String::as_str).collect();
             self.tokenizer.encode_batch_fast(refs, true)
         } else {
-            self.tokenizer.encode_batch_fast(texts.to_vec(), true)
+            self.tokenizer
+                .encode_batch_fast(texts.collect::<Vec<_>>(), true)
         }
         .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(enc.into_iter().map(|e| e.get_ids().to_vec()).collect())
@@ -485,6 +506,26 @@ impl Embedder {
         }
         Ok(out)
     }
+}
+
+/// The first `max` bytes of `text` or fewer, ending at a word boundary: before the last
+/// whitespace, else before the last character that is not alphanumeric (punctuation is a word
+/// piece of its own), else at a character boundary (a word of thousands of letters is one
+/// unknown piece either way). The whole text when it is no longer than `max`.
+fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let head = &text[..end];
+    let at = |f: fn(char) -> bool| head.rfind(f).filter(|&i| i > 0);
+    let i = at(char::is_whitespace)
+        .or_else(|| at(|c| !c.is_alphanumeric()))
+        .unwrap_or(end);
+    &text[..i]
 }
 
 /// Word pieces per native forward pass: `REWA_EMBED_PASS_TOKENS` (for measurements), else
@@ -572,6 +613,19 @@ mod tests {
         pool(Pooling::MeanSqrtLen, &tokens, &mask, &mut out);
         let s = 2f32.sqrt();
         assert_eq!(out, [4.0 / s, -2.0 / s]);
+    }
+
+    #[test]
+    fn cuts_end_at_word_boundaries() {
+        assert_eq!(cut("short", 100), "short");
+        assert_eq!(cut("one two three", 9), "one two");
+        assert_eq!(cut("one two three", 8), "one two");
+        assert_eq!(cut("one two three", 7), "one");
+        assert_eq!(cut("a,b,cdef", 6), "a,b");
+        assert_eq!(cut("abcdef", 4), "abcd");
+        // never inside a character: "é" is two bytes
+        assert_eq!(cut("ééé", 3), "é");
+        assert_eq!(cut(" abc", 2), " a");
     }
 
     #[test]

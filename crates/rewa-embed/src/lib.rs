@@ -40,14 +40,15 @@ pub mod attention;
 mod corpus;
 mod embedder;
 mod error;
+mod kernels;
 pub mod model_dir;
 pub mod mpnet;
 mod native;
 pub mod texts;
 
 pub use attention::{Attention, KeyProjections, RewaAttention};
-pub use corpus::{embed_checked_file, embed_file, read_ids, weights_sha256, EmbeddedFile};
+pub use corpus::{embed_checked_file, embed_file, read_ids, require_regular_file, EmbeddedFile};
 pub use embedder::{Backend, Embedded, Embedder, DEFAULT_BATCH_SIZE};
 pub use error::{Error, Result};
-pub use model_dir::{Arch, ModelDir, Pooling};
+pub use model_dir::{weights_sha256, Arch, ModelDir, Pooling};
 pub use texts::{read_texts, TextField, TextReader, Texts};

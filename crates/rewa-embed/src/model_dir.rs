@@ -21,6 +21,9 @@
 //!
 //! These files come from outside, so unknown fields are ignored rather than refused (newer
 //! sentence-transformers versions add fields); what this crate cannot run is refused by name.
+//! Every size in `config.json` (width, heads, layers, feed-forward width, vocabulary, positions,
+//! token types or relative buckets) is checked before a model is built: each in 1..=2^24, the
+//! heads dividing the width.
 
 use crate::error::{Error, Result};
 use serde::Deserialize;
@@ -112,6 +115,91 @@ struct ArchConfig {
     max_position_embeddings: Option<usize>,
 }
 
+/// The sizes `config.json` gives the transformer, checked before any model is built (a zero
+/// or a head count that does not divide the width would panic inside candle).
+#[derive(serde::Deserialize)]
+pub(crate) struct SizeConfig {
+    pub(crate) pad_token_id: Option<u32>,
+    pub(crate) hidden_size: usize,
+    pub(crate) num_attention_heads: usize,
+    pub(crate) num_hidden_layers: usize,
+    pub(crate) intermediate_size: usize,
+    pub(crate) max_position_embeddings: usize,
+    pub(crate) vocab_size: usize,
+    #[serde(default = "two")]
+    pub(crate) type_vocab_size: usize,
+    #[serde(default = "buckets")]
+    pub(crate) relative_attention_num_buckets: usize,
+}
+
+fn two() -> usize {
+    2
+}
+
+fn buckets() -> usize {
+    32
+}
+
+/// Largest size a field of `config.json` may give (2^24): far above any real model's, and small
+/// enough that products of two sizes cannot overflow.
+const MAX_CONFIG_SIZE: usize = 1 << 24;
+
+impl SizeConfig {
+    /// Reads `config.json` and checks its sizes.
+    pub(crate) fn read(path: &Path, arch: Arch) -> Result<SizeConfig> {
+        let c: SizeConfig = read_json(path)?;
+        c.check(arch).map_err(|reason| Error::Model {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        Ok(c)
+    }
+
+    /// Fails, naming the field, unless every size is one a model can be built with.
+    fn check(&self, arch: Arch) -> std::result::Result<(), String> {
+        let mut fields = vec![
+            ("hidden_size", self.hidden_size),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("vocab_size", self.vocab_size),
+        ];
+        match arch {
+            Arch::Bert => fields.push(("type_vocab_size", self.type_vocab_size)),
+            Arch::MpNet => fields.push((
+                "relative_attention_num_buckets",
+                self.relative_attention_num_buckets,
+            )),
+        }
+        for (name, n) in fields {
+            if n == 0 || n > MAX_CONFIG_SIZE {
+                return Err(format!("{name} {n} is outside 1..={MAX_CONFIG_SIZE}"));
+            }
+        }
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Err(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        // MPNet's relative buckets: half for each direction, half of those exact offsets.
+        if arch == Arch::MpNet && self.relative_attention_num_buckets < 4 {
+            return Err(format!(
+                "relative_attention_num_buckets {} (MPNet needs at least 4)",
+                self.relative_attention_num_buckets
+            ));
+        }
+        if let Some(p) = self.pad_token_id.filter(|&p| p as usize >= self.vocab_size) {
+            return Err(format!(
+                "pad_token_id {p} is not below vocab_size {}",
+                self.vocab_size
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Reads and parses one JSON file of the model directory.
 pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
@@ -176,6 +264,7 @@ impl ModelDir {
                 )))
             }
         };
+        SizeConfig::read(&config_path, arch)?;
         let tokenizer_limit = || -> Result<Option<usize>> {
             let path = dir.join("tokenizer_config.json");
             if !path.is_file() {
@@ -223,6 +312,28 @@ impl ModelDir {
                 .unwrap_or(0),
         })
     }
+}
+
+/// SHA-256 of `dir/model.safetensors`, lower-case hex: the identity of a model's weights.
+pub fn weights_sha256(dir: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let path = dir.join("model.safetensors");
+    let io = |source| Error::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut f = std::fs::File::open(&path).map_err(io)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Positions a text may use: MPNet (like RoBERTa) reserves the first `pad_token_id + 1`
@@ -307,7 +418,9 @@ mod tests {
         );
         write(
             "config.json",
-            r#"{"model_type": "mpnet", "max_position_embeddings": 514}"#,
+            r#"{"model_type": "mpnet", "max_position_embeddings": 514, "hidden_size": 8,
+                "num_attention_heads": 2, "num_hidden_layers": 1, "intermediate_size": 16,
+                "vocab_size": 30}"#,
         );
         // sentence-transformers 6: the length lives in the tokenizer config.
         write(

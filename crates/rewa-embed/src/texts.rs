@@ -2,12 +2,15 @@
 //!
 //! | extension | one line is | id | text |
 //! |---|---|---|---|
-//! | `.jsonl` | a JSON object | `_id` (string or number), else the row number | BEIR layout `(title + " " + text).strip()`, or the field [`TextField::Named`] names |
+//! | `.jsonl` | a JSON object | `_id` (string or number) in every record, or in none (then the row number) | BEIR layout `(title + " " + text).strip()`, or the field [`TextField::Named`] names |
 //! | `.txt` | one text | the row number | the line |
 //! | `.tsv` | `id<TAB>text` or `id<TAB>title<TAB>text` (BEIR layout), no header | the first column | as said |
 //! | `.tsv` with a named field | a header line, then rows | the `_id` or `id` column, else the row number | the named column |
 //!
 //! Row numbers count from 0 (rewa's ids are insertion positions); messages name 1-based lines.
+//! A `.jsonl` whose first record has an `_id` must give one in every record, and one whose first
+//! record has none must give none: a row number standing in for a missing `_id` could equal
+//! another record's real one. A UTF-8 byte order mark at the start of a file is skipped.
 //! An empty text, invalid UTF-8, a line that is not JSON or lacks the field is an error naming
 //! the file and the line. [`TextReader`] yields one record at a time (a caller that must check
 //! a whole file before it starts work reads it twice, as `rewa embed` does); [`read_texts`]
@@ -133,6 +136,7 @@ impl<R: std::io::BufRead> TextReader<R> {
                 format,
                 field: field.clone(),
                 header: None,
+                jsonl_ids: None,
                 line_no: 0,
                 row: 0,
             },
@@ -192,6 +196,8 @@ struct LineParser {
     format: Format,
     field: TextField,
     header: Option<Vec<String>>,
+    /// `.jsonl`: whether records carry `_id` (the first record decides) and its line.
+    jsonl_ids: Option<(bool, usize)>,
     line_no: usize,
     row: usize,
 }
@@ -202,6 +208,11 @@ impl LineParser {
         let (path, line_no) = (&self.path, self.line_no);
         let at =
             |what: &str| Error::InvalidInput(format!("{} line {line_no}: {what}", path.display()));
+        // A byte order mark (as some editors write) is not part of the first text.
+        let raw = match line_no {
+            1 => raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw),
+            _ => raw,
+        };
         let line = std::str::from_utf8(raw)
             .map_err(|e| at(&format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
         let row = self.row;
@@ -211,7 +222,22 @@ impl LineParser {
                 if line.trim().is_empty() {
                     return Err(at("empty line"));
                 }
-                jsonl_record(line, &self.field, row).map_err(|e| at(&e))?
+                let (id, text) = jsonl_record(line, &self.field).map_err(|e| at(&e))?;
+                match (self.jsonl_ids, &id) {
+                    (None, _) => self.jsonl_ids = Some((id.is_some(), line_no)),
+                    (Some((true, first)), None) => {
+                        return Err(at(&format!(
+                            "no \"_id\", but line {first} has one (give every record an _id, or none: then ids are row numbers)"
+                        )))
+                    }
+                    (Some((false, first)), Some(_)) => {
+                        return Err(at(&format!(
+                            "an \"_id\", but line {first} has none (give every record an _id, or none: then ids are row numbers)"
+                        )))
+                    }
+                    _ => {}
+                }
+                (id.unwrap_or_else(|| row.to_string()), text)
             }
             Format::Tsv => {
                 let cols: Vec<&str> = line.split('\t').collect();
@@ -272,18 +298,17 @@ fn check_header(header: &[String], field: &TextField) -> std::result::Result<(),
     Ok(())
 }
 
-/// One `.jsonl` record's id and text.
+/// One `.jsonl` record's `_id` (if it has one) and text.
 fn jsonl_record(
     line: &str,
     field: &TextField,
-    row: usize,
-) -> std::result::Result<(String, String), String> {
+) -> std::result::Result<(Option<String>, String), String> {
     let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
     let obj = v.as_object().ok_or("not a JSON object")?;
     let id = match obj.get("_id") {
-        None => row.to_string(),
-        Some(serde_json::Value::String(s)) => s.clone(),
-        Some(serde_json::Value::Number(n)) => n.to_string(),
+        None => None,
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
         Some(other) => return Err(format!("_id is {other}, not a string or number")),
     };
     let string = |key: &str| -> std::result::Result<Option<&str>, String> {
@@ -376,6 +401,62 @@ mod tests {
         let m = msg(p("{\"text\": 3}", Format::Jsonl, &TextField::Beir));
         assert!(m.contains("line 1: field \"text\" is not a string"), "{m}");
         assert!(msg(p("[1]", Format::Jsonl, &TextField::Beir)).contains("not a JSON object"));
+    }
+
+    #[test]
+    fn jsonl_ids_are_given_by_every_record_or_by_none() {
+        let t = p(
+            "{\"text\": \"a\"}\n{\"text\": \"b\"}\n",
+            Format::Jsonl,
+            &TextField::Beir,
+        )
+        .unwrap();
+        assert_eq!(t.ids, ["0", "1"]);
+        // Row 1's number would be "1", the real id of the first record.
+        let m = msg(p(
+            "{\"_id\": \"1\", \"text\": \"a\"}\n{\"_id\": \"2\", \"text\": \"b\"}\n{\"text\": \"c\"}\n",
+            Format::Jsonl,
+            &TextField::Beir,
+        ));
+        assert!(
+            m.contains("in.jsonl line 3: no \"_id\", but line 1 has one"),
+            "{m}"
+        );
+        let m = msg(p(
+            "{\"text\": \"a\"}\n{\"_id\": \"0\", \"text\": \"b\"}\n",
+            Format::Jsonl,
+            &TextField::Beir,
+        ));
+        assert!(
+            m.contains("in.jsonl line 2: an \"_id\", but line 1 has none"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        let bom = |s: &str| [b"\xEF\xBB\xBF".as_slice(), s.as_bytes()].concat();
+        let field = TextField::Beir;
+        let t = parse(
+            &bom("{\"_id\": \"d1\", \"text\": \"x\"}\n"),
+            Format::Jsonl,
+            &field,
+            Path::new("in"),
+        )
+        .unwrap();
+        assert_eq!((t.ids, t.texts), (vec!["d1".into()], vec!["x".into()]));
+        let t = parse(&bom("one\ntwo\n"), Format::Txt, &field, Path::new("in")).unwrap();
+        assert_eq!(t.texts, ["one", "two"]);
+        let t = parse(&bom("d1\tbody\n"), Format::Tsv, &field, Path::new("in")).unwrap();
+        assert_eq!((t.ids, t.texts), (vec!["d1".into()], vec!["body".into()]));
+        // Only at the start of the file.
+        let m = msg(parse(
+            &[b"{\"text\": \"a\"}\n".as_slice(), &bom("{\"text\": \"b\"}")].concat(),
+            Format::Jsonl,
+            &field,
+            Path::new("in"),
+        ));
+        assert!(m.contains("line 2: not JSON"), "{m}");
     }
 
     #[test]

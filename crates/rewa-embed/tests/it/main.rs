@@ -2,5 +2,6 @@
 
 mod attention;
 mod fixtures;
+mod limits;
 mod parity;
 mod tiny;
