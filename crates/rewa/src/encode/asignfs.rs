@@ -11,7 +11,7 @@ use super::sign::{SignAsymQuantizer, SignConfig, SignQuantizer};
 use super::{Pq4Query, Quantizer, Tensor, TensorSource};
 use crate::distance::Metric;
 use crate::error::{invalid, Result};
-use crate::search::Hit;
+use crate::topk::Hit;
 use crate::vectors::VectorsRef;
 
 /// The most bits an `asignfs` code may have.
@@ -124,7 +124,7 @@ mod tests {
             let prepared = fast.prepare_batch(queries.view());
             assert_eq!(
                 fast.scan(queries.view(), &codes, 30),
-                crate::search::scan_codes(&fast, &prepared, &codes, 30)
+                crate::encode::scan::scan_codes(&fast, &prepared, &codes, 30)
             );
         }
     }

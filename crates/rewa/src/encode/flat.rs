@@ -3,7 +3,7 @@
 use super::Quantizer;
 use crate::distance::Metric;
 use crate::error::Result;
-use crate::search::Hit;
+use crate::topk::Hit;
 use crate::vectors::VectorsRef;
 
 /// Settings for [`FlatQuantizer`].
@@ -82,6 +82,6 @@ impl Quantizer for FlatQuantizer {
         let floats = crate::io::f32_cow(codes);
         let base =
             VectorsRef::new(self.dim, &floats).expect("invariant: flat codes hold dim floats each");
-        crate::search::exact_search(base, queries, self.metric, k)
+        crate::kernels::exact_search(base, queries, self.metric, k)
     }
 }

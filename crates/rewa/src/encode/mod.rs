@@ -20,6 +20,7 @@ mod pca;
 mod pq;
 mod pq4;
 mod rabitq;
+pub(crate) mod scan;
 mod sign;
 mod spec;
 
@@ -45,7 +46,7 @@ pub use spec::{EncoderSpec, QuantizerSpec, TransformSpec, MAX_SPEC_DIM};
 
 use crate::distance::Metric;
 use crate::error::{Error, Result};
-use crate::search::Hit;
+use crate::topk::Hit;
 use crate::vectors::{Vectors, VectorsRef};
 use rayon::prelude::*;
 
@@ -117,7 +118,7 @@ pub trait Quantizer: Send + Sync {
         Self: Sized,
     {
         let qs = self.prepare_batch(queries);
-        crate::search::scan_codes(self, &qs, codes, k)
+        scan::scan_codes(self, &qs, codes, k)
     }
 }
 

@@ -240,8 +240,8 @@ mod tests {
                     crate::distance::l2sq(x, &dec)
                 })
                 .sum();
-            let hits = crate::search::scan_encoded(&enc, &codes, queries, 10);
-            let truth = crate::search::exact_search(base, queries, Metric::L2, 10);
+            let hits = crate::encode::scan::scan_encoded(&enc, &codes, queries, 10);
+            let truth = crate::kernels::exact_search(base, queries, Metric::L2, 10);
             (err, crate::eval::recall_at_k(&hits, &truth, 10))
         };
         let (e_pq, r_pq) = err_and_recall("pq4");

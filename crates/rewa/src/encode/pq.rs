@@ -15,7 +15,7 @@ use super::sign::table_distance;
 use super::{Quantizer, Tensor, TensorSource};
 use crate::distance::{dot, Metric};
 use crate::error::{invalid, Result};
-use crate::search::Hit;
+use crate::topk::Hit;
 use crate::vectors::{Vectors, VectorsRef};
 use rand::seq::index::sample;
 use rand::{Rng, SeedableRng};
@@ -476,7 +476,7 @@ impl Quantizer for PqQuantizer {
         table_distance(q, code)
     }
     fn scan(&self, queries: VectorsRef<'_>, codes: &[u8], k: usize) -> Vec<Vec<Hit>> {
-        crate::search::scan_tables(self, queries, codes, k)
+        crate::encode::scan::scan_tables(self, queries, codes, k)
     }
 }
 
@@ -621,8 +621,8 @@ mod tests {
             let enc = Encoder::fit(&spec.parse().unwrap(), base.view(), Metric::Ip, 1).unwrap();
             assert_eq!(enc.code_len(), 16);
             let codes = enc.encode_batch(base.view()).unwrap();
-            let hits = crate::search::scan_encoded(&enc, &codes, queries.view(), 10);
-            let truth = crate::search::exact_search(base.view(), queries.view(), Metric::Ip, 10);
+            let hits = crate::encode::scan::scan_encoded(&enc, &codes, queries.view(), 10);
+            let truth = crate::kernels::exact_search(base.view(), queries.view(), Metric::Ip, 10);
             crate::eval::recall_at_k(&hits, &truth, 10)
         };
         let sign = recall("hadamard128+asign");

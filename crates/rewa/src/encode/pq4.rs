@@ -20,7 +20,7 @@ use super::pq::{bounds, check_subspaces, codebooks_k, nearest, subspace_norms, t
 use super::{Quantizer, Tensor, TensorSource};
 use crate::distance::{dot, Metric};
 use crate::error::{invalid, Result};
-use crate::search::{Hit, TopK};
+use crate::topk::{Hit, TopK};
 use crate::vectors::VectorsRef;
 use rayon::prelude::*;
 
@@ -289,9 +289,9 @@ pub(crate) fn scan_pq4(
 ) -> Vec<Vec<Hit>> {
     let n = codes.len() / cl.max(1);
     let k = k.min(n).max(1);
-    crate::search::sharded(n, qs.len(), k, |a, b| {
+    crate::kernels::sharded(n, qs.len(), k, |a, b| {
         let codes = &codes[a * cl..b * cl];
-        let qb = crate::search::query_block(qs.len());
+        let qb = crate::kernels::query_block(qs.len());
         qs.par_chunks(qb)
             .flat_map_iter(|group| scan_group(group, codes, cl, k, wide))
             .collect()
@@ -657,7 +657,7 @@ mod tests {
             let mut codes = vec![0u8; 5000 * cl];
             q.encode_batch(base.view(), &mut codes);
             let prepared = q.prepare_batch(queries.view());
-            let generic = crate::search::scan_codes(&q, &prepared, &codes, 50);
+            let generic = crate::encode::scan::scan_codes(&q, &prepared, &codes, 50);
             let scalar = scan_pq4(&prepared, &codes, cl, 50, false);
             assert_eq!(scalar, generic, "pq{m}x4 {metric}");
             if crate::simd::avx2() {
@@ -685,12 +685,12 @@ mod tests {
     #[test]
     fn recall_is_near_eight_bit_pq_at_the_same_bytes() {
         let (base, _, queries, _) = crate::testutil::clusters(50, 60, 64, 0.3, 4);
-        let truth = crate::search::exact_search(base.view(), queries.view(), Metric::L2, 10);
+        let truth = crate::kernels::exact_search(base.view(), queries.view(), Metric::L2, 10);
         let recall = |spec: &str| {
             let e =
                 crate::Encoder::fit(&spec.parse().unwrap(), base.view(), Metric::L2, 1).unwrap();
             let codes = e.encode_batch(base.view()).unwrap();
-            let hits = crate::search::scan_encoded(&e, &codes, queries.view(), 10);
+            let hits = crate::encode::scan::scan_encoded(&e, &codes, queries.view(), 10);
             crate::eval::recall_at_k(&hits, &truth, 10)
         };
         let (r4, r8) = (recall("pq16x4"), recall("pq8"));

@@ -30,7 +30,7 @@ use super::sign::table_distance;
 use super::{Pq4Query, Quantizer, Tensor, TensorSource};
 use crate::distance::{dot, Metric};
 use crate::error::{invalid, Error, Result};
-use crate::search::{Hit, TopK};
+use crate::topk::{Hit, TopK};
 use crate::vectors::VectorsRef;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -305,7 +305,7 @@ impl RabitqQuantizer {
         F: Fn(&[RabitqQuery]) -> Vec<Vec<Hit>> + Sync,
     {
         let d = self.dim;
-        let qb = crate::search::query_block(queries.len());
+        let qb = crate::kernels::query_block(queries.len());
         queries
             .as_slice()
             .par_chunks(qb * d)
@@ -548,7 +548,7 @@ impl Quantizer for RabitqQuantizer {
     fn scan(&self, queries: VectorsRef<'_>, codes: &[u8], k: usize) -> Vec<Vec<Hit>> {
         if !self.fast_scan() {
             let qs = self.prepare_batch(queries);
-            return crate::search::scan_codes(self, &qs, codes, k);
+            return crate::encode::scan::scan_codes(self, &qs, codes, k);
         }
         let n = codes.len() / self.code_len();
         let k = k.min(n).max(1);
@@ -721,7 +721,7 @@ mod tests {
         let (base, _, queries, _) = crate::testutil::clusters(40, 100, 96, 0.3, 5);
         for metric in [Metric::Ip, Metric::L2] {
             let (q, codes) = fit(2, metric, base.view());
-            let truth = crate::search::exact_search(base.view(), queries.view(), metric, 10);
+            let truth = crate::kernels::exact_search(base.view(), queries.view(), metric, 10);
             let cands = q.scan_bound(queries.view(), &codes, 10, 3.5);
             let (mut found, mut kept) = (0, 0);
             for (c, t) in cands.iter().zip(&truth) {
@@ -780,7 +780,7 @@ mod tests {
             assert!(q.fast_scan());
             let fast = q.scan(queries.view(), &codes, 10);
             let qs = q.prepare_batch(queries.view());
-            let slow = crate::search::scan_codes(&q, &qs, &codes, 10);
+            let slow = crate::encode::scan::scan_codes(&q, &qs, &codes, 10);
             let same = fast
                 .iter()
                 .zip(&slow)

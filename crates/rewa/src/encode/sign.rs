@@ -16,7 +16,7 @@
 use super::{Quantizer, Tensor, TensorSource};
 use crate::distance::Metric;
 use crate::error::Result;
-use crate::search::Hit;
+use crate::topk::Hit;
 use crate::vectors::VectorsRef;
 
 /// Settings for [`SignQuantizer`].
@@ -111,7 +111,7 @@ impl Quantizer for SignQuantizer {
     /// Hamming scans with the popcount loop unrolled for the code length.
     fn scan(&self, queries: VectorsRef<'_>, codes: &[u8], k: usize) -> Vec<Vec<Hit>> {
         let qs: Vec<Vec<u8>> = queries.rows().map(|r| self.prepare(r)).collect();
-        crate::search::scan_sign(&qs, codes, self.code_len(), k)
+        crate::encode::scan::scan_sign(&qs, codes, self.code_len(), k)
     }
 }
 
@@ -232,7 +232,7 @@ impl Quantizer for SignAsymQuantizer {
         table_distance(q, code)
     }
     fn scan(&self, queries: VectorsRef<'_>, codes: &[u8], k: usize) -> Vec<Vec<Hit>> {
-        crate::search::scan_tables(self, queries, codes, k)
+        crate::encode::scan::scan_tables(self, queries, codes, k)
     }
 }
 
@@ -296,8 +296,8 @@ mod tests {
         let recall = |spec: &str| {
             let enc = Encoder::fit(&spec.parse().unwrap(), base.view(), Metric::Ip, 1).unwrap();
             let codes = enc.encode_batch(base.view()).unwrap();
-            let hits = crate::search::scan_encoded(&enc, &codes, queries.view(), 10);
-            let truth = crate::search::exact_search(base.view(), queries.view(), Metric::Ip, 10);
+            let hits = crate::encode::scan::scan_encoded(&enc, &codes, queries.view(), 10);
+            let truth = crate::kernels::exact_search(base.view(), queries.view(), Metric::Ip, 10);
             (codes, crate::eval::recall_at_k(&hits, &truth, 10))
         };
         let (c1, hamming) = recall("sign");

@@ -1,0 +1,179 @@
+//! The first-stage scans generic over a [`Quantizer`]: every code scored with the
+//! quantizer's distance, a block of codes at a time ([`scan_codes`]); the same for table
+//! queries prepared a slice at a time ([`scan_tables`]); from an [`Encoder`] and raw queries
+//! ([`scan_encoded`]); and [`scan_sign`], which picks an unrolled Hamming kernel where one
+//! exists. The kernels below them are in `crate::kernels`.
+
+use super::{Encoder, Quantizer};
+use crate::distance::hamming;
+use crate::error::Result;
+use crate::kernels::{query_block, scan_hamming, sharded};
+use crate::simd::twin;
+use crate::topk::{Hit, TopK};
+use crate::vectors::VectorsRef;
+use rayon::prelude::*;
+
+/// Top-`k` of every query over `codes` written by `enc` (`enc.code_len()` bytes each): the
+/// queries are transformed, prepared for the quantizer, and scanned with its kernel.
+pub fn scan_encoded(
+    enc: &Encoder,
+    codes: &[u8],
+    queries: VectorsRef<'_>,
+    k: usize,
+) -> Vec<Vec<Hit>> {
+    let tq = enc.transform_batch(queries);
+    enc.quantizer().scan(tq.view(), codes, k)
+}
+
+/// A scan with table queries (`asign`, `pq`): a prepared query is `code_len` tables of 256
+/// floats (32 KiB for 32-byte codes), so queries are prepared a slice at a time and stay in
+/// cache and memory.
+pub(crate) fn scan_tables<Q: Quantizer<Query = Vec<[f32; 256]>>>(
+    q: &Q,
+    tq: VectorsRef<'_>,
+    codes: &[u8],
+    k: usize,
+) -> Vec<Vec<Hit>> {
+    let d = tq.dim();
+    tq.as_slice()
+        .chunks(64 * d)
+        .flat_map(|c| {
+            let qs: Vec<_> = c
+                .par_chunks(16 * d)
+                .flat_map_iter(|c| {
+                    q.prepare_batch(VectorsRef::new(d, c).expect("invariant: whole rows"))
+                })
+                .collect();
+            scan_codes(q, &qs, codes, k)
+        })
+        .collect()
+}
+
+/// First-stage scan of `codes` (`code_len` bytes each) for many prepared queries; a few
+/// queries over a large base split the base between threads (see `sharded`).
+pub fn scan_codes<Q: Quantizer>(
+    quantizer: &Q,
+    queries: &[Q::Query],
+    codes: &[u8],
+    k: usize,
+) -> Vec<Vec<Hit>> {
+    let cl = quantizer.code_len();
+    let n = codes.len() / cl;
+    sharded(n, queries.len(), k.min(n).max(1), |a, b| {
+        scan_codes_serial(quantizer, queries, &codes[a * cl..b * cl], k)
+    })
+}
+
+fn scan_codes_serial<Q: Quantizer>(
+    quantizer: &Q,
+    queries: &[Q::Query],
+    codes: &[u8],
+    k: usize,
+) -> Vec<Vec<Hit>> {
+    let cl = quantizer.code_len();
+    let n = codes.len() / cl;
+    let k = k.min(n).max(1);
+    let qb = query_block(queries.len());
+    queries
+        .par_chunks(qb)
+        .flat_map_iter(|qs| scan_block(quantizer, qs, codes, k))
+        .collect()
+}
+
+twin! { [scan_block_baseline, scan_block_avx2]
+/// One group of queries over all `codes`, block by block: about 128 KiB of codes stays in L2
+/// while every query of the group scans it.
+pub(crate) fn scan_block<Q: Quantizer>(
+    quantizer: &Q,
+    qs: &[Q::Query],
+    codes: &[u8],
+    k: usize,
+) -> Vec<Vec<Hit>> {
+    let cl = quantizer.code_len();
+    let block = ((128 << 10) / cl).max(16);
+    let mut tops: Vec<TopK> = qs.iter().map(|_| TopK::new(k)).collect();
+    for (bi, bc) in codes.chunks(block * cl).enumerate() {
+        let off = bi * block;
+        for (q, top) in qs.iter().zip(tops.iter_mut()) {
+            for (j, c) in bc.chunks_exact(cl).enumerate() {
+                let dist = quantizer.distance(q, c);
+                if dist < top.threshold() {
+                    top.push((off + j) as u32, dist);
+                }
+            }
+        }
+    }
+    tops.into_iter().map(TopK::into_sorted).collect()
+}
+}
+
+/// Hamming scan for any code length, choosing an unrolled kernel where one exists; a few
+/// queries over a large base split the base between threads.
+pub fn scan_sign(queries: &[Vec<u8>], codes: &[u8], code_len: usize, k: usize) -> Vec<Vec<Hit>> {
+    let n = codes.len() / code_len.max(1);
+    sharded(n, queries.len(), k, |a, b| {
+        scan_sign_serial(queries, &codes[a * code_len..b * code_len], code_len, k)
+    })
+}
+
+fn scan_sign_serial(queries: &[Vec<u8>], codes: &[u8], code_len: usize, k: usize) -> Vec<Vec<Hit>> {
+    match code_len / 8 {
+        1 => scan_hamming::<1>(queries, codes, k),
+        2 => scan_hamming::<2>(queries, codes, k),
+        3 => scan_hamming::<3>(queries, codes, k),
+        4 => scan_hamming::<4>(queries, codes, k),
+        6 => scan_hamming::<6>(queries, codes, k),
+        8 => scan_hamming::<8>(queries, codes, k),
+        12 => scan_hamming::<12>(queries, codes, k),
+        16 => scan_hamming::<16>(queries, codes, k),
+        24 => scan_hamming::<24>(queries, codes, k),
+        32 => scan_hamming::<32>(queries, codes, k),
+        _ => {
+            struct H(usize);
+            impl Quantizer for H {
+                type Config = ();
+                type Query = Vec<u8>;
+                fn fit(_: &(), _: VectorsRef<'_>, _: u64) -> Result<Self> {
+                    unreachable!()
+                }
+                fn code_len(&self) -> usize {
+                    self.0
+                }
+                fn encode(&self, _: &[f32], _: &mut [u8]) {}
+                fn prepare(&self, _: &[f32]) -> Vec<u8> {
+                    unreachable!()
+                }
+                fn distance(&self, q: &Vec<u8>, c: &[u8]) -> f32 {
+                    hamming(q, c) as f32
+                }
+            }
+            scan_codes(&H(code_len), queries, codes, k)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topk::rerank;
+
+    #[test]
+    fn unrolled_hamming_matches_generic() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        for words in [1usize, 2, 3, 4, 5, 6, 8, 12, 16, 24] {
+            let cl = words * 8;
+            let codes: Vec<u8> = (0..cl * 5000).map(|_| rng.random()).collect();
+            let qs: Vec<Vec<u8>> = (0..9)
+                .map(|_| (0..cl).map(|_| rng.random()).collect())
+                .collect();
+            let fast = scan_sign(&qs, &codes, cl, 20);
+            for (q, f) in qs.iter().zip(&fast) {
+                let want = rerank(0..5000u32, 20, |i| {
+                    hamming(q, &codes[i as usize * cl..(i as usize + 1) * cl]) as f32
+                });
+                assert_eq!(f, &want, "words={words}");
+            }
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Row storage views: [`Rows`] (fixed-length rows held in parts, an index's segments, read as
+//! one id space), [`ListsRef`] (the lists of a partitioned part) and [`Deleted`] (tombstones).
+//!
+//! Below the encoders and the stage runner: this file imports nothing from the crate.
+
+/// Fixed-length rows held in parts (an index's segments), each part a run of ids in
+/// ascending order, parts in id order: what a stage scans part by part and what a rerank
+/// reads by id.
+#[derive(Clone, Debug)]
+pub struct Rows<'a> {
+    row_len: usize,
+    parts: Vec<RowPart<'a>>,
+    /// The first id of each part (for [`Rows::locate`]).
+    firsts: Vec<u32>,
+}
+
+/// One part of [`Rows`].
+#[derive(Clone, Copy, Debug)]
+pub struct RowPart<'a> {
+    /// Row `j` has id `start + j`, unless `ids` is given.
+    pub start: u32,
+    /// Row `j` has id `ids[j]` (ascending): a part that lost deleted rows when it was compacted.
+    pub ids: Option<&'a [u32]>,
+    /// The rows (for a partitioned code set: in list order, see `lists`).
+    pub data: &'a [u8],
+    /// For a partitioned code set: the lists, whose ids are row numbers within this part.
+    pub lists: Option<ListsRef<'a>>,
+}
+
+impl RowPart<'_> {
+    /// The id of row `j`.
+    #[inline(always)]
+    pub fn id(&self, j: u32) -> u32 {
+        match self.ids {
+            Some(ids) => ids[j as usize],
+            None => self.start + j,
+        }
+    }
+    /// The smallest and the largest id (for an empty part, `start` and `start - 1`).
+    pub(crate) fn id_range(&self, rows: usize) -> (u32, Option<u32>) {
+        match self.ids {
+            Some(ids) => (
+                ids.first().copied().unwrap_or(self.start),
+                ids.last().copied(),
+            ),
+            None => (
+                self.start,
+                (rows as u32).checked_sub(1).map(|r| self.start + r),
+            ),
+        }
+    }
+}
+
+impl<'a> Rows<'a> {
+    /// Parts of `row_len`-byte rows; their id ranges must rise and not overlap.
+    pub fn new(row_len: usize, parts: Vec<RowPart<'a>>) -> Rows<'a> {
+        let firsts = parts
+            .iter()
+            .map(|p| p.id_range(p.data.len() / row_len.max(1)).0)
+            .collect();
+        Rows {
+            row_len,
+            parts,
+            firsts,
+        }
+    }
+    /// One part of rows `0..`, ids equal to row numbers.
+    pub fn single(row_len: usize, data: &'a [u8]) -> Rows<'a> {
+        Rows::new(
+            row_len,
+            vec![RowPart {
+                start: 0,
+                ids: None,
+                data,
+                lists: None,
+            }],
+        )
+    }
+    /// The parts.
+    pub fn parts(&self) -> &[RowPart<'a>] {
+        &self.parts
+    }
+    /// Bytes per row.
+    pub fn row_len(&self) -> usize {
+        self.row_len
+    }
+    /// The part and row holding `id`. `id` must be held (hits only carry ids that are).
+    #[inline(always)]
+    pub fn locate(&self, id: u32) -> (&RowPart<'a>, usize) {
+        let p = if self.parts.len() == 1 {
+            0
+        } else {
+            self.firsts.partition_point(|&f| f <= id).saturating_sub(1)
+        };
+        let part = &self.parts[p];
+        let j = match part.ids {
+            Some(ids) => ids.binary_search(&id).unwrap_or_else(|_| {
+                unreachable!("invariant: id {id} is held by the part its range names")
+            }),
+            None => (id - part.start) as usize,
+        };
+        (part, j)
+    }
+    /// The row of `id` (not for a partitioned code set, whose rows are in list order).
+    #[inline(always)]
+    pub fn row(&self, id: u32) -> &'a [u8] {
+        let (part, j) = self.locate(id);
+        let data: &'a [u8] = part.data;
+        &data[j * self.row_len..(j + 1) * self.row_len]
+    }
+}
+
+/// Deleted ids (tombstones): never returned by a search. Kept sorted, with a bitmap for the
+/// per-hit check.
+#[derive(Clone, Debug, Default)]
+pub struct Deleted {
+    sorted: Vec<u32>,
+    bits: Vec<u64>,
+}
+
+impl Deleted {
+    /// From ids in any order (repeats allowed).
+    pub fn new(mut ids: Vec<u32>) -> Deleted {
+        ids.sort_unstable();
+        ids.dedup();
+        let mut bits = vec![0u64; ids.last().map_or(0, |&m| m as usize / 64 + 1)];
+        for &i in &ids {
+            bits[i as usize / 64] |= 1 << (i % 64);
+        }
+        Deleted { sorted: ids, bits }
+    }
+    /// Whether `id` is deleted.
+    #[inline(always)]
+    pub fn contains(&self, id: u32) -> bool {
+        self.bits
+            .get(id as usize / 64)
+            .is_some_and(|w| w & (1 << (id % 64)) != 0)
+    }
+    /// Deleted ids in `lo..=hi`.
+    pub fn count_in(&self, lo: u32, hi: u32) -> usize {
+        self.sorted.partition_point(|&i| i <= hi) - self.sorted.partition_point(|&i| i < lo)
+    }
+    /// The ids, ascending.
+    pub fn ids(&self) -> &[u32] {
+        &self.sorted
+    }
+    /// Number of deleted ids.
+    pub fn len(&self) -> usize {
+        self.sorted.len()
+    }
+    /// `true` if nothing is deleted.
+    pub fn is_empty(&self) -> bool {
+        self.sorted.is_empty()
+    }
+}
+
+/// The lists of a partitioned code set: list `l` holds the codes at positions
+/// `offsets[l]..offsets[l + 1]`, and `ids[p]` is the id of the code at position `p`.
+#[derive(Clone, Copy, Debug)]
+pub struct ListsRef<'a> {
+    /// `nlist + 1` positions, from 0 up to the number of codes.
+    pub offsets: &'a [u32],
+    /// One id per code, in list order.
+    pub ids: &'a [u32],
+}
