@@ -74,14 +74,91 @@ pub fn check_dim(path: &Path, got: usize, base: &Path, want: usize) -> Result<()
     Ok(())
 }
 
-/// A progress bar on stderr for `total` items.
+/// A progress bar on stderr for `total` items. When stderr is not a terminal (a log file, a
+/// pipe), where indicatif draws nothing, it prints plain lines instead,
+/// `[rewa] embedding texts 1200/5183 (00:00:42 elapsed, eta 2m)`, at most one every 10 s
+/// (`REWA_PROGRESS_SECS` changes that, for tests).
 pub fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
-    indicatif::ProgressBar::new(total).with_style(
+    use std::io::IsTerminal;
+    if std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::new(total).with_style(
+            indicatif::ProgressStyle::with_template(&format!(
+                "{what} {{bar:40}} {{pos}}/{{len}} ({{per_sec}}, eta {{eta}}) {{msg}}"
+            ))
+            .expect("invariant: valid template"),
+        );
+    }
+    let every = std::env::var("REWA_PROGRESS_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(
+            std::time::Duration::from_secs(10),
+            std::time::Duration::from_secs_f64,
+        );
+    let lines = LogLines {
+        every,
+        state: std::sync::Mutex::new((String::new(), None)),
+    };
+    indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        indicatif::ProgressDrawTarget::term_like_with_hz(Box::new(lines), 1),
+    )
+    .with_style(
         indicatif::ProgressStyle::with_template(&format!(
-            "{what} {{bar:40}} {{pos}}/{{len}} ({{per_sec}}, eta {{eta}}) {{msg}}"
+            "{what} {{pos}}/{{len}} ({{elapsed_precise}} elapsed, eta {{eta}}) {{msg}}"
         ))
         .expect("invariant: valid template"),
     )
+}
+
+/// A progress bar's draw target that turns each drawn state into one `[rewa]` line on stderr,
+/// at most one per `every` (the first at once); cursor moves and clears mean nothing in a log.
+#[derive(Debug)]
+struct LogLines {
+    every: std::time::Duration,
+    /// The line being drawn, and when the last one was printed.
+    state: std::sync::Mutex<(String, Option<Instant>)>,
+}
+
+impl indicatif::TermLike for LogLines {
+    fn width(&self) -> u16 {
+        // indicatif pads each line to the width; the padding is trimmed again
+        1000
+    }
+    fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn write_line(&self, s: &str) -> std::io::Result<()> {
+        self.write_str(s)
+    }
+    fn write_str(&self, s: &str) -> std::io::Result<()> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.0.push_str(s);
+        Ok(())
+    }
+    fn clear_line(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let line = st.0.trim().to_string();
+        st.0.clear();
+        let due = st.1.is_none_or(|t| t.elapsed() >= self.every);
+        if !line.is_empty() && due {
+            log(&line);
+            st.1 = Some(Instant::now());
+        }
+        Ok(())
+    }
 }
 
 /// Fails unless `v` has dimension `dim`, naming both files.

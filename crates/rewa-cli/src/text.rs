@@ -38,6 +38,46 @@ pub fn check_texts<'a>(path: &'a Path, opts: &TextOpts) -> Result<CheckedTexts<'
     Ok(CheckedTexts { path, ids })
 }
 
+impl CheckedTexts<'_> {
+    /// Fails unless these texts can be added to `index` under their ids: the index names its
+    /// rows by corpus ids (or holds none yet) and no id already names a row it holds. Checked
+    /// before the model loads, not after the embedding (the library checks again when adding).
+    pub fn check_new_for(&self, index: &rewa::Index, dir: &Path) -> Result<()> {
+        let Some(doc_ids) = index.doc_ids() else {
+            if index.next_id() > 0 {
+                anyhow::bail!(
+                    "{}: its {} rows have no corpus ids (it was built from vectors), so texts cannot be added by id: add vectors with --base",
+                    dir.display(),
+                    index.len()
+                );
+            }
+            return Ok(());
+        };
+        let deleted: std::collections::HashSet<u32> = index.deleted().iter().copied().collect();
+        let live: std::collections::HashSet<&str> = index
+            .segments()
+            .iter()
+            .flat_map(|s| s.ids())
+            .filter(|i| !deleted.contains(i))
+            .filter_map(|i| doc_ids.get(i as usize).map(String::as_str))
+            .collect();
+        if let Some((n, id)) = self
+            .ids
+            .iter()
+            .enumerate()
+            .find(|(_, id)| live.contains(id.as_str()))
+        {
+            anyhow::bail!(
+                "{}: text {} has id {id:?}, which already names a row of {} (ids must be unique; delete that row first to replace it)",
+                self.path.display(),
+                n + 1,
+                dir.display()
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Loads a sentence-transformers model directory with the batch size of `opts`.
 pub fn load_model(dir: &Path, opts: &TextOpts) -> Result<Embedder> {
     let t = Instant::now();

@@ -13,16 +13,19 @@ use std::time::Instant;
 /// object.
 ///
 /// The vectors stream into OUT.partial.npy beside --out, and OUT.partial.json records what
-/// they are made from and how many rows are done, after every chunk of texts; --resume
-/// continues a stopped run from there. At the end OUT.partial.npy is renamed to OUT.
+/// they are made from (the input's checksum, the weights' SHA-256, the settings) and how many
+/// rows are done, after every chunk of texts; --resume continues a stopped run from there, and
+/// refuses one made from other inputs, weights or settings. At the end OUT.partial.npy is
+/// renamed to OUT. --input must be a regular file: it is read twice (checked, then embedded).
 #[derive(clap::Args)]
 pub struct Args {
     /// The model directory (modules.json, config.json, model.safetensors, tokenizer.json, ...),
     /// as scripts/fetch-models.sh lays it out.
     #[arg(long)]
     model: PathBuf,
-    /// Texts: .jsonl (BEIR layout: (title + " " + text).strip(), `_id` as id), .txt (one text
-    /// per line) or .tsv (id<TAB>text or id<TAB>title<TAB>text; with --field, a header line).
+    /// Texts: .jsonl (BEIR layout: (title + " " + text).strip(), `_id` as id in every record or
+    /// in none, then row numbers), .txt (one text per line) or .tsv (id<TAB>text or
+    /// id<TAB>title<TAB>text; with --field, a header line). A regular file, not a pipe.
     #[arg(long)]
     input: PathBuf,
     /// Output .npy (float32, texts x dim).
@@ -66,7 +69,8 @@ struct Partial {
     input_bytes: u64,
     input_crc32: u32,
     model: PathBuf,
-    weights_bytes: u64,
+    /// SHA-256 of model.safetensors: weights rewritten in place at the same size differ here.
+    weights_sha256: String,
     max_seq_len: usize,
     field: Option<String>,
     dim: usize,
@@ -82,6 +86,33 @@ struct Partial {
 
 fn full() -> String {
     "full".into()
+}
+
+impl Partial {
+    /// Fails unless the record is one a run can be in: a chunk of at least one text, rows done
+    /// a whole number of chunks (or all of them) and no more than the count.
+    fn check(&self) -> std::result::Result<(), String> {
+        if self.chunk == 0 {
+            return Err("chunk 0".into());
+        }
+        if self.rows_done > self.count {
+            return Err(format!("{} of {} rows done", self.rows_done, self.count));
+        }
+        if self.rows_done % self.chunk != 0 && self.rows_done != self.count {
+            return Err(format!(
+                "{} rows done, not a whole number of chunks of {}",
+                self.rows_done, self.chunk
+            ));
+        }
+        if self.weights_sha256.len() != 64 {
+            return Err(format!("weights_sha256 {:?}", self.weights_sha256));
+        }
+        Ok(())
+    }
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
 }
 
 /// Texts per chunk (progress is saved after each; texts are length-sorted within one):
@@ -107,9 +138,14 @@ fn partial_paths(out: &Path) -> (PathBuf, PathBuf) {
 }
 
 /// Opens the streamed .npy of a run: a fresh one holding just `header`, or the resumed one cut
-/// back to the header and the `rows_bytes` its state records (a run stopped between appending
-/// rows and recording them left extra bytes).
-fn open_rows(path: &Path, header: &[u8], rows_bytes: u64, fresh: bool) -> Result<std::fs::File> {
+/// back to the header and the `rows` rows of `dim` floats its state records (a run stopped
+/// between appending rows and recording them left extra bytes).
+fn open_rows(
+    path: &Path,
+    header: &[u8],
+    (rows, dim): (usize, usize),
+    fresh: bool,
+) -> Result<std::fs::File> {
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -122,15 +158,14 @@ fn open_rows(path: &Path, header: &[u8], rows_bytes: u64, fresh: bool) -> Result
             .with_context(|| format!("writing {}", path.display()))?;
         return Ok(f);
     }
-    let keep = header.len() as u64 + rows_bytes;
+    let keep = (header.len() + rows * dim * 4) as u64;
     let len = f.metadata()?.len();
     let mut head = vec![0u8; header.len()];
     let head_ok = len >= keep && f.read_exact(&mut head).is_ok() && head == header;
     if !head_ok {
         bail!(
-            "{} does not hold the {} rows its state records: delete it and its .partial.json to start again",
+            "{} does not hold the {rows} rows its state records: delete it and its .partial.json to start again",
             path.display(),
-            rows_bytes / 4
         );
     }
     f.set_len(keep)?;
@@ -253,6 +288,7 @@ impl<R: Read> Read for Crc<R> {
 
 fn scan_input(a: &Args, field: &TextField) -> Result<Input> {
     let context = || format!("reading texts from {}", a.input.display());
+    rewa_embed::require_regular_file(&a.input).context("--input")?;
     let file = std::fs::File::open(&a.input).with_context(context)?;
     let crc = Crc {
         inner: file,
@@ -319,14 +355,11 @@ impl Progress {
     /// Starts a run, or continues the stopped one beside --out when --resume says so and its
     /// record matches this run's input, model and settings.
     fn start_or_resume(a: &Args, embedder: &Embedder, input: &Input) -> Result<Progress> {
-        let weights = a.model.join("model.safetensors");
         let mut state = Partial {
             input_bytes: input.bytes,
             input_crc32: input.crc32,
             model: std::fs::canonicalize(&a.model).unwrap_or_else(|_| a.model.clone()),
-            weights_bytes: std::fs::metadata(&weights)
-                .with_context(|| format!("reading {}", weights.display()))?
-                .len(),
+            weights_sha256: rewa_embed::weights_sha256(&a.model)?,
             max_seq_len: embedder.max_seq_len(),
             field: a.field.clone(),
             dim: embedder.dim(),
@@ -347,21 +380,39 @@ impl Progress {
             );
         }
         if resumed {
+            let start_again = format!("delete it and {} to start again", rows_path.display());
             let text = std::fs::read_to_string(&state_path)
                 .with_context(|| format!("reading {}", state_path.display()))?;
-            let old: Partial = serde_json::from_str(&text)
-                .with_context(|| format!("reading {}", state_path.display()))?;
+            let old: Partial = serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "--resume: {} is not a state rewa embed wrote: {start_again}",
+                    state_path.display()
+                )
+            })?;
+            if let Err(why) = old.check() {
+                bail!(
+                    "--resume: {} records an impossible state ({why}): {start_again}",
+                    state_path.display()
+                );
+            }
+            if old.weights_sha256 != state.weights_sha256 {
+                bail!(
+                    "--resume: the weights {} changed since the stopped run (SHA-256 {}, the run recorded {}): {start_again}",
+                    a.model.join("model.safetensors").display(),
+                    short(&state.weights_sha256),
+                    short(&old.weights_sha256)
+                );
+            }
             let same = Partial {
                 rows_done: old.rows_done,
                 tokens_done: old.tokens_done,
                 chunk: old.chunk,
                 ..state
             };
-            if old != same || old.rows_done > old.count {
+            if old != same {
                 bail!(
-                    "--resume: {} was made from other inputs or settings (input, model, --max-seq-len or --field differ): delete it and {} to start again",
+                    "--resume: {} was made from other inputs or settings (input, model, --max-seq-len, --field or --attention differ): {start_again}",
                     state_path.display(),
-                    rows_path.display()
                 );
             }
             state = old;
@@ -373,8 +424,7 @@ impl Progress {
             log("--resume: no stopped run to continue; starting from the first text");
         }
         let header = rewa::io::npy_header_f32(state.count, state.dim);
-        let rows_bytes = (state.rows_done * state.dim * 4) as u64;
-        let mut rows = open_rows(&rows_path, &header, rows_bytes, !resumed)?;
+        let mut rows = open_rows(&rows_path, &header, (state.rows_done, state.dim), !resumed)?;
         rows.seek(std::io::SeekFrom::End(0))?;
         Ok(Progress {
             rows,

@@ -352,6 +352,7 @@ pub fn add(a: AddArgs) -> Result<()> {
         (None, Some(text)) => {
             let texts = check_texts(text, &a.text_opts)?;
             let mut index = open(&a.index)?;
+            texts.check_new_for(&index, &a.index)?;
             let e = text_model_for(&index, &a.index, a.model.as_deref(), &a.text_opts)?;
             let f = embed_file(&e, texts, &a.text_opts.field())?;
             let v = index.metric().prepare_owned(f.vectors)?;

@@ -29,6 +29,16 @@ fn embed_refuses_bad_texts_naming_the_line() {
     file(d, "blank.txt", b"one\n\nthree\n");
     file(d, "cols.tsv", b"d1\ta\tb\tc\n");
     file(d, "none.txt", b"");
+    file(
+        d,
+        "mixed.jsonl",
+        b"{\"_id\": \"1\", \"text\": \"x\"}\n{\"text\": \"y\"}\n",
+    );
+    file(
+        d,
+        "bom.jsonl",
+        b"\xEF\xBB\xBF{\"_id\": \"a\", \"text\": \"x\"}\n",
+    );
     file(d, "texts.csv", b"a,b\n");
     // The model directory does not exist: each input error must come first.
     let cmd = |input: &str, extra: &str| {
@@ -54,6 +64,13 @@ fn embed_refuses_bad_texts_naming_the_line() {
     fails(&cmd("blank.txt", ""), d, "blank.txt line 2: empty text");
     fails(&cmd("cols.tsv", ""), d, "cols.tsv line 1: 4 columns");
     fails(&cmd("none.txt", ""), d, "holds no texts");
+    fails(
+        &cmd("mixed.jsonl", ""),
+        d,
+        "mixed.jsonl line 2: no \"_id\", but line 1 has one",
+    );
+    // the byte order mark is skipped: the texts pass, and the missing model is what fails
+    fails(&cmd("bom.jsonl", ""), d, "loading the model");
     fails(&cmd("texts.csv", ""), d, "unknown text format");
     fails(&cmd("missing.jsonl", ""), d, "missing.jsonl");
     fails(&cmd("blank.txt", "--batch 0"), d, "--batch");
@@ -329,4 +346,214 @@ fn embed_with_rewa_attention() {
     let (a, b) = (read("full.npy"), read("few.npy"));
     let cos: f32 = a.row(0).iter().zip(b.row(0)).map(|(x, y)| x * y).sum();
     assert!(cos < 0.9999 && cos > 0.5, "top 3 of ~20 keys: cosine {cos}");
+}
+
+/// A copy of rewa-embed's tiny BERT fixture (dim 16, 16 word pieces per text, seeded random
+/// weights) at `dst`: a model every test can run, and change.
+pub(crate) fn tiny_model(dst: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rewa-embed/tests/fixtures/tiny-bert");
+    fn copy(src: &Path, dst: &Path) {
+        std::fs::create_dir_all(dst).unwrap();
+        for e in std::fs::read_dir(src).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                copy(&e.path(), &dst.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+            }
+        }
+    }
+    copy(&src, dst);
+    dst.to_path_buf()
+}
+
+/// What a bounded run gave: its exit code and stderr, or `None` when it was still running
+/// after 60 s (then it is killed).
+pub(crate) fn run_bounded(
+    args: &[&str],
+    dir: &Path,
+    env: &[(&str, &str)],
+) -> Option<(Option<i32>, String)> {
+    use std::io::Read;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rewa"))
+        .args(args)
+        .current_dir(dir)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        pipe.read_to_string(&mut s).unwrap();
+        s
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some((status.code(), reader.join().unwrap()));
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// `run_bounded` that must end in a clean refusal holding `needle`.
+fn refused_bounded(args: &[&str], dir: &Path, needle: &str) {
+    let Some((code, err)) = run_bounded(args, dir, &[]) else {
+        panic!("{args:?} still ran after 60 s");
+    };
+    assert_eq!(code, Some(1), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    assert!(err.contains(needle), "{args:?}: wanted {needle:?} in {err}");
+}
+
+/// --resume checks what the stopped run recorded: weights rewritten in place at the same size,
+/// a record with `"chunk": 0` (which once looped for ever), more rows than texts, a record that
+/// is not one, and a .partial.npy shorter than its record (counted in rows, not floats) are
+/// each refused and leave the run resumable; the resumed run then equals an uninterrupted one.
+#[test]
+fn embed_resume_refuses_changed_weights_and_impossible_states() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let m = tiny_model(&d.join("m"));
+    let texts = "the cat sat on the mat\na big red dog\nthe quick brown fox\nhello world\nthe man and the woman eat food\n";
+    file(d, "t.txt", texts.as_bytes());
+    let model = m.display().to_string();
+    let args = |out: &str, resume: bool| {
+        let mut a = vec![
+            "embed", "--model", &model, "--input", "t.txt", "--out", out, "--batch", "1",
+        ];
+        if resume {
+            a.push("--resume");
+        }
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run = |out: &str, resume: bool, stop: Option<&str>| {
+        let a = args(out, resume);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let mut env = vec![("REWA_EMBED_CHUNK", "1")];
+        if let Some(n) = stop {
+            env.push(("REWA_EMBED_STOP_AFTER_CHUNKS", n));
+        }
+        run_bounded(&a, d, &env).expect("still running after 60 s")
+    };
+    let (code, err) = run("whole.npy", false, None);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = run("v.npy", false, Some("2"));
+    assert_eq!(code, Some(1), "{err}");
+    let state_path = d.join("v.npy.partial.json");
+    let rows_path = d.join("v.npy.partial.npy");
+    let state = std::fs::read_to_string(&state_path).unwrap();
+    let rows = std::fs::read(&rows_path).unwrap();
+    let j: serde_json::Value = serde_json::from_str(&state).unwrap();
+    assert_eq!(
+        (j["rows_done"].as_u64(), j["chunk"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(j["weights_sha256"].as_str().map(str::len), Some(64), "{j}");
+
+    let resume_fails = |needle: &str| {
+        let (code, err) = run("v.npy", true, None);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(err.contains(needle), "wanted {needle:?} in {err}");
+    };
+    let edited = |changes: &[(&str, u64)]| {
+        let mut j: serde_json::Value = serde_json::from_str(&state).unwrap();
+        for &(key, value) in changes {
+            j[key] = value.into();
+        }
+        std::fs::write(&state_path, j.to_string()).unwrap();
+    };
+    edited(&[("chunk", 0)]);
+    resume_fails("records an impossible state (chunk 0)");
+    edited(&[("rows_done", 7)]);
+    resume_fails("records an impossible state (7 of 5 rows done)");
+    edited(&[("rows_done", 1), ("chunk", 2)]);
+    resume_fails("records an impossible state (1 rows done, not a whole number of chunks of 2)");
+    std::fs::write(&state_path, "{\"chunk\": 0}").unwrap();
+    resume_fails("is not a state rewa embed wrote");
+    std::fs::write(&state_path, &state).unwrap();
+
+    // 2 rows of 16 floats recorded; the file holds 1.
+    let header = rows.len() - 2 * 16 * 4;
+    std::fs::write(&rows_path, &rows[..header + 16 * 4]).unwrap();
+    resume_fails("does not hold the 2 rows its state records");
+    std::fs::write(&rows_path, &rows).unwrap();
+
+    // The same size, other weights: one bit of the last float.
+    let weights = m.join("model.safetensors");
+    let original = std::fs::read(&weights).unwrap();
+    let mut other = original.clone();
+    *other.last_mut().unwrap() ^= 1;
+    std::fs::write(&weights, &other).unwrap();
+    resume_fails("changed since the stopped run");
+    std::fs::write(&weights, &original).unwrap();
+
+    let (code, err) = run("v.npy", true, None);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        std::fs::read(d.join("v.npy")).unwrap(),
+        std::fs::read(d.join("whole.npy")).unwrap()
+    );
+    assert!(!state_path.exists() && !rows_path.exists());
+}
+
+/// A FIFO as --input is refused at once (its texts would be read twice, and the second open
+/// waited for ever), by `embed` and by the text commands.
+#[test]
+fn a_fifo_input_is_refused_not_waited_on() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let made = std::process::Command::new("mkfifo")
+        .arg(d.join("f.txt"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    refused_bounded(
+        &[
+            "embed", "--model", "no-model", "--input", "f.txt", "--out", "o.npy",
+        ],
+        d,
+        "f.txt: not a regular file",
+    );
+    refused_bounded(
+        &[
+            "build", "--text", "f.txt", "--model", "no-model", "--out", "idx",
+        ],
+        d,
+        "f.txt: not a regular file",
+    );
+}
+
+/// When stderr is not a terminal (a log), the progress bar becomes plain `[rewa]` lines.
+#[test]
+fn embed_prints_progress_lines_into_a_log() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let m = tiny_model(&d.join("m"));
+    file(d, "t.txt", b"the cat\na dog\nthe fox\n");
+    let model = m.display().to_string();
+    let (code, err) = run_bounded(
+        &[
+            "embed", "--model", &model, "--input", "t.txt", "--out", "v.npy",
+        ],
+        d,
+        &[("REWA_PROGRESS_SECS", "0"), ("REWA_EMBED_CHUNK", "1")],
+    )
+    .expect("still running after 60 s");
+    assert_eq!(code, Some(0), "{err}");
+    for n in 1..=3 {
+        let want = format!("[rewa] embedding texts {n}/3 (");
+        assert!(
+            err.lines().any(|l| l.starts_with(&want)),
+            "wanted {want:?} in {err}"
+        );
+    }
 }

@@ -237,3 +237,60 @@ fn eval_from_text_equals_eval_from_the_embedded_vectors() {
         "cannot be used with",
     );
 }
+
+/// `add --text` with an id the index already holds is refused before the model loads (it was
+/// reported after the whole file was embedded): here the model is gone, so any later check
+/// would fail on loading it instead. A deleted id may be used again; an index built from
+/// vectors takes no texts.
+#[test]
+fn add_text_refuses_a_held_id_before_embedding() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let m = crate::embed::tiny_model(&d.join("m"));
+    std::fs::write(
+        d.join("c.jsonl"),
+        "{\"_id\": \"a\", \"text\": \"the cat sat\"}\n{\"_id\": \"b\", \"text\": \"a big dog\"}\n{\"_id\": \"c\", \"text\": \"the red fox\"}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("more.jsonl"),
+        "{\"_id\": \"x\", \"text\": \"hello world\"}\n{\"_id\": \"b\", \"text\": \"a small dog\"}\n",
+    )
+    .unwrap();
+    let j = json(
+        &format!(
+            "build --text c.jsonl --model {} --pipeline exact:3 --out idx",
+            m.display()
+        ),
+        d,
+    );
+    assert_eq!(j["count"], 3, "{j}");
+    std::fs::rename(&m, d.join("moved")).unwrap();
+    fails(
+        "add --index idx --text more.jsonl",
+        d,
+        "more.jsonl: text 2 has id \"b\", which already names a row of idx",
+    );
+    // once "b" is deleted, the same check passes and the missing model is what fails
+    std::fs::write(d.join("del.txt"), "b\n").unwrap();
+    ok("delete --index idx --doc-ids del.txt", d);
+    fails("add --index idx --text more.jsonl", d, "loading the model");
+    std::fs::rename(d.join("moved"), &m).unwrap();
+    let j = json("add --index idx --text more.jsonl", d);
+    assert_eq!(
+        (j["count"].as_u64(), j["added"].as_u64()),
+        (Some(4), Some(2))
+    );
+
+    let v: Vec<u8> = rewa::io::npy_header_f32(2, 16)
+        .into_iter()
+        .chain((0..32).flat_map(|i| (i as f32).to_le_bytes()))
+        .collect();
+    std::fs::write(d.join("v.npy"), v).unwrap();
+    ok("build --base v.npy --pipeline exact:2 --out vidx", d);
+    fails(
+        "add --index vidx --text more.jsonl",
+        d,
+        "have no corpus ids (it was built from vectors)",
+    );
+}
