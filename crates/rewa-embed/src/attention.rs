@@ -1351,7 +1351,7 @@ mod tests {
         let mut p = vec![0f32; len * len];
         full_head(r, None, &mut p, &mut vec![0f32; len * dh], dh);
         let mass = |cfg: &RewaAttention| -> f64 {
-            let plan = one_layer(&cfg, 1, dh);
+            let plan = one_layer(cfg, 1, dh);
             let mut m = 0.0;
             for i in 0..len {
                 let mut keep = Vec::new();

@@ -98,7 +98,7 @@ impl Partial {
         if self.rows_done > self.count {
             return Err(format!("{} of {} rows done", self.rows_done, self.count));
         }
-        if self.rows_done % self.chunk != 0 && self.rows_done != self.count {
+        if !self.rows_done.is_multiple_of(self.chunk) && self.rows_done != self.count {
             return Err(format!(
                 "{} rows done, not a whole number of chunks of {}",
                 self.rows_done, self.chunk
