@@ -109,18 +109,27 @@ fn default_k() -> usize {
     rewa::SearchParams::default().k
 }
 
-/// `POST /add`.
+/// `POST /add`: vectors, or texts (embedded with the server's model) with their corpus ids.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AddRequest {
-    pub vectors: Rows,
+    #[serde(default)]
+    pub vectors: Option<Rows>,
+    #[serde(default)]
+    pub texts: Option<Vec<String>>,
+    /// The texts' corpus ids (needed by an index built from text), one per text.
+    #[serde(default)]
+    pub ids: Option<Vec<String>>,
 }
 
-/// `POST /delete`: ids to delete.
+/// `POST /delete`: row ids, or corpus ids for an index built from text.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct DeleteRequest {
-    pub ids: Vec<u32>,
+    #[serde(default)]
+    pub ids: Option<Vec<u32>>,
+    #[serde(default)]
+    pub doc_ids: Option<Vec<String>>,
 }
 
 /// Newly deleted ids (already deleted ones count 0) and the vectors left.
@@ -240,7 +249,8 @@ mod tests {
 
     fn rows(json: &str) -> Result<rewa::Vectors, String> {
         let r: AddRequest = parse(json.as_bytes()).map_err(|e| e.message)?;
-        r.vectors.into_vectors().map_err(|e| e.to_string())
+        let v = r.vectors.ok_or("no vectors")?;
+        v.into_vectors().map_err(|e| e.to_string())
     }
 
     #[test]
@@ -264,7 +274,7 @@ mod tests {
         assert!(rows(r#"{"vector": [[1]]}"#)
             .unwrap_err()
             .contains("unknown field"));
-        assert!(rows(r#"{}"#).unwrap_err().contains("missing field"));
+        assert!(rows(r#"{}"#).unwrap_err().contains("no vectors"));
         // beyond f32: infinity, for the library's finite check to refuse
         let v = rows(r#"{"vectors": [[1e39]]}"#).unwrap();
         assert!(rewa::Metric::Ip.prepare_owned(v).is_err());

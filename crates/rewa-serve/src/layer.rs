@@ -1,8 +1,9 @@
-//! What wraps every request: the shutdown and in-flight limits, metrics, and turning a
-//! panic into a 500 answer; and the signals that start a graceful stop.
+//! What wraps every request: the API key, the shutdown check, metrics, and turning a panic
+//! into a 500 answer; and the signals that start a graceful stop.
 
 use crate::api::ApiError;
-use crate::routes::AppState;
+use crate::auth::Access;
+use crate::state::AppState;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
@@ -10,18 +11,22 @@ use axum::response::{IntoResponse, Response};
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-/// Routes that do work and count against `max_inflight`; `/health`, `/info` and `/metrics`
-/// stay answerable under load.
-fn is_work(route: &str) -> bool {
-    route == "/search" || route == "/add"
+/// What a route needs from the request's key: nothing for `/health` (so load balancers and
+/// probes need no secret), the API key for the routes that write, either key for the rest.
+fn needs(route: &str) -> Option<Access> {
+    match route {
+        "/health" => None,
+        "/add" | "/delete" => Some(Access::Write),
+        _ => Some(Access::Read),
+    }
 }
 
-/// The middleware around every route (and the 404 / 405 fallbacks).
+/// The middleware around every route (and the 404 / 405 fallbacks): the key, then the
+/// shutdown check. The in-flight limit is the handlers', taken once the body is read.
 pub(crate) async fn guard(
     State(state): State<Arc<AppState>>,
     matched: Option<MatchedPath>,
@@ -30,24 +35,18 @@ pub(crate) async fn guard(
 ) -> Response {
     let t = Instant::now();
     let route = matched.as_ref().map_or("unmatched", |m| m.as_str());
-    let response = if state.shutting_down() {
+    let allowed = match needs(route) {
+        Some(need) => state.keys.check(req.headers(), need),
+        None => Ok(()),
+    };
+    let response = if let Err(refused) = allowed {
+        refused
+    } else if state.shutting_down() {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the server is shutting down",
         )
         .into_response()
-    } else if is_work(route) {
-        match state.enter() {
-            Some(_slot) => run(next, req).await,
-            None => ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!(
-                    "too many requests in flight (the limit is {}); retry later",
-                    state.max_inflight
-                ),
-            )
-            .into_response(),
-        }
     } else {
         run(next, req).await
     };
@@ -77,28 +76,6 @@ impl<F: Future> Future for CatchUnwind<F> {
             Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
             Err(payload) => Poll::Ready(Err(payload)),
         }
-    }
-}
-
-/// One in-flight slot, given back when dropped (also when the client goes away and the
-/// handler's future is dropped).
-pub(crate) struct Slot<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl<'a> Slot<'a> {
-    /// Takes a slot unless `max` are taken.
-    pub fn take(count: &'a std::sync::atomic::AtomicUsize, max: usize) -> Option<Slot<'a>> {
-        count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Slot(count))
-    }
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -146,18 +123,6 @@ impl Signals {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn slots_are_limited_and_given_back() {
-        let n = std::sync::atomic::AtomicUsize::new(0);
-        let a = Slot::take(&n, 2).unwrap();
-        let b = Slot::take(&n, 2).unwrap();
-        assert!(Slot::take(&n, 2).is_none());
-        drop(a);
-        let _c = Slot::take(&n, 2).unwrap();
-        drop(b);
-        assert_eq!(n.load(Ordering::Acquire), 1);
-    }
 
     #[test]
     fn a_panicking_future_gives_its_payload() {

@@ -33,6 +33,7 @@ struct Inner {
 pub(crate) struct Metrics {
     inner: Mutex<Inner>,
     saves: AtomicU64,
+    reloads: AtomicU64,
 }
 
 impl Metrics {
@@ -52,6 +53,11 @@ impl Metrics {
     /// Counts one save of the index (which may hold several adds).
     pub fn saved(&self) {
         self.saves.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one reopening of the index after another process saved it.
+    pub fn reloaded(&self) {
+        self.reloads.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text: the counters, plus the gauges given.
@@ -98,13 +104,17 @@ impl Metrics {
             "# HELP rewa_index_vectors Vectors in the served index.\n\
              # TYPE rewa_index_vectors gauge\n\
              rewa_index_vectors {index_vectors}\n\
-             # HELP rewa_inflight_requests Search and add requests being answered.\n\
+             # HELP rewa_inflight_requests Search, add and delete requests being answered.\n\
              # TYPE rewa_inflight_requests gauge\n\
              rewa_inflight_requests {inflight}\n\
              # HELP rewa_index_saves_total Saves of the index; adds that queue during one share the next.\n\
              # TYPE rewa_index_saves_total counter\n\
-             rewa_index_saves_total {}",
-            self.saves.load(Ordering::Relaxed)
+             rewa_index_saves_total {}\n\
+             # HELP rewa_index_reloads_total Reopenings of the index after another process saved it.\n\
+             # TYPE rewa_index_reloads_total counter\n\
+             rewa_index_reloads_total {}",
+            self.saves.load(Ordering::Relaxed),
+            self.reloads.load(Ordering::Relaxed)
         );
         out
     }
@@ -122,6 +132,7 @@ mod tests {
         m.record("/search", 400, Duration::from_secs(60));
         m.saved();
         m.saved();
+        m.reloaded();
         let t = m.render(7, 1);
         for line in [
             "rewa_http_requests_total{route=\"/search\",status=\"200\"} 2",
@@ -134,6 +145,7 @@ mod tests {
             "rewa_index_vectors 7",
             "rewa_inflight_requests 1",
             "rewa_index_saves_total 2",
+            "rewa_index_reloads_total 1",
         ] {
             assert!(t.lines().any(|l| l == line), "no {line:?} in\n{t}");
         }

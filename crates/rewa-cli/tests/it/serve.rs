@@ -124,10 +124,15 @@ fn connect(addr: &str) -> TcpStream {
 
 /// One request on a fresh connection (`Connection: close`); status and body.
 fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    http_with(addr, method, path, "", body)
+}
+
+/// [`http`] with extra header lines (each ending in `\r\n`).
+fn http_with(addr: &str, method: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
     let mut s = connect(addr);
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -474,34 +479,32 @@ fn serve_limits_requests_in_flight_and_finishes_them_on_sigterm() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     setup(d);
-    let mut s = Server::start(d, &["--max-inflight", "1"], &[]);
-    let body = j!({"vectors": queries(d, 2), "k": 4}).to_string();
-    let (half, rest) = body.split_at(body.len() / 2);
-    // A slow client: headers and half its body, then nothing; its request is in flight.
-    let mut slow = connect(&s.addr);
-    write!(
-        slow,
-        "POST /search HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{half}",
-        body.len()
-    )
-    .unwrap();
+    let mut s = Server::start(d, &["--max-inflight", "1", "--wait-lock", "30"], &[]);
+    // An add in flight: it waits for the writer lock, held here until the end.
+    let held = rewa::index::WriteLock::acquire(&d.join("idx"), Duration::ZERO).unwrap();
+    let (addr, body) = (s.addr.clone(), j!({"vectors": queries(d, 1)}).to_string());
+    let adder = std::thread::spawn(move || http(&addr, "POST", "/add", &body));
     let t0 = Instant::now();
     while s.metric("rewa_inflight_requests") < 1.0 {
-        assert!(t0.elapsed() < TIMEOUT, "the slow request never started");
+        assert!(t0.elapsed() < TIMEOUT, "the add never started");
         std::thread::sleep(Duration::from_millis(5));
     }
-    // the limit is reached: another search or add is 429; health and metrics still answer
-    let (status, v) = s.post("/search", &j!({"vectors": queries(d, 1)}));
-    assert_eq!(status, 429, "{v}");
-    assert!(error_of(&v).contains("too many requests"));
-    let (status, _) = s.post("/add", &j!({"vectors": queries(d, 1)}));
-    assert_eq!(status, 429);
+    // the limit is reached: another search, add or delete is 429; health and metrics answer
+    for (route, body) in [
+        ("/search", j!({"vectors": queries(d, 1)})),
+        ("/add", j!({"vectors": queries(d, 1)})),
+        ("/delete", j!({"ids": [1]})),
+    ] {
+        let (status, v) = s.post(route, &body);
+        assert_eq!(status, 429, "{route}: {v}");
+        assert!(error_of(&v).contains("too many requests"), "{v}");
+    }
     assert_eq!(s.req("GET", "/health", "").0, 200);
 
     // A client that has sent part of its request line when the stop begins.
     let mut late = connect(&s.addr);
     write!(late, "GET /hea").unwrap();
-    // SIGTERM: the server stops accepting, but the slow request in flight completes
+    // SIGTERM: the server stops accepting, but the add in flight completes
     s.signal("-TERM");
     s.wait_line("shutting down: finishing 1 requests in flight");
     // a connection made now is refused, reset, or (accepted in the instant before the
@@ -533,13 +536,324 @@ fn serve_limits_requests_in_flight_and_finishes_them_on_sigterm() {
         raw.is_empty() || raw.starts_with("HTTP/1.1 503"),
         "a request begun during the stop: {raw:?}"
     );
-    slow.write_all(rest.as_bytes()).unwrap();
-    let (status, text) = response(slow);
+    drop(held);
+    let (status, text) = adder.join().unwrap();
     assert_eq!(status, 200, "{text}");
     let v: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(hits(&v).len(), 2);
+    assert_eq!(v, j!({"count": 501, "first_id": 500}));
     assert_eq!(s.exit_code(), Some(0));
     s.wait_line("stopped");
+}
+
+/// A request's status line and body, read until the server closes the connection (or an
+/// error, such as a reset, ends the read: what was read so far).
+fn drain(mut c: TcpStream) -> String {
+    let mut raw = Vec::new();
+    let _ = c.read_to_end(&mut raw);
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+#[test]
+fn serve_stalled_clients_hold_no_slot_and_are_closed_after_the_timeouts() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    setup(d);
+    let s = Server::start(
+        d,
+        &[
+            "--max-inflight",
+            "2",
+            "--body-timeout",
+            "1",
+            "--idle-timeout",
+            "1",
+        ],
+        &[],
+    );
+    // Eight clients (four times --max-inflight) send their headers and one byte of a
+    // 100-byte body (or a chunked body that never ends), then nothing.
+    let stalled: Vec<TcpStream> = (0..8)
+        .map(|i| {
+            let mut c = connect(&s.addr);
+            if i % 2 == 0 {
+                write!(c, "POST /search HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{{").unwrap();
+            } else {
+                write!(c, "POST /add HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{{\r\n").unwrap();
+            }
+            c
+        })
+        .collect();
+    // Searches still answer, while the stalled bodies are being waited for.
+    let q = queries(d, 1);
+    for _ in 0..20 {
+        let (status, v) = s.post("/search", &j!({"vectors": q, "k": 3}));
+        assert_eq!(status, 200, "{v}");
+    }
+    // Each stalled request gets 408 after --body-timeout, and its connection is closed.
+    for c in stalled {
+        c.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let raw = drain(c);
+        assert!(raw.starts_with("HTTP/1.1 408"), "{raw:?}");
+        let body = raw.split_once("\r\n\r\n").unwrap().1;
+        let v: Value = serde_json::from_str(body).unwrap();
+        assert!(error_of(&v).contains("did not arrive within 1 s"), "{v}");
+    }
+    // Half-sent headers, and a connection that never sends anything, are closed after
+    // --idle-timeout (a read that timed out would be an error, not an empty answer).
+    let mut half = connect(&s.addr);
+    write!(half, "POST /search HTTP/1.1\r\nHost: t\r\n").unwrap();
+    let silent = connect(&s.addr);
+    for mut c in [half, silent] {
+        let mut raw = String::new();
+        c.read_to_string(&mut raw)
+            .expect("the connection was closed by the server");
+        assert_eq!(raw, "");
+    }
+    // A keep-alive connection idle after its answer is closed too.
+    let mut kept = connect(&s.addr);
+    write!(kept, "GET /health HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    kept.read_to_string(&mut raw)
+        .expect("the idle connection was closed by the server");
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw:?}");
+    assert!(raw.ends_with(r#"{"status":"ok"}"#), "{raw:?}");
+}
+
+#[test]
+fn serve_caps_open_connections_and_frees_a_place_when_one_closes() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    setup(d);
+    let s = Server::start(d, &["--max-connections", "3"], &[]);
+    let idle: Vec<TcpStream> = (0..3).map(|_| connect(&s.addr)).collect();
+    // the fourth is answered 503 at once and closed
+    let (status, text) = http(&s.addr, "GET", "/health", "");
+    assert_eq!(status, 503, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        error_of(&v).contains("too many open connections (the limit is 3)"),
+        "{v}"
+    );
+    // one of the three goes away: its place is free again
+    drop(idle);
+    let t0 = Instant::now();
+    loop {
+        let (status, text) = http(&s.addr, "GET", "/health", "");
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "{text}");
+        assert!(t0.elapsed() < TIMEOUT, "no place freed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // settings out of range are refused at start
+    for (args, words) in [
+        (
+            &["--threads", "100000"][..],
+            "--threads must be between 1 and",
+        ),
+        (
+            &["--max-connections", "0"][..],
+            "--max-connections must be at least 1",
+        ),
+        (
+            &["--idle-timeout", "0"][..],
+            "--idle-timeout must be a number of seconds > 0",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_rewa"))
+            .args(["serve", "--index", "idx", "--addr", "127.0.0.1:0"])
+            .args(args)
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(words), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn serve_answers_protocol_errors_with_json_bodies() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    setup(d);
+    let s = Server::start(d, &[], &[]);
+    let long_uri = format!("/{}", "a".repeat(70_000));
+    let many_headers: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
+    for (raw, status, words) in [
+        ("GARBAGE\r\n\r\n".to_string(), 400, "malformed"),
+        (
+            "GET /health HTTP/1.1\r\nHost: t\r\nBad Header\r\n\r\n".to_string(),
+            400,
+            "malformed",
+        ),
+        (
+            format!("GET {long_uri} HTTP/1.1\r\nHost: t\r\n\r\n"),
+            414,
+            "URI is too long",
+        ),
+        (
+            format!("GET /health HTTP/1.1\r\nHost: t\r\n{many_headers}\r\n"),
+            431,
+            "headers are too large",
+        ),
+    ] {
+        let mut c = connect(&s.addr);
+        c.write_all(raw.as_bytes()).unwrap();
+        let (got, body) = response(c);
+        assert_eq!(got, status, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+        assert!(error_of(&v).contains(words), "{v}");
+    }
+    // and the server goes on
+    assert_eq!(s.req("GET", "/health", "").0, 200);
+}
+
+#[test]
+fn serve_sees_deletes_and_adds_made_by_the_cli_while_it_runs() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    setup(d);
+    let s = Server::start(d, &[], &[]);
+    let q = queries(d, 2);
+    let (_, v) = s.post("/search", &j!({"vectors": [q[0]], "k": 1}));
+    let top = hits(&v)[0][0].0;
+    // `rewa delete` while the server runs: the next answers no longer hold the id
+    std::fs::write(d.join("del.txt"), format!("{top}\n")).unwrap();
+    ok("delete --index idx --ids del.txt", d);
+    let (_, v) = s.post("/search", &j!({"vectors": [q[0]], "k": 10}));
+    assert!(hits(&v)[0].iter().all(|h| h.0 != top), "{v}");
+    let (_, info) = s.req("GET", "/info", "");
+    assert_eq!(serde_json::from_str::<Value>(&info).unwrap()["count"], 499);
+    assert_eq!(s.metric("rewa_index_vectors"), 499.0);
+    // `rewa add`: the new rows are found at once
+    let two = rewa::Vectors::new(32, q.concat()).unwrap();
+    rewa::io::write_npy_f32(&d.join("two.npy"), &two).unwrap();
+    ok("add --index idx --base two.npy", d);
+    let (_, v) = s.post("/search", &j!({"vectors": q, "k": 1}));
+    let h = hits(&v);
+    assert_eq!((h[0][0].0, h[1][0].0), (500, 501), "{v}");
+    assert_eq!(s.metric("rewa_index_vectors"), 501.0);
+    assert_eq!(s.metric("rewa_index_reloads_total"), 2.0);
+    // the server's own add goes on from the CLI's ids
+    let (status, v) = s.post("/add", &j!({"vectors": [q[0]]}));
+    assert_eq!((status, v), (200, j!({"count": 502, "first_id": 502})));
+    assert_eq!(json("info --index idx", d)["count"], 502);
+}
+
+#[test]
+fn serve_and_cli_adds_interleaved_never_give_an_id_twice() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    setup(d);
+    let s = Server::start(d, &["--wait-lock", "60"], &[]);
+    let q = queries(d, 16);
+    // rows 0..8 by the CLI (four adds of two), rows 8..16 by the server, at the same time
+    for i in 0..4 {
+        let v = rewa::Vectors::new(32, q[2 * i..2 * i + 2].concat()).unwrap();
+        rewa::io::write_npy_f32(&d.join(format!("c{i}.npy")), &v).unwrap();
+    }
+    let dir = d.to_path_buf();
+    let cli = std::thread::spawn(move || {
+        for i in 0..4 {
+            ok(
+                &format!("add --index idx --base c{i}.npy --wait-lock 60"),
+                &dir,
+            );
+        }
+    });
+    let mut firsts = Vec::new();
+    for i in 0..4 {
+        let (status, v) = s.post("/add", &j!({"vectors": q[8 + 2 * i..10 + 2 * i]}));
+        assert_eq!(status, 200, "{v}");
+        firsts.push(v["first_id"].as_u64().unwrap());
+    }
+    cli.join().unwrap();
+    // every row is its own nearest neighbour, at an id of its own
+    let (_, v) = s.post("/search", &j!({"vectors": q, "k": 1}));
+    let ids: Vec<u64> = hits(&v).iter().map(|h| h[0].0).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(sorted, (500..516).collect::<Vec<u64>>(), "{ids:?}");
+    for (i, first) in firsts.iter().enumerate() {
+        assert_eq!(ids[8 + 2 * i], *first, "{ids:?} {firsts:?}");
+        assert_eq!(ids[9 + 2 * i], first + 1, "{ids:?} {firsts:?}");
+    }
+    assert_eq!(json("info --index idx", d)["count"], 516);
+}
+
+#[test]
+fn serve_with_api_keys_refuses_requests_without_the_right_one() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    setup(d);
+    let s = Server::start(
+        d,
+        &["--read-only-key", "r-key"],
+        &[("REWA_API_KEY", "w-key")],
+    );
+    let search = j!({"vectors": queries(d, 1), "k": 2}).to_string();
+    let add = j!({"vectors": queries(d, 1)}).to_string();
+    let del = j!({"ids": [3]}).to_string();
+    let none = "";
+    let w = "api-key: w-key\r\n";
+    let r = "Authorization: Bearer r-key\r\n";
+    let wrong = "api-key: w-ke\r\n";
+    for (method, path, body, headers, status, words) in [
+        ("GET", "/health", "", none, 200, ""),
+        (
+            "POST",
+            "/search",
+            &search[..],
+            none,
+            401,
+            "needs an API key",
+        ),
+        ("POST", "/search", &search[..], wrong, 401, "wrong API key"),
+        ("POST", "/search", &search[..], r, 200, ""),
+        ("POST", "/search", &search[..], w, 200, ""),
+        ("GET", "/info", "", none, 401, "needs an API key"),
+        ("GET", "/info", "", r, 200, ""),
+        ("GET", "/metrics", "", none, 401, "needs an API key"),
+        ("GET", "/nope", "", none, 401, "needs an API key"),
+        ("POST", "/add", &add[..], none, 401, "needs an API key"),
+        ("POST", "/add", &add[..], r, 403, "read-only key"),
+        ("POST", "/delete", &del[..], r, 403, "read-only key"),
+        ("POST", "/add", &add[..], w, 200, ""),
+        (
+            "POST",
+            "/delete",
+            &del[..],
+            "Authorization: Bearer w-key\r\n",
+            200,
+            "",
+        ),
+    ] {
+        let (got, text) = http_with(&s.addr, method, path, headers, body);
+        assert_eq!(got, status, "{method} {path} {headers:?}: {text}");
+        if !words.is_empty() {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert!(error_of(&v).contains(words), "{path}: {v}");
+        }
+    }
+    assert_eq!(json("info --index idx", d)["count"], 500); // one added, one deleted
+    let out = Command::new(env!("CARGO_BIN_EXE_rewa"))
+        .args([
+            "serve",
+            "--index",
+            "idx",
+            "--addr",
+            "127.0.0.1:0",
+            "--api-key",
+            " ",
+        ])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--api-key is empty"), "{err}");
 }
 
 #[test]
@@ -771,4 +1085,80 @@ fn serve_over_an_index_built_from_text_loads_its_model_and_names_documents() {
         err.contains("not the one the index was built with"),
         "{err}"
     );
+}
+
+/// The tiny BERT fixture model of rewa-embed (16 dimensions, seeded random weights).
+fn tiny_model() -> std::path::PathBuf {
+    std::fs::canonicalize(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../rewa-embed/tests/fixtures/tiny-bert"),
+    )
+    .unwrap()
+}
+
+#[test]
+fn serve_adds_and_deletes_texts_by_corpus_id_over_an_index_built_from_text() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    std::fs::write(
+        d.join("c.jsonl"),
+        "{\"_id\": \"cat\", \"text\": \"the cat sat on the mat\"}\n\
+         {\"_id\": \"dog\", \"text\": \"a big red dog\"}\n",
+    )
+    .unwrap();
+    let m = tiny_model().display().to_string();
+    ok(
+        &format!("build --text c.jsonl --model {m} --pipeline exact:4 --out idx"),
+        d,
+    );
+    let s = Server::start(d, &[], &[]);
+    let (st, v) = s.post(
+        "/add",
+        &j!({"texts": ["the red mat", "dogs sat"], "ids": ["mat", "dogs"]}),
+    );
+    assert_eq!((st, v), (200, j!({"count": 4, "first_id": 2})));
+    // each added text is found by itself, named by its corpus id
+    let (st, v) = s.post(
+        "/search",
+        &j!({"texts": ["the red mat", "dogs sat"], "k": 1}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["results"][0][0]["doc_id"], "mat", "{v}");
+    assert_eq!(v["results"][0][0]["id"], 2, "{v}");
+    assert_eq!(v["results"][1][0]["doc_id"], "dogs", "{v}");
+    for (body, words) in [
+        (j!({"texts": ["x"], "ids": ["cat"]}), "cat"),
+        (j!({"texts": ["x"]}), "send \"ids\" with the texts"),
+        (j!({"texts": ["x", "y"], "ids": ["z"]}), "1 ids for 2 texts"),
+        (
+            j!({"texts": ["x"], "ids": ["z"], "vectors": [[1.0]]}),
+            "exactly one of",
+        ),
+        (j!({"vectors": [vec![0.1f32; 16]]}), "corpus ids"),
+    ] {
+        let (st, v) = s.post("/add", &body);
+        assert_eq!(st, 400, "{body}: {v}");
+        assert!(error_of(&v).contains(words), "{body}: {v}");
+    }
+    // delete by corpus id
+    let (st, v) = s.post("/delete", &j!({"doc_ids": ["mat"]}));
+    assert_eq!((st, v), (200, j!({"deleted": 1, "count": 3})));
+    let (_, v) = s.post("/search", &j!({"texts": ["the red mat"], "k": 4}));
+    let names: Vec<&str> = v["results"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["doc_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 3, "{v}");
+    assert!(!names.contains(&"mat"), "{v}");
+    let (st, v) = s.post("/delete", &j!({"doc_ids": ["mat"]}));
+    assert_eq!(st, 400, "{v}");
+    assert!(error_of(&v).contains("no row has corpus id \"mat\""), "{v}");
+    let (st, v) = s.post("/delete", &j!({"doc_ids": ["dog"], "ids": [0]}));
+    assert_eq!(st, 400, "{v}");
+    assert!(error_of(&v).contains("exactly one of"), "{v}");
+    // the CLI reads what the server wrote
+    assert_eq!(json("info --index idx", d)["count"], 3);
+    let tsv = ok("search --index idx --text dogs --k 1", d);
+    assert!(tsv.lines().nth(1).unwrap().contains("dogs"), "{tsv}");
 }
