@@ -35,10 +35,23 @@ class Index:
     @staticmethod
     def open(path: _Path) -> "Index":
         """Open an index directory saved by `save` or `rewa build`."""
-    def add(self, x: _Array) -> None:
-        """Append rows; their ids continue from the last id given out. In memory until `save`."""
+    def add(
+        self,
+        x: Optional[_Array] = None,
+        *,
+        texts: Optional[list[str]] = None,
+        ids: Optional[list[str]] = None,
+        model: Optional[_Path] = None,
+    ) -> None:
+        """Append rows; their ids continue from the last id given out. In memory until `save`.
+        For an index built from text: `texts` with their corpus `ids`, embedded with the model
+        the index records (needs a wheel built with the `embed` feature)."""
     def remove_ids(self, ids: Any) -> int:
         """Delete rows by id (never returned again; other ids unchanged); returns how many."""
+    def delete(
+        self, *, ids: Optional[Any] = None, doc_ids: Optional[list[str]] = None
+    ) -> int:
+        """Delete rows by id, or by corpus id for an index built from text; returns how many."""
     def compact(self) -> None:
         """Rewrite the stored rows without the deleted ones (ids unchanged)."""
     def search(
@@ -54,12 +67,17 @@ class Index:
         k: int = 10,
         max_keep: Optional[int] = None,
         max_seconds: float = 300.0,
+        confidence: float = 0.95,
+        base: Optional[_Array] = None,
     ) -> dict[str, Any]:
-        """Choose the fastest keeps that reach target_recall@k on validation queries and make
-        them the default pipeline. Keys of `rewa tune --json`."""
+        """Choose the fastest keeps (and nprobe) that reach target_recall@k on validation
+        queries and make them the default pipeline. Ground truth: `base` (the vectors the
+        index was built from, in id order), else its float vectors or flat codes. Keys of
+        `rewa tune --json`."""
     def save(self, path: _Path, force: bool = False) -> None:
-        """Save crash-safely into a directory (an index there is replaced; a folder of other
-        files is refused unless force)."""
+        """Save crash-safely into a directory. Back into the one it was opened from: only if
+        nobody else saved there since (else RuntimeError; open it again). Any other index or
+        folder of other files there is refused unless force=True, which replaces it."""
     def info(self) -> dict[str, Any]:
         """Keys of `rewa info --json`: count, dim, metric, pipeline, bytes_per_vector,
         code_sets, has_vectors."""

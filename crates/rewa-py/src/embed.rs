@@ -92,3 +92,36 @@ impl PyEmbedder {
         )
     }
 }
+
+/// Embeds `texts` for an index of dimension `dim` with the model in `dir`, refused unless its
+/// weights are the ones `recorded` names (cut as the index's documents were).
+pub(crate) fn embed_for_index(
+    py: Python<'_>,
+    dir: &std::path::Path,
+    recorded: Option<&rewa::TextModel>,
+    dim: usize,
+    texts: &[String],
+) -> PyResult<rewa::Vectors> {
+    if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
+        return Err(PyValueError::new_err(format!(
+            "text {} is empty (every row needs a text)",
+            i + 1
+        )));
+    }
+    let v = detached_as(py, || {
+        let mut e = rewa_embed::Embedder::load(dir)?;
+        if let Some(r) = recorded {
+            e.check_against(r)?;
+        }
+        if e.dim() != dim {
+            return Err(rewa_embed::Error::InvalidInput(format!(
+                "the model {} makes {}-dimensional vectors, but the index holds {dim}-dimensional ones",
+                dir.display(),
+                e.dim()
+            )));
+        }
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        e.embed(&refs)
+    })?;
+    Ok(v)
+}

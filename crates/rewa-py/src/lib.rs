@@ -51,6 +51,9 @@ fn to_py(e: rewa::Error) -> PyErr {
             PyFileNotFoundError::new_err(msg)
         }
         E::Io { .. } | E::Locked { .. } => PyOSError::new_err(msg),
+        E::Stale { .. } => PyRuntimeError::new_err(format!(
+            "{msg} (rewa.Index.open(path) reads it again; save(path, force=True) replaces it with this one instead)"
+        )),
         E::Unsupported(_) => PyNotImplementedError::new_err(msg),
     }
 }
@@ -248,6 +251,52 @@ impl PyIndex {
     }
 }
 
+impl PyIndex {
+    /// `add(texts=..., ids=...)`: embeds with the model the index records and adds with the
+    /// corpus ids (checked before anything is embedded).
+    #[cfg(feature = "embed")]
+    fn add_texts(
+        &self,
+        py: Python<'_>,
+        texts: Vec<String>,
+        ids: Vec<String>,
+        model: Option<PathBuf>,
+    ) -> PyResult<()> {
+        let (recorded, metric, dim) = {
+            let index = self.read();
+            index.check_new_doc_ids(&ids, texts.len()).map_err(to_py)?;
+            (index.text_model().cloned(), index.metric(), index.dim())
+        };
+        let dir = match (&model, &recorded) {
+            (Some(m), _) => m.clone(),
+            (None, Some(r)) => PathBuf::from(&r.dir),
+            (None, None) => {
+                return Err(PyValueError::new_err(
+                    "this index records no text model (it was built from vectors): pass model=DIR, or add vectors",
+                ))
+            }
+        };
+        let vectors = embed::embed_for_index(py, &dir, recorded.as_ref(), dim, &texts)?;
+        detached(py, || {
+            let p = metric.prepare_owned(vectors)?;
+            self.write().add_with_ids(&p, ids, &mut |_, _| {})
+        })
+    }
+
+    #[cfg(not(feature = "embed"))]
+    fn add_texts(
+        &self,
+        _py: Python<'_>,
+        _texts: Vec<String>,
+        _ids: Vec<String>,
+        _model: Option<PathBuf>,
+    ) -> PyResult<()> {
+        Err(PyNotImplementedError::new_err(format!(
+            "adding texts embeds them: {EMBED_HINT}"
+        )))
+    }
+}
+
 #[pymethods]
 impl PyIndex {
     /// Index.build(x, pipeline="hadamard512+sign:2000,hadamard256+int8:200,exact:10",
@@ -305,15 +354,76 @@ impl PyIndex {
         })
     }
 
-    /// index.add(x) -> None
+    /// index.add(x=None, *, texts=None, ids=None, model=None) -> None
     ///
     /// Encodes and appends the rows of `x` (float array (n, dim)); their ids continue from
     /// the last id given out (`len(index)` while nothing was deleted). In memory only until
     /// `save`, which then writes only the new rows.
-    fn add(&self, py: Python<'_>, x: &Bound<'_, PyAny>) -> PyResult<()> {
-        let x = matrix(x, "x")?;
-        let xv = rows(&x)?;
-        detached(py, || self.write().add(xv))
+    ///
+    /// For an index built from text (`rewa build --text`), give `texts` and their corpus
+    /// `ids` (new to the index) instead: they are embedded with the model the index records
+    /// (or `model`, a directory holding the same weights) and keep their ids, as
+    /// `rewa add --text` does. This needs a wheel built with the `embed` feature. Vectors
+    /// `x` with `ids` add rows named by those corpus ids.
+    #[pyo3(signature = (x=None, *, texts=None, ids=None, model=None))]
+    fn add(
+        &self,
+        py: Python<'_>,
+        x: Option<&Bound<'_, PyAny>>,
+        texts: Option<Vec<String>>,
+        ids: Option<Vec<String>>,
+        model: Option<PathBuf>,
+    ) -> PyResult<()> {
+        match (x, texts, ids) {
+            (Some(x), None, ids) => {
+                if model.is_some() {
+                    return Err(PyValueError::new_err("model is for texts, not vectors"));
+                }
+                let x = matrix(x, "x")?;
+                let xv = rows(&x)?;
+                detached(py, || {
+                    let mut index = self.write();
+                    match ids {
+                        None => index.add(xv),
+                        Some(ids) => {
+                            let p = index.metric().prepare(xv)?;
+                            index.check_new_doc_ids(&ids, p.len())?;
+                            index.add_with_ids(&p, ids, &mut |_, _| {})
+                        }
+                    }
+                })
+            }
+            (None, Some(texts), Some(ids)) => self.add_texts(py, texts, ids, model),
+            (None, Some(_), None) => Err(PyValueError::new_err(
+                "texts need their corpus ids: add(texts=[...], ids=[...])",
+            )),
+            (Some(_), Some(_), _) => {
+                Err(PyValueError::new_err("give vectors x or texts, not both"))
+            }
+            (None, None, _) => Err(PyValueError::new_err(
+                "give vectors x (an array (n, dim)), or texts with their ids",
+            )),
+        }
+    }
+
+    /// index.delete(*, ids=None, doc_ids=None) -> int
+    ///
+    /// Deletes rows by id (`ids`, as `remove_ids`) or, for an index built from text, by
+    /// corpus id (`doc_ids`, a list of strings). Returns how many rows were newly deleted;
+    /// an id never given out, or an unknown corpus id, raises ValueError and nothing is
+    /// deleted.
+    #[pyo3(signature = (*, ids=None, doc_ids=None))]
+    fn delete(
+        &self,
+        py: Python<'_>,
+        ids: Option<Vec<i64>>,
+        doc_ids: Option<Vec<String>>,
+    ) -> PyResult<usize> {
+        match (ids, doc_ids) {
+            (Some(ids), None) => self.remove_ids(py, ids),
+            (None, Some(d)) => detached(py, || self.write().delete_doc_ids(&d)),
+            _ => Err(PyValueError::new_err("give ids or doc_ids (one of them)")),
+        }
     }
 
     /// index.search(q, k=10, pipeline=None) -> (D, I)
@@ -351,15 +461,19 @@ impl PyIndex {
     }
 
     /// index.tune(queries, target_recall=0.95, k=10, max_keep=None, max_seconds=300.0,
-    ///            confidence=0.95) -> dict
+    ///            confidence=0.95, base=None) -> dict
     ///
-    /// Measures the pipeline's keeps on `queries` (validation queries, not the ones you will
-    /// report on) against exact search, and makes the fastest setting that reaches
-    /// `target_recall` at k the default pipeline (in memory; `save` stores it). A setting
-    /// reaches it when the one-sided lower `confidence` bound of its recall does (0: the mean
-    /// recall itself). Returns the report with the keys of `rewa tune --json`: pipeline,
-    /// recall_at_k, recall_lower, confidence, qps, target_met, timed_out, seconds, curve.
-    #[pyo3(signature = (queries, target_recall=0.95, k=10, max_keep=None, max_seconds=300.0, confidence=0.95))]
+    /// Measures the pipeline's keeps (and the lists a partitioned first stage probes) on
+    /// `queries` (validation queries, not the ones you will report on) against exact search,
+    /// and makes the fastest setting that reaches `target_recall` at k the default pipeline
+    /// (in memory; `save` stores it). A setting reaches it when the one-sided lower
+    /// `confidence` bound of its recall does (0: the mean recall itself). Exact search runs
+    /// over `base` if given (every vector the index gave an id, in id order), else over the
+    /// index's float vectors or flat codes; an index with neither needs `base`. Returns the
+    /// report with the keys of `rewa tune --json`: pipeline, recall_at_k, recall_lower,
+    /// confidence, qps, target_met, timed_out, seconds, curve.
+    #[pyo3(signature = (queries, target_recall=0.95, k=10, max_keep=None, max_seconds=300.0, confidence=0.95, base=None))]
+    #[allow(clippy::too_many_arguments)]
     fn tune<'py>(
         &self,
         py: Python<'py>,
@@ -369,9 +483,12 @@ impl PyIndex {
         max_keep: Option<usize>,
         max_seconds: f64,
         confidence: f64,
+        base: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let q = matrix(queries, "queries")?;
         let qv = rows(&q)?;
+        let b = base.map(|b| matrix(b, "base")).transpose()?;
+        let bv = b.as_ref().map(rows).transpose()?;
         let opts = TuneOptions {
             k,
             target_recall,
@@ -383,7 +500,12 @@ impl PyIndex {
             let report = {
                 let index = self.read();
                 let prepared = index.metric().prepare(qv)?;
-                rewa::tune(&index, &prepared, &opts, &mut |_| {})?
+                let base = bv.map(|b| index.metric().prepare(b)).transpose()?;
+                let data = rewa::tune::TuneData {
+                    queries: &prepared,
+                    base: base.as_ref(),
+                };
+                rewa::tune::tune_on(&index, data, &opts, &mut |_| {})?
             };
             self.write().set_pipeline(report.chosen().clone())?;
             Ok(report)
@@ -393,15 +515,26 @@ impl PyIndex {
 
     /// index.save(path, force=False) -> None
     ///
-    /// Saves into the directory `path` (created if missing) crash-safely, as `rewa build`
-    /// does: an index already there is replaced, a folder of other files is refused unless
-    /// `force` (files the index did not write are never deleted), and a second writer of
-    /// the same directory is refused.
+    /// Saves into the directory `path` (created if missing) crash-safely. Saving back into
+    /// the directory this index was opened from (or last saved to) writes only what changed,
+    /// and only if nobody else wrote it since: if `rewa add`, a server or another `Index`
+    /// saved there in between, this raises RuntimeError and writes nothing (saving would
+    /// drop their rows and deletions); open it again and re-apply the changes. Any other
+    /// directory holding an index, or other files, is refused unless `force=True`, which
+    /// replaces the index there (files an index did not write are never deleted). A second
+    /// writer of the same directory at the same time is refused (OSError).
     #[pyo3(signature = (path, force=false))]
     fn save(&self, py: Python<'_>, path: PathBuf, force: bool) -> PyResult<()> {
         detached(py, || {
-            rewa::index::check_build_target(&path, force)?;
-            self.read().save(&path)
+            let lock = rewa::index::WriteLock::acquire(&path, std::time::Duration::ZERO)?;
+            let index = self.read();
+            if force {
+                return index.replace_locked(&lock);
+            }
+            if !index.is_from(&path) {
+                rewa::index::check_build_target(&path, false, "force=True")?;
+            }
+            index.save_locked(&lock)
         })
     }
 
@@ -642,6 +775,26 @@ fn evaluate<'py>(
     to_dict(py, &report)
 }
 
+/// How to get a wheel with text embedding.
+#[cfg(not(feature = "embed"))]
+const EMBED_HINT: &str = "this rewa was built without the `embed` feature; reinstall it with it: MATURIN_PEP517_ARGS=\"--features embed\" pip install ./crates/rewa-py (a longer build: candle and tokenizers)";
+
+/// The module's attribute hook (PEP 562): `rewa.Embedder` in a wheel built without `embed`
+/// says how to get it instead of a bare AttributeError.
+#[cfg(not(feature = "embed"))]
+#[pyfunction]
+fn __getattr__(name: &str) -> PyResult<Py<PyAny>> {
+    use pyo3::exceptions::PyAttributeError;
+    if name == "Embedder" {
+        return Err(PyAttributeError::new_err(format!(
+            "module 'rewa' has no attribute 'Embedder': {EMBED_HINT}"
+        )));
+    }
+    Err(PyAttributeError::new_err(format!(
+        "module 'rewa' has no attribute '{name}'"
+    )))
+}
+
 /// Panics inside the library's guard: the test that a panic reaches Python as RuntimeError,
 /// never as pyo3's PanicException.
 #[pyfunction]
@@ -665,6 +818,8 @@ fn rewa_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
     #[cfg(feature = "embed")]
     m.add_class::<embed::PyEmbedder>()?;
+    #[cfg(not(feature = "embed"))]
+    m.add_function(wrap_pyfunction!(__getattr__, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add(
         "SIMD",

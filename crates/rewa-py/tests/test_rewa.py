@@ -424,3 +424,110 @@ def test_an_index_built_from_text_names_its_rows(tmp_path):
     with pytest.raises(ValueError, match="corpus ids"):
         index.add(np.ones((1, 384), dtype=np.float32))
     assert rewa.Index.build(np.eye(4, dtype=np.float32), "exact:2").doc_ids is None
+
+
+def test_a_stale_save_is_refused_and_loses_no_acknowledged_write(tmp_path, data):
+    """An Index opened before `rewa add` and `rewa delete` saved the directory used to write
+    its own state over theirs: the added rows vanished, their ids were handed out again and
+    the deleted row came back."""
+    x, q = data
+    d = tmp_path / "d"
+    rewa.Index.build(x[:200], "hadamard64+sign:50,exact:10", metric="l2").save(d)
+    ix = rewa.Index.open(d)
+    np.save(tmp_path / "more.npy", q[:5])
+    cli("add", "--index", "d", "--base", "more.npy", cwd=tmp_path)  # ids 200..204
+    (tmp_path / "del.txt").write_text("3\n")
+    cli("delete", "--index", "d", "--ids", "del.txt", cwd=tmp_path)
+    manifest = (d / "manifest.json").read_bytes()
+    ix.add(q[5:6])
+    with pytest.raises(RuntimeError, match=r"the index changed since it was read \(generation 0, now 2\): "
+                                           r"open it again and re-apply your changes"):
+        ix.save(d)
+    with pytest.raises(RuntimeError, match="force=True"):
+        ix.save(str(d) + "/.")
+    assert (d / "manifest.json").read_bytes() == manifest
+    # opened again and re-applied, the save goes through; every id names one vector
+    ix = rewa.Index.open(d)
+    ix.add(q[5:6])
+    ix.save(d)
+    again = rewa.Index.open(d)
+    assert len(again) == 205 and again.info()["next_id"] == 206 and again.info()["deleted"] == 1
+    _, I = again.search(q[:6], k=1, pipeline="exact:1")
+    assert I[:, 0].tolist() == [200, 201, 202, 203, 204, 205]
+    _, I = again.search(x[3:4], k=205, pipeline="exact:205")
+    assert 3 not in I
+    # another index is not saved over it without force=True
+    other = rewa.Index.build(x[:50], "exact:10")
+    with pytest.raises(ValueError, match="already holds an index of 205 vectors; choose another "
+                                         "folder, or pass force=True to replace it"):
+        other.save(d)
+    assert len(rewa.Index.open(d)) == 205
+    other.save(d, force=True)
+    assert len(rewa.Index.open(d)) == 50
+
+
+def test_tune_takes_ground_truth_from_flat_codes_or_the_base(data):
+    x, q = data
+    ivf = rewa.Index.build(x, "ivf32/1+flat:10", metric="l2")
+    r = ivf.tune(q, target_recall=0.9)
+    assert r["target_met"] and ivf.pipeline.startswith("ivf32/") and ivf.pipeline != "ivf32/1+flat:10"
+    codes = rewa.Index.build(x, "ivf32/1+int8:10", metric="l2")
+    with pytest.raises(ValueError, match=r"neither float vectors nor flat codes: give the vectors it was "
+                                         r"built from \(--base FILE; base= in Python\)"):
+        codes.tune(q)
+    with pytest.raises(ValueError, match="the base holds 10 vectors"):
+        codes.tune(q, base=x[:10])
+    r = codes.tune(q, target_recall=0.8, confidence=0.0, base=x)
+    assert r["target_met"] and codes.pipeline == r["pipeline"]
+
+
+@pytest.mark.skipif(hasattr(rewa, "Embedder"), reason="built with the embed feature")
+def test_a_wheel_without_embed_says_how_to_get_the_embedder():
+    with pytest.raises(AttributeError, match=r'no attribute \'Embedder\': .*'
+                                             r'MATURIN_PEP517_ARGS="--features embed" pip install'):
+        rewa.Embedder
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        rewa.nothing
+    index = rewa.Index.build(np.eye(4, dtype=np.float32), "exact:2")
+    with pytest.raises(NotImplementedError, match="--features embed"):
+        index.add(texts=["a"], ids=["a"])
+
+
+def test_rows_named_by_corpus_ids_are_added_and_deleted_by_them():
+    index = rewa.Index.build(np.eye(4, dtype=np.float32)[:1], "exact:1")
+    # an index of bare rows takes no corpus ids
+    with pytest.raises(ValueError, match="have no corpus ids"):
+        index.add(np.eye(4, dtype=np.float32)[1:2], ids=["b"])
+    with pytest.raises(ValueError, match="give ids or doc_ids"):
+        index.delete()
+    with pytest.raises(ValueError, match="no corpus ids"):
+        index.delete(doc_ids=["a"])
+    assert index.delete(ids=[0]) == 1
+
+
+@pytest.mark.skipif(not hasattr(rewa, "Embedder"), reason="built without the embed feature")
+def test_texts_are_added_and_deleted_by_corpus_id(tmp_path):
+    model = minilm()
+    (tmp_path / "c.jsonl").write_text(
+        '{"_id": "cat", "text": "The cat sat on the mat."}\n'
+        '{"_id": "vaccine", "text": "A new vaccine reduces infection rates in older adults."}\n',
+        encoding="utf-8",
+    )
+    cli("build", "--text", "c.jsonl", "--model", model, "--pipeline", "exact:2", "--out", "idx",
+        cwd=tmp_path)
+    index = rewa.Index.open(str(tmp_path / "idx"))
+    with pytest.raises(ValueError, match='id "cat" names two rows'):
+        index.add(texts=["A cat again."], ids=["cat"])
+    with pytest.raises(ValueError, match="texts need their corpus ids"):
+        index.add(texts=["A dog barks at night."])
+    index.add(texts=["A dog barks at night."], ids=["dog"])
+    assert index.doc_ids == ["cat", "vaccine", "dog"]
+    dog = rewa.Embedder(str(model)).embed(["A dog barks at night."])
+    _, I = index.search(dog, k=1)
+    assert index.doc_ids[I[0, 0]] == "dog"
+    assert index.delete(doc_ids=["cat"]) == 1
+    with pytest.raises(ValueError, match='no row has corpus id "cat"'):
+        index.delete(doc_ids=["cat"])
+    index.save(tmp_path / "idx")
+    tsv = cli("search", "--index", "idx", "--text", "a cat on a mat", "--k", "2", cwd=tmp_path)
+    assert {line.split("\t")[2] for line in tsv.strip().splitlines()[1:]} == {"vaccine", "dog"}

@@ -57,6 +57,18 @@ pub enum Error {
         /// How long this process waited.
         waited_secs: u64,
     },
+    /// An index held in memory was read from (or last saved to) a directory whose index has
+    /// changed since: saving it would drop the other writer's changes (acknowledged adds,
+    /// deletes) and hand out ids again. Open the directory again and re-apply the changes.
+    #[error("{}: the index changed since it was read (generation {read}, now {now}): open it again and re-apply your changes", path.display())]
+    Stale {
+        /// The index directory.
+        path: PathBuf,
+        /// The generation this index was read at (or last saved as).
+        read: u64,
+        /// The generation the directory holds now.
+        now: u64,
+    },
     /// Valid input this build cannot handle, e.g. a feature that is not compiled in.
     #[error("unsupported: {0}")]
     Unsupported(String),

@@ -6,8 +6,14 @@
 //! ascending order, skipping a setting whose every value is at least that of one that already
 //! met the target (more work for recall that is not needed). The doubling grid overshoots by up
 //! to 2x, so the fastest setting that met the target is then refined value by value: three
-//! bisection steps between half its keep (or nprobe) and its keep. Ground truth is exact search over the
-//! index's float vectors. A time budget bounds the whole run: when it is spent, the best
+//! bisection steps between half its keep (or nprobe) and its keep. A pipeline with no keep left
+//! to tune (one stage, e.g. `ivf128/8+flat:10`) tunes its `nprobe` alone.
+//!
+//! Ground truth is exact search, over the first of: the vectors given as `base` (those the
+//! index was built from and added, in id order; deleted rows are left out), the index's float
+//! vectors (an `exact` stage), or its `flat` codes (a code set without transforms: its codes
+//! are the vectors, so scanning all of them, every list probed, is exact search). An index
+//! with none of these cannot be tuned. A time budget bounds the whole run: when it is spent, the best
 //! setting found so far is returned and the report says so.
 //!
 //! A setting meets the target when the lower confidence bound of its recall does (one-sided,
@@ -16,9 +22,10 @@
 //! chosen to land exactly on the target fell short of it on held-out queries (SciFact
 //! sentences: 0.950 on 300 tuning queries, 0.930 on 809 held-out ones).
 
+use crate::encode::QuantizerSpec;
 use crate::error::{invalid, Error, Result};
 use crate::eval::recall_at_k;
-use crate::search::{Pipeline, SearchParams};
+use crate::search::{Hit, Pipeline, Scorer, SearchParams, Stage};
 use crate::vectors::Prepared;
 use crate::Index;
 use std::time::Instant;
@@ -145,15 +152,110 @@ fn check(opts: &TuneOptions, n: usize) -> Result<()> {
     Ok(())
 }
 
+/// What [`tune_on`] measures with: validation queries, and optionally the vectors the index
+/// was built from, for ground truth when the index stores neither float vectors nor flat
+/// codes.
+#[derive(Clone, Copy, Debug)]
+pub struct TuneData<'a> {
+    /// Validation queries (never the ones reported on), prepared for the index's metric.
+    pub queries: &'a Prepared<'a>,
+    /// Every vector the index gave an id, in id order (row `i` has id `i`; deleted rows are
+    /// left out of the ground truth), prepared for the index's metric.
+    pub base: Option<&'a Prepared<'a>>,
+}
+
 /// Measures keeps for `index`'s default pipeline on `queries` (validation queries, never the
 /// ones reported on) and returns the curve and the chosen setting; the caller stores it with
-/// [`Index::set_pipeline`].
+/// [`Index::set_pipeline`]. Ground truth comes from the index ([`tune_on`] takes the base
+/// vectors for an index that has none).
 pub fn tune(
     index: &Index,
     queries: &Prepared<'_>,
     opts: &TuneOptions,
     progress: &mut dyn FnMut(&TuneProgress<'_>),
 ) -> Result<TuneReport> {
+    tune_on(
+        index,
+        TuneData {
+            queries,
+            base: None,
+        },
+        opts,
+        progress,
+    )
+}
+
+/// The exact top-`k` of every query among the index's live rows: from `base` if given, else
+/// from the index's float vectors, else from its flat codes.
+fn ground_truth(index: &Index, data: TuneData<'_>, k: usize) -> Result<Vec<Vec<Hit>>> {
+    let queries = data.queries;
+    if let Some(base) = data.base {
+        if base.dim() != index.dim() {
+            return Err(Error::DimMismatch {
+                expected: index.dim(),
+                got: base.dim(),
+            });
+        }
+        if base.metric() != index.metric() {
+            return invalid!(
+                "base vectors prepared for {} given to an index of metric {}",
+                base.metric(),
+                index.metric()
+            );
+        }
+        if base.len() != index.next_id() {
+            return invalid!(
+                "the base holds {} vectors, but the index gave out ids 0..{}: give every vector it was built from and added, in order (row i is id i)",
+                base.len(),
+                index.next_id()
+            );
+        }
+        let live: Vec<u32> = index.live_ids().collect();
+        if live.len() == base.len() {
+            return Ok(crate::eval::ground_truth(base, queries, k));
+        }
+        let kept = index.metric().prepare_owned(base.view().gather(&live))?;
+        let mut gt = crate::eval::ground_truth(&kept, queries, k);
+        for h in gt.iter_mut().flatten() {
+            h.id = live[h.id as usize];
+        }
+        return Ok(gt);
+    }
+    let stage = if index.has_vectors() {
+        Stage::new(Scorer::Exact, k)
+    } else if let Some(e) = index
+        .encoders()
+        .iter()
+        .find(|e| e.spec().transforms.is_empty() && e.spec().quantizer == QuantizerSpec::Flat)
+    {
+        // flat codes are the vectors: scanning every list of them is exact search
+        let spec = e.spec().clone();
+        Stage {
+            nprobe: spec.ivf,
+            ..Stage::new(Scorer::Codes(spec), k)
+        }
+    } else {
+        return invalid!(
+            "tuning needs ground truth, and this index stores neither float vectors nor flat codes: give the vectors it was built from (--base FILE; base= in Python), or build with a pipeline that has an exact stage"
+        );
+    };
+    index.search_prepared(
+        queries,
+        &SearchParams {
+            k,
+            pipeline: Some(Pipeline::new(vec![stage])?),
+        },
+    )
+}
+
+/// [`tune`] with the ground truth taken from `data.base` when given.
+pub fn tune_on(
+    index: &Index,
+    data: TuneData<'_>,
+    opts: &TuneOptions,
+    progress: &mut dyn FnMut(&TuneProgress<'_>),
+) -> Result<TuneReport> {
+    let queries = data.queries;
     let started = Instant::now();
     let n = index.len();
     check(opts, n)?;
@@ -163,26 +265,14 @@ pub fn tune(
             got: queries.dim(),
         });
     }
-    if !index.has_vectors() {
-        return invalid!("tuning needs the index's float vectors for ground truth; build with a pipeline that has an exact stage");
-    }
     let k = opts.k;
-    let gt = index.search_prepared(
-        queries,
-        &SearchParams {
-            k,
-            pipeline: Some(Pipeline::new(vec![crate::search::Stage::new(
-                crate::search::Scorer::Exact,
-                k,
-            )])?),
-        },
-    )?;
     let base = index.pipeline().clone();
     if base.stages().iter().any(|s| s.bound.is_some()) {
         return invalid!(
             "pipeline {base}: a bound stage keeps what its error bound requires; there is no keep to tune (raise its constant, e.g. :bound=3, for more recall)"
         );
     }
+    let gt = ground_truth(index, data, k)?;
     // A setting is [nprobe (a partitioned first stage only), keep of every stage but the last].
     let np_dims = usize::from(base.nprobe().is_some());
     let free = base.stages().len() - 1;
@@ -339,12 +429,7 @@ pub fn tune(
 
 /// Mean per-query recall@k and its one-sided lower bound `mean - z * sd / sqrt(n)` (normal
 /// approximation; `z` 0 gives the mean).
-fn recall_bound(
-    hits: &[Vec<crate::search::Hit>],
-    gt: &[Vec<crate::search::Hit>],
-    k: usize,
-    z: f64,
-) -> (f64, f64) {
+fn recall_bound(hits: &[Vec<Hit>], gt: &[Vec<Hit>], k: usize, z: f64) -> (f64, f64) {
     let per: Vec<f64> = hits
         .iter()
         .zip(gt)
@@ -373,7 +458,6 @@ fn normal_quantile(p: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::search::Hit;
 
     #[test]
     fn normal_quantiles_and_the_recall_bound() {

@@ -10,13 +10,15 @@ use std::path::{Path, PathBuf};
 /// (a) the seed's synthetic clusters with held-out queries (same classes, and new classes),
 /// (b) SciFact all-MiniLM-L6-v2 embeddings (nDCG@10 from the test qrels),
 /// (c) SIFT-small (L2). A data set whose folder is absent is skipped (and listed as skipped
-/// in the JSON); a data set that is present but unreadable is an error.
+/// in the JSON); a data set that is present but unreadable is an error, and so is a run
+/// with no data set left to run.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Directory holding scifact/ and siftsmall/.
-    #[arg(long, default_value = "../shared/data")]
-    data: PathBuf,
-    /// Where to write the JSON results.
+    /// Directory holding scifact/ and siftsmall/ (default: ../shared/data, whose absence only
+    /// skips the real sets; a --data given that does not exist is an error).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Where to write the JSON results (checked to be writable before any row runs).
     #[arg(long, default_value = "rewa-bench.json")]
     out: PathBuf,
     /// Number of neighbours.
@@ -96,14 +98,15 @@ struct BenchJson {
 pub fn table(rows: &[Report]) -> String {
     let k = rows.first().map_or(10, |r| r.k);
     let mut s = format!(
-        "| spec | bytes/vec | compression | recall@{k} | label P@{k} | nDCG@10 | QPS | fit s | reranked/query |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| spec | scanned B/vec | stored B/vec | vs float32 | recall@{k} | label P@{k} | nDCG@10 | QPS | fit s | reranked/query |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     let opt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.3}"));
     for r in rows {
         s += &format!(
-            "| `{}` | {} | {:.1}x | {:.3} | {} | {} | {:.0} | {:.2} | {} |\n",
+            "| `{}` | {} | {} | {:.1}x | {:.3} | {} | {} | {:.0} | {:.2} | {} |\n",
             r.spec,
             r.bytes_per_vector,
+            r.stored_bytes_per_vector,
             r.compression,
             r.recall_at_k,
             opt(r.label_precision_at_k),
@@ -115,6 +118,35 @@ pub fn table(rows: &[Report]) -> String {
                 [first, _, ..] => format!("{first:.1}"),
                 _ => "-".into(),
             }
+        );
+    }
+    s
+}
+
+/// What the table's columns mean, printed once under the first table.
+pub const LEGEND: &str = "Legend: *scanned B/vec* the bytes per vector the first stage reads; *stored B/vec* the index's bytes per vector in all (every code set, plus the float vectors an `exact` stage rescores with); *vs float32* 4 x dim / stored bytes (below 1x: the index is larger than the raw vectors); *recall@k* the share of the exact top k found, on held-out queries; *label P@k* the share of hits with the query's class; *nDCG@10* from the qrels; *QPS* queries per second on every core; *reranked/query* the candidates the first stage hands to the next.";
+
+/// One line: the best recall at 8x compression or more, and the best recall overall.
+pub fn conclusion(rows: &[Report]) -> String {
+    let best = |min_compression: f64| {
+        rows.iter()
+            .filter(|r| r.compression >= min_compression)
+            .max_by(|a, b| a.recall_at_k.total_cmp(&b.recall_at_k))
+    };
+    let k = rows.first().map_or(10, |r| r.k);
+    let mut s = String::from("In short:");
+    if let Some(r) = best(8.0) {
+        s += &format!(
+            " at 8x smaller than float32 or more, `{}` finds the most ({:.3} recall@{k}, {} stored bytes per vector);",
+            r.spec, r.recall_at_k, r.stored_bytes_per_vector
+        );
+    } else {
+        s += " no row is 8x smaller than float32;";
+    }
+    if let Some(r) = best(0.0) {
+        s += &format!(
+            " the best recall, {:.3}, is `{}`'s at {:.0} QPS and {:.1}x.",
+            r.recall_at_k, r.spec, r.qps, r.compression
         );
     }
     s
@@ -279,12 +311,22 @@ pub fn run(a: Args) -> Result<()> {
             }
         }));
     }
-    // Every row parses before any data is read.
+    // Every row parses, and the results can be written, before any data is read.
     for spec in &specs {
         let text = spec.replace(":K", &format!(":{}", a.k));
         text.parse::<Pipeline>()
             .with_context(|| format!("bench row {text}"))?;
     }
+    check_writable(&a.out)?;
+    let wants_real = only.iter().any(|s| matches!(*s, "scifact" | "sift"));
+    let data = match &a.data {
+        Some(d) if wants_real && !d.is_dir() => bail!(
+            "--data {}: no such directory (it should hold scifact/ and siftsmall/; for the synthetic sets alone pass --only synth,synth-new)",
+            d.display()
+        ),
+        Some(d) => d.clone(),
+        None => PathBuf::from("../shared/data"),
+    };
     let mut sets = synth_sets(
         only.contains(&"synth"),
         only.contains(&"synth-new"),
@@ -298,7 +340,7 @@ pub fn run(a: Args) -> Result<()> {
         if !only.contains(&name) {
             continue;
         }
-        let dir = a.data.join(folder);
+        let dir = data.join(folder);
         if !dir.is_dir() {
             let reason = format!("{} is absent", dir.display());
             log(&format!("skipping {name}: {reason}"));
@@ -311,6 +353,16 @@ pub fn run(a: Args) -> Result<()> {
         sets.push(
             load(&dir, a.quick)
                 .with_context(|| format!("loading {name} from {}", dir.display()))?,
+        );
+    }
+    if sets.is_empty() {
+        let why: Vec<String> = skipped
+            .iter()
+            .map(|s| format!("{}: {}", s.name, s.reason))
+            .collect();
+        bail!(
+            "no data set to run ({}); give --data DIR holding scifact/ or siftsmall/, or --only synth",
+            why.join("; ")
         );
     }
     // The seed's learned row: trained on the synthetic base (the fit set of both synth sets).
@@ -371,7 +423,14 @@ pub fn run(a: Args) -> Result<()> {
             reports
                 .push(evaluate(&p, &label, &inp).with_context(|| format!("{}: {label}", s.name))?);
         }
-        md += &format!("### {}\n{}\n\n{}\n", s.name, s.note, table(&reports));
+        let legend = if out.is_empty() { LEGEND } else { "" };
+        md += &format!(
+            "### {}\n{}\n\n{}\n{}\n\n{legend}\n",
+            s.name,
+            s.note,
+            table(&reports),
+            conclusion(&reports)
+        );
         out.push(DataSet {
             name: s.name.to_string(),
             note: s.note.clone(),
@@ -422,9 +481,37 @@ pub fn run(a: Args) -> Result<()> {
         skipped,
         seed,
     };
-    std::fs::write(&a.out, serde_json::to_string_pretty(&json)?)
+    rewa::io::write_text(&a.out, &serde_json::to_string_pretty(&json)?)
         .with_context(|| format!("writing {}", a.out.display()))?;
     log(&format!("wrote {}", a.out.display()));
+    Ok(())
+}
+
+/// Fails unless `out` can be written: not a directory, an existing file open for writing, and
+/// a folder that takes a new file (probed with one, removed at once), so that a run of many
+/// minutes does not end in a write error.
+fn check_writable(out: &Path) -> Result<()> {
+    let ctx = || format!("--out {}", out.display());
+    if out.is_dir() {
+        bail!("--out {} is a directory; give a file name", out.display());
+    }
+    if out.exists() {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(out)
+            .with_context(ctx)?;
+    }
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let probe = parent.join(format!(".rewa-bench-probe-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .with_context(|| format!("{}: cannot write in {}", ctx(), parent.display()))?;
+    let _ = std::fs::remove_file(&probe);
     Ok(())
 }
 

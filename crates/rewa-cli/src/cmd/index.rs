@@ -53,8 +53,9 @@ pub struct BuildArgs {
     /// Seed for encoder fitting.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Build into --out even if it holds other files (an existing index there is replaced;
-    /// files the index did not write are never deleted).
+    /// Build into --out even if it holds an index (which is then replaced) or other files
+    /// (files an index did not write are never deleted). Without it an existing index is
+    /// refused, so a build cannot silently replace one.
     #[arg(long)]
     force: bool,
     #[command(flatten)]
@@ -177,7 +178,8 @@ pub struct DeleteArgs {
     #[arg(long)]
     index: PathBuf,
     /// Ids to delete (as `rewa search` prints them): a text file with one id per line, or a
-    /// 1-D .npy of integers (negative entries are skipped).
+    /// 1-D .npy of integers (-1 entries, the padding of `rewa search --out x.npy`, are
+    /// skipped). Ids are 0 to 4294967295; an id listed twice is deleted once.
     #[arg(long, required_unless_present = "doc_ids", conflicts_with = "doc_ids")]
     ids: Option<PathBuf>,
     /// For an index built from text: corpus ids to delete, one per line.
@@ -214,16 +216,24 @@ pub struct InfoArgs {
     json: bool,
 }
 
-/// Find the keep sizes that reach a target recall@k on validation queries at the highest QPS,
-/// print the curve, and store the chosen pipeline as the index default.
+/// Find the keep sizes (and the lists a partitioned first stage probes) that reach a target
+/// recall@k on validation queries at the highest QPS, print the curve, and store the chosen
+/// pipeline as the index default.
+///
+/// Ground truth is exact search over --base if given, else over the index's float vectors
+/// (an `exact` stage) or its `flat` codes; an index with neither needs --base.
 #[derive(clap::Args)]
 pub struct TuneArgs {
-    /// Index directory (must store float vectors: ground truth is exact search over them).
+    /// Index directory.
     #[arg(long)]
     index: PathBuf,
     /// Validation queries (not the queries you will report on).
     #[arg(long)]
     queries: PathBuf,
+    /// The vectors the index was built from and added, in order (row i is id i): ground
+    /// truth for an index that stores neither float vectors nor flat codes.
+    #[arg(long)]
+    base: Option<PathBuf>,
     /// Target recall@k.
     #[arg(long, default_value_t = 0.95)]
     target_recall: f64,
@@ -280,7 +290,7 @@ fn add_with_progress(index: &mut Index, data: &Prepared<'_>) -> Result<()> {
 pub fn build(a: BuildArgs) -> Result<()> {
     let t0 = Instant::now();
     // Refuse a folder of other files before any work, and hold the writer lock throughout.
-    check_build_target(&a.out, a.force)?;
+    check_build_target(&a.out, a.force, "--force")?;
     let lock = a.lock.acquire(&a.out)?;
     let (base, ids, text_model, base_path) = match (&a.base, &a.text, &a.model) {
         (Some(b), _, _) => (load_prepared(b, a.metric)?, None, None, b),
@@ -513,17 +523,26 @@ pub fn search(a: SearchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Reads row ids: .npy integers (negatives skipped) or text, one per line (blank lines skipped).
+/// Reads row ids: .npy integers (-1, the padding `rewa search` writes, skipped) or text, one
+/// per line (blank lines skipped). An id that does not fit the index's ids (u32) is an error,
+/// never skipped.
 fn read_row_ids(path: &Path) -> Result<Vec<u32>> {
+    let fit = |i: i128, at: String| -> Result<u32> {
+        u32::try_from(i).map_err(|_| {
+            anyhow::anyhow!(
+                "--ids {}{at}: {i} is not an id (ids are whole numbers from 0 to {})",
+                path.display(),
+                u32::MAX
+            )
+        })
+    };
     if path.extension().is_some_and(|e| e == "npy") {
         let v = rewa::io::read_labels(path).with_context(|| format!("--ids {}", path.display()))?;
         return v
             .into_iter()
-            .filter(|&i| i >= 0)
-            .map(|i| {
-                u32::try_from(i)
-                    .map_err(|_| anyhow::anyhow!("--ids {}: id {i} is too large", path.display()))
-            })
+            .enumerate()
+            .filter(|&(_, i)| i != -1)
+            .map(|(n, i)| fit(i as i128, format!(" entry {n}")))
             .collect();
     }
     let text =
@@ -532,14 +551,15 @@ fn read_row_ids(path: &Path) -> Result<Vec<u32>> {
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(n, l)| {
-            l.trim().parse::<u32>().map_err(|_| {
-                anyhow::anyhow!(
-                    "--ids {} line {}: {:?} is not an id (a whole number)",
+            let at = format!(" line {}", n + 1);
+            match l.trim().parse::<i128>() {
+                Ok(i) => fit(i, at),
+                Err(_) => bail!(
+                    "--ids {}{at}: {:?} is not an id (a whole number)",
                     path.display(),
-                    n + 1,
                     l.trim()
-                )
-            })
+                ),
+            }
         })
         .collect()
 }
@@ -548,10 +568,12 @@ pub fn delete(a: DeleteArgs) -> Result<()> {
     let t0 = Instant::now();
     let lock = a.lock.acquire_existing(&a.index)?;
     let mut index = open(&a.index)?;
-    let (asked, deleted) = match (&a.ids, &a.doc_ids) {
+    // (ids listed, distinct ids, newly deleted)
+    let (listed, asked, deleted) = match (&a.ids, &a.doc_ids) {
         (Some(p), _) => {
             let ids = read_row_ids(p)?;
-            (ids.len(), index.delete(&ids)?)
+            let distinct = ids.iter().collect::<std::collections::HashSet<_>>().len();
+            (ids.len(), distinct, index.delete(&ids)?)
         }
         (None, Some(p)) => {
             let text =
@@ -562,7 +584,8 @@ pub fn delete(a: DeleteArgs) -> Result<()> {
                 .filter(|l| !l.is_empty())
                 .map(str::to_owned)
                 .collect();
-            (ids.len(), index.delete_doc_ids(&ids)?)
+            let distinct = ids.iter().collect::<std::collections::HashSet<_>>().len();
+            (ids.len(), distinct, index.delete_doc_ids(&ids)?)
         }
         _ => bail!("give --ids or --doc-ids"),
     };
@@ -570,8 +593,12 @@ pub fn delete(a: DeleteArgs) -> Result<()> {
         index.save_locked(&lock)?;
     }
     let secs = t0.elapsed().as_secs_f64();
+    let repeated = match listed - asked {
+        0 => String::new(),
+        n => format!("; {n} listed more than once"),
+    };
     log(&format!(
-        "deleted {deleted} of {asked} ids ({} already deleted); {} vectors left, {} deleted rows await `rewa compact`",
+        "deleted {deleted} of {asked} ids ({} already deleted{repeated}); {} vectors left, {} deleted rows await `rewa compact`",
         asked - deleted,
         index.len(),
         index.deleted().len()
@@ -579,7 +606,7 @@ pub fn delete(a: DeleteArgs) -> Result<()> {
     if a.json {
         println!(
             "{}",
-            json!({"deleted": deleted, "asked": asked, "count": index.len(), "pending_compaction": index.deleted().len(), "seconds": secs})
+            json!({"deleted": deleted, "asked": asked, "repeated": listed - asked, "count": index.len(), "pending_compaction": index.deleted().len(), "seconds": secs})
         );
     }
     Ok(())
@@ -626,6 +653,17 @@ pub fn info(a: InfoArgs) -> Result<()> {
     println!("float vectors   {stored}");
     println!("bytes/vector    {}", s.bytes_per_vector);
     println!("segments        {}", s.segments);
+    if let Some(m) = &s.text_model {
+        println!(
+            "text model      {} (weights sha256 {}..., {} word pieces per text)",
+            m.dir,
+            m.weights_sha256.chars().take(16).collect::<String>(),
+            m.max_seq_len
+        );
+    }
+    if s.has_doc_ids {
+        println!("corpus ids      stored (hits name documents)");
+    }
     if s.deleted > 0 {
         println!("deleted         {} (removed by `rewa compact`)", s.deleted);
     }
@@ -642,6 +680,14 @@ pub fn info(a: InfoArgs) -> Result<()> {
 pub fn tune(a: TuneArgs) -> Result<()> {
     let lock = a.lock.acquire_existing(&a.index)?;
     let (mut index, queries) = open_with(&a.index, &a.queries)?;
+    let base = match &a.base {
+        Some(b) => {
+            let v = load_prepared(b, index.metric())?;
+            check_dim(b, v.dim(), &a.index, index.dim())?;
+            Some(v)
+        }
+        None => None,
+    };
     let opts = TuneOptions {
         k: a.k,
         target_recall: a.target_recall,
@@ -650,7 +696,11 @@ pub fn tune(a: TuneArgs) -> Result<()> {
         confidence: a.confidence,
     };
     let pb = progress_bar(0, "tuning");
-    let report = rewa::tune(&index, &queries, &opts, &mut |p| {
+    let data = rewa::tune::TuneData {
+        queries: &queries,
+        base: base.as_ref(),
+    };
+    let report = rewa::tune::tune_on(&index, data, &opts, &mut |p| {
         pb.set_length(p.total as u64);
         pb.set_position(p.done as u64);
         pb.suspend(|| {

@@ -48,11 +48,22 @@ fn build_never_deletes_files_it_did_not_write() {
             );
         }
     }
-    // rebuilding an index folder needs no --force, and keeps foreign files too
+    // an index is never replaced silently: rebuilding over one needs --force (which keeps
+    // foreign files too)
     ok("build --base s/base.npy --pipeline exact:10 --out idx", d);
     std::fs::write(d.join("idx/codes-mine.bin"), "mine").unwrap();
-    ok(
+    let manifest = std::fs::read(d.join("idx/manifest.json")).unwrap();
+    fails(
         "build --base s/base.npy --pipeline hadamard16+sign:20,exact:10 --out idx",
+        d,
+        "idx already holds an index of 50 vectors; choose another folder, or pass --force to replace it",
+    );
+    assert_eq!(
+        std::fs::read(d.join("idx/manifest.json")).unwrap(),
+        manifest
+    );
+    ok(
+        "build --base s/base.npy --pipeline hadamard16+sign:20,exact:10 --out idx --force",
         d,
     );
     ok("add --index idx --base s/base.npy", d);
@@ -160,7 +171,9 @@ fn eval_searches_as_deep_as_its_measures_need() {
         d,
     );
     let j = json(
-        &format!("eval --base s/base.npy --queries s/queries_same.npy --pipeline hadamard64+sign:50,exact:10 {qr}"),
+        &format!(
+            "eval --base s/base.npy --queries s/queries_same.npy --pipeline hadamard64+sign:50,exact:10 {qr}"
+        ),
         d,
     );
     assert_eq!(j["deep_pipeline"], "hadamard64+sign:100,exact:100", "{j}");
@@ -170,7 +183,9 @@ fn eval_searches_as_deep_as_its_measures_need() {
     // at the 10 others of its class (11 per class, tight clusters): 1.0, not 0.9.
     for what in ["--encoder flat", "--pipeline hadamard64+sign:300,exact:10"] {
         let j = json(
-            &format!("eval --base s/base.npy --queries s/base.npy {what} --labels s/labels.npy --query-labels s/labels.npy"),
+            &format!(
+                "eval --base s/base.npy --queries s/base.npy {what} --labels s/labels.npy --query-labels s/labels.npy"
+            ),
             d,
         );
         assert_eq!(j["label_precision_at_k"], 1.0, "{what}: {j}");
@@ -183,7 +198,11 @@ fn eval_searches_as_deep_as_its_measures_need() {
     fails(
         "eval --base s/base.npy --queries s/queries_same.npy --encoder flat --qrels qrels.tsv --doc-ids short.txt --query-ids queries.txt",
         d,
-        &format!("holds {} ids, but the base holds {} vectors", base.len() - 1, base.len()),
+        &format!(
+            "holds {} ids, but the base holds {} vectors",
+            base.len() - 1,
+            base.len()
+        ),
     );
     ids(
         &d.join("dup.txt"),
@@ -297,8 +316,8 @@ fn messages_name_the_problem_once() {
 fn bench_quick_runs_every_row_and_records_skipped_sets() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    // no data folder here: the real sets are skipped, and the JSON says so
-    let (ok_, out, err) = rewa("bench --quick --data nowhere --out b.json", d);
+    // no data folder at the default place: the real sets are skipped, and the JSON says so
+    let (ok_, out, err) = rewa("bench --quick --out b.json", d);
     assert!(ok_, "{err}");
     assert!(out.contains("### synth-new"), "{out}");
     let j: serde_json::Value =
@@ -360,4 +379,181 @@ fn bench_quick_runs_every_row_and_records_skipped_sets() {
         d,
         "siftsmall_base.fvecs",
     );
+}
+
+/// A 1-D `.npy` of u64 values, written by hand (numpy's layout).
+fn npy_u64(path: &Path, v: &[u64]) {
+    let mut h = format!(
+        "{{'descr': '<u8', 'fortran_order': False, 'shape': ({},), }}",
+        v.len()
+    );
+    while (10 + h.len() + 1) % 64 != 0 {
+        h.push(' ');
+    }
+    h.push('\n');
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend((h.len() as u16).to_le_bytes());
+    b.extend(h.as_bytes());
+    for x in v {
+        b.extend(x.to_le_bytes());
+    }
+    std::fs::write(path, b).unwrap();
+}
+
+/// Ids past u32 were skipped as if negative ("deleted 0 of 0"); an id listed twice was
+/// counted as already deleted.
+#[test]
+fn delete_refuses_ids_past_u32_and_counts_a_repeated_id_once() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    small_index(d);
+    let manifest = std::fs::read(d.join("idx/manifest.json")).unwrap();
+    for v in [(1u64 << 32) + 5, 1 << 40, (1 << 63) + 7, u64::MAX - 1] {
+        npy_u64(&d.join("big.npy"), &[3, v]);
+        let shown = i64::try_from(v).unwrap_or(i64::MAX);
+        fails(
+            "delete --index idx --ids big.npy",
+            d,
+            &format!(
+                "big.npy entry 1: {shown} is not an id (ids are whole numbers from 0 to 4294967295)"
+            ),
+        );
+    }
+    std::fs::write(d.join("big.txt"), "3\n4294967296\n").unwrap();
+    fails(
+        "delete --index idx --ids big.txt",
+        d,
+        "big.txt line 2: 4294967296 is not an id (ids are whole numbers from 0 to 4294967295)",
+    );
+    std::fs::write(d.join("neg.txt"), "3\n-2\n").unwrap();
+    fails(
+        "delete --index idx --ids neg.txt",
+        d,
+        "line 2: -2 is not an id",
+    );
+    assert_eq!(
+        std::fs::read(d.join("idx/manifest.json")).unwrap(),
+        manifest
+    );
+    // -1, the padding of `search --out x.npy`, is skipped
+    rewa::io::write_npy_i64(&d.join("pad.npy"), &[2], &[7, -1]).unwrap();
+    let j = json("delete --index idx --ids pad.npy", d);
+    assert_eq!(
+        (j["deleted"].as_u64(), j["asked"].as_u64()),
+        (Some(1), Some(1)),
+        "{j}"
+    );
+    // a repeated id is one id, not an "already deleted" one
+    std::fs::write(d.join("dup.txt"), "3\n3\n4\n7\n").unwrap();
+    let (ok_, out, err) = rewa("delete --index idx --ids dup.txt --json", d);
+    assert!(ok_, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            j["deleted"].as_u64(),
+            j["asked"].as_u64(),
+            j["repeated"].as_u64(),
+            j["count"].as_u64()
+        ),
+        (Some(2), Some(3), Some(1), Some(197)),
+        "{j}"
+    );
+    assert!(
+        err.contains("deleted 2 of 3 ids (1 already deleted; 1 listed more than once)"),
+        "{err}"
+    );
+}
+
+/// `bench --data` onto a missing folder exited 0 with no rows, and an unwritable --out failed
+/// only after every row ran.
+#[test]
+fn bench_refuses_a_missing_data_folder_and_an_unwritable_out_before_any_row() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    fails(
+        "bench --quick --only scifact,sift --data nowhere",
+        d,
+        "--data nowhere: no such directory",
+    );
+    // the default folder absent and only real sets asked: nothing to run is an error
+    fails(
+        "bench --quick --only sift --out b.json",
+        d,
+        "no data set to run (sift: ../shared/data/siftsmall is absent)",
+    );
+    // --out is checked before any row runs (a row prints its table on stdout)
+    for (out, needle) in [
+        ("nodir/b.json", "--out nodir/b.json: cannot write in nodir"),
+        (".", "--out . is a directory"),
+    ] {
+        let (ok_, stdout, err) = rewa(
+            &format!("bench --quick --only synth --no-learned --out {out}"),
+            d,
+        );
+        assert!(!ok_ && err.contains(needle), "{err}");
+        assert!(stdout.is_empty(), "rows ran: {stdout}");
+    }
+    assert!(!d.join("b.json").exists() && !d.join("nodir").exists());
+    let probes: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("probe")
+        })
+        .collect();
+    assert!(probes.is_empty());
+}
+
+/// `tune` needed float vectors: `ivf128/8+flat:10` (whose codes are the vectors) could not be
+/// tuned, nor any index without floats. Flat codes now give ground truth, and --base does
+/// for the rest.
+#[test]
+fn tune_works_on_flat_codes_and_with_base_on_any_index() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    ok(
+        "synth --classes 50 --per-class 60 --dim 16 --new-classes 0 --out s",
+        d,
+    );
+    ok(
+        "build --base s/base.npy --pipeline ivf128/1+flat:10 --metric l2 --out ivf",
+        d,
+    );
+    let j = json(
+        "tune --index ivf --queries s/queries_same.npy --target-recall 0.9",
+        d,
+    );
+    assert_eq!(j["target_met"], true, "{j}");
+    let p = j["pipeline"].as_str().unwrap();
+    assert!(p.starts_with("ivf128/") && p.ends_with("+flat:10"), "{p}");
+    assert_eq!(json("info --index ivf", d)["pipeline"], p);
+    // neither float vectors nor flat codes: --base is needed, and says so
+    ok(
+        "build --base s/base.npy --pipeline ivf16/1+hadamard16+int8:10 --out codes",
+        d,
+    );
+    let manifest = std::fs::read(d.join("codes/manifest.json")).unwrap();
+    fails(
+        "tune --index codes --queries s/queries_same.npy",
+        d,
+        "stores neither float vectors nor flat codes: give the vectors it was built from (--base FILE",
+    );
+    assert_eq!(
+        std::fs::read(d.join("codes/manifest.json")).unwrap(),
+        manifest
+    );
+    fails(
+        "tune --index codes --queries s/queries_same.npy --base s/queries_same.npy",
+        d,
+        "the base holds",
+    );
+    let j = json(
+        "tune --index codes --queries s/queries_same.npy --base s/base.npy --target-recall 0.8 --confidence 0",
+        d,
+    );
+    assert_eq!(j["target_met"], true, "{j}");
+    assert!(j["pipeline"].as_str().unwrap().starts_with("ivf16/"), "{j}");
 }

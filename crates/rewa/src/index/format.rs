@@ -60,8 +60,8 @@ use super::{Bytes, Index, Segment, TextModel};
 use crate::distance::Metric;
 use crate::encode::{Encoder, EncoderSpec, Tensor, TensorSource};
 use crate::error::{Error, Result};
-use crate::search::Deleted;
-use crate::search::Pipeline;
+use crate::pipeline::Pipeline;
+use crate::rows::Deleted;
 use memmap2::Mmap;
 use safetensors::tensor::TensorView;
 use std::fs::File;
@@ -121,6 +121,24 @@ impl<T: Clone> Written<T> {
     fn set(&self, v: T) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
     }
+}
+
+/// Where an index in memory came from: the directory it was opened from or last saved to, and
+/// that directory's manifest as it was then (its generation, and the CRC-32 of its bytes, which
+/// also tells apart two indexes that happen to share a generation number, e.g. one deleted
+/// and rebuilt). A save into that directory compares it with the manifest on disk under the
+/// writer lock: an index that moved on since is refused ([`Error::Stale`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Origin {
+    /// The directory, canonicalised (so `d` and `./d` are one directory).
+    pub(crate) dir: PathBuf,
+    pub(crate) generation: u64,
+    crc32: u32,
+}
+
+/// `dir` made absolute with symlinks resolved, or as given when that fails (it does not exist).
+pub(crate) fn dir_key(dir: &Path) -> PathBuf {
+    std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
 
 /// One segment in the manifest.
@@ -375,10 +393,13 @@ impl WriteLock {
     }
 }
 
-/// Fails unless `dir` may receive a new index: missing, empty (but for the lock file), or
-/// already an index, or what a killed build left (which the new one replaces). A folder of other files is refused unless
-/// `force`; even then only files an index manifest named are ever deleted.
-pub fn check_build_target(dir: &Path, force: bool) -> Result<()> {
+/// Fails unless `dir` may receive a new index: missing, empty (but for the lock file), or what
+/// a killed build left (which the new one replaces). An index already there, or a folder of
+/// other files, is refused unless `force` (the message tells to pass `force_flag`, e.g.
+/// `--force` or `force=True`); even then only files an index manifest named are ever deleted.
+/// An index read from `dir` and saved back is an update, not a new index: it does not need
+/// this check ([`Index::is_from`](super::Index::is_from)).
+pub fn check_build_target(dir: &Path, force: bool, force_flag: &str) -> Result<()> {
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -389,11 +410,24 @@ pub fn check_build_target(dir: &Path, force: bool) -> Result<()> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n != LOCK_FILE)
         .collect();
-    if others.is_empty() || force || others.iter().any(|n| n == MANIFEST || n == PENDING) {
+    if others.is_empty() || force {
+        return Ok(());
+    }
+    if others.iter().any(|n| n == MANIFEST) {
+        let what = match read_manifest(dir) {
+            Ok(m) => format!("an index of {} vectors", m.count),
+            Err(_) => "an index".to_string(),
+        };
+        return Err(Error::InvalidInput(format!(
+            "{} already holds {what}; choose another folder, or pass {force_flag} to replace it",
+            dir.display()
+        )));
+    }
+    if others.iter().any(|n| n == PENDING) {
         return Ok(());
     }
     Err(Error::InvalidInput(format!(
-        "{} is not empty and holds no index ({} other files, e.g. {:?}); choose an empty or new folder, or pass --force (which never deletes files the index did not write)",
+        "{} is not empty and holds no index ({} other files, e.g. {:?}); choose an empty or new folder, or pass {force_flag} (which never deletes files the index did not write)",
         dir.display(),
         others.len(),
         others[0]
@@ -521,14 +555,30 @@ fn write_segment(dir: &Path, index: &Index, seg: &Segment, s: u64) -> Result<Seg
 }
 
 /// Saves `index` into the directory `lock` holds, crash-safely, writing only what the
-/// directory's manifest does not already hold.
-pub fn save(index: &Index, lock: &WriteLock) -> Result<()> {
+/// directory's manifest does not already hold. Unless `replace`, an index read from (or last
+/// saved to) this directory is refused with [`Error::Stale`] when the directory's manifest
+/// is no longer the one it read: another writer saved in between, and writing this index
+/// would drop that writer's rows and deletions. (An index from elsewhere replaces what the
+/// directory holds: whether that is wanted is [`check_build_target`]'s question.)
+pub(crate) fn save(index: &Index, lock: &WriteLock, replace: bool) -> Result<()> {
     let dir = lock.dir();
-    let old = match read_manifest(dir) {
-        Ok(m) => Some(m),
-        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+    let (old, old_crc) = match read_manifest_crc(dir) {
+        Ok((m, crc)) => (Some(m), Some(crc)),
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            (None, None)
+        }
         Err(e) => return Err(e),
     };
+    let key = dir_key(dir);
+    if let (false, Some(m), Some(crc), Some(o)) = (replace, &old, old_crc, index.origin.get()) {
+        if o.dir == key && o.crc32 != crc {
+            return Err(Error::Stale {
+                path: dir.to_path_buf(),
+                read: o.generation,
+                now: m.generation,
+            });
+        }
+    }
     // A writer killed mid-save left its `pending` record: the files it was writing and the
     // ones it was to delete. Those the current manifest does not name are garbage (no reader
     // maps them), and only those go.
@@ -653,6 +703,11 @@ pub fn save(index: &Index, lock: &WriteLock) -> Result<()> {
         seg.written.set(e.clone());
     }
     index.params_written.set(manifest.params.clone());
+    index.origin.set(Origin {
+        dir: key,
+        generation,
+        crc32: crc32fast::hash(&json),
+    });
     Ok(())
 }
 
@@ -704,6 +759,11 @@ fn check_regular(path: &Path, max: u64) -> Result<()> {
 }
 
 fn read_manifest(dir: &Path) -> Result<Manifest> {
+    Ok(read_manifest_crc(dir)?.0)
+}
+
+/// [`read_manifest`], and the CRC-32 of the manifest's bytes.
+fn read_manifest_crc(dir: &Path) -> Result<(Manifest, u32)> {
     let path = dir.join(MANIFEST);
     check_regular(&path, MAX_MANIFEST_BYTES)?;
     let text = std::fs::read(&path).map_err(io_err(&path))?;
@@ -722,12 +782,16 @@ fn read_manifest(dir: &Path) -> Result<Manifest> {
         });
     }
     let bad = |e: serde_json::Error| Error::corrupt(&path, format!("bad manifest: {e}"));
+    let crc = crc32fast::hash(&text);
     if found < 3 {
-        return Ok(serde_json::from_value::<LegacyManifest>(v)
-            .map_err(bad)?
-            .upgrade());
+        return Ok((
+            serde_json::from_value::<LegacyManifest>(v)
+                .map_err(bad)?
+                .upgrade(),
+            crc,
+        ));
     }
-    serde_json::from_value(v).map_err(bad)
+    Ok((serde_json::from_value(v).map_err(bad)?, crc))
 }
 
 /// Maps `dir/entry.file` and checks length, header and checksum. Returns the mapping.
@@ -831,8 +895,16 @@ pub fn open(dir: &Path) -> Result<Index> {
     // it and opening them: then the new manifest names other files, and we start again.
     let mut tries = 0;
     loop {
-        let m = read_manifest(dir)?;
+        let (m, crc32) = read_manifest_crc(dir)?;
         match open_manifest(dir, &m) {
+            Ok(index) => {
+                index.origin.set(Origin {
+                    dir: dir_key(dir),
+                    generation: m.generation,
+                    crc32,
+                });
+                return Ok(index);
+            }
             Err(Error::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound
                     && tries < 5
@@ -928,7 +1000,7 @@ fn open_manifest(dir: &Path, m: &Manifest) -> Result<Index> {
                         "segment {}: {}: lists file and partition disagree",
                         se.number,
                         e.spec()
-                    )))
+                    )));
                 }
             });
         }
@@ -1025,6 +1097,7 @@ fn open_manifest(dir: &Path, m: &Manifest) -> Result<Index> {
         doc_ids,
         text_model: m.text_model.clone(),
         params_written: Default::default(),
+        origin: Default::default(),
     };
     index.params_written.set(m.params.clone());
     index
@@ -1057,7 +1130,7 @@ fn open_lists(dir: &Path, entry: &FileEntry, nlist: usize, rows: usize) -> Resul
                 return Err(Error::corrupt(
                     &path,
                     format!("row {id} is out of range or listed twice"),
-                ))
+                ));
             }
         }
     }

@@ -12,10 +12,10 @@ pub use format::{check_build_target, WriteLock};
 use crate::distance::Metric;
 use crate::encode::{Encoder, EncoderSpec};
 use crate::error::{invalid, Error, Result};
-use crate::search::{
-    run_stages_counted, Deleted, Hit, ListsRef, Pipeline, RowPart, Rows, Scored, Scorer,
-    SearchParams, Stage,
-};
+use crate::pipeline::{Pipeline, Scorer, SearchParams, Stage};
+use crate::rows::{Deleted, ListsRef, RowPart, Rows};
+use crate::search::{run_stages_counted, Scored};
+use crate::topk::Hit;
 use crate::vectors::{Prepared, VectorsRef};
 
 /// Build-time settings.
@@ -349,6 +349,9 @@ pub struct Index {
     pub(crate) text_model: Option<TextModel>,
     /// The params file entry the encoders were loaded from or last saved as.
     pub(crate) params_written: format::Written<format::FileEntry>,
+    /// The directory and manifest it was opened from or last saved to: a save there checks
+    /// that no other writer saved in between.
+    pub(crate) origin: format::Written<format::Origin>,
 }
 
 /// An add merges the last two segments while the last is at least 1/this of the one before.
@@ -391,6 +394,7 @@ impl Index {
             doc_ids: None,
             text_model: None,
             params_written: Default::default(),
+            origin: Default::default(),
         })
     }
 
@@ -438,6 +442,22 @@ impl Index {
         if ids.len() != data.len() {
             return invalid!("{} ids for {} vectors", ids.len(), data.len());
         }
+        self.check_new_doc_ids(&ids, data.len())?;
+        self.add_rows(data, progress)?;
+        let d = self.doc_ids.get_or_insert_with(Vec::new);
+        d.resize(self.next_id - ids.len(), String::new());
+        d.extend(ids);
+        Ok(())
+    }
+
+    /// Fails unless `ids` may name `n` new rows (one each): the index names its rows by
+    /// corpus ids (or holds none yet), and each id is non-empty, free of line breaks and new
+    /// among the rows not deleted. [`Index::add_with_ids`] checks the same; this lets a
+    /// caller refuse before the work of embedding the texts.
+    pub fn check_new_doc_ids(&self, ids: &[String], n: usize) -> Result<()> {
+        if ids.len() != n {
+            return invalid!("{} ids for {n} rows", ids.len());
+        }
         if self.doc_ids.is_none() && self.next_id > 0 {
             return invalid!(
                 "the index's {} rows have no corpus ids, so new rows cannot be named by theirs",
@@ -448,16 +468,11 @@ impl Index {
             Some(d) => self.live_ids().map(|i| d[i as usize].as_str()).collect(),
             None => Vec::new(),
         };
-        check_ids(&live, &ids)?;
-        self.add_rows(data, progress)?;
-        let d = self.doc_ids.get_or_insert_with(Vec::new);
-        d.resize(self.next_id - ids.len(), String::new());
-        d.extend(ids);
-        Ok(())
+        check_ids(&live, ids)
     }
 
     /// Ids of the rows held and not deleted, ascending.
-    fn live_ids(&self) -> impl Iterator<Item = u32> + '_ {
+    pub(crate) fn live_ids(&self) -> impl Iterator<Item = u32> + '_ {
         self.segments
             .iter()
             .flat_map(|s| (0..s.rows).map(|j| s.id(j)))
@@ -779,12 +794,39 @@ impl Index {
     /// read, change and save an index without another writer in between, take the lock first
     /// ([`WriteLock::acquire`]) and use [`Index::save_locked`]. Segments already saved in
     /// `dir` are not written again.
+    ///
+    /// An index opened from `dir` (or saved there last) is saved only if the directory still
+    /// holds the generation it read: if another writer (`rewa add`, the server, another
+    /// `Index`) saved in between, this fails with [`Error::Stale`] and writes nothing, since
+    /// saving would drop that writer's rows and deletions and give their ids out again. Open
+    /// the directory again and re-apply the changes. An index that came from elsewhere (built
+    /// in memory, or opened from another directory) replaces what `dir` holds; callers that
+    /// must not replace an index ask [`check_build_target`] first.
     pub fn save(&self, dir: &std::path::Path) -> Result<()> {
         self.save_locked(&WriteLock::acquire(dir, std::time::Duration::ZERO)?)
     }
-    /// Saves into the directory `lock` holds (see [`format`]).
+    /// [`Index::save`] into the directory `lock` holds (see [`format`]).
     pub fn save_locked(&self, lock: &WriteLock) -> Result<()> {
-        format::save(self, lock)
+        format::save(self, lock, false)
+    }
+    /// [`Index::save_locked`] without the generation check: replaces whatever index the
+    /// directory holds by this one, also when it is a stale copy of it (the caller asked
+    /// for the replacement, as `force=True` does in Python). Ids the directory gave out
+    /// since this index was read may then be given out again.
+    pub fn replace_locked(&self, lock: &WriteLock) -> Result<()> {
+        format::save(self, lock, true)
+    }
+    /// Whether this index was opened from `dir` or last saved there (a save there is then an
+    /// update, checked against the generation it read, rather than a replacement).
+    pub fn is_from(&self, dir: &std::path::Path) -> bool {
+        self.origin
+            .get()
+            .is_some_and(|o| o.dir == format::dir_key(dir))
+    }
+    /// The generation of the directory's manifest this index was opened at or last saved
+    /// as (`None` for an index never opened or saved).
+    pub fn generation(&self) -> Option<u64> {
+        self.origin.get().map(|o| o.generation)
     }
     /// Opens an index saved by [`Index::save`], memory-mapping and checking every file.
     pub fn open(dir: &std::path::Path) -> Result<Index> {

@@ -240,7 +240,10 @@ fn decode(dtype: Dtype, bytes: &[u8], count: usize) -> NpyData {
         Dtype::U64 => NpyData::Int(
             bytes
                 .chunks_exact(8)
-                .map(|c| u64::from_le_bytes(c.try_into().unwrap()) as i64)
+                // saturate: a wrapped value would read as negative (ids skip -1 padding)
+                .map(|c| {
+                    i64::try_from(u64::from_le_bytes(c.try_into().unwrap())).unwrap_or(i64::MAX)
+                })
                 .collect(),
         ),
     }

@@ -348,3 +348,112 @@ fn residual_lists_score_the_full_inner_product() {
         "{e}"
     );
 }
+
+/// Recall@10 of `p` on `q` against exact search over `base`.
+fn held_out_recall(index: &Index, base: &Vectors, q: &Vectors, p: &Pipeline) -> f64 {
+    let m = index.metric();
+    let q = m.prepare(q.view()).unwrap();
+    let truth = ground_truth(&m.prepare(base.view()).unwrap(), &q, 10);
+    let hits = index
+        .search_prepared(
+            &q,
+            &SearchParams {
+                k: 10,
+                pipeline: Some(p.clone()),
+            },
+        )
+        .unwrap();
+    recall_at_k(&hits, &truth, 10)
+}
+
+/// `ivf128/8+flat:10` stores no float vectors, but its codes are the vectors: it tunes (its
+/// nprobe alone, no keep being left) against a scan of every list, and the setting holds on
+/// queries it never saw.
+#[test]
+fn tune_takes_ground_truth_from_flat_codes() {
+    let base = rewa::testutil::gaussian(3000, 16, 1);
+    let val = rewa::testutil::gaussian(200, 16, 3);
+    let held_out = rewa::testutil::gaussian(400, 16, 4);
+    for metric in [Metric::L2, Metric::Cosine] {
+        let index = Index::build(&spec(metric, "ivf128/8+flat:10"), base.view()).unwrap();
+        assert!(!index.has_vectors());
+        let report = rewa::tune(
+            &index,
+            &metric.prepare(val.view()).unwrap(),
+            &rewa::TuneOptions {
+                target_recall: 0.9,
+                ..Default::default()
+            },
+            &mut |_| {},
+        )
+        .unwrap();
+        assert!(report.target_met, "{report:?}");
+        let np = report.chosen().nprobe().unwrap();
+        assert!((2..128).contains(&np), "{}", report.pipeline);
+        assert_eq!(report.pipeline, format!("ivf128/{np}+flat:10"));
+        // every list probed is exact search (the ground truth tune took)
+        let all: Pipeline = "ivf128/128+flat:10".parse().unwrap();
+        assert_eq!(held_out_recall(&index, &base, &held_out, &all), 1.0);
+        let r = held_out_recall(&index, &base, &held_out, report.chosen());
+        eprintln!("{metric}: {} held-out recall {r:.4}", report.pipeline);
+        assert!(r >= 0.9, "{metric}: {r}");
+    }
+}
+
+/// An index with neither float vectors nor flat codes tunes against the base vectors given
+/// (deleted rows left out); without them the error says to give them.
+#[test]
+fn tune_takes_ground_truth_from_the_base_when_the_index_has_none() {
+    let base = rewa::testutil::gaussian(3000, 16, 1);
+    let val = rewa::testutil::gaussian(200, 16, 3);
+    let held_out = rewa::testutil::gaussian(400, 16, 4);
+    let metric = Metric::L2;
+    let mut index = Index::build(&spec(metric, "ivf32/1+int8:40,int8:10"), base.view()).unwrap();
+    let q = metric.prepare(val.view()).unwrap();
+    let opts = rewa::TuneOptions {
+        target_recall: 0.85,
+        ..Default::default()
+    };
+    let e = rewa::tune(&index, &q, &opts, &mut |_| {}).unwrap_err();
+    assert!(matches!(e, Error::InvalidInput(_)), "{e:?}");
+    assert!(
+        e.to_string().contains(
+            "stores neither float vectors nor flat codes: give the vectors it was built from (--base FILE; base= in Python)"
+        ),
+        "{e}"
+    );
+    let b = metric.prepare(base.view()).unwrap();
+    let data = rewa::tune::TuneData {
+        queries: &q,
+        base: Some(&b),
+    };
+    let report = rewa::tune::tune_on(&index, data, &opts, &mut |_| {}).unwrap();
+    assert!(report.target_met, "{report:?}");
+    assert!(report.pipeline.starts_with("ivf32/"), "{}", report.pipeline);
+    let r = held_out_recall(&index, &base, &held_out, report.chosen());
+    assert!(r >= 0.85, "{} held-out recall {r}", report.pipeline);
+    // a base that is not the index's rows is refused
+    let short = metric.prepare(base.view().slice(0, 2999)).unwrap();
+    let e = rewa::tune::tune_on(
+        &index,
+        rewa::tune::TuneData {
+            queries: &q,
+            base: Some(&short),
+        },
+        &opts,
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("the base holds 2999 vectors, but the index gave out ids 0..3000"),
+        "{e}"
+    );
+    // deleted rows are no ground truth: with the exact neighbours deleted, the truth is the
+    // nearest live rows (which a full-probe, full-keep search finds)
+    let gone: Vec<u32> = (0..3000).step_by(2).collect();
+    index.delete(&gone).unwrap();
+    let report = rewa::tune::tune_on(&index, data, &opts, &mut |_| {}).unwrap();
+    assert!(report.target_met, "{report:?}");
+    assert!(report.curve.iter().all(|p| p.recall_at_k > 0.0));
+}

@@ -4,6 +4,7 @@ mod bad_input;
 mod doc_ids;
 mod golden;
 mod ivf;
+mod lifecycle;
 mod rabitq;
 mod recall;
 mod roundtrip;
