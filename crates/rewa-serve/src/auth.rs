@@ -53,8 +53,8 @@ impl Keys {
     }
 
     /// `Ok` if the request's key grants `need`; else the 401 (no key, or a wrong one) or 403
-    /// (a read-only key on a write) to answer.
-    pub fn check(&self, headers: &HeaderMap, need: Access) -> Result<(), Response> {
+    /// (a read-only key on a write) to answer ([`refusal`]).
+    pub fn check(&self, headers: &HeaderMap, need: Access) -> Result<(), ApiError> {
         if !self.enabled() {
             return Ok(());
         }
@@ -72,8 +72,7 @@ impl Keys {
             (false, true, Access::Write) => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "the read-only key cannot add or delete; use the API key",
-            )
-            .into_response()),
+            )),
             (false, false, _) => Err(unauthorized("wrong API key")),
         }
     }
@@ -90,10 +89,18 @@ fn presented(headers: &HeaderMap) -> Option<&[u8]> {
         .then(|| auth[scheme.len()..].trim_ascii())
 }
 
-fn unauthorized(message: &str) -> Response {
-    let mut r = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
-    r.headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+fn unauthorized(message: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, message)
+}
+
+/// The answer to a refused request: a 401 also names the scheme (`WWW-Authenticate`).
+pub(crate) fn refusal(e: ApiError) -> Response {
+    let unauthorized = e.status == StatusCode::UNAUTHORIZED;
+    let mut r = e.into_response();
+    if unauthorized {
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
     r
 }
 
@@ -112,7 +119,7 @@ mod tests {
     fn status(keys: &Keys, h: &HeaderMap, need: Access) -> u16 {
         match keys.check(h, need) {
             Ok(()) => 200,
-            Err(r) => r.status().as_u16(),
+            Err(e) => refusal(e).status().as_u16(),
         }
     }
 
@@ -139,6 +146,8 @@ mod tests {
             assert_eq!(status(&k, h, Access::Read), read, "{h:?}");
             assert_eq!(status(&k, h, Access::Write), write, "{h:?}");
         }
+        let r401 = refusal(k.check(&none, Access::Read).unwrap_err());
+        assert_eq!(r401.headers()[header::WWW_AUTHENTICATE], "Bearer");
         // only a read-only key: writes are closed to everyone holding it
         let ro = Keys::new(None, Some("r-secret"));
         assert_eq!(status(&ro, &r, Access::Read), 200);

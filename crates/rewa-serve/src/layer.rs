@@ -2,7 +2,7 @@
 //! into a 500 answer; and the signals that start a graceful stop.
 
 use crate::api::ApiError;
-use crate::auth::Access;
+use crate::auth::{self, Access};
 use crate::state::AppState;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::StatusCode;
@@ -40,7 +40,7 @@ pub(crate) async fn guard(
         None => Ok(()),
     };
     let response = if let Err(refused) = allowed {
-        refused
+        auth::refusal(refused)
     } else if state.shutting_down() {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
