@@ -3,7 +3,9 @@
 //! `rewa bench` (fit on train, encode the base, search held-out queries, score, time).
 
 use crate::error::{invalid, Error, Result};
-use crate::search::{exact_search, Hit, Pipeline, Scorer};
+use crate::kernels::exact_search;
+use crate::pipeline::{Pipeline, Scorer};
+use crate::topk::Hit;
 use crate::vectors::Prepared;
 use crate::{Index, IndexSpec};
 use std::collections::HashMap;
@@ -337,7 +339,9 @@ pub struct Report {
     pub bytes_per_vector: usize,
     /// Bytes per vector stored in all, float vectors for an exact rerank included.
     pub stored_bytes_per_vector: usize,
-    /// float32 bytes / bytes_per_vector.
+    /// float32 bytes / stored_bytes_per_vector: what the index costs against the raw
+    /// vectors, float vectors kept for an exact stage included (so below 1 for a pipeline
+    /// ending in `exact`).
     pub compression: f64,
     /// recall@k against exact search.
     pub recall_at_k: f64,
@@ -583,7 +587,7 @@ pub fn evaluate(pipeline: &Pipeline, label: &str, inp: &EvalInput<'_>) -> Result
         k,
         bytes_per_vector: bytes,
         stored_bytes_per_vector: index.bytes_per_vector(),
-        compression: (4 * dim) as f64 / bytes.max(1) as f64,
+        compression: (4 * dim) as f64 / index.bytes_per_vector().max(1) as f64,
         recall_at_k: recall_at_k(&results, gt, k),
         qps,
         fit_seconds,

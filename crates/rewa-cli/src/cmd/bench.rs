@@ -423,9 +423,13 @@ pub fn run(a: Args) -> Result<()> {
             reports
                 .push(evaluate(&p, &label, &inp).with_context(|| format!("{}: {label}", s.name))?);
         }
-        let legend = if out.is_empty() { LEGEND } else { "" };
+        let legend = if out.is_empty() {
+            format!("{LEGEND}\n\n")
+        } else {
+            String::new()
+        };
         md += &format!(
-            "### {}\n{}\n\n{}\n{}\n\n{legend}\n",
+            "### {}\n{}\n\n{}\n{}\n\n{legend}",
             s.name,
             s.note,
             table(&reports),

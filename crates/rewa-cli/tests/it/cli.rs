@@ -45,6 +45,11 @@ fn synth_then_eval_json() {
         d,
     );
     assert_eq!(j["recall_at_k"], 1.0);
+    // The float vectors the exact stage keeps count: 8 bytes of codes + 256 of floats for
+    // 256 raw bytes is no compression at all.
+    assert_eq!(j["stored_bytes_per_vector"], 8 + 4 * 64, "{j}");
+    let c = j["compression"].as_f64().unwrap();
+    assert!((c - 256.0 / 264.0).abs() < 1e-9, "{j}");
 }
 
 #[test]
