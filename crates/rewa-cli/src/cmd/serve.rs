@@ -16,6 +16,12 @@ use std::time::Duration;
 /// exposes the index to that network: set keys, and put a TLS proxy (Caddy, nginx) in front,
 /// since plain HTTP carries the keys in clear text.
 #[derive(clap::Args)]
+#[command(
+    after_help = "Exposure: anyone who can reach --addr can search, add and delete unless \
+--api-key is set. The default 127.0.0.1 is this machine only; any other address (0.0.0.0, a LAN \
+IP) exposes the index to that network: set keys, and put a TLS proxy (Caddy, nginx; see the \
+README) in front, since plain HTTP carries the keys in clear text."
+)]
 pub struct Args {
     /// Index directory to serve (adds are saved into it). Writes by other processes (`rewa
     /// add`, `rewa delete`) are seen by the next request.

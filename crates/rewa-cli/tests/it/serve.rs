@@ -854,6 +854,15 @@ fn serve_with_api_keys_refuses_requests_without_the_right_one() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--api-key is empty"), "{err}");
+    // --help says what binding beyond loopback means
+    let help = ok("serve --help", d);
+    for words in [
+        "Exposure: anyone who can reach --addr can search, add and delete unless --api-key is set",
+        "REWA_API_KEY",
+        "REWA_READ_ONLY_KEY",
+    ] {
+        assert!(help.contains(words), "{words:?} not in\n{help}");
+    }
 }
 
 #[test]
