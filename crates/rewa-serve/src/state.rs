@@ -207,7 +207,12 @@ impl AppState {
                             "this index names its rows by corpus ids: send \"ids\" with the texts",
                         ))
                     }
-                    _ => {}
+                    Some(ids) => {
+                        // A held or malformed id is refused before the embedding work (the
+                        // save checks again, against the directory as it is then).
+                        index.check_new_doc_ids(ids, texts.len())?;
+                    }
+                    None => {}
                 }
                 let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
                 (e.embed(&refs)?, req.ids)

@@ -1136,6 +1136,14 @@ fn serve_adds_and_deletes_texts_by_corpus_id_over_an_index_built_from_text() {
     assert_eq!(v["results"][1][0]["doc_id"], "dogs", "{v}");
     for (body, words) in [
         (j!({"texts": ["x"], "ids": ["cat"]}), "cat"),
+        (
+            j!({"texts": ["x", "y"], "ids": ["z", "a\nb"]}),
+            "holds a line break",
+        ),
+        (
+            j!({"texts": ["x", "y"], "ids": ["z", "z"]}),
+            "\"z\" names two rows",
+        ),
         (j!({"texts": ["x"]}), "send \"ids\" with the texts"),
         (j!({"texts": ["x", "y"], "ids": ["z"]}), "1 ids for 2 texts"),
         (
