@@ -2,7 +2,7 @@
 // `rewa add --text`, `rewa eval --text --query-text`. Input checks run before the model loads
 // (no model needed); the rest runs MiniLM on a few SciFact texts when the model is at hand.
 
-use crate::common::{fails, json, ok, ok_args};
+use crate::common::{fails, json, ok, ok_args, rewa};
 use crate::embed::minilm;
 use std::path::{Path, PathBuf};
 
@@ -94,6 +94,13 @@ fn an_index_built_from_text_searches_by_text_and_prints_corpus_ids() {
         sha.len() == 64 && sha.chars().all(|c| c.is_ascii_hexdigit()),
         "{sha}"
     );
+    // The text model shows without --json too.
+    let (ok_, out, err) = rewa("info --index idx", d);
+    assert!(ok_, "{err}");
+    assert!(
+        out.contains(&format!("text model      {m} (weights sha256 {}...", &sha[..16])),
+        "{out}"
+    );
 
     // The same texts embedded by `rewa embed` and searched as vectors give the same hits.
     ok(
@@ -168,7 +175,7 @@ fn an_index_built_from_text_searches_by_text_and_prints_corpus_ids() {
         (j["count"].as_u64(), j["added"].as_u64()),
         (Some(34), Some(4))
     );
-    fails("add --index idx --text more.jsonl", d, "names two rows");
+    fails("add --index idx --text more.jsonl", d, "already names a row of idx");
     assert_eq!(json("info --index idx", d)["count"], 34);
     // Each added document finds itself first, by its corpus id.
     let hits = rows(&ok("search --index idx --text-file more.jsonl --k 1", d));
