@@ -316,8 +316,8 @@ def test_the_readme_example_runs(tmp_path):
     if not data.exists():
         pytest.skip("SciFact embeddings not beside the repository")
     script = (ROOT / "crates/rewa-py/examples/scifact.py").read_text()
-    assert '"scifact.idx"' in script
-    script = script.replace('"scifact.idx"', repr(str(tmp_path / "scifact.idx")))
+    assert script.count('"scifact-py.idx"') == 2
+    script = script.replace('"scifact-py.idx"', repr(str(tmp_path / "scifact-py.idx")))
     r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     recall = float(r.stdout.strip().splitlines()[-1])
