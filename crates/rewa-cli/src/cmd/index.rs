@@ -292,6 +292,8 @@ pub fn build(a: BuildArgs) -> Result<()> {
     // Refuse a folder of other files before any work, and hold the writer lock throughout.
     check_build_target(&a.out, a.force, "--force")?;
     let lock = a.lock.acquire(&a.out)?;
+    // again under the lock: another build may have saved an index there in between
+    check_build_target(&a.out, a.force, "--force")?;
     let (base, ids, text_model, base_path) = match (&a.base, &a.text, &a.model) {
         (Some(b), _, _) => (load_prepared(b, a.metric)?, None, None, b),
         (None, Some(t), Some(m)) => {

@@ -3,7 +3,7 @@
 // extreme sizes refused with an error instead of a panic, quoted model paths, and what
 // `encode`, `.bvecs` input and `train --pairs` produce.
 
-use crate::common::{fails, ok, ok_args, refused, rewa, run};
+use crate::common::{fails, json, ok, ok_args, refused, rewa, run};
 use rewa::{Encoder, EncoderSpec, Metric};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -633,4 +633,50 @@ fn paths_with_spaces_plus_and_comma_work_quoted_in_specs() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("must be quoted"), "{err}");
+}
+
+/// `rewa info` showed the text model an index was built with only under --json.
+#[test]
+fn info_shows_the_text_model_without_json() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let m = crate::embed::tiny_model(&d.join("m"));
+    std::fs::write(
+        d.join("c.jsonl"),
+        "{\"_id\": \"a\", \"text\": \"the cat sat\"}\n{\"_id\": \"b\", \"text\": \"a big dog\"}\n",
+    )
+    .unwrap();
+    ok(
+        &format!(
+            "build --text c.jsonl --model {} --pipeline exact:2 --out idx",
+            m.display()
+        ),
+        d,
+    );
+    let tm = json("info --index idx", d)["text_model"].clone();
+    let sha = tm["weights_sha256"].as_str().unwrap();
+    assert_eq!(sha.len(), 64, "{tm}");
+    let out = ok("info --index idx", d);
+    let want = format!(
+        "text model      {} (weights sha256 {}..., {} word pieces per text)",
+        tm["dir"].as_str().unwrap(),
+        &sha[..16],
+        tm["max_seq_len"]
+    );
+    assert!(out.contains(&want), "{out}");
+    assert!(
+        out.contains("\ncorpus ids      stored (hits name documents)\n"),
+        "{out}"
+    );
+    // an index of vectors has neither line
+    ok(
+        "synth --classes 2 --per-class 5 --dim 8 --new-classes 0 --out s",
+        d,
+    );
+    ok("build --base s/base.npy --pipeline exact:2 --out v", d);
+    let out = ok("info --index v", d);
+    assert!(
+        !out.contains("text model") && !out.contains("corpus ids"),
+        "{out}"
+    );
 }
