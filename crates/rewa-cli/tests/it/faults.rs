@@ -322,7 +322,12 @@ fn bench_quick_runs_every_row_and_records_skipped_sets() {
     assert!(out.contains("### synth-new"), "{out}");
     // A legend under the first table, and each table's one-line conclusion.
     assert_eq!(out.matches("Legend: *scanned B/vec*").count(), 1, "{out}");
-    assert_eq!(out.matches("In short: at 8x smaller than float32 or more, `").count(), 2, "{out}");
+    assert_eq!(
+        out.matches("In short: at 8x smaller than float32 or more, `")
+            .count(),
+        2,
+        "{out}"
+    );
     let j: serde_json::Value =
         serde_json::from_slice(&std::fs::read(d.join("b.json")).unwrap()).unwrap();
     let skipped: Vec<&str> = j["skipped"]
