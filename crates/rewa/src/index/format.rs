@@ -52,6 +52,13 @@
 //! name it. Readers take no lock: they see the manifest before or after a rename, never half a
 //! generation.
 //!
+//! **No stale writer.** An index in memory remembers the directory it was opened from (or
+//! last saved to) and that manifest's generation and CRC-32. A save there compares them with
+//! the manifest on disk, under the lock, and refuses ([`Error::Stale`]) when another writer
+//! saved in between: writing the stale copy would drop that writer's rows and deletions and
+//! hand their ids out again. Writers that read under the lock (`rewa add`, the server) always
+//! pass; an object read earlier (Python's `Index`) must be opened again.
+//!
 //! **Checks at open.** Manifest parse and version range; for every file: length, magic,
 //! version, row size and count against the manifest, CRC-32 of the whole file; parameter
 //! shapes against the dimensions. After `open`, scans need no checks.

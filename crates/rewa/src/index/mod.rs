@@ -1,7 +1,7 @@
 //! [`Index`]: fitted encoders, their codes, optional float vectors, and a default pipeline.
 //!
 //! `Index` is a struct, not a trait: one layout (segments of rows, each holding every
-//! encoder's codes). Files live in [`format`]; nothing else reads or writes index bytes.
+//! encoder's codes). Files live in [`format`](mod@format); nothing else reads or writes index bytes.
 
 mod bytes;
 pub mod format;
@@ -805,7 +805,7 @@ impl Index {
     pub fn save(&self, dir: &std::path::Path) -> Result<()> {
         self.save_locked(&WriteLock::acquire(dir, std::time::Duration::ZERO)?)
     }
-    /// [`Index::save`] into the directory `lock` holds (see [`format`]).
+    /// [`Index::save`] into the directory `lock` holds (see [`format`](mod@format)).
     pub fn save_locked(&self, lock: &WriteLock) -> Result<()> {
         format::save(self, lock, false)
     }
