@@ -507,7 +507,8 @@ def test_rows_named_by_corpus_ids_are_added_and_deleted_by_them():
 
 @pytest.mark.skipif(not hasattr(rewa, "Embedder"), reason="built without the embed feature")
 def test_texts_are_added_and_deleted_by_corpus_id(tmp_path):
-    model = minilm()
+    # rewa-embed's tiny BERT fixture (seeded random weights): any model embeds a text as itself
+    model = ROOT / "crates/rewa-embed/tests/fixtures/tiny-bert"
     (tmp_path / "c.jsonl").write_text(
         '{"_id": "cat", "text": "The cat sat on the mat."}\n'
         '{"_id": "vaccine", "text": "A new vaccine reduces infection rates in older adults."}\n',
