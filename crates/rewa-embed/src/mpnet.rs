@@ -1,7 +1,7 @@
 //! MPNet (Song et al., 2020) as Hugging Face's `MPNetModel` runs it, for inference.
 //!
-//! candle-transformers has no MPNet. It is BERT with three differences, each written here the
-//! way `transformers/models/mpnet/modeling_mpnet.py` computes it:
+//! It is BERT ([`crate::bert`], whose encoder layer it shares) with three differences, each
+//! written here the way `transformers/models/mpnet/modeling_mpnet.py` computes it:
 //!
 //! 1. No token-type embeddings.
 //! 2. Position ids start after the padding index, as RoBERTa's
@@ -15,8 +15,9 @@
 //! The bias and the padding mask are the same for every layer, so they are added together
 //! once per batch, and each layer adds the sum to its scores.
 
-use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
+use crate::bert::{padding_bias, Activation, AttentionNames, Layer, LayerSizes};
+use candle_core::{Device, Module, Result, Tensor};
+use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
 /// The fields of an MPNet `config.json` this module reads.
@@ -57,22 +58,8 @@ fn default_act() -> String {
 /// The relative distance beyond which all offsets share the last bucket (fixed in HF's code).
 pub(crate) const MAX_DISTANCE: i64 = 128;
 
-struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    norm: LayerNorm,
-    heads: usize,
-    head_dim: usize,
-}
-
-struct Layer {
-    attention: Attention,
-    intermediate: Linear,
-    output: Linear,
-    norm: LayerNorm,
-}
+/// MPNet's names for a layer's attention weights under `attention.`.
+const MPNET_ATTENTION: AttentionNames = ["attn.q", "attn.k", "attn.v", "attn.o", "LayerNorm"];
 
 /// MPNet's encoder stack with its embeddings: token ids in, last hidden states out.
 pub struct MpNetModel {
@@ -83,84 +70,6 @@ pub struct MpNetModel {
     relative_attention_bias: Tensor,
     num_buckets: usize,
     pad_id: u32,
-}
-
-impl Attention {
-    fn load(vb: VarBuilder, cfg: &MpNetConfig) -> Result<Self> {
-        let h = cfg.hidden_size;
-        if cfg.num_attention_heads == 0 || !h.is_multiple_of(cfg.num_attention_heads) {
-            candle_core::bail!(
-                "hidden_size {h} is not a multiple of num_attention_heads {}",
-                cfg.num_attention_heads
-            );
-        }
-        let attn = vb.pp("attn");
-        Ok(Self {
-            q: linear(h, h, attn.pp("q"))?,
-            k: linear(h, h, attn.pp("k"))?,
-            v: linear(h, h, attn.pp("v"))?,
-            o: linear(h, h, attn.pp("o"))?,
-            norm: layer_norm(h, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
-            heads: cfg.num_attention_heads,
-            head_dim: h / cfg.num_attention_heads,
-        })
-    }
-
-    /// [b, s, h] -> [b, heads, s, head_dim]
-    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, s, _) = x.dims3()?;
-        x.reshape((b, s, self.heads, self.head_dim))?
-            .transpose(1, 2)?
-            .contiguous()
-    }
-
-    /// `bias`: [b, heads, s, s], the position bias plus the padding mask.
-    fn forward(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-        let (b, s, h) = x.dims3()?;
-        let q = self.split_heads(&self.q.forward(x)?)?;
-        let k = self.split_heads(&self.k.forward(x)?)?;
-        let v = self.split_heads(&self.v.forward(x)?)?;
-        let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
-        let scores = scores.broadcast_add(bias)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let ctx = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, s, h))?;
-        let out = self.o.forward(&ctx)?;
-        self.norm.forward(&(out + x)?)
-    }
-}
-
-impl Layer {
-    fn load(vb: VarBuilder, cfg: &MpNetConfig) -> Result<Self> {
-        Ok(Self {
-            attention: Attention::load(vb.pp("attention"), cfg)?,
-            intermediate: linear(
-                cfg.hidden_size,
-                cfg.intermediate_size,
-                vb.pp("intermediate.dense"),
-            )?,
-            output: linear(
-                cfg.intermediate_size,
-                cfg.hidden_size,
-                vb.pp("output.dense"),
-            )?,
-            norm: layer_norm(
-                cfg.hidden_size,
-                cfg.layer_norm_eps,
-                vb.pp("output.LayerNorm"),
-            )?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-        let a = self.attention.forward(x, bias)?;
-        let i = self.intermediate.forward(&a)?.gelu_erf()?;
-        let o = self.output.forward(&i)?;
-        self.norm.forward(&(o + a)?)
-    }
 }
 
 impl MpNetModel {
@@ -178,10 +87,17 @@ impl MpNetModel {
         } else {
             vb
         };
+        let sz = LayerSizes {
+            hidden: cfg.hidden_size,
+            heads: cfg.num_attention_heads,
+            intermediate: cfg.intermediate_size,
+            eps: cfg.layer_norm_eps,
+            act: Activation::Gelu,
+        };
         let emb = vb.pp("embeddings");
         let enc = vb.pp("encoder");
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Layer::load(enc.pp(format!("layer.{i}")), cfg))
+            .map(|i| Layer::load(enc.pp(format!("layer.{i}")), &sz, &MPNET_ATTENTION))
             .collect::<Result<Vec<_>>>()?;
         let relative_attention_bias = enc.get(
             (cfg.relative_attention_num_buckets, cfg.num_attention_heads),
@@ -224,9 +140,7 @@ impl MpNetModel {
             .reshape((s, s, heads))?
             .permute((2, 0, 1))?
             .unsqueeze(0)?;
-        let mask = mask.to_dtype(DType::F32)?.reshape((b, 1, 1, s))?;
-        let mask = ((1.0 - mask)? * f64::from(f32::MIN))?;
-        let bias = bias.broadcast_add(&mask)?.contiguous()?;
+        let bias = bias.broadcast_add(&padding_bias(mask)?)?.contiguous()?;
         for layer in &self.layers {
             x = layer.forward(&x, &bias)?;
         }

@@ -1,7 +1,7 @@
 //! The encoder forward pass in plain Rust: BERT and MPNet on f32 slices, one batch per thread.
 //!
-//! The same arithmetic as the candle models ([`crate::mpnet`] and candle-transformers'
-//! `BertModel`), which stay as its reference (`Backend::Candle`), arranged for the CPU:
+//! The same arithmetic as the candle models ([`crate::bert`] and [`crate::mpnet`]), which stay
+//! as its reference (`Backend::Candle`), arranged for the CPU:
 //!
 //! - **No padding.** The texts of a batch are concatenated: every linear layer runs one GEMM
 //!   over all their tokens, and attention runs per text over its own tokens, so no work is

@@ -107,7 +107,7 @@ fn tiny_model(dir: &Path, arch: &str, pooling: &str) {
     match arch {
         "bert" => {
             let cfg = serde_json::from_str(&config).unwrap();
-            candle_transformers::models::bert::BertModel::load(vb, &cfg).unwrap();
+            rewa_embed::bert::BertModel::load(vb, &cfg).unwrap();
         }
         _ => {
             let cfg = serde_json::from_str(&config).unwrap();
