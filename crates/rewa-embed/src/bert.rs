@@ -205,6 +205,27 @@ pub(crate) fn padding_bias(mask: &Tensor) -> Result<Tensor> {
     (1.0 - mask)? * f64::from(f32::MIN)
 }
 
+/// The weights under `vb` of a model saved with or without its `prefix` (`bert`, `mpnet`):
+/// the `embeddings.` and `encoder.` builders and the encoder's `n` layers.
+pub(crate) fn load_stack<'a>(
+    vb: VarBuilder<'a>,
+    prefix: &str,
+    sz: &LayerSizes,
+    names: &AttentionNames,
+    n: usize,
+) -> Result<(VarBuilder<'a>, VarBuilder<'a>, Vec<Layer>)> {
+    let vb = if vb.contains_tensor(&format!("{prefix}.embeddings.word_embeddings.weight")) {
+        vb.pp(prefix)
+    } else {
+        vb
+    };
+    let (emb, enc) = (vb.pp("embeddings"), vb.pp("encoder"));
+    let layers = (0..n)
+        .map(|i| Layer::load(enc.pp(format!("layer.{i}")), sz, names))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((emb, enc, layers))
+}
+
 /// BERT's encoder stack with its embeddings: token ids in, last hidden states out.
 pub struct BertModel {
     word_embeddings: Embedding,
@@ -224,11 +245,6 @@ impl BertModel {
                 cfg.position_embedding_type
             );
         }
-        let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
-            vb.pp("bert")
-        } else {
-            vb
-        };
         let sz = LayerSizes {
             hidden: cfg.hidden_size,
             heads: cfg.num_attention_heads,
@@ -236,11 +252,7 @@ impl BertModel {
             eps: cfg.layer_norm_eps,
             act: cfg.hidden_act,
         };
-        let emb = vb.pp("embeddings");
-        let enc = vb.pp("encoder");
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Layer::load(enc.pp(format!("layer.{i}")), &sz, &BERT_ATTENTION))
-            .collect::<Result<Vec<_>>>()?;
+        let (emb, _, layers) = load_stack(vb, "bert", &sz, &BERT_ATTENTION, cfg.num_hidden_layers)?;
         let h = cfg.hidden_size;
         Ok(Self {
             word_embeddings: embedding(cfg.vocab_size, h, emb.pp("word_embeddings"))?,

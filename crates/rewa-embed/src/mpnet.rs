@@ -15,7 +15,7 @@
 //! The bias and the padding mask are the same for every layer, so they are added together
 //! once per batch, and each layer adds the sum to its scores.
 
-use crate::bert::{padding_bias, Activation, AttentionNames, Layer, LayerSizes};
+use crate::bert::{load_stack, padding_bias, Activation, AttentionNames, Layer, LayerSizes};
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
@@ -82,11 +82,6 @@ impl MpNetModel {
                 cfg.hidden_act
             );
         }
-        let vb = if vb.contains_tensor("mpnet.embeddings.word_embeddings.weight") {
-            vb.pp("mpnet")
-        } else {
-            vb
-        };
         let sz = LayerSizes {
             hidden: cfg.hidden_size,
             heads: cfg.num_attention_heads,
@@ -94,11 +89,8 @@ impl MpNetModel {
             eps: cfg.layer_norm_eps,
             act: Activation::Gelu,
         };
-        let emb = vb.pp("embeddings");
-        let enc = vb.pp("encoder");
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Layer::load(enc.pp(format!("layer.{i}")), &sz, &MPNET_ATTENTION))
-            .collect::<Result<Vec<_>>>()?;
+        let (emb, enc, layers) =
+            load_stack(vb, "mpnet", &sz, &MPNET_ATTENTION, cfg.num_hidden_layers)?;
         let relative_attention_bias = enc.get(
             (cfg.relative_attention_num_buckets, cfg.num_attention_heads),
             "relative_attention_bias.weight",

@@ -4,7 +4,7 @@
 //!
 //! The first stage scans every vector; each later stage rescores only the survivors of the
 //! one before, and `exact` rescores with the original float vectors. It is faiss's
-//! `IndexRefine` with a `k_factor`, written as a list. `crate::search` runs it.
+//! `IndexRefine` with a `k_factor`, written as a list. The stage runner (`search.rs`) runs it.
 
 use crate::encode::EncoderSpec;
 use crate::error::{invalid, Error, Result};

@@ -98,7 +98,10 @@ fn an_index_built_from_text_searches_by_text_and_prints_corpus_ids() {
     let (ok_, out, err) = rewa("info --index idx", d);
     assert!(ok_, "{err}");
     assert!(
-        out.contains(&format!("text model      {m} (weights sha256 {}...", &sha[..16])),
+        out.contains(&format!(
+            "text model      {m} (weights sha256 {}...",
+            &sha[..16]
+        )),
         "{out}"
     );
 
@@ -175,7 +178,11 @@ fn an_index_built_from_text_searches_by_text_and_prints_corpus_ids() {
         (j["count"].as_u64(), j["added"].as_u64()),
         (Some(34), Some(4))
     );
-    fails("add --index idx --text more.jsonl", d, "already names a row of idx");
+    fails(
+        "add --index idx --text more.jsonl",
+        d,
+        "already names a row of idx",
+    );
     assert_eq!(json("info --index idx", d)["count"], 34);
     // Each added document finds itself first, by its corpus id.
     let hits = rows(&ok("search --index idx --text-file more.jsonl --k 1", d));
