@@ -162,4 +162,25 @@ pub struct ListsRef<'a> {
     pub offsets: &'a [u32],
     /// One id per code, in list order.
     pub ids: &'a [u32],
+    /// The same codes laid out for the quantizer's blocked list kernel, when it has one.
+    pub layout: Option<&'a ListLayout>,
+}
+
+/// A partitioned code set's codes laid out, list by list, for its quantizer's blocked kernel
+/// (for the fast-scan codes: groups of 32 codes transposed, a short last group padded). The
+/// quantizer that builds it owns the byte layout; here it is bytes and where each list starts.
+#[derive(Clone, Debug, Default)]
+pub struct ListLayout {
+    /// The laid-out lists, one after another.
+    pub data: Vec<u8>,
+    /// `nlist + 1` byte offsets: list `l` is `data[starts[l]..starts[l + 1]]`.
+    pub starts: Vec<usize>,
+}
+
+impl ListLayout {
+    /// The bytes of list `l`.
+    #[inline(always)]
+    pub fn list(&self, l: usize) -> &[u8] {
+        &self.data[self.starts[l]..self.starts[l + 1]]
+    }
 }

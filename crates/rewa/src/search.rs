@@ -57,7 +57,8 @@ pub enum Scored<'a> {
 
 /// A first stage over a partitioned code set: the `nprobe` lists nearest to each query (by the
 /// encoder's coarse quantizer, one GEMM for the batch), then the codes of those lists scored
-/// with the quantizer's distance, queries in parallel. Ties at the k-th distance are decided
+/// by the quantizer's list kernel ([`Quantizer::scan_lists`]: blocked where the quantizer
+/// laid its lists out, one distance per code otherwise), queries in parallel. Ties at the k-th distance are decided
 /// by id, so the hits do not depend on list order: with every list probed they are the
 /// hits of a full scan of the same codes.
 pub fn scan_partitioned(
@@ -90,40 +91,10 @@ pub fn scan_partitioned(
                     .iter()
                     .map(|&l| if residual { -coarse.dot_centroid(queries.row(i), l) } else { 0.0 })
                     .collect();
-                scan_lists(q, &p, codes, lists, probed, &offsets, keep)
+                q.scan_lists(&p, codes, lists, probed, &offsets, keep)
             })
             .collect()
     })
-}
-
-twin! { [scan_lists_baseline, scan_lists_avx2]
-/// One prepared query over the codes of the lists `probes`, `offsets[j]` added to the
-/// distances of list `probes[j]` (residual codes; zeros otherwise).
-fn scan_lists<Q: Quantizer>(
-    q: &Q,
-    p: &Q::Query,
-    codes: &[u8],
-    lists: ListsRef<'_>,
-    probes: &[u32],
-    offsets: &[f32],
-    keep: usize,
-) -> Vec<Hit> {
-    let cl = q.code_len();
-    let mut top = TopK::new(keep.max(1));
-    for (&l, &off) in probes.iter().zip(offsets) {
-        let (a, b) = (
-            lists.offsets[l as usize] as usize,
-            lists.offsets[l as usize + 1] as usize,
-        );
-        for (c, &id) in codes[a * cl..b * cl].chunks_exact(cl).zip(&lists.ids[a..b]) {
-            let d = off + q.distance(p, c);
-            if d <= top.threshold() {
-                top.push(id, d);
-            }
-        }
-    }
-    top.into_sorted()
-}
 }
 
 impl Scored<'_> {

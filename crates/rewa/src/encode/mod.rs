@@ -46,6 +46,7 @@ pub use spec::{EncoderSpec, QuantizerSpec, TransformSpec, MAX_SPEC_DIM};
 
 use crate::distance::Metric;
 use crate::error::{Error, Result};
+use crate::rows::{ListLayout, ListsRef};
 use crate::topk::Hit;
 use crate::vectors::{Vectors, VectorsRef};
 use rayon::prelude::*;
@@ -119,6 +120,32 @@ pub trait Quantizer: Send + Sync {
     {
         let qs = self.prepare_batch(queries);
         scan::scan_codes(self, &qs, codes, k)
+    }
+    /// The codes of a partitioned set (in list order, list `l` at positions
+    /// `offsets[l]..offsets[l + 1]`) laid out for [`Quantizer::scan_lists`]'s blocked kernel;
+    /// `None` (the default) when it scores one code at a time.
+    fn layout_lists(&self, codes: &[u8], offsets: &[u32]) -> Option<ListLayout> {
+        let _ = (codes, offsets);
+        None
+    }
+    /// A partitioned first stage for one prepared query: the best `keep` codes of the lists
+    /// `probes`, `add[j]` added to the distances in list `probes[j]` (the residual lists'
+    /// centroid term; zeros otherwise), ties by id. The default scores one code at a time;
+    /// quantizers with a layout override it with their blocked kernel, which must return the
+    /// same hits.
+    fn scan_lists(
+        &self,
+        p: &Self::Query,
+        codes: &[u8],
+        lists: ListsRef<'_>,
+        probes: &[u32],
+        add: &[f32],
+        keep: usize,
+    ) -> Vec<Hit>
+    where
+        Self: Sized,
+    {
+        scan::scan_lists_codes(self, p, codes, lists, probes, add, keep)
     }
 }
 
@@ -318,6 +345,10 @@ macro_rules! with_quantizer {
 pub(crate) use with_quantizer;
 
 impl AnyQuantizer {
+    /// [`Quantizer::layout_lists`] of the quantizer inside.
+    pub fn layout_lists(&self, codes: &[u8], offsets: &[u32]) -> Option<ListLayout> {
+        with_quantizer!(self, q => q.layout_lists(codes, offsets))
+    }
     /// Fits the quantizer `spec` names on (transformed) `train`.
     pub fn fit(
         spec: QuantizerSpec,

@@ -20,6 +20,7 @@ use super::pq::{bounds, check_subspaces, codebooks_k, nearest, subspace_norms, t
 use super::{Quantizer, Tensor, TensorSource};
 use crate::distance::{dot, Metric};
 use crate::error::{invalid, Result};
+use crate::rows::{ListLayout, ListsRef};
 use crate::topk::{Hit, TopK};
 use crate::vectors::VectorsRef;
 use rayon::prelude::*;
@@ -272,6 +273,163 @@ impl Quantizer for Pq4Quantizer {
         let qs = self.prepare_batch(queries);
         scan_pq4(&qs, codes, self.code_len(), k, crate::simd::avx2())
     }
+    fn layout_lists(&self, codes: &[u8], offsets: &[u32]) -> Option<ListLayout> {
+        Some(layout_lists(codes, self.code_len(), offsets))
+    }
+    fn scan_lists(
+        &self,
+        p: &Pq4Query,
+        codes: &[u8],
+        lists: ListsRef<'_>,
+        probes: &[u32],
+        add: &[f32],
+        keep: usize,
+    ) -> Vec<Hit> {
+        scan_lists_fast(self, p, codes, lists, probes, add, keep)
+    }
+}
+
+/// Each list's codes (`cl` bytes, list order, list `l` at positions `offsets[l]..offsets[l +
+/// 1]`) as the scan's transposed groups of 32 codes, a short last group padded with zero
+/// codes (masked off by the scan).
+pub(crate) fn layout_lists(codes: &[u8], cl: usize, offsets: &[u32]) -> ListLayout {
+    let nlist = offsets.len().saturating_sub(1);
+    let mut starts = Vec::with_capacity(nlist + 1);
+    let mut total = 0usize;
+    starts.push(0);
+    for l in 0..nlist {
+        total += (offsets[l + 1] - offsets[l]).div_ceil(32) as usize * 32 * cl;
+        starts.push(total);
+    }
+    let mut data = vec![0u8; total];
+    for l in 0..nlist {
+        let (a, b) = (offsets[l] as usize, offsets[l + 1] as usize);
+        let ng = (b - a).div_ceil(32);
+        transpose(
+            &codes[a * cl..b * cl],
+            cl,
+            ng,
+            &mut data[starts[l]..starts[l + 1]],
+        );
+    }
+    ListLayout { data, starts }
+}
+
+/// [`Quantizer::scan_lists`] for fast-scan codes (`pq<m>x4`, `asignfs`): 32 codes per kernel
+/// call over the lists' [`layout_lists`] layout, each group skipped by the sums' threshold test
+/// as the full scan does; without a layout, one distance per code. Either way the same hits.
+pub(crate) fn scan_lists_fast<Q: Quantizer<Query = Pq4Query>>(
+    q: &Q,
+    p: &Pq4Query,
+    codes: &[u8],
+    lists: ListsRef<'_>,
+    probes: &[u32],
+    add: &[f32],
+    keep: usize,
+) -> Vec<Hit> {
+    let Some(layout) = lists.layout else {
+        return crate::encode::scan::scan_lists_codes(q, p, codes, lists, probes, add, keep);
+    };
+    scan_lists_blocked(
+        p,
+        layout,
+        q.code_len(),
+        lists,
+        probes,
+        add,
+        keep,
+        crate::simd::avx2(),
+    )
+}
+
+/// The blocked kernel of [`scan_lists_fast`]; `wide` picks the AVX2 build of the loop with the
+/// AVX2 sums inlined into it (the caller checked the CPU), else the scalar twin.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn scan_lists_blocked(
+    p: &Pq4Query,
+    layout: &ListLayout,
+    cl: usize,
+    lists: ListsRef<'_>,
+    probes: &[u32],
+    add: &[f32],
+    keep: usize,
+    wide: bool,
+) -> Vec<Hit> {
+    #[cfg(target_arch = "x86_64")]
+    if wide {
+        // SAFETY: `wide` is only true when the CPU has AVX2 (`simd::avx2()`).
+        return unsafe { scan_lists_blocked_avx2(p, layout, cl, lists, probes, add, keep) };
+    }
+    scan_lists_blocked_body(p, layout, cl, lists, probes, add, keep, false)
+}
+
+/// [`scan_lists_blocked_body`] compiled with AVX2, so that the sums are inlined into the loop.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn scan_lists_blocked_avx2(
+    p: &Pq4Query,
+    layout: &ListLayout,
+    cl: usize,
+    lists: ListsRef<'_>,
+    probes: &[u32],
+    add: &[f32],
+    keep: usize,
+) -> Vec<Hit> {
+    scan_lists_blocked_body(p, layout, cl, lists, probes, add, keep, true)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn scan_lists_blocked_body(
+    p: &Pq4Query,
+    layout: &ListLayout,
+    cl: usize,
+    lists: ListsRef<'_>,
+    probes: &[u32],
+    add: &[f32],
+    keep: usize,
+    wide: bool,
+) -> Vec<Hit> {
+    let mut top = TopK::new(keep.max(1));
+    let mut sums = [0u16; 32];
+    for (&l, &off) in probes.iter().zip(add) {
+        let l = l as usize;
+        let a = lists.offsets[l] as usize;
+        let n = lists.offsets[l + 1] as usize - a;
+        let ids = &lists.ids[a..a + n];
+        for (g, tbg) in layout.list(l).chunks_exact(cl * 32).enumerate() {
+            // the largest sum that may still enter (one unit of margin; the float test decides)
+            let limit = {
+                let thr = top.threshold();
+                if thr.is_finite() {
+                    let lim = ((thr - off - p.bias) / p.scale).floor() + 1.0;
+                    if lim < 0.0 {
+                        break; // no code of this list can enter: every sum is at least 0
+                    }
+                    lim.min(u16::MAX as f32) as u16
+                } else {
+                    u16::MAX
+                }
+            };
+            let mut mask = sums32(&p.lut, tbg, cl, limit, &mut sums, wide);
+            let valid = n - g * 32;
+            if valid < 32 {
+                mask &= (1u32 << valid) - 1;
+            }
+            while mask != 0 {
+                let i = mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                let d = off + p.distance_of(sums[i] as u32);
+                if d <= top.threshold() {
+                    top.push(ids[g * 32 + i], d);
+                }
+            }
+        }
+    }
+    top.into_sorted()
 }
 
 /// Codes transposed at once by a scan (128 KiB of 32-byte codes), in groups of 32.
@@ -498,6 +656,7 @@ unsafe fn sums32x2_avx2(
 /// sums at most `limit`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
+#[inline]
 unsafe fn finish(
     even: std::arch::x86_64::__m256i,
     odd: std::arch::x86_64::__m256i,
@@ -572,6 +731,7 @@ fn sums32_scalar(lut: &[u8], tb: &[u8], cl: usize, limit: u16, out: &mut [u16; 3
 /// The CPU must have AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
+#[inline]
 unsafe fn sums32_avx2(lut: &[u8], tb: &[u8], cl: usize, limit: u16, out: &mut [u16; 32]) -> u32 {
     use std::arch::x86_64::*;
     assert!(lut.len() >= 2 * cl * 16 && tb.len() >= cl * 32);
@@ -579,10 +739,9 @@ unsafe fn sums32_avx2(lut: &[u8], tb: &[u8], cl: usize, limit: u16, out: &mut [u
     // 32 u16 (two 256-bit stores), and the caller checked AVX2.
     unsafe {
         let mask = _mm256_set1_epi8(0x0f);
-        let low = _mm256_set1_epi16(0x00ff);
         // u16 lane j holds code 2j (even) or code 2j + 1 (odd): a looked-up byte pair is split
-        // by a mask and a shift instead of being widened
-        let mut even = _mm256_setzero_si256();
+        // by a subtraction and a shift instead of being widened
+        let mut both = _mm256_setzero_si256();
         let mut odd = _mm256_setzero_si256();
         for b in 0..cl {
             let v = _mm256_loadu_si256(tb.as_ptr().add(b * 32) as *const __m256i);
@@ -596,11 +755,15 @@ unsafe fn sums32_avx2(lut: &[u8], tb: &[u8], cl: usize, limit: u16, out: &mut [u
             ));
             let r0 = _mm256_shuffle_epi8(l0, lo);
             let r1 = _mm256_shuffle_epi8(l1, hi);
-            even = _mm256_add_epi16(even, _mm256_and_si256(r0, low));
-            even = _mm256_add_epi16(even, _mm256_and_si256(r1, low));
+            // FAISS's trick: `both` adds whole lanes (even + 256 odd, modulo 2^16), `odd` the
+            // high bytes alone; even = both - 256 odd at the end (exact modulo 2^16, and
+            // every sum fits 16 bits)
+            both = _mm256_add_epi16(both, r0);
+            both = _mm256_add_epi16(both, r1);
             odd = _mm256_add_epi16(odd, _mm256_srli_epi16(r0, 8));
             odd = _mm256_add_epi16(odd, _mm256_srli_epi16(r1, 8));
         }
+        let even = _mm256_sub_epi16(both, _mm256_slli_epi16(odd, 8));
         finish(even, odd, limit, out)
     }
 }
@@ -677,6 +840,60 @@ mod tests {
                         (got - exact).abs() <= p.scale * (m as f32 * 0.5 + 1.0),
                         "{got} vs {exact}"
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn list_kernel_equals_one_distance_per_code_and_the_twins_agree() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let base = crate::testutil::gaussian(3000, 24, 5);
+        let queries = crate::testutil::gaussian(7, 24, 6);
+        let mut cfg = Pq4Config::new(12, Metric::Ip);
+        cfg.iters = 3;
+        let q = Pq4Quantizer::fit(&cfg, base.view(), 1).unwrap();
+        let cl = q.code_len();
+        let mut codes = vec![0u8; 3000 * cl];
+        q.encode_batch(base.view(), &mut codes);
+        // 40 lists of uneven sizes (empty ones, and lengths that are not multiples of 32)
+        let mut offsets = vec![0u32];
+        while *offsets.last().unwrap() < 3000 {
+            let len = [0u32, 1, 31, 32, 33, 70, 150][rng.random_range(0..7)];
+            offsets.push((offsets.last().unwrap() + len).min(3000));
+        }
+        let ids: Vec<u32> = (0..3000u32).map(|i| (i * 7919) % 3000).collect();
+        let layout = q.layout_lists(&codes, &offsets).unwrap();
+        let nlist = offsets.len() - 1;
+        for (qi, y) in queries.view().rows().enumerate() {
+            let p = q.prepare(y);
+            let probes: Vec<u32> = (0..nlist as u32)
+                .filter(|l| (l + qi as u32) % 3 != 0)
+                .collect();
+            let add: Vec<f32> = probes
+                .iter()
+                .map(|&l| (l % 5) as f32 * 0.01 * p.scale)
+                .collect();
+            for keep in [1, 10, 200] {
+                let plain = ListsRef {
+                    offsets: &offsets,
+                    ids: &ids,
+                    layout: None,
+                };
+                let want = crate::encode::scan::scan_lists_codes(
+                    &q, &p, &codes, plain, &probes, &add, keep,
+                );
+                let laid = ListsRef {
+                    layout: Some(&layout),
+                    ..plain
+                };
+                let scalar = scan_lists_blocked(&p, &layout, cl, laid, &probes, &add, keep, false);
+                assert_eq!(scalar, want, "query {qi}, keep {keep}");
+                assert_eq!(q.scan_lists(&p, &codes, laid, &probes, &add, keep), want);
+                if crate::simd::avx2() {
+                    let wide = scan_lists_blocked(&p, &layout, cl, laid, &probes, &add, keep, true);
+                    assert_eq!(wide, want, "query {qi}, keep {keep}");
                 }
             }
         }

@@ -8,6 +8,7 @@ use super::{Encoder, Quantizer};
 use crate::distance::hamming;
 use crate::error::Result;
 use crate::kernels::{query_block, scan_hamming, sharded};
+use crate::rows::ListsRef;
 use crate::simd::twin;
 use crate::topk::{Hit, TopK};
 use crate::vectors::VectorsRef;
@@ -104,6 +105,36 @@ pub(crate) fn scan_block<Q: Quantizer>(
         }
     }
     tops.into_iter().map(TopK::into_sorted).collect()
+}
+}
+
+twin! { [scan_lists_codes_baseline, scan_lists_codes_avx2]
+/// [`Quantizer::scan_lists`] one code at a time: the default, and the reference the blocked
+/// kernels are tested against.
+pub(crate) fn scan_lists_codes<Q: Quantizer>(
+    q: &Q,
+    p: &Q::Query,
+    codes: &[u8],
+    lists: ListsRef<'_>,
+    probes: &[u32],
+    add: &[f32],
+    keep: usize,
+) -> Vec<Hit> {
+    let cl = q.code_len();
+    let mut top = TopK::new(keep.max(1));
+    for (&l, &off) in probes.iter().zip(add) {
+        let (a, b) = (
+            lists.offsets[l as usize] as usize,
+            lists.offsets[l as usize + 1] as usize,
+        );
+        for (c, &id) in codes[a * cl..b * cl].chunks_exact(cl).zip(&lists.ids[a..b]) {
+            let d = off + q.distance(p, c);
+            if d <= top.threshold() {
+                top.push(id, d);
+            }
+        }
+    }
+    top.into_sorted()
 }
 }
 

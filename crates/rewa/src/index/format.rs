@@ -1043,6 +1043,7 @@ fn open_manifest(dir: &Path, m: &Manifest) -> Result<Index> {
             rows,
             start: se.start,
             ids,
+            layouts: codes.iter().map(|_| Default::default()).collect(),
             codes,
             lists,
             vectors,

@@ -13,10 +13,11 @@ use crate::distance::Metric;
 use crate::encode::{Encoder, EncoderSpec};
 use crate::error::{invalid, Error, Result};
 use crate::pipeline::{Pipeline, Scorer, SearchParams, Stage};
-use crate::rows::{Deleted, ListsRef, RowPart, Rows};
+use crate::rows::{Deleted, ListLayout, ListsRef, RowPart, Rows};
 use crate::search::{run_stages_counted, Scored};
 use crate::topk::Hit;
 use crate::vectors::{Prepared, VectorsRef};
+use std::sync::OnceLock;
 
 /// Build-time settings.
 #[derive(Clone, Debug)]
@@ -95,6 +96,9 @@ pub struct Segment {
     pub(crate) lists: Vec<Option<Bytes>>,
     /// `rows * 4 * dim` bytes of f32, when the index stores vectors.
     pub(crate) vectors: Option<Bytes>,
+    /// Per encoder: a partitioned one's codes laid out for its quantizer's blocked list
+    /// kernel, made at the first search that probes them (`None` inside: no such kernel).
+    pub(crate) layouts: Vec<OnceLock<Option<ListLayout>>>,
     /// The manifest entry it was loaded from or last saved as: a save into the same directory
     /// reuses its files instead of writing them again.
     pub(crate) written: format::Written,
@@ -115,6 +119,7 @@ impl Segment {
                 })
                 .collect(),
             vectors: vectors.then(Bytes::default),
+            layouts: encoders.iter().map(|_| OnceLock::new()).collect(),
             written: Default::default(),
         }
     }
@@ -143,7 +148,19 @@ impl Segment {
         let all = self.lists[i].as_ref()?.as_u32();
         let nlist = all.len() - self.rows - 1;
         let (offsets, ids) = all.split_at(nlist + 1);
-        Some(ListsRef { offsets, ids })
+        Some(ListsRef {
+            offsets,
+            ids,
+            layout: None,
+        })
+    }
+    /// [`Segment::lists`] with the codes' blocked layout for `e`'s list kernel (made once).
+    fn lists_laid_out(&self, i: usize, e: &Encoder) -> Option<ListsRef<'_>> {
+        let lists = self.lists(i)?;
+        let layout = self.layouts[i]
+            .get_or_init(|| e.quantizer().layout_lists(self.codes(i), lists.offsets))
+            .as_ref();
+        Some(ListsRef { layout, ..lists })
     }
     /// Whether it holds `id`.
     fn holds(&self, id: u32) -> bool {
@@ -226,6 +243,7 @@ impl Segment {
             *f += 1;
         }
         self.codes[i] = Bytes::from_vec(new_codes);
+        self.layouts[i] = OnceLock::new();
         let mut lists = offsets;
         lists.extend_from_slice(&ids);
         self.lists[i] = Some(Bytes::from_u32(&lists));
@@ -321,6 +339,7 @@ fn merge_segments(
         rows: n,
         start,
         ids: (!contiguous).then(|| Bytes::from_u32(&kept_ids)),
+        layouts: codes.iter().map(|_| OnceLock::new()).collect(),
         codes,
         lists,
         vectors,
@@ -937,7 +956,14 @@ impl Index {
                         self.segments
                             .iter()
                             .filter(|s| s.rows > 0)
-                            .map(|s| s.part(s.codes(i), s.lists(i)))
+                            .map(|s| {
+                                let lists = if stage.nprobe.is_some() {
+                                    s.lists_laid_out(i, e)
+                                } else {
+                                    s.lists(i)
+                                };
+                                s.part(s.codes(i), lists)
+                            })
                             .collect(),
                     ),
                     nprobe: stage.nprobe,

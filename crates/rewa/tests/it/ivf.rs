@@ -42,6 +42,20 @@ fn probing_every_list_equals_the_full_scan() {
             run(&full, &queries, "hadamard64+sign:50", 50),
             "{metric}"
         );
+        // fast-scan codes (the blocked list kernel): the same hits as the full scan's kernel
+        for (lists, all) in [
+            ("ivf16/4+pq16x4:50", "pq16x4:50"),
+            ("ivf16/4+hadamard64+asignfs:50", "hadamard64+asignfs:50"),
+        ] {
+            let index = Index::build(&spec(metric, lists), base.view()).unwrap();
+            let full = Index::build(&spec(metric, all), base.view()).unwrap();
+            let every = lists.replace("/4+", "/16+");
+            assert_eq!(
+                run(&index, &queries, &every, 50),
+                run(&full, &queries, all, 50),
+                "{metric} {lists}"
+            );
+        }
         // with an exact rerank of every list's vectors: the exact neighbours
         let flat = Index::build(&spec(metric, "ivf16/16+flat:100,exact:10"), base.view()).unwrap();
         let truth = ground_truth(
