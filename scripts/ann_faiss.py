@@ -48,7 +48,7 @@ def build(base_path, out, nlist, threads):
     base = np.load(base_path, mmap_mode="r")
     n, d = base.shape
     ip = faiss.METRIC_INNER_PRODUCT
-    which = sys.argv[4:] and [a for a in ("hnsw32", "ivfpq32", "ivfflat") if a in sys.argv] or [
+    which = sys.argv[4:] and [a for a in ("hnsw32", "ivfpq32", "ivfflat", "ivfpq32fs") if a in sys.argv] or [
         "ivfflat", "ivfpq32", "hnsw32"]
     for name in which:
         t = time.perf_counter()
@@ -59,13 +59,13 @@ def build(base_path, out, nlist, threads):
                 print(f"{name}: {s + 100_000} added, {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
             full = idx
         else:
-            spec = f"IVF{nlist},PQ32" if name == "ivfpq32" else f"IVF{nlist},Flat"
+            spec = {"ivfpq32": f"IVF{nlist},PQ32", "ivfpq32fs": f"IVF{nlist},PQ32x4fs"}.get(name, f"IVF{nlist},Flat")
             idx = faiss.index_factory(d, spec, ip)
             # FAISS trains its coarse quantizer on at most 256 points per list; give it that many
             rng = np.random.default_rng(1)
             rows = np.sort(rng.choice(n, size=min(n, 256 * nlist), replace=False))
             idx.train(np.ascontiguousarray(base[rows], dtype="float32"))
-            full = faiss.IndexRefineFlat(idx) if name == "ivfpq32" else idx
+            full = faiss.IndexRefineFlat(idx) if name.startswith("ivfpq") else idx
             for s in range(0, n, 100_000):
                 full.add(np.ascontiguousarray(base[s:s + 100_000], dtype="float32"))
         secs = time.perf_counter() - t

@@ -47,7 +47,7 @@ mod vectors;
 pub use distance::Metric;
 pub use encode::{Encoder, EncoderSpec};
 pub use error::{Error, Result};
-pub use index::{Index, IndexSpec, TextModel};
+pub use index::{Index, IndexSpec, StreamOptions, TextModel};
 pub use pipeline::{Pipeline, SearchParams, Stage};
 pub use topk::Hit;
 pub use tune::{tune, TuneOptions, TuneReport};

@@ -80,20 +80,18 @@ pub fn scan_partitioned(
     let np = probes.len() / nq;
     let tq = encoder.transform_batch(queries);
     let residual = encoder.spec().residual;
-    with_quantizer!(encoder.quantizer(), q => {
-        (0..nq)
-            .into_par_iter()
-            .map(|i| {
-                let p = q.prepare(tq.row(i));
-                let probed = &probes[i * np..(i + 1) * np];
-                // residual codes: -q.x = -q.c - q.r, the code scoring the second term
-                let offsets: Vec<f32> = probed
-                    .iter()
-                    .map(|&l| if residual { -coarse.dot_centroid(queries.row(i), l) } else { 0.0 })
-                    .collect();
-                q.scan_lists(&p, codes, lists, probed, &offsets, keep)
-            })
+    // residual codes: -q.x = -q.c - q.r, the code scoring the second term
+    let adds: Vec<f32> = if residual {
+        probes
+            .par_chunks(np)
+            .zip(queries.as_slice().par_chunks(queries.dim()))
+            .flat_map_iter(|(probed, row)| probed.iter().map(|&l| -coarse.dot_centroid(row, l)))
             .collect()
+    } else {
+        vec![0.0; probes.len()]
+    };
+    with_quantizer!(encoder.quantizer(), q => {
+        q.scan_lists_batch(tq.view(), codes, lists, &probes, np, &adds, keep)
     })
 }
 

@@ -126,40 +126,8 @@ pub const MAX_SYNTH_BYTES: u64 = 16 << 30;
 /// Generates the data set described by `cfg`. Fails when a count is 0 or the data would take
 /// more than [`MAX_SYNTH_BYTES`].
 pub fn generate(cfg: &SynthConfig) -> Result<SynthData> {
-    if cfg.classes == 0 || cfg.per_class == 0 || cfg.dim == 0 {
-        return invalid!("synth: classes, per_class and dim must all be at least 1");
-    }
-    let bytes = (cfg.classes as u64)
-        .checked_add(cfg.new_classes as u64)
-        .zip((cfg.per_class as u64).checked_add(cfg.queries_per_class as u64))
-        .and_then(|(c, per)| c.checked_mul(per))
-        .and_then(|n| n.checked_mul(cfg.dim as u64))
-        .and_then(|v| v.checked_mul(4));
-    if !matches!(bytes, Some(b) if b <= MAX_SYNTH_BYTES) {
-        return invalid!(
-            "synth: (--classes {} + --new-classes {}) x (--per-class {} + --queries-per-class {}) x --dim {} floats of 4 bytes are more than the {} GiB limit",
-            cfg.classes,
-            cfg.new_classes,
-            cfg.per_class,
-            cfg.queries_per_class,
-            cfg.dim,
-            MAX_SYNTH_BYTES >> 30
-        );
-    }
-    if !(cfg.noise.is_finite() && cfg.noise >= 0.0) {
-        return invalid!("synth: noise must be a finite number >= 0");
-    }
-    let mut cr = rng(cfg.seed, CENTROIDS);
-    let cents: Vec<Vec<f32>> = (0..cfg.classes + cfg.new_classes)
-        .map(|_| {
-            let mut c: Vec<f32> = (0..cfg.dim)
-                .map(|_| StandardNormal.sample(&mut cr))
-                .collect();
-            crate::vectors::normalize(&mut c);
-            c.iter_mut().for_each(|x| *x *= 3.0);
-            c
-        })
-        .collect();
+    check(cfg, MAX_SYNTH_BYTES, "GiB", 30)?;
+    let cents = centroids(cfg);
     let (old, new) = cents.split_at(cfg.classes);
     let (base, labels) = gen_set(old, 0, cfg.per_class, cfg, BASE);
     let (queries_same, queries_same_labels) = gen_set(old, 0, cfg.queries_per_class, cfg, QUERIES);
@@ -176,6 +144,121 @@ pub fn generate(cfg: &SynthConfig) -> Result<SynthData> {
         queries_new,
         queries_new_labels,
     })
+}
+
+/// The most [`write`] makes on disk: 1 TiB of f32 values over the four sets (a mistyped count
+/// is refused instead of filling the disk).
+pub const MAX_SYNTH_WRITE_BYTES: u64 = 1 << 40;
+
+/// Writes the data set `cfg` describes into `dir` as [`generate`] makes it, byte for byte, a
+/// group of classes at a time: memory holds one group (about 64 MiB of vectors), not the set,
+/// so sets larger than memory can be written. Files: `base.npy`, `labels.npy`,
+/// `queries_same.npy`, `queries_same_labels.npy`, `base_new.npy`, `base_new_labels.npy`,
+/// `queries_new.npy`, `queries_new_labels.npy` (empty sets are skipped), each written under a
+/// temporary name and renamed when complete. `progress(done, total)` counts vectors.
+pub fn write(
+    cfg: &SynthConfig,
+    dir: &std::path::Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
+    check(cfg, MAX_SYNTH_WRITE_BYTES, "TiB", 40)?;
+    std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
+    let cents = centroids(cfg);
+    let (old, new) = cents.split_at(cfg.classes);
+    let total = ((cfg.classes + cfg.new_classes) * (cfg.per_class + cfg.queries_per_class)) as u64;
+    let mut done = 0u64;
+    for (name, labels, cents, first, count, stream) in [
+        ("base", "labels", old, 0, cfg.per_class, BASE),
+        (
+            "queries_same",
+            "queries_same_labels",
+            old,
+            0,
+            cfg.queries_per_class,
+            QUERIES,
+        ),
+        (
+            "base_new",
+            "base_new_labels",
+            new,
+            cfg.classes,
+            cfg.per_class,
+            BASE,
+        ),
+        (
+            "queries_new",
+            "queries_new_labels",
+            new,
+            cfg.classes,
+            cfg.queries_per_class,
+            QUERIES,
+        ),
+    ] {
+        let rows = cents.len() * count;
+        if rows == 0 {
+            continue;
+        }
+        let path = dir.join(format!("{name}.npy"));
+        let mut out = crate::io::NpyWriter::create(&path, rows, cfg.dim)?;
+        // classes per group: about 64 MiB of vectors
+        let group = ((64usize << 20) / (count * cfg.dim * 4).max(1)).max(1);
+        for (g, cs) in cents.chunks(group).enumerate() {
+            let (v, _) = gen_set(cs, first + g * group, count, cfg, stream);
+            out.write(v.as_slice())?;
+            done += v.len() as u64;
+            progress(done, total);
+        }
+        out.finish()?;
+        let l: Vec<i64> = (0..cents.len())
+            .flat_map(|c| std::iter::repeat_n((first + c) as i64, count))
+            .collect();
+        crate::io::write_npy_i64(&dir.join(format!("{labels}.npy")), &[l.len()], &l)?;
+    }
+    Ok(())
+}
+
+/// Fails when a count is 0, the noise is not a finite number >= 0, or the four sets would
+/// take more than `max` bytes (`unit`, `2^shift` bytes, in the message).
+fn check(cfg: &SynthConfig, max: u64, unit: &str, shift: u32) -> Result<()> {
+    if cfg.classes == 0 || cfg.per_class == 0 || cfg.dim == 0 {
+        return invalid!("synth: classes, per_class and dim must all be at least 1");
+    }
+    let bytes = (cfg.classes as u64)
+        .checked_add(cfg.new_classes as u64)
+        .zip((cfg.per_class as u64).checked_add(cfg.queries_per_class as u64))
+        .and_then(|(c, per)| c.checked_mul(per))
+        .and_then(|n| n.checked_mul(cfg.dim as u64))
+        .and_then(|v| v.checked_mul(4));
+    if !matches!(bytes, Some(b) if b <= max) {
+        return invalid!(
+            "synth: (--classes {} + --new-classes {}) x (--per-class {} + --queries-per-class {}) x --dim {} floats of 4 bytes are more than the {} {unit} limit",
+            cfg.classes,
+            cfg.new_classes,
+            cfg.per_class,
+            cfg.queries_per_class,
+            cfg.dim,
+            max >> shift
+        );
+    }
+    if !(cfg.noise.is_finite() && cfg.noise >= 0.0) {
+        return invalid!("synth: noise must be a finite number >= 0");
+    }
+    Ok(())
+}
+
+/// The class centroids (base classes, then new ones).
+fn centroids(cfg: &SynthConfig) -> Vec<Vec<f32>> {
+    let mut cr = rng(cfg.seed, CENTROIDS);
+    (0..cfg.classes + cfg.new_classes)
+        .map(|_| {
+            let mut c: Vec<f32> = (0..cfg.dim)
+                .map(|_| StandardNormal.sample(&mut cr))
+                .collect();
+            crate::vectors::normalize(&mut c);
+            c.iter_mut().for_each(|x| *x *= 3.0);
+            c
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -215,6 +298,40 @@ mod tests {
         assert!(a.base_new_labels.iter().all(|&l| l >= 5));
         let c = generate(&SynthConfig { seed: 1, ..cfg }).unwrap();
         assert_ne!(a.base, c.base);
+    }
+
+    #[test]
+    fn written_files_equal_the_generated_set() {
+        let cfg = SynthConfig {
+            classes: 7,
+            per_class: 30,
+            dim: 12,
+            new_classes: 2,
+            queries_per_class: 3,
+            ..Default::default()
+        };
+        let a = generate(&cfg).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut last = 0;
+        write(&cfg, dir.path(), &mut |d, t| {
+            assert!(d > last && d <= t);
+            last = d;
+        })
+        .unwrap();
+        assert_eq!(last, (9 * 33) as u64);
+        let read = |n: &str| crate::io::read_vectors(&dir.path().join(n)).unwrap();
+        assert_eq!(read("base.npy"), a.base);
+        assert_eq!(read("queries_same.npy"), a.queries_same);
+        assert_eq!(read("base_new.npy"), a.base_new);
+        assert_eq!(read("queries_new.npy"), a.queries_new);
+        let labels = crate::io::read_labels(&dir.path().join("base_new_labels.npy")).unwrap();
+        assert_eq!(labels, a.base_new_labels);
+        // no temporary file is left
+        assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".npy")));
     }
 
     #[test]

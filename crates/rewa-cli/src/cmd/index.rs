@@ -47,6 +47,11 @@ pub struct BuildArgs {
     /// Vectors to fit encoders on (default: --base).
     #[arg(long)]
     train: Option<PathBuf>,
+    /// With --base: fit the encoders on this many rows of --train (or --base), a seeded
+    /// sample when it holds more. --base is then read, encoded and written in chunks, so a
+    /// base larger than memory builds: memory holds the codes, the sample and one chunk.
+    #[arg(long, default_value_t = 262_144, value_name = "N")]
+    train_sample: usize,
     /// cosine (normalises), ip or l2.
     #[arg(long, default_value = "cosine")]
     metric: Metric,
@@ -95,7 +100,9 @@ impl LockArgs {
 }
 
 /// Append vectors to an index; ids continue from the current count. An index built from text
-/// takes texts (--text), embedded with the model it records, and keeps their ids.
+/// takes texts (--text), embedded with the model it records, and keeps their ids. A --base
+/// of more than 2 GiB of floats is read, encoded and written a chunk at a time into a segment
+/// of its own (memory holds its codes and one chunk; `rewa compact` merges segments).
 #[derive(clap::Args)]
 pub struct AddArgs {
     /// Index directory.
@@ -273,6 +280,11 @@ fn open(dir: &Path) -> Result<Index> {
 }
 
 /// Opens an index and reads a vector file prepared for its metric, checking the dimension.
+/// `add --base` reads a file of up to this many bytes of floats whole (its segment is then
+/// merged with the one before while it is at least half its size, keeping the segment count
+/// logarithmic); a larger one streams into a segment of its own ([`Index::add_from_file`]).
+const STREAM_ADD_BYTES: u64 = 2 << 30;
+
 fn open_with(dir: &Path, file: &Path) -> Result<(Index, Prepared<'static>)> {
     let index = open(dir)?;
     let v = load_prepared(file, index.metric())?;
@@ -294,6 +306,9 @@ pub fn build(a: BuildArgs) -> Result<()> {
     let lock = a.lock.acquire(&a.out)?;
     // again under the lock: another build may have saved an index there in between
     check_build_target(&a.out, a.force, "--force")?;
+    if let Some(b) = &a.base {
+        return build_streamed(&a, b, &lock, t0);
+    }
     let (base, ids, text_model, base_path) = match (&a.base, &a.text, &a.model) {
         (Some(b), _, _) => (load_prepared(b, a.metric)?, None, None, b),
         (None, Some(t), Some(m)) => {
@@ -349,6 +364,74 @@ pub fn build(a: BuildArgs) -> Result<()> {
     Ok(())
 }
 
+/// `build --base`: the vectors read, encoded and written a chunk at a time
+/// ([`Index::build_from_file`]).
+fn build_streamed(a: &BuildArgs, base: &Path, lock: &WriteLock, t0: Instant) -> Result<()> {
+    let ctx = |p: &Path| format!("reading vectors from {}", p.display());
+    let file = rewa::io::VectorFile::open(base).with_context(|| ctx(base))?;
+    let train = match &a.train {
+        Some(t) => {
+            let f = rewa::io::VectorFile::open(t).with_context(|| ctx(t))?;
+            check_dim(t, f.dim(), base, file.dim())?;
+            Some(f)
+        }
+        None => None,
+    };
+    let spec = IndexSpec {
+        metric: a.metric,
+        pipeline: a.pipeline.clone(),
+        seed: a.seed,
+    };
+    let opts = rewa::StreamOptions {
+        train_sample: a.train_sample,
+        ..Default::default()
+    };
+    log(&format!(
+        "{} x {} in {}; fitting {} on {} rows",
+        file.len(),
+        file.dim(),
+        base.display(),
+        a.pipeline,
+        train.as_ref().unwrap_or(&file).len().min(a.train_sample)
+    ));
+    let pb = std::cell::OnceCell::new();
+    let t = Instant::now();
+    let index = Index::build_from_file(
+        &spec,
+        &file,
+        train.as_ref(),
+        &opts,
+        lock,
+        &mut |done, total| {
+            pb.get_or_init(|| {
+                log(&format!("fitted in {:.2}s", t.elapsed().as_secs_f64()));
+                progress_bar(total as u64, "encoding")
+            })
+            .set_position(done as u64)
+        },
+    )
+    .with_context(|| ctx(base))?;
+    if let Some(pb) = pb.get() {
+        pb.finish_and_clear();
+    }
+    index
+        .save_locked(lock)
+        .with_context(|| format!("saving {}", a.out.display()))?;
+    let secs = t0.elapsed().as_secs_f64();
+    log(&format!(
+        "built {} vectors into {} in {secs:.2}s",
+        index.len(),
+        a.out.display()
+    ));
+    if a.json {
+        println!(
+            "{}",
+            json!({"count": index.len(), "seconds": secs, "pipeline": index.pipeline().to_string()})
+        );
+    }
+    Ok(())
+}
+
 pub fn add(a: AddArgs) -> Result<()> {
     let t0 = Instant::now();
     // The lock is taken before the index is read: two writers cannot both start from the same
@@ -356,10 +439,27 @@ pub fn add(a: AddArgs) -> Result<()> {
     let lock = a.lock.acquire_existing(&a.index)?;
     let (data, count) = match (&a.base, &a.text) {
         (Some(base), _) => {
-            let (mut index, data) = open_with(&a.index, base)?;
-            add_with_progress(&mut index, &data)?;
-            index.save_locked(&lock)?;
-            (data.len(), index.len())
+            let file = rewa::io::VectorFile::open(base)
+                .with_context(|| format!("reading vectors from {}", base.display()))?;
+            if (file.len() as u64) * (file.dim() as u64) * 4 <= STREAM_ADD_BYTES {
+                let (mut index, data) = open_with(&a.index, base)?;
+                add_with_progress(&mut index, &data)?;
+                index.save_locked(&lock)?;
+                (data.len(), index.len())
+            } else {
+                // larger than memory may hold: a chunk at a time, into a segment of its own
+                let mut index = open(&a.index)?;
+                check_dim(base, file.dim(), &a.index, index.dim())?;
+                let pb = progress_bar(file.len() as u64, "encoding");
+                index
+                    .add_from_file(&file, &Default::default(), &lock, &mut |d, _| {
+                        pb.set_position(d as u64)
+                    })
+                    .with_context(|| format!("reading vectors from {}", base.display()))?;
+                pb.finish_and_clear();
+                index.save_locked(&lock)?;
+                (file.len(), index.len())
+            }
         }
         (None, Some(text)) => {
             let texts = check_texts(text, &a.text_opts)?;
@@ -654,6 +754,16 @@ pub fn info(a: InfoArgs) -> Result<()> {
     };
     println!("float vectors   {stored}");
     println!("bytes/vector    {}", s.bytes_per_vector);
+    println!(
+        "in memory       {} bytes (codes, lists, parameters: what a search keeps resident)",
+        s.resident_bytes
+    );
+    if s.has_vectors {
+        println!(
+            "vectors on disk {} bytes (mapped: an exact rerank reads only its candidates' rows)",
+            s.vector_bytes
+        );
+    }
     println!("segments        {}", s.segments);
     if let Some(m) = &s.text_model {
         println!(

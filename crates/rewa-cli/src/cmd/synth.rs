@@ -1,6 +1,6 @@
-use crate::data::log;
+use crate::data::{log, progress_bar};
 use anyhow::{Context, Result};
-use rewa::synth::{generate, SynthConfig};
+use rewa::synth::{write, SynthConfig};
 use std::path::PathBuf;
 
 /// Generate synthetic clustered unit vectors as in the seed experiment.
@@ -48,34 +48,22 @@ pub fn run(a: Args) -> Result<()> {
         seed: a.seed,
     };
     let t = std::time::Instant::now();
-    let d = generate(&cfg)?;
+    // written a group of classes at a time: sets larger than memory too, the same bytes
+    let pb = std::cell::OnceCell::new();
+    write(&cfg, &a.out, &mut |done, total| {
+        pb.get_or_init(|| progress_bar(total, "writing"))
+            .set_position(done);
+    })
+    .with_context(|| format!("writing {}", a.out.display()))?;
+    if let Some(pb) = pb.get() {
+        pb.finish_and_clear();
+    }
     log(&format!(
         "generated {} base vectors of dim {} in {:.1}s",
-        d.base.len(),
+        a.classes * a.per_class,
         a.dim,
         t.elapsed().as_secs_f64()
     ));
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let w = |name: &str, v: &rewa::Vectors| -> Result<()> {
-        if !v.is_empty() {
-            rewa::io::write_npy_f32(&a.out.join(name), v)?;
-        }
-        Ok(())
-    };
-    let wl = |name: &str, l: &[i64]| -> Result<()> {
-        if !l.is_empty() {
-            rewa::io::write_npy_i64(&a.out.join(name), &[l.len()], l)?;
-        }
-        Ok(())
-    };
-    w("base.npy", &d.base)?;
-    wl("labels.npy", &d.labels)?;
-    w("queries_same.npy", &d.queries_same)?;
-    wl("queries_same_labels.npy", &d.queries_same_labels)?;
-    w("base_new.npy", &d.base_new)?;
-    wl("base_new_labels.npy", &d.base_new_labels)?;
-    w("queries_new.npy", &d.queries_new)?;
-    wl("queries_new_labels.npy", &d.queries_new_labels)?;
     std::fs::write(
         a.out.join("synth.json"),
         serde_json::to_string_pretty(&cfg)?,

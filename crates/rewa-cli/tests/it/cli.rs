@@ -320,3 +320,51 @@ fn train_writes_artifacts_that_eval_and_build_use() {
         "holds 50 labels",
     );
 }
+
+#[test]
+fn build_streams_from_a_sample_and_info_splits_memory_from_disk() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    ok(
+        "synth --classes 20 --per-class 50 --dim 32 --new-classes 0 --out s",
+        d,
+    );
+    // fitted on 300 of the 1,000 rows (a seeded sample), the rest streamed in chunks
+    ok(
+        "build --base s/base.npy --pipeline ivf8/8+pq16x4:100,exact:10 --train-sample 300 --out ix",
+        d,
+    );
+    let info = ok("info --index ix", d);
+    assert!(info.contains("in memory "), "{info}");
+    assert!(
+        info.contains(&format!("vectors on disk {} bytes", 1000 * 32 * 4)),
+        "{info}"
+    );
+    let j = json("info --index ix", d);
+    let resident = j["resident_bytes"].as_u64().unwrap();
+    // codes (8 B) and list ids (4 B), the fast-scan copy (at most 8 + 31 padded codes per
+    // list), centroids and codebooks: well under the float vectors' 128 KB
+    assert!((12_000..40_000).contains(&resident), "{j}");
+    assert_eq!(j["vector_bytes"], 128_000);
+    // every list probed with an exact rerank: the exact neighbours
+    let hits = ok("search --index ix --queries s/queries_same.npy --k 10", d);
+    let exact = ok(
+        "search --index ix --queries s/queries_same.npy --k 10 --pipeline exact:10",
+        d,
+    );
+    // the ids (the scores of a rerank and of a GEMM may differ in the last bit)
+    let ids = |tsv: &str| -> Vec<String> {
+        tsv.lines()
+            .map(|l| l.split('\t').take(3).collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    let (a, b) = (ids(&hits), ids(&exact));
+    assert_eq!(a.len(), 2001);
+    let same = a.iter().zip(&b).filter(|(x, y)| x == y).count();
+    assert_eq!(same, a.len(), "{same} of {} rows agree", a.len());
+    fails(
+        "build --base s/base.npy --train-sample 0 --out ix2",
+        d,
+        "training sample",
+    );
+}

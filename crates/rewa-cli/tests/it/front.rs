@@ -434,7 +434,7 @@ fn extreme_sizes_are_errors_not_panics() {
             "--queries-per-class",
         ),
         ("--dim 18446744073709551615", "--dim"),
-        ("--classes 100000 --per-class 100000", "GiB limit"),
+        ("--classes 100000 --per-class 100000", "TiB limit"),
     ] {
         refused(&format!("synth --out big {flags}"), d, needle);
         assert!(!d.join("big").exists(), "{flags} created --out");

@@ -6,7 +6,9 @@
 //! to the 8-bit rounding of the tables (at most half a step per 4 bits), so a rerank should
 //! follow. Up to 1,024 bits (256 tables of 4 bits; the sums must fit 16 bits).
 
-use super::pq4::{layout_lists, pq4_distance, quantize_tables, scan_lists_fast, scan_pq4};
+use super::pq4::{
+    layout_lists, pq4_distance, quantize_tables, scan_lists_batch_fast, scan_lists_fast, scan_pq4,
+};
 use super::sign::{SignAsymQuantizer, SignConfig, SignQuantizer};
 use super::{Pq4Query, Quantizer, Tensor, TensorSource};
 use crate::distance::Metric;
@@ -104,6 +106,18 @@ impl Quantizer for SignFastQuantizer {
         keep: usize,
     ) -> Vec<Hit> {
         scan_lists_fast(self, p, codes, lists, probes, add, keep)
+    }
+    fn scan_lists_batch(
+        &self,
+        tq: VectorsRef<'_>,
+        codes: &[u8],
+        lists: ListsRef<'_>,
+        probes: &[u32],
+        np: usize,
+        adds: &[f32],
+        keep: usize,
+    ) -> Vec<Vec<Hit>> {
+        scan_lists_batch_fast(self, tq, codes, lists, probes, np, adds, keep)
     }
 }
 

@@ -147,6 +147,26 @@ pub trait Quantizer: Send + Sync {
     {
         scan::scan_lists_codes(self, p, codes, lists, probes, add, keep)
     }
+    /// A partitioned first stage for a batch of transformed queries: query `i` scans the
+    /// lists `probes[i * np..(i + 1) * np]` with `adds` alongside, as [`Quantizer::scan_lists`].
+    /// The default prepares and scans one query at a time, queries in parallel; a quantizer
+    /// may instead batch the queries that probe the same list (the same hits).
+    #[allow(clippy::too_many_arguments)]
+    fn scan_lists_batch(
+        &self,
+        tq: VectorsRef<'_>,
+        codes: &[u8],
+        lists: ListsRef<'_>,
+        probes: &[u32],
+        np: usize,
+        adds: &[f32],
+        keep: usize,
+    ) -> Vec<Vec<Hit>>
+    where
+        Self: Sized,
+    {
+        scan::scan_lists_each(self, tq, codes, lists, probes, np, adds, keep)
+    }
 }
 
 /// Any transform, chosen at run time.

@@ -287,6 +287,18 @@ impl Quantizer for Pq4Quantizer {
     ) -> Vec<Hit> {
         scan_lists_fast(self, p, codes, lists, probes, add, keep)
     }
+    fn scan_lists_batch(
+        &self,
+        tq: VectorsRef<'_>,
+        codes: &[u8],
+        lists: ListsRef<'_>,
+        probes: &[u32],
+        np: usize,
+        adds: &[f32],
+        keep: usize,
+    ) -> Vec<Vec<Hit>> {
+        scan_lists_batch_fast(self, tq, codes, lists, probes, np, adds, keep)
+    }
 }
 
 /// Each list's codes (`cl` bytes, list order, list `l` at positions `offsets[l]..offsets[l +
@@ -401,35 +413,237 @@ fn scan_lists_blocked_body(
         let n = lists.offsets[l + 1] as usize - a;
         let ids = &lists.ids[a..a + n];
         for (g, tbg) in layout.list(l).chunks_exact(cl * 32).enumerate() {
-            // the largest sum that may still enter (one unit of margin; the float test decides)
-            let limit = {
-                let thr = top.threshold();
-                if thr.is_finite() {
-                    let lim = ((thr - off - p.bias) / p.scale).floor() + 1.0;
-                    if lim < 0.0 {
-                        break; // no code of this list can enter: every sum is at least 0
-                    }
-                    lim.min(u16::MAX as f32) as u16
-                } else {
-                    u16::MAX
-                }
+            let Some(limit) = limit_with(p, &top, off) else {
+                break; // no code of this list can enter: every sum is at least 0
             };
-            let mut mask = sums32(&p.lut, tbg, cl, limit, &mut sums, wide);
-            let valid = n - g * 32;
-            if valid < 32 {
-                mask &= (1u32 << valid) - 1;
-            }
-            while mask != 0 {
-                let i = mask.trailing_zeros() as usize;
-                mask &= mask - 1;
-                let d = off + p.distance_of(sums[i] as u32);
-                if d <= top.threshold() {
-                    top.push(ids[g * 32 + i], d);
-                }
-            }
+            let mask = sums32(&p.lut, tbg, cl, limit, &mut sums, wide) & valid_mask(n - g * 32);
+            offer_ids(p, &mut top, mask, &sums, &ids[g * 32..], off);
         }
     }
     top.into_sorted()
+}
+
+/// The largest table sum that may still reach `top` for a list whose distances carry `add`
+/// (one unit of margin for float rounding; the float test in [`offer_ids`] decides, as
+/// `distance` would); `None` when none can (every sum is at least 0).
+#[inline(always)]
+fn limit_with(p: &Pq4Query, top: &TopK, add: f32) -> Option<u16> {
+    let thr = top.threshold();
+    if !thr.is_finite() {
+        return Some(u16::MAX);
+    }
+    let l = ((thr - add - p.bias) / p.scale).floor() + 1.0;
+    (l >= 0.0).then(|| l.min(u16::MAX as f32) as u16)
+}
+
+/// The first `valid` of 32 bits (a list's last group is padded).
+#[inline(always)]
+fn valid_mask(valid: usize) -> u32 {
+    if valid < 32 {
+        (1u32 << valid) - 1
+    } else {
+        u32::MAX
+    }
+}
+
+/// Pushes the codes of `mask` (bit i: the code with id `ids[i]`) whose distance, `add` plus
+/// the table sum's, reaches the threshold.
+#[inline(always)]
+fn offer_ids(p: &Pq4Query, top: &mut TopK, mut mask: u32, sums: &[u16; 32], ids: &[u32], add: f32) {
+    while mask != 0 {
+        let i = mask.trailing_zeros() as usize;
+        mask &= mask - 1;
+        let d = add + p.distance_of(sums[i] as u32);
+        if d <= top.threshold() {
+            top.push(ids[i], d);
+        }
+    }
+}
+
+/// Queries scanned together by [`scan_lists_batch_fast`]: a list's codes are read once for
+/// every pair of the group's queries that probe it (and stay in L1 for the rest).
+const GROUP: usize = 128;
+
+/// [`Quantizer::scan_lists_batch`] for fast-scan codes: the queries in groups of [`GROUP`],
+/// each group list by list, two queries per pass over a list's codes (the nibbles split once,
+/// looked up in both tables), lists in the order of the best rank any of the group's queries
+/// gives them (so that thresholds tighten early). Without a layout, one query at a time. The
+/// same hits as [`scan_lists_fast`] for every query (ties by id).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn scan_lists_batch_fast<Q: Quantizer<Query = Pq4Query>>(
+    q: &Q,
+    tq: VectorsRef<'_>,
+    codes: &[u8],
+    lists: ListsRef<'_>,
+    probes: &[u32],
+    np: usize,
+    adds: &[f32],
+    keep: usize,
+) -> Vec<Vec<Hit>> {
+    let Some(layout) = lists.layout else {
+        return crate::encode::scan::scan_lists_each(q, tq, codes, lists, probes, np, adds, keep);
+    };
+    let cl = q.code_len();
+    let wide = crate::simd::avx2();
+    tq.as_slice()
+        .par_chunks(GROUP * tq.dim().max(1))
+        .enumerate()
+        .flat_map_iter(|(gi, rows)| {
+            let group =
+                q.prepare_batch(VectorsRef::new(tq.dim(), rows).expect("invariant: whole rows"));
+            let r = gi * GROUP * np..(gi * GROUP + group.len()) * np;
+            scan_group_lists(
+                &group,
+                layout,
+                cl,
+                lists,
+                &probes[r.clone()],
+                np,
+                &adds[r],
+                keep,
+                wide,
+            )
+        })
+        .collect()
+}
+
+/// One group of [`scan_lists_batch_fast`]; `wide` picks the AVX2 build of the loop with the
+/// sums inlined (the caller checked the CPU), else the scalar twin.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn scan_group_lists(
+    group: &[Pq4Query],
+    layout: &ListLayout,
+    cl: usize,
+    lists: ListsRef<'_>,
+    probes: &[u32],
+    np: usize,
+    adds: &[f32],
+    keep: usize,
+    wide: bool,
+) -> Vec<Vec<Hit>> {
+    #[cfg(target_arch = "x86_64")]
+    if wide {
+        // SAFETY: `wide` is only true when the CPU has AVX2 (`simd::avx2()`).
+        return unsafe { scan_group_lists_avx2(group, layout, cl, lists, probes, np, adds, keep) };
+    }
+    scan_group_lists_body(group, layout, cl, lists, probes, np, adds, keep, false)
+}
+
+/// [`scan_group_lists_body`] compiled with AVX2.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn scan_group_lists_avx2(
+    group: &[Pq4Query],
+    layout: &ListLayout,
+    cl: usize,
+    lists: ListsRef<'_>,
+    probes: &[u32],
+    np: usize,
+    adds: &[f32],
+    keep: usize,
+) -> Vec<Vec<Hit>> {
+    scan_group_lists_body(group, layout, cl, lists, probes, np, adds, keep, true)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn scan_group_lists_body(
+    group: &[Pq4Query],
+    layout: &ListLayout,
+    cl: usize,
+    lists: ListsRef<'_>,
+    probes: &[u32],
+    np: usize,
+    adds: &[f32],
+    keep: usize,
+    wide: bool,
+) -> Vec<Vec<Hit>> {
+    // every (list, rank, query) of the group, grouped by list; lists by their best rank
+    let mut items: Vec<(u32, u32, u32)> = probes
+        .chunks(np.max(1))
+        .enumerate()
+        .flat_map(|(qi, pr)| {
+            pr.iter()
+                .enumerate()
+                .map(move |(j, &l)| (l, j as u32, qi as u32))
+        })
+        .collect();
+    items.sort_unstable();
+    let mut runs: Vec<(u32, usize, usize)> = Vec::new();
+    let mut a = 0;
+    while a < items.len() {
+        let l = items[a].0;
+        let mut b = a;
+        let mut best = u32::MAX;
+        while b < items.len() && items[b].0 == l {
+            best = best.min(items[b].1);
+            b += 1;
+        }
+        runs.push((best, a, b));
+        a = b;
+    }
+    runs.sort_unstable();
+    let mut tops: Vec<TopK> = group.iter().map(|_| TopK::new(keep.max(1))).collect();
+    let (mut sa, mut sb) = ([0u16; 32], [0u16; 32]);
+    for &(_, a, b) in &runs {
+        let l = items[a].0 as usize;
+        let first = lists.offsets[l] as usize;
+        let n = lists.offsets[l + 1] as usize - first;
+        let ids = &lists.ids[first..first + n];
+        let blocks = layout.list(l);
+        let mut k = a;
+        while k < b {
+            let qa = items[k].2 as usize;
+            let adda = adds[qa * np + items[k].1 as usize];
+            let pa = &group[qa];
+            if k + 1 < b {
+                let qb = items[k + 1].2 as usize;
+                let addb = adds[qb * np + items[k + 1].1 as usize];
+                let pb = &group[qb];
+                for (g, tbg) in blocks.chunks_exact(cl * 32).enumerate() {
+                    let (la, lb) = (
+                        limit_with(pa, &tops[qa], adda),
+                        limit_with(pb, &tops[qb], addb),
+                    );
+                    if la.is_none() && lb.is_none() {
+                        break;
+                    }
+                    let (ma, mb) = sums32x2(
+                        [&pa.lut, &pb.lut],
+                        tbg,
+                        cl,
+                        [la.unwrap_or(0), lb.unwrap_or(0)],
+                        [&mut sa, &mut sb],
+                        wide,
+                    );
+                    let v = valid_mask(n - g * 32);
+                    let ids = &ids[g * 32..];
+                    if la.is_some() {
+                        offer_ids(pa, &mut tops[qa], ma & v, &sa, ids, adda);
+                    }
+                    if lb.is_some() {
+                        offer_ids(pb, &mut tops[qb], mb & v, &sb, ids, addb);
+                    }
+                }
+                k += 2;
+            } else {
+                for (g, tbg) in blocks.chunks_exact(cl * 32).enumerate() {
+                    let Some(limit) = limit_with(pa, &tops[qa], adda) else {
+                        break;
+                    };
+                    let mask =
+                        sums32(&pa.lut, tbg, cl, limit, &mut sa, wide) & valid_mask(n - g * 32);
+                    offer_ids(pa, &mut tops[qa], mask, &sa, &ids[g * 32..], adda);
+                }
+                k += 1;
+            }
+        }
+    }
+    tops.into_iter().map(TopK::into_sorted).collect()
 }
 
 /// Codes transposed at once by a scan (128 KiB of 32-byte codes), in groups of 32.
@@ -591,6 +805,7 @@ fn sums32x2(
 /// The CPU must have AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
+#[inline]
 unsafe fn sums32x2_avx2(
     luts: [&[u8]; 2],
     tb: &[u8],
@@ -605,7 +820,8 @@ unsafe fn sums32x2_avx2(
     // output holds 32 u16, and the caller checked AVX2.
     unsafe {
         let mask = _mm256_set1_epi8(0x0f);
-        let low = _mm256_set1_epi16(0x00ff);
+        // both: whole lanes summed (even + 256 odd, modulo 2^16); odd: the high bytes alone
+        // (even = both - 256 odd at the end, as in `sums32_avx2`)
         let (mut ea, mut oa_, mut eb, mut ob_) = (
             _mm256_setzero_si256(),
             _mm256_setzero_si256(),
@@ -628,23 +844,19 @@ unsafe fn sums32x2_avx2(
                 _mm256_shuffle_epi8(t(pb, 2 * b), lo),
                 _mm256_shuffle_epi8(t(pb, 2 * b + 1), hi),
             );
-            ea = _mm256_add_epi16(
-                ea,
-                _mm256_add_epi16(_mm256_and_si256(a0, low), _mm256_and_si256(a1, low)),
-            );
+            ea = _mm256_add_epi16(ea, _mm256_add_epi16(a0, a1));
             oa_ = _mm256_add_epi16(
                 oa_,
                 _mm256_add_epi16(_mm256_srli_epi16(a0, 8), _mm256_srli_epi16(a1, 8)),
             );
-            eb = _mm256_add_epi16(
-                eb,
-                _mm256_add_epi16(_mm256_and_si256(b0, low), _mm256_and_si256(b1, low)),
-            );
+            eb = _mm256_add_epi16(eb, _mm256_add_epi16(b0, b1));
             ob_ = _mm256_add_epi16(
                 ob_,
                 _mm256_add_epi16(_mm256_srli_epi16(b0, 8), _mm256_srli_epi16(b1, 8)),
             );
         }
+        let ea = _mm256_sub_epi16(ea, _mm256_slli_epi16(oa_, 8));
+        let eb = _mm256_sub_epi16(eb, _mm256_slli_epi16(ob_, 8));
         (
             finish(ea, oa_, limits[0], oa),
             finish(eb, ob_, limits[1], ob),
@@ -895,6 +1107,47 @@ mod tests {
                     let wide = scan_lists_blocked(&p, &layout, cl, laid, &probes, &add, keep, true);
                     assert_eq!(wide, want, "query {qi}, keep {keep}");
                 }
+            }
+        }
+        // the group kernel (queries sharing lists, two per pass) equals one query at a time
+        let np = nlist * 2 / 3;
+        let nq = queries.len();
+        let probes: Vec<u32> = (0..nq)
+            .flat_map(|qi| (0..np).map(move |j| ((j + 7 * qi) % nlist) as u32))
+            .collect();
+        let adds: Vec<f32> = probes.iter().map(|&l| (l % 3) as f32 * 0.02).collect();
+        let ps = q.prepare_batch(queries.view());
+        let laid = ListsRef {
+            offsets: &offsets,
+            ids: &ids,
+            layout: Some(&layout),
+        };
+        for keep in [1, 10, 200] {
+            let want: Vec<Vec<Hit>> = (0..nq)
+                .map(|i| {
+                    let r = i * np..(i + 1) * np;
+                    let plain = ListsRef {
+                        layout: None,
+                        ..laid
+                    };
+                    crate::encode::scan::scan_lists_codes(
+                        &q,
+                        &ps[i],
+                        &codes,
+                        plain,
+                        &probes[r.clone()],
+                        &adds[r],
+                        keep,
+                    )
+                })
+                .collect();
+            let scalar = scan_group_lists(&ps, &layout, cl, laid, &probes, np, &adds, keep, false);
+            assert_eq!(scalar, want, "keep {keep}");
+            let batch = q.scan_lists_batch(queries.view(), &codes, laid, &probes, np, &adds, keep);
+            assert_eq!(batch, want, "keep {keep}");
+            if crate::simd::avx2() {
+                let wide = scan_group_lists(&ps, &layout, cl, laid, &probes, np, &adds, keep, true);
+                assert_eq!(wide, want, "keep {keep}");
             }
         }
     }

@@ -108,6 +108,29 @@ pub(crate) fn scan_block<Q: Quantizer>(
 }
 }
 
+/// [`Quantizer::scan_lists_batch`] one query at a time (prepared, then
+/// [`Quantizer::scan_lists`]), queries in parallel.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn scan_lists_each<Q: Quantizer>(
+    q: &Q,
+    tq: VectorsRef<'_>,
+    codes: &[u8],
+    lists: ListsRef<'_>,
+    probes: &[u32],
+    np: usize,
+    adds: &[f32],
+    keep: usize,
+) -> Vec<Vec<Hit>> {
+    (0..tq.len())
+        .into_par_iter()
+        .map(|i| {
+            let p = q.prepare(tq.row(i));
+            let r = i * np..(i + 1) * np;
+            q.scan_lists(&p, codes, lists, &probes[r.clone()], &adds[r], keep)
+        })
+        .collect()
+}
+
 twin! { [scan_lists_codes_baseline, scan_lists_codes_avx2]
 /// [`Quantizer::scan_lists`] one code at a time: the default, and the reference the blocked
 /// kernels are tested against.

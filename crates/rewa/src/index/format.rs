@@ -477,6 +477,106 @@ fn params_bytes(index: &Index) -> Result<Vec<u8>> {
         .map_err(|e| Error::InvalidInput(format!("safetensors: {e}")))
 }
 
+/// A streaming build's float vectors, written into the index's directory as they are
+/// produced (so that a build larger than memory never holds them), then renamed into their
+/// segment's name by the save that names them in a manifest. Its name is recorded in
+/// `pending.txt` before it is created: a build killed before its save leaves it for the next
+/// save to delete, like any half-written file.
+pub(crate) struct StagedVectors {
+    dir: PathBuf,
+    name: String,
+    out: std::io::BufWriter<File>,
+    crc: crc32fast::Hasher,
+    bytes: u64,
+    expected: u64,
+}
+
+/// Where a [`StagedVectors`] file was written, for the save that adopts it.
+#[derive(Clone, Debug)]
+pub(crate) struct Staged {
+    pub(crate) dir: PathBuf,
+    pub(crate) name: String,
+    pub(crate) crc32: u32,
+    pub(crate) bytes: u64,
+}
+
+/// Starts a [`StagedVectors`] file of `rows` vectors of `dim` floats in `lock`'s directory.
+pub(crate) fn stage_vectors(lock: &WriteLock, dim: usize, rows: usize) -> Result<StagedVectors> {
+    let dir = lock.dir();
+    let mut n = 0u32;
+    let name = loop {
+        let name = format!("seg-staged{n}-vectors.f32");
+        if dir.join(&name).symlink_metadata().is_err() {
+            break name;
+        }
+        n += 1;
+    };
+    let pending = dir.join(PENDING);
+    let mut record = std::fs::read_to_string(&pending).unwrap_or_default();
+    if !record.is_empty() && !record.ends_with('\n') {
+        record.push('\n');
+    }
+    record.push_str(&name);
+    write_file(&pending, &[record.as_bytes()])?;
+    let path = dir.join(&name);
+    let f = File::create(&path).map_err(io_err(&path))?;
+    let mut staged = StagedVectors {
+        dir: dir.to_path_buf(),
+        name,
+        out: std::io::BufWriter::with_capacity(4 << 20, f),
+        crc: crc32fast::Hasher::new(),
+        bytes: 0,
+        expected: (HEADER + rows * 4 * dim) as u64,
+    };
+    staged.put(&header(MAGIC_VECS, 4 * dim, rows))?;
+    Ok(staged)
+}
+
+impl StagedVectors {
+    /// The file being written.
+    pub(crate) fn path(&self) -> PathBuf {
+        self.dir.join(&self.name)
+    }
+    fn put(&mut self, b: &[u8]) -> Result<()> {
+        let path = self.dir.join(&self.name);
+        self.out.write_all(b).map_err(io_err(&path))?;
+        self.crc.update(b);
+        self.bytes += b.len() as u64;
+        Ok(())
+    }
+    /// Appends rows (prepared floats).
+    pub(crate) fn write(&mut self, rows: &[f32]) -> Result<()> {
+        self.put(bytemuck::cast_slice(rows))
+    }
+    /// Flushes and fsyncs the file and maps it: the segment's vectors, and where they are.
+    pub(crate) fn finish(self) -> Result<(Bytes, Staged)> {
+        let path = self.dir.join(&self.name);
+        if self.bytes != self.expected {
+            return Err(Error::corrupt(
+                &path,
+                format!("staged {} bytes, expected {}", self.bytes, self.expected),
+            ));
+        }
+        let f = self
+            .out
+            .into_inner()
+            .map_err(|e| io_err(&path)(e.into_error()))?;
+        f.sync_all().map_err(io_err(&path))?;
+        let f = File::open(&path).map_err(io_err(&path))?;
+        // SAFETY: as for `open_checked`: rewa never shrinks or rewrites a file it wrote (this
+        // one is renamed, never rewritten); the mapping is read-only.
+        let map = unsafe { Mmap::map(&f) }.map_err(io_err(&path))?;
+        let len = map.len() - HEADER;
+        let staged = Staged {
+            dir: self.dir,
+            name: self.name,
+            crc32: self.crc.finalize(),
+            bytes: self.bytes,
+        };
+        Ok((Bytes::mapped(Arc::new(map), HEADER, len), staged))
+    }
+}
+
 /// The file names segment `s` of `index` would be written under.
 fn segment_names(index: &Index, s: u64) -> Vec<String> {
     let mut v: Vec<String> = (0..index.encoders.len())
@@ -523,11 +623,26 @@ fn write_segment(dir: &Path, index: &Index, seg: &Segment, s: u64) -> Result<Seg
         );
     }
     let name = format!("seg{s}-vectors.f32");
-    let vectors = seg
-        .vectors
+    let staged = seg
+        .staged
         .as_ref()
-        .map(|v| data(name, MAGIC_VECS, 4 * index.dim, v))
-        .transpose()?;
+        .filter(|st| st.dir == dir && dir.join(&st.name).is_file());
+    let vectors = match (staged, &seg.vectors) {
+        // a streaming build's vectors are already in this directory: renamed, not copied
+        (Some(st), Some(_)) => {
+            std::fs::rename(dir.join(&st.name), dir.join(&name)).map_err(io_err(dir))?;
+            sync_dir(dir)?;
+            Some(FileEntry {
+                file: name,
+                crc32: st.crc32,
+                bytes: st.bytes,
+            })
+        }
+        (_, v) => v
+            .as_ref()
+            .map(|v| data(name, MAGIC_VECS, 4 * index.dim, v))
+            .transpose()?,
+    };
     let name = format!("seg{s}-rowids.bin");
     let row_ids = seg
         .ids
@@ -591,11 +706,18 @@ pub(crate) fn save(index: &Index, lock: &WriteLock, replace: bool) -> Result<()>
     // maps them), and only those go.
     let pending = dir.join(PENDING);
     let live = old.as_ref().map(files_of).unwrap_or_default();
+    // (a streaming build's staged vectors, which this save is about to adopt, are kept)
+    let staged: Vec<String> = index
+        .segments
+        .iter()
+        .filter_map(|s| s.staged.as_ref())
+        .filter(|st| st.dir == dir)
+        .map(|st| st.name.clone())
+        .collect();
     if let Ok(text) = std::fs::read_to_string(&pending) {
-        for f in text
-            .lines()
-            .filter(|f| is_own_name(f) && !live.iter().any(|l| l == f))
-        {
+        for f in text.lines().filter(|f| {
+            is_own_name(f) && !live.iter().any(|l| l == f) && !staged.iter().any(|s| s == f)
+        }) {
             let _ = std::fs::remove_file(dir.join(f));
         }
     }
@@ -637,6 +759,7 @@ pub(crate) fn save(index: &Index, lock: &WriteLock, replace: bool) -> Result<()>
         .collect();
     record.push(format!("params-{generation}.safetensors"));
     record.push(format!("deleted-{generation}.bin"));
+    record.extend(staged.iter().cloned());
     record.extend(live.iter().cloned());
     write_file(&pending, &[record.join("\n").as_bytes()])?;
     let mut segments = Vec::new();
@@ -1043,6 +1166,7 @@ fn open_manifest(dir: &Path, m: &Manifest) -> Result<Index> {
             rows,
             start: se.start,
             ids,
+            staged: None,
             layouts: codes.iter().map(|_| Default::default()).collect(),
             codes,
             lists,

@@ -9,6 +9,25 @@ pub mod format;
 pub(crate) use bytes::Bytes;
 pub use format::{check_build_target, WriteLock};
 
+/// Settings of [`Index::build_from_file`].
+#[derive(Clone, Debug)]
+pub struct StreamOptions {
+    /// Rows the encoders are fitted on: a seeded sample when the input holds more.
+    pub train_sample: usize,
+    /// Rows read, encoded and written at a time.
+    pub chunk: usize,
+}
+
+impl Default for StreamOptions {
+    /// 262,144 training rows, chunks of 65,536.
+    fn default() -> Self {
+        StreamOptions {
+            train_sample: 1 << 18,
+            chunk: 1 << 16,
+        }
+    }
+}
+
 use crate::distance::Metric;
 use crate::encode::{Encoder, EncoderSpec};
 use crate::error::{invalid, Error, Result};
@@ -58,6 +77,12 @@ pub struct Summary {
     pub pipeline: String,
     /// Bytes stored per vector (codes and float vectors).
     pub bytes_per_vector: usize,
+    /// Bytes a search keeps in memory: every code set (with its lists and the fast-scan
+    /// layout of a partitioned one), row ids, tombstones and the fitted parameters.
+    pub resident_bytes: u64,
+    /// Bytes of float vectors: on disk (memory-mapped), read a candidate row at a time by an
+    /// exact rerank, so they need not fit in memory.
+    pub vector_bytes: u64,
     /// Each code set's spec and code length, as `spec (n B)`.
     pub code_sets: Vec<String>,
     /// Whether float vectors are stored (for `exact` stages).
@@ -99,6 +124,9 @@ pub struct Segment {
     /// Per encoder: a partitioned one's codes laid out for its quantizer's blocked list
     /// kernel, made at the first search that probes them (`None` inside: no such kernel).
     pub(crate) layouts: Vec<OnceLock<Option<ListLayout>>>,
+    /// A streaming build's vectors file, still under its staging name in the index's
+    /// directory: the save that first names the segment renames it instead of copying.
+    pub(crate) staged: Option<format::Staged>,
     /// The manifest entry it was loaded from or last saved as: a save into the same directory
     /// reuses its files instead of writing them again.
     pub(crate) written: format::Written,
@@ -120,6 +148,7 @@ impl Segment {
                 .collect(),
             vectors: vectors.then(Bytes::default),
             layouts: encoders.iter().map(|_| OnceLock::new()).collect(),
+            staged: None,
             written: Default::default(),
         }
     }
@@ -340,6 +369,7 @@ fn merge_segments(
         start,
         ids: (!contiguous).then(|| Bytes::from_u32(&kept_ids)),
         layouts: codes.iter().map(|_| OnceLock::new()).collect(),
+        staged: None,
         codes,
         lists,
         vectors,
@@ -423,6 +453,164 @@ impl Index {
         let mut index = Index::fit_prepared(spec, &data)?;
         index.add_prepared(&data, &mut |_, _| {})?;
         Ok(index)
+    }
+
+    /// Builds an index from a vector file of any size into `lock`'s directory, holding only
+    /// the codes and one chunk of vectors in memory: the encoders are fitted on a seeded
+    /// sample of `opts.train_sample` rows (of `train`, or of `file`; every row when it holds
+    /// no more), then `file` is read, prepared, encoded and appended `opts.chunk` rows at a
+    /// time, the float vectors (when a stage needs them) written straight to a staged file in
+    /// the directory, which the next save renames into place. `progress(done, total)` after
+    /// each chunk. Save it (under the same lock) to make it an index: until then the directory
+    /// holds no new manifest, and a kill leaves the old index (or none) and a staged file the
+    /// next save deletes.
+    pub fn build_from_file(
+        spec: &IndexSpec,
+        file: &crate::io::VectorFile,
+        train: Option<&crate::io::VectorFile>,
+        opts: &StreamOptions,
+        lock: &WriteLock,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Index> {
+        if opts.train_sample == 0 || opts.chunk == 0 {
+            return invalid!("the training sample and the chunk need at least one row");
+        }
+        let src = train.unwrap_or(file);
+        if src.dim() != file.dim() {
+            return Err(Error::DimMismatch {
+                expected: file.dim(),
+                got: src.dim(),
+            });
+        }
+        let sample = if src.len() <= opts.train_sample {
+            src.read(0, src.len())?
+        } else {
+            use rand::SeedableRng;
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(spec.seed ^ 0x5A3B_1E55);
+            let mut rows =
+                rand::seq::index::sample(&mut rng, src.len(), opts.train_sample).into_vec();
+            rows.sort_unstable();
+            src.gather(&rows)?
+        };
+        let mut index = Index::fit_prepared(spec, &spec.metric.prepare_owned(sample)?)?;
+        index.append_streamed(file, opts.chunk, lock, progress)?;
+        Ok(index)
+    }
+
+    /// Appends the vectors of `file` as [`Index::build_from_file`] writes them: a chunk at a
+    /// time, into one new segment whose float vectors are staged in `lock`'s directory (the
+    /// directory this index is saved to next), so that an add larger than memory works. The
+    /// new segment is not merged with the one before (a merge would hold both in memory):
+    /// `compact` merges. Ids continue from [`Index::next_id`].
+    pub fn add_from_file(
+        &mut self,
+        file: &crate::io::VectorFile,
+        opts: &StreamOptions,
+        lock: &WriteLock,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<()> {
+        if self.doc_ids.is_some() {
+            return invalid!(
+                "this index names its rows by corpus ids (it was built from text): add texts with their ids, not bare vectors"
+            );
+        }
+        if opts.chunk == 0 {
+            return invalid!("the chunk needs at least one row");
+        }
+        self.append_streamed(file, opts.chunk, lock, progress)
+    }
+
+    fn append_streamed(
+        &mut self,
+        file: &crate::io::VectorFile,
+        chunk: usize,
+        lock: &WriteLock,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<()> {
+        self.check_dim(file.dim())?;
+        let n = file.len();
+        if self.next_id + n > u32::MAX as usize {
+            return invalid!("an index holds at most {} vectors", u32::MAX);
+        }
+        let mut staged = if self.has_vectors {
+            Some(format::stage_vectors(lock, self.dim, n)?)
+        } else {
+            None
+        };
+        let path = staged.as_ref().map(|s| s.path());
+        let result = self.stream_rows(file, chunk, staged.as_mut(), progress);
+        let finished = result.and_then(|seg| Ok((seg, staged.map(|s| s.finish()).transpose()?)));
+        let (mut seg, vectors) = match finished {
+            Ok(x) => x,
+            Err(e) => {
+                if let Some(p) = path {
+                    let _ = std::fs::remove_file(p);
+                }
+                return Err(e);
+            }
+        };
+        if let Some((bytes, st)) = vectors {
+            seg.vectors = Some(bytes);
+            seg.staged = Some(st);
+        }
+        self.next_id += n;
+        self.segments.push(seg);
+        Ok(())
+    }
+
+    /// The rows of `file`, `chunk` at a time, encoded into one new segment (codes in memory,
+    /// lists merged once at the end); prepared vectors go to `staged`.
+    fn stream_rows(
+        &self,
+        file: &crate::io::VectorFile,
+        chunk: usize,
+        mut staged: Option<&mut format::StagedVectors>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Segment> {
+        self.check_dim(file.dim())?;
+        let n = file.len();
+        let mut seg = Segment::empty(&self.encoders, self.next_id as u32, false);
+        let mut gathered: Vec<Option<(Vec<u8>, Vec<u32>)>> = Vec::new();
+        for (i, e) in self.encoders.iter().enumerate() {
+            let more = n * e.code_len();
+            gathered.push(if e.coarse().is_some() {
+                Some((Vec::with_capacity(more), Vec::with_capacity(n)))
+            } else {
+                seg.codes[i].reserve(more);
+                None
+            });
+        }
+        for start in (0..n).step_by(chunk) {
+            let end = (start + chunk).min(n);
+            let part = self.metric.prepare_owned(file.read(start, end)?)?;
+            let part = part.view();
+            for (i, (e, g)) in self.encoders.iter().zip(&mut gathered).enumerate() {
+                match (g, e.coarse()) {
+                    (Some((c, a)), Some(coarse)) => {
+                        let assign = coarse.assign(part);
+                        let codes = if e.spec().residual {
+                            e.encode_batch(coarse.residuals(part, &assign).view())?
+                        } else {
+                            e.encode_batch(part)?
+                        };
+                        c.extend_from_slice(&codes);
+                        a.extend(assign);
+                    }
+                    _ => seg.codes[i].extend(&e.encode_batch(part)?),
+                }
+            }
+            if let Some(s) = staged.as_deref_mut() {
+                s.write(part.as_slice())?;
+            }
+            progress(end, n);
+        }
+        for (i, (e, g)) in self.encoders.iter().zip(gathered).enumerate() {
+            if let Some((codes, assign)) = g {
+                seg.merge_into_lists(i, e.code_len(), 0, &codes, &assign);
+            }
+        }
+        seg.rows = n;
+        Ok(seg)
     }
 
     /// Encodes and appends `data`; ids continue from the last id given.
@@ -756,6 +944,13 @@ impl Index {
             metric: self.metric.to_string(),
             pipeline: self.pipeline.to_string(),
             bytes_per_vector: self.bytes_per_vector(),
+            resident_bytes: self.resident_bytes(),
+            vector_bytes: self
+                .segments
+                .iter()
+                .filter_map(|s| s.vectors.as_ref())
+                .map(|v| v.as_slice().len() as u64)
+                .sum(),
             code_sets: self
                 .encoders
                 .iter()
@@ -769,6 +964,35 @@ impl Index {
             text_model: self.text_model.clone(),
             disk: dir.map(format::info).transpose()?,
         })
+    }
+    /// [`Summary::resident_bytes`].
+    pub fn resident_bytes(&self) -> u64 {
+        let mut b: u64 = self
+            .encoders
+            .iter()
+            .flat_map(|e| e.tensors())
+            .map(|(_, t)| t.shape.iter().product::<usize>() as u64 * 4)
+            .sum();
+        b += 4 * self.deleted.len() as u64;
+        for s in &self.segments {
+            b += s.ids.as_ref().map_or(0, |i| i.as_slice().len() as u64);
+            for (i, e) in self.encoders.iter().enumerate() {
+                b += s.codes(i).len() as u64;
+                if let Some(l) = s.lists(i) {
+                    b += 4 * (l.offsets.len() + l.ids.len()) as u64;
+                    if e.quantizer().layout_lists(&[], &[0]).is_some() {
+                        // the fast-scan copy: each list padded to groups of 32 codes
+                        let groups: u64 = l
+                            .offsets
+                            .windows(2)
+                            .map(|w| (w[1] - w[0]).div_ceil(32) as u64)
+                            .sum();
+                        b += groups * 32 * e.code_len() as u64;
+                    }
+                }
+            }
+        }
+        b
     }
     /// Bytes stored per vector over all code sets (with list ids) and float vectors.
     pub fn bytes_per_vector(&self) -> usize {

@@ -5,11 +5,14 @@
 
 mod fvecs;
 mod npy;
+mod stream;
 
 pub use fvecs::{read_bvecs, read_fvecs, read_ivecs, write_fvecs};
 pub use npy::{
     npy_header_f32, read_npy, write_npy_f32, write_npy_i64, write_npy_u8, NpyArray, NpyData,
+    NpyWriter,
 };
+pub use stream::VectorFile;
 
 use crate::error::{Error, Result};
 use crate::vectors::Vectors;

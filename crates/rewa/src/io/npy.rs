@@ -3,7 +3,7 @@
 use super::{as_bytes, fill_from_bytes, write_atomic};
 use crate::error::{Error, Result};
 use crate::vectors::Vectors;
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::path::Path;
 
 /// The payload of a `.npy` file.
@@ -76,8 +76,8 @@ impl NpyArray {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Dtype {
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Dtype {
     F16,
     F32,
     F64,
@@ -108,7 +108,7 @@ impl Dtype {
             _ => return None,
         })
     }
-    fn size(self) -> usize {
+    pub(crate) fn size(self) -> usize {
         match self {
             Dtype::U8 | Dtype::I8 => 1,
             Dtype::F16 | Dtype::I16 | Dtype::U16 => 2,
@@ -120,27 +120,31 @@ impl Dtype {
 
 const MAGIC: &[u8] = b"\x93NUMPY";
 
-/// Reads a whole `.npy` file. Fails with `Corrupt` on a bad header or truncated payload and with
-/// `InvalidInput` on Fortran order or an unsupported dtype.
-pub fn read_npy(path: &Path) -> Result<NpyArray> {
-    super::check_readable(path, u64::MAX)?;
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+/// The dtype, the payload's byte offset and the shape of the `.npy` file `f` (`file_len`
+/// bytes), its header checked: the payload must be exactly the shape's size.
+pub(crate) fn npy_layout(
+    f: &std::fs::File,
+    path: &Path,
+    file_len: u64,
+) -> Result<(Dtype, u64, Vec<usize>)> {
+    use std::os::unix::fs::FileExt;
     let corrupt = |r: &str| Error::corrupt(path, r.to_string());
-    let mut pre = [0u8; 10];
-    f.read_exact(&mut pre)
-        .map_err(|_| corrupt("too short for a .npy header"))?;
+    let mut pre = [0u8; 12];
+    let got = f.read_at(&mut pre, 0).map_err(|e| Error::io(path, e))?;
+    if got < 10 {
+        return Err(corrupt("too short for a .npy header"));
+    }
     if &pre[..6] != MAGIC {
         return Err(corrupt("not a .npy file (bad magic)"));
     }
     let (hlen, pre_len) = match pre[6] {
         1 => (u16::from_le_bytes([pre[8], pre[9]]) as usize, 10),
         2 | 3 => {
-            let mut more = [0u8; 2];
-            f.read_exact(&mut more)
-                .map_err(|_| corrupt("truncated header"))?;
+            if got < 12 {
+                return Err(corrupt("truncated header"));
+            }
             (
-                u32::from_le_bytes([pre[8], pre[9], more[0], more[1]]) as usize,
+                u32::from_le_bytes([pre[8], pre[9], pre[10], pre[11]]) as usize,
                 12,
             )
         }
@@ -150,7 +154,7 @@ pub fn read_npy(path: &Path) -> Result<NpyArray> {
         return Err(corrupt("truncated header"));
     }
     let mut header = vec![0u8; hlen];
-    f.read_exact(&mut header)
+    f.read_exact_at(&mut header, pre_len as u64)
         .map_err(|_| corrupt("truncated header"))?;
     let header = String::from_utf8_lossy(&header);
     let descr = dict_str(&header, "descr").ok_or_else(|| corrupt("header has no 'descr'"))?;
@@ -181,6 +185,20 @@ pub fn read_npy(path: &Path) -> Result<NpyArray> {
             if have < need { " (truncated)" } else { "" }
         )));
     }
+    Ok((dtype, (pre_len + hlen) as u64, shape))
+}
+
+/// Reads a whole `.npy` file. Fails with `Corrupt` on a bad header or truncated payload and with
+/// `InvalidInput` on Fortran order or an unsupported dtype.
+pub fn read_npy(path: &Path) -> Result<NpyArray> {
+    super::check_readable(path, u64::MAX)?;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let (dtype, offset, shape) = npy_layout(&f, path, file_len)?;
+    let count: usize = shape.iter().product();
+    let need = (count as u64).saturating_mul(dtype.size() as u64);
+    f.seek(std::io::SeekFrom::Start(offset))
+        .map_err(|e| Error::io(path, e))?;
     if let Dtype::F32 = dtype {
         // straight into the floats: one buffer of the file's size instead of two, and no copy
         // (a 3 GB base spent as long faulting in and copying the second buffer as reading)
@@ -299,6 +317,77 @@ fn header(descr: &str, shape: &[usize]) -> Vec<u8> {
     out.extend_from_slice(&(h.len() as u16).to_le_bytes());
     out.extend_from_slice(h.as_bytes());
     out
+}
+
+/// A float32 `.npy` of a known shape written a block of rows at a time (sets larger than
+/// memory): into a temporary file beside the target, fsynced and renamed by
+/// [`NpyWriter::finish`] (dropped unfinished, the temporary file is removed).
+pub struct NpyWriter {
+    target: std::path::PathBuf,
+    tmp: std::path::PathBuf,
+    out: Option<std::io::BufWriter<std::fs::File>>,
+    left: u64,
+}
+
+impl NpyWriter {
+    /// Starts `path` for `rows x cols` floats.
+    pub fn create(path: &Path, rows: usize, cols: usize) -> Result<NpyWriter> {
+        use std::io::Write;
+        let target = super::write_target(path)?;
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = target.with_file_name(format!(".{name}.tmp{}", std::process::id()));
+        let f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut out = std::io::BufWriter::with_capacity(4 << 20, f);
+        out.write_all(&npy_header_f32(rows, cols))
+            .map_err(|e| Error::io(&tmp, e))?;
+        Ok(NpyWriter {
+            target,
+            tmp,
+            out: Some(out),
+            left: (rows as u64) * (cols as u64),
+        })
+    }
+    /// Appends rows.
+    pub fn write(&mut self, values: &[f32]) -> Result<()> {
+        use std::io::Write;
+        if values.len() as u64 > self.left {
+            return Err(Error::InvalidInput(format!(
+                "{}: more values than its shape holds",
+                self.target.display()
+            )));
+        }
+        self.left -= values.len() as u64;
+        let out = self.out.as_mut().expect("invariant: open until finish");
+        out.write_all(as_bytes(values))
+            .map_err(|e| Error::io(&self.tmp, e))
+    }
+    /// Checks that every row was written, fsyncs and renames the file into place.
+    pub fn finish(mut self) -> Result<()> {
+        if self.left != 0 {
+            return Err(Error::InvalidInput(format!(
+                "{}: {} values short of its shape",
+                self.target.display(),
+                self.left
+            )));
+        }
+        let out = self.out.take().expect("invariant: open until finish");
+        let f = out
+            .into_inner()
+            .map_err(|e| Error::io(&self.tmp, e.into_error()))?;
+        f.sync_all().map_err(|e| Error::io(&self.tmp, e))?;
+        std::fs::rename(&self.tmp, &self.target).map_err(|e| Error::io(&self.target, e))
+    }
+}
+
+impl Drop for NpyWriter {
+    fn drop(&mut self) {
+        if self.out.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// The header of a 2-D `<f4` array of `rows x cols`. Written first, then followed by the

@@ -9,3 +9,4 @@ mod rabitq;
 mod recall;
 mod roundtrip;
 mod segments;
+mod stream;

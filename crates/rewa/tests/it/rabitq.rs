@@ -166,14 +166,16 @@ fn score_aware_pq_codes_survive_save_open_and_add() {
     // pq<m>s<eta> keeps eta in its spec: an add after open assigns codes as the build did
     let (base, queries) = data();
     let p = "opq16+pq16s4:40,exact:10";
-    let full = build(Metric::Cosine, p, &base);
     let spec = IndexSpec {
         metric: Metric::Cosine,
         pipeline: p.parse().unwrap(),
         seed: 5,
     };
-    let t = tempfile::tempdir().unwrap();
+    // fitted once (an OPQ fit is most of this test's time): one copy takes every row at once
     let mut part = Index::fit(&spec, base.view()).unwrap();
+    let mut full = part.clone();
+    full.add(base.view()).unwrap();
+    let t = tempfile::tempdir().unwrap();
     part.add(base.view().slice(0, 2000)).unwrap();
     part.save(t.path()).unwrap();
     let mut opened = Index::open(t.path()).unwrap();
