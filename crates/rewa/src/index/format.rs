@@ -986,6 +986,12 @@ fn open_checked(
             )));
         }
     }
+    // Float vectors past VECTORS_CRC_MAX stay on disk: reading them whole at every open (for
+    // their CRC) would cost a full read of a file that a search touches a row at a time, and
+    // would fill the page cache with it. Their header, length and row count are checked.
+    if magic.is_some_and(|(m, _, _)| m == MAGIC_VECS) && map.len() > VECTORS_CRC_MAX {
+        return Ok(Arc::new(map));
+    }
     let crc = crc_of(&path, &map)?;
     if crc != entry.crc32 {
         return Err(corrupt(format!(
@@ -995,6 +1001,10 @@ fn open_checked(
     }
     Ok(Arc::new(map))
 }
+
+/// The largest float-vectors file whose CRC `open` checks (1 GiB: 350,000 vectors of 768
+/// dimensions); a larger one is written with its CRC but checked only by its structure.
+const VECTORS_CRC_MAX: usize = 1 << 30;
 
 /// CRC-32 of a file. A large one is read with `read` rather than through its mapping: pages
 /// touched through a mapping count in the process's resident memory until unmapped, and the
