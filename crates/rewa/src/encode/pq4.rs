@@ -1081,7 +1081,7 @@ mod tests {
         for (qi, y) in queries.view().rows().enumerate() {
             let p = q.prepare(y);
             let probes: Vec<u32> = (0..nlist as u32)
-                .filter(|l| (l + qi as u32) % 3 != 0)
+                .filter(|l| !(l + qi as u32).is_multiple_of(3))
                 .collect();
             let add: Vec<f32> = probes
                 .iter()
