@@ -21,6 +21,9 @@ labels = {
     ("rewa", "s384-int8"): "rewa hadamard384+sign, int8 rerank",
     ("rewa", "s384-exact"): "rewa hadamard384+sign, exact rerank",
 }
+# any other (system, index) pair, e.g. ScaNN's or this session's rewa indexes, under its own name
+for r in rows:
+    labels.setdefault((r["system"], r["index"]), f"{r['system']} {r['index']}")
 fig, ax = plt.subplots(figsize=(8, 5.5))
 for key, label in labels.items():
     pts = sorted((r["recall"], r["qps"]) for r in rows if (r["system"], r["index"]) == key)
@@ -34,7 +37,7 @@ for key, label in labels.items():
     mine = [r for r in rows if (r["system"], r["index"]) == key]
     rss = max(r["rss_mb"] for r in mine)
     mem = f"peak RSS {rss:.0f} MB"
-    if key[0] == "rewa":
+    if key[0] == "rewa" and any("rss_anon_mb" in r for r in mine):
         mem += f", anon {max(r.get('rss_anon_mb', 0) for r in mine):.0f}"
     ax.plot([p[0] for p in front], [p[1] for p in front], "o-" if key[0] == "rewa" else "s--",
             label=f"{label} ({mem})")
