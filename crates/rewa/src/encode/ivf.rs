@@ -400,6 +400,32 @@ mod tests {
     }
 
     #[test]
+    fn ordered_bits_sort_as_total_cmp() {
+        let v = [
+            f32::NEG_INFINITY,
+            -3.5,
+            -1.0,
+            -f32::MIN_POSITIVE,
+            -0.0,
+            0.0,
+            1e-30,
+            0.5,
+            2.0,
+            f32::MAX,
+            f32::INFINITY,
+        ];
+        for a in v {
+            for b in v {
+                assert_eq!(
+                    ordered_bits(a).cmp(&ordered_bits(b)),
+                    a.total_cmp(&b),
+                    "{a} {b}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn too_few_training_vectors_is_an_error() {
         let x = vec![0.5f32; 10 * 4];
         let e = Coarse::fit(16, VectorsRef::new(4, &x).unwrap(), Metric::L2, 1).unwrap_err();
