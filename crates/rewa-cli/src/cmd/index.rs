@@ -309,22 +309,19 @@ pub fn build(a: BuildArgs) -> Result<()> {
     if let Some(b) = &a.base {
         return build_streamed(&a, b, &lock, t0);
     }
-    let (base, ids, text_model, base_path) = match (&a.base, &a.text, &a.model) {
-        (Some(b), _, _) => (load_prepared(b, a.metric)?, None, None, b),
-        (None, Some(t), Some(m)) => {
-            let texts = check_texts(t, &a.text_opts)?;
-            let mut e = load_model(m, &a.text_opts)?;
-            if let Some(n) = a.max_seq_len {
-                e.set_max_seq_len(n).context("--max-seq-len")?;
-            }
-            let model = e.text_model()?;
-            let f = embed_file(&e, texts, &a.text_opts.field())?;
-            let v = a.metric.prepare_owned(f.vectors)?;
-            (v, Some(f.ids), Some(model), t)
-        }
-        _ => bail!("give --base, or --text with --model"),
+    // from text: embedded whole (the model's pass dominates), then fitted and encoded
+    let (Some(text), Some(m)) = (&a.text, &a.model) else {
+        bail!("give --base, or --text with --model");
     };
-    let train = load_train_prepared(a.train.as_deref(), a.metric, base_path, base.dim())?;
+    let texts = check_texts(text, &a.text_opts)?;
+    let mut e = load_model(m, &a.text_opts)?;
+    if let Some(n) = a.max_seq_len {
+        e.set_max_seq_len(n).context("--max-seq-len")?;
+    }
+    let text_model = e.text_model()?;
+    let f = embed_file(&e, texts, &a.text_opts.field())?;
+    let base = a.metric.prepare_owned(f.vectors)?;
+    let train = load_train_prepared(a.train.as_deref(), a.metric, text, base.dim())?;
     let spec = IndexSpec {
         metric: a.metric,
         pipeline: a.pipeline.clone(),
@@ -337,18 +334,19 @@ pub fn build(a: BuildArgs) -> Result<()> {
         a.pipeline,
         t.elapsed().as_secs_f64()
     ));
-    match ids {
-        Some(ids) => {
-            let pb = progress_bar(base.len() as u64, "encoding");
-            index.add_with_ids(&base, ids, &mut |done, _| pb.set_position(done as u64))?;
-            pb.finish_and_clear();
-        }
-        None => add_with_progress(&mut index, &base)?,
-    }
-    index.set_text_model(text_model);
+    let pb = progress_bar(base.len() as u64, "encoding");
+    index.add_with_ids(&base, f.ids, &mut |done, _| pb.set_position(done as u64))?;
+    pb.finish_and_clear();
+    index.set_text_model(Some(text_model));
     index
         .save_locked(&lock)
         .with_context(|| format!("saving {}", a.out.display()))?;
+    report_built(&index, &a, t0);
+    Ok(())
+}
+
+/// The end of a build: its log line, and its JSON with `--json`.
+fn report_built(index: &Index, a: &BuildArgs, t0: Instant) {
     let secs = t0.elapsed().as_secs_f64();
     log(&format!(
         "built {} vectors into {} in {secs:.2}s",
@@ -361,7 +359,6 @@ pub fn build(a: BuildArgs) -> Result<()> {
             json!({"count": index.len(), "seconds": secs, "pipeline": index.pipeline().to_string()})
         );
     }
-    Ok(())
 }
 
 /// `build --base`: the vectors read, encoded and written a chunk at a time
@@ -417,18 +414,7 @@ fn build_streamed(a: &BuildArgs, base: &Path, lock: &WriteLock, t0: Instant) -> 
     index
         .save_locked(lock)
         .with_context(|| format!("saving {}", a.out.display()))?;
-    let secs = t0.elapsed().as_secs_f64();
-    log(&format!(
-        "built {} vectors into {} in {secs:.2}s",
-        index.len(),
-        a.out.display()
-    ));
-    if a.json {
-        println!(
-            "{}",
-            json!({"count": index.len(), "seconds": secs, "pipeline": index.pipeline().to_string()})
-        );
-    }
+    report_built(&index, a, t0);
     Ok(())
 }
 

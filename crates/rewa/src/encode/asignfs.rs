@@ -6,9 +6,7 @@
 //! to the 8-bit rounding of the tables (at most half a step per 4 bits), so a rerank should
 //! follow. Up to 1,024 bits (256 tables of 4 bits; the sums must fit 16 bits).
 
-use super::pq4::{
-    layout_lists, pq4_distance, quantize_tables, scan_lists_batch_fast, scan_lists_fast, scan_pq4,
-};
+use super::pq4::{layout_lists, pq4_distance, quantize_tables, scan_lists_batch_fast, scan_pq4};
 use super::sign::{SignAsymQuantizer, SignConfig, SignQuantizer};
 use super::{Pq4Query, Quantizer, Tensor, TensorSource};
 use crate::distance::Metric;
@@ -95,17 +93,6 @@ impl Quantizer for SignFastQuantizer {
     }
     fn layout_lists(&self, codes: &[u8], offsets: &[u32]) -> Option<ListLayout> {
         Some(layout_lists(codes, self.code_len(), offsets))
-    }
-    fn scan_lists(
-        &self,
-        p: &Pq4Query,
-        codes: &[u8],
-        lists: ListsRef<'_>,
-        probes: &[u32],
-        add: &[f32],
-        keep: usize,
-    ) -> Vec<Hit> {
-        scan_lists_fast(self, p, codes, lists, probes, add, keep)
     }
     fn scan_lists_batch(
         &self,

@@ -130,9 +130,8 @@ pub trait Quantizer: Send + Sync {
     }
     /// A partitioned first stage for one prepared query: the best `keep` codes of the lists
     /// `probes`, `add[j]` added to the distances in list `probes[j]` (the residual lists'
-    /// centroid term; zeros otherwise), ties by id. The default scores one code at a time;
-    /// quantizers with a layout override it with their blocked kernel, which must return the
-    /// same hits.
+    /// centroid term; zeros otherwise), ties by id: one code at a time (quantizers with a
+    /// list layout scan it blocked in [`Quantizer::scan_lists_batch`] instead).
     fn scan_lists(
         &self,
         p: &Self::Query,

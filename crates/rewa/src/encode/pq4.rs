@@ -276,17 +276,6 @@ impl Quantizer for Pq4Quantizer {
     fn layout_lists(&self, codes: &[u8], offsets: &[u32]) -> Option<ListLayout> {
         Some(layout_lists(codes, self.code_len(), offsets))
     }
-    fn scan_lists(
-        &self,
-        p: &Pq4Query,
-        codes: &[u8],
-        lists: ListsRef<'_>,
-        probes: &[u32],
-        add: &[f32],
-        keep: usize,
-    ) -> Vec<Hit> {
-        scan_lists_fast(self, p, codes, lists, probes, add, keep)
-    }
     fn scan_lists_batch(
         &self,
         tq: VectorsRef<'_>,
@@ -325,102 +314,6 @@ pub(crate) fn layout_lists(codes: &[u8], cl: usize, offsets: &[u32]) -> ListLayo
         );
     }
     ListLayout { data, starts }
-}
-
-/// [`Quantizer::scan_lists`] for fast-scan codes (`pq<m>x4`, `asignfs`): 32 codes per kernel
-/// call over the lists' [`layout_lists`] layout, each group skipped by the sums' threshold test
-/// as the full scan does; without a layout, one distance per code. Either way the same hits.
-pub(crate) fn scan_lists_fast<Q: Quantizer<Query = Pq4Query>>(
-    q: &Q,
-    p: &Pq4Query,
-    codes: &[u8],
-    lists: ListsRef<'_>,
-    probes: &[u32],
-    add: &[f32],
-    keep: usize,
-) -> Vec<Hit> {
-    let Some(layout) = lists.layout else {
-        return crate::encode::scan::scan_lists_codes(q, p, codes, lists, probes, add, keep);
-    };
-    scan_lists_blocked(
-        p,
-        layout,
-        q.code_len(),
-        lists,
-        probes,
-        add,
-        keep,
-        crate::simd::avx2(),
-    )
-}
-
-/// The blocked kernel of [`scan_lists_fast`]; `wide` picks the AVX2 build of the loop with the
-/// AVX2 sums inlined into it (the caller checked the CPU), else the scalar twin.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn scan_lists_blocked(
-    p: &Pq4Query,
-    layout: &ListLayout,
-    cl: usize,
-    lists: ListsRef<'_>,
-    probes: &[u32],
-    add: &[f32],
-    keep: usize,
-    wide: bool,
-) -> Vec<Hit> {
-    #[cfg(target_arch = "x86_64")]
-    if wide {
-        // SAFETY: `wide` is only true when the CPU has AVX2 (`simd::avx2()`).
-        return unsafe { scan_lists_blocked_avx2(p, layout, cl, lists, probes, add, keep) };
-    }
-    scan_lists_blocked_body(p, layout, cl, lists, probes, add, keep, false)
-}
-
-/// [`scan_lists_blocked_body`] compiled with AVX2, so that the sums are inlined into the loop.
-///
-/// # Safety
-/// The CPU must have AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn scan_lists_blocked_avx2(
-    p: &Pq4Query,
-    layout: &ListLayout,
-    cl: usize,
-    lists: ListsRef<'_>,
-    probes: &[u32],
-    add: &[f32],
-    keep: usize,
-) -> Vec<Hit> {
-    scan_lists_blocked_body(p, layout, cl, lists, probes, add, keep, true)
-}
-
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn scan_lists_blocked_body(
-    p: &Pq4Query,
-    layout: &ListLayout,
-    cl: usize,
-    lists: ListsRef<'_>,
-    probes: &[u32],
-    add: &[f32],
-    keep: usize,
-    wide: bool,
-) -> Vec<Hit> {
-    let mut top = TopK::new(keep.max(1));
-    let mut sums = [0u16; 32];
-    for (&l, &off) in probes.iter().zip(add) {
-        let l = l as usize;
-        let a = lists.offsets[l] as usize;
-        let n = lists.offsets[l + 1] as usize - a;
-        let ids = &lists.ids[a..a + n];
-        for (g, tbg) in layout.list(l).chunks_exact(cl * 32).enumerate() {
-            let Some(limit) = limit_with(p, &top, off) else {
-                break; // no code of this list can enter: every sum is at least 0
-            };
-            let mask = sums32(&p.lut, tbg, cl, limit, &mut sums, wide) & valid_mask(n - g * 32);
-            offer_ids(p, &mut top, mask, &sums, &ids[g * 32..], off);
-        }
-    }
-    top.into_sorted()
 }
 
 /// The largest table sum that may still reach `top` for a list whose distances carry `add`
@@ -467,8 +360,9 @@ const GROUP: usize = 128;
 /// [`Quantizer::scan_lists_batch`] for fast-scan codes: the queries in groups of [`GROUP`],
 /// each group list by list, two queries per pass over a list's codes (the nibbles split once,
 /// looked up in both tables), lists in the order of the best rank any of the group's queries
-/// gives them (so that thresholds tighten early). Without a layout, one query at a time. The
-/// same hits as [`scan_lists_fast`] for every query (ties by id).
+/// gives them (so that thresholds tighten early); a group of one is a single query's scan.
+/// Without a layout, one query and one distance per code at a time. The same hits either way
+/// (ties by id).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn scan_lists_batch_fast<Q: Quantizer<Query = Pq4Query>>(
     q: &Q,
@@ -689,12 +583,12 @@ fn scan_group(group: &[Pq4Query], codes: &[u8], cl: usize, k: usize, wide: bool)
                 let first = ci * CHUNK + g * 32;
                 let valid = (nc - g * 32).min(32);
                 let qa = &group[qi];
-                let la = limit_of(qa, top_a);
+                let la = limit_with(qa, top_a, 0.0);
                 let (mut sa, mut sb) = ([0u16; 32], [0u16; 32]);
                 let (ma, mb) = match (pair, top_b.as_deref()) {
                     (Some(j), Some(tb_)) => {
                         let qb = &group[j];
-                        let lb = limit_of(qb, tb_);
+                        let lb = limit_with(qb, tb_, 0.0);
                         let (ma, mb) = sums32x2(
                             [&qa.lut, &qb.lut],
                             tbg,
@@ -728,18 +622,6 @@ fn scan_group(group: &[Pq4Query], codes: &[u8], cl: usize, k: usize, wide: bool)
         }
     }
     tops.into_iter().map(TopK::into_sorted).collect()
-}
-
-/// The largest table sum that may still reach `top` (one unit of margin for float rounding;
-/// the float check in [`offer`] decides, as `distance` would); `None` when none can.
-#[inline(always)]
-fn limit_of(q: &Pq4Query, top: &TopK) -> Option<u16> {
-    let thr = top.threshold();
-    if !thr.is_finite() {
-        return Some(u16::MAX);
-    }
-    let l = ((thr - q.bias) / q.scale).floor() + 1.0;
-    (l >= 0.0).then(|| l.min(u16::MAX as f32) as u16)
 }
 
 /// Pushes the codes of `mask` (bit i: code `first + i`) whose distance reaches the threshold.
@@ -1100,12 +982,16 @@ mod tests {
                     layout: Some(&layout),
                     ..plain
                 };
-                let scalar = scan_lists_blocked(&p, &layout, cl, laid, &probes, &add, keep, false);
-                assert_eq!(scalar, want, "query {qi}, keep {keep}");
-                assert_eq!(q.scan_lists(&p, &codes, laid, &probes, &add, keep), want);
+                // one query: a group of one
+                let one = std::slice::from_ref(&p);
+                let np = probes.len();
+                let scalar =
+                    scan_group_lists(one, &layout, cl, laid, &probes, np, &add, keep, false);
+                assert_eq!(scalar, [want.clone()], "query {qi}, keep {keep}");
                 if crate::simd::avx2() {
-                    let wide = scan_lists_blocked(&p, &layout, cl, laid, &probes, &add, keep, true);
-                    assert_eq!(wide, want, "query {qi}, keep {keep}");
+                    let wide =
+                        scan_group_lists(one, &layout, cl, laid, &probes, np, &add, keep, true);
+                    assert_eq!(wide, [want.clone()], "query {qi}, keep {keep}");
                 }
             }
         }

@@ -403,6 +403,65 @@ pub struct Index {
     pub(crate) origin: format::Written<format::Origin>,
 }
 
+/// Rows being appended to a segment, encoder by encoder: a partitioned encoder's codes and
+/// lists are gathered over the chunks and merged into its lists once at the end; the others'
+/// codes are appended to the segment as they come.
+struct Gathered(Vec<Option<(Vec<u8>, Vec<u32>)>>);
+
+impl Gathered {
+    /// Room for `n` more rows of every encoder.
+    fn new(encoders: &[Encoder], seg: &mut Segment, n: usize) -> Gathered {
+        Gathered(
+            encoders
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    let more = n * e.code_len();
+                    if e.coarse().is_some() {
+                        Some((Vec::with_capacity(more), Vec::with_capacity(n)))
+                    } else {
+                        seg.codes[i].reserve(more);
+                        None
+                    }
+                })
+                .collect(),
+        )
+    }
+    /// Encodes one chunk of prepared rows with every encoder.
+    fn encode(
+        &mut self,
+        encoders: &[Encoder],
+        seg: &mut Segment,
+        part: VectorsRef<'_>,
+    ) -> Result<()> {
+        for (i, (e, g)) in encoders.iter().zip(&mut self.0).enumerate() {
+            match (g, e.coarse()) {
+                (Some((c, a)), Some(coarse)) => {
+                    let assign = coarse.assign(part);
+                    let codes = if e.spec().residual {
+                        e.encode_batch(coarse.residuals(part, &assign).view())?
+                    } else {
+                        e.encode_batch(part)?
+                    };
+                    c.extend_from_slice(&codes);
+                    a.extend(assign);
+                }
+                _ => seg.codes[i].extend(&e.encode_batch(part)?),
+            }
+        }
+        Ok(())
+    }
+    /// Merges the gathered codes into the lists of their encoders (the new rows start at row
+    /// `first_row` of `seg`).
+    fn merge(self, encoders: &[Encoder], seg: &mut Segment, first_row: u32) {
+        for (i, (e, g)) in encoders.iter().zip(self.0).enumerate() {
+            if let Some((codes, assign)) = g {
+                seg.merge_into_lists(i, e.code_len(), first_row, &codes, &assign);
+            }
+        }
+    }
+}
+
 /// An add merges the last two segments while the last is at least 1/this of the one before.
 const TAIL_MERGE_RATIO: usize = 2;
 
@@ -509,11 +568,7 @@ impl Index {
         lock: &WriteLock,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<()> {
-        if self.doc_ids.is_some() {
-            return invalid!(
-                "this index names its rows by corpus ids (it was built from text): add texts with their ids, not bare vectors"
-            );
-        }
+        self.check_bare_vectors(file.len())?;
         if opts.chunk == 0 {
             return invalid!("the chunk needs at least one row");
         }
@@ -570,45 +625,17 @@ impl Index {
         self.check_dim(file.dim())?;
         let n = file.len();
         let mut seg = Segment::empty(&self.encoders, self.next_id as u32, false);
-        let mut gathered: Vec<Option<(Vec<u8>, Vec<u32>)>> = Vec::new();
-        for (i, e) in self.encoders.iter().enumerate() {
-            let more = n * e.code_len();
-            gathered.push(if e.coarse().is_some() {
-                Some((Vec::with_capacity(more), Vec::with_capacity(n)))
-            } else {
-                seg.codes[i].reserve(more);
-                None
-            });
-        }
+        let mut gathered = Gathered::new(&self.encoders, &mut seg, n);
         for start in (0..n).step_by(chunk) {
             let end = (start + chunk).min(n);
             let part = self.metric.prepare_owned(file.read(start, end)?)?;
-            let part = part.view();
-            for (i, (e, g)) in self.encoders.iter().zip(&mut gathered).enumerate() {
-                match (g, e.coarse()) {
-                    (Some((c, a)), Some(coarse)) => {
-                        let assign = coarse.assign(part);
-                        let codes = if e.spec().residual {
-                            e.encode_batch(coarse.residuals(part, &assign).view())?
-                        } else {
-                            e.encode_batch(part)?
-                        };
-                        c.extend_from_slice(&codes);
-                        a.extend(assign);
-                    }
-                    _ => seg.codes[i].extend(&e.encode_batch(part)?),
-                }
-            }
+            gathered.encode(&self.encoders, &mut seg, part.view())?;
             if let Some(s) = staged.as_deref_mut() {
-                s.write(part.as_slice())?;
+                s.write(part.view().as_slice())?;
             }
             progress(end, n);
         }
-        for (i, (e, g)) in self.encoders.iter().zip(gathered).enumerate() {
-            if let Some((codes, assign)) = g {
-                seg.merge_into_lists(i, e.code_len(), 0, &codes, &assign);
-            }
-        }
+        gathered.merge(&self.encoders, &mut seg, 0);
         seg.rows = n;
         Ok(seg)
     }
@@ -628,12 +655,19 @@ impl Index {
         data: &Prepared<'_>,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<()> {
-        if self.doc_ids.is_some() && !data.is_empty() {
+        self.check_bare_vectors(data.len())?;
+        self.add_rows(data, progress)
+    }
+
+    /// Fails when `n` vectors without corpus ids may not be added: the index names its rows
+    /// by the corpus ids it was built from.
+    fn check_bare_vectors(&self, n: usize) -> Result<()> {
+        if self.doc_ids.is_some() && n > 0 {
             return invalid!(
                 "this index names its rows by corpus ids (it was built from text): add texts with their ids, not bare vectors"
             );
         }
-        self.add_rows(data, progress)
+        Ok(())
     }
 
     /// [`Index::add_prepared`] for rows named by corpus ids (`ids[i]` names row i of `data`):
@@ -716,17 +750,7 @@ impl Index {
         }
         let seg = self.segments.last_mut().expect("invariant: pushed above");
         let first_row = seg.rows as u32;
-        // Partitioned encoders gather the new codes and their lists, then merge them in once.
-        let mut gathered: Vec<Option<(Vec<u8>, Vec<u32>)>> = Vec::new();
-        for (i, e) in self.encoders.iter().enumerate() {
-            let more = n * e.code_len();
-            gathered.push(if e.coarse().is_some() {
-                Some((Vec::with_capacity(more), Vec::with_capacity(n)))
-            } else {
-                seg.codes[i].reserve(more);
-                None
-            });
-        }
+        let mut gathered = Gathered::new(&self.encoders, seg, n);
         if let Some(v) = &mut seg.vectors {
             v.reserve(n * 4 * self.dim);
         }
@@ -734,31 +758,13 @@ impl Index {
         for start in (0..n).step_by(CHUNK) {
             let end = (start + CHUNK).min(n);
             let part = data.view().slice(start, end);
-            for (i, (e, g)) in self.encoders.iter().zip(&mut gathered).enumerate() {
-                match (g, e.coarse()) {
-                    (Some((c, a)), Some(coarse)) => {
-                        let assign = coarse.assign(part);
-                        let codes = if e.spec().residual {
-                            e.encode_batch(coarse.residuals(part, &assign).view())?
-                        } else {
-                            e.encode_batch(part)?
-                        };
-                        c.extend_from_slice(&codes);
-                        a.extend(assign);
-                    }
-                    _ => seg.codes[i].extend(&e.encode_batch(part)?),
-                }
-            }
+            gathered.encode(&self.encoders, seg, part)?;
             if let Some(v) = &mut seg.vectors {
                 v.extend(bytemuck::cast_slice(part.as_slice()));
             }
             progress(end, n);
         }
-        for (i, (e, g)) in self.encoders.iter().zip(gathered).enumerate() {
-            if let Some((codes, assign)) = g {
-                seg.merge_into_lists(i, e.code_len(), first_row, &codes, &assign);
-            }
-        }
+        gathered.merge(&self.encoders, seg, first_row);
         seg.rows += n;
         self.next_id += n;
         self.merge_tail();

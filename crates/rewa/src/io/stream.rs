@@ -208,14 +208,12 @@ impl VectorFile {
             }
         }
         let v = Vectors::new(d, v)?;
-        if let Err(e) = v.view().check_finite() {
-            // name the row in the file, not in the chunk
-            let bad = v
-                .view()
-                .rows()
-                .position(|r| r.iter().any(|x| !x.is_finite()))
-                .unwrap_or(0);
-            let _ = e;
+        // named by its row in the file, not in the chunk
+        if let Some(bad) = v
+            .view()
+            .rows()
+            .position(|r| r.iter().any(|x| !x.is_finite()))
+        {
             return Err(Error::InvalidInput(format!(
                 "{}: row {} holds NaN or infinity",
                 self.path.display(),
