@@ -166,6 +166,17 @@ pub struct ListsRef<'a> {
     pub layout: Option<&'a ListLayout>,
 }
 
+/// One list of a partitioned code set, as a list kernel sees it (the quantizer's `scan_run`).
+#[derive(Clone, Copy, Debug)]
+pub struct Run<'a> {
+    /// The codes, `code_len` bytes each.
+    pub codes: &'a [u8],
+    /// The same codes in the quantizer's list layout, when it has one.
+    pub laid: Option<&'a [u8]>,
+    /// The id of each code.
+    pub ids: &'a [u32],
+}
+
 /// A partitioned code set's codes laid out, list by list, for its quantizer's blocked kernel
 /// (for the fast-scan codes: groups of 32 codes transposed, a short last group padded). The
 /// quantizer that builds it owns the byte layout; here it is bytes and where each list starts.

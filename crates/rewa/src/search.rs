@@ -23,7 +23,7 @@ pub use crate::kernels::{
     brute_force, exact_search, scan_hamming, scan_hamming_with, HammingKernel,
 };
 pub use crate::pipeline::{Pipeline, Scorer, SearchParams, Stage};
-pub use crate::rows::{Deleted, ListsRef, RowPart, Rows};
+pub use crate::rows::{Deleted, ListsRef, RowPart, Rows, Run};
 pub use crate::topk::{rerank, CountTop, Hit, TopK};
 
 /// What one stage scores with: the stored float vectors or one encoder's codes. The stage

@@ -6,12 +6,14 @@
 //! to the 8-bit rounding of the tables (at most half a step per 4 bits), so a rerank should
 //! follow. Up to 1,024 bits (256 tables of 4 bits; the sums must fit 16 bits).
 
-use super::pq4::{layout_lists, pq4_distance, quantize_tables, scan_lists_batch_fast, scan_pq4};
+use super::pq4::{
+    laid_bytes, lay_out, pq4_distance, quantize_tables, scan_lists_batch_fast, scan_pq4,
+};
 use super::sign::{SignAsymQuantizer, SignConfig, SignQuantizer};
 use super::{Pq4Query, Quantizer, Tensor, TensorSource};
 use crate::distance::Metric;
 use crate::error::{invalid, Result};
-use crate::rows::{ListLayout, ListsRef};
+use crate::rows::ListsRef;
 use crate::topk::Hit;
 use crate::vectors::VectorsRef;
 
@@ -91,8 +93,11 @@ impl Quantizer for SignFastQuantizer {
         let qs = self.prepare_batch(queries);
         scan_pq4(&qs, codes, self.code_len(), k, crate::simd::avx2())
     }
-    fn layout_lists(&self, codes: &[u8], offsets: &[u32]) -> Option<ListLayout> {
-        Some(layout_lists(codes, self.code_len(), offsets))
+    fn laid_list_bytes(&self, n: usize) -> usize {
+        laid_bytes(n, self.code_len())
+    }
+    fn lay_out_list(&self, codes: &[u8], out: &mut [u8]) {
+        lay_out(codes, self.code_len(), out)
     }
     fn scan_lists_batch(
         &self,

@@ -46,8 +46,8 @@ pub use spec::{EncoderSpec, QuantizerSpec, TransformSpec, MAX_SPEC_DIM};
 
 use crate::distance::Metric;
 use crate::error::{Error, Result};
-use crate::rows::{ListLayout, ListsRef};
-use crate::topk::Hit;
+use crate::rows::{ListLayout, ListsRef, Run};
+use crate::topk::{Hit, TopK};
 use crate::vectors::{Vectors, VectorsRef};
 use rayon::prelude::*;
 
@@ -121,12 +121,41 @@ pub trait Quantizer: Send + Sync {
         let qs = self.prepare_batch(queries);
         scan::scan_codes(self, &qs, codes, k)
     }
+    /// Bytes a list of `n` codes takes in the quantizer's list layout (for its blocked list
+    /// kernel, [`Quantizer::scan_run`]); 0 (the default) when it has none and scores one code
+    /// at a time.
+    fn laid_list_bytes(&self, n: usize) -> usize {
+        let _ = n;
+        0
+    }
+    /// Lays out one list's codes (`code_len()` bytes each) into `out`
+    /// ([`Quantizer::laid_list_bytes`] bytes, zeroed).
+    fn lay_out_list(&self, codes: &[u8], out: &mut [u8]) {
+        let _ = (codes, out);
+    }
     /// The codes of a partitioned set (in list order, list `l` at positions
-    /// `offsets[l]..offsets[l + 1]`) laid out for [`Quantizer::scan_lists`]'s blocked kernel;
-    /// `None` (the default) when it scores one code at a time.
-    fn layout_lists(&self, codes: &[u8], offsets: &[u32]) -> Option<ListLayout> {
-        let _ = (codes, offsets);
-        None
+    /// `offsets[l]..offsets[l + 1]`) laid out list by list ([`Quantizer::lay_out_list`]);
+    /// `None` when the quantizer has no layout.
+    fn layout_lists(&self, codes: &[u8], offsets: &[u32]) -> Option<ListLayout>
+    where
+        Self: Sized,
+    {
+        if self.laid_list_bytes(1) == 0 {
+            return None;
+        }
+        let cl = self.code_len();
+        let nlist = offsets.len().saturating_sub(1);
+        let mut starts = Vec::with_capacity(nlist + 1);
+        starts.push(0);
+        for l in 0..nlist {
+            starts.push(starts[l] + self.laid_list_bytes((offsets[l + 1] - offsets[l]) as usize));
+        }
+        let mut data = vec![0u8; starts[nlist]];
+        for l in 0..nlist {
+            let (a, b) = (offsets[l] as usize, offsets[l + 1] as usize);
+            self.lay_out_list(&codes[a * cl..b * cl], &mut data[starts[l]..starts[l + 1]]);
+        }
+        Some(ListLayout { data, starts })
     }
     /// A partitioned first stage for one prepared query: the best `keep` codes of the lists
     /// `probes`, `add[j]` added to the distances in list `probes[j]` (the residual lists'
@@ -146,10 +175,20 @@ pub trait Quantizer: Send + Sync {
     {
         scan::scan_lists_codes(self, p, codes, lists, probes, add, keep)
     }
+    /// One list for one prepared query: offers `top` every code of `run` whose distance plus
+    /// `add` reaches its threshold. The default scores one `distance` per code; a quantizer
+    /// with a list layout ([`Quantizer::layout_lists`]) scans `run.laid` with its blocked
+    /// kernel instead (the same hits).
+    fn scan_run(&self, p: &Self::Query, run: Run<'_>, add: f32, top: &mut TopK)
+    where
+        Self: Sized,
+    {
+        scan::scan_run_codes(self, p, run, add, top)
+    }
     /// A partitioned first stage for a batch of transformed queries: query `i` scans the
     /// lists `probes[i * np..(i + 1) * np]` with `adds` alongside, as [`Quantizer::scan_lists`].
-    /// The default prepares and scans one query at a time, queries in parallel; a quantizer
-    /// may instead batch the queries that probe the same list (the same hits).
+    /// The default prepares the queries in groups and scans each group list by list with
+    /// [`Quantizer::scan_run`] (`scan::scan_lists_grouped`); the same hits.
     #[allow(clippy::too_many_arguments)]
     fn scan_lists_batch(
         &self,
@@ -164,7 +203,7 @@ pub trait Quantizer: Send + Sync {
     where
         Self: Sized,
     {
-        scan::scan_lists_each(self, tq, codes, lists, probes, np, adds, keep)
+        scan::scan_lists_grouped(self, tq, codes, lists, probes, np, adds, keep)
     }
 }
 
@@ -367,6 +406,10 @@ impl AnyQuantizer {
     /// [`Quantizer::layout_lists`] of the quantizer inside.
     pub fn layout_lists(&self, codes: &[u8], offsets: &[u32]) -> Option<ListLayout> {
         with_quantizer!(self, q => q.layout_lists(codes, offsets))
+    }
+    /// [`Quantizer::laid_list_bytes`] of the quantizer inside.
+    pub fn laid_list_bytes(&self, n: usize) -> usize {
+        with_quantizer!(self, q => q.laid_list_bytes(n))
     }
     /// Fits the quantizer `spec` names on (transformed) `train`.
     pub fn fit(

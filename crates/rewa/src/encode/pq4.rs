@@ -273,8 +273,11 @@ impl Quantizer for Pq4Quantizer {
         let qs = self.prepare_batch(queries);
         scan_pq4(&qs, codes, self.code_len(), k, crate::simd::avx2())
     }
-    fn layout_lists(&self, codes: &[u8], offsets: &[u32]) -> Option<ListLayout> {
-        Some(layout_lists(codes, self.code_len(), offsets))
+    fn laid_list_bytes(&self, n: usize) -> usize {
+        laid_bytes(n, self.code_len())
+    }
+    fn lay_out_list(&self, codes: &[u8], out: &mut [u8]) {
+        lay_out(codes, self.code_len(), out)
     }
     fn scan_lists_batch(
         &self,
@@ -290,30 +293,16 @@ impl Quantizer for Pq4Quantizer {
     }
 }
 
-/// Each list's codes (`cl` bytes, list order, list `l` at positions `offsets[l]..offsets[l +
-/// 1]`) as the scan's transposed groups of 32 codes, a short last group padded with zero
-/// codes (masked off by the scan).
-pub(crate) fn layout_lists(codes: &[u8], cl: usize, offsets: &[u32]) -> ListLayout {
-    let nlist = offsets.len().saturating_sub(1);
-    let mut starts = Vec::with_capacity(nlist + 1);
-    let mut total = 0usize;
-    starts.push(0);
-    for l in 0..nlist {
-        total += (offsets[l + 1] - offsets[l]).div_ceil(32) as usize * 32 * cl;
-        starts.push(total);
-    }
-    let mut data = vec![0u8; total];
-    for l in 0..nlist {
-        let (a, b) = (offsets[l] as usize, offsets[l + 1] as usize);
-        let ng = (b - a).div_ceil(32);
-        transpose(
-            &codes[a * cl..b * cl],
-            cl,
-            ng,
-            &mut data[starts[l]..starts[l + 1]],
-        );
-    }
-    ListLayout { data, starts }
+/// Bytes of a list of `n` codes of `cl` bytes as the scan's transposed groups of 32.
+pub(crate) fn laid_bytes(n: usize, cl: usize) -> usize {
+    n.div_ceil(32) * 32 * cl
+}
+
+/// One list's codes (`cl` bytes each) as the scan's transposed groups of 32 codes, a short
+/// last group padded with zero codes (masked off by the scan).
+pub(crate) fn lay_out(codes: &[u8], cl: usize, out: &mut [u8]) {
+    let ng = (codes.len() / cl.max(1)).div_ceil(32);
+    transpose(codes, cl, ng, out);
 }
 
 /// The largest table sum that may still reach `top` for a list whose distances carry `add`
@@ -456,31 +445,8 @@ fn scan_group_lists_body(
     keep: usize,
     wide: bool,
 ) -> Vec<Vec<Hit>> {
-    // every (list, rank, query) of the group, grouped by list; lists by their best rank
-    let mut items: Vec<(u32, u32, u32)> = probes
-        .chunks(np.max(1))
-        .enumerate()
-        .flat_map(|(qi, pr)| {
-            pr.iter()
-                .enumerate()
-                .map(move |(j, &l)| (l, j as u32, qi as u32))
-        })
-        .collect();
-    items.sort_unstable();
-    let mut runs: Vec<(u32, usize, usize)> = Vec::new();
-    let mut a = 0;
-    while a < items.len() {
-        let l = items[a].0;
-        let mut b = a;
-        let mut best = u32::MAX;
-        while b < items.len() && items[b].0 == l {
-            best = best.min(items[b].1);
-            b += 1;
-        }
-        runs.push((best, a, b));
-        a = b;
-    }
-    runs.sort_unstable();
+    let crate::encode::scan::ListRuns { items, runs } =
+        crate::encode::scan::ListRuns::new(probes, np);
     let mut tops: Vec<TopK> = group.iter().map(|_| TopK::new(keep.max(1))).collect();
     let (mut sa, mut sb) = ([0u16; 32], [0u16; 32]);
     for &(_, a, b) in &runs {

@@ -30,6 +30,7 @@ use super::sign::table_distance;
 use super::{Pq4Query, Quantizer, Tensor, TensorSource};
 use crate::distance::{dot, Metric};
 use crate::error::{invalid, Error, Result};
+use crate::rows::Run;
 use crate::topk::{Hit, TopK};
 use crate::vectors::VectorsRef;
 use rand::SeedableRng;
@@ -562,6 +563,42 @@ impl Quantizer for RabitqQuantizer {
             });
             tops.into_iter().map(TopK::into_sorted).collect()
         })
+    }
+    /// For fast-scan codes: each list's bit planes transposed in groups of 32 codes (the
+    /// full scan's per-chunk transposition, done once), a short last group padded.
+    fn laid_list_bytes(&self, n: usize) -> usize {
+        if self.fast_scan() {
+            n.div_ceil(32) * 32 * self.bits * self.plane_len()
+        } else {
+            0
+        }
+    }
+    fn lay_out_list(&self, codes: &[u8], out: &mut [u8]) {
+        let (cl, cp) = (self.code_len(), self.bits * self.plane_len());
+        let ng = (codes.len() / cl).div_ceil(32);
+        transpose_rows(codes, cl, cp, ng, out);
+    }
+    /// The fast-scan kernel over a laid-out list: the same estimates as the full scan's, so
+    /// probing every list returns its hits.
+    fn scan_run(&self, p: &RabitqQuery, run: Run<'_>, add: f32, top: &mut TopK) {
+        let (Some(laid), Some(fast)) = (run.laid, p.fast.as_ref()) else {
+            return crate::encode::scan::scan_run_codes(self, p, run, add, top);
+        };
+        let (cl, cp) = (self.code_len(), self.bits * self.plane_len());
+        let wide = crate::simd::avx2();
+        let n = run.ids.len();
+        let mut sums = [0u16; 32];
+        for (g, tb) in laid.chunks_exact(cp * 32).enumerate() {
+            sums32(&fast.lut, tb, cp, u16::MAX, &mut sums, wide);
+            for (i, &sum) in sums.iter().enumerate().take((n - g * 32).min(32)) {
+                let r = g * 32 + i;
+                let code = &run.codes[r * cl..(r + 1) * cl];
+                let d = self.finish(p, fast.bias + fast.scale * sum as f32, code) + add;
+                if d <= top.threshold() {
+                    top.push(run.ids[r], d);
+                }
+            }
+        }
     }
     /// The rotation of a whole batch as one GEMM.
     fn prepare_batch(&self, queries: VectorsRef<'_>) -> Vec<RabitqQuery> {

@@ -986,15 +986,12 @@ impl Index {
                 b += s.codes(i).len() as u64;
                 if let Some(l) = s.lists(i) {
                     b += 4 * (l.offsets.len() + l.ids.len()) as u64;
-                    if e.quantizer().layout_lists(&[], &[0]).is_some() {
-                        // the fast-scan copy: each list padded to groups of 32 codes
-                        let groups: u64 = l
-                            .offsets
-                            .windows(2)
-                            .map(|w| (w[1] - w[0]).div_ceil(32) as u64)
-                            .sum();
-                        b += groups * 32 * e.code_len() as u64;
-                    }
+                    // the list kernel's copy of the codes, if it has one
+                    b += l
+                        .offsets
+                        .windows(2)
+                        .map(|w| e.quantizer().laid_list_bytes((w[1] - w[0]) as usize) as u64)
+                        .sum::<u64>();
                 }
             }
         }

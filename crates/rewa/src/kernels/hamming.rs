@@ -3,7 +3,7 @@
 //! ([`HammingKernel`]), which give identical hits (tested here).
 
 use super::query_block;
-use crate::topk::{CountTop, Hit};
+use crate::topk::{CountTop, Hit, TopK};
 use rayon::prelude::*;
 
 /// Population count of one word as a single scalar `POPCNT`.
@@ -101,7 +101,7 @@ pub fn scan_hamming_with<const W: usize>(
                         // VPOPCNTDQ and AVX2 (`simd::avx512_popcnt` checks all three).
                         HammingKernel::Avx512 => unsafe {
                             dist.resize(bn / 8 * 8, 0);
-                            hamming_dists_avx512::<W>(q, &tw, &mut dist);
+                            hamming_dists_avx512::<W>(q, bytemuck::cast_slice(&tw), &mut dist);
                             offer_below_avx2(top, &dist, off);
                             dist.len()
                         },
@@ -109,7 +109,7 @@ pub fn scan_hamming_with<const W: usize>(
                         // SAFETY: the caller picks Avx2 only when the CPU has AVX2.
                         HammingKernel::Avx2 => unsafe {
                             dist.resize(bn / 8 * 8, 0);
-                            hamming_dists_avx2::<W>(q, &tw, &mut dist);
+                            hamming_dists_avx2::<W>(q, bytemuck::cast_slice(&tw), &mut dist);
                             offer_below_avx2(top, &dist, off);
                             dist.len()
                         },
@@ -161,17 +161,17 @@ fn transpose_words<const W: usize>(bc: &[u8], bn: usize, tw: &mut Vec<u64>) {
 /// query words the call spilled.)
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vpopcntdq")]
-unsafe fn hamming_dists_avx512<const W: usize>(q: &[u64; W], tw: &[u64], dist: &mut [u16]) {
+unsafe fn hamming_dists_avx512<const W: usize>(q: &[u64; W], tw: &[u8], dist: &mut [u16]) {
     use std::arch::x86_64::*;
     let groups = dist.len() / 8;
-    assert!(tw.len() >= groups * W * 8 && W * 64 < u16::MAX as usize);
+    assert!(tw.len() >= groups * W * 64 && W * 64 < u16::MAX as usize);
     let qv: [__m512i; W] = std::array::from_fn(|w| _mm512_set1_epi64(q[w] as i64));
     for g in 0..groups {
         let mut acc = _mm512_setzero_si512();
         for (w, qw) in qv.iter().enumerate() {
-            // SAFETY: g < groups and w < W keep the 8 words read inside tw.
+            // SAFETY: g < groups and w < W keep the 64 bytes read inside tw.
             let c =
-                unsafe { _mm512_loadu_si512(tw.as_ptr().add((g * W + w) * 8) as *const __m512i) };
+                unsafe { _mm512_loadu_si512(tw.as_ptr().add((g * W + w) * 64) as *const __m512i) };
             acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_xor_si512(c, *qw)));
         }
         // SAFETY: g < groups keeps the 8 u16 written inside dist.
@@ -190,10 +190,10 @@ unsafe fn hamming_dists_avx512<const W: usize>(q: &[u64; W], tw: &[u64], dist: &
 /// code's 8 bytes into its 64-bit lane.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn hamming_dists_avx2<const W: usize>(q: &[u64; W], tw: &[u64], dist: &mut [u16]) {
+unsafe fn hamming_dists_avx2<const W: usize>(q: &[u64; W], tw: &[u8], dist: &mut [u16]) {
     use std::arch::x86_64::*;
     let groups = dist.len() / 8;
-    assert!(tw.len() >= groups * W * 8 && W * 64 < u16::MAX as usize);
+    assert!(tw.len() >= groups * W * 64 && W * 64 < u16::MAX as usize);
     let qv: [__m256i; W] = std::array::from_fn(|w| _mm256_set1_epi64x(q[w] as i64));
     let lut = _mm256_setr_epi8(
         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3,
@@ -212,12 +212,12 @@ unsafe fn hamming_dists_avx2<const W: usize>(q: &[u64; W], tw: &[u64], dist: &mu
             // bytes count at most 8 per word: 16 words stay below 256
             let (mut a, mut b) = (zero, zero);
             for (w, qw) in qv.iter().enumerate().skip(ws).take(16) {
-                // SAFETY: g < groups and w < W keep the 8 words read inside tw.
+                // SAFETY: g < groups and w < W keep the 64 bytes read inside tw.
                 let (ca, cb) = unsafe {
-                    let p = tw.as_ptr().add((g * W + w) * 8);
+                    let p = tw.as_ptr().add((g * W + w) * 64);
                     (
                         _mm256_loadu_si256(p as *const __m256i),
-                        _mm256_loadu_si256(p.add(4) as *const __m256i),
+                        _mm256_loadu_si256(p.add(32) as *const __m256i),
                     )
                 };
                 a = _mm256_add_epi8(a, count(_mm256_xor_si256(ca, *qw)));
@@ -267,6 +267,140 @@ unsafe fn offer_below_avx2(top: &mut CountTop, dist: &[u16], first: usize) {
         if (d as u32) < thr {
             top.push((first + l) as u32, d as u32);
             thr = top.threshold();
+        }
+    }
+}
+
+/// Sign codes of `words` u64 words (little-endian bytes) laid out for [`hamming_run`]: word-major
+/// groups of 8 codes (word w of code `8 g + l` at bytes `((g * words + w) * 8 + l) * 8..`),
+/// a short last group padded with zero codes; `out` holds `codes.len().div_ceil(8 * cl) * 8 * cl`
+/// bytes (`cl = 8 * words`).
+pub fn layout_words(codes: &[u8], words: usize, out: &mut [u8]) {
+    let cl = 8 * words;
+    let n = codes.len() / cl.max(1);
+    debug_assert_eq!(out.len(), n.div_ceil(8) * 8 * cl);
+    out.fill(0);
+    for (r, c) in codes.chunks_exact(cl).enumerate() {
+        let (g, l) = (r / 8, r % 8);
+        for (w, cw) in c.chunks_exact(8).enumerate() {
+            let at = ((g * words + w) * 8 + l) * 8;
+            out[at..at + 8].copy_from_slice(cw);
+        }
+    }
+}
+
+/// Codes per kernel call of [`hamming_run`] (the distances of a call fit a stack buffer).
+const RUN_CHUNK: usize = 256;
+
+/// One query (`q`, a code of `words` words) over one list laid out by [`layout_words`]: the
+/// Hamming distance plus `add` of each of the list's codes (`ids[j]` the id of code `j`)
+/// offered to `top` when it reaches the threshold. `wide` picks the AVX2 kernel (the caller
+/// checked the CPU), else the scalar twin; both give the same distances, so the same hits
+/// (and those of one `hamming` per code, tested in `encode::sign`). The integer distances
+/// are first tested against the threshold less `add`, plus one for float rounding; a
+/// float test decides.
+pub fn hamming_run(q: &[u8], laid: &[u8], ids: &[u32], add: f32, top: &mut TopK, wide: bool) {
+    match q.len() / 8 {
+        1 => hamming_run_w::<1>(q, laid, ids, add, top, wide),
+        2 => hamming_run_w::<2>(q, laid, ids, add, top, wide),
+        3 => hamming_run_w::<3>(q, laid, ids, add, top, wide),
+        4 => hamming_run_w::<4>(q, laid, ids, add, top, wide),
+        6 => hamming_run_w::<6>(q, laid, ids, add, top, wide),
+        8 => hamming_run_w::<8>(q, laid, ids, add, top, wide),
+        12 => hamming_run_w::<12>(q, laid, ids, add, top, wide),
+        16 => hamming_run_w::<16>(q, laid, ids, add, top, wide),
+        24 => hamming_run_w::<24>(q, laid, ids, add, top, wide),
+        32 => hamming_run_w::<32>(q, laid, ids, add, top, wide),
+        words => {
+            let qw: Vec<u64> = q
+                .chunks_exact(8)
+                .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .collect();
+            let mut dist = [0u16; RUN_CHUNK];
+            for (ci, tw) in laid.chunks(RUN_CHUNK * words * 8).enumerate() {
+                let nc = tw.len() / (words * 8);
+                dists_scalar(&qw, tw, &mut dist[..nc]);
+                offer_run(
+                    &dist[..nc],
+                    &ids[(ci * RUN_CHUNK).min(ids.len())..],
+                    add,
+                    top,
+                );
+            }
+        }
+    }
+}
+
+fn hamming_run_w<const W: usize>(
+    q: &[u8],
+    laid: &[u8],
+    ids: &[u32],
+    add: f32,
+    top: &mut TopK,
+    wide: bool,
+) {
+    let qw: [u64; W] =
+        std::array::from_fn(|w| u64::from_le_bytes(q[w * 8..w * 8 + 8].try_into().unwrap()));
+    let mut dist = [0u16; RUN_CHUNK];
+    for (ci, tw) in laid.chunks(RUN_CHUNK * W * 8).enumerate() {
+        let nc = tw.len() / (W * 8);
+        #[cfg(target_arch = "x86_64")]
+        if wide {
+            // SAFETY: `wide` is only true when the CPU has AVX2; nc is a multiple of 8
+            // (whole groups) and tw holds nc codes.
+            unsafe { hamming_dists_avx2::<W>(&qw, tw, &mut dist[..nc]) };
+        } else {
+            dists_scalar(&qw, tw, &mut dist[..nc]);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = wide;
+            dists_scalar(&qw, tw, &mut dist[..nc]);
+        }
+        offer_run(
+            &dist[..nc],
+            &ids[(ci * RUN_CHUNK).min(ids.len())..],
+            add,
+            top,
+        );
+    }
+}
+
+/// The reference of the wide distance kernels over word-major groups of 8 (`tw` bytes).
+#[inline(always)]
+fn dists_scalar(q: &[u64], tw: &[u8], dist: &mut [u16]) {
+    let words = q.len();
+    for (i, d) in dist.iter_mut().enumerate() {
+        let (g, l) = (i / 8, i % 8);
+        let mut s = 0u32;
+        for (w, &qw) in q.iter().enumerate() {
+            let at = ((g * words + w) * 8 + l) * 8;
+            let c = u64::from_le_bytes(tw[at..at + 8].try_into().expect("8 bytes"));
+            s += popcnt64(qw ^ c);
+        }
+        *d = s as u16;
+    }
+}
+
+/// Offers the first `ids.len()` of `dist` (the rest is padding) as `add + dist` to `top`.
+#[inline(always)]
+fn offer_run(dist: &[u16], ids: &[u32], add: f32, top: &mut TopK) {
+    let limit = |top: &TopK| {
+        let t = top.threshold();
+        if t.is_finite() {
+            (t - add).floor() + 1.0
+        } else {
+            f32::INFINITY
+        }
+    };
+    let mut lim = limit(top);
+    for (&d, &id) in dist.iter().zip(ids) {
+        if d as f32 <= lim {
+            let v = add + d as f32;
+            if v <= top.threshold() {
+                top.push(id, v);
+                lim = limit(top);
+            }
         }
     }
 }

@@ -12,7 +12,7 @@ mod exact;
 mod hamming;
 
 pub use exact::{brute_force, exact_search};
-pub use hamming::{scan_hamming, scan_hamming_with, HammingKernel};
+pub use hamming::{hamming_run, layout_words, scan_hamming, scan_hamming_with, HammingKernel};
 
 use crate::topk::Hit;
 use rayon::prelude::*;

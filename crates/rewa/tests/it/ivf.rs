@@ -42,10 +42,19 @@ fn probing_every_list_equals_the_full_scan() {
             run(&full, &queries, "hadamard64+sign:50", 50),
             "{metric}"
         );
-        // fast-scan codes (the blocked list kernel): the same hits as the full scan's kernel
+        // every list kernel (blocked: fast-scan, Hamming, RaBitQ fast scan; one distance per
+        // code: the rest): the same hits as the full scan's kernel
         for (lists, all) in [
             ("ivf16/4+pq16x4:50", "pq16x4:50"),
             ("ivf16/4+hadamard64+asignfs:50", "hadamard64+asignfs:50"),
+            ("ivf16/4+hadamard128+sign:50", "hadamard128+sign:50"),
+            ("ivf16/4+hadamard192+sign:50", "hadamard192+sign:50"),
+            ("ivf16/4+rabitq1:50", "rabitq1:50"),
+            ("ivf16/4+rabitq2:50", "rabitq2:50"),
+            ("ivf16/4+rabitq4:50", "rabitq4:50"),
+            ("ivf16/4+pq8:50", "pq8:50"),
+            ("ivf16/4+int8:50", "int8:50"),
+            ("ivf16/4+hadamard64+asign:50", "hadamard64+asign:50"),
         ] {
             let index = Index::build(&spec(metric, lists), base.view()).unwrap();
             let full = Index::build(&spec(metric, all), base.view()).unwrap();
