@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
 """FAISS anchors for the partitioned-search comparison (scripts/ann_compare.sh).
 
-  ann_faiss.py build BASE OUTDIR [--nlist N] [--threads T]
+  ann_faiss.py build BASE OUTDIR [--nlist N] [--threads T] [--train ROWS] [NAME ...]
       builds HNSW32, IVF{N},PQ32 + IndexRefineFlat, IVF{N},Flat (inner product) and writes
-      each to OUTDIR/<name>.faiss with its build time in OUTDIR/<name>.build.json
+      each to OUTDIR/<name>.faiss with its build time in OUTDIR/<name>.build.json; NAMEs pick
+      among hnsw32, ivfflat, ivfpq32, ivfpq32fs (PQ{M}x4fs + IndexRefineFlat; --pqm M, default
+      32, must divide the dimension: 25 for GloVe's 50) and ivfpq32sq8
+      (IVF{N},PQ32 + IndexRefine with 8-bit scalar-quantized vectors: the refine that fits in
+      memory when the float vectors do not). --train caps the training sample (default 256
+      rows per list, FAISS's own cap).
   ann_faiss.py truth BASE QUERIES OUT.npy [K]
       exact top-K ids (inner product) of QUERIES over BASE
   ann_faiss.py search OUTDIR NAME QUERIES TRUTH.npy [--threads T] [--k K]
@@ -11,7 +16,7 @@
       JSON line per setting with recall@K, QPS and the process's peak RSS. Run it once per
       index (a fresh process each), so RSS is that index's alone. TILE=T (environment) times
       T copies of the queries (recall from the first copy): 1,000 queries at 20,000 QPS last
-      50 ms, too short to time.
+      50 ms, too short to time. NPROBES=8,16,... (environment) sets the IVF sweep's nprobes.
 """
 import json
 import os
@@ -42,14 +47,14 @@ def recall(I, G, k):
     return float(np.mean([len(set(I[i, :k]) & set(G[i, :k])) / k for i in range(len(G))]))
 
 
-def build(base_path, out, nlist, threads):
+def build(base_path, out, nlist, threads, train_rows):
     faiss.omp_set_num_threads(threads)
     os.makedirs(out, exist_ok=True)
     base = np.load(base_path, mmap_mode="r")
     n, d = base.shape
     ip = faiss.METRIC_INNER_PRODUCT
-    which = sys.argv[4:] and [a for a in ("hnsw32", "ivfpq32", "ivfflat", "ivfpq32fs") if a in sys.argv] or [
-        "ivfflat", "ivfpq32", "hnsw32"]
+    names = ("hnsw32", "ivfpq32", "ivfflat", "ivfpq32fs", "ivfpq32sq8")
+    which = [a for a in names if a in sys.argv[4:]] or ["ivfflat", "ivfpq32", "hnsw32"]
     for name in which:
         t = time.perf_counter()
         if name == "hnsw32":
@@ -59,19 +64,31 @@ def build(base_path, out, nlist, threads):
                 print(f"{name}: {s + 100_000} added, {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
             full = idx
         else:
-            spec = {"ivfpq32": f"IVF{nlist},PQ32", "ivfpq32fs": f"IVF{nlist},PQ32x4fs"}.get(name, f"IVF{nlist},Flat")
+            spec = {"ivfpq32": f"IVF{nlist},PQ32", "ivfpq32sq8": f"IVF{nlist},PQ32",
+                    "ivfpq32fs": f"IVF{nlist},PQ{opt('--pqm', 32)}x4fs"}.get(name, f"IVF{nlist},Flat")
             idx = faiss.index_factory(d, spec, ip)
             # FAISS trains its coarse quantizer on at most 256 points per list; give it that many
             rng = np.random.default_rng(1)
-            rows = np.sort(rng.choice(n, size=min(n, 256 * nlist), replace=False))
-            idx.train(np.ascontiguousarray(base[rows], dtype="float32"))
-            full = faiss.IndexRefineFlat(idx) if name.startswith("ivfpq") else idx
+            rows = np.sort(rng.choice(n, size=min(n, 256 * nlist, train_rows), replace=False))
+            sample = np.ascontiguousarray(base[rows], dtype="float32")
+            idx.train(sample)
+            if name == "ivfpq32sq8":
+                full = faiss.IndexRefine(idx, faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_8bit, ip))
+                full.train(sample)
+            elif name.startswith("ivfpq"):
+                full = faiss.IndexRefineFlat(idx)
+            else:
+                full = idx
+            del sample
             for s in range(0, n, 100_000):
                 full.add(np.ascontiguousarray(base[s:s + 100_000], dtype="float32"))
+                if s % 1_000_000 == 0:
+                    print(f"{name}: {s + 100_000} added, {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
         secs = time.perf_counter() - t
         path = f"{out}/{name}.faiss"
         faiss.write_index(full, path)
-        info = dict(name=name, n=n, d=d, nlist=nlist, threads=threads, build_seconds=secs,
+        info = dict(name=name, spec=spec if name != "hnsw32" else "HNSW32", n=n, d=d, nlist=nlist,
+                    threads=threads, build_seconds=secs,
                     disk_bytes=os.path.getsize(path), faiss=faiss.__version__)
         json.dump(info, open(f"{out}/{name}.build.json", "w"))
         print(json.dumps(info), flush=True)
@@ -101,7 +118,8 @@ def search(out, name, q_path, gt_path, threads, k):
     elif name == "ivfflat":
         settings = [("nprobe", v) for v in (1, 2, 4, 8, 16, 32, 64, 128)]
     else:
-        settings = [(f"nprobe={p},k_factor", kf) for p in (8, 16, 32, 64, 128) for kf in (2, 5, 10, 20)]
+        nprobes = [int(v) for v in os.environ.get("NPROBES", "8,16,32,64,128").split(",")]
+        settings = [(f"nprobe={p},k_factor", kf) for p in nprobes for kf in (2, 5, 10, 20)]
     for label, v in settings:
         if name == "hnsw32":
             idx.hnsw.efSearch = v
@@ -125,7 +143,7 @@ if __name__ == "__main__":
     if len(a) < 4:
         sys.exit(__doc__)
     if a[1] == "build":
-        build(a[2], a[3], opt("--nlist", 1024), opt("--threads", 2))
+        build(a[2], a[3], opt("--nlist", 1024), opt("--threads", 2), opt("--train", 1 << 62))
     elif a[1] == "truth":
         truth(a[2], a[3], a[4], int(a[5]) if len(a) > 5 else 10)
     elif a[1] == "search":

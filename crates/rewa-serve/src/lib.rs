@@ -235,6 +235,8 @@ impl Server {
         // The manifest first: see `state`.
         let manifest = state::Manifest::open(&config.index).map_err(open_err)?;
         let index = rewa::Index::open(&config.index).map_err(open_err)?;
+        // lists laid out before the first request (else it would wait for them)
+        index.warm(None).map_err(open_err)?;
         // The model: the one given, else the one an index built from text records; a model
         // whose weights differ from the recorded ones is refused.
         let model_dir = config

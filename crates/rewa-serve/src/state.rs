@@ -113,6 +113,7 @@ impl AppState {
         // other way round, which would serve a stale index).
         let manifest = Manifest::open(&self.dir)?;
         let index = Arc::new(Index::open(&self.dir)?);
+        index.warm(None)?;
         *write(&self.served) = Served {
             index: index.clone(),
             manifest,

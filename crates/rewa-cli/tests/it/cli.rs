@@ -362,6 +362,30 @@ fn build_streams_from_a_sample_and_info_splits_memory_from_disk() {
     assert_eq!(a.len(), 2001);
     let same = a.iter().zip(&b).filter(|(x, y)| x == y).count();
     assert_eq!(same, a.len(), "{same} of {} rows agree", a.len());
+    // one query at a time on one thread: the same hits, and per-query latencies
+    let one = ok(
+        "search --index ix --queries s/queries_same.npy --k 10 --one-at-a-time --threads 1",
+        d,
+    );
+    assert_eq!(one, hits);
+    let j = json(
+        "search --index ix --queries s/queries_same.npy --k 10 --one-at-a-time --threads 1 --out o.npy",
+        d,
+    );
+    let ms = |p: &str| j["latency_ms"][p].as_f64().unwrap();
+    assert!(
+        0.0 < ms("p50")
+            && ms("p50") <= ms("p90")
+            && ms("p90") <= ms("p99")
+            && ms("p99") <= ms("max"),
+        "{j}"
+    );
+    assert!(json(
+        "search --index ix --queries s/queries_same.npy --out o.npy",
+        d
+    )
+    .get("latency_ms")
+    .is_none());
     fails(
         "build --base s/base.npy --train-sample 0 --out ix2",
         d,

@@ -1119,6 +1119,36 @@ impl Index {
         Ok(self.search_counted(queries, params)?.0)
     }
 
+    /// Makes ready what a search with `pipeline` (the index's default when `None`) needs
+    /// before its first query: the list layouts of a partitioned first stage, which the
+    /// first search that probes them would otherwise build (for 10M codes of 96 bytes,
+    /// about a second). Errors as that search would.
+    pub fn warm(&self, pipeline: Option<&Pipeline>) -> Result<()> {
+        let pipeline = pipeline.unwrap_or(&self.pipeline);
+        if let Some(first) = pipeline.stages().first() {
+            self.scored(first)?;
+        }
+        Ok(())
+    }
+
+    /// [`Index::search_prepared`] one query at a time, as single requests arrive at a server
+    /// (each query still uses the current rayon pool: a pool of one thread measures one core's
+    /// latency): the hits, and each query's latency.
+    pub fn search_one_at_a_time(
+        &self,
+        queries: &Prepared<'_>,
+        params: &SearchParams,
+    ) -> Result<(Vec<Vec<Hit>>, crate::eval::Latencies)> {
+        let mut hits = Vec::with_capacity(queries.len());
+        let mut secs = Vec::with_capacity(queries.len());
+        for i in 0..queries.len() {
+            let t = std::time::Instant::now();
+            hits.extend(self.search_prepared(&queries.slice(i, i + 1), params)?);
+            secs.push(t.elapsed().as_secs_f64());
+        }
+        Ok((hits, crate::eval::Latencies::new(secs)))
+    }
+
     /// [`Index::search_prepared`], also counting the hits each stage passed on (summed over
     /// the queries): how many candidates each rerank saw.
     pub fn search_counted(
