@@ -16,7 +16,8 @@
       JSON line per setting with recall@K, QPS and the process's peak RSS. Run it once per
       index (a fresh process each), so RSS is that index's alone. TILE=T (environment) times
       T copies of the queries (recall from the first copy): 1,000 queries at 20,000 QPS last
-      50 ms, too short to time. NPROBES=8,16,... (environment) sets the IVF sweep's nprobes.
+      50 ms, too short to time. NPROBES=8,16,... and KFS=2,5,...
+      (environment) set the IVF sweep's nprobes and refine k_factors.
 """
 import json
 import os
@@ -119,7 +120,8 @@ def search(out, name, q_path, gt_path, threads, k):
         settings = [("nprobe", v) for v in (1, 2, 4, 8, 16, 32, 64, 128)]
     else:
         nprobes = [int(v) for v in os.environ.get("NPROBES", "8,16,32,64,128").split(",")]
-        settings = [(f"nprobe={p},k_factor", kf) for p in nprobes for kf in (2, 5, 10, 20)]
+        kfs = [int(v) for v in os.environ.get("KFS", "2,5,10,20").split(",")]
+        settings = [(f"nprobe={p},k_factor", kf) for p in nprobes for kf in kfs]
     for label, v in settings:
         if name == "hnsw32":
             idx.hnsw.efSearch = v
