@@ -15,6 +15,7 @@ labels = {
     ("faiss", "hnsw32"): "FAISS HNSW32 (efSearch)",
     ("faiss", "ivfpq32"): "FAISS IVF,PQ32 + refine",
     ("faiss", "ivfflat"): "FAISS IVF,Flat",
+    ("faiss", "ivfpq32fs"): "FAISS IVF,PQx4fs + refine (nprobe, k_factor)",
     ("rewa", "sign"): "rewa ivf+hadamard256+sign, exact rerank",
     ("rewa", "flat"): "rewa ivf+flat",
     ("rewa", "scan"): "rewa full scan sign, exact rerank",

@@ -51,4 +51,10 @@ for np_ in 8 16 32 64; do for keep in 20 50 100; do
 done; done
 for np_ in 16 32; do rsearch fs "ivf2048r/$np_+pq192x4:50,exact:10" cold; done
 TILE=4 $PY scripts/ann_scann.py "$D/base.npy" "$D/eval.npy" "$W/gt.npy" --leaves 2000 >> "$OUT"
+# FAISS IVF2048,PQ32x4fs + IndexRefineFlat, trained on as many rows as rewa's sample; its sweep,
+# then rewa's operating point paired with FAISS's setting nearest recall 0.95 (FS_SET)
+$PY scripts/ann_faiss.py build "$D/base.npy" "$W/faiss" --nlist 2048 --train 262144 --pqm 32 ivfpq32fs >> "$OUT"
+NPROBES=8,16,32,64 KFS=5,10,20,50 TILE=4 $PY scripts/ann_faiss.py search "$W/faiss" ivfpq32fs "$D/eval.npy" "$W/gt.npy" >> "$OUT"
+TILE=4 $PY scripts/ann_pair.py "$R" "$W/fs" "ivf2048r/8+pq192x4:60,exact:10" "$W/faiss" ivfpq32fs \
+  "${FS_SET:-nprobe=32,k_factor=20}" "$D/eval.npy" "$W/gt.npy" 5 >> "$OUT"
 cat "$OUT"
