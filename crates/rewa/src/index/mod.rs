@@ -1214,7 +1214,9 @@ impl Index {
                             .iter()
                             .filter(|s| s.rows > 0)
                             .map(|s| {
-                                let lists = if stage.nprobe.is_some() {
+                                // a bound stage scans its lists through `scan_bound`,
+                                // which reads the codes as stored: no layout for it
+                                let lists = if stage.nprobe.is_some() && stage.bound.is_none() {
                                     s.lists_laid_out(i, e)
                                 } else {
                                     s.lists(i)
