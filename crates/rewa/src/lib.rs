@@ -33,6 +33,7 @@ pub mod eval;
 pub mod index;
 pub mod io;
 mod kernels;
+pub mod latency;
 pub mod linalg;
 mod pipeline;
 mod rows;

@@ -57,7 +57,7 @@ pub enum Scored<'a> {
 
 /// A first stage over a partitioned code set: the `nprobe` lists nearest to each query (by the
 /// encoder's coarse quantizer, one GEMM for the batch), then the codes of those lists scored
-/// by the quantizer's list kernel ([`Quantizer::scan_lists`]: blocked where the quantizer
+/// by the quantizer's list kernel ([`Quantizer::scan_lists_batch`]: blocked where the quantizer
 /// laid its lists out, one distance per code otherwise), queries in parallel. Ties at the k-th distance are decided
 /// by id, so the hits do not depend on list order: with every list probed they are the
 /// hits of a full scan of the same codes.

@@ -157,24 +157,6 @@ pub trait Quantizer: Send + Sync {
         }
         Some(ListLayout { data, starts })
     }
-    /// A partitioned first stage for one prepared query: the best `keep` codes of the lists
-    /// `probes`, `add[j]` added to the distances in list `probes[j]` (the residual lists'
-    /// centroid term; zeros otherwise), ties by id: one code at a time (quantizers with a
-    /// list layout scan it blocked in [`Quantizer::scan_lists_batch`] instead).
-    fn scan_lists(
-        &self,
-        p: &Self::Query,
-        codes: &[u8],
-        lists: ListsRef<'_>,
-        probes: &[u32],
-        add: &[f32],
-        keep: usize,
-    ) -> Vec<Hit>
-    where
-        Self: Sized,
-    {
-        scan::scan_lists_codes(self, p, codes, lists, probes, add, keep)
-    }
     /// One list for one prepared query: offers `top` every code of `run` whose distance plus
     /// `add` reaches its threshold. The default scores one `distance` per code; a quantizer
     /// with a list layout ([`Quantizer::layout_lists`]) scans `run.laid` with its blocked
@@ -185,8 +167,10 @@ pub trait Quantizer: Send + Sync {
     {
         scan::scan_run_codes(self, p, run, add, top)
     }
-    /// A partitioned first stage for a batch of transformed queries: query `i` scans the
-    /// lists `probes[i * np..(i + 1) * np]` with `adds` alongside, as [`Quantizer::scan_lists`].
+    /// A partitioned first stage for a batch of transformed queries: the best `keep` codes of
+    /// query `i`'s lists `probes[i * np..(i + 1) * np]`, `adds[i * np + j]` added to the
+    /// distances in its j-th list (the residual lists' centroid term; zeros otherwise), ties
+    /// by id.
     /// The default prepares the queries in groups and scans each group list by list with
     /// [`Quantizer::scan_run`] (`scan::scan_lists_grouped`); the same hits.
     #[allow(clippy::too_many_arguments)]

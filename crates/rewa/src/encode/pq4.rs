@@ -350,7 +350,7 @@ const GROUP: usize = 128;
 /// each group list by list, two queries per pass over a list's codes (the nibbles split once,
 /// looked up in both tables), lists in the order of the best rank any of the group's queries
 /// gives them (so that thresholds tighten early); a group of one is a single query's scan.
-/// Without a layout, one query and one distance per code at a time. The same hits either way
+/// Without a layout, the generic grouped scan (one distance per code). The same hits either way
 /// (ties by id).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn scan_lists_batch_fast<Q: Quantizer<Query = Pq4Query>>(
@@ -364,7 +364,9 @@ pub(crate) fn scan_lists_batch_fast<Q: Quantizer<Query = Pq4Query>>(
     keep: usize,
 ) -> Vec<Vec<Hit>> {
     let Some(layout) = lists.layout else {
-        return crate::encode::scan::scan_lists_each(q, tq, codes, lists, probes, np, adds, keep);
+        return crate::encode::scan::scan_lists_grouped(
+            q, tq, codes, lists, probes, np, adds, keep,
+        );
     };
     let cl = q.code_len();
     let wide = crate::simd::avx2();

@@ -108,29 +108,6 @@ pub(crate) fn scan_block<Q: Quantizer>(
 }
 }
 
-/// [`Quantizer::scan_lists_batch`] one query at a time (prepared, then
-/// [`Quantizer::scan_lists`]), queries in parallel.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn scan_lists_each<Q: Quantizer>(
-    q: &Q,
-    tq: VectorsRef<'_>,
-    codes: &[u8],
-    lists: ListsRef<'_>,
-    probes: &[u32],
-    np: usize,
-    adds: &[f32],
-    keep: usize,
-) -> Vec<Vec<Hit>> {
-    (0..tq.len())
-        .into_par_iter()
-        .map(|i| {
-            let p = q.prepare(tq.row(i));
-            let r = i * np..(i + 1) * np;
-            q.scan_lists(&p, codes, lists, &probes[r.clone()], &adds[r], keep)
-        })
-        .collect()
-}
-
 /// Queries prepared and scanned together by [`scan_lists_grouped`]: a list's codes are read
 /// from memory once for all the group's queries that probe it. Measured on GloVe (`pq25`,
 /// `sign`) and SciFact sentences (`sign`): 16 and 8 were faster than 64 (each query's top-k
@@ -179,7 +156,7 @@ impl ListRuns {
 /// [`Quantizer::scan_lists_batch`] by the quantizer's run kernel ([`Quantizer::scan_run`]):
 /// the queries in groups of [`LIST_GROUP`] (groups in parallel), each group list by list (see
 /// [`ListRuns`]), every query of the group that probes a list scanning it while it is in
-/// cache. The hits equal [`scan_lists_codes`]'s for each query (ties by id).
+/// cache. The hits equal one `distance` per probed code's for each query (ties by id).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn scan_lists_grouped<Q: Quantizer>(
     q: &Q,
@@ -239,8 +216,9 @@ pub(crate) fn scan_run_codes<Q: Quantizer>(q: &Q, p: &Q::Query, run: Run<'_>, ad
 }
 
 twin! { [scan_lists_codes_baseline, scan_lists_codes_avx2]
-/// [`Quantizer::scan_lists`] one code at a time: the default, and the reference the blocked
+/// One query's partitioned first stage one code at a time: the reference the blocked
 /// kernels are tested against.
+#[cfg(test)]
 pub(crate) fn scan_lists_codes<Q: Quantizer>(
     q: &Q,
     p: &Q::Query,

@@ -1138,7 +1138,7 @@ impl Index {
         &self,
         queries: &Prepared<'_>,
         params: &SearchParams,
-    ) -> Result<(Vec<Vec<Hit>>, crate::eval::Latencies)> {
+    ) -> Result<(Vec<Vec<Hit>>, crate::latency::Latencies)> {
         let mut hits = Vec::with_capacity(queries.len());
         let mut secs = Vec::with_capacity(queries.len());
         for i in 0..queries.len() {
@@ -1146,7 +1146,7 @@ impl Index {
             hits.extend(self.search_prepared(&queries.slice(i, i + 1), params)?);
             secs.push(t.elapsed().as_secs_f64());
         }
-        Ok((hits, crate::eval::Latencies::new(secs)))
+        Ok((hits, crate::latency::Latencies::new(secs)))
     }
 
     /// [`Index::search_prepared`], also counting the hits each stage passed on (summed over
