@@ -450,6 +450,7 @@ impl PyIndex {
         let params = SearchParams {
             k,
             pipeline: pipeline.map(parse).transpose()?,
+            filter: None,
         };
         let q = matrix(q, "q")?;
         let qv = rows(&q)?;

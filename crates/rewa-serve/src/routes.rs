@@ -72,6 +72,7 @@ async fn search(
         let params = SearchParams {
             k: req.k,
             pipeline: req.pipeline.map(|p| p.parse()).transpose()?,
+            filter: None,
         };
         let vectors = match (req.vectors, req.texts) {
             (Some(v), None) => v.into_vectors()?,

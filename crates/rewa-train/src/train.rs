@@ -32,7 +32,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use rewa::encode::{AnyQuantizer, LearnedTransform, QuantizerSpec, Transform};
 use rewa::eval::{drop_self, Qrels};
-use rewa::search::{exact_search, scan_encoded, Hit};
+use rewa::search::{exact_search, scan_encoded, Allow, Hit};
 use rewa::{Encoder, Metric, Vectors, VectorsRef};
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -1022,7 +1022,7 @@ fn eval_set(
             let q = st.quantizer(out.view(), seed)?;
             let enc = Encoder::from_parts(spec, out.dim(), None, vec![], q)?;
             let codes = enc.encode_batch(out.view())?;
-            let r = drop_self(scan_encoded(&enc, &codes, qo.view(), 11), 10);
+            let r = drop_self(scan_encoded(&enc, &codes, qo.view(), 11, Allow::ALL), 10);
             Some(rewa::eval::recall_at_k(&r, &e.truth, 10))
         }
     };

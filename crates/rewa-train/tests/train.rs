@@ -95,7 +95,7 @@ fn neighbours_run() -> &'static (Vectors, Vectors, TrainOutcome) {
 fn recall_of(enc: &Encoder, base: &Vectors, queries: &Vectors) -> f64 {
     let truth = exact_search(base.view(), queries.view(), Metric::Cosine, 10);
     let codes = enc.encode_batch(base.view()).unwrap();
-    let res = scan_encoded(enc, &codes, queries.view(), 10);
+    let res = scan_encoded(enc, &codes, queries.view(), 10, rewa::search::Allow::ALL);
     recall_at_k(&res, &truth, 10)
 }
 

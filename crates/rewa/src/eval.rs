@@ -405,6 +405,7 @@ pub fn train_recall(
         &crate::SearchParams {
             k: k + 1,
             pipeline: Some(deep),
+            filter: None,
         },
     )?;
     let truth = exact_search(train.view(), queries.view(), train.metric(), k + 1);
@@ -510,6 +511,7 @@ pub fn evaluate(pipeline: &Pipeline, label: &str, inp: &EvalInput<'_>) -> Result
             &crate::SearchParams {
                 k: p.final_keep(),
                 pipeline: Some(p.clone()),
+                filter: None,
             },
         )
     };
@@ -520,6 +522,7 @@ pub fn evaluate(pipeline: &Pipeline, label: &str, inp: &EvalInput<'_>) -> Result
         &crate::SearchParams {
             k: pipeline.final_keep(),
             pipeline: Some(pipeline.clone()),
+            filter: None,
         },
     )?;
     let qps = queries.len() as f64 / t.elapsed().as_secs_f64().max(1e-9);

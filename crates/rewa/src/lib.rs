@@ -15,7 +15,7 @@
 //!     seed: 42,
 //! };
 //! let index = Index::build(&spec, base.view())?;
-//! let hits = index.search(queries.row(0), &SearchParams { k: 10, pipeline: None })?;
+//! let hits = index.search(queries.row(0), &SearchParams { k: 10, ..Default::default() })?;
 //! assert_eq!(hits.len(), 10);
 //! # Ok::<(), rewa::Error>(())
 //! ```
@@ -50,6 +50,7 @@ pub use encode::{Encoder, EncoderSpec};
 pub use error::{Error, Result};
 pub use index::{Index, IndexSpec, StreamOptions, TextModel};
 pub use pipeline::{Pipeline, SearchParams, Stage};
+pub use rows::RowFilter;
 pub use topk::Hit;
 pub use tune::{tune, TuneOptions, TuneReport};
 pub use vectors::{normalize, Prepared, Vectors, VectorsRef};

@@ -327,6 +327,9 @@ pub struct SearchParams {
     pub k: usize,
     /// The stages to run; `None` uses the index's default pipeline.
     pub pipeline: Option<Pipeline>,
+    /// Only these rows may be returned (a pre-filter: the hits are the best `k` of them, or
+    /// all of them when fewer); `None` searches every row.
+    pub filter: Option<std::sync::Arc<crate::rows::RowFilter>>,
 }
 
 impl Default for SearchParams {
@@ -334,6 +337,7 @@ impl Default for SearchParams {
         SearchParams {
             k: 10,
             pipeline: None,
+            filter: None,
         }
     }
 }

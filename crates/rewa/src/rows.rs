@@ -1,5 +1,6 @@
 //! Row storage views: [`Rows`] (fixed-length rows held in parts, an index's segments, read as
-//! one id space), [`ListsRef`] (the lists of a partitioned part) and [`Deleted`] (tombstones).
+//! one id space), [`ListsRef`] (the lists of a partitioned part), [`Deleted`] (tombstones)
+//! and [`RowFilter`] (the rows a filtered search may return).
 //!
 //! Below the encoders and the stage runner: this file imports nothing from the crate.
 
@@ -151,6 +152,102 @@ impl Deleted {
     /// `true` if nothing is deleted.
     pub fn is_empty(&self) -> bool {
         self.sorted.is_empty()
+    }
+}
+
+/// The rows a filtered search may return, by id: a bitset over ids (bit `id` set: allowed)
+/// and how many it holds. Built by the caller from whatever selects rows (stored fields, a
+/// tenant, a list of ids); the index takes its deleted rows out before searching.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RowFilter {
+    bits: Vec<u64>,
+    count: usize,
+}
+
+impl RowFilter {
+    /// The rows `ids` (any order, repeats allowed).
+    pub fn from_ids(ids: impl IntoIterator<Item = u32>) -> RowFilter {
+        let mut bits: Vec<u64> = Vec::new();
+        for id in ids {
+            let w = id as usize / 64;
+            if w >= bits.len() {
+                bits.resize(w + 1, 0);
+            }
+            bits[w] |= 1 << (id % 64);
+        }
+        RowFilter::from_bits(bits)
+    }
+    /// The rows whose bits are set (`bits[id / 64] >> (id % 64) & 1`).
+    pub fn from_bits(bits: Vec<u64>) -> RowFilter {
+        let count = bits.iter().map(|w| w.count_ones() as usize).sum();
+        RowFilter { bits, count }
+    }
+    /// Whether row `id` is allowed.
+    #[inline(always)]
+    pub fn contains(&self, id: u32) -> bool {
+        self.bits
+            .get(id as usize / 64)
+            .is_some_and(|w| w & (1 << (id % 64)) != 0)
+    }
+    /// Rows allowed.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+    /// `true` when no row is allowed.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+    /// The bitset, 64 ids per word.
+    pub fn words(&self) -> &[u64] {
+        &self.bits
+    }
+    /// The allowed ids, ascending.
+    pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.bits.iter().enumerate().flat_map(|(w, &x)| {
+            let mut x = x;
+            std::iter::from_fn(move || {
+                (x != 0).then(|| {
+                    let b = x.trailing_zeros();
+                    x &= x - 1;
+                    (w * 64) as u32 + b
+                })
+            })
+        })
+    }
+    /// Allowed ids in `lo..=hi`.
+    pub fn count_in(&self, lo: u32, hi: u32) -> usize {
+        if hi < lo {
+            return 0;
+        }
+        let (lo, hi) = (lo as usize, hi as usize);
+        let mut n = 0;
+        for w in lo / 64..=(hi / 64).min(self.bits.len().saturating_sub(1)) {
+            let Some(&x) = self.bits.get(w) else { break };
+            let mut m = u64::MAX;
+            if w == lo / 64 {
+                m &= u64::MAX << (lo % 64);
+            }
+            if w == hi / 64 && hi % 64 != 63 {
+                m &= (1u64 << (hi % 64 + 1)) - 1;
+            }
+            n += (x & m).count_ones() as usize;
+        }
+        n
+    }
+    /// These rows but the deleted ones, and none at or above `end`.
+    pub fn without(&self, deleted: &Deleted, end: u32) -> RowFilter {
+        let mut bits = self.bits.clone();
+        let words = (end as usize).div_ceil(64);
+        bits.truncate(words);
+        if !end.is_multiple_of(64) {
+            if let Some(last) = bits.get_mut(words - 1) {
+                *last &= (1u64 << (end % 64)) - 1;
+            }
+        }
+        for (w, d) in bits.iter_mut().zip(&deleted.bits) {
+            *w &= !d;
+        }
+        RowFilter::from_bits(bits)
     }
 }
 

@@ -20,11 +20,12 @@ use rayon::prelude::*;
 
 pub use crate::encode::scan::{scan_codes, scan_encoded, scan_sign};
 pub use crate::kernels::{
-    brute_force, exact_search, scan_hamming, scan_hamming_with, HammingKernel,
+    brute_force, exact_search, exact_search_allowing, scan_hamming, scan_hamming_with,
+    HammingKernel,
 };
 pub use crate::pipeline::{Pipeline, Scorer, SearchParams, Stage};
-pub use crate::rows::{Deleted, ListsRef, RowPart, Rows, Run};
-pub use crate::topk::{rerank, CountTop, Hit, TopK};
+pub use crate::rows::{Deleted, ListsRef, RowFilter, RowPart, Rows, Run};
+pub use crate::topk::{rerank, Allow, CountTop, Hit, TopK};
 
 /// What one stage scores with: the stored float vectors or one encoder's codes. The stage
 /// runner sees both ways of scoring a code set side by side: [`Scored::scan`] for the first
@@ -68,9 +69,10 @@ pub fn scan_partitioned(
     nprobe: usize,
     queries: VectorsRef<'_>,
     keep: usize,
+    allow: Allow<'_>,
 ) -> Vec<Vec<Hit>> {
     let Some(coarse) = encoder.coarse() else {
-        return scan_encoded(encoder, codes, queries, keep);
+        return scan_encoded(encoder, codes, queries, keep, allow);
     };
     let nq = queries.len();
     if nq == 0 {
@@ -91,7 +93,7 @@ pub fn scan_partitioned(
         vec![0.0; probes.len()]
     };
     with_quantizer!(encoder.quantizer(), q => {
-        q.scan_lists_batch(tq.view(), codes, lists, &probes, np, &adds, keep)
+        q.scan_lists_batch(tq.view(), codes, lists, &probes, np, &adds, keep, allow)
     })
 }
 
@@ -107,12 +109,19 @@ impl Scored<'_> {
     /// best `keep` per query. Each part is asked for `keep` plus the deleted ids in its range,
     /// so dropping those still leaves `keep`. A bound stage keeps instead every code its
     /// error bound cannot rule out of the best `next` (the next stage's keep).
+    ///
+    /// With a `filter` (which holds no deleted id), only its rows: the kernels' top-k
+    /// structures skip every other row ([`Allow`]), so each part's hits are the best `keep`
+    /// of its allowed rows. A partitioned stage probes `nprobe / f` lists for a part of which
+    /// a fraction `f` is allowed (at most all), so the probed lists hold about as many
+    /// allowed rows as an unfiltered search's.
     pub fn scan(
         &self,
         queries: VectorsRef<'_>,
         keep: usize,
         next: usize,
         deleted: &Deleted,
+        filter: Option<&RowFilter>,
     ) -> Vec<Vec<Hit>> {
         if let Scored::Codes {
             bound: Some(eps),
@@ -121,7 +130,9 @@ impl Scored<'_> {
             nprobe,
         } = self
         {
-            return scan_bound(encoder, codes, *nprobe, queries, next, *eps, deleted);
+            return scan_bound(
+                encoder, codes, *nprobe, queries, next, *eps, deleted, filter,
+            );
         }
         let rows = self.rows();
         let row_len = rows.row_len().max(1);
@@ -132,15 +143,33 @@ impl Scored<'_> {
                 continue;
             }
             let (lo, hi) = part.id_range(n);
-            let extra = deleted.count_in(lo, hi.unwrap_or(lo));
+            let local;
+            let (allow, allowed, extra) = match filter {
+                None => (Allow::ALL, n, deleted.count_in(lo, hi.unwrap_or(lo))),
+                Some(f) => match part.ids {
+                    None => (
+                        Allow::bits(f.words(), part.start),
+                        f.count_in(lo, hi.unwrap_or(lo)),
+                        0,
+                    ),
+                    Some(ids) => {
+                        local = RowFilter::from_bits(part_bits(f, ids));
+                        (Allow::bits(local.words(), 0), local.len(), 0)
+                    }
+                },
+            };
+            if allowed == 0 {
+                continue;
+            }
             let kp = keep.saturating_add(extra);
             let mut hits = match (self, part.lists) {
-                (Scored::Exact { dim, metric, .. }, _) => exact_search(
+                (Scored::Exact { dim, metric, .. }, _) => exact_search_allowing(
                     VectorsRef::new(*dim, bytemuck::cast_slice(part.data))
                         .expect("invariant: whole rows"),
                     queries,
                     *metric,
                     kp,
+                    allow,
                 ),
                 (
                     Scored::Codes {
@@ -149,8 +178,15 @@ impl Scored<'_> {
                         ..
                     },
                     Some(lists),
-                ) => scan_partitioned(encoder, part.data, lists, *np, queries, kp),
-                (Scored::Codes { encoder, .. }, _) => scan_encoded(encoder, part.data, queries, kp),
+                ) => {
+                    let nlist = lists.offsets.len().saturating_sub(1).max(1);
+                    let np = (*np as u128 * n as u128).div_ceil(allowed as u128);
+                    let np = np.min(nlist as u128) as usize;
+                    scan_partitioned(encoder, part.data, lists, np, queries, kp, allow)
+                }
+                (Scored::Codes { encoder, .. }, _) => {
+                    scan_encoded(encoder, part.data, queries, kp, allow)
+                }
             };
             let plain = part.ids.is_none() && part.start == 0 && extra == 0;
             if !plain {
@@ -269,19 +305,37 @@ pub fn run_stages(
     k: usize,
     deleted: &Deleted,
 ) -> Vec<Vec<Hit>> {
-    run_stages_counted(stages, queries, k, deleted).0
+    run_stages_counted(stages, queries, k, deleted, None).0
 }
 
-/// [`run_stages`], also counting the hits each stage passed on (summed over the queries).
+/// [`run_stages`], also counting the hits each stage passed on (summed over the queries),
+/// over the rows of `filter` only when one is given (it must hold no deleted id).
+///
+/// A filtered search is a pre-filter, never a cut of unfiltered candidates: when the
+/// filter's rows are few (their rows of the last stage cost less to read than the first
+/// stage's scan of every row), they are scored directly by the last stage, which gives
+/// exactly its top `k` of the allowed rows; otherwise the first stage scans the allowed
+/// rows only ([`Scored::scan`]) and later stages rerank its survivors as usual.
 pub fn run_stages_counted(
     stages: &[(Scored<'_>, usize)],
     queries: VectorsRef<'_>,
     k: usize,
     deleted: &Deleted,
+    filter: Option<&RowFilter>,
 ) -> (Vec<Vec<Hit>>, Vec<usize>) {
     let Some(((first, keep), rest)) = stages.split_first() else {
         return (vec![Vec::new(); queries.len()], Vec::new());
     };
+    if let Some(f) = filter {
+        if f.is_empty() {
+            return (vec![Vec::new(); queries.len()], vec![0; stages.len()]);
+        }
+        if let Some(hits) = score_few(stages, queries, k, f) {
+            let mut counts = vec![0; stages.len()];
+            counts[stages.len() - 1] = hits.iter().map(Vec::len).sum();
+            return (hits, counts);
+        }
+    }
     let next = rest.first().map_or(k, |(_, n)| *n).min(*keep);
     let mut out = Vec::with_capacity(queries.len());
     let mut counts = vec![0; stages.len()];
@@ -290,7 +344,7 @@ pub fn run_stages_counted(
     // a SciFact cascade's time); a chunk's are reused by the next chunk.
     for start in (0..queries.len()).step_by(RUN_CHUNK) {
         let qs = queries.slice(start, (start + RUN_CHUNK).min(queries.len()));
-        let mut hits = first.scan(qs, *keep, next, deleted);
+        let mut hits = first.scan(qs, *keep, next, deleted, filter);
         counts[0] += hits.iter().map(Vec::len).sum::<usize>();
         for (i, (scored, keep)) in rest.iter().enumerate() {
             hits = hits
@@ -311,8 +365,79 @@ pub fn run_stages_counted(
 /// Queries taken through all stages at a time by [`run_stages`].
 const RUN_CHUNK: usize = 1024;
 
+/// The rows of `filter` scored by the last stage alone, when they are few enough: their rows
+/// of the last stage (gathered into one block, then scanned with its kernel) take fewer bytes
+/// than the first stage's rows of every id it would scan. `None` when they are not few, when
+/// the pipeline is one stage (its own scan skips the other rows at the same cost), or when
+/// the last stage is partitioned (its rows are in list order, not found by id).
+fn score_few(
+    stages: &[(Scored<'_>, usize)],
+    queries: VectorsRef<'_>,
+    k: usize,
+    filter: &RowFilter,
+) -> Option<Vec<Vec<Hit>>> {
+    let (first, _) = stages.first()?;
+    let (last, _) = stages.last()?;
+    if stages.len() < 2 {
+        return None;
+    }
+    if let Scored::Codes {
+        nprobe: Some(_), ..
+    } = last
+    {
+        return None;
+    }
+    let held: usize = first.rows().parts().iter().map(|p| p.data.len()).sum();
+    let need = filter.len().saturating_mul(last.rows().row_len());
+    if need > held {
+        return None;
+    }
+    let ids: Vec<u32> = filter.ids().collect();
+    let len = last.rows().row_len();
+    let mut data = vec![0u8; ids.len() * len];
+    for (out, &id) in data.chunks_exact_mut(len.max(1)).zip(&ids) {
+        out.copy_from_slice(last.rows().row(id));
+    }
+    let rows = Rows::new(
+        len,
+        vec![RowPart {
+            start: 0,
+            ids: Some(&ids),
+            data: &data,
+            lists: None,
+        }],
+    );
+    let gathered = match last {
+        Scored::Exact { dim, metric, .. } => Scored::Exact {
+            vectors: rows,
+            dim: *dim,
+            metric: *metric,
+        },
+        Scored::Codes { encoder, .. } => Scored::Codes {
+            encoder,
+            codes: rows,
+            nprobe: None,
+            bound: None,
+        },
+    };
+    Some(gathered.scan(queries, k, k, &Deleted::default(), None))
+}
+
+/// The bits of `filter` for the rows of a part whose row `j` has id `ids[j]`.
+fn part_bits(filter: &RowFilter, ids: &[u32]) -> Vec<u64> {
+    let mut bits = vec![0u64; ids.len().div_ceil(64)];
+    for (j, &id) in ids.iter().enumerate() {
+        if filter.contains(id) {
+            bits[j / 64] |= 1 << (j % 64);
+        }
+    }
+    bits
+}
+
 /// A first stage of RaBitQ codes keeping every code its error bound cannot rule out of the
-/// best `next` (see [`RabitqQuantizer::scan_bound`]), part by part; deleted ids are dropped.
+/// best `next` (see [`RabitqQuantizer::scan_bound`]), part by part; deleted ids are dropped,
+/// and with a `filter` only its rows are offered.
+#[allow(clippy::too_many_arguments)]
 fn scan_bound(
     encoder: &Encoder,
     codes: &Rows<'_>,
@@ -321,6 +446,7 @@ fn scan_bound(
     next: usize,
     eps: f32,
     deleted: &Deleted,
+    filter: Option<&RowFilter>,
 ) -> Vec<Vec<Hit>> {
     let AnyQuantizer::Rabitq(q) = encoder.quantizer() else {
         unreachable!("invariant: Pipeline::new allows :bound on rabitq stages only")
@@ -340,7 +466,20 @@ fn scan_bound(
             continue;
         }
         let (lo, hi) = part.id_range(n);
-        let kp = next.saturating_add(deleted.count_in(lo, hi.unwrap_or(lo)));
+        let local;
+        let (allow, kp) = match filter {
+            None => (
+                Allow::ALL,
+                next.saturating_add(deleted.count_in(lo, hi.unwrap_or(lo))),
+            ),
+            Some(f) => match part.ids {
+                None => (Allow::bits(f.words(), part.start), next),
+                Some(ids) => {
+                    local = part_bits(f, ids);
+                    (Allow::bits(&local, 0), next)
+                }
+            },
+        };
         let hits: Vec<Vec<Hit>> = match (encoder.coarse(), part.lists, nprobe) {
             (Some(coarse), Some(lists), Some(_)) => {
                 let npr = probes.len() / nq.max(1);
@@ -349,8 +488,7 @@ fn scan_bound(
                     .into_par_iter()
                     .map(|i| {
                         let p = q.prepare(tq.row(i));
-                        let parts: Vec<(&[u8], Option<&[u32]>, f32)> = probes
-                            [i * npr..(i + 1) * npr]
+                        let parts: Vec<_> = probes[i * npr..(i + 1) * npr]
                             .iter()
                             .map(|&l| {
                                 let (a, b) = (
@@ -365,11 +503,11 @@ fn scan_bound(
                                 (&part.data[a * cl..b * cl], Some(&lists.ids[a..b]), off)
                             })
                             .collect();
-                        q.bound_lists(&p, &parts, kp, eps)
+                        q.bound_lists(&p, &parts, kp, eps, allow)
                     })
                     .collect()
             }
-            _ => q.scan_bound(tq.view(), part.data, kp, eps),
+            _ => q.scan_bound(tq.view(), part.data, kp, eps, allow),
         };
         for (o, h) in out.iter_mut().zip(hits) {
             o.extend(
@@ -411,7 +549,7 @@ mod tests {
                 let tq = enc.transform_batch(qs.view());
                 with_quantizer!(enc.quantizer(), q => {
                     let prepared = q.prepare_batch(tq.view());
-                    let base_hits = scan_block_baseline(q, &prepared, &codes, 50);
+                    let base_hits = scan_block_baseline(q, &prepared, &codes, 50, Allow::ALL);
                     let prev: Vec<Hit> = base_hits[0].clone();
                     let re = rerank_codes_baseline(q, &prepared[0], &code_rows, &prev, 10);
                     let ex = rerank_exact_baseline(&vec_rows, metric, qs.row(0), &prev, 10);
@@ -419,13 +557,13 @@ mod tests {
                     if crate::simd::avx2() {
                         // SAFETY: checked just above.
                         unsafe {
-                            assert_eq!(scan_block_avx2(q, &prepared, &codes, 50), base_hits, "{spec}");
+                            assert_eq!(scan_block_avx2(q, &prepared, &codes, 50, Allow::ALL), base_hits, "{spec}");
                             assert_eq!(rerank_codes_avx2(q, &prepared[0], &code_rows, &prev, 10), re);
                             assert_eq!(rerank_exact_avx2(&vec_rows, metric, qs.row(0), &prev, 10), ex);
                         }
                     }
                     // and the dispatching entry points agree with the baseline
-                    assert_eq!(scan_block(q, &prepared, &codes, 50), base_hits, "{spec}");
+                    assert_eq!(scan_block(q, &prepared, &codes, 50, Allow::ALL), base_hits, "{spec}");
                     assert_eq!(rerank_codes(q, &prepared[0], &code_rows, &prev, 10), re);
                 });
             }

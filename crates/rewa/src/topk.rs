@@ -1,5 +1,6 @@
 //! Top-k structures: a search result ([`Hit`]), the best `k` of a stream of distances
-//! ([`TopK`]; [`CountTop`] for small integer distances), and [`rerank`].
+//! ([`TopK`]; [`CountTop`] for small integer distances), the rows a filtered search may
+//! return ([`Allow`], which both top-k structures check before keeping a row), and [`rerank`].
 //!
 //! The bottom of the search code: every scan, quantizer and stage builds on these, and this
 //! file imports nothing from the crate.
@@ -31,6 +32,53 @@ impl PartialOrd for Hit {
     }
 }
 
+/// The rows a scan may return: all of them, or those whose bit is set in a bitset (row `id`
+/// of the scan is bit `base + id`; rows past the bitset's end are not allowed). The top-k
+/// structures check it before keeping a row, so a filtered scan's thresholds tighten on
+/// allowed rows only: its hits are the best `k` of the allowed rows, not of all rows.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Allow<'a> {
+    bits: Option<&'a [u64]>,
+    base: u32,
+}
+
+impl<'a> Allow<'a> {
+    /// Every row.
+    pub const ALL: Allow<'static> = Allow {
+        bits: None,
+        base: 0,
+    };
+    /// Row `id` allowed where bit `base + id` of `bits` is set.
+    pub fn bits(bits: &'a [u64], base: u32) -> Allow<'a> {
+        Allow {
+            bits: Some(bits),
+            base,
+        }
+    }
+    /// The same rows for a scan of rows `by..` (its row 0 is this one's row `by`).
+    pub fn shifted(self, by: u32) -> Allow<'a> {
+        Allow {
+            bits: self.bits,
+            base: self.base + by,
+        }
+    }
+    /// Whether every row is allowed.
+    pub fn is_all(&self) -> bool {
+        self.bits.is_none()
+    }
+    /// Whether row `id` is allowed.
+    #[inline(always)]
+    pub fn contains(&self, id: u32) -> bool {
+        match self.bits {
+            None => true,
+            Some(b) => {
+                let i = (self.base + id) as usize;
+                b.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+            }
+        }
+    }
+}
+
 /// The `k` smallest hits seen so far, by `(distance, id)`.
 ///
 /// Up to [`TopK::HEAP_MAX`] a binary heap keeps exactly the best `k` (its root is the
@@ -39,21 +87,27 @@ impl PartialOrd for Hit {
 /// buffer is cut back to the best `k` (one `select_nth_unstable`) whenever it reaches `2k`: the
 /// threshold is then the k-th distance as of the last cut, looser than the heap's, but each
 /// push costs O(1) amortized. Both give exactly the best `k` by `(distance, id)` of everything
-/// offered at or below the threshold.
+/// offered at or below the threshold (and allowed: see [`TopK::allowing`]).
 #[derive(Clone, Debug)]
-pub struct TopK {
+pub struct TopK<'a> {
     k: usize,
     heap: BinaryHeap<Hit>,
     buf: Vec<Hit>,
     worst: f32,
+    allow: Allow<'a>,
 }
 
-impl TopK {
+impl<'a> TopK<'a> {
     /// The largest `k` kept in a heap.
     pub const HEAP_MAX: usize = 64;
 
     /// An empty top-k. `k` must be at least 1.
     pub fn new(k: usize) -> Self {
+        Self::allowing(k, Allow::ALL)
+    }
+    /// An empty top-k keeping only rows `allow` allows (a filtered scan). `k` must be at
+    /// least 1.
+    pub fn allowing(k: usize, allow: Allow<'a>) -> Self {
         debug_assert!(k >= 1);
         let heap = k <= Self::HEAP_MAX;
         TopK {
@@ -62,6 +116,7 @@ impl TopK {
             heap: BinaryHeap::with_capacity(if heap { k + 1 } else { 0 }),
             buf: Vec::with_capacity(if heap { 0 } else { (2 * k).min(8192) }),
             worst: f32::INFINITY,
+            allow,
         }
     }
     /// Distances above this cannot enter (ties are decided by id).
@@ -72,6 +127,9 @@ impl TopK {
     /// Offers a candidate.
     #[inline(always)]
     pub fn push(&mut self, id: u32, distance: f32) {
+        if !self.allow.contains(id) {
+            return;
+        }
         let h = Hit { id, distance };
         if self.k > Self::HEAP_MAX {
             if distance <= self.worst {
@@ -132,8 +190,9 @@ impl TopK {
 /// earlier ids); a caller in any other id order offers distances at or below it, and ties at
 /// the k-th distance are decided by id at the end.
 #[derive(Clone, Debug)]
-pub struct CountTop {
+pub struct CountTop<'a> {
     k: usize,
+    allow: Allow<'a>,
     hist: Vec<u32>,
     thr: u32,
     below: usize,
@@ -142,12 +201,17 @@ pub struct CountTop {
     last: Option<u32>,
 }
 
-impl CountTop {
+impl<'a> CountTop<'a> {
     /// An empty top-`k` of distances in `0..=max`; `k` must be at least 1.
-    pub fn new(k: usize, max: u32) -> CountTop {
+    pub fn new(k: usize, max: u32) -> Self {
+        Self::allowing(k, max, Allow::ALL)
+    }
+    /// An empty top-`k` keeping only rows `allow` allows (a filtered scan).
+    pub fn allowing(k: usize, max: u32, allow: Allow<'a>) -> Self {
         debug_assert!(k >= 1);
         CountTop {
             k,
+            allow,
             hist: vec![0; max as usize + 2],
             thr: max + 1,
             below: 0,
@@ -164,7 +228,7 @@ impl CountTop {
     /// Offers a candidate; anything above the threshold is ignored.
     #[inline(always)]
     pub fn push(&mut self, id: u32, d: u32) {
-        if d > self.thr {
+        if d > self.thr || !self.allow.contains(id) {
             return;
         }
         if let Some(last) = self.last {

@@ -244,6 +244,7 @@ fn ground_truth(index: &Index, data: TuneData<'_>, k: usize) -> Result<Vec<Vec<H
         &SearchParams {
             k,
             pipeline: Some(Pipeline::new(vec![stage])?),
+            filter: None,
         },
     )
 }
@@ -325,6 +326,7 @@ pub fn tune_on(
             &SearchParams {
                 k,
                 pipeline: Some(p.clone()),
+                filter: None,
             },
         )?;
         let qps = queries.len() as f64 / t.elapsed().as_secs_f64().max(1e-9);

@@ -303,6 +303,7 @@ mod tests {
         let p = crate::SearchParams {
             k: 5,
             pipeline: None,
+            filter: None,
         };
         let a = index(&big).search_batch(big.view(), &p).unwrap();
         let b = index(&v).search_batch(v.view(), &p).unwrap();

@@ -558,6 +558,7 @@ pub fn search(a: SearchArgs) -> Result<()> {
     let params = SearchParams {
         k: a.k,
         pipeline: Some(pipeline.clone()),
+        filter: None,
     };
     let pool = match a.threads {
         Some(0) => anyhow::bail!("--threads must be at least 1"),

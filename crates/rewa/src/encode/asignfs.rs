@@ -14,7 +14,7 @@ use super::{Pq4Query, Quantizer, Tensor, TensorSource};
 use crate::distance::Metric;
 use crate::error::{invalid, Result};
 use crate::rows::ListsRef;
-use crate::topk::Hit;
+use crate::topk::{Allow, Hit};
 use crate::vectors::VectorsRef;
 
 /// The most bits an `asignfs` code may have.
@@ -89,9 +89,15 @@ impl Quantizer for SignFastQuantizer {
     fn distance(&self, q: &Pq4Query, code: &[u8]) -> f32 {
         pq4_distance(q, code)
     }
-    fn scan(&self, queries: VectorsRef<'_>, codes: &[u8], k: usize) -> Vec<Vec<Hit>> {
+    fn scan(
+        &self,
+        queries: VectorsRef<'_>,
+        codes: &[u8],
+        k: usize,
+        allow: Allow<'_>,
+    ) -> Vec<Vec<Hit>> {
         let qs = self.prepare_batch(queries);
-        scan_pq4(&qs, codes, self.code_len(), k, crate::simd::avx2())
+        scan_pq4(&qs, codes, self.code_len(), k, crate::simd::avx2(), allow)
     }
     fn laid_list_bytes(&self, n: usize) -> usize {
         laid_bytes(n, self.code_len())
@@ -108,8 +114,9 @@ impl Quantizer for SignFastQuantizer {
         np: usize,
         adds: &[f32],
         keep: usize,
+        allow: Allow<'_>,
     ) -> Vec<Vec<Hit>> {
-        scan_lists_batch_fast(self, tq, codes, lists, probes, np, adds, keep)
+        scan_lists_batch_fast(self, tq, codes, lists, probes, np, adds, keep, allow)
     }
 }
 
@@ -144,8 +151,14 @@ mod tests {
             // the kernel (AVX2 or scalar) equals one distance per code
             let prepared = fast.prepare_batch(queries.view());
             assert_eq!(
-                fast.scan(queries.view(), &codes, 30),
-                crate::encode::scan::scan_codes(&fast, &prepared, &codes, 30)
+                fast.scan(queries.view(), &codes, 30, crate::topk::Allow::ALL),
+                crate::encode::scan::scan_codes(
+                    &fast,
+                    &prepared,
+                    &codes,
+                    30,
+                    crate::topk::Allow::ALL
+                )
             );
         }
     }

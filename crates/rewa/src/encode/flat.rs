@@ -3,7 +3,7 @@
 use super::Quantizer;
 use crate::distance::Metric;
 use crate::error::Result;
-use crate::topk::Hit;
+use crate::topk::{Allow, Hit};
 use crate::vectors::VectorsRef;
 
 /// Settings for [`FlatQuantizer`].
@@ -78,10 +78,16 @@ impl Quantizer for FlatQuantizer {
         self.metric.distance(q, as_f32(code, &mut buf))
     }
     /// Float codes are scanned like exact search: blocked GEMM.
-    fn scan(&self, queries: VectorsRef<'_>, codes: &[u8], k: usize) -> Vec<Vec<Hit>> {
+    fn scan(
+        &self,
+        queries: VectorsRef<'_>,
+        codes: &[u8],
+        k: usize,
+        allow: Allow<'_>,
+    ) -> Vec<Vec<Hit>> {
         let floats = crate::io::f32_cow(codes);
         let base =
             VectorsRef::new(self.dim, &floats).expect("invariant: flat codes hold dim floats each");
-        crate::kernels::exact_search(base, queries, self.metric, k)
+        crate::kernels::exact_search_allowing(base, queries, self.metric, k, allow)
     }
 }

@@ -47,7 +47,7 @@ pub use spec::{EncoderSpec, QuantizerSpec, TransformSpec, MAX_SPEC_DIM};
 use crate::distance::Metric;
 use crate::error::{Error, Result};
 use crate::rows::{ListLayout, ListsRef, Run};
-use crate::topk::{Hit, TopK};
+use crate::topk::{Allow, Hit, TopK};
 use crate::vectors::{Vectors, VectorsRef};
 use rayon::prelude::*;
 
@@ -111,15 +111,21 @@ pub trait Quantizer: Send + Sync {
     }
     /// Distance from a prepared query to one code.
     fn distance(&self, q: &Self::Query, code: &[u8]) -> f32;
-    /// First stage: the best `k` of all `codes` (`code_len()` bytes each) for every
-    /// transformed query. Quantizers with a faster kernel than one `distance` per code
+    /// First stage: the best `k` of the `codes` (`code_len()` bytes each) `allow` allows for
+    /// every transformed query. Quantizers with a faster kernel than one `distance` per code
     /// override it.
-    fn scan(&self, queries: VectorsRef<'_>, codes: &[u8], k: usize) -> Vec<Vec<Hit>>
+    fn scan(
+        &self,
+        queries: VectorsRef<'_>,
+        codes: &[u8],
+        k: usize,
+        allow: Allow<'_>,
+    ) -> Vec<Vec<Hit>>
     where
         Self: Sized,
     {
         let qs = self.prepare_batch(queries);
-        scan::scan_codes(self, &qs, codes, k)
+        scan::scan_codes(self, &qs, codes, k, allow)
     }
     /// Bytes a list of `n` codes takes in the quantizer's list layout (for its blocked list
     /// kernel, [`Quantizer::scan_run`]); 0 (the default) when it has none and scores one code
@@ -170,7 +176,7 @@ pub trait Quantizer: Send + Sync {
     /// A partitioned first stage for a batch of transformed queries: the best `keep` codes of
     /// query `i`'s lists `probes[i * np..(i + 1) * np]`, `adds[i * np + j]` added to the
     /// distances in its j-th list (the residual lists' centroid term; zeros otherwise), ties
-    /// by id.
+    /// by id; only rows `allow` allows (list ids are the rows it is asked about).
     /// The default prepares the queries in groups and scans each group list by list with
     /// [`Quantizer::scan_run`] (`scan::scan_lists_grouped`); the same hits.
     #[allow(clippy::too_many_arguments)]
@@ -183,11 +189,12 @@ pub trait Quantizer: Send + Sync {
         np: usize,
         adds: &[f32],
         keep: usize,
+        allow: Allow<'_>,
     ) -> Vec<Vec<Hit>>
     where
         Self: Sized,
     {
-        scan::scan_lists_grouped(self, tq, codes, lists, probes, np, adds, keep)
+        scan::scan_lists_grouped(self, tq, codes, lists, probes, np, adds, keep, allow)
     }
 }
 
@@ -485,9 +492,15 @@ impl AnyQuantizer {
     pub fn encode_batch(&self, x: VectorsRef<'_>, out: &mut [u8]) {
         with_quantizer!(self, q => q.encode_batch(x, out))
     }
-    /// First-stage scan of `codes` for transformed queries.
-    pub fn scan(&self, queries: VectorsRef<'_>, codes: &[u8], k: usize) -> Vec<Vec<Hit>> {
-        with_quantizer!(self, q => q.scan(queries, codes, k))
+    /// First-stage scan of `codes` (those `allow` allows) for transformed queries.
+    pub fn scan(
+        &self,
+        queries: VectorsRef<'_>,
+        codes: &[u8],
+        k: usize,
+        allow: Allow<'_>,
+    ) -> Vec<Vec<Hit>> {
+        with_quantizer!(self, q => q.scan(queries, codes, k, allow))
     }
 }
 

@@ -240,7 +240,13 @@ mod tests {
                     crate::distance::l2sq(x, &dec)
                 })
                 .sum();
-            let hits = crate::encode::scan::scan_encoded(&enc, &codes, queries, 10);
+            let hits = crate::encode::scan::scan_encoded(
+                &enc,
+                &codes,
+                queries,
+                10,
+                crate::topk::Allow::ALL,
+            );
             let truth = crate::kernels::exact_search(base, queries, Metric::L2, 10);
             (err, crate::eval::recall_at_k(&hits, &truth, 10))
         };

@@ -15,7 +15,7 @@ use super::sign::table_distance;
 use super::{Quantizer, Tensor, TensorSource};
 use crate::distance::{dot, Metric};
 use crate::error::{invalid, Result};
-use crate::topk::Hit;
+use crate::topk::{Allow, Hit};
 use crate::vectors::{Vectors, VectorsRef};
 use rand::seq::index::sample;
 use rand::{Rng, SeedableRng};
@@ -475,8 +475,14 @@ impl Quantizer for PqQuantizer {
     fn distance(&self, q: &Vec<[f32; 256]>, code: &[u8]) -> f32 {
         table_distance(q, code)
     }
-    fn scan(&self, queries: VectorsRef<'_>, codes: &[u8], k: usize) -> Vec<Vec<Hit>> {
-        crate::encode::scan::scan_tables(self, queries, codes, k)
+    fn scan(
+        &self,
+        queries: VectorsRef<'_>,
+        codes: &[u8],
+        k: usize,
+        allow: Allow<'_>,
+    ) -> Vec<Vec<Hit>> {
+        crate::encode::scan::scan_tables(self, queries, codes, k, allow)
     }
 }
 
@@ -621,7 +627,13 @@ mod tests {
             let enc = Encoder::fit(&spec.parse().unwrap(), base.view(), Metric::Ip, 1).unwrap();
             assert_eq!(enc.code_len(), 16);
             let codes = enc.encode_batch(base.view()).unwrap();
-            let hits = crate::encode::scan::scan_encoded(&enc, &codes, queries.view(), 10);
+            let hits = crate::encode::scan::scan_encoded(
+                &enc,
+                &codes,
+                queries.view(),
+                10,
+                crate::topk::Allow::ALL,
+            );
             let truth = crate::kernels::exact_search(base.view(), queries.view(), Metric::Ip, 10);
             crate::eval::recall_at_k(&hits, &truth, 10)
         };

@@ -21,7 +21,7 @@ use super::{Quantizer, Tensor, TensorSource};
 use crate::distance::{dot, Metric};
 use crate::error::{invalid, Result};
 use crate::rows::{ListLayout, ListsRef};
-use crate::topk::{Hit, TopK};
+use crate::topk::{Allow, Hit, TopK};
 use crate::vectors::VectorsRef;
 use rayon::prelude::*;
 
@@ -269,9 +269,15 @@ impl Quantizer for Pq4Quantizer {
     fn distance(&self, q: &Pq4Query, code: &[u8]) -> f32 {
         pq4_distance(q, code)
     }
-    fn scan(&self, queries: VectorsRef<'_>, codes: &[u8], k: usize) -> Vec<Vec<Hit>> {
+    fn scan(
+        &self,
+        queries: VectorsRef<'_>,
+        codes: &[u8],
+        k: usize,
+        allow: Allow<'_>,
+    ) -> Vec<Vec<Hit>> {
         let qs = self.prepare_batch(queries);
-        scan_pq4(&qs, codes, self.code_len(), k, crate::simd::avx2())
+        scan_pq4(&qs, codes, self.code_len(), k, crate::simd::avx2(), allow)
     }
     fn laid_list_bytes(&self, n: usize) -> usize {
         laid_bytes(n, self.code_len())
@@ -288,8 +294,9 @@ impl Quantizer for Pq4Quantizer {
         np: usize,
         adds: &[f32],
         keep: usize,
+        allow: Allow<'_>,
     ) -> Vec<Vec<Hit>> {
-        scan_lists_batch_fast(self, tq, codes, lists, probes, np, adds, keep)
+        scan_lists_batch_fast(self, tq, codes, lists, probes, np, adds, keep, allow)
     }
 }
 
@@ -362,10 +369,11 @@ pub(crate) fn scan_lists_batch_fast<Q: Quantizer<Query = Pq4Query>>(
     np: usize,
     adds: &[f32],
     keep: usize,
+    allow: Allow<'_>,
 ) -> Vec<Vec<Hit>> {
     let Some(layout) = lists.layout else {
         return crate::encode::scan::scan_lists_grouped(
-            q, tq, codes, lists, probes, np, adds, keep,
+            q, tq, codes, lists, probes, np, adds, keep, allow,
         );
     };
     let cl = q.code_len();
@@ -387,6 +395,7 @@ pub(crate) fn scan_lists_batch_fast<Q: Quantizer<Query = Pq4Query>>(
                 &adds[r],
                 keep,
                 wide,
+                allow,
             )
         })
         .collect()
@@ -405,13 +414,18 @@ pub(crate) fn scan_group_lists(
     adds: &[f32],
     keep: usize,
     wide: bool,
+    allow: Allow<'_>,
 ) -> Vec<Vec<Hit>> {
     #[cfg(target_arch = "x86_64")]
     if wide {
         // SAFETY: `wide` is only true when the CPU has AVX2 (`simd::avx2()`).
-        return unsafe { scan_group_lists_avx2(group, layout, cl, lists, probes, np, adds, keep) };
+        return unsafe {
+            scan_group_lists_avx2(group, layout, cl, lists, probes, np, adds, keep, allow)
+        };
     }
-    scan_group_lists_body(group, layout, cl, lists, probes, np, adds, keep, false)
+    scan_group_lists_body(
+        group, layout, cl, lists, probes, np, adds, keep, false, allow,
+    )
 }
 
 /// [`scan_group_lists_body`] compiled with AVX2.
@@ -430,8 +444,11 @@ unsafe fn scan_group_lists_avx2(
     np: usize,
     adds: &[f32],
     keep: usize,
+    allow: Allow<'_>,
 ) -> Vec<Vec<Hit>> {
-    scan_group_lists_body(group, layout, cl, lists, probes, np, adds, keep, true)
+    scan_group_lists_body(
+        group, layout, cl, lists, probes, np, adds, keep, true, allow,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -446,10 +463,14 @@ fn scan_group_lists_body(
     adds: &[f32],
     keep: usize,
     wide: bool,
+    allow: Allow<'_>,
 ) -> Vec<Vec<Hit>> {
     let crate::encode::scan::ListRuns { items, runs } =
         crate::encode::scan::ListRuns::new(probes, np);
-    let mut tops: Vec<TopK> = group.iter().map(|_| TopK::new(keep.max(1))).collect();
+    let mut tops: Vec<TopK> = group
+        .iter()
+        .map(|_| TopK::allowing(keep.max(1), allow))
+        .collect();
     let (mut sa, mut sb) = ([0u16; 32], [0u16; 32]);
     for &(_, a, b) in &runs {
         let l = items[a].0 as usize;
@@ -520,20 +541,29 @@ pub(crate) fn scan_pq4(
     cl: usize,
     k: usize,
     wide: bool,
+    allow: Allow<'_>,
 ) -> Vec<Vec<Hit>> {
     let n = codes.len() / cl.max(1);
     let k = k.min(n).max(1);
     crate::kernels::sharded(n, qs.len(), k, |a, b| {
         let codes = &codes[a * cl..b * cl];
+        let allow = allow.shifted(a as u32);
         let qb = crate::kernels::query_block(qs.len());
         qs.par_chunks(qb)
-            .flat_map_iter(|group| scan_group(group, codes, cl, k, wide))
+            .flat_map_iter(|group| scan_group(group, codes, cl, k, wide, allow))
             .collect()
     })
 }
 
-fn scan_group(group: &[Pq4Query], codes: &[u8], cl: usize, k: usize, wide: bool) -> Vec<Vec<Hit>> {
-    let mut tops: Vec<TopK> = group.iter().map(|_| TopK::new(k)).collect();
+fn scan_group(
+    group: &[Pq4Query],
+    codes: &[u8],
+    cl: usize,
+    k: usize,
+    wide: bool,
+    allow: Allow<'_>,
+) -> Vec<Vec<Hit>> {
+    let mut tops: Vec<TopK> = group.iter().map(|_| TopK::allowing(k, allow)).collect();
     let mut tb = vec![0u8; CHUNK * cl];
     for (ci, chunk) in codes.chunks(CHUNK * cl).enumerate() {
         let nc = chunk.len() / cl;
@@ -882,11 +912,15 @@ mod tests {
             let mut codes = vec![0u8; 5000 * cl];
             q.encode_batch(base.view(), &mut codes);
             let prepared = q.prepare_batch(queries.view());
-            let generic = crate::encode::scan::scan_codes(&q, &prepared, &codes, 50);
-            let scalar = scan_pq4(&prepared, &codes, cl, 50, false);
+            let generic =
+                crate::encode::scan::scan_codes(&q, &prepared, &codes, 50, crate::topk::Allow::ALL);
+            let scalar = scan_pq4(&prepared, &codes, cl, 50, false, crate::topk::Allow::ALL);
             assert_eq!(scalar, generic, "pq{m}x4 {metric}");
             if crate::simd::avx2() {
-                assert_eq!(scan_pq4(&prepared, &codes, cl, 50, true), generic);
+                assert_eq!(
+                    scan_pq4(&prepared, &codes, cl, 50, true, crate::topk::Allow::ALL),
+                    generic
+                );
             }
             // the quantized distance is near the float table distance
             for (p, y) in prepared.iter().zip(queries.view().rows()) {
@@ -953,12 +987,32 @@ mod tests {
                 // one query: a group of one
                 let one = std::slice::from_ref(&p);
                 let np = probes.len();
-                let scalar =
-                    scan_group_lists(one, &layout, cl, laid, &probes, np, &add, keep, false);
+                let scalar = scan_group_lists(
+                    one,
+                    &layout,
+                    cl,
+                    laid,
+                    &probes,
+                    np,
+                    &add,
+                    keep,
+                    false,
+                    crate::topk::Allow::ALL,
+                );
                 assert_eq!(scalar, [want.clone()], "query {qi}, keep {keep}");
                 if crate::simd::avx2() {
-                    let wide =
-                        scan_group_lists(one, &layout, cl, laid, &probes, np, &add, keep, true);
+                    let wide = scan_group_lists(
+                        one,
+                        &layout,
+                        cl,
+                        laid,
+                        &probes,
+                        np,
+                        &add,
+                        keep,
+                        true,
+                        crate::topk::Allow::ALL,
+                    );
                     assert_eq!(wide, [want.clone()], "query {qi}, keep {keep}");
                 }
             }
@@ -995,12 +1049,43 @@ mod tests {
                     )
                 })
                 .collect();
-            let scalar = scan_group_lists(&ps, &layout, cl, laid, &probes, np, &adds, keep, false);
+            let scalar = scan_group_lists(
+                &ps,
+                &layout,
+                cl,
+                laid,
+                &probes,
+                np,
+                &adds,
+                keep,
+                false,
+                crate::topk::Allow::ALL,
+            );
             assert_eq!(scalar, want, "keep {keep}");
-            let batch = q.scan_lists_batch(queries.view(), &codes, laid, &probes, np, &adds, keep);
+            let batch = q.scan_lists_batch(
+                queries.view(),
+                &codes,
+                laid,
+                &probes,
+                np,
+                &adds,
+                keep,
+                crate::topk::Allow::ALL,
+            );
             assert_eq!(batch, want, "keep {keep}");
             if crate::simd::avx2() {
-                let wide = scan_group_lists(&ps, &layout, cl, laid, &probes, np, &adds, keep, true);
+                let wide = scan_group_lists(
+                    &ps,
+                    &layout,
+                    cl,
+                    laid,
+                    &probes,
+                    np,
+                    &adds,
+                    keep,
+                    true,
+                    crate::topk::Allow::ALL,
+                );
                 assert_eq!(wide, want, "keep {keep}");
             }
         }
@@ -1014,7 +1099,13 @@ mod tests {
             let e =
                 crate::Encoder::fit(&spec.parse().unwrap(), base.view(), Metric::L2, 1).unwrap();
             let codes = e.encode_batch(base.view()).unwrap();
-            let hits = crate::encode::scan::scan_encoded(&e, &codes, queries.view(), 10);
+            let hits = crate::encode::scan::scan_encoded(
+                &e,
+                &codes,
+                queries.view(),
+                10,
+                crate::topk::Allow::ALL,
+            );
             crate::eval::recall_at_k(&hits, &truth, 10)
         };
         let (r4, r8) = (recall("pq16x4"), recall("pq8"));

@@ -31,7 +31,11 @@ use super::{Pq4Query, Quantizer, Tensor, TensorSource};
 use crate::distance::{dot, Metric};
 use crate::error::{invalid, Error, Result};
 use crate::rows::Run;
-use crate::topk::{Hit, TopK};
+use crate::topk::{Allow, Hit, TopK};
+
+/// Runs of codes scanned together: `(codes, ids, offset)`, `ids[j]` naming code `j` of the run
+/// (`None`: `j`) and `offset` added to its estimates.
+pub type CodeRuns<'a> = [(&'a [u8], Option<&'a [u32]>, f32)];
 use crate::vectors::VectorsRef;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -278,23 +282,24 @@ impl RabitqQuantizer {
 
     /// Per query: the codes whose lower bound is at most the `k`-th smallest upper bound
     /// (every code that can still be in the true top `k`, with the confidence `eps0` gives),
-    /// sorted by estimate.
+    /// sorted by estimate; only codes `allow` allows.
     pub fn scan_bound(
         &self,
         queries: VectorsRef<'_>,
         codes: &[u8],
         k: usize,
         eps0: f32,
+        allow: Allow<'_>,
     ) -> Vec<Vec<Hit>> {
         self.in_groups(queries, |qs| {
             if !self.fast_scan() {
                 return qs
                     .iter()
-                    .map(|p| bound_scan(self, p, &[(codes, None, 0.0)], k, eps0))
+                    .map(|p| bound_scan(self, p, &[(codes, None, 0.0)], k, eps0, allow))
                     .collect();
             }
             let refs: Vec<&RabitqQuery> = qs.iter().collect();
-            self.bound_fast(&refs, &[(codes, None, 0.0)], k, eps0)
+            self.bound_fast(&refs, &[(codes, None, 0.0)], k, eps0, allow)
         })
     }
 
@@ -339,7 +344,7 @@ impl RabitqQuantizer {
     fn fast_visit(
         &self,
         qs: &[&RabitqQuery],
-        parts: &[(&[u8], Option<&[u32]>, f32)],
+        parts: &CodeRuns<'_>,
         mut visit: impl FnMut(usize, u32, f32, &[u8]),
     ) {
         let (cl, cp) = (self.code_len(), self.bits * self.plane_len());
@@ -377,18 +382,19 @@ impl RabitqQuantizer {
 
     /// [`RabitqQuantizer::scan_bound`] for one prepared query over several runs of codes:
     /// `(codes, ids, offset)`, `ids[j]` naming code `j` of the run (`None`: `j`) and `offset`
-    /// added to its estimates (a residual list's `-<q, mean>`).
+    /// added to its estimates (a residual list's `-<q, mean>`); only ids `allow` allows.
     pub fn bound_lists(
         &self,
         p: &RabitqQuery,
-        parts: &[(&[u8], Option<&[u32]>, f32)],
+        parts: &CodeRuns<'_>,
         k: usize,
         eps0: f32,
+        allow: Allow<'_>,
     ) -> Vec<Hit> {
         if p.fast.is_none() {
-            return bound_scan(self, p, parts, k, eps0);
+            return bound_scan(self, p, parts, k, eps0, allow);
         }
-        self.bound_fast(&[p], parts, k, eps0)
+        self.bound_fast(&[p], parts, k, eps0, allow)
             .pop()
             .expect("one query")
     }
@@ -398,16 +404,17 @@ impl RabitqQuantizer {
     fn bound_fast(
         &self,
         qs: &[&RabitqQuery],
-        parts: &[(&[u8], Option<&[u32]>, f32)],
+        parts: &CodeRuns<'_>,
         k: usize,
         eps0: f32,
+        allow: Allow<'_>,
     ) -> Vec<Vec<Hit>> {
         let at = self.bits * self.plane_len();
         let margins: Vec<f32> = qs
             .iter()
             .map(|p| self.rounding_margin(p.fast.as_ref().expect("invariant: fast tables")))
             .collect();
-        let mut sets: Vec<BoundSet> = qs.iter().map(|_| BoundSet::new(k)).collect();
+        let mut sets: Vec<BoundSet> = qs.iter().map(|_| BoundSet::new(k, allow)).collect();
         self.fast_visit(qs, parts, |qi, id, d, code| {
             let f = f32::from_le_bytes(code[at..at + 4].try_into().expect("4 bytes"));
             let e = eps0 * self.error_bound(qs[qi], code) + f.abs() * margins[qi];
@@ -418,22 +425,28 @@ impl RabitqQuantizer {
 }
 
 /// The codes one query's bound keeps: the `k` smallest upper bounds so far, and every code
-/// whose lower bound reached the k-th of them when it was seen (cut again at the end).
-struct BoundSet {
-    upper: TopK,
+/// whose lower bound reached the k-th of them when it was seen (cut again at the end); only
+/// ids `allow` allows.
+struct BoundSet<'a> {
+    upper: TopK<'a>,
     cand: Vec<(Hit, f32)>,
+    allow: Allow<'a>,
 }
 
-impl BoundSet {
-    fn new(k: usize) -> Self {
+impl<'a> BoundSet<'a> {
+    fn new(k: usize, allow: Allow<'a>) -> Self {
         BoundSet {
             upper: TopK::new(k.max(1)),
             cand: Vec::new(),
+            allow,
         }
     }
     /// A code with estimate `d` and error bound `e`.
     #[inline(always)]
     fn offer(&mut self, id: u32, d: f32, e: f32) {
+        if !self.allow.contains(id) {
+            return;
+        }
         if d + e < self.upper.threshold() {
             self.upper.push(id, d + e);
         }
@@ -459,12 +472,13 @@ crate::simd::twin! { [bound_scan_baseline, bound_scan_avx2]
 fn bound_scan(
     q: &RabitqQuantizer,
     p: &RabitqQuery,
-    parts: &[(&[u8], Option<&[u32]>, f32)],
+    parts: &CodeRuns<'_>,
     k: usize,
     eps0: f32,
+    allow: Allow<'_>,
 ) -> Vec<Hit> {
     let cl = q.code_len();
-    let mut set = BoundSet::new(k);
+    let mut set = BoundSet::new(k, allow);
     for &(codes, ids, off) in parts {
         for (j, c) in codes.chunks_exact(cl).enumerate() {
             let d = q.distance(p, c) + off;
@@ -546,15 +560,21 @@ impl Quantizer for RabitqQuantizer {
     /// The fast-scan kernel for codes whose planes fit it (8-bit tables: estimates within
     /// [`RabitqQuantizer::rounding_margin`]-sized rounding of the exact table sums, so rerank
     /// after it), else one table distance per code.
-    fn scan(&self, queries: VectorsRef<'_>, codes: &[u8], k: usize) -> Vec<Vec<Hit>> {
+    fn scan(
+        &self,
+        queries: VectorsRef<'_>,
+        codes: &[u8],
+        k: usize,
+        allow: Allow<'_>,
+    ) -> Vec<Vec<Hit>> {
         if !self.fast_scan() {
             let qs = self.prepare_batch(queries);
-            return crate::encode::scan::scan_codes(self, &qs, codes, k);
+            return crate::encode::scan::scan_codes(self, &qs, codes, k, allow);
         }
         let n = codes.len() / self.code_len();
         let k = k.min(n).max(1);
         self.in_groups(queries, |group| {
-            let mut tops: Vec<TopK> = group.iter().map(|_| TopK::new(k)).collect();
+            let mut tops: Vec<TopK> = group.iter().map(|_| TopK::allowing(k, allow)).collect();
             let refs: Vec<&RabitqQuery> = group.iter().collect();
             self.fast_visit(&refs, &[(codes, None, 0.0)], |qi, id, d, _| {
                 if d <= tops[qi].threshold() {
@@ -759,7 +779,7 @@ mod tests {
         for metric in [Metric::Ip, Metric::L2] {
             let (q, codes) = fit(2, metric, base.view());
             let truth = crate::kernels::exact_search(base.view(), queries.view(), metric, 10);
-            let cands = q.scan_bound(queries.view(), &codes, 10, 3.5);
+            let cands = q.scan_bound(queries.view(), &codes, 10, 3.5, Allow::ALL);
             let (mut found, mut kept) = (0, 0);
             for (c, t) in cands.iter().zip(&truth) {
                 kept += c.len();
@@ -815,9 +835,10 @@ mod tests {
         for (bits, metric) in [(1, Metric::Ip), (2, Metric::L2), (1, Metric::L2)] {
             let (q, codes) = fit(bits, metric, base.view());
             assert!(q.fast_scan());
-            let fast = q.scan(queries.view(), &codes, 10);
+            let fast = q.scan(queries.view(), &codes, 10, crate::topk::Allow::ALL);
             let qs = q.prepare_batch(queries.view());
-            let slow = crate::encode::scan::scan_codes(&q, &qs, &codes, 10);
+            let slow =
+                crate::encode::scan::scan_codes(&q, &qs, &codes, 10, crate::topk::Allow::ALL);
             let same = fast
                 .iter()
                 .zip(&slow)

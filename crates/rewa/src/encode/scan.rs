@@ -7,23 +7,25 @@
 use super::{Encoder, Quantizer};
 use crate::distance::hamming;
 use crate::error::Result;
-use crate::kernels::{query_block, scan_hamming, sharded};
+use crate::kernels::{query_block, scan_hamming_with, sharded};
 use crate::rows::{ListsRef, Run};
 use crate::simd::twin;
-use crate::topk::{Hit, TopK};
+use crate::topk::{Allow, Hit, TopK};
 use crate::vectors::VectorsRef;
 use rayon::prelude::*;
 
-/// Top-`k` of every query over `codes` written by `enc` (`enc.code_len()` bytes each): the
-/// queries are transformed, prepared for the quantizer, and scanned with its kernel.
+/// Top-`k` of every query over `codes` written by `enc` (`enc.code_len()` bytes each; only
+/// rows `allow` allows): the queries are transformed, prepared for the quantizer, and
+/// scanned with its kernel.
 pub fn scan_encoded(
     enc: &Encoder,
     codes: &[u8],
     queries: VectorsRef<'_>,
     k: usize,
+    allow: Allow<'_>,
 ) -> Vec<Vec<Hit>> {
     let tq = enc.transform_batch(queries);
-    enc.quantizer().scan(tq.view(), codes, k)
+    enc.quantizer().scan(tq.view(), codes, k, allow)
 }
 
 /// A scan with table queries (`asign`, `pq`): a prepared query is `code_len` tables of 256
@@ -34,6 +36,7 @@ pub(crate) fn scan_tables<Q: Quantizer<Query = Vec<[f32; 256]>>>(
     tq: VectorsRef<'_>,
     codes: &[u8],
     k: usize,
+    allow: Allow<'_>,
 ) -> Vec<Vec<Hit>> {
     let d = tq.dim();
     tq.as_slice()
@@ -45,23 +48,31 @@ pub(crate) fn scan_tables<Q: Quantizer<Query = Vec<[f32; 256]>>>(
                     q.prepare_batch(VectorsRef::new(d, c).expect("invariant: whole rows"))
                 })
                 .collect();
-            scan_codes(q, &qs, codes, k)
+            scan_codes(q, &qs, codes, k, allow)
         })
         .collect()
 }
 
-/// First-stage scan of `codes` (`code_len` bytes each) for many prepared queries; a few
-/// queries over a large base split the base between threads (see `sharded`).
+/// First-stage scan of `codes` (`code_len` bytes each; only rows `allow` allows) for many
+/// prepared queries; a few queries over a large base split the base between threads (see
+/// `sharded`).
 pub fn scan_codes<Q: Quantizer>(
     quantizer: &Q,
     queries: &[Q::Query],
     codes: &[u8],
     k: usize,
+    allow: Allow<'_>,
 ) -> Vec<Vec<Hit>> {
     let cl = quantizer.code_len();
     let n = codes.len() / cl;
     sharded(n, queries.len(), k.min(n).max(1), |a, b| {
-        scan_codes_serial(quantizer, queries, &codes[a * cl..b * cl], k)
+        scan_codes_serial(
+            quantizer,
+            queries,
+            &codes[a * cl..b * cl],
+            k,
+            allow.shifted(a as u32),
+        )
     })
 }
 
@@ -70,6 +81,7 @@ fn scan_codes_serial<Q: Quantizer>(
     queries: &[Q::Query],
     codes: &[u8],
     k: usize,
+    allow: Allow<'_>,
 ) -> Vec<Vec<Hit>> {
     let cl = quantizer.code_len();
     let n = codes.len() / cl;
@@ -77,7 +89,7 @@ fn scan_codes_serial<Q: Quantizer>(
     let qb = query_block(queries.len());
     queries
         .par_chunks(qb)
-        .flat_map_iter(|qs| scan_block(quantizer, qs, codes, k))
+        .flat_map_iter(|qs| scan_block(quantizer, qs, codes, k, allow))
         .collect()
 }
 
@@ -89,10 +101,11 @@ pub(crate) fn scan_block<Q: Quantizer>(
     qs: &[Q::Query],
     codes: &[u8],
     k: usize,
+    allow: Allow<'_>,
 ) -> Vec<Vec<Hit>> {
     let cl = quantizer.code_len();
     let block = ((128 << 10) / cl).max(16);
-    let mut tops: Vec<TopK> = qs.iter().map(|_| TopK::new(k)).collect();
+    let mut tops: Vec<TopK> = qs.iter().map(|_| TopK::allowing(k, allow)).collect();
     for (bi, bc) in codes.chunks(block * cl).enumerate() {
         let off = bi * block;
         for (q, top) in qs.iter().zip(tops.iter_mut()) {
@@ -167,6 +180,7 @@ pub(crate) fn scan_lists_grouped<Q: Quantizer>(
     np: usize,
     adds: &[f32],
     keep: usize,
+    allow: Allow<'_>,
 ) -> Vec<Vec<Hit>> {
     let d = tq.dim().max(1);
     let cl = q.code_len();
@@ -177,7 +191,10 @@ pub(crate) fn scan_lists_grouped<Q: Quantizer>(
             let group = q.prepare_batch(VectorsRef::new(tq.dim(), rows).expect("whole rows"));
             let r = gi * LIST_GROUP * np..(gi * LIST_GROUP + group.len()) * np;
             let (probes, adds) = (&probes[r.clone()], &adds[r]);
-            let mut tops: Vec<TopK> = group.iter().map(|_| TopK::new(keep.max(1))).collect();
+            let mut tops: Vec<TopK> = group
+                .iter()
+                .map(|_| TopK::allowing(keep.max(1), allow))
+                .collect();
             let lr = ListRuns::new(probes, np);
             for &(_, a, b) in &lr.runs {
                 let l = lr.items[a].0 as usize;
@@ -246,27 +263,41 @@ pub(crate) fn scan_lists_codes<Q: Quantizer>(
 }
 }
 
-/// Hamming scan for any code length, choosing an unrolled kernel where one exists; a few
-/// queries over a large base split the base between threads.
-pub fn scan_sign(queries: &[Vec<u8>], codes: &[u8], code_len: usize, k: usize) -> Vec<Vec<Hit>> {
+/// Hamming scan for any code length (only rows `allow` allows), choosing an unrolled kernel
+/// where one exists; a few queries over a large base split the base between threads.
+pub fn scan_sign(
+    queries: &[Vec<u8>],
+    codes: &[u8],
+    code_len: usize,
+    k: usize,
+    allow: Allow<'_>,
+) -> Vec<Vec<Hit>> {
     let n = codes.len() / code_len.max(1);
     sharded(n, queries.len(), k, |a, b| {
-        scan_sign_serial(queries, &codes[a * code_len..b * code_len], code_len, k)
+        let codes = &codes[a * code_len..b * code_len];
+        scan_sign_serial(queries, codes, code_len, k, allow.shifted(a as u32))
     })
 }
 
-fn scan_sign_serial(queries: &[Vec<u8>], codes: &[u8], code_len: usize, k: usize) -> Vec<Vec<Hit>> {
+fn scan_sign_serial(
+    queries: &[Vec<u8>],
+    codes: &[u8],
+    code_len: usize,
+    k: usize,
+    allow: Allow<'_>,
+) -> Vec<Vec<Hit>> {
+    let kernel = crate::kernels::hamming_kernel();
     match code_len / 8 {
-        1 => scan_hamming::<1>(queries, codes, k),
-        2 => scan_hamming::<2>(queries, codes, k),
-        3 => scan_hamming::<3>(queries, codes, k),
-        4 => scan_hamming::<4>(queries, codes, k),
-        6 => scan_hamming::<6>(queries, codes, k),
-        8 => scan_hamming::<8>(queries, codes, k),
-        12 => scan_hamming::<12>(queries, codes, k),
-        16 => scan_hamming::<16>(queries, codes, k),
-        24 => scan_hamming::<24>(queries, codes, k),
-        32 => scan_hamming::<32>(queries, codes, k),
+        1 => scan_hamming_with::<1>(queries, codes, k, kernel, allow),
+        2 => scan_hamming_with::<2>(queries, codes, k, kernel, allow),
+        3 => scan_hamming_with::<3>(queries, codes, k, kernel, allow),
+        4 => scan_hamming_with::<4>(queries, codes, k, kernel, allow),
+        6 => scan_hamming_with::<6>(queries, codes, k, kernel, allow),
+        8 => scan_hamming_with::<8>(queries, codes, k, kernel, allow),
+        12 => scan_hamming_with::<12>(queries, codes, k, kernel, allow),
+        16 => scan_hamming_with::<16>(queries, codes, k, kernel, allow),
+        24 => scan_hamming_with::<24>(queries, codes, k, kernel, allow),
+        32 => scan_hamming_with::<32>(queries, codes, k, kernel, allow),
         _ => {
             struct H(usize);
             impl Quantizer for H {
@@ -286,7 +317,7 @@ fn scan_sign_serial(queries: &[Vec<u8>], codes: &[u8], code_len: usize, k: usize
                     hamming(q, c) as f32
                 }
             }
-            scan_codes(&H(code_len), queries, codes, k)
+            scan_codes(&H(code_len), queries, codes, k, allow)
         }
     }
 }
@@ -306,7 +337,7 @@ mod tests {
             let qs: Vec<Vec<u8>> = (0..9)
                 .map(|_| (0..cl).map(|_| rng.random()).collect())
                 .collect();
-            let fast = scan_sign(&qs, &codes, cl, 20);
+            let fast = scan_sign(&qs, &codes, cl, 20, Allow::ALL);
             for (q, f) in qs.iter().zip(&fast) {
                 let want = rerank(0..5000u32, 20, |i| {
                     hamming(q, &codes[i as usize * cl..(i as usize + 1) * cl]) as f32

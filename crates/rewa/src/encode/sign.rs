@@ -18,7 +18,7 @@ use crate::distance::Metric;
 use crate::error::Result;
 use crate::kernels::{hamming_run, layout_words};
 use crate::rows::Run;
-use crate::topk::{Hit, TopK};
+use crate::topk::{Allow, Hit, TopK};
 use crate::vectors::VectorsRef;
 
 /// Settings for [`SignQuantizer`].
@@ -111,9 +111,15 @@ impl Quantizer for SignQuantizer {
         crate::distance::hamming(q, code) as f32
     }
     /// Hamming scans with the popcount loop unrolled for the code length.
-    fn scan(&self, queries: VectorsRef<'_>, codes: &[u8], k: usize) -> Vec<Vec<Hit>> {
+    fn scan(
+        &self,
+        queries: VectorsRef<'_>,
+        codes: &[u8],
+        k: usize,
+        allow: Allow<'_>,
+    ) -> Vec<Vec<Hit>> {
         let qs: Vec<Vec<u8>> = queries.rows().map(|r| self.prepare(r)).collect();
-        crate::encode::scan::scan_sign(&qs, codes, self.code_len(), k)
+        crate::encode::scan::scan_sign(&qs, codes, self.code_len(), k, allow)
     }
     /// Each list word-major in groups of 8 codes (`kernels::layout_words`), for the list
     /// kernel's 8 codes per step; none for one-word codes, where one scalar `popcnt` per code
@@ -253,8 +259,14 @@ impl Quantizer for SignAsymQuantizer {
     fn distance(&self, q: &Vec<[f32; 256]>, code: &[u8]) -> f32 {
         table_distance(q, code)
     }
-    fn scan(&self, queries: VectorsRef<'_>, codes: &[u8], k: usize) -> Vec<Vec<Hit>> {
-        crate::encode::scan::scan_tables(self, queries, codes, k)
+    fn scan(
+        &self,
+        queries: VectorsRef<'_>,
+        codes: &[u8],
+        k: usize,
+        allow: Allow<'_>,
+    ) -> Vec<Vec<Hit>> {
+        crate::encode::scan::scan_tables(self, queries, codes, k, allow)
     }
 }
 
@@ -367,7 +379,13 @@ mod tests {
         let recall = |spec: &str| {
             let enc = Encoder::fit(&spec.parse().unwrap(), base.view(), Metric::Ip, 1).unwrap();
             let codes = enc.encode_batch(base.view()).unwrap();
-            let hits = crate::encode::scan::scan_encoded(&enc, &codes, queries.view(), 10);
+            let hits = crate::encode::scan::scan_encoded(
+                &enc,
+                &codes,
+                queries.view(),
+                10,
+                crate::topk::Allow::ALL,
+            );
             let truth = crate::kernels::exact_search(base.view(), queries.view(), Metric::Ip, 10);
             (codes, crate::eval::recall_at_k(&hits, &truth, 10))
         };

@@ -1171,11 +1171,16 @@ impl Index {
             .iter()
             .map(|st| Ok((self.scored(st)?, st.keep)))
             .collect::<Result<Vec<_>>>()?;
+        let filter = params
+            .filter
+            .as_ref()
+            .map(|f| f.without(&self.deleted, self.next_id() as u32));
         Ok(run_stages_counted(
             &stages,
             queries.view(),
             params.k,
             &self.deleted,
+            filter.as_ref(),
         ))
     }
 

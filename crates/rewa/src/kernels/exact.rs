@@ -4,7 +4,7 @@
 use super::{query_block, sharded};
 use crate::distance::Metric;
 use crate::simd::twin;
-use crate::topk::{Hit, TopK};
+use crate::topk::{Allow, Hit, TopK};
 use crate::vectors::VectorsRef;
 use rayon::prelude::*;
 
@@ -43,11 +43,30 @@ pub fn exact_search(
     metric: Metric,
     k: usize,
 ) -> Vec<Vec<Hit>> {
+    exact_search_allowing(base, queries, metric, k, Allow::ALL)
+}
+
+/// [`exact_search`] over the rows of `base` that `allow` allows.
+pub fn exact_search_allowing(
+    base: VectorsRef<'_>,
+    queries: VectorsRef<'_>,
+    metric: Metric,
+    k: usize,
+    allow: Allow<'_>,
+) -> Vec<Vec<Hit>> {
     sharded(
         base.len(),
         queries.len(),
         k.min(base.len()).max(1),
-        |a, b| exact_search_serial(base.slice(a, b), queries, metric, k),
+        |a, b| {
+            exact_search_serial(
+                base.slice(a, b),
+                queries,
+                metric,
+                k,
+                allow.shifted(a as u32),
+            )
+        },
     )
 }
 
@@ -56,6 +75,7 @@ fn exact_search_serial(
     queries: VectorsRef<'_>,
     metric: Metric,
     k: usize,
+    allow: Allow<'_>,
 ) -> Vec<Vec<Hit>> {
     debug_assert_eq!(base.dim(), queries.dim());
     let d = base.dim();
@@ -74,7 +94,7 @@ fn exact_search_serial(
                 .chunks_exact(d)
                 .map(|q| crate::distance::dot(q, q))
                 .collect();
-            let mut tops: Vec<TopK> = (0..nq).map(|_| TopK::new(k)).collect();
+            let mut tops: Vec<TopK> = (0..nq).map(|_| TopK::allowing(k, allow)).collect();
             let mut scores = vec![0f32; nq * BB];
             for (bi, bs) in base.as_slice().chunks(BB * d).enumerate() {
                 let nb = bs.len() / d;

@@ -3,7 +3,7 @@
 //! ([`HammingKernel`]), which give identical hits (tested here).
 
 use super::query_block;
-use crate::topk::{CountTop, Hit, TopK};
+use crate::topk::{Allow, CountTop, Hit, TopK};
 use rayon::prelude::*;
 
 /// Population count of one word as a single scalar `POPCNT`.
@@ -41,14 +41,18 @@ fn popcnt64(x: u64) -> u32 {
 /// scalar loop (one `popcnt` per word per code) is the reference twin and gives identical
 /// results (tested).
 pub fn scan_hamming<const W: usize>(queries: &[Vec<u8>], codes: &[u8], k: usize) -> Vec<Vec<Hit>> {
-    let kernel = if crate::simd::avx512_popcnt() {
+    scan_hamming_with::<W>(queries, codes, k, hamming_kernel(), Allow::ALL)
+}
+
+/// The fastest Hamming kernel this CPU has.
+pub fn hamming_kernel() -> HammingKernel {
+    if crate::simd::avx512_popcnt() {
         HammingKernel::Avx512
     } else if crate::simd::avx2() {
         HammingKernel::Avx2
     } else {
         HammingKernel::Scalar
-    };
-    scan_hamming_with::<W>(queries, codes, k, kernel)
+    }
 }
 
 /// The kernels of [`scan_hamming`].
@@ -63,13 +67,14 @@ pub enum HammingKernel {
     Avx512,
 }
 
-/// [`scan_hamming`] with the kernel chosen by the caller (which the CPU must have); for the
-/// tests and measurements that compare them.
+/// [`scan_hamming`] with the kernel chosen by the caller (which the CPU must have), over the
+/// rows `allow` allows.
 pub fn scan_hamming_with<const W: usize>(
     queries: &[Vec<u8>],
     codes: &[u8],
     k: usize,
     kernel: HammingKernel,
+    allow: Allow<'_>,
 ) -> Vec<Vec<Hit>> {
     let wide = kernel != HammingKernel::Scalar;
     let cl = W * 8;
@@ -84,8 +89,10 @@ pub fn scan_hamming_with<const W: usize>(
         .par_chunks(qb)
         .flat_map_iter(|qs| {
             let qw: Vec<[u64; W]> = qs.iter().map(|q| words(q)).collect();
-            let mut tops: Vec<CountTop> =
-                qs.iter().map(|_| CountTop::new(k, 64 * W as u32)).collect();
+            let mut tops: Vec<CountTop> = qs
+                .iter()
+                .map(|_| CountTop::allowing(k, 64 * W as u32, allow))
+                .collect();
             let mut tw: Vec<u64> = Vec::new();
             let mut dist: Vec<u16> = Vec::new();
             for (bi, bc) in codes.chunks(block * cl).enumerate() {
@@ -453,9 +460,21 @@ mod tests {
                 .map(|_| (0..W).flat_map(|_| word(false).to_le_bytes()).collect())
                 .collect();
             for k in [1, 10, 100, n + 5] {
-                let b = scan_hamming_with::<W>(&queries, &codes, k, HammingKernel::Scalar);
+                let b = scan_hamming_with::<W>(
+                    &queries,
+                    &codes,
+                    k,
+                    HammingKernel::Scalar,
+                    crate::topk::Allow::ALL,
+                );
                 for &kernel in kernels {
-                    let a = scan_hamming_with::<W>(&queries, &codes, k, kernel);
+                    let a = scan_hamming_with::<W>(
+                        &queries,
+                        &codes,
+                        k,
+                        kernel,
+                        crate::topk::Allow::ALL,
+                    );
                     assert_eq!(a, b, "{kernel:?}: W {W}, n {n}, k {k}");
                 }
             }

@@ -11,8 +11,10 @@
 mod exact;
 mod hamming;
 
-pub use exact::{brute_force, exact_search};
-pub use hamming::{hamming_run, layout_words, scan_hamming, scan_hamming_with, HammingKernel};
+pub use exact::{brute_force, exact_search, exact_search_allowing};
+pub use hamming::{
+    hamming_kernel, hamming_run, layout_words, scan_hamming, scan_hamming_with, HammingKernel,
+};
 
 use crate::topk::Hit;
 use rayon::prelude::*;

@@ -200,6 +200,7 @@ fn index_inputs() {
     };
     let index = Index::build(&spec, base.view()).unwrap();
     let p = SearchParams {
+        filter: None,
         k: 5,
         pipeline: None,
     };
@@ -220,6 +221,7 @@ fn index_inputs() {
         index.search(
             base.row(0),
             &SearchParams {
+                filter: None,
                 k: 0,
                 pipeline: None
             }
@@ -230,6 +232,7 @@ fn index_inputs() {
         index.search(
             base.row(0),
             &SearchParams {
+                filter: None,
                 k: 6,
                 pipeline: None
             }
@@ -242,6 +245,7 @@ fn index_inputs() {
         index.search(
             base.row(0),
             &SearchParams {
+                filter: None,
                 k: 5,
                 pipeline: Some(other)
             }

@@ -56,6 +56,7 @@ fn ids_and_model_survive_save_open_and_add() {
     assert_eq!(again.len(), 57);
     // the new rows find themselves, and their ids name them
     let params = rewa::SearchParams {
+        filter: None,
         k: 5,
         pipeline: None,
     };

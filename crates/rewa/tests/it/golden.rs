@@ -18,6 +18,7 @@ type Expected = Vec<Vec<(u32, f32)>>;
 fn search_all(index: &Index) -> Expected {
     let q = rewa::io::read_vectors(&fixture().join("queries.npy")).unwrap();
     let p = SearchParams {
+        filter: None,
         k: 5,
         pipeline: None,
     };

@@ -23,6 +23,7 @@ fn run(i: &Index, q: &Vectors, p: &str, k: usize) -> Vec<Vec<rewa::Hit>> {
     i.search_batch(
         q.view(),
         &SearchParams {
+            filter: None,
             k,
             pipeline: Some(p.parse().unwrap()),
         },
@@ -213,6 +214,7 @@ fn partition_errors_name_the_fix() {
         .search_batch(
             base.view().slice(0, 1),
             &SearchParams {
+                filter: None,
                 k: 10,
                 pipeline: Some("ivf16/2+flat:10".parse::<Pipeline>().unwrap()),
             },
@@ -294,6 +296,7 @@ fn tune_with_confidence_holds_on_held_out_queries() {
             .search_prepared(
                 &q,
                 &rewa::SearchParams {
+                    filter: None,
                     k: 10,
                     pipeline: Some(r.chosen().clone()),
                 },
@@ -381,6 +384,7 @@ fn held_out_recall(index: &Index, base: &Vectors, q: &Vectors, p: &Pipeline) -> 
         .search_prepared(
             &q,
             &SearchParams {
+                filter: None,
                 k: 10,
                 pipeline: Some(p.clone()),
             },

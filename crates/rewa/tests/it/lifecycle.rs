@@ -17,6 +17,7 @@ fn spec() -> IndexSpec {
 /// The ids of the exact nearest rows to `q`, best first.
 fn nearest(i: &Index, q: &[f32], k: usize) -> Vec<u32> {
     let p = SearchParams {
+        filter: None,
         k,
         pipeline: Some(format!("exact:{k}").parse().unwrap()),
     };

@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod doc_ids;
+mod filter;
 mod golden;
 mod ivf;
 mod lifecycle;

@@ -27,6 +27,7 @@ fn counted(i: &Index, q: &Vectors, p: &str) -> (Vec<Vec<rewa::Hit>>, Vec<usize>)
     i.search_counted(
         &metric.prepare(q.view()).unwrap(),
         &SearchParams {
+            filter: None,
             k: 10,
             pipeline: Some(p.parse().unwrap()),
         },

@@ -35,7 +35,14 @@ fn recall(d: &Data, metric: Metric, pipeline: &str, k: usize) -> f64 {
     };
     let index = Index::build(&spec, d.base.view()).unwrap();
     let got = index
-        .search_batch(d.queries.view(), &SearchParams { k, pipeline: None })
+        .search_batch(
+            d.queries.view(),
+            &SearchParams {
+                filter: None,
+                k,
+                pipeline: None,
+            },
+        )
         .unwrap();
     let (b, q) = prepared(d, metric);
     let truth = exact_search(b.view(), q.view(), metric, k);
@@ -111,6 +118,7 @@ fn exact_last_stage_with_keep_n_equals_brute_force() {
             .search_batch(
                 d.queries.view(),
                 &SearchParams {
+                    filter: None,
                     k: 10,
                     pipeline: None,
                 },
@@ -148,6 +156,7 @@ fn sign_codes_on_pm1_data_keep_exact_order() {
         .search_batch(
             queries.view(),
             &SearchParams {
+                filter: None,
                 k: 10,
                 pipeline: None,
             },
@@ -184,6 +193,7 @@ fn encoders_over_odd_dims() {
             .search(
                 base.row(3),
                 &SearchParams {
+                    filter: None,
                     k: 5,
                     pipeline: None,
                 },
@@ -219,11 +229,11 @@ fn single_query_sharded_scans_equal_batch_scans() {
         .collect();
     let qcodes: Vec<Vec<u8>> = (0..8).map(|i| codes[i * 8..i * 8 + 8].to_vec()).collect();
     pool.install(|| {
-        let batch = scan_sign(&qcodes, &codes, 8, 50);
+        let batch = scan_sign(&qcodes, &codes, 8, 50, rewa::search::Allow::ALL);
         let batch_exact = exact_search(base.view(), queries.view(), Metric::L2, 20);
         for i in 0..8 {
             assert_eq!(
-                scan_sign(&qcodes[i..i + 1], &codes, 8, 50)[0],
+                scan_sign(&qcodes[i..i + 1], &codes, 8, 50, rewa::search::Allow::ALL)[0],
                 batch[i],
                 "sign query {i}"
             );
@@ -236,10 +246,21 @@ fn single_query_sharded_scans_equal_batch_scans() {
         let enc = rewa::Encoder::fit(&spec.parse().unwrap(), base.view(), Metric::L2, 1).unwrap();
         let codes = enc.encode_batch(base.view()).unwrap();
         pool.install(|| {
-            let batch = rewa::search::scan_encoded(&enc, &codes, queries.view(), 30);
+            let batch = rewa::search::scan_encoded(
+                &enc,
+                &codes,
+                queries.view(),
+                30,
+                rewa::search::Allow::ALL,
+            );
             for i in 0..8 {
-                let one =
-                    rewa::search::scan_encoded(&enc, &codes, queries.view().slice(i, i + 1), 30);
+                let one = rewa::search::scan_encoded(
+                    &enc,
+                    &codes,
+                    queries.view().slice(i, i + 1),
+                    30,
+                    rewa::search::Allow::ALL,
+                );
                 assert_eq!(one[0], batch[i], "{spec} query {i}");
             }
         });

@@ -25,6 +25,7 @@ fn search(i: &Index, q: &Vectors) -> Vec<Vec<rewa::Hit>> {
     i.search_batch(
         q.view(),
         &SearchParams {
+            filter: None,
             k: 10,
             pipeline: None,
         },

@@ -34,6 +34,7 @@ fn search(i: &Index, q: &Vectors, p: &str, k: usize) -> Vec<Vec<Hit>> {
     i.search_batch(
         q.view(),
         &SearchParams {
+            filter: None,
             k,
             pipeline: Some(p.parse().unwrap()),
         },
@@ -264,6 +265,7 @@ fn deleted_ids_never_come_back_and_other_ids_stay() {
             .search(
                 gaussian(5, 24, 9).row(2),
                 &SearchParams {
+                    filter: None,
                     k: 1,
                     pipeline: Some("exact:1".parse().unwrap()),
                 },
@@ -326,6 +328,7 @@ fn corpus_ids_can_be_deleted_and_added_again() {
         .search(
             v.row(3),
             &SearchParams {
+                filter: None,
                 k: 1,
                 pipeline: Some("exact:1".parse().unwrap()),
             },
@@ -352,6 +355,7 @@ fn adds_after_a_compaction_never_reuse_deleted_ids() {
     let ids: Vec<String> = (0..10).map(|i| format!("doc{i}")).collect();
     let head = Metric::L2.prepare(v.view().slice(0, 10)).unwrap();
     let exact1 = SearchParams {
+        filter: None,
         k: 1,
         pipeline: Some("exact:1".parse().unwrap()),
     };

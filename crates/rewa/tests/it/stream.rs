@@ -13,6 +13,7 @@ fn search(i: &Index, q: &Vectors) -> Vec<Vec<Hit>> {
     i.search_batch(
         q.view(),
         &SearchParams {
+            filter: None,
             k: 10,
             pipeline: None,
         },
