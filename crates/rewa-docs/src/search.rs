@@ -1,0 +1,207 @@
+//! Dense, BM25 and hybrid search over an index and its documents, with a filter: the one flow
+//! the CLI, the server and Python call.
+
+use crate::{Docs, Error, Filter, Result};
+use rewa::{Hit, Index, Pipeline, Prepared, RowFilter, SearchParams};
+use std::sync::Arc;
+
+/// Reciprocal rank fusion's constant `k` by default: 60, as in Cormack, Clarke & Büttcher
+/// (SIGIR 2009), Elasticsearch and OpenSearch. Measured on SciFact (`results/`): nDCG@10 moved
+/// by under 0.005 between 20 and 100.
+pub const RRF_K: f32 = 60.0;
+
+/// Rows fetched from each side before a hybrid search fuses them (at least `k`).
+pub const HYBRID_DEPTH: usize = 100;
+
+/// How a query is matched.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Nearest vectors (the index's pipeline).
+    #[default]
+    Dense,
+    /// BM25 over the stored text.
+    Bm25,
+    /// Both, fused by reciprocal rank ([`rrf`]).
+    Hybrid,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Mode> {
+        match s {
+            "dense" => Ok(Mode::Dense),
+            "bm25" => Ok(Mode::Bm25),
+            "hybrid" => Ok(Mode::Hybrid),
+            _ => Err(Error::Invalid(format!(
+                "unknown mode {s:?} (dense, bm25 or hybrid)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Dense => "dense",
+            Mode::Bm25 => "bm25",
+            Mode::Hybrid => "hybrid",
+        })
+    }
+}
+
+/// A batch of queries.
+#[derive(Clone, Debug)]
+pub struct Query<'a> {
+    /// Hits per query.
+    pub k: usize,
+    /// How to match.
+    pub mode: Mode,
+    /// The dense pipeline (`None`: the index's).
+    pub pipeline: Option<Pipeline>,
+    /// Only rows this filter allows.
+    pub filter: Option<&'a Filter>,
+    /// The queries' vectors (dense and hybrid), prepared for the index's metric.
+    pub vectors: Option<&'a Prepared<'a>>,
+    /// The queries' texts (BM25 and hybrid), one per query.
+    pub texts: Option<&'a [String]>,
+    /// Reciprocal rank fusion's constant.
+    pub rrf_k: f32,
+}
+
+impl Default for Query<'_> {
+    fn default() -> Self {
+        Query {
+            k: 10,
+            mode: Mode::Dense,
+            pipeline: None,
+            filter: None,
+            vectors: None,
+            texts: None,
+            rrf_k: RRF_K,
+        }
+    }
+}
+
+/// Runs `q` over `index` and its documents. Dense hits carry the pipeline's distances; BM25
+/// hits `-score`; hybrid hits `-(fused score)`. Every mode but dense without a filter needs
+/// the documents.
+pub fn search(index: &Index, docs: Option<&Docs>, q: &Query<'_>) -> Result<Vec<Vec<Hit>>> {
+    let need_docs = |what: &str| -> Result<&Docs> {
+        docs.ok_or_else(|| {
+            Error::Invalid(format!(
+                "{what} needs stored documents, and this index has none (build it with --text, or --fields for vectors)"
+            ))
+        })
+    };
+    let allowed: Option<Arc<RowFilter>> = match q.filter {
+        Some(f) if !f.is_empty() => Some(Arc::new(need_docs("a filter")?.filter(f)?)),
+        Some(f) => {
+            // an empty filter allows every row, but is still checked
+            if let Some(d) = docs {
+                f.check(d.fields())?;
+            }
+            None
+        }
+        None => None,
+    };
+    let nq = match (q.mode, q.vectors, q.texts) {
+        (Mode::Dense, Some(v), _) => v.len(),
+        (Mode::Bm25, _, Some(t)) => t.len(),
+        (Mode::Hybrid, Some(v), Some(t)) if v.len() == t.len() => t.len(),
+        (Mode::Hybrid, Some(v), Some(t)) => {
+            return Err(Error::Invalid(format!(
+                "hybrid search: {} query vectors but {} query texts",
+                v.len(),
+                t.len()
+            )))
+        }
+        (m, _, _) => {
+            return Err(Error::Invalid(format!(
+                "{m} search needs {}",
+                match m {
+                    Mode::Dense => "query vectors (or texts to embed)",
+                    Mode::Bm25 => "query texts",
+                    Mode::Hybrid => "query texts (and the model the index was built with)",
+                }
+            )))
+        }
+    };
+    if q.k == 0 {
+        return Err(Error::Invalid("k must be at least 1".into()));
+    }
+    let dense = |k: usize, pipeline: Option<Pipeline>| -> Result<Vec<Vec<Hit>>> {
+        let v = q.vectors.expect("checked above");
+        Ok(index.search_prepared(
+            v,
+            &SearchParams {
+                k,
+                pipeline,
+                filter: allowed.clone(),
+            },
+        )?)
+    };
+    let deleted: std::collections::HashSet<u32> = index.deleted().iter().copied().collect();
+    let next = index.next_id() as u32;
+    let live = |r: u32| r < next && !deleted.contains(&r);
+    let bm25 = |k: usize| -> Result<Vec<Vec<Hit>>> {
+        let d = need_docs("BM25")?;
+        q.texts
+            .expect("checked above")
+            .iter()
+            .map(|t| d.bm25(t, k, allowed.as_deref(), &live))
+            .collect()
+    };
+    match q.mode {
+        Mode::Dense => dense(q.k, q.pipeline.clone()),
+        Mode::Bm25 => bm25(q.k),
+        Mode::Hybrid => {
+            let depth = q.k.max(HYBRID_DEPTH);
+            let p = deeper(q.pipeline.as_ref().unwrap_or(index.pipeline()), depth)?;
+            let depth = depth.min(p.final_keep());
+            let (a, b) = (dense(depth, Some(p))?, bm25(depth)?);
+            Ok((0..nq)
+                .map(|i| rrf(&[&a[i], &b[i]], q.rrf_k, q.k))
+                .collect())
+        }
+    }
+}
+
+/// `p` with its last stage keeping `depth` (at most what the stage before keeps).
+fn deeper(p: &Pipeline, depth: usize) -> Result<Pipeline> {
+    let mut stages = p.stages().to_vec();
+    let n = stages.len();
+    if n == 0 {
+        return Ok(p.clone());
+    }
+    let cap = if n >= 2 {
+        stages[n - 2].keep
+    } else {
+        usize::MAX
+    };
+    let last = &mut stages[n - 1];
+    if last.bound.is_none() {
+        last.keep = last.keep.max(depth.min(cap));
+    }
+    Ok(Pipeline::new(stages)?)
+}
+
+/// Reciprocal rank fusion of ranked lists: each row scores `sum 1 / (c + rank)` over the lists
+/// that hold it (ranks from 1); the best `k` by score, ties by row; hits carry `-score`.
+pub fn rrf(lists: &[&[Hit]], c: f32, k: usize) -> Vec<Hit> {
+    let mut score: std::collections::HashMap<u32, f64> = std::collections::HashMap::new();
+    for l in lists {
+        for (r, h) in l.iter().enumerate() {
+            *score.entry(h.id).or_default() += 1.0 / (c as f64 + r as f64 + 1.0);
+        }
+    }
+    let mut out: Vec<Hit> = score
+        .into_iter()
+        .map(|(id, s)| Hit {
+            id,
+            distance: -(s as f32),
+        })
+        .collect();
+    out.sort_unstable();
+    out.truncate(k);
+    out
+}
