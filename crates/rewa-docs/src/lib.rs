@@ -15,9 +15,14 @@
 
 mod filter;
 mod search;
+mod store;
 
 pub use filter::{Condition, FieldCondition, Filter, Match, Range, Scalar};
-pub use search::{rrf, search, Mode, Query, RRF_K};
+pub use search::{rrf, search, Mode, Query, HYBRID_DEPTH, RRF_K};
+pub use store::{
+    clear, open_for_write, read_records, save_add, save_build, save_compact, save_delete,
+    text_records,
+};
 
 use rewa::RowFilter;
 use serde::{Deserialize, Serialize};

@@ -60,10 +60,27 @@ fn inputs(a: &Args) -> Result<Inputs> {
 /// From text: --text corpus.jsonl --query-text queries.jsonl --model DIR embeds both first,
 /// and --qrels then maps the texts' own ids (no id files needed), so the BEIR figures come
 /// from the text files alone.
+///
+/// A built index: --index IDX --query-text queries.jsonl --qrels QRELS [--mode bm25|dense|
+/// hybrid] [--filter JSON] measures the index as built (its pipeline, its documents for
+/// BM25), the queries embedded with the model it records.
 #[derive(clap::Args)]
 pub struct Args {
+    /// An index built from text (`rewa build --text`) to measure with --query-text and
+    /// --qrels, instead of fitting encoders here.
+    #[arg(long, conflicts_with_all = ["base", "text", "encoder", "labels"], requires_all = ["query_text", "qrels"])]
+    index: Option<PathBuf>,
+    /// With --index: dense, bm25 or hybrid.
+    #[arg(long, default_value = "dense", requires = "index")]
+    mode: rewa_docs::Mode,
+    /// With --index: only rows whose stored fields pass this filter (as `rewa search`).
+    #[arg(long, requires = "index", value_name = "JSON|@FILE")]
+    filter: Option<String>,
+    /// With --index and hybrid: reciprocal rank fusion's constant.
+    #[arg(long, default_value_t = rewa_docs::RRF_K, requires = "index")]
+    rrf_k: f32,
     /// Base vectors (.npy, .fvecs, .bvecs).
-    #[arg(long, required_unless_present = "text", conflicts_with = "text")]
+    #[arg(long, required_unless_present_any = ["text", "index"], conflicts_with = "text")]
     base: Option<PathBuf>,
     /// Held-out query vectors.
     #[arg(
@@ -76,8 +93,9 @@ pub struct Args {
     /// and --query-text.
     #[arg(long, requires_all = ["model", "query_text"])]
     text: Option<PathBuf>,
-    /// Queries as texts instead of --queries (.jsonl BEIR queries, .txt, .tsv).
-    #[arg(long, requires = "text")]
+    /// Queries as texts instead of --queries (.jsonl BEIR queries, .txt, .tsv); with --text
+    /// or --index.
+    #[arg(long)]
     query_text: Option<PathBuf>,
     /// A sentence-transformers model directory to embed --text and --query-text with.
     #[arg(long, requires = "text")]
@@ -94,7 +112,7 @@ pub struct Args {
     #[arg(
         long,
         conflicts_with = "pipeline",
-        required_unless_present = "pipeline"
+        required_unless_present_any = ["pipeline", "index"]
     )]
     encoder: Option<EncoderSpec>,
     /// A staged pipeline (e.g. hadamard512+sign:1000,int8:100,exact:10).
@@ -134,6 +152,12 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     if a.k == 0 {
         bail!(rewa::Error::InvalidInput("--k must be at least 1".into()));
+    }
+    if let Some(dir) = &a.index {
+        return run_index(&a, dir);
+    }
+    if a.query_text.is_some() && a.text.is_none() {
+        bail!("--query-text goes with --text (or --index)");
     }
     if a.labels.is_some() && a.text.is_some() {
         bail!("--labels go with vector files, not --text");
@@ -204,6 +228,88 @@ pub fn run(a: Args) -> Result<()> {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!("{}", crate::cmd::bench::table(&[r]));
+    }
+    Ok(())
+}
+
+/// `rewa eval --index`: the index as built, its documents for BM25, queries embedded with its
+/// model; nDCG@10 and recall@100 from the qrels (searched 100 deep).
+fn run_index(a: &Args, dir: &std::path::Path) -> Result<()> {
+    use rewa_docs::Mode;
+    let qpath = a.query_text.as_ref().expect("clap requires it");
+    let index =
+        rewa::Index::open(dir).with_context(|| format!("opening index {}", dir.display()))?;
+    let docs = rewa_docs::Docs::open(dir)
+        .with_context(|| format!("opening the documents of {}", dir.display()))?;
+    let Some(doc_ids) = index.doc_ids() else {
+        bail!(
+            "{} has no corpus ids (it was built from vectors): qrels name corpus ids",
+            dir.display()
+        );
+    };
+    let texts = rewa_embed::read_texts(qpath, &a.text_opts.field())
+        .with_context(|| format!("reading texts from {}", qpath.display()))?;
+    let vectors = if a.mode == Mode::Bm25 {
+        None
+    } else {
+        let Some(m) = index.text_model() else {
+            bail!("{} records no text model", dir.display());
+        };
+        let mut e = load_model(std::path::Path::new(&m.dir), &a.text_opts)?;
+        e.check_against(m)?;
+        let f = embed_file(&e, check_texts(qpath, &a.text_opts)?, &a.text_opts.field())?;
+        Some(index.metric().prepare_owned(f.vectors)?)
+    };
+    let qrels_path = a.qrels.as_ref().expect("clap requires it");
+    let qrels = Qrels::load_with_ids(qrels_path, doc_ids, &texts.ids)
+        .with_context(|| format!("reading qrels {}", qrels_path.display()))?;
+    let filter = match &a.filter {
+        Some(s) => {
+            let text = match s.strip_prefix('@') {
+                Some(f) => std::fs::read_to_string(f).with_context(|| format!("--filter @{f}"))?,
+                None => s.clone(),
+            };
+            Some(text.parse::<rewa_docs::Filter>().context("--filter")?)
+        }
+        None => None,
+    };
+    let depth = a.k.max(100);
+    let t = std::time::Instant::now();
+    let hits = rewa_docs::search(
+        &index,
+        docs.as_ref(),
+        &rewa_docs::Query {
+            k: depth,
+            mode: a.mode,
+            pipeline: a.pipeline.clone(),
+            filter: filter.as_ref(),
+            vectors: vectors.as_ref(),
+            texts: Some(&texts.texts),
+            rrf_k: a.rrf_k,
+        },
+    )?;
+    let secs = t.elapsed().as_secs_f64();
+    let ndcg = qrels.ndcg_at(&hits, 10);
+    let recall = qrels.recall_at(&hits, 100);
+    let j = serde_json::json!({
+        "index": dir.display().to_string(),
+        "mode": a.mode.to_string(),
+        "pipeline": a.pipeline.as_ref().unwrap_or(index.pipeline()).to_string(),
+        "rrf_k": (a.mode == Mode::Hybrid).then_some(a.rrf_k),
+        "n_queries": texts.texts.len(),
+        "ndcg_at_10": ndcg,
+        "recall_at_100": recall,
+        "search_seconds": secs,
+    });
+    if a.json {
+        println!("{j}");
+    } else {
+        println!(
+            "{} {}: nDCG@10 {ndcg:.4}, recall@100 {recall:.4} over {} queries ({secs:.2}s)",
+            dir.display(),
+            a.mode,
+            texts.texts.len()
+        );
     }
     Ok(())
 }

@@ -33,6 +33,15 @@ pub struct BuildArgs {
     max_seq_len: Option<usize>,
     #[command(flatten)]
     text_opts: TextOpts,
+    /// Stored fields, returned with hits (`rewa search --show`), filtered by (`--filter`) and
+    /// searched by BM25 (`--mode bm25|hybrid`). With --text: the record keys to keep,
+    /// comma-separated (default: every field of each .jsonl record; a .txt or .tsv line is
+    /// kept as `text`). With --base: a .jsonl file of one JSON object per row, in row order.
+    #[arg(long, value_name = "NAMES|FILE")]
+    fields: Option<String>,
+    /// With --text: store no documents (no fields, filters or BM25; a smaller, faster build).
+    #[arg(long, requires = "text", conflicts_with = "fields")]
+    no_docs: bool,
     /// Default pipeline; float vectors are stored when it has an exact stage. A first stage
     /// `ivf<nlist>/<nprobe>+SPEC:keep` is partitioned: its codes are kept in nlist lists and a
     /// query scans the nprobe nearest (e.g. ivf1024/16+opq32+pq32:200,exact:10).
@@ -121,6 +130,12 @@ pub struct AddArgs {
     model: Option<PathBuf>,
     #[command(flatten)]
     text_opts: TextOpts,
+    /// Stored fields, returned with hits (`rewa search --show`), filtered by (`--filter`) and
+    /// searched by BM25 (`--mode bm25|hybrid`). With --text: the record keys to keep,
+    /// comma-separated (default: every field of each .jsonl record; a .txt or .tsv line is
+    /// kept as `text`). With --base: a .jsonl file of one JSON object per new row, in order.
+    #[arg(long, value_name = "NAMES|FILE")]
+    fields: Option<String>,
     #[command(flatten)]
     lock: LockArgs,
     /// Print one JSON object on stdout.
@@ -164,6 +179,25 @@ pub struct SearchArgs {
     /// Override the index's default pipeline (same encoders, other keeps).
     #[arg(long)]
     pipeline: Option<Pipeline>,
+    /// Only rows whose stored fields pass this filter (Qdrant's JSON filter, or @FILE holding
+    /// it), e.g. '{"must": [{"key": "year", "range": {"gte": 2020}}, {"key": "source",
+    /// "match": {"any": ["pubmed", "arxiv"]}}], "must_not": [{"key": "retracted", "match":
+    /// {"value": true}}]}'. Conditions: match.value, match.any, match.except, range (gt, gte,
+    /// lt, lte; numbers, or RFC 3339 dates); a condition may itself be a filter. The hits are
+    /// the best k of the matching rows (fewer when fewer match).
+    #[arg(long, value_name = "JSON|@FILE")]
+    filter: Option<String>,
+    /// dense (nearest vectors), bm25 (words, over the stored text; needs --text or
+    /// --text-file, no model) or hybrid (both, fused by reciprocal rank).
+    #[arg(long, default_value = "dense")]
+    mode: rewa_docs::Mode,
+    /// Hybrid: reciprocal rank fusion's constant k (score = sum of 1 / (k + rank)).
+    #[arg(long, default_value_t = rewa_docs::RRF_K)]
+    rrf_k: f32,
+    /// Stored fields to print with each hit, comma-separated (`all` for every one): a TSV
+    /// column `fields` holding a JSON object, and with --json a `hits` list.
+    #[arg(long, value_name = "FIELDS")]
+    show: Option<String>,
     /// Threads to search on (default: every core; a single query is then split across them).
     #[arg(long)]
     threads: Option<usize>,
@@ -324,6 +358,9 @@ pub fn build(a: BuildArgs) -> Result<()> {
         e.set_max_seq_len(n).context("--max-seq-len")?;
     }
     let text_model = e.text_model()?;
+    let records = (!a.no_docs)
+        .then(|| text_records(text, &a.text_opts, a.fields.as_deref()))
+        .transpose()?;
     let f = embed_file(&e, texts, &a.text_opts.field())?;
     let base = a.metric.prepare_owned(f.vectors)?;
     let train = load_train_prepared(a.train.as_deref(), a.metric, text, base.dim())?;
@@ -343,11 +380,61 @@ pub fn build(a: BuildArgs) -> Result<()> {
     index.add_with_ids(&base, f.ids, &mut |done, _| pb.set_position(done as u64))?;
     pb.finish_and_clear();
     index.set_text_model(Some(text_model));
-    index
-        .save_locked(&lock)
+    let t = Instant::now();
+    let docs = rewa_docs::save_build(&index, &a.out, &lock, records)
         .with_context(|| format!("saving {}", a.out.display()))?;
+    if docs.is_some() {
+        log(&format!(
+            "stored documents in {:.2}s",
+            t.elapsed().as_secs_f64()
+        ));
+    }
     report_built(&index, &a, t0);
     Ok(())
+}
+
+/// The records `rewa build/add --text` stores: each text's fields (all, or the names in
+/// `fields`), BM25 reading the text that was embedded.
+fn text_records(
+    text: &Path,
+    opts: &TextOpts,
+    fields: Option<&str>,
+) -> Result<Vec<rewa_docs::Record>> {
+    let names = fields.map(field_names).transpose()?;
+    let texts = rewa_embed::read_texts(text, &opts.field())
+        .with_context(|| format!("reading texts from {}", text.display()))?;
+    Ok(rewa_docs::text_records(text, texts.texts, names.as_deref())
+        .with_context(|| format!("reading the fields of {}", text.display()))?)
+}
+
+/// `--fields a,b` or `--show a,b`: the names.
+fn field_names(s: &str) -> Result<Vec<String>> {
+    let v: Vec<String> = s
+        .split(',')
+        .map(|x| x.trim().to_string())
+        .filter(|x| !x.is_empty())
+        .collect();
+    if v.is_empty() {
+        bail!("no field names in {s:?} (give them comma-separated: title,text)");
+    }
+    Ok(v)
+}
+
+/// `--fields F.jsonl` with --base: one record per row of `rows`.
+fn file_records(fields: Option<&str>, rows: usize) -> Result<Option<Vec<rewa_docs::Record>>> {
+    let Some(f) = fields else { return Ok(None) };
+    let p = Path::new(f);
+    if !p.is_file() {
+        bail!("--fields {f}: with --base, --fields names a .jsonl file of one JSON object per row (no such file)");
+    }
+    let r = rewa_docs::read_records(p, None).with_context(|| format!("--fields {f}"))?;
+    if r.len() != rows {
+        bail!(
+            "--fields {f} holds {} records, but there are {rows} vectors (one record per row, in order)",
+            r.len()
+        );
+    }
+    Ok(Some(r))
 }
 
 /// The end of a build: its log line, and its JSON with `--json`.
@@ -396,6 +483,7 @@ fn build_streamed(a: &BuildArgs, base: &Path, lock: &WriteLock, t0: Instant) -> 
         a.pipeline,
         train.as_ref().unwrap_or(&file).len().min(a.train_sample)
     ));
+    let records = file_records(a.fields.as_deref(), file.len())?;
     let pb = std::cell::OnceCell::new();
     let t = Instant::now();
     let index = Index::build_from_file(
@@ -416,8 +504,7 @@ fn build_streamed(a: &BuildArgs, base: &Path, lock: &WriteLock, t0: Instant) -> 
     if let Some(pb) = pb.get() {
         pb.finish_and_clear();
     }
-    index
-        .save_locked(lock)
+    rewa_docs::save_build(&index, &a.out, lock, records)
         .with_context(|| format!("saving {}", a.out.display()))?;
     report_built(&index, a, t0);
     Ok(())
@@ -432,14 +519,19 @@ pub fn add(a: AddArgs) -> Result<()> {
         (Some(base), _) => {
             let file = rewa::io::VectorFile::open(base)
                 .with_context(|| format!("reading vectors from {}", base.display()))?;
+            let records = file_records(a.fields.as_deref(), file.len())?;
             if (file.len() as u64) * (file.dim() as u64) * 4 <= STREAM_ADD_BYTES {
                 let (mut index, data) = open_with(&a.index, base)?;
+                let mut docs = rewa_docs::open_for_write(&a.index, &index)?;
+                let first = index.next_id() as u32;
                 add_with_progress(&mut index, &data)?;
-                index.save_locked(&lock)?;
+                rewa_docs::save_add(&index, &a.index, &lock, &mut docs, first, records)?;
                 (data.len(), index.len())
             } else {
                 // larger than memory may hold: a chunk at a time, into a segment of its own
                 let mut index = open(&a.index)?;
+                let mut docs = rewa_docs::open_for_write(&a.index, &index)?;
+                let first = index.next_id() as u32;
                 check_dim(base, file.dim(), &a.index, index.dim())?;
                 let pb = progress_bar(file.len() as u64, "encoding");
                 index
@@ -448,7 +540,7 @@ pub fn add(a: AddArgs) -> Result<()> {
                     })
                     .with_context(|| format!("reading vectors from {}", base.display()))?;
                 pb.finish_and_clear();
-                index.save_locked(&lock)?;
+                rewa_docs::save_add(&index, &a.index, &lock, &mut docs, first, records)?;
                 (file.len(), index.len())
             }
         }
@@ -456,6 +548,12 @@ pub fn add(a: AddArgs) -> Result<()> {
             let texts = check_texts(text, &a.text_opts)?;
             let mut index = open(&a.index)?;
             texts.check_new_for(&index, &a.index)?;
+            let mut docs = rewa_docs::open_for_write(&a.index, &index)?;
+            let first = index.next_id() as u32;
+            // an index with documents stores the new texts' too
+            let records = (docs.is_some() || a.fields.is_some())
+                .then(|| text_records(text, &a.text_opts, a.fields.as_deref()))
+                .transpose()?;
             let e = text_model_for(&index, &a.index, a.model.as_deref(), &a.text_opts)?;
             let f = embed_file(&e, texts, &a.text_opts.field())?;
             let v = index.metric().prepare_owned(f.vectors)?;
@@ -464,7 +562,7 @@ pub fn add(a: AddArgs) -> Result<()> {
                 .add_with_ids(&v, f.ids, &mut |done, _| pb.set_position(done as u64))
                 .with_context(|| format!("adding the texts of {}", text.display()))?;
             pb.finish_and_clear();
-            index.save_locked(&lock)?;
+            rewa_docs::save_add(&index, &a.index, &lock, &mut docs, first, records)?;
             (v.len(), index.len())
         }
         _ => bail!("give --base or --text"),
@@ -515,50 +613,140 @@ fn text_model_for(
     Ok(e)
 }
 
-/// The queries of `rewa search` prepared for the index, and their labels for the TSV (their
-/// ids for --text-file, else row numbers).
-fn search_queries(
-    a: &SearchArgs,
-    index: &Index,
-) -> Result<(Prepared<'static>, Option<Vec<String>>)> {
+/// The queries of `rewa search`: vectors prepared for the index (not for BM25 alone), their
+/// texts (for BM25 and hybrid), and their labels for the TSV (their ids for --text-file,
+/// else row numbers).
+type SearchQueries = (
+    Option<Prepared<'static>>,
+    Option<Vec<String>>,
+    Option<Vec<String>>,
+);
+
+fn search_queries(a: &SearchArgs, index: &Index) -> Result<SearchQueries> {
+    use rewa_docs::Mode;
     if let Some(q) = &a.queries {
+        if a.mode != Mode::Dense {
+            bail!(
+                "--mode {} needs query texts (--text or --text-file), not --queries",
+                a.mode
+            );
+        }
         let v = load_prepared(q, index.metric())?;
         check_dim(q, v.dim(), &a.index, index.dim())?;
-        return Ok((v, None));
+        return Ok((Some(v), None, None));
     }
-    let texts = a
-        .text_file
-        .as_deref()
-        .map(|f| check_texts(f, &a.text_opts))
-        .transpose()?;
+    if let Some(i) = a.text.iter().position(|t| t.trim().is_empty()) {
+        bail!("--text number {} is empty", i + 1);
+    }
+    let texts: Vec<String> = match &a.text_file {
+        Some(f) if a.mode != Mode::Dense => {
+            let t = rewa_embed::read_texts(f, &a.text_opts.field())
+                .with_context(|| format!("reading texts from {}", f.display()))?;
+            return if a.mode == Mode::Bm25 {
+                Ok((None, Some(t.texts), Some(t.ids)))
+            } else {
+                let e = text_model_for(index, &a.index, a.model.as_deref(), &a.text_opts)?;
+                let f = embed_file(&e, check_texts(f, &a.text_opts)?, &a.text_opts.field())?;
+                Ok((
+                    Some(index.metric().prepare_owned(f.vectors)?),
+                    Some(t.texts),
+                    Some(t.ids),
+                ))
+            };
+        }
+        Some(_) => Vec::new(),
+        None => a.text.clone(),
+    };
+    if a.mode == Mode::Bm25 {
+        return Ok((None, Some(texts), None));
+    }
     let e = text_model_for(index, &a.index, a.model.as_deref(), &a.text_opts)?;
-    let (vectors, labels) = match texts {
-        Some(texts) => {
-            let f = embed_file(&e, texts, &a.text_opts.field())?;
+    let (vectors, labels) = match &a.text_file {
+        Some(f) => {
+            let f = embed_file(&e, check_texts(f, &a.text_opts)?, &a.text_opts.field())?;
             (f.vectors, Some(f.ids))
         }
         None => {
-            if let Some(i) = a.text.iter().position(|t| t.trim().is_empty()) {
-                bail!("--text number {} is empty", i + 1);
-            }
             let refs: Vec<&str> = a.text.iter().map(String::as_str).collect();
             (e.embed(&refs).context("embedding --text")?, None)
         }
     };
-    Ok((index.metric().prepare_owned(vectors)?, labels))
+    let texts = (a.mode == Mode::Hybrid).then_some(texts);
+    Ok((Some(index.metric().prepare_owned(vectors)?), texts, labels))
+}
+
+/// `--filter JSON` or `--filter @FILE`.
+fn read_filter(s: &str) -> Result<rewa_docs::Filter> {
+    let text = match s.strip_prefix('@') {
+        Some(f) => std::fs::read_to_string(f).with_context(|| format!("--filter @{f}"))?,
+        None => s.to_string(),
+    };
+    Ok(text.parse().context("--filter")?)
 }
 
 pub fn search(a: SearchArgs) -> Result<()> {
+    use rewa_docs::Mode;
     let index = open(&a.index)?;
-    let (queries, labels) = search_queries(&a, &index)?;
+    let docs = rewa_docs::Docs::open(&a.index)
+        .with_context(|| format!("opening the documents of {}", a.index.display()))?;
+    let filter = a.filter.as_deref().map(read_filter).transpose()?;
+    // Some(None): every field
+    let show: Option<Option<Vec<String>>> = a
+        .show
+        .as_deref()
+        .map(|s| {
+            if s == "all" {
+                Ok(None)
+            } else {
+                field_names(s).map(Some)
+            }
+        })
+        .transpose()?;
+    if docs.is_none() {
+        let what = [
+            (filter.is_some(), "--filter"),
+            (show.is_some(), "--show"),
+            (a.mode != Mode::Dense, "--mode bm25/hybrid"),
+        ];
+        if let Some((_, w)) = what.iter().find(|(on, _)| *on) {
+            bail!(
+                "{w} needs stored documents, and {} has none (build it with --text, or with --base and --fields F.jsonl)",
+                a.index.display()
+            );
+        }
+    }
+    let (queries, texts, labels) = search_queries(&a, &index)?;
+    let nq = queries
+        .as_ref()
+        .map_or_else(|| texts.as_ref().map_or(0, Vec::len), |q| q.len());
     let pipeline = a
         .pipeline
         .clone()
         .unwrap_or_else(|| index.pipeline().clone());
+    // the filter's rows, once for the batch (timed apart from the search)
+    let t = Instant::now();
+    let allowed = match (&filter, &docs) {
+        (Some(f), Some(d)) if !f.is_empty() => {
+            Some(std::sync::Arc::new(d.filter(f).context("--filter")?))
+        }
+        (Some(f), Some(d)) => {
+            f.check(d.fields()).context("--filter")?;
+            None
+        }
+        _ => None,
+    };
+    let filter_secs = t.elapsed().as_secs_f64();
+    if let Some(al) = &allowed {
+        log(&format!(
+            "the filter allows {} rows (found in {:.3}s)",
+            al.len(),
+            filter_secs
+        ));
+    }
     let params = SearchParams {
         k: a.k,
         pipeline: Some(pipeline.clone()),
-        filter: None,
+        filter: allowed,
     };
     let pool = match a.threads {
         Some(0) => anyhow::bail!("--threads must be at least 1"),
@@ -573,12 +761,43 @@ pub fn search(a: SearchArgs) -> Result<()> {
         log(&format!("laid out the first stage's lists in {warm:.2}s"));
     }
     let t = Instant::now();
-    let run = || -> rewa::Result<_> {
+    let run = || -> anyhow::Result<_> {
+        if a.mode != Mode::Dense {
+            // BM25 and hybrid: through the documents, a query at a time when asked
+            let q = |vectors: Option<&Prepared<'_>>, texts: &[String]| {
+                rewa_docs::search(
+                    &index,
+                    docs.as_ref(),
+                    &rewa_docs::Query {
+                        k: a.k,
+                        mode: a.mode,
+                        pipeline: Some(pipeline.clone()),
+                        filter: filter.as_ref(),
+                        vectors,
+                        texts: Some(texts),
+                        rrf_k: a.rrf_k,
+                    },
+                )
+            };
+            let texts = texts.as_deref().unwrap_or_default();
+            if !a.one_at_a_time {
+                return Ok((q(queries.as_ref(), texts)?, None));
+            }
+            let (mut hits, mut secs) = (Vec::new(), Vec::new());
+            for i in 0..texts.len() {
+                let t = Instant::now();
+                let v = queries.as_ref().map(|v| v.slice(i, i + 1));
+                hits.extend(q(v.as_ref(), &texts[i..i + 1])?);
+                secs.push(t.elapsed().as_secs_f64());
+            }
+            return Ok((hits, Some(rewa::eval::Latencies::new(secs))));
+        }
+        let queries = queries.as_ref().expect("dense queries are vectors");
         if a.one_at_a_time {
-            let (hits, lat) = index.search_one_at_a_time(&queries, &params)?;
+            let (hits, lat) = index.search_one_at_a_time(queries, &params)?;
             Ok((hits, Some(lat)))
         } else {
-            Ok((index.search_prepared(&queries, &params)?, None))
+            Ok((index.search_prepared(queries, &params)?, None))
         }
     };
     let (hits, latencies) = match &pool {
@@ -586,22 +805,43 @@ pub fn search(a: SearchArgs) -> Result<()> {
         None => run()?,
     };
     let secs = t.elapsed().as_secs_f64();
-    let qps = queries.len() as f64 / secs.max(1e-9);
+    let qps = nq as f64 / secs.max(1e-9);
     let metric = index.metric();
     let doc_ids = index.doc_ids();
+    // dense hits carry distances (printed as the metric's score); BM25 and hybrid -score
+    let score = |d: f32| {
+        if a.mode == Mode::Dense {
+            metric.score(d)
+        } else {
+            -d
+        }
+    };
+    let shown: Vec<Vec<Option<serde_json::Map<String, serde_json::Value>>>> = match (&show, &docs) {
+        (Some(only), Some(d)) => hits
+            .iter()
+            .map(|hs| {
+                let rows: Vec<u32> = hs.iter().map(|h| h.id).collect();
+                d.get(&rows, only.as_deref())
+            })
+            .collect::<rewa_docs::Result<_>>()?,
+        _ => Vec::new(),
+    };
     let tsv = || {
-        let mut tsv = String::from("query\trank\tid\tscore\n");
+        let mut tsv = String::from("query\trank\tid\tscore");
+        tsv += if show.is_some() { "\tfields\n" } else { "\n" };
         for (qi, hs) in hits.iter().enumerate() {
             let query = labels
                 .as_ref()
                 .map_or_else(|| qi.to_string(), |l| l[qi].clone());
             for (rank, h) in hs.iter().enumerate() {
                 let id = doc_ids.map_or_else(|| h.id.to_string(), |d| d[h.id as usize].clone());
-                tsv += &format!(
-                    "{query}\t{}\t{id}\t{}\n",
-                    rank + 1,
-                    metric.score(h.distance)
-                );
+                tsv += &format!("{query}\t{}\t{id}\t{}", rank + 1, score(h.distance));
+                if let Some(f) = shown.get(qi).and_then(|s| s.get(rank)) {
+                    // compact JSON: tabs and line breaks inside are escaped
+                    let f = f.clone().unwrap_or_default();
+                    tsv += &format!("\t{}", serde_json::Value::Object(f));
+                }
+                tsv += "\n";
             }
         }
         tsv
@@ -613,16 +853,13 @@ pub fn search(a: SearchArgs) -> Result<()> {
                 .iter()
                 .flat_map(|hs| (0..width).map(move |r| hs.get(r).map_or(-1, |h| h.id as i64)))
                 .collect();
-            rewa::io::write_npy_i64(p, &[queries.len(), width], &ids)?;
+            rewa::io::write_npy_i64(p, &[nq, width], &ids)?;
         }
         Some(p) => rewa::io::write_text(p, &tsv())?,
         None if !a.json => print!("{}", tsv()),
         None => {}
     }
-    log(&format!(
-        "{} queries in {secs:.3}s ({qps:.0} QPS)",
-        queries.len()
-    ));
+    log(&format!("{nq} queries in {secs:.3}s ({qps:.0} QPS)"));
     let ms = |p: f64| latencies.as_ref().map(|l| 1e3 * l.percentile(p));
     if let Some(l) = &latencies {
         log(&format!(
@@ -635,7 +872,29 @@ pub fn search(a: SearchArgs) -> Result<()> {
         ));
     }
     if a.json {
-        let mut j = json!({"n_queries": queries.len(), "k": a.k, "pipeline": pipeline.to_string(), "qps": qps, "seconds": secs, "warm_seconds": warm, "memory": crate::data::memory_json()});
+        let mut j = json!({"n_queries": nq, "k": a.k, "mode": a.mode.to_string(), "pipeline": pipeline.to_string(), "qps": qps, "seconds": secs, "warm_seconds": warm, "memory": crate::data::memory_json()});
+        if let Some(al) = &params.filter {
+            j["filter"] = json!({"rows": al.len(), "seconds": filter_secs});
+        }
+        if show.is_some() {
+            j["hits"] = hits
+                .iter()
+                .enumerate()
+                .map(|(qi, hs)| {
+                    hs.iter()
+                        .enumerate()
+                        .map(|(r, h)| {
+                            let mut o = json!({"id": h.id, "score": score(h.distance)});
+                            if let Some(d) = doc_ids {
+                                o["doc_id"] = json!(d[h.id as usize]);
+                            }
+                            o["fields"] = json!(shown[qi][r]);
+                            o
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+        }
         if latencies.is_some() {
             j["latency_ms"] =
                 json!({"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "max": ms(1.0)});
@@ -690,6 +949,8 @@ pub fn delete(a: DeleteArgs) -> Result<()> {
     let t0 = Instant::now();
     let lock = a.lock.acquire_existing(&a.index)?;
     let mut index = open(&a.index)?;
+    let mut docs = rewa_docs::open_for_write(&a.index, &index)?;
+    let before: std::collections::HashSet<u32> = index.deleted().iter().copied().collect();
     // (ids listed, distinct ids, newly deleted)
     let (listed, asked, deleted) = match (&a.ids, &a.doc_ids) {
         (Some(p), _) => {
@@ -712,7 +973,13 @@ pub fn delete(a: DeleteArgs) -> Result<()> {
         _ => bail!("give --ids or --doc-ids"),
     };
     if deleted > 0 {
-        index.save_locked(&lock)?;
+        let rows: Vec<u32> = index
+            .deleted()
+            .iter()
+            .copied()
+            .filter(|i| !before.contains(i))
+            .collect();
+        rewa_docs::save_delete(&index, &lock, docs.as_mut(), &rows)?;
     }
     let secs = t0.elapsed().as_secs_f64();
     let repeated = match listed - asked {
@@ -738,9 +1005,10 @@ pub fn compact(a: CompactArgs) -> Result<()> {
     let t0 = Instant::now();
     let lock = a.lock.acquire_existing(&a.index)?;
     let mut index = open(&a.index)?;
+    let mut docs = rewa_docs::open_for_write(&a.index, &index)?;
     let (segments, deleted) = (index.segments().len(), index.deleted().len());
     index.compact();
-    index.save_locked(&lock)?;
+    rewa_docs::save_compact(&index, &lock, docs.as_mut())?;
     let secs = t0.elapsed().as_secs_f64();
     log(&format!(
         "compacted {segments} segments and {deleted} deleted rows into one segment of {} vectors in {secs:.2}s",

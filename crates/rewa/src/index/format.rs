@@ -430,7 +430,9 @@ pub fn check_build_target(dir: &Path, force: bool, force_flag: &str) -> Result<(
             dir.display()
         )));
     }
-    if others.iter().any(|n| n == PENDING) {
+    // a killed build's leftovers: its staged files, or a document store with no index yet
+    let store = dir.join("docs").join(".managed.json").is_file();
+    if others.iter().any(|n| n == PENDING) || (store && others.iter().all(|n| n == "docs")) {
         return Ok(());
     }
     Err(Error::InvalidInput(format!(
@@ -855,8 +857,10 @@ fn is_own_name(f: &str) -> bool {
 /// For crash tests: with `REWA_SAVE_PAUSE=<point>:<ms>` set, `save` announces `paused:<point>`
 /// on stderr and sleeps at that point, so a test can SIGKILL the process there. Points:
 /// `data` (new data files and manifest.json.tmp written, the manifest not yet replaced) and
-/// `manifest` (new manifest in place, the old generation's files not yet deleted).
-fn crash_test_pause(point: &str) {
+/// `manifest` (new manifest in place, the old generation's files not yet deleted); a document
+/// store beside the index names its own.
+#[doc(hidden)]
+pub fn crash_test_pause(point: &str) {
     let Ok(v) = std::env::var("REWA_SAVE_PAUSE") else {
         return;
     };

@@ -7,7 +7,7 @@ mod bytes;
 pub mod format;
 
 pub(crate) use bytes::Bytes;
-pub use format::{check_build_target, WriteLock};
+pub use format::{check_build_target, crash_test_pause, WriteLock};
 
 /// Settings of [`Index::build_from_file`].
 #[derive(Clone, Debug)]
