@@ -102,6 +102,18 @@ impl<'a> Rows<'a> {
         };
         (part, j)
     }
+    /// The row of `id` if a part holds it (a compacted part lost its deleted rows).
+    pub fn try_row(&self, id: u32) -> Option<&'a [u8]> {
+        let p = self.firsts.partition_point(|&f| f <= id).checked_sub(1)?;
+        let part = &self.parts[p];
+        let n = part.data.len() / self.row_len.max(1);
+        let j = match part.ids {
+            Some(ids) => ids.binary_search(&id).ok()?,
+            None => (id - part.start) as usize,
+        };
+        let data: &'a [u8] = part.data;
+        (j < n).then(|| &data[j * self.row_len..(j + 1) * self.row_len])
+    }
     /// The row of `id` (not for a partitioned code set, whose rows are in list order).
     #[inline(always)]
     pub fn row(&self, id: u32) -> &'a [u8] {

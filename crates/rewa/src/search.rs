@@ -392,11 +392,18 @@ fn score_few(
     if need > held {
         return None;
     }
-    let ids: Vec<u32> = filter.ids().collect();
+    // the rows held (a filter may name ids a compaction removed)
     let len = last.rows().row_len();
-    let mut data = vec![0u8; ids.len() * len];
-    for (out, &id) in data.chunks_exact_mut(len.max(1)).zip(&ids) {
-        out.copy_from_slice(last.rows().row(id));
+    let mut ids: Vec<u32> = Vec::with_capacity(filter.len());
+    let mut data: Vec<u8> = Vec::with_capacity(filter.len() * len);
+    for id in filter.ids() {
+        if let Some(row) = last.rows().try_row(id) {
+            ids.push(id);
+            data.extend_from_slice(row);
+        }
+    }
+    if ids.is_empty() {
+        return Some(vec![Vec::new(); queries.len()]);
     }
     let rows = Rows::new(
         len,

@@ -241,3 +241,194 @@ fn a_second_writer_waits_or_is_refused_naming_the_first() {
     let (n, _) = state(&d.join("idx"));
     assert_eq!(n, 500 * 3, "an update was lost");
 }
+
+/// Copies a directory tree (an index and its `docs/`).
+fn copy_tree(from: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// What an index with documents shows a reader, checked to agree: every live row (below
+/// `next_id`, not deleted) has its document (its fields name its row) and passes a filter
+/// every document passes; no filter or BM25 hit is a row that is not live. Returns the live
+/// rows.
+fn agreeing(dir: &Path) -> Vec<u32> {
+    let index = rewa::Index::open(dir).expect("the index must open after a kill");
+    let docs = rewa_docs::Docs::open(dir)
+        .expect("the documents must open after a kill")
+        .expect("the documents must be there");
+    let live: Vec<u32> = index.live_ids().collect();
+    assert_eq!(live.len(), index.len());
+    for (r, f) in live.iter().zip(docs.get(&live, None).unwrap()) {
+        let f = f.unwrap_or_else(|| panic!("row {r} has no document"));
+        assert_eq!(f["n"], *r as u64, "row {r} shows another row's fields");
+    }
+    let all: rewa_docs::Filter =
+        r#"{"must": [{"key": "n", "range": {"gte": 0}}]}"#.parse().unwrap();
+    let qs = rewa::io::read_vectors(&dir.join("../q.npy")).unwrap();
+    let q = rewa::Metric::Cosine.prepare(qs.view()).unwrap();
+    let texts: Vec<String> = (0..q.len()).map(|i| format!("record {}", i * 37)).collect();
+    for mode in [rewa_docs::Mode::Dense, rewa_docs::Mode::Bm25] {
+        let hits = rewa_docs::search(
+            &index,
+            Some(&docs),
+            &rewa_docs::Query {
+                k: 3000,
+                mode,
+                pipeline: Some("exact:3000".parse().unwrap()),
+                filter: Some(&all),
+                vectors: Some(&q),
+                texts: Some(&texts),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        for h in hits.iter().flatten() {
+            assert!(
+                live.binary_search(&h.id).is_ok(),
+                "{mode}: row {} is not live",
+                h.id
+            );
+        }
+        if mode == rewa_docs::Mode::Dense {
+            assert!(
+                hits.iter().all(|h| h.len() == live.len()),
+                "a live row fails the filter"
+            );
+        }
+    }
+    live
+}
+
+/// Writes `n` records (`{"n": row, "text": "record <row>"}`) for rows `first..`.
+fn fields(path: &Path, first: usize, n: usize) {
+    let s: String = (first..first + n)
+        .map(|i| format!("{{\"n\": {i}, \"text\": \"record {i}\"}}\n"))
+        .collect();
+    std::fs::write(path, s).unwrap();
+}
+
+/// Runs `rewa ARGS` on a copy of `from` in `work`, killed with SIGKILL at the save pause
+/// `pause` or after `after`; returns the live rows of what is left (checked to agree).
+fn killed_docs(
+    d: &Path,
+    from: &str,
+    args: &[&str],
+    pause: Option<&str>,
+    after: Option<Duration>,
+) -> Vec<u32> {
+    let work = d.join("work");
+    copy_tree(&d.join(from), &work);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rewa"));
+    cmd.args(args)
+        .current_dir(d)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(p) = pause {
+        cmd.env("REWA_SAVE_PAUSE", format!("{p}:60000"));
+    }
+    let mut child = cmd.spawn().unwrap();
+    if let Some(p) = pause {
+        let want = format!("paused:{p}");
+        let err = BufReader::new(child.stderr.take().unwrap());
+        assert!(
+            err.lines().any(|l| l.unwrap().contains(&want)),
+            "never reached {want}"
+        );
+    } else if let Some(after) = after {
+        let t0 = Instant::now();
+        while t0.elapsed() < after && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    agreeing(&work)
+}
+
+#[test]
+fn sigkill_at_any_point_leaves_vectors_and_documents_agreeing() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    rewa(
+        "synth --classes 20 --per-class 50 --dim 32 --new-classes 0 --seed 1 --out a",
+        d,
+    );
+    rewa(
+        "synth --classes 10 --per-class 50 --dim 32 --new-classes 0 --seed 2 --out b",
+        d,
+    );
+    std::fs::copy(d.join("a/queries_same.npy"), d.join("q.npy")).unwrap();
+    fields(&d.join("fa.jsonl"), 0, 1000);
+    fields(&d.join("fb.jsonl"), 1000, 500);
+    rewa(
+        "build --base a/base.npy --fields fa.jsonl --pipeline hadamard64+sign:200,exact:10 --out old",
+        d,
+    );
+    let old: Vec<u32> = (0..1000).collect();
+    let new: Vec<u32> = (0..1500).collect();
+    assert_eq!(agreeing(&d.join("old")), old);
+    let add = [
+        "add",
+        "--index",
+        "work",
+        "--base",
+        "b/base.npy",
+        "--fields",
+        "fb.jsonl",
+    ];
+    // documents committed, manifest not: the old rows, the new documents hidden ...
+    assert_eq!(killed_docs(d, "old", &add, Some("docs"), None), old);
+    // ... and the next add repairs the store and adds again: the new rows, once each
+    rewa("add --index work --base b/base.npy --fields fb.jsonl", d);
+    assert_eq!(agreeing(&d.join("work")), new);
+    // the index's own pause points inside the same add
+    assert_eq!(killed_docs(d, "old", &add, Some("data"), None), old);
+    assert_eq!(killed_docs(d, "old", &add, Some("manifest"), None), new);
+    // a delete killed after the index saved its tombstones, before the documents went: the
+    // rows are gone for readers, and the next write removes their documents
+    copy_tree(&d.join("work"), &d.join("full"));
+    std::fs::write(d.join("ids.txt"), "3\n1004\n77\n").unwrap();
+    let delete = ["delete", "--index", "work", "--ids", "ids.txt"];
+    let after_delete: Vec<u32> = new
+        .iter()
+        .copied()
+        .filter(|i| ![3, 1004, 77].contains(i))
+        .collect();
+    assert_eq!(
+        killed_docs(d, "full", &delete, Some("docs-delete"), None),
+        after_delete
+    );
+    rewa("compact --index work", d);
+    assert_eq!(agreeing(&d.join("work")), after_delete);
+    let docs = rewa_docs::Docs::open(&d.join("work")).unwrap().unwrap();
+    assert!(docs
+        .get(&[3, 1004, 77], None)
+        .unwrap()
+        .iter()
+        .all(Option::is_none));
+    assert_eq!(killed_docs(d, "full", &delete, Some("data"), None), new);
+    // killed at spread-out moments: always the old or the new rows, agreeing
+    for ms in [10u64, 40, 120] {
+        let s = killed_docs(d, "old", &add, None, Some(Duration::from_millis(ms)));
+        assert!(
+            s == old || s == new,
+            "add killed after {ms} ms: {} rows",
+            s.len()
+        );
+        let s = killed_docs(d, "full", &delete, None, Some(Duration::from_millis(ms)));
+        assert!(
+            s == new || s == after_delete,
+            "delete killed after {ms} ms: {} rows",
+            s.len()
+        );
+    }
+}

@@ -3,6 +3,7 @@
 mod cli;
 mod common;
 mod crash;
+mod docs;
 mod embed;
 mod faults;
 mod front;

@@ -713,7 +713,7 @@ impl Index {
     }
 
     /// Ids of the rows held and not deleted, ascending.
-    pub(crate) fn live_ids(&self) -> impl Iterator<Item = u32> + '_ {
+    pub fn live_ids(&self) -> impl Iterator<Item = u32> + '_ {
         self.segments
             .iter()
             .flat_map(|s| (0..s.rows).map(|j| s.id(j)))

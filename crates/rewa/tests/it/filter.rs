@@ -228,3 +228,37 @@ fn every_kernel_skips_the_rows_outside_the_filter() {
         }
     }
 }
+
+/// After a compaction the deleted rows are gone from the segments: a filter naming them (and
+/// rows never given out) still returns exactly the best of the live allowed rows, by either
+/// path (few rows scored by the last stage, or the first stage's scan).
+#[test]
+fn a_filter_naming_compacted_rows_skips_them() {
+    let (mut i, base, queries, deleted) = index(Metric::L2, "hadamard64+sign:100,exact:25");
+    i.compact();
+    for rows in [
+        deleted
+            .iter()
+            .copied()
+            .chain([5, 6, 7, 9_999])
+            .collect::<Vec<u32>>(),
+        (0..3000).collect(),
+    ] {
+        let live: Vec<u32> = rows
+            .iter()
+            .copied()
+            .filter(|r| *r < 4000 && !deleted.contains(r))
+            .collect();
+        let got = search(
+            &i,
+            &queries,
+            "hadamard64+sign:4000,exact:25",
+            25,
+            Some(&rows),
+        );
+        for (qi, g) in got.iter().enumerate() {
+            let want = brute(&base, queries.row(qi), Metric::L2, &live, 25);
+            assert_top(g, &want, &live, "after compaction");
+        }
+    }
+}
