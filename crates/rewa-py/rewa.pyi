@@ -29,6 +29,7 @@ class Index:
         metric: str = "cosine",
         train: Optional[_Array] = None,
         seed: int = 42,
+        fields: Optional[list[dict[str, Any]]] = None,
     ) -> "Index":
         """Fit every encoder the pipeline names on `train` (default `x`) and add `x`; ids are
         row numbers. metric: "cosine" (normalises), "ip" or "l2"."""
@@ -42,8 +43,10 @@ class Index:
         texts: Optional[list[str]] = None,
         ids: Optional[list[str]] = None,
         model: Optional[_Path] = None,
+        fields: Optional[list[dict[str, Any]]] = None,
     ) -> None:
         """Append rows; their ids continue from the last id given out. In memory until `save`.
+        `fields`: one dict per row, stored with it (filters, get, BM25).
         For an index built from text: `texts` with their corpus `ids`, embedded with the model
         the index records (needs a wheel built with the `embed` feature)."""
     def remove_ids(self, ids: Any) -> int:
@@ -55,11 +58,26 @@ class Index:
     def compact(self) -> None:
         """Rewrite the stored rows without the deleted ones (ids unchanged)."""
     def search(
-        self, q: _Array, k: int = 10, pipeline: Optional[str] = None
-    ) -> Tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        self,
+        q: Optional[_Array] = None,
+        k: int = 10,
+        pipeline: Optional[str] = None,
+        *,
+        filter: Optional[Union[dict[str, Any], str]] = None,
+        fields: Optional[list[str]] = None,
+        mode: str = "dense",
+        texts: Optional[list[str]] = None,
+        rrf_k: float = 60.0,
+    ) -> Any:
         """(D, I), each (nq, k), best first. D: similarity (cosine, ip; higher is better) or
-        squared L2 distance (l2; lower is better). Missing results: I = -1, D = -inf
-        (similarity) or +inf (l2). `pipeline` overrides the default for this call."""
+        squared L2 distance (l2; lower is better); BM25 or fused score for mode "bm25" /
+        "hybrid". Missing results: I = -1, D = -inf (similarity) or +inf (l2). `pipeline`
+        overrides the default for this call. `filter` (Qdrant's JSON filter) keeps only the
+        rows that pass it; `fields` adds F (per query, one dict per hit): (D, I, F).
+        mode "bm25" searches `texts`; "hybrid" fuses the dense hits of q and BM25's of texts
+        by reciprocal rank (1 / (rrf_k + rank))."""
+    def get(self, ids: list[int], fields: Optional[list[str]] = None) -> list[Optional[dict[str, Any]]]:
+        """The stored fields of each id (None: deleted, never given out, or no document)."""
     def tune(
         self,
         queries: _Array,

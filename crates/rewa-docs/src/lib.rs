@@ -18,7 +18,9 @@ mod search;
 mod store;
 
 pub use filter::{Condition, FieldCondition, Filter, Match, Range, Scalar};
-pub use search::{rrf, search, Mode, Query, HYBRID_DEPTH, RRF_K};
+pub use search::{
+    fields_of, filter_stores, rrf, search, search_stores, Mode, Query, HYBRID_DEPTH, RRF_K,
+};
 pub use store::{
     clear, open_for_write, read_records, save_add, save_build, save_compact, save_delete,
     text_records,
@@ -306,6 +308,30 @@ impl Docs {
         })
     }
 
+    /// New, empty documents in memory (an index not saved yet: its records are written to a
+    /// directory when it is).
+    pub fn create_in_ram() -> Docs {
+        Docs::create_in_ram_at(0)
+    }
+
+    /// [`Docs::create_in_ram`] for rows from `first` on (the records added to an index since
+    /// it was saved).
+    pub fn create_in_ram_at(first: u32) -> Docs {
+        let (schema, s) = schema();
+        let index = tantivy::Index::create_in_ram(schema);
+        let reader = index.reader().expect("a reader of an index in memory");
+        Docs {
+            dir: PathBuf::new(),
+            index,
+            reader,
+            s,
+            state: State {
+                next_id: first,
+                ..State::default()
+            },
+        }
+    }
+
     /// The documents of the index in `index_dir`, if it has any.
     pub fn open(index_dir: &Path) -> Result<Option<Docs>> {
         if !Docs::exists(index_dir) {
@@ -357,7 +383,9 @@ impl Docs {
         pc.commit()?;
         w.wait_merging_threads()?;
         // the commit renamed meta.json: make the rename itself durable
-        sync_dir(&self.dir)?;
+        if !self.dir.as_os_str().is_empty() {
+            sync_dir(&self.dir)?;
+        }
         self.state = state;
         self.reader.reload()?;
         Ok(())
@@ -477,10 +505,21 @@ impl Docs {
         Ok(())
     }
 
-    /// The rows `filter` allows (before the index's own deletes and `next_id` are applied).
+    /// The rows `filter` allows (before the index's own deletes and `next_id` are applied);
+    /// an error names a key the documents do not hold or a value of the wrong kind.
     pub fn filter(&self, filter: &Filter) -> Result<RowFilter> {
         filter.check(&self.state.fields)?;
-        let q = filter.to_query(self.s.f, &self.state.fields);
+        self.matching(filter, &self.state.fields)
+    }
+
+    /// The rows `filter` allows, its keys read with the kinds in `fields` (checked by the
+    /// caller: several stores searched together check against all their fields).
+    pub fn matching(
+        &self,
+        filter: &Filter,
+        fields: &BTreeMap<String, BTreeSet<Kind>>,
+    ) -> Result<RowFilter> {
+        let q = filter.to_query(self.s.f, fields);
         let searcher = self.reader.searcher();
         let bits = searcher.search(&*q, &RowBits)?;
         Ok(RowFilter::from_bits(bits))

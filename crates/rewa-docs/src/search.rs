@@ -1,7 +1,8 @@
 //! Dense, BM25 and hybrid search over an index and its documents, with a filter: the one flow
 //! the CLI, the server and Python call.
 
-use crate::{Docs, Error, Filter, Result};
+use crate::{Docs, Error, Filter, Kind, Result};
+use std::collections::{BTreeMap, BTreeSet};
 use rewa::{Hit, Index, Pipeline, Prepared, RowFilter, SearchParams};
 use std::sync::Arc;
 
@@ -86,20 +87,57 @@ impl Default for Query<'_> {
 /// hits `-score`; hybrid hits `-(fused score)`. Every mode but dense without a filter needs
 /// the documents.
 pub fn search(index: &Index, docs: Option<&Docs>, q: &Query<'_>) -> Result<Vec<Vec<Hit>>> {
-    let need_docs = |what: &str| -> Result<&Docs> {
-        docs.ok_or_else(|| {
-            Error::Invalid(format!(
+    search_stores(index, docs.as_slice(), q)
+}
+
+/// The fields of several stores together.
+pub fn fields_of(stores: &[&Docs]) -> BTreeMap<String, BTreeSet<Kind>> {
+    let mut all: BTreeMap<String, BTreeSet<Kind>> = BTreeMap::new();
+    for d in stores {
+        for (k, v) in d.fields() {
+            all.entry(k.clone()).or_default().extend(v);
+        }
+    }
+    all
+}
+
+/// The rows `filter` allows in any of `stores` (checked against all their fields).
+pub fn filter_stores(stores: &[&Docs], filter: &Filter) -> Result<RowFilter> {
+    let fields = fields_of(stores);
+    filter.check(&fields)?;
+    let mut bits: Vec<u64> = Vec::new();
+    for d in stores {
+        let r = d.matching(filter, &fields)?;
+        let w = r.words();
+        if w.len() > bits.len() {
+            bits.resize(w.len(), 0);
+        }
+        for (b, x) in bits.iter_mut().zip(w) {
+            *b |= x;
+        }
+    }
+    Ok(RowFilter::from_bits(bits))
+}
+
+/// [`search`] over documents held in several stores (rows in one store or another: an index
+/// saved in a directory and the records added since, held in memory).
+pub fn search_stores(index: &Index, stores: &[&Docs], q: &Query<'_>) -> Result<Vec<Vec<Hit>>> {
+    let need_docs = |what: &str| -> Result<()> {
+        if stores.is_empty() {
+            return Err(Error::Invalid(format!(
                 "{what} needs stored documents, and this index has none (build it with --text, or --fields for vectors)"
-            ))
-        })
+            )));
+        }
+        Ok(())
     };
     let allowed: Option<Arc<RowFilter>> = match q.filter {
-        Some(f) if !f.is_empty() => Some(Arc::new(need_docs("a filter")?.filter(f)?)),
+        Some(f) if !f.is_empty() => {
+            need_docs("a filter")?;
+            Some(Arc::new(filter_stores(stores, f)?))
+        }
         Some(f) => {
             // an empty filter allows every row, but is still checked
-            if let Some(d) = docs {
-                f.check(d.fields())?;
-            }
+            f.check(&fields_of(stores))?;
             None
         }
         None => None,
@@ -144,11 +182,19 @@ pub fn search(index: &Index, docs: Option<&Docs>, q: &Query<'_>) -> Result<Vec<V
     let next = index.next_id() as u32;
     let live = |r: u32| r < next && !deleted.contains(&r);
     let bm25 = |k: usize| -> Result<Vec<Vec<Hit>>> {
-        let d = need_docs("BM25")?;
+        need_docs("BM25")?;
         q.texts
             .expect("checked above")
             .iter()
-            .map(|t| d.bm25(t, k, allowed.as_deref(), &live))
+            .map(|t| {
+                let mut all = Vec::new();
+                for d in stores {
+                    all.extend(d.bm25(t, k, allowed.as_deref(), &live)?);
+                }
+                all.sort_unstable();
+                all.truncate(k);
+                Ok(all)
+            })
             .collect()
     };
     match q.mode {

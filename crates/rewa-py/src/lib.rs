@@ -25,6 +25,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::RwLock;
 
+mod docs;
 #[cfg(feature = "embed")]
 mod embed;
 
@@ -238,6 +239,7 @@ fn same_dim(
 #[pyclass(module = "rewa", name = "Index", frozen)]
 struct PyIndex {
     inner: RwLock<rewa::Index>,
+    docs: std::sync::Mutex<docs::PyDocs>,
 }
 
 impl PyIndex {
@@ -249,9 +251,92 @@ impl PyIndex {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, rewa::Index> {
         self.inner.write().unwrap_or_else(|p| p.into_inner())
     }
+    fn docs(&self) -> std::sync::MutexGuard<'_, docs::PyDocs> {
+        self.docs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn new(index: rewa::Index, docs: docs::PyDocs) -> PyIndex {
+        PyIndex {
+            inner: RwLock::new(index),
+            docs: std::sync::Mutex::new(docs),
+        }
+    }
+}
+
+/// A list of dicts (one per row), as JSON objects.
+fn records(py: Python<'_>, fields: &Bound<'_, PyAny>) -> PyResult<Vec<serde_json::Map<String, serde_json::Value>>> {
+    let text: String = py
+        .import("json")?
+        .call_method1("dumps", (fields,))
+        .map_err(|e| PyValueError::new_err(format!("fields must be a list of dicts of JSON values: {e}")))?
+        .extract()?;
+    let v: Vec<serde_json::Value> = serde_json::from_str(&text)
+        .map_err(|_| PyValueError::new_err("fields must be a list of dicts, one per row"))?;
+    v.into_iter()
+        .enumerate()
+        .map(|(i, x)| match x {
+            serde_json::Value::Object(m) => Ok(m),
+            other => Err(PyValueError::new_err(format!(
+                "fields[{i}] is not a dict: {other}"
+            ))),
+        })
+        .collect()
+}
+
+/// A filter given as a dict or as JSON text.
+fn filter_of(py: Python<'_>, f: &Bound<'_, PyAny>) -> PyResult<rewa_docs::Filter> {
+    let text: String = match f.extract::<String>() {
+        Ok(s) => s,
+        Err(_) => py.import("json")?.call_method1("dumps", (f,))?.extract()?,
+    };
+    text.parse().map_err(docs::to_py)
+}
+
+/// JSON objects as Python dicts (None where absent).
+fn dicts<'py>(py: Python<'py>, v: &impl serde::Serialize) -> PyResult<Bound<'py, PyAny>> {
+    to_dict(py, v)
 }
 
 impl PyIndex {
+    fn add_rows(
+        &self,
+        py: Python<'_>,
+        x: Option<&Bound<'_, PyAny>>,
+        texts: Option<Vec<String>>,
+        ids: Option<Vec<String>>,
+        model: Option<PathBuf>,
+    ) -> PyResult<()> {
+        match (x, texts, ids) {
+            (Some(x), None, ids) => {
+                if model.is_some() {
+                    return Err(PyValueError::new_err("model is for texts, not vectors"));
+                }
+                let x = matrix(x, "x")?;
+                let xv = rows(&x)?;
+                detached(py, || {
+                    let mut index = self.write();
+                    match ids {
+                        None => index.add(xv),
+                        Some(ids) => {
+                            let p = index.metric().prepare(xv)?;
+                            index.check_new_doc_ids(&ids, p.len())?;
+                            index.add_with_ids(&p, ids, &mut |_, _| {})
+                        }
+                    }
+                })
+            }
+            (None, Some(texts), Some(ids)) => self.add_texts(py, texts, ids, model),
+            (None, Some(_), None) => Err(PyValueError::new_err(
+                "texts need their corpus ids: add(texts=[...], ids=[...])",
+            )),
+            (Some(_), Some(_), _) => {
+                Err(PyValueError::new_err("give vectors x or texts, not both"))
+            }
+            (None, None, _) => Err(PyValueError::new_err(
+                "give vectors x (an array (n, dim)), or texts with their ids",
+            )),
+        }
+    }
+
     /// `add(texts=..., ids=...)`: embeds with the model the index records and adds with the
     /// corpus ids (checked before anything is embedded).
     #[cfg(feature = "embed")]
@@ -305,9 +390,11 @@ impl PyIndex {
     /// Fits every encoder the pipeline names on `train` (default: `x`), encodes `x` (float
     /// array of shape (n, d)), and stores float vectors when the pipeline has an `exact`
     /// stage. Ids are row numbers: 0 .. n-1. `metric` is "cosine" (inputs are normalised),
-    /// "ip" or "l2".
+    /// "ip" or "l2". `fields`: one dict per row (strings, numbers, booleans, lists, nested
+    /// dicts), stored with it: `search(..., fields=[..])` and `get` return them, `filter`
+    /// selects by them, `mode="bm25"` searches their `title` and `text` (or every string).
     #[staticmethod]
-    #[pyo3(signature = (x, pipeline="hadamard512+sign:2000,hadamard256+int8:200,exact:10", metric="cosine", train=None, seed=42))]
+    #[pyo3(signature = (x, pipeline="hadamard512+sign:2000,hadamard256+int8:200,exact:10", metric="cosine", train=None, seed=42, fields=None))]
     fn build(
         py: Python<'_>,
         x: &Bound<'_, PyAny>,
@@ -315,6 +402,7 @@ impl PyIndex {
         metric: &str,
         train: Option<&Bound<'_, PyAny>>,
         seed: u64,
+        fields: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyIndex> {
         let spec = rewa::IndexSpec {
             metric: parse(metric)?,
@@ -324,6 +412,16 @@ impl PyIndex {
         let x = matrix(x, "x")?;
         let train = train.map(|t| matrix(t, "train")).transpose()?;
         let (xv, tv) = (rows(&x)?, train.as_ref().map(rows).transpose()?);
+        let fields = fields.map(|f| records(py, f)).transpose()?;
+        if let Some(f) = &fields {
+            if f.len() != xv.len() {
+                return Err(PyValueError::new_err(format!(
+                    "{} fields for {} rows of x (one dict per row)",
+                    f.len(),
+                    xv.len()
+                )));
+            }
+        }
         let index = detached(py, || {
             let data = spec.metric.prepare(xv)?;
             let fitted = match tv {
@@ -337,9 +435,10 @@ impl PyIndex {
             index.add_prepared(&data, &mut |_, _| {})?;
             Ok(index)
         })?;
-        Ok(PyIndex {
-            inner: RwLock::new(index),
-        })
+        let mut d = docs::PyDocs::default();
+        let n = index.next_id();
+        detached_as(py, || d.added(0, n, fields))?;
+        Ok(PyIndex::new(index, d))
     }
 
     /// Index.open(path) -> Index
@@ -349,9 +448,8 @@ impl PyIndex {
     #[staticmethod]
     fn open(py: Python<'_>, path: PathBuf) -> PyResult<PyIndex> {
         let index = detached(py, || rewa::Index::open(&path))?;
-        Ok(PyIndex {
-            inner: RwLock::new(index),
-        })
+        let d = detached_as(py, || docs::PyDocs::open(&path, index.next_id() as u32))?;
+        Ok(PyIndex::new(index, d))
     }
 
     /// index.add(x=None, *, texts=None, ids=None, model=None) -> None
@@ -365,7 +463,7 @@ impl PyIndex {
     /// (or `model`, a directory holding the same weights) and keep their ids, as
     /// `rewa add --text` does. This needs a wheel built with the `embed` feature. Vectors
     /// `x` with `ids` add rows named by those corpus ids.
-    #[pyo3(signature = (x=None, *, texts=None, ids=None, model=None))]
+    #[pyo3(signature = (x=None, *, texts=None, ids=None, model=None, fields=None))]
     fn add(
         &self,
         py: Python<'_>,
@@ -373,39 +471,69 @@ impl PyIndex {
         texts: Option<Vec<String>>,
         ids: Option<Vec<String>>,
         model: Option<PathBuf>,
+        fields: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        match (x, texts, ids) {
-            (Some(x), None, ids) => {
-                if model.is_some() {
-                    return Err(PyValueError::new_err("model is for texts, not vectors"));
-                }
-                let x = matrix(x, "x")?;
-                let xv = rows(&x)?;
-                detached(py, || {
-                    let mut index = self.write();
-                    match ids {
-                        None => index.add(xv),
-                        Some(ids) => {
-                            let p = index.metric().prepare(xv)?;
-                            index.check_new_doc_ids(&ids, p.len())?;
-                            index.add_with_ids(&p, ids, &mut |_, _| {})
-                        }
-                    }
-                })
+        let mut fields = fields.map(|f| records(py, f)).transpose()?;
+        let n = x
+            .map(|x| x.len())
+            .transpose()?
+            .or(texts.as_ref().map(Vec::len));
+        if let (Some(f), Some(n)) = (&fields, n) {
+            if f.len() != n {
+                return Err(PyValueError::new_err(format!(
+                    "{} fields for {n} rows (one dict per row)",
+                    f.len()
+                )));
             }
-            (None, Some(texts), Some(ids)) => self.add_texts(py, texts, ids, model),
-            (None, Some(_), None) => Err(PyValueError::new_err(
-                "texts need their corpus ids: add(texts=[...], ids=[...])",
-            )),
-            (Some(_), Some(_), _) => {
-                Err(PyValueError::new_err("give vectors x or texts, not both"))
-            }
-            (None, None, _) => Err(PyValueError::new_err(
-                "give vectors x (an array (n, dim)), or texts with their ids",
-            )),
         }
+        // texts without fields are stored as {"text": ..} in an index with documents
+        if let (None, Some(t)) = (&fields, &texts) {
+            if self.docs().any() {
+                fields = Some(
+                    t.iter()
+                        .map(|x| {
+                            let mut m = serde_json::Map::new();
+                            m.insert("text".into(), serde_json::Value::String(x.clone()));
+                            m
+                        })
+                        .collect(),
+                );
+            }
+        }
+        let from = self.read().next_id();
+        self.add_rows(py, x, texts, ids, model)?;
+        let added = self.read().next_id() - from;
+        detached_as(py, || self.docs().added(from as u32, added, fields))
     }
 
+    /// index.get(ids, fields=None) -> list
+    ///
+    /// The stored fields of each id (a dict; all of them, or those named in `fields`), None
+    /// for an id without a document (deleted, or never given out).
+    #[pyo3(signature = (ids, fields=None))]
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        ids: Vec<i64>,
+        fields: Option<Vec<String>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (deleted, next) = {
+            let i = self.read();
+            let d: std::collections::HashSet<u32> = i.deleted().iter().copied().collect();
+            (d, i.next_id() as i64)
+        };
+        let rows: Vec<u32> = ids
+            .iter()
+            .map(|&i| if (0..next).contains(&i) { i as u32 } else { u32::MAX })
+            .collect();
+        let got = detached_as(py, || self.docs().get(&rows, fields.as_deref()))?;
+        let got: Vec<Option<serde_json::Map<String, serde_json::Value>>> = got
+            .into_iter()
+            .zip(&rows)
+            .map(|(g, r)| if *r == u32::MAX || deleted.contains(r) { None } else { g })
+            .collect();
+        dicts(py, &got)
+    }
     /// index.delete(*, ids=None, doc_ids=None) -> int
     ///
     /// Deletes rows by id (`ids`, as `remove_ids`) or, for an index built from text, by
@@ -426,39 +554,105 @@ impl PyIndex {
         }
     }
 
-    /// index.search(q, k=10, pipeline=None) -> (D, I)
+    /// index.search(q=None, k=10, pipeline=None, *, filter=None, fields=None, mode="dense",
+    ///              texts=None, rrf_k=60.0) -> (D, I) or (D, I, F)
     ///
     /// Searches each row of `q` (float array (nq, dim)) and returns two arrays of shape
     /// (nq, k), best first, as FAISS does:
     ///
     /// - D (float32): the score: similarity (higher is better) for "cosine" and "ip",
-    ///   squared L2 distance (lower is better) for "l2";
+    ///   squared L2 distance (lower is better) for "l2"; for mode "bm25" the BM25 score and
+    ///   for "hybrid" the fused score (higher is better);
     /// - I (int64): the ids (row numbers in insertion order).
     ///
-    /// Where fewer than k vectors are found (k > len(index)), I is -1 and D is -inf
-    /// (similarity) or +inf (l2). `pipeline` overrides the index's default pipeline for this
-    /// call (same encoders, other keeps, e.g. "hadamard512+sign:4000,exact:100" for k=100);
-    /// its last stage must keep at least k.
-    #[pyo3(signature = (q, k=10, pipeline=None))]
+    /// Where fewer than k vectors are found (k > len(index), or fewer rows pass `filter`), I
+    /// is -1 and D is -inf (similarity) or +inf (l2). `pipeline` overrides the index's
+    /// default pipeline for this call (same encoders, other keeps, e.g.
+    /// "hadamard512+sign:4000,exact:100" for k=100); its last stage must keep at least k.
+    ///
+    /// With stored fields: `filter` (a dict or JSON text, Qdrant's filter: {"must": [{"key":
+    /// "year", "range": {"gte": 2020}}], "should": [..], "must_not": [..]}) keeps only the
+    /// rows that pass it (the best k of them); `fields` (a list of names, or ["*"]) adds F,
+    /// a list per query of one dict per hit; `mode` "bm25" searches `texts` (one per query)
+    /// over the stored text, "hybrid" fuses the dense hits of `q` with the BM25 hits of
+    /// `texts` by reciprocal rank (score = sum of 1 / (rrf_k + rank)).
+    #[pyo3(signature = (q=None, k=10, pipeline=None, *, filter=None, fields=None, mode="dense", texts=None, rrf_k=rewa_docs::RRF_K))]
+    #[allow(clippy::too_many_arguments)]
     fn search<'py>(
         &self,
         py: Python<'py>,
-        q: &Bound<'py, PyAny>,
+        q: Option<&Bound<'py, PyAny>>,
         k: usize,
         pipeline: Option<&str>,
-    ) -> PyResult<Answer<'py>> {
-        let params = SearchParams {
-            k,
-            pipeline: pipeline.map(parse).transpose()?,
-            filter: None,
+        filter: Option<&Bound<'py, PyAny>>,
+        fields: Option<Vec<String>>,
+        mode: &str,
+        texts: Option<Vec<String>>,
+        rrf_k: f32,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let mode: rewa_docs::Mode = mode.parse().map_err(docs::to_py)?;
+        let pipeline: Option<Pipeline> = pipeline.map(parse).transpose()?;
+        let filter = filter.map(|f| filter_of(py, f)).transpose()?;
+        let q = q.map(|q| matrix(q, "q")).transpose()?;
+        let qv = q.as_ref().map(rows).transpose()?;
+        let plain = mode == rewa_docs::Mode::Dense && filter.is_none() && fields.is_none();
+        let (hits, metric) = if plain {
+            let Some(qv) = qv else {
+                return Err(PyValueError::new_err("give q: the query vectors (an array (nq, dim))"));
+            };
+            let params = SearchParams {
+                k,
+                pipeline,
+                filter: None,
+            };
+            detached(py, || {
+                let index = self.read();
+                Ok((index.search_batch(qv, &params)?, index.metric()))
+            })?
+        } else {
+            detached_as(py, || {
+                let d = self.docs();
+                let index = self.read();
+                let prepared = qv.map(|v| index.metric().prepare(v)).transpose()?;
+                let hits = rewa_docs::search_stores(
+                    &index,
+                    &d.stores(),
+                    &rewa_docs::Query {
+                        k,
+                        mode,
+                        pipeline,
+                        filter: filter.as_ref(),
+                        vectors: prepared.as_ref(),
+                        texts: texts.as_deref(),
+                        rrf_k,
+                    },
+                )?;
+                // BM25 and fused scores: higher is better, as a similarity's
+                let metric = if mode == rewa_docs::Mode::Dense { index.metric() } else { Metric::Ip };
+                Ok::<_, rewa_docs::Error>((hits, metric))
+            })?
         };
-        let q = matrix(q, "q")?;
-        let qv = rows(&q)?;
-        let (hits, metric) = detached(py, || {
-            let index = self.read();
-            Ok((index.search_batch(qv, &params)?, index.metric()))
-        })?;
-        faiss_shape(py, hits, k, metric)
+        let shown = match &fields {
+            Some(f) => {
+                let only = (!f.iter().any(|x| x == "*")).then(|| f.clone());
+                let d = self.docs();
+                let out: Vec<Vec<Option<serde_json::Map<String, serde_json::Value>>>> = hits
+                    .iter()
+                    .map(|hs| {
+                        let rows: Vec<u32> = hs.iter().map(|h| h.id).collect();
+                        d.get(&rows, only.as_deref())
+                    })
+                    .collect::<Result<_, _>>()
+                    .map_err(docs::to_py)?;
+                Some(out)
+            }
+            None => None,
+        };
+        let (dd, ii) = faiss_shape(py, hits, k, metric)?;
+        match shown {
+            Some(f) => Ok((dd, ii, dicts(py, &f)?).into_pyobject(py)?.into_any()),
+            None => Ok((dd, ii).into_pyobject(py)?.into_any()),
+        }
     }
 
     /// index.tune(queries, target_recall=0.95, k=10, max_keep=None, max_seconds=300.0,
@@ -526,16 +720,22 @@ impl PyIndex {
     /// writer of the same directory at the same time is refused (OSError).
     #[pyo3(signature = (path, force=false))]
     fn save(&self, py: Python<'_>, path: PathBuf, force: bool) -> PyResult<()> {
-        detached(py, || {
+        detached_as(py, || {
+            let mut d = self.docs();
             let lock = rewa::index::WriteLock::acquire(&path, std::time::Duration::ZERO)?;
             let index = self.read();
-            if force {
-                return index.replace_locked(&lock);
-            }
-            if !index.is_from(&path) {
+            let same = index.is_from(&path);
+            if !force && !same {
                 rewa::index::check_build_target(&path, false, "force=True")?;
             }
-            index.save_locked(&lock)
+            // documents first, then the index (see rewa_docs)
+            d.save(&index, &path, same && !force, || {
+                if force {
+                    index.replace_locked(&lock)
+                } else {
+                    index.save_locked(&lock)
+                }
+            })
         })
     }
 

@@ -72,6 +72,19 @@ impl From<rewa::Error> for ApiError {
     }
 }
 
+/// A bad filter, mode or record is the caller's (400); the store failing is a 500.
+impl From<rewa_docs::Error> for ApiError {
+    fn from(e: rewa_docs::Error) -> Self {
+        match e {
+            rewa_docs::Error::Filter(_) | rewa_docs::Error::Invalid(_) => {
+                ApiError::bad_request(e.to_string())
+            }
+            rewa_docs::Error::Rewa(r) => r.into(),
+            _ => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (
@@ -103,6 +116,18 @@ pub(crate) struct SearchRequest {
     /// Overrides the index's default pipeline, as `rewa search --pipeline`.
     #[serde(default)]
     pub pipeline: Option<String>,
+    /// Only rows whose stored fields pass this filter (Qdrant's JSON filter).
+    #[serde(default)]
+    pub filter: Option<serde_json::Value>,
+    /// `"dense"` (default), `"bm25"` or `"hybrid"` (the last two need `texts`).
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// Hybrid: reciprocal rank fusion's constant (default 60).
+    #[serde(default)]
+    pub rrf_k: Option<f32>,
+    /// Stored fields to return with each hit (`["*"]`: all).
+    #[serde(default)]
+    pub fields: Option<Vec<String>>,
 }
 
 fn default_k() -> usize {
@@ -120,6 +145,10 @@ pub(crate) struct AddRequest {
     /// The texts' corpus ids (needed by an index built from text), one per text.
     #[serde(default)]
     pub ids: Option<Vec<String>>,
+    /// Stored fields, one JSON object per vector or text (texts without them are stored as
+    /// `{"text": ..}` in an index with documents).
+    #[serde(default)]
+    pub fields: Option<Vec<serde_json::Map<String, serde_json::Value>>>,
 }
 
 /// `POST /delete`: row ids, or corpus ids for an index built from text.
@@ -148,6 +177,9 @@ pub(crate) struct HitOut {
     /// The corpus id of the row, for an index built from text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub doc_id: Option<String>,
+    /// The stored fields asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fields: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Serialize)]
@@ -171,6 +203,10 @@ pub(crate) struct Rows {
 }
 
 impl Rows {
+    /// Rows read.
+    pub fn len(&self) -> usize {
+        self.n_rows
+    }
     /// The rows as [`rewa::Vectors`]; none at all, or rows of no values, are refused.
     pub fn into_vectors(self) -> rewa::Result<rewa::Vectors> {
         if self.n_rows == 0 {

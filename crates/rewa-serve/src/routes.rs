@@ -10,7 +10,6 @@ use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rewa::SearchParams;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,44 +65,104 @@ async fn search(
     let s2 = s.clone();
     // Parsing, the search and the answer's JSON (large for big batches) all on the pool.
     let json = on_pool(&s.pool, move || {
-        let index = s2.fresh()?;
+        let (index, docs) = s2.fresh_with_docs()?;
         let embedder = &s2.embedder;
         let req: api::SearchRequest = api::parse(&body)?;
-        let params = SearchParams {
-            k: req.k,
-            pipeline: req.pipeline.map(|p| p.parse()).transpose()?,
-            filter: None,
+        let mode: rewa_docs::Mode = match &req.mode {
+            Some(m) => m.parse()?,
+            None => rewa_docs::Mode::Dense,
         };
-        let vectors = match (req.vectors, req.texts) {
-            (Some(v), None) => v.into_vectors()?,
-            (None, Some(texts)) => {
+        let pipeline: Option<rewa::Pipeline> = req.pipeline.map(|p| p.parse()).transpose()?;
+        let filter = req
+            .filter
+            .as_ref()
+            .map(rewa_docs::Filter::from_json)
+            .transpose()?;
+        let texts = req.texts;
+        if let Some(t) = &texts {
+            check_texts(t)?;
+        }
+        // vectors: given, or the texts embedded (not for BM25 alone)
+        let vectors = match (req.vectors, &texts) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad_request(
+                    "give exactly one of \"vectors\" and \"texts\"",
+                ))
+            }
+            (Some(v), None) => Some(v.into_vectors()?),
+            (None, Some(t)) if mode != rewa_docs::Mode::Bm25 => {
                 let Some(e) = embedder else {
                     return Err(ApiError::bad_request(
-                        "\"texts\" needs a server started with --model DIR; send \"vectors\"",
+                        "\"texts\" needs a server started with --model DIR; send \"vectors\" (or \"mode\": \"bm25\")",
                     ));
                 };
-                check_texts(&texts)?;
-                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-                e.embed(&refs)?
+                let refs: Vec<&str> = t.iter().map(String::as_str).collect();
+                Some(e.embed(&refs)?)
             }
-            _ => {
+            (None, Some(_)) => None,
+            (None, None) => {
                 return Err(ApiError::bad_request(
                     "give exactly one of \"vectors\" and \"texts\"",
                 ))
             }
         };
-        let queries = index.metric().prepare_owned(vectors)?;
-        let hits = index.search_prepared(&queries, &params)?;
+        let queries = vectors
+            .map(|v| index.metric().prepare_owned(v))
+            .transpose()?;
+        let hits = rewa_docs::search(
+            &index,
+            docs.as_deref(),
+            &rewa_docs::Query {
+                k: req.k,
+                mode,
+                pipeline,
+                filter: filter.as_ref(),
+                vectors: queries.as_ref(),
+                texts: texts.as_deref(),
+                rrf_k: req.rrf_k.unwrap_or(rewa_docs::RRF_K),
+            },
+        )?;
         let metric = index.metric();
         let doc_ids = index.doc_ids();
+        let only: Option<Vec<String>> = match &req.fields {
+            Some(f) if f.iter().any(|x| x == "*") => None,
+            Some(f) => Some(f.clone()),
+            None => None,
+        };
+        let shown: Option<Vec<Vec<Option<serde_json::Map<String, serde_json::Value>>>>> =
+            match (&req.fields, &docs) {
+                (Some(_), Some(d)) => Some(
+                    hits.iter()
+                        .map(|hs| {
+                            let rows: Vec<u32> = hs.iter().map(|h| h.id).collect();
+                            d.get(&rows, only.as_deref())
+                        })
+                        .collect::<rewa_docs::Result<_>>()?,
+                ),
+                (Some(_), None) => {
+                    return Err(ApiError::bad_request(
+                        "\"fields\" needs stored documents, and this index has none",
+                    ))
+                }
+                _ => None,
+            };
         let results = hits
             .into_iter()
-            .map(|hs| {
+            .enumerate()
+            .map(|(qi, hs)| {
                 hs.into_iter()
-                    .map(|h| HitOut {
+                    .enumerate()
+                    .map(|(r, h)| HitOut {
                         id: h.id,
-                        score: metric.score(h.distance),
+                        score: if mode == rewa_docs::Mode::Dense {
+                            metric.score(h.distance)
+                        } else {
+                            -h.distance
+                        },
                         doc_id: doc_ids.map(|d| d[h.id as usize].clone()),
+                        fields: shown
+                            .as_ref()
+                            .map(|s| s[qi][r].clone().unwrap_or_default()),
                     })
                     .collect()
             })

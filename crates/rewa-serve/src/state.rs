@@ -48,10 +48,15 @@ pub(crate) struct AppState {
     pub keys: Keys,
 }
 
-/// The served index and the manifest it was read from.
+/// The served index, its documents, and the manifest it was read from.
 struct Served {
     index: Arc<Index>,
+    docs: Option<Arc<rewa_docs::Docs>>,
     manifest: Manifest,
+}
+
+fn open_docs(dir: &Path) -> Result<Option<Arc<rewa_docs::Docs>>, ApiError> {
+    Ok(rewa_docs::Docs::open(dir)?.map(Arc::new))
 }
 
 impl AppState {
@@ -61,10 +66,19 @@ impl AppState {
         pool: rayon::ThreadPool,
         embedder: Option<Arc<rewa_embed::Embedder>>,
     ) -> Self {
+        let docs = open_docs(&config.index).unwrap_or_else(|e| {
+            eprintln!(
+                "[rewa] the documents of {} do not open: {}",
+                config.index.display(),
+                e.message
+            );
+            None
+        });
         AppState {
             dir: config.index.clone(),
             served: RwLock::new(Served {
                 index: Arc::new(index),
+                docs,
                 manifest,
             }),
             swap: Mutex::new(()),
@@ -92,11 +106,16 @@ impl AppState {
     /// since it was opened, else the directory reopened (and served from then on). Blocking:
     /// call off the async threads.
     pub fn fresh(&self) -> Result<Arc<Index>, ApiError> {
+        Ok(self.fresh_with_docs()?.0)
+    }
+
+    /// [`AppState::fresh`], with the index's documents (opened with it).
+    pub fn fresh_with_docs(&self) -> Result<(Arc<Index>, Option<Arc<rewa_docs::Docs>>), ApiError> {
         let now = Manifest::stat(&self.dir)?;
         {
             let s = read(&self.served);
             if s.manifest.is(&now) {
-                return Ok(s.index.clone());
+                return Ok((s.index.clone(), s.docs.clone()));
             }
         }
         let _swap = lock(&self.swap);
@@ -105,7 +124,7 @@ impl AppState {
         {
             let s = read(&self.served);
             if s.manifest.is(&now) {
-                return Ok(s.index.clone());
+                return Ok((s.index.clone(), s.docs.clone()));
             }
         }
         // The manifest before the index: should a save land in between, the index is newer
@@ -114,23 +133,32 @@ impl AppState {
         let manifest = Manifest::open(&self.dir)?;
         let index = Arc::new(Index::open(&self.dir)?);
         index.warm(None)?;
+        // after the index: documents may run ahead of it, never behind (readers hide the rest)
+        let docs = open_docs(&self.dir)?;
         *write(&self.served) = Served {
             index: index.clone(),
+            docs: docs.clone(),
             manifest,
         };
         self.metrics.reloaded();
-        Ok(index)
+        Ok((index, docs))
     }
 
     /// Serves `index`, just saved by this server under the writer lock `wlock` (so the
     /// manifest now in the directory is its own).
-    fn serve_saved(&self, index: Index, wlock: &WriteLock) -> Result<(), ApiError> {
+    fn serve_saved(
+        &self,
+        index: Index,
+        docs: Option<rewa_docs::Docs>,
+        wlock: &WriteLock,
+    ) -> Result<(), ApiError> {
         let manifest = Manifest::open(wlock.dir())?;
         let _swap = lock(&self.swap);
         let old = std::mem::replace(
             &mut *write(&self.served),
             Served {
                 index: Arc::new(index),
+                docs: docs.map(Arc::new),
                 manifest,
             },
         );
@@ -172,6 +200,20 @@ impl AppState {
         let req: api::AddRequest = api::parse(body)?;
         let index = self.fresh()?;
         let named = index.doc_ids().is_some();
+        let n_in = req
+            .vectors
+            .as_ref()
+            .map(|v| v.len())
+            .or(req.texts.as_ref().map(Vec::len));
+        if let (Some(f), Some(n)) = (&req.fields, n_in) {
+            if f.len() != n {
+                return Err(ApiError::bad_request(format!(
+                    "{} \"fields\" objects for {n} rows (one per vector or text)",
+                    f.len()
+                )));
+            }
+        }
+        let texts_kept = req.texts.clone();
         // The input checks before queueing (and before embedding): a bad request costs no
         // writer time and cannot fail the group it would have joined.
         let (vectors, ids) = match (req.vectors, req.texts) {
@@ -234,9 +276,36 @@ impl AppState {
         vectors.view().check_finite()?;
         drop(index);
         let (answer, rx) = mpsc::channel();
+        // what the documents store: the given fields, else a text as {"text": ..}
+        let records = match (req.fields, texts_kept) {
+            (Some(f), texts) => Some(
+                f.into_iter()
+                    .enumerate()
+                    .map(|(i, m)| rewa_docs::Record {
+                        fields: m,
+                        text: texts.as_ref().map(|t| t[i].clone()),
+                    })
+                    .collect(),
+            ),
+            (None, Some(texts)) => Some(
+                texts
+                    .into_iter()
+                    .map(|t| {
+                        let mut m = serde_json::Map::new();
+                        m.insert("text".into(), serde_json::Value::String(t.clone()));
+                        rewa_docs::Record {
+                            fields: m,
+                            text: Some(t),
+                        }
+                    })
+                    .collect(),
+            ),
+            (None, None) => None,
+        };
         lock(&self.queue).push(Waiting {
             vectors,
             ids,
+            records,
             answer,
         });
         let _writer = lock(&self.writer);
@@ -263,6 +332,8 @@ impl AppState {
         let wlock = WriteLock::acquire_existing(&self.dir, self.wait_lock)?;
         // Always from disk, under the lock: another process may have written since.
         let mut index = Index::open(&self.dir)?;
+        let mut docs = rewa_docs::open_for_write(&self.dir, &index)?;
+        let before: std::collections::HashSet<u32> = index.deleted().iter().copied().collect();
         let deleted = match (&req.ids, &req.doc_ids) {
             (Some(ids), None) => index.delete(ids)?,
             (None, Some(doc_ids)) => index.delete_doc_ids(doc_ids)?,
@@ -273,11 +344,17 @@ impl AppState {
             }
         };
         if deleted > 0 {
-            index.save_locked(&wlock)?;
+            let rows: Vec<u32> = index
+                .deleted()
+                .iter()
+                .copied()
+                .filter(|i| !before.contains(i))
+                .collect();
+            rewa_docs::save_delete(&index, &wlock, docs.as_mut(), &rows)?;
             self.metrics.saved();
         }
         let count = index.len();
-        self.serve_saved(index, &wlock)?;
+        self.serve_saved(index, docs, &wlock)?;
         Ok(api::DeleteResponse { deleted, count })
     }
 
@@ -302,6 +379,11 @@ impl AppState {
         // Always from disk, under the lock: another process (`rewa add`, `rewa tune`) may
         // have written since, and its rows and ids must stay.
         let mut index = Index::open(&self.dir)?;
+        let mut docs = rewa_docs::open_for_write(&self.dir, &index)?;
+        let first = index.next_id() as u32;
+        // one record per row added, when any add of the group brings some
+        let any_records = group.iter().any(|w| w.records.is_some());
+        let mut records: Vec<rewa_docs::Record> = Vec::new();
         let mut firsts = Vec::with_capacity(group.len());
         for w in group {
             let first_id = index.next_id();
@@ -314,14 +396,22 @@ impl AppState {
                     Some(ids) => index.add_with_ids(&data, ids, &mut |_, _| {}),
                     None => index.add_prepared(&data, &mut |_, _| {}),
                 });
+            if added.is_ok() {
+                let n = index.next_id() - first_id;
+                match w.records.take() {
+                    Some(r) => records.extend(r),
+                    None => records.extend((0..n).map(|_| rewa_docs::Record::default())),
+                }
+            }
             firsts.push(added.map(|()| first_id).map_err(ApiError::from));
         }
         if firsts.iter().any(Result::is_ok) {
-            index.save_locked(&wlock)?;
+            let records = (any_records || docs.is_some()).then_some(records);
+            rewa_docs::save_add(&index, &self.dir, &wlock, &mut docs, first, records)?;
             self.metrics.saved();
         }
         let count = index.len();
-        self.serve_saved(index, &wlock)?;
+        self.serve_saved(index, docs, &wlock)?;
         Ok(firsts
             .into_iter()
             .map(|r| r.map(|first_id| AddResponse { count, first_id }))
@@ -345,6 +435,8 @@ struct Waiting {
     vectors: rewa::Vectors,
     /// Corpus ids, for texts.
     ids: Option<Vec<String>>,
+    /// What the documents store for these rows.
+    records: Option<Vec<rewa_docs::Record>>,
     answer: mpsc::Sender<Result<AddResponse, ApiError>>,
 }
 

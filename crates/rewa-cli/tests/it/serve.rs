@@ -1,7 +1,7 @@
 // `rewa serve` driven over real sockets: every route and error status, searches equal to
 // `rewa search`, adds while searching, SIGTERM with requests in flight, SIGKILL inside an add.
 
-use crate::common::{json, ok};
+use crate::common::{json, ok, ok_args};
 use serde_json::{json as j, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -1178,4 +1178,132 @@ fn serve_adds_and_deletes_texts_by_corpus_id_over_an_index_built_from_text() {
     assert_eq!(json("info --index idx", d)["count"], 3);
     let tsv = ok("search --index idx --text dogs --k 1", d);
     assert!(tsv.lines().nth(1).unwrap().contains("dogs"), "{tsv}");
+}
+
+/// Documents over HTTP: `"filter"`, `"fields"` and `"mode"` on /search, `"fields"` on /add,
+/// /delete removing documents, bad filters a 400 naming the problem.
+#[test]
+fn serve_filters_shows_fields_and_searches_bm25() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    ok(
+        "synth --classes 10 --per-class 50 --dim 32 --new-classes 0 --seed 1 --out a",
+        d,
+    );
+    let recs: String = (0..500)
+        .map(|i| {
+            format!(
+                "{{\"n\": {i}, \"k\": \"{}\", \"text\": \"row {i} word{}\"}}\n",
+                ["a", "b"][i % 2],
+                i % 10
+            )
+        })
+        .collect();
+    std::fs::write(d.join("f.jsonl"), recs).unwrap();
+    ok(
+        "build --base a/base.npy --fields f.jsonl --pipeline hadamard64+sign:100,exact:10 --out idx",
+        d,
+    );
+    let s = Server::start(d, &[], &[]);
+    let q = queries(d, 3);
+    let filter =
+        j!({"must": [{"key": "k", "match": {"value": "b"}}, {"key": "n", "range": {"lt": 300}}]});
+    let (code, v) = s.post(
+        "/search",
+        &j!({"vectors": q, "k": 5, "filter": filter, "fields": ["n", "k"]}),
+    );
+    assert_eq!(code, 200, "{v}");
+    for r in v["results"].as_array().unwrap() {
+        assert_eq!(r.as_array().unwrap().len(), 5);
+        for h in r.as_array().unwrap() {
+            assert_eq!(h["fields"]["n"], h["id"], "{h}");
+            assert_eq!(h["fields"]["k"], "b");
+            assert!(h["id"].as_u64().unwrap() < 300 && h["id"].as_u64().unwrap() % 2 == 1);
+            assert!(h["fields"].get("text").is_none());
+        }
+    }
+    // the same as the CLI's filtered search
+    let cli = ok_args(
+        &[
+            "search",
+            "--index",
+            "idx",
+            "--queries",
+            "a/queries_same.npy",
+            "--k",
+            "5",
+            "--filter",
+            &filter.to_string(),
+        ],
+        d,
+    );
+    assert_eq!(hits(&v), cli_hits(&cli, 3));
+    // BM25 needs no model
+    let (code, v) = s.post(
+        "/search",
+        &j!({"texts": ["row 42 word2"], "mode": "bm25", "k": 3, "fields": ["*"]}),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["results"][0][0]["id"], 42, "{v}");
+    assert_eq!(v["results"][0][0]["fields"]["text"], "row 42 word2");
+    // bad requests: 400 naming the problem
+    for (body, needle) in [
+        (
+            j!({"vectors": q, "filter": {"must": [{"key": "colour", "match": {"value": 1}}]}}),
+            "unknown field \"colour\"",
+        ),
+        (
+            j!({"vectors": q, "filter": {"must": [{"key": "n", "match": {"value": "x"}}]}}),
+            "field \"n\" holds numbers",
+        ),
+        (
+            j!({"vectors": q, "filter": {"should": 3}}),
+            "list of conditions",
+        ),
+        (
+            j!({"vectors": q, "mode": "fuzzy"}),
+            "unknown mode \"fuzzy\"",
+        ),
+        (j!({"texts": ["x"], "mode": "hybrid"}), "--model"),
+    ] {
+        let (code, v) = s.post("/search", &body);
+        assert_eq!(code, 400, "{body}: {v}");
+        assert!(error_of(&v).contains(needle), "{body}: {v}");
+    }
+    // add with fields, then delete: the documents follow
+    let newv: Vec<Vec<f32>> = q.clone();
+    let (code, v) = s.post(
+        "/add",
+        &j!({"vectors": newv, "fields": [{"n": 500, "k": "c"}, {"n": 501, "k": "c"}, {"n": 502, "k": "c"}]}),
+    );
+    assert_eq!(code, 200, "{v}");
+    let (code, v) = s.post("/add", &j!({"vectors": [q[0].clone()], "fields": [{}, {}]}));
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        error_of(&v).contains("2 \"fields\" objects for 1 rows"),
+        "{v}"
+    );
+    let c = j!({"must": [{"key": "k", "match": {"value": "c"}}]});
+    let (_, v) = s.post(
+        "/search",
+        &j!({"vectors": q, "k": 10, "filter": c, "fields": ["n"]}),
+    );
+    let got: Vec<u64> = v["results"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(got.len(), 3, "{v}");
+    let (code, v) = s.post("/delete", &j!({"ids": [501]}));
+    assert_eq!(code, 200, "{v}");
+    let (_, v) = s.post("/search", &j!({"vectors": q, "k": 10, "filter": c}));
+    let mut got: Vec<u64> = v["results"][1]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_u64().unwrap())
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, [500, 502], "{v}");
 }

@@ -1,0 +1,179 @@
+//! The documents of a Python `Index`: those saved in its directory, and the records of the
+//! rows added since (indexed in memory, written to the directory by `save`, documents first
+//! and then the index, as every front end writes them).
+
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use rewa_docs::{Docs, Record};
+use serde_json::{Map, Value};
+use std::path::Path;
+
+/// The error as the Python exception a caller expects: a bad filter or record is a
+/// ValueError with the library's words.
+pub(crate) fn to_py(e: rewa_docs::Error) -> PyErr {
+    match e {
+        rewa_docs::Error::Filter(_) | rewa_docs::Error::Invalid(_) => {
+            PyValueError::new_err(e.to_string())
+        }
+        rewa_docs::Error::Rewa(r) => crate::to_py(r),
+        _ => PyRuntimeError::new_err(e.to_string()),
+    }
+}
+
+impl crate::ToPy for rewa_docs::Error {
+    fn to_py(self) -> PyErr {
+        to_py(self)
+    }
+}
+
+/// Saved documents and the records of rows `first..` added since.
+#[derive(Default)]
+pub(crate) struct PyDocs {
+    saved: Option<Docs>,
+    first: u32,
+    pending: Vec<Record>,
+    ram: Option<Docs>,
+}
+
+impl PyDocs {
+    /// The documents of the index saved in `dir` (opened as an index whose next id is
+    /// `next_id`).
+    pub fn open(dir: &Path, next_id: u32) -> Result<PyDocs, rewa_docs::Error> {
+        Ok(PyDocs {
+            saved: Docs::open(dir)?,
+            first: next_id,
+            pending: Vec::new(),
+            ram: None,
+        })
+    }
+
+    /// Whether the index has documents (saved, or records waiting for `save`).
+    pub fn any(&self) -> bool {
+        self.saved.is_some() || self.ram.is_some()
+    }
+
+    /// Records for rows `from..from + n` just added (`None`: empty ones, when the index has
+    /// documents; nothing otherwise). Rows before them without records get empty ones.
+    pub fn added(
+        &mut self,
+        from: u32,
+        n: usize,
+        fields: Option<Vec<Map<String, Value>>>,
+    ) -> Result<(), rewa_docs::Error> {
+        if fields.is_none() && !self.any() {
+            self.first = from + n as u32;
+            return Ok(());
+        }
+        if self.saved.is_none() && self.ram.is_none() {
+            // the first records: rows before them get empty documents
+            self.first = 0;
+            self.pending = vec![Record::default(); from as usize];
+            let mut ram = Docs::create_in_ram();
+            ram.add(0, &self.pending, &[])?;
+            self.ram = Some(ram);
+        }
+        let ram = self
+            .ram
+            .get_or_insert_with(|| Docs::create_in_ram_at(self.first));
+        let recs: Vec<Record> = match fields {
+            Some(f) => f.into_iter().map(Record::new).collect(),
+            None => vec![Record::default(); n],
+        };
+        ram.add(from, &recs, &[])?;
+        self.pending.extend(recs);
+        Ok(())
+    }
+
+    /// The stores to search.
+    pub fn stores(&self) -> Vec<&Docs> {
+        self.saved.iter().chain(self.ram.iter()).collect()
+    }
+
+    /// The fields of `rows` (`None` for rows without a document), all or those in `only`.
+    pub fn get(
+        &self,
+        rows: &[u32],
+        only: Option<&[String]>,
+    ) -> Result<Vec<Option<Map<String, Value>>>, rewa_docs::Error> {
+        let mut out = Vec::with_capacity(rows.len());
+        for &r in rows {
+            let store = if r >= self.first { self.ram.as_ref() } else { self.saved.as_ref() };
+            out.push(match store {
+                Some(d) => d.get(&[r], only)?.pop().flatten(),
+                None => None,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Writes the documents for `index`, saved into `dir` under `lock` by `save_index` (which
+    /// runs between the documents' commit and the removal of deleted rows' documents).
+    /// `same_dir`: `dir` is where the saved documents live; else every record is written
+    /// there anew.
+    pub fn save(
+        &mut self,
+        index: &rewa::Index,
+        dir: &Path,
+        same_dir: bool,
+        save_index: impl FnOnce() -> rewa::Result<()>,
+    ) -> Result<(), rewa_docs::Error> {
+        if !self.any() {
+            if !same_dir {
+                rewa_docs::clear(dir)?;
+            }
+            save_index()?;
+            return Ok(());
+        }
+        let mut docs = if same_dir && self.saved.is_some() {
+            let mut d = self.saved.take().expect("checked");
+            d.reload()?;
+            d
+        } else {
+            // a new directory (or none saved yet): every row's record
+            let mut all: Vec<Record> = Vec::with_capacity(index.next_id());
+            if let Some(s) = &self.saved {
+                let rows: Vec<u32> = (0..self.first).collect();
+                for f in s.get(&rows, None)? {
+                    all.push(Record::new(f.unwrap_or_default()));
+                }
+            } else {
+                all.resize(self.first as usize, Record::default());
+            }
+            all.extend(self.pending.iter().cloned());
+            let mut d = Docs::create(dir)?;
+            d.add(0, &all, &[])?;
+            self.pending.clear();
+            self.first = all.len() as u32;
+            d
+        };
+        // rows added since the documents were saved (documents first, then the index)
+        if !self.pending.is_empty() {
+            if docs.next_id() != self.first {
+                return Err(rewa_docs::Error::Invalid(format!(
+                    "{}: its documents end at row {}, this index's saved rows at {}: another writer changed it; open it again",
+                    dir.display(),
+                    docs.next_id(),
+                    self.first
+                )));
+            }
+            if let Err(e) = docs.add(self.first, &self.pending, &[]) {
+                self.saved = Some(docs);
+                return Err(e);
+            }
+        }
+        rewa::index::crash_test_pause("docs");
+        if let Err(e) = save_index() {
+            // the documents ran ahead of the index: hidden from readers, repaired by the
+            // next writer
+            self.saved = Some(docs);
+            return Err(e.into());
+        }
+        // deleted rows' documents go after the index saved its tombstones
+        docs.sync(index.next_id() as u32, index.deleted())?;
+        self.first = index.next_id() as u32;
+        self.pending.clear();
+        self.ram = None;
+        self.saved = Some(docs);
+        Ok(())
+    }
+}
