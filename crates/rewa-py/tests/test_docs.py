@@ -103,7 +103,7 @@ def test_documents_are_saved_with_the_index_and_follow_adds_and_deletes(tmp_path
     assert row[2] == "602" and json.loads(row[4]) == {"n": 602}
     again = rewa.Index.open(tmp_path / "idx")
     assert again.get([601, 3, 999]) == [None, None, fields_for(1, 999)[0]]
-    _, I = again.search(q, k=50, filter={"must": [{"key": "n", "match": {"any": [3, 601, 604]}}]})
+    _, I = again.search(q, k=10, filter={"must": [{"key": "n", "match": {"any": [3, 601, 604]}}]})
     assert sorted(i for i in I[0] if i >= 0) == [604]
     # saved elsewhere: every row's document goes with it
     again.save(tmp_path / "copy")

@@ -82,12 +82,9 @@ pub struct Args {
     /// Base vectors (.npy, .fvecs, .bvecs).
     #[arg(long, required_unless_present_any = ["text", "index"], conflicts_with = "text")]
     base: Option<PathBuf>,
-    /// Held-out query vectors.
-    #[arg(
-        long,
-        required_unless_present = "query_text",
-        conflicts_with = "query_text"
-    )]
+    /// Held-out query vectors. With --index: the --query-text queries' vectors, row i for
+    /// text i (precomputed embeddings), instead of embedding them with the index's model.
+    #[arg(long, required_unless_present = "query_text")]
     queries: Option<PathBuf>,
     /// Documents as texts instead of --base: .jsonl (BEIR corpus), .txt or .tsv; needs --model
     /// and --query-text.
@@ -135,7 +132,8 @@ pub struct Args {
     /// texts' ids are used.
     #[arg(long)]
     qrels: Option<PathBuf>,
-    /// Ids of the base rows, one per line (as many as base rows, no repeats).
+    /// Ids of the base rows, one per line (as many as base rows, no repeats); with --index,
+    /// for an index built from vectors (one per row id).
     #[arg(long, requires = "qrels", conflicts_with = "text")]
     doc_ids: Option<PathBuf>,
     /// Ids of the query rows, one per line (as many as query rows, no repeats).
@@ -158,6 +156,9 @@ pub fn run(a: Args) -> Result<()> {
     }
     if a.query_text.is_some() && a.text.is_none() {
         bail!("--query-text goes with --text (or --index)");
+    }
+    if a.query_text.is_some() && a.queries.is_some() {
+        bail!("give --queries (vectors) or --query-text, not both (both only with --index)");
     }
     if a.labels.is_some() && a.text.is_some() {
         bail!("--labels go with vector files, not --text");
@@ -241,16 +242,47 @@ fn run_index(a: &Args, dir: &std::path::Path) -> Result<()> {
         rewa::Index::open(dir).with_context(|| format!("opening index {}", dir.display()))?;
     let docs = rewa_docs::Docs::open(dir)
         .with_context(|| format!("opening the documents of {}", dir.display()))?;
-    let Some(doc_ids) = index.doc_ids() else {
-        bail!(
-            "{} has no corpus ids (it was built from vectors): qrels name corpus ids",
+    let from_file: Vec<String>;
+    let doc_ids: &[String] = match (index.doc_ids(), &a.doc_ids) {
+        (Some(d), _) => d,
+        (None, Some(f)) => {
+            from_file = std::fs::read_to_string(f)
+                .with_context(|| format!("--doc-ids {}", f.display()))?
+                .lines()
+                .map(str::to_owned)
+                .collect();
+            if from_file.len() != index.next_id() {
+                bail!(
+                    "--doc-ids {} holds {} ids, but {} has {} rows",
+                    f.display(),
+                    from_file.len(),
+                    dir.display(),
+                    index.next_id()
+                );
+            }
+            &from_file
+        }
+        (None, None) => bail!(
+            "{} has no corpus ids (it was built from vectors): give --doc-ids, one per row (qrels name corpus ids)",
             dir.display()
-        );
+        ),
     };
     let texts = rewa_embed::read_texts(qpath, &a.text_opts.field())
         .with_context(|| format!("reading texts from {}", qpath.display()))?;
     let vectors = if a.mode == Mode::Bm25 {
         None
+    } else if let Some(qv) = &a.queries {
+        let v = load_prepared(qv, index.metric())?;
+        check_dim(qv, v.dim(), dir, index.dim())?;
+        if v.len() != texts.texts.len() {
+            bail!(
+                "--queries {} holds {} vectors for {} query texts (row i is text i)",
+                qv.display(),
+                v.len(),
+                texts.texts.len()
+            );
+        }
+        Some(v)
     } else {
         let Some(m) = index.text_model() else {
             bail!("{} records no text model", dir.display());
