@@ -67,7 +67,7 @@ class Index:
         fields: Optional[list[str]] = None,
         mode: str = "dense",
         texts: Optional[list[str]] = None,
-        rrf_k: float = 60.0,
+        fusion: str = "weighted:0.5",
     ) -> Any:
         """(D, I), each (nq, k), best first. D: similarity (cosine, ip; higher is better) or
         squared L2 distance (l2; lower is better); BM25 or fused score for mode "bm25" /
@@ -75,7 +75,7 @@ class Index:
         overrides the default for this call. `filter` (Qdrant's JSON filter) keeps only the
         rows that pass it; `fields` adds F (per query, one dict per hit): (D, I, F).
         mode "bm25" searches `texts`; "hybrid" fuses the dense hits of q and BM25's of texts
-        by reciprocal rank (1 / (rrf_k + rank))."""
+        by `fusion`: "weighted:ALPHA" (min-max normalised scores) or "rrf:K"."""
     def get(self, ids: list[int], fields: Optional[list[str]] = None) -> list[Optional[dict[str, Any]]]:
         """The stored fields of each id (None: deleted, never given out, or no document)."""
     def tune(

@@ -271,6 +271,13 @@ impl FieldCondition {
                 }
             )));
         };
+        if kinds.iter().all(|k| *k == Kind::Text) {
+            return Err(Error::Filter(format!(
+                "field {:?} holds long texts (over {} bytes), which filters do not match: search them with BM25 (mode bm25)",
+                self.key,
+                crate::MAX_KEYWORD
+            )));
+        }
         let fits = |v: &Scalar| -> Result<()> {
             let ok = match v {
                 Scalar::Bool(_) => kinds.contains(&Kind::Bool),

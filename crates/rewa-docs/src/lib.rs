@@ -19,7 +19,8 @@ mod store;
 
 pub use filter::{Condition, FieldCondition, Filter, Match, Range, Scalar};
 pub use search::{
-    fields_of, filter_stores, rrf, search, search_stores, Mode, Query, HYBRID_DEPTH, RRF_K,
+    fields_of, filter_stores, rrf, search, search_stores, weighted, Fusion, Mode, Query,
+    HYBRID_DEPTH, RRF_K,
 };
 pub use store::{
     clear, open_for_write, read_records, save_add, save_build, save_compact, save_delete,
@@ -80,7 +81,14 @@ pub enum Kind {
     Bool,
     /// RFC 3339 date strings (ranged as dates).
     Date,
+    /// Strings longer than [`MAX_KEYWORD`] bytes: stored and searched by BM25, not matched
+    /// by filters.
+    Text,
 }
+
+/// The longest string a filter matches (bytes); longer ones (abstracts, bodies) are kept and
+/// searched by BM25 but not indexed for filters, which would double the store's size.
+pub const MAX_KEYWORD: usize = 256;
 
 impl Kind {
     /// Its name in messages.
@@ -90,6 +98,7 @@ impl Kind {
             Kind::Number => "numbers",
             Kind::Bool => "booleans",
             Kind::Date => "dates",
+            Kind::Text => "long texts",
         }
     }
 }
@@ -169,6 +178,7 @@ fn kinds_of(
         fields.entry(prefix.to_string()).or_default().insert(k);
     };
     match v {
+        Value::String(s) if s.len() > MAX_KEYWORD => add(Kind::Text),
         Value::String(s) => add(if filter::date(s).is_some() {
             Kind::Date
         } else {
@@ -207,9 +217,11 @@ fn kinds_of(
     Ok(())
 }
 
-/// Numbers as 64-bit floats (so that a filter's `5` and a stored `5.0` are one value).
+/// What filters index of a record: numbers as 64-bit floats (so that a filter's `5` and a
+/// stored `5.0` are one value), strings up to [`MAX_KEYWORD`] bytes.
 fn numbers_as_floats(v: &Value) -> Value {
     match v {
+        Value::String(s) if s.len() > MAX_KEYWORD => Value::Null,
         Value::Number(n) => n
             .as_f64()
             .and_then(serde_json::Number::from_f64)

@@ -205,6 +205,22 @@ fn bad_filters_name_their_problem() {
     assert!(err(r#"{"must": {"key": "year"}}"#).contains("list of conditions"));
     assert!(err(r#"{"must": [{"key": "year""#).contains("not JSON"));
     assert!(err(r#"[1, 2]"#).contains("expected a JSON object"));
+    // long strings are for BM25, not filters
+    let t2 = tempfile::tempdir().unwrap();
+    let long = vec![obj(json!({"body": "y".repeat(300), "short": "z"}))];
+    let d2 = store(t2.path(), &long);
+    let f: Filter = r#"{"must": [{"key": "body", "match": {"value": "y"}}]}"#
+        .parse()
+        .unwrap();
+    assert!(d2
+        .filter(&f)
+        .unwrap_err()
+        .to_string()
+        .contains("holds long texts"));
+    let f: Filter = r#"{"must": [{"key": "short", "match": {"value": "z"}}]}"#
+        .parse()
+        .unwrap();
+    assert_eq!(d2.filter(&f).unwrap().len(), 1);
 }
 
 #[test]
@@ -373,4 +389,24 @@ fn bm25_ranks_by_words_within_the_filter_and_hybrid_fuses() {
     let fused = rewa_docs::rrf(&[&a, &b], 60.0, 3);
     assert_eq!(fused.iter().map(|h| h.id).collect::<Vec<_>>(), [2, 1, 3]);
     assert!((fused[0].distance + (1.0 / 62.0 + 1.0 / 61.0)).abs() < 1e-6);
+    // the weighted sum of min-max normalised scores: 1 and 2 tie at 0.5 (by row), 3 scores 0
+    let fused = rewa_docs::weighted(&[(&a, 0.5), (&b, 0.5)], 3);
+    assert_eq!(fused.iter().map(|h| h.id).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(
+        fused.iter().map(|h| -h.distance).collect::<Vec<_>>(),
+        [0.5, 0.5, 0.0]
+    );
+    let fused = rewa_docs::weighted(&[(&a, 0.2), (&b, 0.8)], 3);
+    assert_eq!(fused.iter().map(|h| h.id).collect::<Vec<_>>(), [2, 1, 3]);
+    for (s, ok) in [
+        ("weighted", true),
+        ("weighted:0.3", true),
+        ("rrf:1", true),
+        ("rrf", true),
+        ("weighted:2", false),
+        ("rrf:0", false),
+        ("sum", false),
+    ] {
+        assert_eq!(s.parse::<rewa_docs::Fusion>().is_ok(), ok, "{s}");
+    }
 }

@@ -97,7 +97,11 @@ impl PyDocs {
     ) -> Result<Vec<Option<Map<String, Value>>>, rewa_docs::Error> {
         let mut out = Vec::with_capacity(rows.len());
         for &r in rows {
-            let store = if r >= self.first { self.ram.as_ref() } else { self.saved.as_ref() };
+            let store = if r >= self.first {
+                self.ram.as_ref()
+            } else {
+                self.saved.as_ref()
+            };
             out.push(match store {
                 Some(d) => d.get(&[r], only)?.pop().flatten(),
                 None => None,

@@ -263,11 +263,18 @@ impl PyIndex {
 }
 
 /// A list of dicts (one per row), as JSON objects.
-fn records(py: Python<'_>, fields: &Bound<'_, PyAny>) -> PyResult<Vec<serde_json::Map<String, serde_json::Value>>> {
+fn records(
+    py: Python<'_>,
+    fields: &Bound<'_, PyAny>,
+) -> PyResult<Vec<serde_json::Map<String, serde_json::Value>>> {
     let text: String = py
         .import("json")?
         .call_method1("dumps", (fields,))
-        .map_err(|e| PyValueError::new_err(format!("fields must be a list of dicts of JSON values: {e}")))?
+        .map_err(|e| {
+            PyValueError::new_err(format!(
+                "fields must be a list of dicts of JSON values: {e}"
+            ))
+        })?
         .extract()?;
     let v: Vec<serde_json::Value> = serde_json::from_str(&text)
         .map_err(|_| PyValueError::new_err("fields must be a list of dicts, one per row"))?;
@@ -524,13 +531,25 @@ impl PyIndex {
         };
         let rows: Vec<u32> = ids
             .iter()
-            .map(|&i| if (0..next).contains(&i) { i as u32 } else { u32::MAX })
+            .map(|&i| {
+                if (0..next).contains(&i) {
+                    i as u32
+                } else {
+                    u32::MAX
+                }
+            })
             .collect();
         let got = detached_as(py, || self.docs().get(&rows, fields.as_deref()))?;
         let got: Vec<Option<serde_json::Map<String, serde_json::Value>>> = got
             .into_iter()
             .zip(&rows)
-            .map(|(g, r)| if *r == u32::MAX || deleted.contains(r) { None } else { g })
+            .map(|(g, r)| {
+                if *r == u32::MAX || deleted.contains(r) {
+                    None
+                } else {
+                    g
+                }
+            })
             .collect();
         dicts(py, &got)
     }
@@ -555,7 +574,7 @@ impl PyIndex {
     }
 
     /// index.search(q=None, k=10, pipeline=None, *, filter=None, fields=None, mode="dense",
-    ///              texts=None, rrf_k=60.0) -> (D, I) or (D, I, F)
+    ///              texts=None, fusion="weighted:0.5") -> (D, I) or (D, I, F)
     ///
     /// Searches each row of `q` (float array (nq, dim)) and returns two arrays of shape
     /// (nq, k), best first, as FAISS does:
@@ -575,8 +594,9 @@ impl PyIndex {
     /// rows that pass it (the best k of them); `fields` (a list of names, or ["*"]) adds F,
     /// a list per query of one dict per hit; `mode` "bm25" searches `texts` (one per query)
     /// over the stored text, "hybrid" fuses the dense hits of `q` with the BM25 hits of
-    /// `texts` by reciprocal rank (score = sum of 1 / (rrf_k + rank)).
-    #[pyo3(signature = (q=None, k=10, pipeline=None, *, filter=None, fields=None, mode="dense", texts=None, rrf_k=rewa_docs::RRF_K))]
+    /// `texts`: `fusion` "weighted:ALPHA" (ALPHA x dense + (1 - ALPHA) x BM25, each list's
+    /// scores min-max normalised) or "rrf:K" (reciprocal rank, sum of 1 / (K + rank)).
+    #[pyo3(signature = (q=None, k=10, pipeline=None, *, filter=None, fields=None, mode="dense", texts=None, fusion="weighted:0.5"))]
     #[allow(clippy::too_many_arguments)]
     fn search<'py>(
         &self,
@@ -588,8 +608,9 @@ impl PyIndex {
         fields: Option<Vec<String>>,
         mode: &str,
         texts: Option<Vec<String>>,
-        rrf_k: f32,
+        fusion: &str,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let fusion: rewa_docs::Fusion = fusion.parse().map_err(docs::to_py)?;
         let mode: rewa_docs::Mode = mode.parse().map_err(docs::to_py)?;
         let pipeline: Option<Pipeline> = pipeline.map(parse).transpose()?;
         let filter = filter.map(|f| filter_of(py, f)).transpose()?;
@@ -598,7 +619,9 @@ impl PyIndex {
         let plain = mode == rewa_docs::Mode::Dense && filter.is_none() && fields.is_none();
         let (hits, metric) = if plain {
             let Some(qv) = qv else {
-                return Err(PyValueError::new_err("give q: the query vectors (an array (nq, dim))"));
+                return Err(PyValueError::new_err(
+                    "give q: the query vectors (an array (nq, dim))",
+                ));
             };
             let params = SearchParams {
                 k,
@@ -624,11 +647,15 @@ impl PyIndex {
                         filter: filter.as_ref(),
                         vectors: prepared.as_ref(),
                         texts: texts.as_deref(),
-                        rrf_k,
+                        fusion,
                     },
                 )?;
                 // BM25 and fused scores: higher is better, as a similarity's
-                let metric = if mode == rewa_docs::Mode::Dense { index.metric() } else { Metric::Ip };
+                let metric = if mode == rewa_docs::Mode::Dense {
+                    index.metric()
+                } else {
+                    Metric::Ip
+                };
                 Ok::<_, rewa_docs::Error>((hits, metric))
             })?
         };

@@ -122,9 +122,9 @@ pub(crate) struct SearchRequest {
     /// `"dense"` (default), `"bm25"` or `"hybrid"` (the last two need `texts`).
     #[serde(default)]
     pub mode: Option<String>,
-    /// Hybrid: reciprocal rank fusion's constant (default 60).
+    /// Hybrid: `"weighted:ALPHA"` (default `"weighted:0.5"`) or `"rrf:K"`.
     #[serde(default)]
-    pub rrf_k: Option<f32>,
+    pub fusion: Option<String>,
     /// Stored fields to return with each hit (`["*"]`: all).
     #[serde(default)]
     pub fields: Option<Vec<String>>,

@@ -119,7 +119,12 @@ async fn search(
                 filter: filter.as_ref(),
                 vectors: queries.as_ref(),
                 texts: texts.as_deref(),
-                rrf_k: req.rrf_k.unwrap_or(rewa_docs::RRF_K),
+                fusion: req
+                    .fusion
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()?
+                    .unwrap_or_default(),
             },
         )?;
         let metric = index.metric();

@@ -76,9 +76,9 @@ pub struct Args {
     /// With --index: only rows whose stored fields pass this filter (as `rewa search`).
     #[arg(long, requires = "index", value_name = "JSON|@FILE")]
     filter: Option<String>,
-    /// With --index and hybrid: reciprocal rank fusion's constant.
-    #[arg(long, default_value_t = rewa_docs::RRF_K, requires = "index")]
-    rrf_k: f32,
+    /// With --index and hybrid: weighted:ALPHA or rrf:K (as `rewa search --fusion`).
+    #[arg(long, default_value = "weighted:0.5", requires = "index")]
+    fusion: rewa_docs::Fusion,
     /// Base vectors (.npy, .fvecs, .bvecs).
     #[arg(long, required_unless_present_any = ["text", "index"], conflicts_with = "text")]
     base: Option<PathBuf>,
@@ -317,7 +317,7 @@ fn run_index(a: &Args, dir: &std::path::Path) -> Result<()> {
             filter: filter.as_ref(),
             vectors: vectors.as_ref(),
             texts: Some(&texts.texts),
-            rrf_k: a.rrf_k,
+            fusion: a.fusion,
         },
     )?;
     let secs = t.elapsed().as_secs_f64();
@@ -327,7 +327,7 @@ fn run_index(a: &Args, dir: &std::path::Path) -> Result<()> {
         "index": dir.display().to_string(),
         "mode": a.mode.to_string(),
         "pipeline": a.pipeline.as_ref().unwrap_or(index.pipeline()).to_string(),
-        "rrf_k": (a.mode == Mode::Hybrid).then_some(a.rrf_k),
+        "fusion": (a.mode == Mode::Hybrid).then(|| a.fusion.to_string()),
         "n_queries": texts.texts.len(),
         "ndcg_at_10": ndcg,
         "recall_at_100": recall,

@@ -191,9 +191,15 @@ pub struct SearchArgs {
     /// --text-file, no model) or hybrid (both, fused by reciprocal rank).
     #[arg(long, default_value = "dense")]
     mode: rewa_docs::Mode,
-    /// Hybrid: reciprocal rank fusion's constant k (score = sum of 1 / (k + rank)).
-    #[arg(long, default_value_t = rewa_docs::RRF_K)]
-    rrf_k: f32,
+    /// Hybrid: how the dense and BM25 lists (100 deep each) are fused: weighted:ALPHA (ALPHA
+    /// x dense + (1 - ALPHA) x BM25, each list's scores min-max normalised) or rrf:K
+    /// (reciprocal rank fusion, sum of 1 / (K + rank)).
+    #[arg(
+        long,
+        default_value = "weighted:0.5",
+        value_name = "weighted:ALPHA|rrf:K"
+    )]
+    fusion: rewa_docs::Fusion,
     /// Stored fields to print with each hit, comma-separated (`all` for every one): a TSV
     /// column `fields` holding a JSON object, and with --json a `hits` list.
     #[arg(long, value_name = "FIELDS")]
@@ -775,7 +781,7 @@ pub fn search(a: SearchArgs) -> Result<()> {
                         filter: filter.as_ref(),
                         vectors,
                         texts: Some(texts),
-                        rrf_k: a.rrf_k,
+                        fusion: a.fusion,
                     },
                 )
             };
