@@ -32,6 +32,9 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// One hit's stored fields.
+type Fields = serde_json::Map<String, serde_json::Value>;
+
 async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
@@ -134,7 +137,7 @@ async fn search(
             Some(f) => Some(f.clone()),
             None => None,
         };
-        let shown: Option<Vec<Vec<Option<serde_json::Map<String, serde_json::Value>>>>> =
+        let shown: Option<Vec<Vec<Option<Fields>>>> =
             match (&req.fields, &docs) {
                 (Some(_), Some(d)) => Some(
                     hits.iter()

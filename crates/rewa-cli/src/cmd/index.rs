@@ -409,8 +409,8 @@ fn text_records(
     let names = fields.map(field_names).transpose()?;
     let texts = rewa_embed::read_texts(text, &opts.field())
         .with_context(|| format!("reading texts from {}", text.display()))?;
-    Ok(rewa_docs::text_records(text, texts.texts, names.as_deref())
-        .with_context(|| format!("reading the fields of {}", text.display()))?)
+    rewa_docs::text_records(text, texts.texts, names.as_deref())
+        .with_context(|| format!("reading the fields of {}", text.display()))
 }
 
 /// `--fields a,b` or `--show a,b`: the names.
@@ -687,7 +687,7 @@ fn read_filter(s: &str) -> Result<rewa_docs::Filter> {
         Some(f) => std::fs::read_to_string(f).with_context(|| format!("--filter @{f}"))?,
         None => s.to_string(),
     };
-    Ok(text.parse().context("--filter")?)
+    text.parse().context("--filter")
 }
 
 pub fn search(a: SearchArgs) -> Result<()> {
