@@ -33,7 +33,7 @@ use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use tantivy::collector::{Collector, SegmentCollector, TopDocs};
-use tantivy::query::{BooleanQuery, ConstScoreQuery, Occur, QueryParser, RangeQuery};
+use tantivy::query::{QueryParser, RangeQuery};
 use tantivy::schema::{
     Field, IndexRecordOption, JsonObjectOptions, Schema, TextFieldIndexing, Value as _, FAST,
     INDEXED, STORED, TEXT,
@@ -548,29 +548,28 @@ impl Docs {
         live: &dyn Fn(u32) -> bool,
     ) -> Result<Vec<rewa::Hit>> {
         let qp = QueryParser::for_index(&self.index, vec![self.s.text]);
-        let (tq, _errors) = qp.parse_query_lenient(text);
-        let mut cl: Vec<(Occur, Box<dyn tantivy::query::Query>)> = vec![(Occur::Must, tq)];
+        let (q, _errors) = qp.parse_query_lenient(text);
         let searcher = self.reader.searcher();
-        // the filter as a set of rows: a constant-score clause keeps BM25 scores pure
-        if let Some(a) = allowed {
-            let terms: Vec<Term> = a
-                .ids()
-                .map(|id| Term::from_field_u64(self.s.row, id as u64))
-                .collect();
-            cl.push((
-                Occur::Must,
-                Box::new(ConstScoreQuery::new(
-                    Box::new(tantivy::query::TermSetQuery::new(terms)),
-                    0.0,
-                )),
-            ));
-        }
-        let q = BooleanQuery::new(cl);
+        // the filter as a predicate on each matching document's row (its fast column): the
+        // BM25 scores stay those of the query alone
+        let allowed: Option<std::sync::Arc<RowFilter>> =
+            allowed.map(|a| std::sync::Arc::new(a.clone()));
         // over-fetch past rows readers must not show, then cut
         let mut want = k.max(1);
         loop {
-            let top: Vec<(Score, DocAddress)> =
-                searcher.search(&q, &TopDocs::with_limit(want).order_by_score())?;
+            let top: Vec<(Score, DocAddress)> = match &allowed {
+                None => searcher.search(&q, &TopDocs::with_limit(want).order_by_score())?,
+                Some(a) => {
+                    let a = a.clone();
+                    let pred = move |row: u64| a.contains(row as u32);
+                    let c = tantivy::collector::FilterCollector::new(
+                        "row".to_string(),
+                        pred,
+                        TopDocs::with_limit(want).order_by_score(),
+                    );
+                    searcher.search(&q, &c)?
+                }
+            };
             let full = top.len() < want;
             let mut hits = Vec::with_capacity(top.len());
             for (score, addr) in &top {
