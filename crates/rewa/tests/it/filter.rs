@@ -117,6 +117,32 @@ fn filtered_exact_search_is_brute_force_over_the_allowed_rows_at_every_selectivi
                 }
             }
         }
+        // a few queries take the in-place path, a batch the gathered one: the same hits
+        let rows = random_rows(4000, 0.05, 77);
+        for p in [
+            "hadamard64+sign:100,exact:25",
+            "int8:60,exact:25",
+            "hadamard64+sign:100,int8:60",
+        ] {
+            let k = 25.min(p.rsplit(':').next().unwrap().parse().unwrap());
+            let batch = search(&i, &queries, p, k, Some(&rows));
+            let few = Vectors::new(32, queries.as_slice()[..3 * 32].to_vec()).unwrap();
+            // (the exact distances of a GEMM and of one dot product per row differ in the
+            // last bits)
+            for (a, b) in search(&i, &few, p, k, Some(&rows)).iter().zip(&batch) {
+                assert_eq!(
+                    a.iter().map(|h| h.id).collect::<Vec<_>>(),
+                    b.iter().map(|h| h.id).collect::<Vec<_>>(),
+                    "{p}"
+                );
+                assert!(
+                    a.iter()
+                        .zip(b)
+                        .all(|(x, y)| (x.distance - y.distance).abs() < 1e-5),
+                    "{p}"
+                );
+            }
+        }
         // an empty filter, and one of deleted rows only: no hits
         for rows in [vec![], deleted.clone()] {
             let got = search(&i, &queries, "exact:10", 10, Some(&rows));
