@@ -42,7 +42,15 @@ fn kernels(c: &mut Criterion) {
     g.throughput(Throughput::Elements((n * queries.len()) as u64));
     g.sample_size(10);
     g.bench_function("blocked", |x| {
-        x.iter(|| rewa::search::scan_sign(black_box(&queries), black_box(&codes), 32, 10))
+        x.iter(|| {
+            rewa::search::scan_sign(
+                black_box(&queries),
+                black_box(&codes),
+                32,
+                10,
+                rewa::search::Allow::ALL,
+            )
+        })
     });
     g.finish();
     // The same codes scored against float queries (asign: one table lookup per byte), beside
@@ -66,7 +74,15 @@ fn kernels(c: &mut Criterion) {
     g.throughput(Throughput::Elements((n * prepared.len()) as u64));
     g.sample_size(10);
     g.bench_function("scan_100k", |x| {
-        x.iter(|| rewa::search::scan_codes(&q, black_box(&prepared), black_box(&codes), 10))
+        x.iter(|| {
+            rewa::search::scan_codes(
+                &q,
+                black_box(&prepared),
+                black_box(&codes),
+                10,
+                rewa::search::Allow::ALL,
+            )
+        })
     });
     g.finish();
 }

@@ -376,6 +376,28 @@ fn sigkill_at_any_point_leaves_vectors_and_documents_agreeing() {
     let old: Vec<u32> = (0..1000).collect();
     let new: Vec<u32> = (0..1500).collect();
     assert_eq!(agreeing(&d.join("old")), old);
+    // a build killed after its documents' commit, before the manifest: no index, and the
+    // next build takes the folder without --force (the documents are a build's leftover)
+    let build = "build --base a/base.npy --fields fa.jsonl --pipeline hadamard64+sign:200,exact:10 --out dead";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rewa"))
+        .args(build.split_whitespace())
+        .env("REWA_SAVE_PAUSE", "docs:60000")
+        .current_dir(d)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = BufReader::new(child.stderr.take().unwrap());
+    assert!(err.lines().any(|l| l.unwrap().contains("paused:docs")));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(d.join("dead/docs").is_dir());
+    assert!(
+        rewa::Index::open(&d.join("dead")).is_err(),
+        "a killed build left an index"
+    );
+    rewa(build, d);
+    assert_eq!(agreeing(&d.join("dead")), old);
     let add = [
         "add",
         "--index",
