@@ -313,7 +313,27 @@ impl FieldCondition {
             }
         }
         if let Some(r) = &self.range {
-            for b in [&r.gt, &r.gte, &r.lt, &r.lte].into_iter().flatten() {
+            let bounds: Vec<&Scalar> = [&r.gt, &r.gte, &r.lt, &r.lte]
+                .into_iter()
+                .flatten()
+                .collect();
+            if bounds.is_empty() {
+                return Err(Error::Filter(format!(
+                    "range on field {:?}: give at least one of gt, gte, lt, lte (not null)",
+                    self.key
+                )));
+            }
+            let dates = bounds
+                .iter()
+                .filter(|b| matches!(b, Scalar::Str(_)))
+                .count();
+            if dates != 0 && dates != bounds.len() {
+                return Err(Error::Filter(format!(
+                    "range on field {:?}: bounds must be all numbers or all dates",
+                    self.key
+                )));
+            }
+            for b in bounds {
                 let ok = match b {
                     Scalar::Number(_) => kinds.contains(&Kind::Number),
                     Scalar::Str(s) => kinds.contains(&Kind::Date) && date(s).is_some(),
@@ -339,9 +359,11 @@ impl FieldCondition {
                 Scalar::Bool(b) => t.append_type_and_fast_value(*b),
                 Scalar::Number(x) => t.append_type_and_fast_value(*x),
                 Scalar::Str(s) => match date(s) {
-                    Some(d) if kinds.is_some_and(|k| k.contains(&Kind::Date)) => {
-                        t.append_type_and_fast_value(d)
-                    }
+                    // tantivy keeps dates to the second
+                    Some(d) if kinds.is_some_and(|k| k.contains(&Kind::Date)) => t
+                        .append_type_and_fast_value(
+                            d.truncate(tantivy::schema::DateTimePrecision::Seconds),
+                        ),
                     _ => t.append_type_and_str(s),
                 },
             }

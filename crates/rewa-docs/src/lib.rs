@@ -23,8 +23,8 @@ pub use search::{
     HYBRID_DEPTH, RRF_K,
 };
 pub use store::{
-    clear, open_for_write, read_records, save_add, save_build, save_compact, save_delete,
-    text_records,
+    clear, open_for_write, read_records, save_add, save_build, save_build_with, save_compact,
+    save_delete, text_records,
 };
 
 use rewa::RowFilter;
@@ -164,6 +164,17 @@ fn collect_strings(v: &Value, out: &mut Vec<String>) {
         Value::Object(o) => o.values().for_each(|x| collect_strings(x, out)),
         _ => {}
     }
+}
+
+/// Fails unless every record can be stored (the checks [`Docs::add`] makes), naming the first
+/// bad one: front ends call it before adding rows.
+pub fn check_records(records: &[Map<String, Value>]) -> Result<()> {
+    let mut fields = BTreeMap::new();
+    for (i, r) in records.iter().enumerate() {
+        kinds_of("", &Value::Object(r.clone()), &mut fields, false)
+            .map_err(|e| Error::Invalid(format!("record {}: {e}", i + 1)))?;
+    }
+    Ok(())
 }
 
 /// Records the kinds of every (dotted) key of `v`; fails on a value a filter cannot use
@@ -346,10 +357,13 @@ impl Docs {
 
     /// The documents of the index in `index_dir`, if it has any.
     pub fn open(index_dir: &Path) -> Result<Option<Docs>> {
-        if !Docs::exists(index_dir) {
+        // a build replacing the index was killed: the store that goes with the manifest
+        let Some(dir) = store::live_store(index_dir) else {
+            return Ok(None);
+        };
+        if !dir.join("meta.json").is_file() {
             return Ok(None);
         }
-        let dir = Docs::path(index_dir);
         let index = tantivy::Index::open_in_dir(&dir)?;
         let (want, _) = schema();
         if index.schema() != want {
@@ -554,7 +568,9 @@ impl Docs {
         // BM25 scores stay those of the query alone
         let allowed: Option<std::sync::Arc<RowFilter>> =
             allowed.map(|a| std::sync::Arc::new(a.clone()));
-        // over-fetch past rows readers must not show, then cut
+        // over-fetch past rows readers must not show, then cut; never more than the store holds
+        let most = (searcher.num_docs() as usize).max(1);
+        let k = k.min(most);
         let mut want = k.max(1);
         loop {
             let top: Vec<(Score, DocAddress)> = match &allowed {
@@ -587,12 +603,12 @@ impl Docs {
                     }
                 }
             }
-            if hits.len() >= k || full {
+            if hits.len() >= k || full || want >= most {
                 hits.sort_unstable();
                 hits.truncate(k);
                 return Ok(hits);
             }
-            want = want.saturating_mul(4);
+            want = want.saturating_mul(4).min(most);
         }
     }
 
@@ -653,7 +669,7 @@ fn read_state(index: &tantivy::Index) -> Result<State> {
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)
         .and_then(|f| f.sync_all())
         .map_err(|source| Error::Io {

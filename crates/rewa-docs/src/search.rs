@@ -227,9 +227,7 @@ pub fn search_stores(index: &Index, stores: &[&Docs], q: &Query<'_>) -> Result<V
             },
         )?)
     };
-    let deleted: std::collections::HashSet<u32> = index.deleted().iter().copied().collect();
-    let next = index.next_id() as u32;
-    let live = |r: u32| r < next && !deleted.contains(&r);
+    let live = |r: u32| index.is_live(r);
     let bm25 = |k: usize| -> Result<Vec<Vec<Hit>>> {
         need_docs("BM25")?;
         q.texts

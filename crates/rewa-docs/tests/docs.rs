@@ -205,6 +205,13 @@ fn bad_filters_name_their_problem() {
     assert!(err(r#"{"must": {"key": "year"}}"#).contains("list of conditions"));
     assert!(err(r#"{"must": [{"key": "year""#).contains("not JSON"));
     assert!(err(r#"[1, 2]"#).contains("expected a JSON object"));
+    assert!(
+        err(r#"{"must": [{"key": "year", "range": {"gt": null}}]}"#).contains("at least one of gt")
+    );
+    assert!(err(
+        r#"{"must": [{"key": "date", "range": {"gt": 0, "lt": "2024-01-01T00:00:00Z"}}]}"#
+    )
+    .contains("all numbers or all dates"));
     // long strings are for BM25, not filters
     let t2 = tempfile::tempdir().unwrap();
     let long = vec![obj(json!({"body": "y".repeat(300), "short": "z"}))];
@@ -301,6 +308,17 @@ fn bm25_ranks_by_words_within_the_filter_and_hybrid_fuses() {
     let mut index = Index::build(&spec, base.view()).unwrap();
     let d = store(t.path(), &recs);
     let live = |_r: u32| true;
+    // a huge k is cut to the documents held (no allocation of k slots)
+    assert_eq!(
+        d.bm25("document", usize::MAX / 4, None, &live)
+            .unwrap()
+            .len(),
+        600
+    );
+    assert!(rewa_docs::check_records(&[obj(json!({"a.b": 1}))])
+        .unwrap_err()
+        .to_string()
+        .contains("record 1"));
     let hits = d.bm25("document 123", 5, None, &live).unwrap();
     assert_eq!(hits[0].id, 123);
     assert!(hits.windows(2).all(|w| w[0] <= w[1]));

@@ -33,6 +33,8 @@ pub(crate) struct PyDocs {
     first: u32,
     pending: Vec<Record>,
     ram: Option<Docs>,
+    /// Rows a compaction removed since the last save: their documents go at the next save.
+    dropped: Vec<u32>,
 }
 
 impl PyDocs {
@@ -44,7 +46,13 @@ impl PyDocs {
             first: next_id,
             pending: Vec::new(),
             ram: None,
+            dropped: Vec::new(),
         })
+    }
+
+    /// Rows a compaction is about to remove (the index's deleted ids).
+    pub fn dropped(&mut self, rows: &[u32]) {
+        self.dropped.extend_from_slice(rows);
     }
 
     /// Whether the index has documents (saved, or records waiting for `save`).
@@ -122,18 +130,16 @@ impl PyDocs {
         save_index: impl FnOnce() -> rewa::Result<()>,
     ) -> Result<(), rewa_docs::Error> {
         if !self.any() {
-            if !same_dir {
-                rewa_docs::clear(dir)?;
+            if same_dir {
+                save_index()?;
+            } else {
+                // replacing whatever was there, its documents kept aside until the manifest lands
+                rewa_docs::save_build_with(index, dir, None, save_index)?;
             }
-            save_index()?;
             return Ok(());
         }
-        let mut docs = if same_dir && self.saved.is_some() {
-            let mut d = self.saved.take().expect("checked");
-            d.reload()?;
-            d
-        } else {
-            // a new directory (or none saved yet): every row's record
+        if !(same_dir && self.saved.is_some()) {
+            // a new directory (or none saved yet): every row's record, written as a build
             let mut all: Vec<Record> = Vec::with_capacity(index.next_id());
             if let Some(s) = &self.saved {
                 let rows: Vec<u32> = (0..self.first).collect();
@@ -144,26 +150,46 @@ impl PyDocs {
                 all.resize(self.first as usize, Record::default());
             }
             all.extend(self.pending.iter().cloned());
-            let mut d = Docs::create(dir)?;
-            d.add(0, &all, &[])?;
+            let mut d = rewa_docs::save_build_with(index, dir, Some(all), save_index)?
+                .expect("records were given");
+            d.sync(index.next_id() as u32, index.deleted())?;
+            if !self.dropped.is_empty() {
+                d.delete(&std::mem::take(&mut self.dropped), index.deleted())?;
+            }
+            self.first = index.next_id() as u32;
             self.pending.clear();
-            self.first = all.len() as u32;
-            d
-        };
+            self.ram = None;
+            self.saved = Some(d);
+            return Ok(());
+        }
+        let mut docs = self.saved.take().expect("checked above");
+        docs.reload()?;
         // rows added since the documents were saved (documents first, then the index)
         if !self.pending.is_empty() {
             if docs.next_id() != self.first {
-                return Err(rewa_docs::Error::Invalid(format!(
+                let e = rewa_docs::Error::Invalid(format!(
                     "{}: its documents end at row {}, this index's saved rows at {}: another writer changed it; open it again",
                     dir.display(),
                     docs.next_id(),
                     self.first
-                )));
+                ));
+                self.saved = Some(docs);
+                return Err(e);
             }
             if let Err(e) = docs.add(self.first, &self.pending, &[]) {
                 self.saved = Some(docs);
                 return Err(e);
             }
+        }
+        if docs.next_id() != index.next_id() as u32 {
+            let e = rewa_docs::Error::Invalid(format!(
+                "{}: documents for rows up to {}, the index holds rows up to {}: not saved",
+                dir.display(),
+                docs.next_id(),
+                index.next_id()
+            ));
+            self.saved = Some(docs);
+            return Err(e);
         }
         rewa::index::crash_test_pause("docs");
         if let Err(e) = save_index() {
@@ -172,8 +198,12 @@ impl PyDocs {
             self.saved = Some(docs);
             return Err(e.into());
         }
-        // deleted rows' documents go after the index saved its tombstones
+        // deleted rows' documents go after the index saved its tombstones, and those of rows a
+        // compaction removed (the index no longer lists them as deleted)
         docs.sync(index.next_id() as u32, index.deleted())?;
+        if !self.dropped.is_empty() {
+            docs.delete(&std::mem::take(&mut self.dropped), index.deleted())?;
+        }
         self.first = index.next_id() as u32;
         self.pending.clear();
         self.ram = None;

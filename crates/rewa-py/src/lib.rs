@@ -507,10 +507,17 @@ impl PyIndex {
                 );
             }
         }
+        // the records checked before any row is added; the documents held across the add,
+        // so that two threads' adds cannot swap their records
+        if let Some(f) = &fields {
+            rewa_docs::check_records(f).map_err(docs::to_py)?;
+        }
+        let mut guard = self.docs();
+        let d: &mut docs::PyDocs = &mut guard;
         let from = self.read().next_id();
         self.add_rows(py, x, texts, ids, model)?;
         let added = self.read().next_id() - from;
-        detached_as(py, || self.docs().added(from as u32, added, fields))
+        detached_as(py, || d.added(from as u32, added, fields))
     }
 
     /// index.get(ids, fields=None) -> list
@@ -524,10 +531,15 @@ impl PyIndex {
         ids: Vec<i64>,
         fields: Option<Vec<String>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let (deleted, next) = {
+        let (live, next) = {
             let i = self.read();
-            let d: std::collections::HashSet<u32> = i.deleted().iter().copied().collect();
-            (d, i.next_id() as i64)
+            let live: std::collections::HashSet<u32> = ids
+                .iter()
+                .filter(|&&r| (0..i.next_id() as i64).contains(&r))
+                .map(|&r| r as u32)
+                .filter(|&r| i.is_live(r))
+                .collect();
+            (live, i.next_id() as i64)
         };
         let rows: Vec<u32> = ids
             .iter()
@@ -543,13 +555,7 @@ impl PyIndex {
         let got: Vec<Option<serde_json::Map<String, serde_json::Value>>> = got
             .into_iter()
             .zip(&rows)
-            .map(|(g, r)| {
-                if *r == u32::MAX || deleted.contains(r) {
-                    None
-                } else {
-                    g
-                }
-            })
+            .map(|(g, r)| if live.contains(r) { g } else { None })
             .collect();
         dicts(py, &got)
     }
@@ -789,8 +795,13 @@ impl PyIndex {
     ///
     /// Rewrites the stored rows into one segment without the deleted ones (ids unchanged).
     fn compact(&self, py: Python<'_>) -> PyResult<()> {
+        let mut guard = self.docs();
+        let d: &mut docs::PyDocs = &mut guard;
         detached(py, || {
-            self.write().compact();
+            let mut index = self.write();
+            // the documents of the rows compaction removes go at the next save
+            d.dropped(index.deleted());
+            index.compact();
             Ok::<(), rewa::Error>(())
         })
     }

@@ -108,3 +108,22 @@ def test_documents_are_saved_with_the_index_and_follow_adds_and_deletes(tmp_path
     # saved elsewhere: every row's document goes with it
     again.save(tmp_path / "copy")
     assert rewa.Index.open(tmp_path / "copy").get([0, 999]) == [fields_for(1)[0], fields_for(1, 999)[0]]
+
+
+def test_compacted_rows_stay_gone_and_bad_records_add_nothing(tmp_path):
+    x, q = clusters(300, 3, 8, seed=5)
+    idx = rewa.Index.build(x, pipeline="exact:10", fields=fields_for(300))
+    idx.delete(ids=[42])
+    idx.compact()
+    _, I = idx.search(k=5, mode="bm25", texts=["row 42 word2"])
+    assert 42 not in I[0]
+    assert idx.get([42]) == [None]
+    with pytest.raises(ValueError, match="record 1"):
+        idx.add(x[:1], fields=[{"a.b": 1}])
+    assert len(idx) == 299
+    idx.add(x[:1], fields=[{"n": 300}])
+    idx.save(tmp_path / "i")
+    back = rewa.Index.open(tmp_path / "i")
+    assert back.get([42, 300]) == [None, {"n": 300}]
+    _, I = back.search(k=5, mode="bm25", texts=["row 42 word2"])
+    assert 42 not in I[0]

@@ -213,7 +213,15 @@ impl AppState {
                 )));
             }
         }
-        let texts_kept = req.texts.clone();
+        if let Some(f) = &req.fields {
+            // a bad record is refused before queueing: it cannot fail the group it would join
+            rewa_docs::check_records(f)?;
+        }
+        // texts are stored as {"text": ..} only in an index that keeps documents
+        let texts_kept = req
+            .texts
+            .clone()
+            .filter(|_| rewa_docs::Docs::exists(&self.dir));
         // The input checks before queueing (and before embedding): a bad request costs no
         // writer time and cannot fail the group it would have joined.
         let (vectors, ids) = match (req.vectors, req.texts) {

@@ -308,6 +308,26 @@ fn agreeing(dir: &Path) -> Vec<u32> {
     live
 }
 
+/// Runs `rewa CMD` in `d` and kills it with SIGKILL when its save announces `pause`.
+fn kill_at(d: &Path, cmd: &str, pause: &str) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rewa"))
+        .args(cmd.split_whitespace())
+        .env("REWA_SAVE_PAUSE", format!("{pause}:60000"))
+        .current_dir(d)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = BufReader::new(child.stderr.take().unwrap());
+    let want = format!("paused:{pause}");
+    assert!(
+        err.lines().any(|l| l.unwrap().contains(&want)),
+        "never reached {want}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 /// Writes `n` records (`{"n": row, "text": "record <row>"}`) for rows `first..`.
 fn fields(path: &Path, first: usize, n: usize) {
     let s: String = (first..first + n)
@@ -379,18 +399,7 @@ fn sigkill_at_any_point_leaves_vectors_and_documents_agreeing() {
     // a build killed after its documents' commit, before the manifest: no index, and the
     // next build takes the folder without --force (the documents are a build's leftover)
     let build = "build --base a/base.npy --fields fa.jsonl --pipeline hadamard64+sign:200,exact:10 --out dead";
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rewa"))
-        .args(build.split_whitespace())
-        .env("REWA_SAVE_PAUSE", "docs:60000")
-        .current_dir(d)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let err = BufReader::new(child.stderr.take().unwrap());
-    assert!(err.lines().any(|l| l.unwrap().contains("paused:docs")));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_at(d, build, "docs");
     assert!(d.join("dead/docs").is_dir());
     assert!(
         rewa::Index::open(&d.join("dead")).is_err(),
@@ -398,6 +407,23 @@ fn sigkill_at_any_point_leaves_vectors_and_documents_agreeing() {
     );
     rewa(build, d);
     assert_eq!(agreeing(&d.join("dead")), old);
+    // a rebuild (--force) killed there: the old index with its own documents; then done
+    fields(&d.join("f500.jsonl"), 0, 500);
+    let rebuild = "build --base b/base.npy --fields f500.jsonl --pipeline hadamard64+sign:200,exact:10 --out dead --force";
+    for pause in ["docs", "manifest"] {
+        kill_at(d, rebuild, pause);
+        let want: Vec<u32> = if pause == "docs" {
+            old.clone()
+        } else {
+            (0..500).collect()
+        };
+        assert_eq!(agreeing(&d.join("dead")), want, "rebuild killed at {pause}");
+        // the next writer puts things in order, whichever manifest is live
+        rewa(&format!("{build} --force"), d);
+        assert_eq!(agreeing(&d.join("dead")), old);
+    }
+    rewa(rebuild, d);
+    assert_eq!(agreeing(&d.join("dead")), (0..500).collect::<Vec<u32>>());
     let add = [
         "add",
         "--index",

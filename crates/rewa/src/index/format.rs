@@ -431,8 +431,11 @@ pub fn check_build_target(dir: &Path, force: bool, force_flag: &str) -> Result<(
         )));
     }
     // a killed build's leftovers: its staged files, or a document store with no index yet
-    let store = dir.join("docs").join(".managed.json").is_file();
-    if others.iter().any(|n| n == PENDING) || (store && others.iter().all(|n| n == "docs")) {
+    let store = dir.join("docs").join(".managed.json").is_file()
+        || dir.join("docs.old").join("manifest.crc").is_file();
+    if others.iter().any(|n| n == PENDING)
+        || (store && others.iter().all(|n| n == "docs" || n == "docs.old"))
+    {
         return Ok(());
     }
     Err(Error::InvalidInput(format!(

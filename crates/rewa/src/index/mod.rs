@@ -712,6 +712,12 @@ impl Index {
         check_ids(&live, ids)
     }
 
+    /// Whether row `id` is held and not deleted (a compaction removes deleted rows, and
+    /// forgets their ids).
+    pub fn is_live(&self, id: u32) -> bool {
+        !self.deleted.contains(id) && self.segments.iter().any(|s| s.holds(id))
+    }
+
     /// Ids of the rows held and not deleted, ascending.
     pub fn live_ids(&self) -> impl Iterator<Item = u32> + '_ {
         self.segments
