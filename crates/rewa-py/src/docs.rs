@@ -40,9 +40,21 @@ pub(crate) struct PyDocs {
 impl PyDocs {
     /// The documents of the index saved in `dir` (opened as an index whose next id is
     /// `next_id`).
-    pub fn open(dir: &Path, next_id: u32) -> Result<PyDocs, rewa_docs::Error> {
+    pub fn open(dir: &Path, index: &rewa::Index) -> Result<PyDocs, rewa_docs::Error> {
+        let next_id = index.next_id() as u32;
+        let mut saved = Docs::open(dir)?;
+        // documents ahead of the manifest (a writer killed between its two commits): repaired
+        // now if no writer holds the index, else at this index's save; this index's own rows
+        // from `next_id` on are never read from them
+        if saved.as_ref().is_some_and(|d| d.next_id() > next_id) {
+            if let Ok(_lock) =
+                rewa::index::WriteLock::acquire_existing(dir, std::time::Duration::ZERO)
+            {
+                saved = rewa_docs::open_for_write(dir, index)?;
+            }
+        }
         Ok(PyDocs {
-            saved: Docs::open(dir)?,
+            saved,
             first: next_id,
             pending: Vec::new(),
             ram: None,
@@ -164,6 +176,16 @@ impl PyDocs {
         }
         let mut docs = self.saved.take().expect("checked above");
         docs.reload()?;
+        if docs.next_id() > self.first {
+            // rows a killed writer left beyond the manifest this index was read from (under
+            // the lock the caller holds)
+            // (no deletes here: this index's own deletes are not saved yet, and their
+            // documents go only after the manifest holds them)
+            if let Err(e) = docs.sync(self.first, &[]) {
+                self.saved = Some(docs);
+                return Err(e);
+            }
+        }
         // rows added since the documents were saved (documents first, then the index)
         if !self.pending.is_empty() {
             if docs.next_id() != self.first {

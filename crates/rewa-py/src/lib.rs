@@ -455,7 +455,7 @@ impl PyIndex {
     #[staticmethod]
     fn open(py: Python<'_>, path: PathBuf) -> PyResult<PyIndex> {
         let index = detached(py, || rewa::Index::open(&path))?;
-        let d = detached_as(py, || docs::PyDocs::open(&path, index.next_id() as u32))?;
+        let d = detached_as(py, || docs::PyDocs::open(&path, &index))?;
         Ok(PyIndex::new(index, d))
     }
 

@@ -127,3 +127,32 @@ def test_compacted_rows_stay_gone_and_bad_records_add_nothing(tmp_path):
     assert back.get([42, 300]) == [None, {"n": 300}]
     _, I = back.search(k=5, mode="bm25", texts=["row 42 word2"])
     assert 42 not in I[0]
+
+
+def test_a_store_a_killed_writer_left_ahead_is_repaired(tmp_path):
+    import subprocess
+    from test_rewa import rewa_bin
+    x, q = clusters(400, 3, 8, seed=6)
+    np.save(tmp_path / "a.npy", x[:300])
+    np.save(tmp_path / "b.npy", x[300:])
+    for name, first, n in (("fa.jsonl", 0, 300), ("fb.jsonl", 300, 100)):
+        (tmp_path / name).write_text("".join(json.dumps(f) + "\n" for f in fields_for(n, first)))
+    cli("build", "--base", "a.npy", "--fields", "fa.jsonl", "--pipeline", "exact:10", "--out", "idx", cwd=tmp_path)
+    # an add killed after its documents' commit, before its manifest
+    p = subprocess.Popen([rewa_bin(), "add", "--index", "idx", "--base", "b.npy", "--fields", "fb.jsonl"],
+                         cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+                         env={**__import__("os").environ, "REWA_SAVE_PAUSE": "docs:60000"})
+    for line in p.stderr:
+        if "paused:docs" in line:
+            break
+    p.kill()
+    p.wait()
+    idx = rewa.Index.open(tmp_path / "idx")
+    assert len(idx) == 300 and idx.get([350]) == [None]
+    mine = [{"n": 1000 + i, "k": "z"} for i in range(50)]
+    idx.add(x[300:350], fields=mine)
+    _, I = idx.search(q, k=10, filter={"must": [{"key": "k", "match": {"value": "z"}}]})
+    assert ((I >= 300) & (I < 350)).all()
+    idx.save(tmp_path / "idx")
+    back = rewa.Index.open(tmp_path / "idx")
+    assert back.get([300, 349, 350]) == [mine[0], mine[49], None]
