@@ -3,6 +3,7 @@
 
 use crate::data::{log, progress_bar};
 use anyhow::{Context, Result};
+use rewa::TextModel;
 use rewa_embed::{EmbeddedFile, Embedder, TextField};
 use std::path::Path;
 use std::time::Instant;
@@ -17,6 +18,11 @@ pub struct TextOpts {
     /// With text input: texts per forward pass.
     #[arg(long, default_value_t = rewa_embed::DEFAULT_BATCH_SIZE, value_name = "N")]
     pub batch: usize,
+    /// With text input: the model's linear layers in `f32` or `int8` (faster; see `rewa embed
+    /// --help`). A new index records it; texts for an existing index are embedded in the
+    /// precision it records (asking for another is an error).
+    #[arg(long, value_name = "f32|int8")]
+    pub precision: Option<rewa_embed::Precision>,
 }
 
 impl TextOpts {
@@ -78,18 +84,38 @@ impl CheckedTexts<'_> {
     }
 }
 
-/// Loads a sentence-transformers model directory with the batch size of `opts`.
+/// Loads a sentence-transformers model directory with the batch size and precision of `opts`
+/// (f32 unless it says otherwise).
 pub fn load_model(dir: &Path, opts: &TextOpts) -> Result<Embedder> {
+    load_in(dir, opts, opts.precision.unwrap_or_default())
+}
+
+/// Loads the model to embed texts for an index that records `recorded`: in the precision it
+/// records, and checked against it (weights, precision; the truncation length is taken from it).
+pub fn load_model_for(dir: &Path, opts: &TextOpts, recorded: &TextModel) -> Result<Embedder> {
+    let p = Embedder::recorded_precision(recorded)?;
+    if let Some(asked) = opts.precision.filter(|&a| a != p) {
+        anyhow::bail!(
+            "--precision {asked}: the index's documents were embedded in {p}, and queries must be embedded the same way"
+        );
+    }
+    let mut e = load_in(dir, opts, p)?;
+    e.check_against(recorded)?;
+    Ok(e)
+}
+
+fn load_in(dir: &Path, opts: &TextOpts, precision: rewa_embed::Precision) -> Result<Embedder> {
     let t = Instant::now();
-    let mut e =
-        Embedder::load(dir).with_context(|| format!("loading the model {}", dir.display()))?;
+    let mut e = Embedder::load_precision(dir, precision)
+        .with_context(|| format!("loading the model {}", dir.display()))?;
     e.set_batch_size(opts.batch).context("--batch")?;
     log(&format!(
-        "loaded {} ({:?}, dim {}, max_seq_len {}) in {:.2}s",
+        "loaded {} ({:?}, dim {}, max_seq_len {}, {}) in {:.2}s",
         dir.display(),
         e.model_dir().arch,
         e.dim(),
         e.max_seq_len(),
+        e.precision(),
         t.elapsed().as_secs_f64()
     ));
     Ok(e)

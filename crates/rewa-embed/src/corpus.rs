@@ -2,6 +2,7 @@
 //! (`rewa build --model --text`, `rewa search --text`, `rewa eval --text`) is made from.
 
 use crate::model_dir::weights_sha256;
+use crate::precision::Precision;
 use crate::{Embedder, Error, Result, TextField, TextReader};
 use rewa::{TextModel, Vectors};
 use std::path::Path;
@@ -137,6 +138,7 @@ impl Embedder {
             dir: shown.display().to_string(),
             weights_sha256: weights_sha256(dir)?,
             max_seq_len: self.max_seq_len(),
+            precision: self.precision().name().into(),
         })
     }
 
@@ -153,7 +155,25 @@ impl Embedder {
                 recorded.dir
             )));
         }
+        if self.precision().name() != recorded.precision {
+            return Err(Error::InvalidInput(format!(
+                "the index's documents were embedded in {} and this model is loaded in {}: queries must be embedded as the documents were (load it with precision {})",
+                recorded.precision,
+                self.precision(),
+                recorded.precision
+            )));
+        }
         self.set_max_seq_len(recorded.max_seq_len)
+    }
+
+    /// The precision `recorded` names (an index's record of its model).
+    pub fn recorded_precision(recorded: &TextModel) -> Result<Precision> {
+        recorded.precision.parse().map_err(|_| {
+            Error::InvalidInput(format!(
+                "the index records precision {:?}, which this build does not know",
+                recorded.precision
+            ))
+        })
     }
 }
 

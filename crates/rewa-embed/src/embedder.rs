@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::model_dir::{positions_for_text, read_json, Arch, ModelDir, Pooling, SizeConfig};
 use crate::mpnet::{MpNetConfig, MpNetModel};
 use crate::native::{Native, NativeConfig};
+use crate::precision::Precision;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use rewa::Vectors;
@@ -61,6 +62,7 @@ pub struct Embedder {
     pad_id: u32,
     attention: Attention,
     plan: Option<Plan>,
+    precision: Precision,
 }
 
 /// Vectors and the word pieces they were made from.
@@ -81,7 +83,28 @@ impl Embedder {
     /// [`Embedder::load`] with the transformer run by `backend` (a model the native pass
     /// cannot run, such as one with another activation, falls back to candle).
     pub fn load_with(dir: impl AsRef<Path>, backend: Backend) -> Result<Embedder> {
+        Embedder::load_opts(dir, backend, Precision::F32)
+    }
+
+    /// [`Embedder::load`] with the linear layers in `precision`. int8 runs in the native
+    /// forward pass only: asked of the candle backend, or of a model the native pass cannot
+    /// run, it is an error (never a silent f32).
+    pub fn load_precision(dir: impl AsRef<Path>, precision: Precision) -> Result<Embedder> {
+        Embedder::load_opts(dir, Backend::default(), precision)
+    }
+
+    /// [`Embedder::load_with`] and [`Embedder::load_precision`] in one.
+    pub fn load_opts(
+        dir: impl AsRef<Path>,
+        backend: Backend,
+        precision: Precision,
+    ) -> Result<Embedder> {
         let dir = dir.as_ref();
+        if precision == Precision::Int8 && backend == Backend::Candle {
+            return Err(Error::Unsupported(
+                "int8 runs in the native forward pass, not on candle".into(),
+            ));
+        }
         let info = ModelDir::read(dir)?;
         let config_path = dir.join("config.json");
         let pc = SizeConfig::read(&config_path, info.arch)?;
@@ -106,15 +129,24 @@ impl Embedder {
         let native = match backend {
             Backend::Native => {
                 let cfg: NativeConfig = read_json(&config_path)?;
-                Native::load(
+                let native = Native::load(
                     info.arch,
+                    precision,
                     &cfg,
                     &tensors,
                     pc.vocab_size,
                     pc.max_position_embeddings,
                     pc.type_vocab_size,
-                )
-                .ok()
+                );
+                match native {
+                    Ok(n) => Some(n),
+                    Err(e) if precision == Precision::Int8 => {
+                        return Err(Error::Unsupported(format!(
+                            "int8 needs the native forward pass, which cannot run this model: {e}"
+                        )))
+                    }
+                    Err(_) => None,
+                }
             }
             Backend::Candle => None,
         };
@@ -152,6 +184,7 @@ impl Embedder {
             info,
             attention: Attention::Full,
             plan: None,
+            precision,
         };
         embedder.set_max_seq_len(embedder.info.max_seq_len)?;
         Ok(embedder)
@@ -170,6 +203,11 @@ impl Embedder {
     /// Texts per forward pass.
     pub fn batch_size(&self) -> usize {
         self.batch_size
+    }
+
+    /// The arithmetic of the linear layers.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The implementation running the transformer.

@@ -45,6 +45,8 @@ mod kernels;
 pub mod model_dir;
 pub mod mpnet;
 mod native;
+mod precision;
+mod qgemm;
 pub mod texts;
 
 pub use attention::{Attention, KeyProjections, RewaAttention};
@@ -52,4 +54,11 @@ pub use corpus::{embed_checked_file, embed_file, read_ids, require_regular_file,
 pub use embedder::{Backend, Embedded, Embedder, DEFAULT_BATCH_SIZE};
 pub use error::{Error, Result};
 pub use model_dir::{weights_sha256, Arch, ModelDir, Pooling};
+pub use precision::Precision;
+
+/// The kernel `Precision::Int8`'s matrix products run on here: `"avx512-vnni"`, `"avx2"` or
+/// `"scalar"` (chosen at run time; `REWA_NO_AVX512=1` and `REWA_NO_AVX2=1` step down).
+pub fn int8_kernel() -> &'static str {
+    qgemm::level().name()
+}
 pub use texts::{read_texts, TextField, TextReader, Texts};

@@ -20,6 +20,8 @@ use crate::attention::{full_head, rewa_head, AttentionShape, HeadRows, Plan, Scr
 use crate::error::{Error, Result};
 use crate::kernels::bias_gelu;
 use crate::model_dir::Arch;
+use crate::precision::Precision;
+use crate::qgemm::{self, QMatrix, QRows};
 use candle_core::{DType, Tensor};
 use std::collections::HashMap;
 
@@ -56,8 +58,10 @@ fn default_position_type() -> String {
 }
 
 struct Linear {
-    /// `out x in`, row-major (as stored).
+    /// `out x in`, row-major (as stored); empty when `q` holds the weights.
     w: Vec<f32>,
+    /// The weights as int8 codes (`Precision::Int8`).
+    q: Option<QMatrix>,
     b: Vec<f32>,
     n_in: usize,
     n_out: usize,
@@ -77,6 +81,31 @@ struct Layer {
     up: Linear,
     down: Linear,
     ln2: Norm,
+}
+
+/// The activations of a forward pass, kept per thread and reused: allocating them anew for
+/// every batch cost the kernel's page clearing (7% of an int8 pass).
+#[derive(Default)]
+struct Buffers {
+    x: Vec<f32>,
+    qkv: Vec<f32>,
+    ctx: Vec<f32>,
+    tmp: Vec<f32>,
+    up: Vec<f32>,
+    scores: Vec<f32>,
+    scratch: Scratch,
+    qa: QRows,
+}
+
+thread_local! {
+    static BUFFERS: std::cell::RefCell<Buffers> = std::cell::RefCell::new(Buffers::default());
+}
+
+/// `v` at length `n` (its capacity kept: only growth is zeroed), as a slice.
+fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    v.truncate(n);
+    v.resize(n, 0.0);
+    v.as_mut_slice()
 }
 
 /// Sees each layer's index and its stacked queries, keys and values.
@@ -124,6 +153,7 @@ impl Weights<'_> {
     fn linear(&self, name: &str, n_in: usize, n_out: usize) -> Result<Linear> {
         Ok(Linear {
             w: self.get(&format!("{name}.weight"), n_in * n_out)?,
+            q: None,
             b: self.get(&format!("{name}.bias"), n_out)?,
             n_in,
             n_out,
@@ -140,9 +170,12 @@ impl Weights<'_> {
 
 impl Native {
     /// Builds the encoder from the model's tensors, or says why it cannot (the caller then
-    /// runs the candle model).
+    /// runs the candle model). With [`Precision::Int8`] every linear layer's weights are
+    /// quantized now and their f32 copies dropped.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn load(
         arch: Arch,
+        precision: Precision,
         cfg: &NativeConfig,
         tensors: &HashMap<String, Tensor>,
         vocab: usize,
@@ -199,18 +232,25 @@ impl Native {
             );
             let qkv = Linear {
                 w: [q.w, k.w, v.w].concat(),
+                q: None,
                 b: [q.b, k.b, v.b].concat(),
                 n_in: h,
                 n_out: 3 * h,
             };
-            layers.push(Layer {
+            let mut layer = Layer {
                 qkv,
                 o: w.linear(&o, h, h)?,
                 ln1: w.norm(&ln1, h, eps)?,
                 up: w.linear(&format!("{l}.intermediate.dense"), h, cfg.intermediate_size)?,
                 down: w.linear(&format!("{l}.output.dense"), cfg.intermediate_size, h)?,
                 ln2: w.norm(&format!("{l}.output.LayerNorm"), h, eps)?,
-            });
+            };
+            if precision == Precision::Int8 {
+                for lin in [&mut layer.qkv, &mut layer.o, &mut layer.up, &mut layer.down] {
+                    lin.quantize();
+                }
+            }
+            layers.push(layer);
         }
         let (token_type, rel_bias) = match arch {
             Arch::Bert => {
@@ -256,13 +296,37 @@ impl Native {
         &self,
         rows: &[&[u32]],
         plan: Option<&Plan>,
+        observe: Option<Observer<'_>>,
+    ) -> Result<Vec<f32>> {
+        BUFFERS.with(|b| match b.try_borrow_mut() {
+            Ok(mut b) => self.forward_in(rows, plan, observe, &mut b),
+            // (an observer that runs a forward pass itself gets buffers of its own)
+            Err(_) => self.forward_in(rows, plan, observe, &mut Buffers::default()),
+        })
+    }
+
+    fn forward_in(
+        &self,
+        rows: &[&[u32]],
+        plan: Option<&Plan>,
         mut observe: Option<Observer<'_>>,
+        b: &mut Buffers,
     ) -> Result<Vec<f32>> {
         let h = self.hidden;
         let total: usize = rows.iter().map(|r| r.len()).sum();
         let vocab = self.word.len() / h;
         let n_pos = self.position.len() / h;
-        let mut x = vec![0f32; total * h];
+        let Buffers {
+            x,
+            qkv,
+            ctx,
+            tmp,
+            up,
+            scores,
+            scratch,
+            qa,
+        } = b;
+        let mut x = sized(x, total * h);
         let mut t = 0;
         for r in rows {
             for (i, &id) in r.iter().enumerate() {
@@ -294,23 +358,22 @@ impl Native {
                 t += 1;
             }
         }
-        layer_norm(&mut x, &self.emb_ln, h);
+        layer_norm(x, &self.emb_ln, h);
 
         let max_len = rows.iter().map(|r| r.len()).max().unwrap_or(0);
         let inter = self.layers.first().map_or(0, |l| l.up.n_out);
-        let mut qkv = vec![0f32; total * 3 * h];
-        let mut ctx = vec![0f32; total * h];
-        let mut tmp = vec![0f32; total * h];
-        let mut up = vec![0f32; total * inter];
-        let mut scores = vec![0f32; max_len * max_len];
+        let qkv = sized(qkv, total * 3 * h);
+        let ctx = sized(ctx, total * h);
+        let mut tmp = sized(tmp, total * h);
+        let up = sized(up, total * inter);
+        let scores = sized(scores, max_len * max_len);
         // MPNet: each head's bias for every (query, key) offset, looked up per text.
         let bias = self.rel_bias.as_ref().map(|b| self.bias_table(b, max_len));
-        let mut scratch = Scratch::default();
         let dh = h / self.heads;
         for (li, layer) in self.layers.iter().enumerate() {
-            linear(&x, &layer.qkv, total, &mut qkv);
+            linear(x, &layer.qkv, total, qkv, qa);
             if let Some(f) = observe.as_mut() {
-                f(li, &qkv);
+                f(li, qkv);
             }
             let mut start = 0;
             for r in rows {
@@ -331,24 +394,24 @@ impl Native {
                     let out = &mut ctx[start * h + hd * dh..];
                     match plan {
                         Some(p) if p.cfg.top < len => {
-                            rewa_head(rows, b, &p.cfg, p.head(li, hd), &mut scratch, out, h)
+                            rewa_head(rows, b, &p.cfg, p.head(li, hd), scratch, out, h)
                         }
-                        _ => full_head(rows, b, &mut scores, out, h),
+                        _ => full_head(rows, b, scores, out, h),
                     }
                 }
                 start += len;
             }
-            linear(&ctx, &layer.o, total, &mut tmp);
-            add(&mut tmp, &x);
-            layer_norm(&mut tmp, &layer.ln1, h);
+            linear(ctx, &layer.o, total, tmp, qa);
+            add(tmp, x);
+            layer_norm(tmp, &layer.ln1, h);
             std::mem::swap(&mut x, &mut tmp); // x = attention block's output
-            linear_gelu(&x, &layer.up, total, &mut up);
-            linear(&up, &layer.down, total, &mut tmp);
-            add(&mut tmp, &x);
-            layer_norm(&mut tmp, &layer.ln2, h);
+            linear_gelu(x, &layer.up, total, up, qa);
+            linear(up, &layer.down, total, tmp, qa);
+            add(tmp, x);
+            layer_norm(tmp, &layer.ln2, h);
             std::mem::swap(&mut x, &mut tmp);
         }
-        Ok(x)
+        Ok(x.to_vec())
     }
 
     /// `heads x max_len x max_len`: the bias of key j for query i (MPNet's relative position
@@ -372,8 +435,22 @@ impl Native {
     }
 }
 
-/// `out (rows x n_out) = x (rows x n_in) W^T + b`.
-fn linear(x: &[f32], l: &Linear, rows: usize, out: &mut [f32]) {
+impl Linear {
+    /// Replaces the f32 weights by int8 codes for the kernels this CPU runs.
+    fn quantize(&mut self) {
+        self.q = Some(QMatrix::new(&self.w, self.n_out, self.n_in, qgemm::level()));
+        self.w = Vec::new();
+    }
+}
+
+/// `out (rows x n_out) = x (rows x n_in) W^T + b` (in int8 when the layer is quantized: `qa`
+/// is the scratch its activations' codes go to).
+fn linear(x: &[f32], l: &Linear, rows: usize, out: &mut [f32], qa: &mut QRows) {
+    if let Some(q) = &l.q {
+        qa.quantize(&x[..rows * l.n_in], rows, l.n_in, q.level());
+        qgemm::gemm(qa, q, Some(&l.b), out);
+        return;
+    }
     rewa::linalg::gemm_abt(x, &l.w, rows, l.n_in, l.n_out, out);
     for r in out[..rows * l.n_out].chunks_exact_mut(l.n_out) {
         add(r, &l.b);
@@ -381,8 +458,14 @@ fn linear(x: &[f32], l: &Linear, rows: usize, out: &mut [f32]) {
 }
 
 /// [`linear`] then exact GELU, `x * (1 + erf(x / sqrt 2)) / 2`, in one pass.
-fn linear_gelu(x: &[f32], l: &Linear, rows: usize, out: &mut [f32]) {
-    rewa::linalg::gemm_abt(x, &l.w, rows, l.n_in, l.n_out, out);
+fn linear_gelu(x: &[f32], l: &Linear, rows: usize, out: &mut [f32], qa: &mut QRows) {
+    match &l.q {
+        Some(q) => {
+            qa.quantize(&x[..rows * l.n_in], rows, l.n_in, q.level());
+            qgemm::gemm(qa, q, None, out);
+        }
+        None => rewa::linalg::gemm_abt(x, &l.w, rows, l.n_in, l.n_out, out),
+    }
     for r in out[..rows * l.n_out].chunks_exact_mut(l.n_out) {
         bias_gelu(r, &l.b);
     }

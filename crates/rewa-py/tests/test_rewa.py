@@ -532,3 +532,39 @@ def test_texts_are_added_and_deleted_by_corpus_id(tmp_path):
     index.save(tmp_path / "idx")
     tsv = cli("search", "--index", "idx", "--text", "a cat on a mat", "--k", "2", cwd=tmp_path)
     assert {line.split("\t")[2] for line in tsv.strip().splitlines()[1:]} == {"vaccine", "dog"}
+
+
+@pytest.mark.skipif(not hasattr(rewa, "Embedder"), reason="built without the embed feature")
+def test_embedder_int8_is_close_to_f32_and_matches_the_cli(tmp_path):
+    model = minilm()
+    scifact = ROOT.parent / "shared/data/scifact"
+    lines = (scifact / "corpus.jsonl").read_text(encoding="utf-8").splitlines()[:12]
+    docs = [json.loads(l) for l in lines]
+    texts = [(d.get("title", "") + " " + d["text"]).strip() for d in docs]
+    e = rewa.Embedder(str(model), precision="int8")
+    assert e.precision == "int8" and rewa.Embedder(str(model)).precision == "f32"
+    assert "precision='int8'" in repr(e) or 'precision="int8"' in repr(e)
+    v = e.embed(texts)
+    ref = np.load(scifact / "emb_all-MiniLM-L6-v2/docs.npy")[:12]
+    cos = (v * ref).sum(1) / np.linalg.norm(v, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() > 0.997 and cos.max() < 1.0 - 1e-7, cos
+    # batch-independent to the bit, and the CLI's int8 vectors are these
+    assert np.array_equal(e.embed([texts[5]])[0], v[5])
+    (tmp_path / "c.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cli("embed", "--model", model, "--input", "c.jsonl", "--out", "c.npy", "--precision", "int8",
+        cwd=tmp_path)
+    assert np.array_equal(np.load(tmp_path / "c.npy"), v)
+    with pytest.raises(ValueError, match="f32 or int8"):
+        rewa.Embedder(str(model), precision="int4")
+    # an index built in int8 embeds its text queries in int8
+    cli("build", "--text", "c.jsonl", "--model", model, "--precision", "int8", "--pipeline",
+        "exact:3", "--out", "idx", cwd=tmp_path)
+    index = rewa.Index.open(str(tmp_path / "idx"))
+    assert index.info()["text_model"]["precision"] == "int8"
+    # texts added to it are embedded in int8 too: the int8 vector of the text finds itself at
+    # similarity 1, its f32 vector does not
+    index.add(texts=["A dog barks at night."], ids=["dog"])
+    D, I = index.search(e.embed(["A dog barks at night."]), k=1)
+    assert index.doc_ids[I[0, 0]] == "dog" and D[0, 0] > 1 - 1e-6, D
+    D32, _ = index.search(rewa.Embedder(str(model)).embed(["A dog barks at night."]), k=1)
+    assert D32[0, 0] < 1 - 1e-5, D32

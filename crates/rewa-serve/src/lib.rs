@@ -245,7 +245,13 @@ impl Server {
             .or_else(|| index.text_model().map(|m| PathBuf::from(&m.dir)));
         let embedder = match &model_dir {
             Some(dir) => {
-                let mut e = rewa_embed::Embedder::load(dir).map_err(|e| {
+                // in the precision the index's documents were embedded in
+                let precision = match index.text_model() {
+                    Some(r) => rewa_embed::Embedder::recorded_precision(r)
+                        .map_err(|e| Error::Config(e.to_string()))?,
+                    None => rewa_embed::Precision::F32,
+                };
+                let mut e = rewa_embed::Embedder::load_precision(dir, precision).map_err(|e| {
                     Error::Config(format!("loading the model {}: {e}", dir.display()))
                 })?;
                 if let Some(recorded) = index.text_model() {

@@ -1,5 +1,5 @@
 use crate::data::{check_dim, labels, load_prepared, load_train_prepared};
-use crate::text::{check_texts, embed_file, load_model, TextOpts};
+use crate::text::{check_texts, embed_file, load_model, load_model_for, TextOpts};
 use anyhow::{bail, Context, Result};
 use rewa::eval::{evaluate, EvalInput, Labels, Qrels};
 use rewa::{EncoderSpec, Metric, Pipeline, Prepared};
@@ -287,8 +287,7 @@ fn run_index(a: &Args, dir: &std::path::Path) -> Result<()> {
         let Some(m) = index.text_model() else {
             bail!("{} records no text model", dir.display());
         };
-        let mut e = load_model(std::path::Path::new(&m.dir), &a.text_opts)?;
-        e.check_against(m)?;
+        let e = load_model_for(std::path::Path::new(&m.dir), &a.text_opts, m)?;
         let f = embed_file(&e, check_texts(qpath, &a.text_opts)?, &a.text_opts.field())?;
         Some(index.metric().prepare_owned(f.vectors)?)
     };

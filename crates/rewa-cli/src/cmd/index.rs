@@ -1,7 +1,7 @@
 //! Commands over a persistent index: build, add, search, info, tune.
 
 use crate::data::{check_dim, load_prepared, load_train_prepared, log, progress_bar};
-use crate::text::{check_texts, embed_file, load_model, TextOpts};
+use crate::text::{check_texts, embed_file, load_model, load_model_for, TextOpts};
 use anyhow::{bail, Context, Result};
 use rewa::index::{check_build_target, WriteLock};
 use rewa::{Index, IndexSpec, Metric, Pipeline, Prepared, SearchParams, TuneOptions};
@@ -602,11 +602,11 @@ fn text_model_for(
             dir.display()
         ),
     };
-    let mut e = load_model(&mdir, opts)?;
-    if let Some(r) = recorded {
-        e.check_against(r)
-            .with_context(|| format!("embedding texts for {}", dir.display()))?;
-    }
+    let e = match recorded {
+        Some(r) => load_model_for(&mdir, opts, r)
+            .with_context(|| format!("embedding texts for {}", dir.display()))?,
+        None => load_model(&mdir, opts)?,
+    };
     if e.dim() != index.dim() {
         bail!(
             "the model {} makes {}-dimensional vectors, but {} holds {}-dimensional ones",
@@ -1061,10 +1061,15 @@ pub fn info(a: InfoArgs) -> Result<()> {
     println!("segments        {}", s.segments);
     if let Some(m) = &s.text_model {
         println!(
-            "text model      {} (weights sha256 {}..., {} word pieces per text)",
+            "text model      {} (weights sha256 {}..., {} word pieces per text{})",
             m.dir,
             m.weights_sha256.chars().take(16).collect::<String>(),
-            m.max_seq_len
+            m.max_seq_len,
+            if m.precision == "f32" {
+                String::new()
+            } else {
+                format!(", {}", m.precision)
+            }
         );
     }
     if s.has_doc_ids {

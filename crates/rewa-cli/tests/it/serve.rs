@@ -1307,3 +1307,48 @@ fn serve_filters_shows_fields_and_searches_bm25() {
     got.sort_unstable();
     assert_eq!(got, [500, 502], "{v}");
 }
+
+/// An index built in int8 is served in int8: its text queries score as the int8 vectors
+/// `rewa embed --precision int8` writes (and not as f32 ones).
+#[test]
+fn serve_embeds_texts_in_the_precision_the_index_records() {
+    let Some(model) = crate::embed::minilm() else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let docs = [
+        "The cat sat on the mat.",
+        "Stock markets fell sharply on Monday.",
+        "A new vaccine reduces infection rates in older adults.",
+        "The recipe needs two eggs and a cup of flour.",
+    ];
+    std::fs::write(d.join("docs.txt"), docs.join("\n") + "\n").unwrap();
+    let queries = [
+        "a kitten resting on a rug",
+        "immunisation of elderly people",
+    ];
+    std::fs::write(d.join("q.txt"), queries.join("\n") + "\n").unwrap();
+    let m = model.display().to_string();
+    ok(
+        &format!("build --text docs.txt --model {m} --precision int8 --pipeline exact:4 --out idx"),
+        d,
+    );
+    ok(
+        &format!("embed --model {m} --input q.txt --out q8.npy --precision int8"),
+        d,
+    );
+    ok(&format!("embed --model {m} --input q.txt --out q.npy"), d);
+    let s = Server::start(d, &[], &[]);
+    let (st, by_text) = s.post("/search", &j!({"texts": queries, "k": 4}));
+    assert_eq!(st, 200, "{by_text}");
+    let by = |file: &str| {
+        let q = rewa::io::read_vectors(&d.join(file)).unwrap();
+        let rows: Vec<Vec<f32>> = (0..q.len()).map(|i| q.row(i).to_vec()).collect();
+        let (st, v) = s.post("/search", &j!({"vectors": rows, "k": 4}));
+        assert_eq!(st, 200, "{v}");
+        hits(&v)
+    };
+    assert_eq!(hits(&by_text), by("q8.npy"), "texts embedded in int8");
+    assert_ne!(hits(&by_text), by("q.npy"), "not in f32");
+}

@@ -308,3 +308,68 @@ fn add_text_refuses_a_held_id_before_embedding() {
         "have no corpus ids (it was built from vectors)",
     );
 }
+
+/// `--precision int8`: `rewa embed` says so in its summary, an index built in int8 records it
+/// (info shows it), its text queries are embedded in int8 (hits equal those of the int8
+/// vectors `rewa embed` writes), and asking for f32 against it is refused.
+#[test]
+fn an_int8_index_embeds_its_queries_in_int8() {
+    let Some(model) = minilm() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let sf = scifact();
+    head(&sf.join("corpus.jsonl"), 30, &d.join("c.jsonl"));
+    head(&sf.join("queries.jsonl"), 6, &d.join("q.jsonl"));
+    let m = model.display();
+    let j = json(
+        &format!("embed --model {m} --input q.jsonl --out q8.npy --precision int8"),
+        d,
+    );
+    assert_eq!(j["precision"], "int8", "{j}");
+    let j = json(&format!("embed --model {m} --input q.jsonl --out q.npy"), d);
+    assert_eq!(j["precision"], "f32", "{j}");
+    fails(
+        &format!("embed --model {m} --input q.jsonl --out x.npy --precision int4"),
+        d,
+        "expected f32 or int8",
+    );
+    ok(
+        &format!("build --text c.jsonl --model {m} --precision int8 --pipeline exact:10 --out idx"),
+        d,
+    );
+    let info = json("info --index idx", d);
+    assert_eq!(info["text_model"]["precision"], "int8", "{info}");
+    let (ok_, out, err) = rewa("info --index idx", d);
+    assert!(
+        ok_ && out.contains("word pieces per text, int8)"),
+        "{out}{err}"
+    );
+    let by_vec = ok("search --index idx --queries q8.npy --k 5", d);
+    let by_text = ok("search --index idx --text-file q.jsonl --k 5", d);
+    let strip = |tsv: &str| -> Vec<Vec<String>> {
+        rows(tsv).into_iter().map(|r| r[1..].to_vec()).collect()
+    };
+    assert_eq!(strip(&by_vec), strip(&by_text), "queries embedded in int8");
+    assert_ne!(
+        strip(&ok("search --index idx --queries q.npy --k 5", d)),
+        strip(&by_text),
+        "f32 queries score differently"
+    );
+    fails(
+        "search --index idx --text-file q.jsonl --precision f32",
+        d,
+        "embedded in int8",
+    );
+    // an f32 index records nothing new: no precision field is written
+    ok(
+        &format!("build --text c.jsonl --model {m} --pipeline exact:10 --out idx32"),
+        d,
+    );
+    let info = json("info --index idx32", d);
+    assert!(info["text_model"]["precision"].is_null(), "{info}");
+    fails(
+        "search --index idx32 --text-file q.jsonl --precision int8",
+        d,
+        "embedded in f32",
+    );
+}

@@ -135,3 +135,46 @@ fn fixtures_tiny_mpnet_mean_matches_the_reference() {
 fn fixtures_tiny_mpnet_cls_matches_the_reference() {
     check("tiny-mpnet-cls", "cls", true);
 }
+
+/// int8 on the four tiny models: every vector near the reference's, a text's vector the same
+/// to the bit alone, in its batch and in one batch (scales are per token, sums exact), the
+/// precision reported, and int8 refused where it cannot run (the candle backend).
+#[test]
+fn fixtures_int8_stays_near_the_reference_and_is_batch_independent() {
+    use rewa_embed::Precision;
+    for name in ["tiny-bert", "tiny-bert-cls", "tiny-mpnet", "tiny-mpnet-cls"] {
+        let dir = fixture(name);
+        let exp = expected(&dir);
+        let mut e = Embedder::load_precision(&dir, Precision::Int8).unwrap();
+        assert_eq!(e.precision(), Precision::Int8);
+        let mut worst = 1f64;
+        for case in &exp.cases {
+            e.set_max_seq_len(case.max_seq_length).unwrap();
+            let texts: Vec<&str> = case.texts.iter().map(String::as_str).collect();
+            e.set_batch_size(case.batch_size).unwrap();
+            let together = e.embed(&texts).unwrap();
+            e.set_batch_size(texts.len()).unwrap();
+            let one_batch = e.embed(&texts).unwrap();
+            for (i, want) in case.vectors.iter().enumerate() {
+                let got = together.row(i);
+                let alone = e.embed(&[texts[i]]).unwrap();
+                assert_eq!(got, alone.row(0), "{name}: text {i} alone");
+                assert_eq!(got, one_batch.row(i), "{name}: text {i} in one batch");
+                let dot: f64 = got.iter().zip(want).map(|(a, b)| f64::from(a * b)).sum();
+                let norm = |v: &[f32]| v.iter().map(|a| f64::from(a * a)).sum::<f64>().sqrt();
+                let cos = dot / (norm(got) * norm(want));
+                worst = worst.min(cos);
+                assert!(got != want.as_slice(), "{name}: int8 cannot be exact");
+            }
+        }
+        eprintln!("{name} int8: min cosine to the reference {worst:.6}");
+        assert!(worst >= 0.99, "{name}: int8 min cosine {worst}");
+    }
+    let err = Embedder::load_opts(fixture("tiny-bert"), Backend::Candle, Precision::Int8)
+        .err()
+        .expect("int8 on candle is refused");
+    assert!(err.to_string().contains("native"), "{err}");
+    let err = "int4".parse::<Precision>().unwrap_err();
+    assert!(err.to_string().contains("f32 or int8"), "{err}");
+    assert_eq!("int8".parse::<Precision>().unwrap(), Precision::Int8);
+}

@@ -999,7 +999,11 @@ mod tests {
                     false,
                     crate::topk::Allow::ALL,
                 );
-                assert_eq!(scalar, [want.clone()], "query {qi}, keep {keep}");
+                assert_eq!(
+                    scalar,
+                    std::slice::from_ref(&want),
+                    "query {qi}, keep {keep}"
+                );
                 if crate::simd::avx2() {
                     let wide = scan_group_lists(
                         one,
@@ -1013,7 +1017,7 @@ mod tests {
                         true,
                         crate::topk::Allow::ALL,
                     );
-                    assert_eq!(wide, [want.clone()], "query {qi}, keep {keep}");
+                    assert_eq!(wide, std::slice::from_ref(&want), "query {qi}, keep {keep}");
                 }
             }
         }

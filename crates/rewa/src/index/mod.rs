@@ -62,6 +62,19 @@ pub struct TextModel {
     pub weights_sha256: String,
     /// Word pieces per text the documents were embedded with (special tokens included).
     pub max_seq_len: usize,
+    /// The arithmetic of the model's linear layers when the documents were embedded: `f32`
+    /// or `int8` (queries given as text are embedded the same way). Not written for `f32`,
+    /// so such an index reads as before; an index from before int8 existed is `f32`.
+    #[serde(default = "f32_name", skip_serializing_if = "is_f32")]
+    pub precision: String,
+}
+
+fn f32_name() -> String {
+    "f32".into()
+}
+
+fn is_f32(p: &str) -> bool {
+    p == "f32"
 }
 
 /// An index's facts, as [`Index::summary`] gives them.

@@ -21,6 +21,36 @@ fn model() -> TextModel {
         dir: "/models/all-MiniLM-L6-v2".into(),
         weights_sha256: "ab".repeat(32),
         max_seq_len: 256,
+        precision: "f32".into(),
+    }
+}
+
+/// The precision the documents were embedded in survives a save; `f32` (the default, and
+/// what an index from before int8 holds) is not written, so such indexes read as before.
+#[test]
+fn precision_is_recorded_and_f32_left_unwritten() {
+    for p in ["f32", "int8"] {
+        let t = tempfile::tempdir().unwrap();
+        let mut index = named();
+        let m = TextModel {
+            precision: p.into(),
+            ..model()
+        };
+        index.set_text_model(Some(m.clone()));
+        index.save(t.path()).unwrap();
+        assert_eq!(Index::open(t.path()).unwrap().text_model(), Some(&m));
+        let mut written = String::new();
+        for e in std::fs::read_dir(t.path()).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_file() {
+                written.push_str(&String::from_utf8_lossy(&std::fs::read(path).unwrap()));
+            }
+        }
+        assert!(
+            written.contains("max_seq_len"),
+            "the record is in the index's files"
+        );
+        assert_eq!(written.contains("\"precision\""), p == "int8", "{p}");
     }
 }
 
