@@ -3,13 +3,14 @@
 `rewa embed` in f32 and int8, on the same texts, same threads, batch 32.
 
     python scripts/embed_speed.py MODEL_DIR CORPUS.jsonl [--docs 1000] [--threads 1,2]
-        [--repeat 3] [--sides st,ort-fp32,ort-int8,rewa-f32,rewa-int8] [--rewa BIN]
+        [--repeat 3] [--sides st,ort-fp32,ort-int8,ort-int8pc,rewa-f32,rewa-int8] [--rewa BIN]
         [--work DIR] [--out rows.jsonl]
 
 Needs a virtualenv with sentence-transformers (torch), onnxruntime, onnx and onnxscript. The
 ONNX model is exported from the same weights with `torch.onnx.export` (the transformer; mean
 pooling and normalisation in numpy, as sentence-transformers does them) and quantized with
-`onnxruntime.quantization.quantize_dynamic` (int8 weights, its defaults) into --work.
+`onnxruntime.quantization.quantize_dynamic` into --work: `ort-int8` with its defaults (one
+scale per weight tensor), `ort-int8pc` with `per_channel=True` (one per output channel, as rewa).
 
 Every side runs in its own process (so peak memory is its own: ru_maxrss of that process),
 loads its model, embeds the first N texts of CORPUS (BEIR layout: (title + " " +
@@ -30,7 +31,7 @@ import time
 
 import numpy as np
 
-SIDES = ["st", "ort-fp32", "ort-int8", "rewa-f32", "rewa-int8"]
+SIDES = ["st", "ort-fp32", "ort-int8", "ort-int8pc", "rewa-f32", "rewa-int8"]
 
 
 def read_texts(corpus, n):
@@ -45,9 +46,11 @@ def read_texts(corpus, n):
 
 
 def export_onnx(model_dir, work):
-    """model.onnx (fp32) and model-int8.onnx in work, made once."""
+    """model.onnx (fp32), model-int8.onnx (quantize_dynamic's defaults: one scale per weight
+    tensor) and model-int8pc.onnx (per_channel=True, as rewa quantizes) in work, made once."""
     fp32 = os.path.join(work, "model.onnx")
     int8 = os.path.join(work, "model-int8.onnx")
+    int8pc = os.path.join(work, "model-int8pc.onnx")
     if not os.path.exists(fp32):
         import torch
         from transformers import AutoModel, AutoTokenizer
@@ -74,7 +77,11 @@ def export_onnx(model_dir, work):
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
-    return fp32, int8
+    if not os.path.exists(int8pc):
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(fp32, int8pc, weight_type=QuantType.QInt8, per_channel=True)
+    return fp32, int8, int8pc
 
 
 def worker(a):
@@ -95,18 +102,26 @@ def worker(a):
                                                     max_length=st.max_seq_length)["input_ids"])
     else:
         import onnxruntime as ort
-        from transformers import AutoTokenizer
+        from tokenizers import Tokenizer
 
-        path = export_onnx(a.model, a.work)[0 if a.worker == "ort-fp32" else 1]
+        paths = export_onnx(a.model, a.work)
+        path = {"ort-fp32": paths[0], "ort-int8": paths[1], "ort-int8pc": paths[2]}[a.worker]
         so = ort.SessionOptions()
         so.intra_op_num_threads = a.threads
         so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         names = [i.name for i in sess.get_inputs()]
-        tok = AutoTokenizer.from_pretrained(a.model)
+        # the tokenizers package alone (not transformers, which would load torch and count
+        # in this side's memory): truncation to max_seq_length, padding to the batch's longest
         max_len = json.load(open(os.path.join(a.model, "sentence_bert_config.json")))[
             "max_seq_length"]
+        pad = json.load(open(os.path.join(a.model, "config.json"))).get("pad_token_id", 0)
+        tok = Tokenizer.from_file(os.path.join(a.model, "tokenizer.json"))
+        tok.no_padding()
+        tok.enable_truncation(max_len)
+        counted = [len(e.ids) for e in tok.encode_batch(texts)]
+        tok.enable_padding(pad_id=pad)
 
         def run(batch_texts):
             order = np.argsort([-len(x) for x in batch_texts], kind="stable")
@@ -114,9 +129,11 @@ def worker(a):
             rows = [None] * len(batch_texts)
             for s in range(0, len(order), a.batch):
                 idx = order[s:s + a.batch]
-                enc = tok([batch_texts[i] for i in idx], padding=True, truncation=True,
-                          max_length=max_len, return_tensors="np")
-                h = sess.run(None, {n: enc[n].astype(np.int64) for n in names})[0]
+                encs = tok.encode_batch([batch_texts[i] for i in idx])
+                enc = {"input_ids": np.array([e.ids for e in encs], np.int64),
+                       "attention_mask": np.array([e.attention_mask for e in encs], np.int64),
+                       "token_type_ids": np.array([e.type_ids for e in encs], np.int64)}
+                h = sess.run(None, {n: enc[n] for n in names})[0]
                 m = enc["attention_mask"][..., None].astype(np.float32)
                 p = (h * m).sum(1) / np.clip(m.sum(1), 1e-9, None)
                 p /= np.clip(np.linalg.norm(p, axis=1, keepdims=True), 1e-12, None)
@@ -128,7 +145,7 @@ def worker(a):
         t = time.perf_counter()
         v = run(texts)
         secs = time.perf_counter() - t
-        tokens = sum(len(x) for x in tok(texts, truncation=True, max_length=max_len)["input_ids"])
+        tokens = sum(counted)
     np.save(a.vec_out, v.astype(np.float32))
     print(json.dumps({"seconds": secs, "tokens": tokens}))
 

@@ -23,6 +23,7 @@
 //! (tested to 1e-5); a text no longer than `top` runs the full kernel.
 
 use crate::error::{Error, Result};
+use crate::fgemm::{Packed, Rows};
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -554,25 +555,28 @@ pub(crate) fn full_head(
         }
         crate::kernels::softmax(row);
     }
-    // SAFETY: as above.
-    unsafe {
-        matrixmultiply::sgemm(
+    // The scores times the values: the values packed once per head (len x dh), the scores
+    // read in place (a general GEMM would copy all len x len of them for dh outputs each).
+    VALUES.with(|v| {
+        let mut v = v.borrow_mut();
+        v.pack_columns(h.v, h.stride, len, dh);
+        crate::fgemm::gemm(
+            Rows { x: s, stride: len },
             len,
-            len,
-            dh,
-            1.0,
-            s.as_ptr(),
-            len as isize,
-            1,
-            h.v.as_ptr(),
-            h.stride as isize,
-            1,
-            0.0,
-            out.as_mut_ptr(),
-            out_stride as isize,
-            1,
+            &v,
+            None,
+            Rows {
+                x: out,
+                stride: out_stride,
+            },
         );
-    }
+    });
+}
+
+thread_local! {
+    /// One head's values, packed for the kernel that multiplies the scores by them.
+    static VALUES: std::cell::RefCell<Packed> =
+        std::cell::RefCell::new(Packed::empty(crate::fgemm::level()));
 }
 
 /// Scratch space of [`rewa_head`], reused across heads and texts.

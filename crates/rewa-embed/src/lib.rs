@@ -41,6 +41,7 @@ pub mod bert;
 mod corpus;
 mod embedder;
 mod error;
+mod fgemm;
 mod kernels;
 pub mod model_dir;
 pub mod mpnet;

@@ -18,6 +18,7 @@
 
 use crate::attention::{full_head, rewa_head, AttentionShape, HeadRows, Plan, Scratch};
 use crate::error::{Error, Result};
+use crate::fgemm::{self, Packed};
 use crate::kernels::bias_gelu;
 use crate::model_dir::Arch;
 use crate::precision::Precision;
@@ -58,8 +59,10 @@ fn default_position_type() -> String {
 }
 
 struct Linear {
-    /// `out x in`, row-major (as stored); empty when `q` holds the weights.
+    /// `out x in`, row-major (as stored), until [`Linear::prepare`] moves them into `p` or `q`.
     w: Vec<f32>,
+    /// The weights packed for the f32 kernels (`Precision::F32`).
+    p: Option<Packed>,
     /// The weights as int8 codes (`Precision::Int8`).
     q: Option<QMatrix>,
     b: Vec<f32>,
@@ -153,6 +156,7 @@ impl Weights<'_> {
     fn linear(&self, name: &str, n_in: usize, n_out: usize) -> Result<Linear> {
         Ok(Linear {
             w: self.get(&format!("{name}.weight"), n_in * n_out)?,
+            p: None,
             q: None,
             b: self.get(&format!("{name}.bias"), n_out)?,
             n_in,
@@ -232,6 +236,7 @@ impl Native {
             );
             let qkv = Linear {
                 w: [q.w, k.w, v.w].concat(),
+                p: None,
                 q: None,
                 b: [q.b, k.b, v.b].concat(),
                 n_in: h,
@@ -245,10 +250,8 @@ impl Native {
                 down: w.linear(&format!("{l}.output.dense"), cfg.intermediate_size, h)?,
                 ln2: w.norm(&format!("{l}.output.LayerNorm"), h, eps)?,
             };
-            if precision == Precision::Int8 {
-                for lin in [&mut layer.qkv, &mut layer.o, &mut layer.up, &mut layer.down] {
-                    lin.quantize();
-                }
+            for lin in [&mut layer.qkv, &mut layer.o, &mut layer.up, &mut layer.down] {
+                lin.prepare(precision);
             }
             layers.push(layer);
         }
@@ -436,35 +439,43 @@ impl Native {
 }
 
 impl Linear {
-    /// Replaces the f32 weights by int8 codes for the kernels this CPU runs.
-    fn quantize(&mut self) {
-        self.q = Some(QMatrix::new(&self.w, self.n_out, self.n_in, qgemm::level()));
-        self.w = Vec::new();
+    /// Moves the weights into the form `precision`'s kernels on this CPU read: packed f32, or
+    /// int8 codes.
+    fn prepare(&mut self, precision: Precision) {
+        let w = std::mem::take(&mut self.w);
+        match precision {
+            Precision::F32 => {
+                self.p = Some(Packed::new(w, self.n_out, self.n_in, fgemm::level()));
+            }
+            Precision::Int8 => {
+                self.q = Some(QMatrix::new(&w, self.n_out, self.n_in, qgemm::level()));
+            }
+        }
     }
 }
 
 /// `out (rows x n_out) = x (rows x n_in) W^T + b` (in int8 when the layer is quantized: `qa`
 /// is the scratch its activations' codes go to).
 fn linear(x: &[f32], l: &Linear, rows: usize, out: &mut [f32], qa: &mut QRows) {
-    if let Some(q) = &l.q {
-        qa.quantize(&x[..rows * l.n_in], rows, l.n_in, q.level());
-        qgemm::gemm(qa, q, Some(&l.b), out);
-        return;
-    }
-    rewa::linalg::gemm_abt(x, &l.w, rows, l.n_in, l.n_out, out);
-    for r in out[..rows * l.n_out].chunks_exact_mut(l.n_out) {
-        add(r, &l.b);
+    match (&l.p, &l.q) {
+        (_, Some(q)) => {
+            qa.quantize(&x[..rows * l.n_in], rows, l.n_in, q.level());
+            qgemm::gemm(qa, q, Some(&l.b), out);
+        }
+        (Some(p), None) => fgemm::linear(x, rows, p, Some(&l.b), out),
+        (None, None) => unreachable!("Linear::prepare runs at load"),
     }
 }
 
 /// [`linear`] then exact GELU, `x * (1 + erf(x / sqrt 2)) / 2`, in one pass.
 fn linear_gelu(x: &[f32], l: &Linear, rows: usize, out: &mut [f32], qa: &mut QRows) {
-    match &l.q {
-        Some(q) => {
+    match (&l.p, &l.q) {
+        (_, Some(q)) => {
             qa.quantize(&x[..rows * l.n_in], rows, l.n_in, q.level());
             qgemm::gemm(qa, q, None, out);
         }
-        None => rewa::linalg::gemm_abt(x, &l.w, rows, l.n_in, l.n_out, out),
+        (Some(p), None) => fgemm::linear(x, rows, p, None, out),
+        (None, None) => unreachable!("Linear::prepare runs at load"),
     }
     for r in out[..rows * l.n_out].chunks_exact_mut(l.n_out) {
         bias_gelu(r, &l.b);

@@ -223,16 +223,18 @@ impl QRows {
     }
 }
 
-dispatched!(
-    /// `codes = round((x - min) * 255 / (max - min))` with `sz = (scale, zero) = ((max - min)
-    /// / 255, min)`; a constant row gets scale 0 and zero its value, a row holding a NaN or an
-    /// infinity (0, 0).
-    fn quantize_row_into(x: &[f32], codes: &mut [u8], sz: &mut (f32, f32)) => quantize_row_body
-);
-
+/// `codes = round((x - min) * 255 / (max - min))`, returning `(scale, zero) = ((max - min) /
+/// 255, min)`; a constant row gets scale 0 and zero its value, a row holding a NaN or an
+/// infinity (0, 0). With AVX2, 32 values a step (`cvtps2dq` rounds to nearest even, the
+/// saturating packs clamp); the plain loop is its twin.
 fn quantize_row(x: &[f32], codes: &mut [u8]) -> (f32, f32) {
+    #[cfg(target_arch = "x86_64")]
+    if rewa::simd::avx2() {
+        // SAFETY: the CPU has AVX2 (checked).
+        return unsafe { x86::quantize_row_avx2(x, codes) };
+    }
     let mut sz = (0f32, 0f32);
-    quantize_row_into(x, codes, &mut sz);
+    quantize_row_body(x, codes, &mut sz);
     sz
 }
 
@@ -331,6 +333,81 @@ fn gemm_scalar(a: &QRows, w: &QMatrix, bias: Option<&[f32]>, out: &mut [f32]) {
 mod x86 {
     use super::{QMatrix, QRows};
     use std::arch::x86_64::*;
+
+    /// [`super::quantize_row`] on AVX2.
+    ///
+    /// # Safety
+    /// The CPU has AVX2.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn quantize_row_avx2(x: &[f32], codes: &mut [u8]) -> (f32, f32) {
+        assert!(codes.len() >= x.len());
+        let n = x.len();
+        let p = x.as_ptr();
+        let (mut lo, mut hi) = (
+            _mm256_set1_ps(f32::INFINITY),
+            _mm256_set1_ps(f32::NEG_INFINITY),
+        );
+        let (mut bad, zero) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        // SAFETY: every load is of 8 values at i + 8 <= n.
+        unsafe {
+            while i + 8 <= n {
+                let v = _mm256_loadu_ps(p.add(i));
+                lo = _mm256_min_ps(lo, v);
+                hi = _mm256_max_ps(hi, v);
+                bad = _mm256_add_ps(bad, _mm256_mul_ps(v, zero));
+                i += 8;
+            }
+        }
+        let (mut l, mut h, mut b) = ([0f32; 8], [0f32; 8], [0f32; 8]);
+        // SAFETY: stores of 8 values into arrays of 8.
+        unsafe {
+            _mm256_storeu_ps(l.as_mut_ptr(), lo);
+            _mm256_storeu_ps(h.as_mut_ptr(), hi);
+            _mm256_storeu_ps(b.as_mut_ptr(), bad);
+        }
+        let (mut min, mut max, mut poison) = (f32::INFINITY, f32::NEG_INFINITY, 0f32);
+        for j in 0..8 {
+            min = if l[j] < min { l[j] } else { min };
+            max = if h[j] > max { h[j] } else { max };
+            poison += b[j];
+        }
+        for &v in &x[i..] {
+            min = if v < min { v } else { min };
+            max = if v > max { v } else { max };
+            poison += v * 0.0;
+        }
+        if poison != 0.0 || !min.is_finite() || !max.is_finite() {
+            codes[..n].fill(0);
+            return (0.0, 0.0);
+        }
+        if max <= min {
+            codes[..n].fill(0);
+            return (0.0, min);
+        }
+        let inv = 255.0 / (max - min);
+        let (vmin, vinv) = (_mm256_set1_ps(min), _mm256_set1_ps(inv));
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let mut i = 0;
+        // SAFETY: loads of 32 values at i + 32 <= n, a store of 32 codes there.
+        unsafe {
+            let q = |at: usize| {
+                let v = _mm256_loadu_ps(p.add(at));
+                _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(v, vmin), vinv))
+            };
+            while i + 32 <= n {
+                let ab = _mm256_packus_epi32(q(i), q(i + 8));
+                let cd = _mm256_packus_epi32(q(i + 16), q(i + 24));
+                let bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(ab, cd), order);
+                _mm256_storeu_si256(codes.as_mut_ptr().add(i) as *mut __m256i, bytes);
+                i += 32;
+            }
+        }
+        for (d, &v) in codes[i..n].iter_mut().zip(&x[i..]) {
+            *d = (crate::kernels::int_of((v - min) * inv) as i32).clamp(0, 255) as u8;
+        }
+        ((max - min) / 255.0, min)
+    }
 
     /// Pairs of channel blocks whose packed weights take about this many bytes are walked
     /// together (they stay in L2 while every tile of rows passes).
@@ -603,8 +680,8 @@ mod tests {
         for (i, n) in [1usize, 7, 8, 33, 384, 1536].into_iter().enumerate() {
             let x = data(n, 40 + i as u64);
             let (mut a, mut b) = (vec![0u8; n], vec![0u8; n]);
-            let (mut sa, mut sb) = ((0f32, 0f32), (0f32, 0f32));
-            quantize_row_into(&x, &mut a, &mut sa);
+            let mut sb = (0f32, 0f32);
+            let sa = quantize_row(&x, &mut a);
             quantize_row_body(&x, &mut b, &mut sb);
             assert_eq!((a.clone(), sa), (b, sb));
             // every value is within half a step of its code's value
