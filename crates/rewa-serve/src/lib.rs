@@ -108,6 +108,9 @@ pub struct Config {
     /// records, whose weights it must match): `/search` then also takes `{"texts": [..]}`,
     /// embedded with it (its dimension must be the index's).
     pub model: Option<PathBuf>,
+    /// The model's precision (default: the one an index built from text records, else f32;
+    /// another than the recorded one is refused).
+    pub precision: Option<rewa_embed::Precision>,
 }
 
 impl Default for Config {
@@ -126,6 +129,7 @@ impl Default for Config {
             wait_lock: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
             model: None,
+            precision: None,
         }
     }
 }
@@ -246,10 +250,18 @@ impl Server {
         let embedder = match &model_dir {
             Some(dir) => {
                 // in the precision the index's documents were embedded in
-                let precision = match index.text_model() {
-                    Some(r) => rewa_embed::Embedder::recorded_precision(r)
-                        .map_err(|e| Error::Config(e.to_string()))?,
-                    None => rewa_embed::Precision::F32,
+                let recorded = index
+                    .text_model()
+                    .map(rewa_embed::Embedder::recorded_precision)
+                    .transpose()
+                    .map_err(|e| Error::Config(e.to_string()))?;
+                let precision = match (config.precision, recorded) {
+                    (Some(p), Some(r)) if p != r => {
+                        return Err(Error::Config(format!(
+                            "precision {p}: the index's documents were embedded in {r}, and queries must be embedded the same way"
+                        )))
+                    }
+                    (p, r) => p.or(r).unwrap_or_default(),
                 };
                 let mut e = rewa_embed::Embedder::load_precision(dir, precision).map_err(|e| {
                     Error::Config(format!("loading the model {}: {e}", dir.display()))

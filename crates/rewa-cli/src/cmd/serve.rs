@@ -71,6 +71,10 @@ pub struct Args {
     /// carry "doc_id", /add takes {"texts": [..], "ids": [..]} and /delete {"doc_ids": [..]}.
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
+    /// The model's linear layers in `f32` or `int8` (see `rewa embed --help`); default: what
+    /// an index built from text records (another is refused), else f32.
+    #[arg(long, value_name = "f32|int8")]
+    precision: Option<rewa_embed::Precision>,
 }
 
 /// A positive, finite number of seconds.
@@ -136,6 +140,7 @@ pub fn run(a: Args) -> Result<()> {
         read_only_key: key(a.read_only_key, "REWA_READ_ONLY_KEY"),
         wait_lock: Duration::from_secs_f64(a.wait_lock.min(1e9)),
         model: a.model,
+        precision: a.precision,
         ..Default::default()
     };
     let server = rewa_serve::Server::bind(config).map_err(flag_names)?;

@@ -1351,4 +1351,44 @@ fn serve_embeds_texts_in_the_precision_the_index_records() {
     };
     assert_eq!(hits(&by_text), by("q8.npy"), "texts embedded in int8");
     assert_ne!(hits(&by_text), by("q.npy"), "not in f32");
+    drop(s);
+    // another precision than the recorded one refuses to start
+    let out = Command::new(env!("CARGO_BIN_EXE_rewa"))
+        .args(["serve", "--index", "idx", "--addr", "127.0.0.1:0"])
+        .args(["--precision", "f32"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("embedded in int8"), "{err}");
+    // an index of vectors served with --model and --precision int8 embeds texts in int8
+    let t2 = tempfile::tempdir().unwrap();
+    let d2 = t2.path();
+    let docs_txt = d.join("docs.txt");
+    ok(
+        &format!(
+            "embed --model {m} --input {} --out docs.npy",
+            docs_txt.display()
+        ),
+        d2,
+    );
+    ok("build --base docs.npy --pipeline exact:4 --out idx", d2);
+    let s = Server::start(d2, &["--model", &m, "--precision", "int8"], &[]);
+    let (st, v) = s.post("/search", &j!({"texts": queries, "k": 4}));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        hits(&v),
+        by_vectors(&s, d, "q8.npy"),
+        "texts embedded in int8"
+    );
+}
+
+/// `/search` with the vectors of a `.npy` file: each query's (id, score) hits.
+fn by_vectors(s: &Server, d: &std::path::Path, file: &str) -> Vec<Vec<(u64, f32)>> {
+    let q = rewa::io::read_vectors(&d.join(file)).unwrap();
+    let rows: Vec<Vec<f32>> = (0..q.len()).map(|i| q.row(i).to_vec()).collect();
+    let (st, v) = s.post("/search", &j!({"vectors": rows, "k": 4}));
+    assert_eq!(st, 200, "{v}");
+    hits(&v)
 }
