@@ -299,16 +299,7 @@ pub fn weighted(lists: &[(&[Hit], f32)], k: usize) -> Vec<Hit> {
             *score.entry(h.id).or_default() += (*w as f64) * x as f64;
         }
     }
-    let mut out: Vec<Hit> = score
-        .into_iter()
-        .map(|(id, s)| Hit {
-            id,
-            distance: -(s as f32),
-        })
-        .collect();
-    out.sort_unstable();
-    out.truncate(k);
-    out
+    best(score, k)
 }
 
 /// Reciprocal rank fusion of ranked lists: each row scores `sum 1 / (c + rank)` over the lists
@@ -320,6 +311,11 @@ pub fn rrf(lists: &[&[Hit]], c: f32, k: usize) -> Vec<Hit> {
             *score.entry(h.id).or_default() += 1.0 / (c as f64 + r as f64 + 1.0);
         }
     }
+    best(score, k)
+}
+
+/// The best `k` rows of fused scores, ties by row; hits carry `-score`.
+fn best(score: std::collections::HashMap<u32, f64>, k: usize) -> Vec<Hit> {
     let mut out: Vec<Hit> = score
         .into_iter()
         .map(|(id, s)| Hit {

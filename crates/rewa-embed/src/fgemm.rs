@@ -217,6 +217,32 @@ pub(crate) fn gemm(
     }
 }
 
+/// The order the tiled kernels (here and in `qgemm`) visit their tiles: the pairs of channel
+/// blocks in chunks of `chunk` (whose packed weights stay in L2), every tile of `mr` rows over
+/// each chunk; `visit(first row, pair, rows in the tile)`.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn walk_tiles(
+    rows: usize,
+    pairs: usize,
+    chunk: usize,
+    mr: usize,
+    visit: &mut dyn FnMut(usize, usize, usize),
+) {
+    let mut p0 = 0;
+    while p0 < pairs {
+        let p1 = (p0 + chunk).min(pairs);
+        let mut r = 0;
+        while r < rows {
+            let m = (rows - r).min(mr);
+            for p in p0..p1 {
+                visit(r, p, m);
+            }
+            r += m;
+        }
+        p0 = p1;
+    }
+}
+
 /// The twin: each output summed in input order with `mul_add`, as the kernels do.
 #[cfg(test)]
 fn linear_twin(
@@ -278,29 +304,19 @@ mod x86 {
     ) {
         let pairs = w.w.len() / (cols * w.k.max(1));
         let chunk = (CHUNK_BYTES / (4 * cols * w.k.max(1))).max(1);
-        let mut p0 = 0;
-        while p0 < pairs {
-            let p1 = (p0 + chunk).min(pairs);
-            let mut r = 0;
-            while r < rows {
-                let m = (rows - r).min(mr);
-                for p in p0..p1 {
-                    let col = p * cols;
-                    let t = Tile {
-                        x,
-                        xs,
-                        os,
-                        w,
-                        bias,
-                        r,
-                        col,
-                    };
-                    tile(t, m);
-                }
-                r += m;
-            }
-            p0 = p1;
-        }
+        super::walk_tiles(rows, pairs, chunk, mr, &mut |r, p, m| {
+            let col = p * cols;
+            let t = Tile {
+                x,
+                xs,
+                os,
+                w,
+                bias,
+                r,
+                col,
+            };
+            tile(t, m);
+        });
     }
 
     /// # Safety

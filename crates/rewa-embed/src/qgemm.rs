@@ -448,20 +448,10 @@ mod x86 {
     ) {
         let pairs = w.scale.len() / cols;
         let chunk = (CHUNK_BYTES / (32 * a.kp)).max(1);
-        let mut p0 = 0;
-        while p0 < pairs {
-            let p1 = (p0 + chunk).min(pairs);
-            let mut r = 0;
-            while r < a.rows {
-                let m = (a.rows - r).min(mr);
-                for p in p0..p1 {
-                    let col = p * cols;
-                    tile(Tile { a, w, bias, r, col }, m);
-                }
-                r += m;
-            }
-            p0 = p1;
-        }
+        crate::fgemm::walk_tiles(a.rows, pairs, chunk, mr, &mut |r, p, m| {
+            let col = p * cols;
+            tile(Tile { a, w, bias, r, col }, m);
+        });
     }
 
     #[derive(Clone, Copy)]

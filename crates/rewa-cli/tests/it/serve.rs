@@ -952,18 +952,7 @@ fn serve_with_a_model_searches_by_text_as_by_its_embedding() {
     };
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    let docs = [
-        "The cat sat on the mat.",
-        "Stock markets fell sharply on Monday.",
-        "A new vaccine reduces infection rates in older adults.",
-        "The recipe needs two eggs and a cup of flour.",
-    ];
-    std::fs::write(d.join("docs.txt"), docs.join("\n") + "\n").unwrap();
-    let queries = [
-        "a kitten resting on a rug",
-        "immunisation of elderly people",
-    ];
-    std::fs::write(d.join("q.txt"), queries.join("\n") + "\n").unwrap();
+    let queries = four_docs_two_queries(d);
     let m = model.display().to_string();
     ok(
         &format!("embed --model {m} --input docs.txt --out docs.npy"),
@@ -975,11 +964,7 @@ fn serve_with_a_model_searches_by_text_as_by_its_embedding() {
     let s = Server::start(d, &["--model", &m], &[]);
     let (st, by_text) = s.post("/search", &j!({"texts": queries, "k": 4}));
     assert_eq!(st, 200, "{by_text}");
-    let q = rewa::io::read_vectors(&d.join("q.npy")).unwrap();
-    let rows: Vec<Vec<f32>> = (0..q.len()).map(|i| q.row(i).to_vec()).collect();
-    let (st, by_vec) = s.post("/search", &j!({"vectors": rows, "k": 4}));
-    assert_eq!(st, 200, "{by_vec}");
-    let (a, b) = (hits(&by_text), hits(&by_vec));
+    let (a, b) = (hits(&by_text), by_vectors(&s, d, "q.npy"));
     for (ra, rb) in a.iter().zip(&b) {
         let ids = |r: &Vec<(u64, f32)>| r.iter().map(|h| h.0).collect::<Vec<_>>();
         assert_eq!(ids(ra), ids(rb));
@@ -1317,18 +1302,7 @@ fn serve_embeds_texts_in_the_precision_the_index_records() {
     };
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    let docs = [
-        "The cat sat on the mat.",
-        "Stock markets fell sharply on Monday.",
-        "A new vaccine reduces infection rates in older adults.",
-        "The recipe needs two eggs and a cup of flour.",
-    ];
-    std::fs::write(d.join("docs.txt"), docs.join("\n") + "\n").unwrap();
-    let queries = [
-        "a kitten resting on a rug",
-        "immunisation of elderly people",
-    ];
-    std::fs::write(d.join("q.txt"), queries.join("\n") + "\n").unwrap();
+    let queries = four_docs_two_queries(d);
     let m = model.display().to_string();
     ok(
         &format!("build --text docs.txt --model {m} --precision int8 --pipeline exact:4 --out idx"),
@@ -1342,15 +1316,12 @@ fn serve_embeds_texts_in_the_precision_the_index_records() {
     let s = Server::start(d, &[], &[]);
     let (st, by_text) = s.post("/search", &j!({"texts": queries, "k": 4}));
     assert_eq!(st, 200, "{by_text}");
-    let by = |file: &str| {
-        let q = rewa::io::read_vectors(&d.join(file)).unwrap();
-        let rows: Vec<Vec<f32>> = (0..q.len()).map(|i| q.row(i).to_vec()).collect();
-        let (st, v) = s.post("/search", &j!({"vectors": rows, "k": 4}));
-        assert_eq!(st, 200, "{v}");
-        hits(&v)
-    };
-    assert_eq!(hits(&by_text), by("q8.npy"), "texts embedded in int8");
-    assert_ne!(hits(&by_text), by("q.npy"), "not in f32");
+    assert_eq!(
+        hits(&by_text),
+        by_vectors(&s, d, "q8.npy"),
+        "texts embedded in int8"
+    );
+    assert_ne!(hits(&by_text), by_vectors(&s, d, "q.npy"), "not in f32");
     drop(s);
     // another precision than the recorded one refuses to start
     let out = Command::new(env!("CARGO_BIN_EXE_rewa"))
@@ -1382,6 +1353,24 @@ fn serve_embeds_texts_in_the_precision_the_index_records() {
         by_vectors(&s, d, "q8.npy"),
         "texts embedded in int8"
     );
+}
+
+/// Four short documents in `docs.txt` and two queries in `q.txt` (the first about the
+/// first document, the second about the third); returns the queries.
+fn four_docs_two_queries(d: &std::path::Path) -> [&'static str; 2] {
+    let docs = [
+        "The cat sat on the mat.",
+        "Stock markets fell sharply on Monday.",
+        "A new vaccine reduces infection rates in older adults.",
+        "The recipe needs two eggs and a cup of flour.",
+    ];
+    std::fs::write(d.join("docs.txt"), docs.join("\n") + "\n").unwrap();
+    let queries = [
+        "a kitten resting on a rug",
+        "immunisation of elderly people",
+    ];
+    std::fs::write(d.join("q.txt"), queries.join("\n") + "\n").unwrap();
+    queries
 }
 
 /// `/search` with the vectors of a `.npy` file: each query's (id, score) hits.
