@@ -448,6 +448,31 @@ impl PyIndex {
         Ok(PyIndex::new(index, d))
     }
 
+    /// Index.fit(train, pipeline=..., metric="cosine", seed=42) -> Index
+    ///
+    /// Fits every encoder the pipeline names on the rows of `train` and returns an index
+    /// holding no rows: the fitted parameters alone, to save and hand to many writers that
+    /// each `add` their own rows with the same encoders (a sharded build fits once).
+    #[staticmethod]
+    #[pyo3(signature = (train, pipeline="hadamard512+sign:2000,hadamard256+int8:200,exact:10", metric="cosine", seed=42))]
+    fn fit(
+        py: Python<'_>,
+        train: &Bound<'_, PyAny>,
+        pipeline: &str,
+        metric: &str,
+        seed: u64,
+    ) -> PyResult<PyIndex> {
+        let spec = rewa::IndexSpec {
+            metric: parse(metric)?,
+            pipeline: parse(pipeline)?,
+            seed,
+        };
+        let train = matrix(train, "train")?;
+        let tv = rows(&train)?;
+        let index = detached(py, || rewa::Index::fit(&spec, tv))?;
+        Ok(PyIndex::new(index, docs::PyDocs::default()))
+    }
+
     /// Index.open(path) -> Index
     ///
     /// Opens an index directory saved by `Index.save` or the `rewa build` command,
@@ -818,6 +843,14 @@ impl PyIndex {
         self.read().len()
     }
 
+    /// index.live_ids() -> int64 array
+    ///
+    /// The ids of the rows held and not deleted, ascending (`len(index)` of them).
+    fn live_ids<'py>(&self, py: Python<'py>) -> Bound<'py, numpy::PyArray1<i64>> {
+        let ids: Vec<i64> = self.read().live_ids().map(i64::from).collect();
+        ids.into_pyarray(py)
+    }
+
     /// The vector dimension.
     #[getter]
     fn dim(&self) -> usize {
@@ -1049,7 +1082,7 @@ fn _panic_for_test(py: Python<'_>) -> PyResult<()> {
 /// (D, I); `evaluate(...)` measures an encoder or pipeline on held-out queries;
 /// `Encoder.fit(spec, x).encode(x)` gives the codes. Spec strings are the CLI's (see
 /// `rewa --help`).
-#[pymodule(name = "rewa")]
+#[pymodule(name = "_rewa")]
 fn rewa_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyIndex>()?;
     m.add_class::<PyEncoder>()?;

@@ -568,3 +568,36 @@ def test_embedder_int8_is_close_to_f32_and_matches_the_cli(tmp_path):
     assert index.doc_ids[I[0, 0]] == "dog" and D[0, 0] > 1 - 1e-6, D
     D32, _ = index.search(rewa.Embedder(str(model)).embed(["A dog barks at night."]), k=1)
     assert D32[0, 0] < 1 - 1e-5, D32
+
+
+def test_fit_gives_an_empty_index_whose_writers_share_its_encoders(data, tmp_path):
+    x, q = data
+    fitted = rewa.Index.fit(x, "hadamard128+sign:100,exact:10")
+    assert len(fitted) == 0 and fitted.info()["count"] == 0
+    fitted.save(tmp_path / "fitted")
+    # two writers add their halves to copies of it: the same parameters, and together the
+    # exact hits of one index over both halves
+    a = rewa.Index.open(tmp_path / "fitted")
+    a.add(x[:1500])
+    a.save(tmp_path / "a")
+    b = rewa.Index.open(tmp_path / "fitted")
+    b.add(x[1500:])
+    b.save(tmp_path / "b")
+    params = sorted(p.name for p in (tmp_path / "fitted").glob("params-*"))
+    assert params
+    for name in params:
+        want = (tmp_path / "fitted" / name).read_bytes()
+        assert (tmp_path / "a" / name).read_bytes() == want == (tmp_path / "b" / name).read_bytes()
+    whole = rewa.Index.build(x, "hadamard128+sign:100,exact:10")
+    D, I = whole.search(q, 5, "exact:5")
+    Da, Ia = a.search(q, 5, "exact:5")
+    Db, Ib = b.search(q, 5, "exact:5")
+    both_d, both_i = np.concatenate([Da, Db], 1), np.concatenate([Ia, Ib + 1500], 1)
+    best = np.argsort(-both_d, axis=1, kind="stable")[:, :5]
+    assert np.take_along_axis(both_i, best, 1).tolist() == I.tolist()
+    with pytest.raises(ValueError, match="train is empty"):
+        rewa.Index.fit(np.zeros((0, 8), np.float32))
+    assert whole.live_ids().tolist() == list(range(3000))
+    whole.remove_ids([3, 5])
+    live = whole.live_ids()
+    assert live.dtype == np.int64 and len(live) == 2998 and 3 not in live and 5 not in live

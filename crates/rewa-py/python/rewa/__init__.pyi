@@ -34,6 +34,16 @@ class Index:
         """Fit every encoder the pipeline names on `train` (default `x`) and add `x`; ids are
         row numbers. metric: "cosine" (normalises), "ip" or "l2"."""
     @staticmethod
+    def fit(
+        train: _Array,
+        pipeline: str = "hadamard512+sign:2000,hadamard256+int8:200,exact:10",
+        metric: str = "cosine",
+        seed: int = 42,
+    ) -> "Index":
+        """Fit every encoder the pipeline names on `train` and return an index holding no
+        rows: the fitted parameters, to save and give to writers that each `add` their rows
+        with the same encoders."""
+    @staticmethod
     def open(path: _Path) -> "Index":
         """Open an index directory saved by `save` or `rewa build`."""
     def add(
@@ -99,6 +109,8 @@ class Index:
     def info(self) -> dict[str, Any]:
         """Keys of `rewa info --json`: count, dim, metric, pipeline, bytes_per_vector,
         code_sets, has_vectors."""
+    def live_ids(self) -> npt.NDArray[np.int64]:
+        """The ids of the rows held and not deleted, ascending."""
     def __len__(self) -> int: ...
     @property
     def dim(self) -> int: ...
