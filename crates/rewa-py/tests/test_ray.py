@@ -40,7 +40,7 @@ if not HAVE_RAY:
     pytest.skip("Ray is not installed (the ray extra)", allow_module_level=True)
 
 import rewa.ray  # noqa: E402
-from rewa.ray._shards import merge  # noqa: E402
+from rewa.ray._shards import MANIFEST as MANIFEST_NAME, merge  # noqa: E402
 
 
 # ---------- without a cluster ----------
@@ -232,6 +232,19 @@ def test_rebuild_refuses_without_force_and_replaces_with_it(cluster, tmp_path):
         rewa.ray.build(bad, "exact:10", tmp_path / "bad")
 
 
+def test_a_writer_killed_mid_shard_is_retried_and_no_half_shard_is_named(cluster, tmp_path):
+    x = np.random.default_rng(4).standard_normal((300, 16)).astype(np.float32)
+    ds = ray.data.from_items([{"id": i, "vector": v} for i, v in enumerate(x)])
+    out = tmp_path / "idx"
+    marker = tmp_path / "crashed"
+    m = rewa.ray.build(ds, "exact:10", out, shards=3, _crash_once=str(marker))
+    assert marker.exists(), "the first attempt at shard 0 must have died"
+    assert sorted(os.listdir(out)) == sorted([MANIFEST_NAME, m["fitted"]] + [e["dir"] for e in m["shards"]])
+    assert sum(e["count"] for e in m["shards"]) == 300
+    D, I = rewa.ray.open_local(out).search(x, 1)
+    assert I[:, 0].tolist() == list(range(300))
+
+
 # ---------- Serve ----------
 
 
@@ -319,7 +332,9 @@ def test_adds_and_deletes_are_visible_to_the_next_search(served, scifact):
     assert status == 400 and "taken" in body["error"]
     assert _post(url, "/search", {"vectors": new[:1].tolist(), "k": 3})[1]["results"][0][0]["id"] == 90001
     # deletes: the new rows and an original one, never returned again
-    status, body = _post(url, "/delete", {"ids": [90001, 90004, 5, 123456]})
+    status, body = _post(url, "/delete", {"ids": [90001, 123456]})
+    assert status == 400 and "123456 was never given out" in body["error"]
+    status, body = _post(url, "/delete", {"ids": [90001, 90004, 5]})
     assert status == 200 and body["deleted"] == 3
     assert body["count"] == len(docs) + 4 - 3
     _, I = client.search(np.vstack([new, docs[5:6]]), 10, "exact:10")
@@ -367,6 +382,7 @@ def test_bad_requests_get_rewa_serves_statuses(served, scifact, tmp_path):
             ("/add", json.dumps({"vector": [v]}).encode()),
             ("/delete", json.dumps({"ids": ["x"]}).encode()),
             ("/delete", b"[]"),
+            ("/delete", json.dumps({"ids": [999999]}).encode()),
         ]
         for route, raw in cases:
             a = _post(url, route, None, raw)
@@ -409,3 +425,26 @@ def test_a_killed_shard_replica_is_replaced_and_searches_recover(served, scifact
     assert status.status == "HEALTHY"
     after = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "shard-001" in a["name"]]
     assert after and after != names
+
+
+def test_replicas_of_a_shard_share_its_files(served, tmp_path):
+    from ray import serve
+
+    import rewa.ray.serve as rs
+
+    url, _, _ = served
+    x = np.random.default_rng(5).standard_normal((400, 32)).astype(np.float32)
+    out = tmp_path / "idx"
+    rewa.ray.build(ray.data.from_items([{"id": i, "vector": v} for i, v in enumerate(x)]), "exact:10", out, shards=2)
+    serve.run(rs.app({"index": str(out), "replicas": "2", "shard_cpus": "0.25"}), name="rewa2", route_prefix="/r2")
+    assert serve.status().applications["rewa2"].deployments["shard-000"].replica_states.get("RUNNING") == 2
+    new = np.random.default_rng(6).standard_normal((6, 32)).astype(np.float32)
+    for i, v in enumerate(new):
+        # each add lands on one replica of its shard; every search after it, on any replica,
+        # finds it
+        status, body = _post(url, "/r2/add", {"vectors": [v.tolist()], "ids": [1000 + i]})
+        assert status == 200, body
+        for _ in range(6):
+            status, body = _post(url, "/r2/search", {"vectors": [v.tolist()], "k": 1})
+            assert status == 200 and body["results"][0][0]["id"] == 1000 + i, body
+    serve.delete("rewa2")

@@ -124,7 +124,7 @@ def embed(
         },
         batch_size=batch_size,
         batch_format="numpy",
-        concurrency=concurrency,
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
         num_cpus=num_cpus,
         runtime_env=_threads_env(num_cpus),
     )
@@ -162,7 +162,9 @@ def _fit(sample: np.ndarray, pipeline: str, metric: str, seed: int, path: str) -
     return params_hash(path)
 
 
-def _write_shard(batch: Dict[str, np.ndarray], fitted: str, staging: str, id_column: str, vector_column: str) -> Dict[str, np.ndarray]:
+def _write_shard(
+    batch: Dict[str, np.ndarray], fitted: str, staging: str, id_column: str, vector_column: str, crash_once: Optional[str] = None
+) -> Dict[str, np.ndarray]:
     """One shard: its rows (all of them, one group) added to a copy of the fitted index in
     ascending id order and saved to a directory of this attempt's own, so a retried task
     never meets a half-written one (the driver names the finished ones in the manifest)."""
@@ -174,6 +176,12 @@ def _write_shard(batch: Dict[str, np.ndarray], fitted: str, staging: str, id_col
     index = rewa.Index.open(fitted)
     index.add(x, ids=[str(int(i)) for i in ids])
     path = os.path.join(staging, f"shard-{s:03d}.{uuid.uuid4().hex[:12]}")
+    if crash_once is not None and s == 0 and not os.path.exists(crash_once):
+        # the tests' fault: the worker dies with half the shard's files written
+        open(crash_once, "w").close()
+        index.save(path)
+        os.remove(os.path.join(path, "manifest.json"))
+        os._exit(1)
     index.save(path)
     return {
         "shard": np.array([s]),
@@ -200,6 +208,8 @@ def build(
     precision: str = "f32",
     embed_batch_size: int = 64,
     force: bool = False,
+    writer_cpus: float = 1,
+    _crash_once: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Builds a sharded index of the rows of `ds` under `out_dir` and returns its manifest.
 
@@ -212,7 +222,9 @@ def build(
     and ``rewa.Index.open`` read it; its rows' corpus ids are the global ids). The manifest
     ``rewa-shards.json`` is written last: until it lands the directory names no shard, and
     a failed, retried task's files are never named. An `out_dir` holding anything else is
-    refused unless `force` (which replaces a previous sharded index there).
+    refused unless `force` (which replaces a previous sharded index there). Each shard's
+    writer is one task holding `writer_cpus` CPUs (its encoding runs on that many threads):
+    with fewer shards than CPUs, give each writer more.
     """
     if shards < 1:
         raise ValueError("shards must be at least 1")
@@ -244,9 +256,16 @@ def build(
             ds.groupby(_SHARD_KEY)
             .map_groups(
                 _write_shard,
-                fn_kwargs={"fitted": fitted, "staging": staging, "id_column": id_column, "vector_column": vector_column},
+                fn_kwargs={
+                    "fitted": fitted,
+                    "staging": staging,
+                    "id_column": id_column,
+                    "vector_column": vector_column,
+                    "crash_once": _crash_once,
+                },
                 batch_format="numpy",
-                runtime_env=_threads_env(1),
+                num_cpus=writer_cpus,
+                runtime_env=_threads_env(writer_cpus),
             )
             .take_all()
         )

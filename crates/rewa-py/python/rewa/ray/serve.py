@@ -106,6 +106,11 @@ class ShardReplica:
             return np.zeros(ids.shape, dtype=bool)
         return np.isin(ids, gids[index.live_ids()])
 
+    def known(self, ids: np.ndarray) -> np.ndarray:
+        """Which of `ids` this shard ever held (deleted ones too, until a compaction)."""
+        _, gids, _ = self._fresh()
+        return np.isin(ids, gids)
+
     def add_sync(self, x: np.ndarray, ids: np.ndarray) -> int:
         def write():
             w = rewa.Index.open(self.path)
@@ -154,6 +159,9 @@ class Shard:
 
     async def live(self, ids):
         return await asyncio.to_thread(self.r.live, ids)
+
+    async def known(self, ids):
+        return await asyncio.to_thread(self.r.known, ids)
 
     async def add(self, x, ids):
         return await asyncio.to_thread(self.r.add_sync, x, ids)
@@ -402,8 +410,14 @@ class Ingress:
         S = len(self.shards)
         owner = shard_of(ids, S)
         groups = [(s, ids[owner == s]) for s in range(S)]
+        groups = [(s, g) for s, g in groups if g.size]
+        # as one index: an id never given out is refused, and then nothing is deleted
+        known = await asyncio.gather(*[self.shards[s].known.remote(g) for s, g in groups])
+        unknown = [int(i) for (s, g), k in zip(groups, known) for i in g[~k]]
+        if unknown:
+            raise _bad(f"invalid input: id {unknown[0]} was never given out ({len(unknown)} of the ids were not)")
         try:
-            done = await asyncio.gather(*[self.shards[s].delete.remote(g) for s, g in groups if g.size])
+            done = await asyncio.gather(*[self.shards[s].delete.remote(g) for s, g in groups])
         except Exception as e:
             raise _library_error(e) from None
         stats = await asyncio.gather(*[s.stats.remote() for s in self.shards])
@@ -429,7 +443,11 @@ class Ingress:
 
     async def __call__(self, request: Request) -> Response:
         t0 = time.perf_counter()
-        path = request.url.path.rstrip("/") or "/"
+        path = request.url.path
+        root = request.scope.get("root_path", "")  # the application's route prefix
+        if root and path.startswith(root):
+            path = path[len(root):]
+        path = path.rstrip("/") or "/"
         routes = {"/health": "GET", "/info": "GET", "/metrics": "GET", "/search": "POST", "/add": "POST", "/delete": "POST"}
         try:
             if path not in routes:
