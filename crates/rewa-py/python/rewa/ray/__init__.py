@@ -346,6 +346,7 @@ class ShardedClient:
         self._handle = handle
         self._url = url.rstrip("/") if url else None
         self._key = api_key
+        self._metric: Optional[str] = None
 
     def _post(self, route: str, body: Dict[str, Any]) -> Dict[str, Any]:
         import json
@@ -380,7 +381,9 @@ class ShardedClient:
         if pipeline:
             body["pipeline"] = pipeline
         res = self._post("/search", body)["results"]
-        return _arrays(res, k)
+        if self._metric is None:
+            self._metric = self.info()["metric"]
+        return _arrays(res, k, -np.inf if self._metric != "l2" else np.inf)
 
     def add(self, x: Any, ids: Any = None) -> int:
         """Adds rows (ids: the global ids, new; default: the next ones); returns the first id."""
@@ -405,13 +408,14 @@ class ShardedClient:
         import json
         import urllib.request
 
-        with urllib.request.urlopen(self._url + "/info") as r:
+        req = urllib.request.Request(self._url + "/info", headers={"api-key": self._key} if self._key else {})
+        with urllib.request.urlopen(req) as r:
             return json.loads(r.read())
 
 
-def _arrays(results: list, k: int):
+def _arrays(results: list, k: int, fill: float):
     n = len(results)
-    D = np.full((n, k), -np.inf, dtype=np.float32)
+    D = np.full((n, k), fill, dtype=np.float32)
     ids = np.full((n, k), -1, dtype=np.int64)
     for i, hits in enumerate(results):
         for j, h in enumerate(hits[:k]):
@@ -420,7 +424,7 @@ def _arrays(results: list, k: int):
     return D, ids
 
 
-def connect(app: str = "rewa", *, url: Optional[str] = None, api_key: Optional[str] = None) -> ShardedClient:
+def connect(app: str = "default", *, url: Optional[str] = None, api_key: Optional[str] = None) -> ShardedClient:
     """A client of the ``rewa.ray.serve`` application named `app` (through its Serve handle:
     call from a process connected to the cluster), or of its HTTP address `url`."""
     if url is not None:
