@@ -86,6 +86,9 @@ def part_embed(a, out):
     items = [{"id": i, "text": (r.get("title", "") + " " + r["text"]).strip()} for i, r in enumerate(recs)]
     for rnd in range(a.rounds):
         for threads in (1, 2):
+            for leftover in ("e.npy.partial.json", "e.npy.partial.npy"):  # a run stopped before
+                if os.path.exists(os.path.join(a.work, leftover)):
+                    os.remove(os.path.join(a.work, leftover))
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             with Clock() as c:
                 subprocess.run(

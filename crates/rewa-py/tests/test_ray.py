@@ -59,6 +59,31 @@ def test_merge_orders_by_score_then_id_and_puts_missing_last():
     assert I.tolist() == [[8, 5, -1, -1]] and D[0, 2] == np.inf
 
 
+def test_keys_are_checked_as_rewa_serve_checks_them():
+    from starlette.requests import Request
+
+    from rewa.ray.serve import ApiError, Ingress
+
+    ing = object.__new__(Ingress.func_or_class)
+    ing.api_key, ing.read_only_key = "write-key", "read-key"
+
+    def status(headers, write):
+        req = Request({"type": "http", "headers": [(k.encode(), v.encode()) for k, v in headers.items()]})
+        try:
+            ing._key(req, write)
+            return 200
+        except ApiError as e:
+            return e.status
+
+    assert status({}, False) == 401
+    assert status({"api-key": "nope"}, False) == 401
+    assert status({"api-key": "read-key"}, False) == 200
+    assert status({"api-key": "read-key"}, True) == 403
+    assert status({"authorization": "Bearer write-key"}, True) == 200
+    ing.api_key = ing.read_only_key = None
+    assert status({}, True) == 200
+
+
 def test_importing_rewa_does_not_import_ray():
     import sys
 
@@ -421,6 +446,7 @@ def test_a_killed_shard_replica_is_replaced_and_searches_recover(served, scifact
             pass
         assert time.monotonic() - t0 < 60, "no answer within 60 s of the kill"
         time.sleep(0.2)
+    print(f"shard-001 answered again {time.monotonic() - t0:.1f} s after its replica was killed")
     status = serve.status().applications["rewa"].deployments["shard-001"]
     assert status.status == "HEALTHY"
     after = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "shard-001" in a["name"]]

@@ -162,19 +162,52 @@ def _fit(sample: np.ndarray, pipeline: str, metric: str, seed: int, path: str) -
     return params_hash(path)
 
 
+@ray.remote
+def _split(block: Any, shards: int, id_column: str, vector_column: str):
+    """One block's rows, one part per shard (a dict of its ids and vectors)."""
+    from ray.data.block import BlockAccessor
+
+    b = BlockAccessor.for_block(block).to_batch_format("numpy")
+    key = np.asarray(b[_SHARD_KEY])
+    ids, x = np.asarray(b[id_column]), _matrix(b[vector_column], vector_column)
+    parts = []
+    for s in range(shards):
+        m = key == s
+        parts.append({"id": ids[m], "vector": x[m]})
+    return tuple(parts) if shards > 1 else parts[0]
+
+
+#: rows per add while a shard is written
+_CHUNK = 131_072
+
+
+@ray.remote(max_retries=3)
 def _write_shard(
-    batch: Dict[str, np.ndarray], fitted: str, staging: str, id_column: str, vector_column: str, crash_once: Optional[str] = None
-) -> Dict[str, np.ndarray]:
-    """One shard: its rows (all of them, one group) added to a copy of the fitted index in
-    ascending id order and saved to a directory of this attempt's own, so a retried task
-    never meets a half-written one (the driver names the finished ones in the manifest)."""
-    s = int(batch[_SHARD_KEY][0])
-    ids = check_ids(batch[id_column], f"column {id_column!r}")
-    x = _matrix(batch[vector_column], vector_column)
-    order = np.argsort(ids, kind="stable")
-    ids, x = ids[order], x[order]
+    s: int, part_refs: list, fitted: str, staging: str, crash_once: Optional[str] = None
+) -> Dict[str, Any]:
+    """One shard: its parts (zero-copy views of the object store) added to a copy of the
+    fitted index in ascending id order, a chunk at a time, and saved to a directory of this
+    attempt's own, so a retried task never meets a half-written one (the driver names the
+    finished ones in the manifest). Ray re-runs it if its worker dies."""
+    parts = [p for p in ray.get(list(part_refs)) if len(p["id"])]
     index = rewa.Index.open(fitted)
-    index.add(x, ids=[str(int(i)) for i in ids])
+    n = sum(len(p["id"]) for p in parts)
+    ids = np.concatenate([p["id"] for p in parts]) if parts else np.zeros(0, np.int64)
+    order = np.argsort(ids, kind="stable")
+    if n and (np.diff(ids[order]) == 0).any():
+        dup = int(ids[order][1:][np.diff(ids[order]) == 0][0])
+        raise ValueError(f"id {dup} names two rows (ids must be unique)")
+    sizes = [len(p["id"]) for p in parts]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    part_of = np.repeat(np.arange(len(parts)), sizes)
+    for i in range(0, n, _CHUNK):
+        sel = order[i : i + _CHUNK]
+        x = np.empty((len(sel), index.dim), dtype=np.float32)
+        po = part_of[sel]
+        for p in np.unique(po):
+            m = po == p
+            x[m] = parts[p]["vector"][sel[m] - offsets[p]]
+        index.add(x, ids=[str(int(v)) for v in ids[sel]])
     path = os.path.join(staging, f"shard-{s:03d}.{uuid.uuid4().hex[:12]}")
     if crash_once is not None and s == 0 and not os.path.exists(crash_once):
         # the tests' fault: the worker dies with half the shard's files written
@@ -183,13 +216,10 @@ def _write_shard(
         os.remove(os.path.join(path, "manifest.json"))
         os._exit(1)
     index.save(path)
-    return {
-        "shard": np.array([s]),
-        "path": np.array([path]),
-        "count": np.array([len(ids)]),
-        "min_id": np.array([int(ids[0])]),
-        "max_id": np.array([int(ids[-1])]),
-    }
+    out = {"shard": s, "path": path, "count": n}
+    if n:
+        out.update(min_id=int(ids[order[0]]), max_id=int(ids[order[-1]]))
+    return out
 
 
 def build(
@@ -252,36 +282,30 @@ def build(
         fitted = os.path.join(staging, "fitted")
         digest = ray.get(_fit.remote(ray.put(sample), pipeline, metric, seed, fitted))
         t_fit = time.perf_counter()
-        written = (
-            ds.groupby(_SHARD_KEY)
-            .map_groups(
-                _write_shard,
-                fn_kwargs={
-                    "fitted": fitted,
-                    "staging": staging,
-                    "id_column": id_column,
-                    "vector_column": vector_column,
-                    "crash_once": _crash_once,
-                },
-                batch_format="numpy",
-                num_cpus=writer_cpus,
-                runtime_env=_threads_env(writer_cpus),
-            )
-            .take_all()
+        # each block split into one part per shard (one task per block), then one writer
+        # task per shard over its parts: the rows cross the object store once
+        split = [_split.options(num_returns=shards).remote(b, shards, id_column, vector_column) for b in ds.to_arrow_refs()]
+        split = [p if shards > 1 else [p] for p in split]
+        ray.wait([r for p in split for r in p], num_returns=len(split) * shards, fetch_local=False)
+        ds = sample_ds = None  # the blocks, once split
+        written = ray.get(
+            [
+                _write_shard.options(num_cpus=writer_cpus, runtime_env=_threads_env(writer_cpus)).remote(
+                    s, [p[s] for p in split], fitted, staging, _crash_once
+                )
+                for s in range(shards)
+            ]
         )
-        by_shard = {int(r["shard"]): r for r in written}
         info = rewa.Index.open(fitted).info()
         entries = []
-        for s in range(shards):
-            r = by_shard.get(s)
-            name = f"shard-{s:03d}"
+        for r in written:
+            name = f"shard-{r['shard']:03d}"
             dest = f"{name}.{run}"
-            if r is None:  # no id fell here: an empty shard with the fitted parameters
-                rewa.Index.open(fitted).save(os.path.join(root, dest))
-                entries.append({"name": name, "dir": dest, "count": 0})
-                continue
-            os.rename(str(r["path"]), os.path.join(root, dest))
-            entries.append({"name": name, "dir": dest, "count": int(r["count"]), "min_id": int(r["min_id"]), "max_id": int(r["max_id"])})
+            os.rename(r["path"], os.path.join(root, dest))
+            e = {"name": name, "dir": dest, "count": r["count"]}
+            if r["count"]:
+                e.update(min_id=r["min_id"], max_id=r["max_id"])
+            entries.append(e)
         fitted_dest = f"fitted.{run}"
         os.rename(fitted, os.path.join(root, fitted_dest))
         total = sum(e["count"] for e in entries)

@@ -296,6 +296,7 @@ class Ingress:
         self._embedder = None
         self._ids_lock = asyncio.Lock()
         self._next_id: Optional[int] = None
+        self.bytes_per_vector = rewa.Index.open(os.path.join(root, self.manifest["fitted"])).bytes_per_vector
         self.metrics = Metrics()
         self.split_keeps = str(options.get("split_keeps", "true")).lower() not in ("false", "0", "no")
 
@@ -319,6 +320,7 @@ class Ingress:
             "dim": self.dim,
             "metric": self.metric,
             "pipeline": m["pipeline"],
+            "bytes_per_vector": self.bytes_per_vector,
             "shards": [{"name": e["name"], "dir": e["dir"], "count": s["count"]} for e, s in zip(m["shards"], stats)],
             "fitted_sha256": m["fitted_sha256"],
             "ids": m["ids"],
