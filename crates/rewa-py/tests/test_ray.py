@@ -462,15 +462,18 @@ def test_replicas_of_a_shard_share_its_files(served, tmp_path):
     x = np.random.default_rng(5).standard_normal((400, 32)).astype(np.float32)
     out = tmp_path / "idx"
     rewa.ray.build(ray.data.from_items([{"id": i, "vector": v} for i, v in enumerate(x)]), "exact:10", out, shards=2)
-    serve.run(rs.app({"index": str(out), "replicas": "2", "shard_cpus": "0.25"}), name="rewa2", route_prefix="/r2")
+    serve.run(rs.app({"index": str(out), "replicas": "2", "shard_cpus": "0.25", "ingress_replicas": "2"}), name="rewa2", route_prefix="/r2")
     assert serve.status().applications["rewa2"].deployments["shard-000"].replica_states.get("RUNNING") == 2
-    new = np.random.default_rng(6).standard_normal((6, 32)).astype(np.float32)
+    new = np.random.default_rng(6).standard_normal((3, 32)).astype(np.float32)
+    # two ingress replicas cannot share a counter of the next id: adds name theirs
+    status, body = _post(url, "/r2/add", {"vectors": [new[0].tolist()]})
+    assert status == 400 and '"ids"' in body["error"]
     for i, v in enumerate(new):
         # each add lands on one replica of its shard; every search after it, on any replica,
         # finds it
         status, body = _post(url, "/r2/add", {"vectors": [v.tolist()], "ids": [1000 + i]})
         assert status == 200, body
-        for _ in range(6):
+        for _ in range(4):
             status, body = _post(url, "/r2/search", {"vectors": [v.tolist()], "k": 1})
             assert status == 200 and body["results"][0][0]["id"] == 1000 + i, body
     serve.delete("rewa2")

@@ -8,6 +8,10 @@ Arguments (strings from the command line): ``index`` (the directory ``rewa.ray.b
 wrote; required), ``replicas`` (per shard, default 1), ``shard_cpus`` (CPUs each shard
 replica holds, default 1), ``api_key`` / ``read_only_key`` (as ``rewa serve``'s keys),
 ``model`` (a model directory for ``"texts"``; default the one the build recorded),
+``ingress_replicas`` (default 1: the ingress parses, fans out and merges, and its CPU per
+search grows with the shards; with more than one, adds must name their ids),
+``pipeline`` (the searches' default pipeline, same encoders, other keeps; default the
+build's),
 ``split_keeps`` (default true: each shard keeps its share of every stage's candidates, so
 the shards together score what one index scores and recall stays one index's; false: each
 keeps them all, more recall for more work).
@@ -296,8 +300,11 @@ class Ingress:
         self._embedder = None
         self._ids_lock = asyncio.Lock()
         self._next_id: Optional[int] = None
+        # the default pipeline: the app's `pipeline` argument, else the build's
+        self.pipeline = options.get("pipeline") or self.manifest["pipeline"]
         self.bytes_per_vector = rewa.Index.open(os.path.join(root, self.manifest["fitted"])).bytes_per_vector
         self.metrics = Metrics()
+        self.ingress_replicas = int(options.get("ingress_replicas", 1))
         self.split_keeps = str(options.get("split_keeps", "true")).lower() not in ("false", "0", "no")
 
     # ----- the handle API (rewa.ray.connect) -----
@@ -319,7 +326,7 @@ class Ingress:
             "count": sum(s["count"] for s in stats),
             "dim": self.dim,
             "metric": self.metric,
-            "pipeline": m["pipeline"],
+            "pipeline": self.pipeline,
             "bytes_per_vector": self.bytes_per_vector,
             "shards": [{"name": e["name"], "dir": e["dir"], "count": s["count"]} for e, s in zip(m["shards"], stats)],
             "fitted_sha256": m["fitted_sha256"],
@@ -334,7 +341,7 @@ class Ingress:
             raise _bad(f"invalid input: k must be a positive integer, got {k!r}")
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise _bad(f"dimension mismatch: expected {self.dim}, got {q.shape[-1]}")
-        p = pipeline or self.manifest["pipeline"]
+        p = pipeline or self.pipeline
         if self.split_keeps:
             p = shard_pipeline(p, len(self.shards), k)
         t0 = time.perf_counter()
@@ -382,6 +389,8 @@ class Ingress:
             if self._next_id is None:
                 stats = await asyncio.gather(*[s.stats.remote() for s in self.shards])
                 self._next_id = max([self.manifest["ids"]["max"]] + [s["max_id"] for s in stats]) + 1
+            if ids is None and self.ingress_replicas > 1:
+                raise _bad('invalid input: with several ingress replicas, adds name their rows: send "ids"')
             if ids is None:
                 ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
             else:
@@ -553,5 +562,8 @@ def app(args: Dict[str, str]) -> "serve.Application":
         ).bind(root, e)
         for e in m["shards"]
     ]
-    options = {k: args[k] for k in ("api_key", "read_only_key", "model", "split_keeps") if args.get(k)}
-    return Ingress.options(name="ingress", ray_actor_options={"num_cpus": 0}).bind(root, options, *shards)
+    ingress = int(args.get("ingress_replicas", 1))
+    if ingress < 1:
+        raise ValueError("ingress_replicas must be at least 1")
+    options = {k: args[k] for k in ("api_key", "read_only_key", "model", "split_keeps", "pipeline", "ingress_replicas") if args.get(k)}
+    return Ingress.options(name="ingress", num_replicas=ingress, ray_actor_options={"num_cpus": 0}).bind(root, options, *shards)
