@@ -101,8 +101,9 @@ def embed(
 
     Runs ``ds.map_batches`` over a pool of `concurrency` actors (default: one per `num_cpus`
     CPUs in the cluster), each holding one ``rewa.Embedder(model_dir, precision=...)``;
-    `batch_size` rows per call. Lazy, as Ray Data is: nothing runs until the dataset is
-    consumed. `model_dir` must be readable at the same path on every node.
+    `batch_size` rows per call. The texts are read (materialised) first; the embedding is
+    lazy, as Ray Data is: it runs when the dataset is consumed. `model_dir` must be readable
+    at the same path on every node.
     """
     model_dir = os.path.abspath(os.fspath(model_dir))
     _embedder_class()  # a wheel without the embed feature fails here, not in every actor
@@ -113,6 +114,10 @@ def embed(
     if concurrency is None:
         cpus = ray.cluster_resources().get("CPU", 1) if ray.is_initialized() else os.cpu_count() or 1
         concurrency = max(1, int(cpus // num_cpus))
+    # the texts read first, in blocks of a few batches: a corpus read from one file is one
+    # block, which a single actor would embed alone, and a pool holding every CPU would
+    # starve the tasks still reading (a deadlock on a small cluster)
+    ds = ds.repartition(target_num_rows_per_block=4 * batch_size).materialize()
     return ds.map_batches(
         _Embed,
         fn_constructor_kwargs={

@@ -384,13 +384,13 @@ class Ingress:
         n = x.shape[0]
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise _bad(f"dimension mismatch: expected {self.dim}, got {x.shape[-1]}")
+        if ids is None and self.ingress_replicas > 1:
+            raise _bad('invalid input: with several ingress replicas, adds name their rows: send "ids"')
         S = len(self.shards)
         async with self._ids_lock:
             if self._next_id is None:
                 stats = await asyncio.gather(*[s.stats.remote() for s in self.shards])
                 self._next_id = max([self.manifest["ids"]["max"]] + [s["max_id"] for s in stats]) + 1
-            if ids is None and self.ingress_replicas > 1:
-                raise _bad('invalid input: with several ingress replicas, adds name their rows: send "ids"')
             if ids is None:
                 ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
             else:
