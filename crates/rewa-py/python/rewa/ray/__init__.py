@@ -199,9 +199,9 @@ def _write_shard(
     n = sum(len(p["id"]) for p in parts)
     ids = np.concatenate([p["id"] for p in parts]) if parts else np.zeros(0, np.int64)
     order = np.argsort(ids, kind="stable")
-    if n and (np.diff(ids[order]) == 0).any():
-        dup = int(ids[order][1:][np.diff(ids[order]) == 0][0])
-        raise ValueError(f"id {dup} names two rows (ids must be unique)")
+    same = np.diff(ids[order]) == 0
+    if same.any():
+        raise ValueError(f"id {int(ids[order][1:][same][0])} names two rows (ids must be unique)")
     sizes = [len(p["id"]) for p in parts]
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     part_of = np.repeat(np.arange(len(parts)), sizes)

@@ -115,36 +115,39 @@ class ShardReplica:
         _, gids, _ = self._fresh()
         return np.isin(ids, gids)
 
-    def add_sync(self, x: np.ndarray, ids: np.ndarray) -> int:
+    def _write_and_serve(self, change) -> Any:
+        """Opens the shard, applies `change(index)` (which saves it, or not when nothing
+        changed), again from the saved state while another writer is in the way, and serves
+        the result; returns what `change` returned."""
+
         def write():
             w = rewa.Index.open(self.path)
+            return w, change(w)
+
+        with self._write:
+            w, out = _retry_write(write)
+            with self._reopen:
+                self._state = (w, global_ids(w.doc_ids), self._stamp())
+        return out
+
+    def add_sync(self, x: np.ndarray, ids: np.ndarray) -> int:
+        def add(w):
             w.add(x, ids=[str(int(i)) for i in ids])
             w.save(self.path)
-            return w
+            return len(ids)
 
-        with self._write:
-            w = _retry_write(write)
-            with self._reopen:
-                self._state = (w, global_ids(w.doc_ids), self._stamp())
-        return len(ids)
+        return self._write_and_serve(add)
 
     def delete_sync(self, ids: np.ndarray) -> int:
-        out = {}
-
-        def write():
-            w = rewa.Index.open(self.path)
+        def delete(w):
             known = set(w.doc_ids or [])
             wanted = [str(int(i)) for i in ids if str(int(i)) in known]
-            out["n"] = w.delete(doc_ids=wanted) if wanted else 0
-            if out["n"]:
+            n = w.delete(doc_ids=wanted) if wanted else 0
+            if n:
                 w.save(self.path)
-            return w
+            return n
 
-        with self._write:
-            w = _retry_write(write)
-            with self._reopen:
-                self._state = (w, global_ids(w.doc_ids), self._stamp())
-        return out["n"]
+        return self._write_and_serve(delete)
 
     def stats(self) -> Dict[str, Any]:
         index, gids, _ = self._fresh()
